@@ -1,0 +1,81 @@
+"""The ``synthkd`` command: one entry point, a subcommand per job, ``--help`` on each."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(
+    help="synthkd: distil an API teacher into training data and a small local student.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _use_uvloop() -> None:
+    try:
+        import uvloop
+
+        uvloop.install() if hasattr(uvloop, "install") else None
+    except ImportError:
+        pass
+
+
+@app.command()
+def complete(
+    input: Path = typer.Option(..., "--input", "-i", help="jsonl rows {id, prompt} or {id, messages}; other fields pass through."),
+    output: Path = typer.Option(..., "--output", "-o", help="jsonl output, appended as rows complete; rerun to resume."),
+    model: str = typer.Option(..., "--model", "-m", help="Model name as the provider spells it."),
+    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI)."),
+    concurrency: int = typer.Option(32, "--concurrency", "-c", help="Requests in flight at once."),
+    rpm: Optional[float] = typer.Option(None, "--rpm", help="Client-side requests-per-minute limit."),
+    tpm: Optional[float] = typer.Option(None, "--tpm", help="Client-side tokens-per-minute limit."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Hard per-attempt timeout in seconds (attempts adapt below it to observed latency)."),
+    max_retries: int = typer.Option(6, "--max-retries", help="Retries per request for 5xx, timeouts, malformed bodies (429s get more)."),
+    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="max_tokens sent with each request."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (server default if unset)."),
+    samples: int = typer.Option(1, "--samples", help="Samples per prompt (needs --temperature > 0); output gets 'completions'."),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="SQLite request cache (default $SYNTHKD_CACHE or ~/.cache/synthkd/teacher-cache.sqlite)."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache."),
+    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop sending new requests once this many USD are spent (resumable)."),
+    prices: Optional[Path] = typer.Option(None, "--prices", help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens."),
+    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where failed rows go (default OUTPUT.rejects.jsonl)."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: only on a terminal)."),
+    adaptive_timeout: bool = typer.Option(True, "--adaptive-timeout/--fixed-timeout", help="Cut hung attempts at 8x the observed p95 latency."),
+) -> None:
+    """Complete every prompt of a jsonl file with an OpenAI-compatible teacher.
+
+    Exit codes: 0 every row done; 1 some rows rejected; 2 bad input; 3 budget reached;
+    4 the teacher refused us (bad key, unreachable); 130 interrupted. Every non-zero run is resumable.
+    """
+    from synthkd.complete import CompleteOptions, run_complete
+
+    _use_uvloop()
+    code = run_complete(
+        CompleteOptions(
+            input=input, output=output, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm,
+            tpm=tpm, timeout=timeout, max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
+            samples=samples, cache=cache, no_cache=no_cache, max_cost=max_cost, prices=prices, rejects=rejects,
+            progress=progress, adaptive_timeout=adaptive_timeout,
+        )
+    )
+    raise typer.Exit(code)
+
+
+@app.command("serve-test", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def serve_test(ctx: typer.Context) -> None:
+    """Run the OpenAI-compatible fault-injecting test server (see `synthkd serve-test --help`)."""
+    from synthkd.testing.server import main
+
+    raise typer.Exit(main(ctx.args) or 0)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

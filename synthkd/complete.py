@@ -1,0 +1,292 @@
+"""``synthkd complete``: complete every prompt of a jsonl file, resumably, exactly once per id.
+
+The simplest job, and the contract the benchmarks rely on.  Its guarantees:
+* the input is validated whole before the first request (file, line and field in every error);
+* one output row per input id, appended and flushed as it completes, in completion order;
+* a rerun after a crash, Ctrl-C or SIGKILL skips ids already written, repairs a torn last line,
+  and gets every answer it had already paid for from the cache;
+* a row that fails for good goes to the rejects file with its error, never silently missing;
+* the exit code is 0 only when every row is in the output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from synthkd.jsonl_io import AppendWriter, InputError, index_output, iter_jsonl, scan_prompt_file
+from synthkd.progress import ProgressReporter
+from synthkd.teachers.base import TeacherFatalError, TeacherRequest
+from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+from synthkd.teachers.pricing import PriceTable, PriceTableError
+
+EXIT_OK = 0
+EXIT_REJECTS = 1
+EXIT_BAD_INPUT = 2
+EXIT_BUDGET = 3
+EXIT_FATAL = 4
+EXIT_INTERRUPTED = 130
+
+
+def default_cache_path() -> Path:
+    env = os.environ.get("SYNTHKD_CACHE")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "synthkd" / "teacher-cache.sqlite"
+
+
+def rejects_path_for(output: Path) -> Path:
+    name = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(name + ".rejects.jsonl")
+
+
+@dataclass
+class CompleteOptions:
+    input: Path
+    output: Path
+    model: str
+    base_url: str | None = None
+    api_key: str | None = None
+    concurrency: int = 32
+    rpm: float | None = None
+    tpm: float | None = None
+    timeout: float = 600.0
+    max_retries: int = 6
+    max_tokens: int | None = None
+    temperature: float | None = None
+    samples: int = 1
+    cache: Path | None = None
+    no_cache: bool = False
+    max_cost: float | None = None
+    prices: Path | None = None
+    rejects: Path | None = None
+    progress: bool | None = None
+    adaptive_timeout: bool = True
+
+
+class _Lock:
+    """An exclusive lock next to the output, so two processes never append to the same file."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+
+    def __enter__(self) -> "_Lock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise InputError([f"{self.path.parent / self.path.name[:-5]}: another synthkd process is writing it"]) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _validate_options(o: CompleteOptions) -> list[str]:
+    problems = []
+    if o.concurrency < 1:
+        problems.append("--concurrency must be at least 1")
+    if o.samples < 1:
+        problems.append("--samples must be at least 1")
+    if o.samples > 1 and not (o.temperature and o.temperature > 0):
+        problems.append("--samples > 1 draws distinct samples: set --temperature above 0")
+    if o.max_cost is not None and o.max_cost <= 0:
+        problems.append("--max-cost must be positive")
+    for name, v in (("--rpm", o.rpm), ("--tpm", o.tpm), ("--timeout", o.timeout)):
+        if v is not None and v <= 0:
+            problems.append(f"{name} must be positive")
+    if o.input.resolve() == o.output.resolve():
+        problems.append("--output must differ from --input")
+    return problems
+
+
+def run_complete(o: CompleteOptions) -> int:
+    """Run the job; returns the process exit code (see EXIT_*)."""
+    problems = _validate_options(o)
+    if problems:
+        _say("error: " + "\n       ".join(problems))
+        return EXIT_BAD_INPUT
+    try:
+        scan = scan_prompt_file(o.input)
+        prices = PriceTable.default(o.prices)
+    except (InputError, PriceTableError) as exc:
+        _say(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    params: dict[str, Any] = {}
+    if o.max_tokens is not None:
+        params["max_tokens"] = o.max_tokens
+    if o.temperature is not None:
+        params["temperature"] = o.temperature
+    cache = None if o.no_cache else RequestCache(o.cache or default_cache_path())
+    try:
+        teacher = OpenAICompatibleTeacher(
+            o.model,
+            base_url=o.base_url,
+            api_key=o.api_key,
+            concurrency=o.concurrency,
+            rpm=o.rpm,
+            tpm=o.tpm,
+            timeout_s=o.timeout,
+            max_retries=o.max_retries,
+            cache=cache,
+            prices=prices,
+            max_cost=o.max_cost,
+            default_params=params,
+            adaptive_timeout=o.adaptive_timeout,
+        )
+    except TeacherFatalError as exc:
+        _say(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    try:
+        with _Lock(o.output):
+            done = index_output(o.output)
+            return asyncio.run(_run(o, teacher, scan.rows, done))
+    except InputError as exc:
+        _say(f"error: {exc}")
+        return EXIT_BAD_INPUT
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _say(f"interrupted: rows written so far are kept in {o.output}; rerun the same command to resume")
+        return EXIT_INTERRUPTED
+    finally:
+        if cache is not None:
+            cache.close()
+
+
+async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any) -> int:
+    _install_sigterm()
+    rejects_path = o.rejects or rejects_path_for(o.output)
+    pending: dict[str, dict[str, Any]] = {}
+    todo_rows = n_rows - len(done)
+    S = o.samples
+
+    async def requests() -> AsyncIterator[TeacherRequest]:
+        for lineno, row in iter_jsonl(o.input):
+            if row["id"] in done:
+                continue
+            key = str(lineno)
+            pending[key] = {"row": row, "results": [None] * S, "left": S}
+            for s in range(S):
+                yield TeacherRequest(
+                    key=key,
+                    messages=row.get("messages"),
+                    prompt=row.get("prompt") if "messages" not in row else None,
+                    params={"seed": s} if S > 1 else {},
+                    sample_index=s,
+                )
+
+    written = rejected = cached_rows = 0
+    t0 = time.monotonic()
+    out = AppendWriter(o.output)
+    rej = AppendWriter(rejects_path, truncate=True)
+    reporter = ProgressReporter(teacher.stats, todo_rows * S, enabled=o.progress)
+    reporter.start()
+    code = EXIT_OK
+    try:
+        async for res in teacher.stream(requests()):
+            st = pending[res.key]
+            st["results"][res.request.sample_index] = res
+            st["left"] -= 1
+            if st["left"]:
+                continue
+            del pending[res.key]
+            row, results = st["row"], st["results"]
+            errors = [r.error for r in results if not r.ok]
+            if errors:
+                rej.write({"id": row["id"], "line": int(res.key), "error": errors[0], "errors": errors,
+                           "attempts": sum(r.attempts for r in results)})
+                rejected += 1
+                continue
+            out.write(_output_row(row, results, teacher.model))
+            written += 1
+            cached_rows += all(r.cached for r in results)
+    except TeacherFatalError as exc:
+        await reporter.stop()
+        _say(f"error: {exc}")
+        _say(f"stopped: {written} rows written to {o.output}; nothing paid for is lost (cache: answers kept)")
+        return EXIT_FATAL
+    finally:
+        out.close()
+        rej.close()
+        await teacher.aclose()
+    await reporter.stop()
+    missing = todo_rows - written - rejected
+    st = teacher.stats
+    elapsed = time.monotonic() - t0
+    _say(
+        f"done: {written} rows written to {o.output} ({cached_rows} from cache, {len(done)} already there), "
+        f"{rejected} rejected"
+        + (f" -> {rejects_path}" if rejected else "")
+        + f"; requests sent {st.attempts} ({st.retries} retries, {st.rate_limited} rate-limited, "
+        f"{st.timeouts} timed out); tokens {st.prompt_tokens} in / {st.completion_tokens} out; "
+        + (f"cost this run ${st.cost_usd:.6f}" if teacher.price else f"cost unknown (no price for {teacher.model!r}; see --prices)")
+        + f"; {elapsed:.1f}s"
+    )
+    if teacher.budget_exhausted:
+        _say(
+            f"budget reached: ${st.cost_usd:.4f} spent of --max-cost ${o.max_cost}; {missing} rows not started. "
+            "Rerun with a larger --max-cost to finish (nothing is paid twice)."
+        )
+        code = EXIT_BUDGET
+    elif rejected:
+        code = EXIT_REJECTS
+    elif missing:
+        _say(f"error: {missing} rows were neither written nor rejected")
+        code = EXIT_REJECTS
+    return code
+
+
+def _output_row(row: dict[str, Any], results: list[Any], model: str) -> dict[str, Any]:
+    out = dict(row)
+    prompt_tokens = sum(r.usage.prompt_tokens for r in results)
+    completion_tokens = sum(r.usage.completion_tokens for r in results)
+    if len(results) == 1:
+        out["completion"] = results[0].text
+        out["finish_reason"] = results[0].finish_reason
+    else:
+        out["completions"] = [r.text for r in results]
+        out["finish_reason"] = [r.finish_reason for r in results]
+    out["usage"] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    costs = [r.cost_usd for r in results]
+    out["cost_usd"] = None if any(c is None for c in costs) else round(sum(costs), 10)
+    out["cached"] = all(r.cached for r in results)
+    out["model"] = results[0].model or model
+    return out
+
+
+def _install_sigterm() -> None:
+    """SIGTERM behaves like Ctrl-C: stop, keep what is written, print how to resume."""
+    loop = asyncio.get_running_loop()
+    main = asyncio.current_task()
+
+    def _cancel() -> None:
+        if main is not None:
+            main.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, _cancel)
+    except (NotImplementedError, RuntimeError):
+        pass

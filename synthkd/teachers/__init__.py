@@ -1,0 +1,12 @@
+"""Teachers: the only code in synthkd that talks to a model."""
+
+from synthkd.teachers.base import (
+    BudgetExceeded,
+    Teacher,
+    TeacherFatalError,
+    TeacherRequest,
+    TeacherResult,
+    Usage,
+)
+
+__all__ = ["BudgetExceeded", "Teacher", "TeacherFatalError", "TeacherRequest", "TeacherResult", "Usage"]
