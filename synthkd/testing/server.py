@@ -1,0 +1,1038 @@
+"""A real OpenAI-compatible HTTP server for tests, benchmarks and the command line.
+
+Why a real server and not mocks: the code under test (teacher clients) is mostly about HTTP
+behaviour -- connection pooling, concurrency, 429 handling with ``retry-after`` headers, timeouts
+on hung requests, recovering from garbage bodies.  Mocking the HTTP layer would test our mocks, so
+this module runs an actual ``aiohttp.web`` server on 127.0.0.1 that speaks the OpenAI wire format
+and can misbehave on purpose (see :class:`FaultConfig`).
+
+Pieces:
+
+* :class:`FaultConfig` -- latency, rate limits, error / hang / malformed-body rates, API key.
+* :class:`TestServer` -- runs the app in a background thread with its own event loop, so both
+  synchronous pytest tests and asyncio client code in the main thread can talk to it.
+* :func:`default_responder` / :func:`expected_text` / :func:`count_tokens` -- answers are a
+  deterministic function of the prompt, so tests can check that every result landed on the right
+  request (no mix-ups under concurrency, correct cache keys, reproducible sampling by seed).
+* :func:`main` -- ``python -m synthkd.testing.server ...`` runs it in the foreground (its own
+  process, so benchmarks measure the client's CPU and not the server's) and prints
+  ``READY <base_url>``.
+
+Control endpoints (not counted in the stats): ``GET /_stats``, ``POST /_reset``,
+``POST /_config`` (JSON object of :class:`FaultConfig` fields).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import inspect
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Awaitable, Callable, Union
+
+import orjson
+from aiohttp import web
+
+__all__ = [
+    "FaultConfig",
+    "TestServer",
+    "default_responder",
+    "expected_text",
+    "count_tokens",
+    "prompt_text_of",
+    "prompt_hash",
+    "main",
+    "CHAT_ENDPOINT",
+    "COMPLETIONS_ENDPOINT",
+    "MODELS_ENDPOINT",
+]
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+COMPLETIONS_ENDPOINT = "/v1/completions"
+MODELS_ENDPOINT = "/v1/models"
+DEFAULT_MODEL = "test-model"
+
+#: Outcomes counted in ``stats()["by_outcome"]``.  Every ``/v1/*`` request gets exactly one, decided
+#: when the request is admitted (a request that later dies on a client timeout keeps its outcome).
+OUTCOMES = (
+    "ok",
+    "rate_limited",
+    "error_500",
+    "hang",
+    "malformed",
+    "unauthorized",
+    "bad_request",
+    "responder_error",
+)
+
+#: The malformed-body variants, served in this order (cycling) whenever a malformed fault fires.
+MALFORMED_VARIANTS = ("truncated_json", "empty_body", "missing_choices", "html_page")
+
+# Distinct prompt hashes tracked in the stats; beyond this a long-running server stops adding new
+# ones (and says so) instead of growing without bound.
+_MAX_TRACKED_PROMPTS = 200_000
+
+Responder = Callable[[str, dict], Union[str, dict, Awaitable[Union[str, dict]]]]
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FaultConfig:
+    """What the server does wrong, and how slowly.
+
+    Per request the server decides, in this order: auth (401 when ``api_key`` is set and the
+    ``Authorization: Bearer`` header differs) -> rate limit (429, RPM then TPM) -> hang -> 500 ->
+    malformed body -> normal answer.  Hang / 500 / malformed use one draw from
+    ``random.Random(seed)`` against cumulative thresholds, so each rate is the exact fraction of
+    *admitted* requests (as long as the three rates sum to <= 1), and the sequence of decisions is
+    reproducible for a given seed regardless of request interleaving.
+
+    * ``latency_ms`` +- uniform ``latency_jitter_ms``: slept before normal and 500 responses.
+    * ``rpm_limit`` / ``tpm_limit``: token buckets, refilled continuously at limit/60 per second
+      with a burst capacity of one second's worth (at least 1).
+    * ``hang_seconds``: how long a hung request sleeps before answering normally; it ends early
+      when the client disconnects (handler cancellation) or when the server stops.
+    """
+
+    latency_ms: float = 0
+    latency_jitter_ms: float = 0
+    rpm_limit: float | None = None
+    tpm_limit: float | None = None
+    error_rate: float = 0
+    hang_rate: float = 0
+    hang_seconds: float = 3600
+    malformed_rate: float = 0
+    seed: int = 0
+    api_key: str | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for values that make no sense (negative latency, rate > 1...)."""
+        for name in ("latency_ms", "latency_jitter_ms", "hang_seconds"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        for name in ("error_rate", "hang_rate", "malformed_rate"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"{name} must be in [0, 1], got {value!r}")
+        for name in ("rpm_limit", "tpm_limit"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+
+
+_FLOAT_FIELDS = {"latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate"}
+_OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit"}
+_CONFIG_FIELDS = {f.name for f in fields(FaultConfig)}
+
+
+def _coerce_config_value(name: str, value: Any) -> Any:
+    """Type-check one FaultConfig field coming from JSON or ``configure(**fields)``."""
+    if name not in _CONFIG_FIELDS:
+        raise ValueError(f"unknown FaultConfig field {name!r}; known: {sorted(_CONFIG_FIELDS)}")
+    if name in _OPTIONAL_FLOAT_FIELDS and value is None:
+        return None
+    if name in _FLOAT_FIELDS or name in _OPTIONAL_FLOAT_FIELDS:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        return float(value)
+    if name == "seed":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"seed must be an integer, got {value!r}")
+        return value
+    if name == "api_key":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"api_key must be a string or null, got {value!r}")
+        return value
+    raise AssertionError(name)  # pragma: no cover
+
+
+# --------------------------------------------------------------------------------------------
+# Deterministic answers
+# --------------------------------------------------------------------------------------------
+
+
+def count_tokens(text: Any) -> int:
+    """The server's tokenizer: the number of whitespace-separated words.
+
+    Crude on purpose -- it is trivially reproducible in tests.  Accepts OpenAI content-part lists
+    (``[{"type": "text", "text": ...}]``) and ``None`` too.
+    """
+    if text is None:
+        return 0
+    if not isinstance(text, str):
+        text = _content_text(text)
+    return len(text.split())
+
+
+def _content_text(content: Any) -> str:
+    """The text of a chat message ``content`` (a string, a list of content parts, or None)."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+        return "\n".join(parts)
+    return str(content)
+
+
+def prompt_text_of(body: dict) -> str:
+    """The prompt text the server answers: message contents joined with ``"\\n"``, or ``prompt``.
+
+    Roles are ignored.  A list ``prompt`` (batch completion) is joined with ``"\\n"`` here; the
+    server itself answers each element of a list prompt separately.
+    """
+    messages = body.get("messages")
+    if messages is not None:
+        return "\n".join(_content_text(m.get("content")) if isinstance(m, dict) else str(m) for m in messages)
+    prompt = body.get("prompt", "")
+    if isinstance(prompt, list):
+        return "\n".join(p if isinstance(p, str) else str(p) for p in prompt)
+    return prompt if isinstance(prompt, str) else str(prompt)
+
+
+def prompt_hash(prompt_text: str) -> str:
+    """16 hex chars of sha256 of the prompt text; the key of ``stats()["prompt_counts"]``.
+
+    It is also the hash inside a greedy (temperature 0) :func:`expected_text`.
+    """
+    return hashlib.sha256(prompt_text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def expected_text(
+    prompt_text: str, temperature: float = 0, seed: int | None = None, *, choice_index: int = 0
+) -> str:
+    """What :func:`default_responder` answers for this prompt (before any ``max_tokens`` cut).
+
+    ``"answer <16 hex> <last 8 words of the prompt>"``.  The hash covers the prompt text and, only
+    when ``temperature > 0``, the ``seed`` (``None`` included as such) and, for the 2nd.. choice of
+    an ``n > 1`` request, ``choice_index`` -- so k samples with seeds 0..k-1 differ from each other
+    and are reproducible, while greedy decoding ignores the seed as a real model would.
+    """
+    if temperature is not None and temperature > 0:
+        key = f"{prompt_text}\x1fseed={seed}"
+        if choice_index:
+            key += f"\x1fchoice={choice_index}"
+        digest = prompt_hash(key)
+    else:
+        digest = prompt_hash(prompt_text)
+    return " ".join(["answer", digest, *prompt_text.split()[-8:]])
+
+
+def default_responder(endpoint: str, body: dict) -> str:
+    """The default answer: :func:`expected_text` of the request's prompt.
+
+    ``temperature`` missing or ``null`` counts as 0 (unlike OpenAI, where it defaults to 1):
+    answers are deterministic unless a test asks for sampling.
+    """
+    temperature = body.get("temperature") or 0
+    if not isinstance(temperature, (int, float)):
+        temperature = 0
+    return expected_text(
+        prompt_text_of(body),
+        temperature=temperature,
+        seed=body.get("seed"),
+        choice_index=body.get("choice_index", 0) or 0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Rate limiting
+# --------------------------------------------------------------------------------------------
+
+
+class _TokenBucket:
+    """Continuous token bucket: ``per_minute / 60`` per second, capacity one second's worth (>= 1).
+
+    A request needs ``level >= 1``.  The request bucket takes 1 on admission; the token bucket only
+    checks on admission and is charged the response's actual tokens afterwards (it may go
+    negative, which then blocks until it has refilled past 1 -- simple, and close enough to how
+    providers behave).
+    """
+
+    __slots__ = ("limit", "rate", "capacity", "level", "stamp")
+
+    def __init__(self, per_minute: float, now: float) -> None:
+        self.limit = per_minute
+        self.rate = per_minute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.level = self.capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        if now > self.stamp:
+            level = self.level + (now - self.stamp) * self.rate
+            self.level = level if level < self.capacity else self.capacity
+            self.stamp = now
+
+    def wait_s(self) -> float:
+        """Seconds until ``level >= 1``."""
+        return 0.0 if self.level >= 1 else (1.0 - self.level) / self.rate
+
+    def reset_s(self) -> float:
+        """Seconds until the bucket is full again (OpenAI's ``x-ratelimit-reset-*`` meaning)."""
+        return max(0.0, (self.capacity - self.level) / self.rate)
+
+
+def _fmt_duration(seconds: float) -> str:
+    """OpenAI-style durations: ``"50ms"``, ``"1.2s"``, ``"6m0s"``."""
+    ms = math.ceil(seconds * 1000)
+    if ms < 1000:
+        return f"{max(0, ms)}ms"
+    if seconds < 60:
+        return f"{seconds:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{int(minutes)}m{rest:.0f}s"
+
+
+def _fmt_number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+# --------------------------------------------------------------------------------------------
+# The server
+# --------------------------------------------------------------------------------------------
+
+
+def _error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class TestServer:
+    """An OpenAI-compatible server on ``host:port`` (port 0 = pick a free one).
+
+    Use as a context manager (``with TestServer(FaultConfig(rpm_limit=600)) as srv: ...``) or call
+    :meth:`start` / :meth:`stop`.  The aiohttp app runs in a daemon thread with its own event loop,
+    so it serves while the main thread blocks in sync code or runs its own asyncio loop.
+    ``base_url`` is what an OpenAI client takes (``http://127.0.0.1:<port>/v1``).
+
+    ``responder(endpoint, body) -> str | dict`` (plain or ``async``) produces the answer text;
+    ``endpoint`` is the path (``"/v1/chat/completions"`` or ``"/v1/completions"``).  A dict may
+    give ``{"text": ..., "finish_reason": ...}``.  ``max_tokens`` (or ``max_completion_tokens``)
+    is applied by the server afterwards: longer answers are cut to that many words with
+    ``finish_reason="length"``.  For ``n > 1`` the responder is called once per choice; the 2nd..
+    calls get a shallow copy of the body with an extra ``"choice_index"`` key.  An exception in
+    the responder becomes a 500 (outcome ``responder_error``).
+
+    ``stats()``, ``reset_stats()`` and ``configure(**fields)`` are safe to call from any thread.
+    """
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        config: FaultConfig | None = None,
+        responder: Responder | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.config = config if config is not None else FaultConfig()
+        self.config.validate()
+        self.responder: Responder = responder if responder is not None else default_responder
+        self.host = host
+        self.port = port
+
+        self._rng = random.Random(self.config.seed)
+        self._req_bucket: _TokenBucket | None = None
+        self._tok_bucket: _TokenBucket | None = None
+        self._apply_limits(force=True)
+        self._expected_auth = self._auth_header()
+
+        self._id_counter = 0
+        self._malformed_index = 0
+        self._in_flight = 0
+        self._reset_counters()
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread_id: int | None = None
+        self._thread: threading.Thread | None = None
+        self._runner: web.AppRunner | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._started = False
+        self._started_at: float | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+
+    @property
+    def base_url(self) -> str:
+        """``http://<host>:<port>/v1`` -- the OpenAI ``base_url``."""
+        return f"{self.url}/v1"
+
+    @property
+    def url(self) -> str:
+        """``http://<host>:<port>`` -- the root, for the ``/_stats`` style control endpoints."""
+        if not self.port:
+            raise RuntimeError("TestServer is not started (port 0 is only resolved by start())")
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> "TestServer":
+        """Start serving in a background thread; returns once the socket is listening."""
+        if self._started or self._thread is not None:
+            raise RuntimeError("TestServer already started")
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            asyncio.set_event_loop(loop)
+            try:
+                try:
+                    loop.run_until_complete(self._start_async(loop))
+                except BaseException as exc:  # noqa: BLE001 - reported to start()
+                    failure.append(exc)
+                    return
+                finally:
+                    ready.set()
+                loop.run_forever()
+            finally:
+                try:
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                finally:
+                    loop.close()
+
+        self._thread = threading.Thread(target=run, name=f"synthkd-test-server:{self.port}", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            self._thread.join()
+            self._thread = None
+            raise failure[0]
+        return self
+
+    def stop(self) -> None:
+        """Stop serving.  Hung requests are ended at once; others get <= 0.5 s to finish."""
+        thread, loop = self._thread, self._loop
+        if thread is None or loop is None:
+            return
+        try:
+            fut = asyncio.run_coroutine_threadsafe(self._stop_async(), loop)
+            fut.result(timeout=10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> "TestServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+    async def _start_async(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Bind and start serving on ``loop`` (the current one).  Used by both modes."""
+        self._loop = loop
+        self._loop_thread_id = threading.get_ident()
+        self._stop_event = asyncio.Event()
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post(CHAT_ENDPOINT, self._handle_chat)
+        app.router.add_post(COMPLETIONS_ENDPOINT, self._handle_completions)
+        app.router.add_get(MODELS_ENDPOINT, self._handle_models)
+        app.router.add_get("/_stats", self._handle_stats)
+        app.router.add_post("/_reset", self._handle_reset)
+        app.router.add_post("/_config", self._handle_config)
+        # handler_cancellation: a client that disconnects (e.g. times out on a hung request)
+        # cancels its handler, as real servers do.  No access log: per-request logging would
+        # dominate the cost of a request in the benchmarks.
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=0.5)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, backlog=2048)
+        await site.start()
+        self._runner = runner
+        self.port = runner.addresses[0][1]
+        self._started_at = time.time()
+        self._started = True
+
+    async def _stop_async(self) -> None:
+        if self._stop_event is not None:
+            self._stop_event.set()  # wakes hung handlers
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        self._started = False
+
+    # ---------------------------------------------------------------- control (thread-safe)
+
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn`` on the server's loop thread (state is only touched there), wait for it."""
+        loop = self._loop
+        if (
+            loop is None
+            or not self._started
+            or loop.is_closed()
+            or threading.get_ident() == self._loop_thread_id
+        ):
+            return fn(*args, **kwargs)
+
+        async def call() -> Any:
+            return fn(*args, **kwargs)
+
+        return asyncio.run_coroutine_threadsafe(call(), loop).result(timeout=10)
+
+    def stats(self) -> dict:
+        """Counters since start or the last reset (a JSON-able snapshot, same as ``GET /_stats``).
+
+        ``requests_total`` counts every ``/v1/*`` request (control endpoints are not counted);
+        ``by_endpoint`` splits it by path and ``by_outcome`` by fate (see :data:`OUTCOMES`; each
+        request gets exactly one, decided on admission, so the outcomes sum to the total once
+        nothing is in flight).  ``prompt_counts`` maps :func:`prompt_hash` to the number of
+        well-formed requests for that prompt, whatever their outcome -- retries and cache misses
+        show up as counts > 1.  ``usage`` sums the tokens of the answers actually produced.
+        ``in_flight`` / ``max_in_flight`` count generation requests being handled concurrently.
+        """
+        return self._call_in_loop(self._stats_now)
+
+    def reset_stats(self) -> None:
+        """Zero the counters, refill the rate-limit buckets, reseed the fault RNG.
+
+        I.e. back to the freshly-started state except for the configuration, so a benchmark phase
+        or a test step after a reset is reproducible on its own.
+        """
+        self._call_in_loop(self._reset_now)
+
+    def configure(self, **changes: Any) -> FaultConfig:
+        """Change FaultConfig fields at runtime (e.g. ``configure(error_rate=0)``); returns the config.
+
+        Changing ``rpm_limit`` / ``tpm_limit`` gives fresh (full) buckets; changing ``seed``
+        reseeds the fault RNG.  Raises ``ValueError`` on unknown fields or bad values.
+        """
+        return self._call_in_loop(self._configure_now, changes)
+
+    def _configure_now(self, changes: dict) -> FaultConfig:
+        coerced = {name: _coerce_config_value(name, value) for name, value in changes.items()}
+        candidate = FaultConfig(**{**asdict(self.config), **coerced})  # validates
+        old = self.config
+        self.config = candidate
+        if candidate.seed != old.seed:
+            self._rng = random.Random(candidate.seed)
+        self._apply_limits(
+            force=False,
+            rpm_changed=candidate.rpm_limit != old.rpm_limit,
+            tpm_changed=candidate.tpm_limit != old.tpm_limit,
+        )
+        self._expected_auth = self._auth_header()
+        return candidate
+
+    def _auth_header(self) -> str | None:
+        key = self.config.api_key
+        return None if key is None else f"Bearer {key}"
+
+    def _apply_limits(self, force: bool, rpm_changed: bool = False, tpm_changed: bool = False) -> None:
+        now = time.monotonic()
+        cfg = self.config
+        if force or rpm_changed:
+            self._req_bucket = _TokenBucket(cfg.rpm_limit, now) if cfg.rpm_limit else None
+        if force or tpm_changed:
+            self._tok_bucket = _TokenBucket(cfg.tpm_limit, now) if cfg.tpm_limit else None
+
+    def _reset_counters(self) -> None:
+        self._requests_total = 0
+        self._by_endpoint = {CHAT_ENDPOINT: 0, COMPLETIONS_ENDPOINT: 0, MODELS_ENDPOINT: 0}
+        self._by_outcome = dict.fromkeys(OUTCOMES, 0)
+        self._rate_limited_by = {"requests": 0, "tokens": 0}
+        self._malformed_by_variant = dict.fromkeys(MALFORMED_VARIANTS, 0)
+        self._prompt_tokens = 0
+        self._completion_tokens = 0
+        self._max_in_flight = self._in_flight
+        self._prompt_counts: dict[str, int] = {}
+        self._prompt_counts_truncated = False
+        self._models_seen: dict[str, None] = {}
+
+    def _reset_now(self) -> None:
+        self._reset_counters()
+        self._rng = random.Random(self.config.seed)
+        self._malformed_index = 0
+        self._apply_limits(force=True)
+
+    def _stats_now(self) -> dict:
+        counts = self._prompt_counts
+        return {
+            "requests_total": self._requests_total,
+            "by_endpoint": dict(self._by_endpoint),
+            "by_outcome": dict(self._by_outcome),
+            "rate_limited_by": dict(self._rate_limited_by),
+            "malformed_by_variant": dict(self._malformed_by_variant),
+            "in_flight": self._in_flight,
+            "max_in_flight": self._max_in_flight,
+            "usage": {
+                "prompt_tokens": self._prompt_tokens,
+                "completion_tokens": self._completion_tokens,
+                "total_tokens": self._prompt_tokens + self._completion_tokens,
+            },
+            "prompt_counts": dict(counts),
+            "distinct_prompts": len(counts),
+            "repeated_prompts": sum(1 for c in counts.values() if c > 1),
+            "prompt_counts_truncated": self._prompt_counts_truncated,
+            "models_seen": list(self._models_seen),
+            "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
+            "config": asdict(self.config),
+        }
+
+    # ---------------------------------------------------------------- control endpoints
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return self._json(self._stats_now())
+
+    async def _handle_reset(self, request: web.Request) -> web.Response:
+        self._reset_now()
+        return self._json({"ok": True})
+
+    async def _handle_config(self, request: web.Request) -> web.Response:
+        try:
+            changes = orjson.loads(await request.read() or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("body must be a JSON object of FaultConfig fields")
+            cfg = self._configure_now(changes)
+        except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
+            return self._json(_error_body(str(exc), "invalid_request_error"), status=400)
+        return self._json({"config": asdict(cfg)})
+
+    # ---------------------------------------------------------------- API endpoints
+
+    @staticmethod
+    def _json(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+        hdrs = {"Content-Type": "application/json"}
+        if headers:
+            hdrs.update(headers)
+        return web.Response(body=orjson.dumps(obj), status=status, headers=hdrs)
+
+    def _count(self, endpoint: str) -> None:
+        self._requests_total += 1
+        self._by_endpoint[endpoint] += 1
+
+    def _unauthorized(self, request: web.Request) -> web.Response:
+        self._by_outcome["unauthorized"] += 1
+        given = request.headers.get("Authorization")
+        message = (
+            "You didn't provide an API key. You need to provide your API key in an Authorization "
+            "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+            if not given
+            else "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+        )
+        return self._json(_error_body(message, "invalid_request_error", "invalid_api_key"), status=401)
+
+    def _bad_request(self, message: str, param: str | None = None) -> web.Response:
+        self._by_outcome["bad_request"] += 1
+        return self._json(_error_body(message, "invalid_request_error", None, param), status=400)
+
+    async def _handle_models(self, request: web.Request) -> web.Response:
+        self._count(MODELS_ENDPOINT)
+        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
+            return self._unauthorized(request)
+        self._by_outcome["ok"] += 1
+        names = dict.fromkeys([*self._models_seen, DEFAULT_MODEL])
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "synthkd"} for name in names]
+        return self._json({"object": "list", "data": data})
+
+    async def _handle_chat(self, request: web.Request) -> web.Response:
+        return await self._handle_generation(request, CHAT_ENDPOINT)
+
+    async def _handle_completions(self, request: web.Request) -> web.Response:
+        return await self._handle_generation(request, COMPLETIONS_ENDPOINT)
+
+    async def _handle_generation(self, request: web.Request, endpoint: str) -> web.Response:
+        self._count(endpoint)
+        self._in_flight += 1
+        if self._in_flight > self._max_in_flight:
+            self._max_in_flight = self._in_flight
+        try:
+            return await self._generate(request, endpoint)
+        finally:
+            self._in_flight -= 1
+
+    async def _generate(self, request: web.Request, endpoint: str) -> web.Response:
+        cfg = self.config
+        # 1. auth
+        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
+            return self._unauthorized(request)
+
+        # request validation (not a fault: a client bug, so it is answered like OpenAI would)
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._bad_request("We could not parse the JSON body of your request.")
+        if not isinstance(body, dict):
+            return self._bad_request("The request body must be a JSON object.")
+        is_chat = endpoint == CHAT_ENDPOINT
+        if is_chat:
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                return self._bad_request("'messages' is a required property (a non-empty array).", "messages")
+        elif not isinstance(body.get("prompt"), (str, list)):
+            return self._bad_request("'prompt' is a required property.", "prompt")
+        if body.get("stream"):
+            return self._bad_request("stream=true is not supported by the synthkd test server.", "stream")
+        n = body.get("n", 1)
+        if n is None:
+            n = 1
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
+            return self._bad_request(f"{n!r} is not a valid value for 'n' (1..128).", "n")
+        model = body.get("model") or DEFAULT_MODEL
+        if not isinstance(model, str):
+            return self._bad_request("'model' must be a string.", "model")
+        self._models_seen[model] = None
+        # Every well-formed request counts towards its prompt, whatever its fate (so retries and
+        # cache misses are visible); list prompts count each element.
+        if is_chat:
+            prompts = [prompt_text_of(body)]
+        else:
+            prompt = body["prompt"]
+            prompts = [p if isinstance(p, str) else str(p) for p in prompt] if isinstance(prompt, list) else [prompt]
+            if not prompts:
+                return self._bad_request("'prompt' must not be an empty array.", "prompt")
+        for p in prompts:
+            self._track_prompt(p)
+
+        # 2. rate limits
+        rb, tb = self._req_bucket, self._tok_bucket
+        if rb is not None or tb is not None:
+            limited = self._check_rate_limits(rb, tb, model)
+            if limited is not None:
+                return limited
+
+        # 3..5. faults: one draw against cumulative thresholds, one draw for latency jitter
+        rng = self._rng
+        draw = rng.random()
+        jitter_draw = rng.random()
+        threshold = cfg.hang_rate
+        if draw < threshold:
+            self._by_outcome["hang"] += 1
+            await self._hang(cfg.hang_seconds)
+            return await self._answer(body, endpoint, is_chat, model, n, prompts)
+        threshold += cfg.error_rate
+        if draw < threshold:
+            self._by_outcome["error_500"] += 1
+            await self._latency(cfg, jitter_draw)
+            return self._json(
+                _error_body(
+                    "The server had an error while processing your request. Sorry about that!", "server_error"
+                ),
+                status=500,
+                headers=self._rate_headers(),
+            )
+        threshold += cfg.malformed_rate
+        if draw < threshold:
+            self._by_outcome["malformed"] += 1
+            return self._malformed(body, is_chat, model)
+
+        # 6. normal answer
+        self._by_outcome["ok"] += 1
+        response = await self._answer(body, endpoint, is_chat, model, n, prompts)
+        await self._latency(cfg, jitter_draw)
+        return response
+
+    @staticmethod
+    async def _latency(cfg: FaultConfig, jitter_draw: float) -> None:
+        delay_ms = cfg.latency_ms
+        if cfg.latency_jitter_ms:
+            delay_ms += (2.0 * jitter_draw - 1.0) * cfg.latency_jitter_ms
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000.0)
+
+    async def _hang(self, seconds: float) -> None:
+        """Sleep ``seconds``; ends early (503 to the client) when the server stops.
+
+        A client disconnect cancels the handler (``handler_cancellation=True``), which ends it too.
+        """
+        stop_event = self._stop_event
+        if stop_event is None:  # pragma: no cover - always set while serving
+            await asyncio.sleep(seconds)
+            return
+        try:
+            await asyncio.wait_for(stop_event.wait(), timeout=seconds)
+        except asyncio.TimeoutError:
+            return
+        raise web.HTTPServiceUnavailable(
+            text=orjson.dumps(_error_body("The test server is shutting down.", "server_error")).decode(),
+            content_type="application/json",
+        )
+
+    def _check_rate_limits(
+        self, rb: _TokenBucket | None, tb: _TokenBucket | None, model: str
+    ) -> web.Response | None:
+        now = time.monotonic()
+        blocked = None
+        wait = 0.0
+        if rb is not None:
+            rb.refill(now)
+            if rb.level < 1:
+                blocked = "requests"
+                wait = rb.wait_s()
+        if tb is not None:
+            tb.refill(now)
+            if tb.level < 1:
+                blocked = blocked or "tokens"
+                wait = max(wait, tb.wait_s())
+        if blocked is None:
+            if rb is not None:
+                rb.level -= 1
+            return None
+        self._by_outcome["rate_limited"] += 1
+        self._rate_limited_by[blocked] += 1
+        headers = self._rate_headers()
+        headers["retry-after"] = str(max(1, math.ceil(wait)))
+        headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
+        bucket = rb if blocked == "requests" else tb
+        limit = _fmt_number(bucket.limit)  # type: ignore[union-attr]
+        unit = "RPM" if blocked == "requests" else "TPM"
+        message = (
+            f"Rate limit reached for {model} on {blocked} per min ({unit}): Limit {limit}. "
+            f"Please try again in {_fmt_duration(wait)}."
+        )
+        return self._json(_error_body(message, blocked, "rate_limit_exceeded"), status=429, headers=headers)
+
+    def _rate_headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        rb, tb = self._req_bucket, self._tok_bucket
+        if rb is not None:
+            headers["x-ratelimit-limit-requests"] = _fmt_number(rb.limit)
+            headers["x-ratelimit-remaining-requests"] = str(max(0, int(rb.level)))
+            headers["x-ratelimit-reset-requests"] = _fmt_duration(rb.reset_s())
+        if tb is not None:
+            headers["x-ratelimit-limit-tokens"] = _fmt_number(tb.limit)
+            headers["x-ratelimit-remaining-tokens"] = str(max(0, int(tb.level)))
+            headers["x-ratelimit-reset-tokens"] = _fmt_duration(tb.reset_s())
+        return headers
+
+    def _next_id(self, is_chat: bool) -> str:
+        self._id_counter += 1
+        return f"{'chatcmpl' if is_chat else 'cmpl'}-synthkd{self._id_counter:016d}"
+
+    def _track_prompt(self, text: str) -> None:
+        h = prompt_hash(text)
+        counts = self._prompt_counts
+        if h in counts:
+            counts[h] += 1
+        elif len(counts) < _MAX_TRACKED_PROMPTS:
+            counts[h] = 1
+        else:
+            self._prompt_counts_truncated = True
+
+    async def _respond_once(self, endpoint: str, body: dict, max_tokens: Any) -> tuple[str, str]:
+        out = self.responder(endpoint, body)
+        if inspect.isawaitable(out):
+            out = await out
+        finish_reason = "stop"
+        if isinstance(out, dict):
+            text = out.get("text", "")
+            finish_reason = out.get("finish_reason") or "stop"
+        else:
+            text = out
+        if not isinstance(text, str):
+            text = "" if text is None else str(text)
+        if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0:
+            words = text.split()
+            if len(words) > max_tokens:
+                text = " ".join(words[:max_tokens])
+                finish_reason = "length"
+        return text, finish_reason
+
+    async def _answer(
+        self, body: dict, endpoint: str, is_chat: bool, model: str, n: int, prompts: list[str]
+    ) -> web.Response:
+        """Build the OpenAI-shaped success response (and charge its tokens to the TPM bucket).
+
+        ``prompts`` is ``[prompt text]`` for chat, the prompt(s) for completions.
+        """
+        max_tokens = body.get("max_completion_tokens")
+        if max_tokens is None:
+            max_tokens = body.get("max_tokens")
+        choices: list[dict] = []
+        completion_tokens = 0
+        try:
+            if is_chat:
+                prompt_tokens = count_tokens(prompts[0])
+                for i in range(n):
+                    text, finish = await self._respond_once(
+                        endpoint, body if i == 0 else {**body, "choice_index": i}, max_tokens
+                    )
+                    completion_tokens += count_tokens(text)
+                    choices.append(
+                        {
+                            "index": i,
+                            "message": {"role": "assistant", "content": text},
+                            "logprobs": None,
+                            "finish_reason": finish,
+                        }
+                    )
+            else:
+                prompt_tokens = 0
+                for p in prompts:
+                    prompt_tokens += count_tokens(p)
+                    sub = body if len(prompts) == 1 else {**body, "prompt": p}
+                    for i in range(n):
+                        text, finish = await self._respond_once(
+                            endpoint, sub if i == 0 else {**sub, "choice_index": i}, max_tokens
+                        )
+                        completion_tokens += count_tokens(text)
+                        choices.append(
+                            {"text": text, "index": len(choices), "logprobs": None, "finish_reason": finish}
+                        )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken responder is reported, not fatal
+            self._by_outcome["responder_error"] += 1
+            return self._json(
+                _error_body(f"responder failed: {type(exc).__name__}: {exc}", "server_error"), status=500
+            )
+
+        total = prompt_tokens + completion_tokens
+        self._prompt_tokens += prompt_tokens
+        self._completion_tokens += completion_tokens
+        if self._tok_bucket is not None:
+            self._tok_bucket.refill(time.monotonic())
+            self._tok_bucket.level -= total
+        result = {
+            "id": self._next_id(is_chat),
+            "object": "chat.completion" if is_chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "system_fingerprint": "fp_synthkd_test",
+            "choices": choices,
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total},
+        }
+        headers = self._rate_headers() if (self._req_bucket is not None or self._tok_bucket is not None) else None
+        return self._json(result, headers=headers)
+
+    def _malformed(self, body: dict, is_chat: bool, model: str) -> web.Response:
+        """Broken 200 responses, cycling through :data:`MALFORMED_VARIANTS`."""
+        variant = MALFORMED_VARIANTS[self._malformed_index % len(MALFORMED_VARIANTS)]
+        self._malformed_index += 1
+        self._malformed_by_variant[variant] += 1
+        headers = self._rate_headers()
+        if variant == "html_page":
+            html = (
+                b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+                b"</h1></center><hr><center>nginx</center></body></html>\n"
+            )
+            headers["Content-Type"] = "text/html"
+            return web.Response(body=html, status=200, headers=headers)
+        headers["Content-Type"] = "application/json"
+        if variant == "empty_body":
+            return web.Response(body=b"", status=200, headers=headers)
+        partial = {
+            "id": self._next_id(is_chat),
+            "object": "chat.completion" if is_chat else "text_completion",
+            "created": int(time.time()),
+            "model": model,
+            "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        }
+        if variant == "missing_choices":
+            return web.Response(body=orjson.dumps(partial), status=200, headers=headers)
+        # truncated_json: a real-looking body cut in the middle
+        text = "answer truncated"
+        partial["choices"] = [
+            {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+            if is_chat
+            else {"index": 0, "text": text, "finish_reason": "stop"}
+        ]
+        raw = orjson.dumps(partial)
+        return web.Response(body=raw[: len(raw) // 2], status=200, headers=headers)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m synthkd.testing.server",
+        description="Run the synthkd OpenAI-compatible test server in the foreground. Prints "
+        "'READY <base_url>' on stdout once listening; stops on SIGTERM/SIGINT.",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0 = pick a free port (default)")
+    p.add_argument("--latency-ms", type=float, default=0.0)
+    p.add_argument("--jitter-ms", type=float, default=0.0, help="uniform +- jitter on the latency")
+    p.add_argument("--rpm", type=float, default=None, help="requests per minute limit")
+    p.add_argument("--tpm", type=float, default=None, help="tokens per minute limit")
+    p.add_argument("--error-rate", type=float, default=0.0, help="fraction of HTTP 500s")
+    p.add_argument("--hang-rate", type=float, default=0.0, help="fraction of requests that hang")
+    p.add_argument("--hang-seconds", type=float, default=3600.0)
+    p.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of malformed 200 bodies")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    return p
+
+
+def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
+    if use_uvloop:
+        try:
+            import uvloop  # type: ignore[import-not-found]
+
+            return uvloop.new_event_loop()
+        except ImportError:
+            pass
+    return asyncio.new_event_loop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point (also meant for a ``synthkd serve-test`` subcommand)."""
+    args = _build_parser().parse_args(argv)
+    try:
+        config = FaultConfig(
+            latency_ms=args.latency_ms,
+            latency_jitter_ms=args.jitter_ms,
+            rpm_limit=args.rpm,
+            tpm_limit=args.tpm,
+            error_rate=args.error_rate,
+            hang_rate=args.hang_rate,
+            hang_seconds=args.hang_seconds,
+            malformed_rate=args.malformed_rate,
+            seed=args.seed,
+            api_key=args.api_key,
+        )
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    server = TestServer(config, host=args.host, port=args.port)
+
+    async def serve(loop: asyncio.AbstractEventLoop) -> None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                loop.add_signal_handler(sig, stop.set)
+            except (NotImplementedError, RuntimeError):  # pragma: no cover - Windows
+                pass
+        await server._start_async(loop)
+        sys.stdout.write(f"READY {server.base_url}\n")
+        sys.stdout.flush()
+        try:
+            await stop.wait()
+        finally:
+            await server._stop_async()
+
+    loop = _new_loop(not args.no_uvloop)
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_until_complete(serve(loop))
+    except KeyboardInterrupt:  # pragma: no cover - only without signal handlers
+        loop.run_until_complete(server._stop_async())
+    finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
