@@ -45,6 +45,7 @@ def complete(
     rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where failed rows go (default OUTPUT.rejects.jsonl)."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: only on a terminal)."),
     adaptive_timeout: bool = typer.Option(True, "--adaptive-timeout/--fixed-timeout", help="Cut hung attempts at 8x the observed p95 latency."),
+    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the final counts, tokens, cost and timings as JSON."),
 ) -> None:
     """Complete every prompt of a jsonl file with an OpenAI-compatible teacher.
 
@@ -59,7 +60,7 @@ def complete(
             input=input, output=output, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm,
             tpm=tpm, timeout=timeout, max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
             samples=samples, cache=cache, no_cache=no_cache, max_cost=max_cost, prices=prices, rejects=rejects,
-            progress=progress, adaptive_timeout=adaptive_timeout,
+            progress=progress, adaptive_timeout=adaptive_timeout, summary_json=summary_json,
         )
     )
     raise typer.Exit(code)

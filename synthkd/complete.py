@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import json
 import os
 import signal
 import sys
@@ -71,6 +72,7 @@ class CompleteOptions:
     rejects: Path | None = None
     progress: bool | None = None
     adaptive_timeout: bool = True
+    summary_json: Path | None = None
 
 
 class _Lock:
@@ -252,6 +254,16 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     elif missing:
         _say(f"error: {missing} rows were neither written nor rejected")
         code = EXIT_REJECTS
+    if o.summary_json:
+        span = (st.last_result_at - st.first_request_at) if st.first_request_at and st.last_result_at else 0.0
+        o.summary_json.write_text(json.dumps({
+            "exit_code": code, "rows_written": written, "rows_rejected": rejected, "rows_from_cache": cached_rows,
+            "rows_already_done": len(done), "rows_not_started": missing if teacher.budget_exhausted else 0,
+            "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
+            "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+            "cost_usd": st.cost_usd if teacher.price else None, "elapsed_s": round(elapsed, 4),
+            "first_request_to_last_result_s": round(span, 4),
+        }, indent=2) + "\n")
     return code
 
 

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtualenv in .venv with synthkd (editable) and its test tools.
+# CPU torch for the [train] extra must be pinned in the same pip command (torch==2.13.0), else pip
+# pulls a multi-GB CUDA build; the teacher engine itself needs no torch.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install -q --upgrade pip >/dev/null
+python -m pip install -q -e ".[dev,fast]"
