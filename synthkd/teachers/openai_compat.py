@@ -27,7 +27,7 @@ from typing import Any, AsyncIterable, AsyncIterator
 
 import aiohttp
 import orjson
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from synthkd.teachers.base import TeacherFatalError, TeacherRequest, TeacherResult, Usage
 from synthkd.teachers.cache import RequestCache, request_cache_key
@@ -284,7 +284,7 @@ class OpenAICompatibleTeacher:
         limit = self.max_retries + 1 + (20 if isinstance(exc, RateLimitedError) else 0)
         return state.attempt_number >= limit
 
-    _backoff = staticmethod(wait_exponential_jitter(initial=0.5, max=20.0, jitter=0.5))
+    _backoff = wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -293,7 +293,7 @@ class OpenAICompatibleTeacher:
             return exc.retry_after * (1.0 + 0.1 * (hash(state) % 10) / 10)
         if isinstance(exc, AttemptTimeout):
             return 0.05  # the attempt already waited its deadline
-        return self._backoff(state)
+        return self._backoff(state)  # exponential backoff + jitter
 
     async def _complete_uncached(self, req: TeacherRequest, key: str) -> TeacherResult:
         params = {**self.default_params, **req.params}

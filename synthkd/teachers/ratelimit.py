@@ -91,7 +91,7 @@ class RateLimiter:
 
     def __init__(self, rpm: float | None = None, tpm: float | None = None) -> None:
         self._rpm = _Pacer(rpm, burst=max(1.0, rpm / 120.0)) if rpm else None  # ≤ 0.5 s of burst
-        self._tpm = _Pacer(tpm, burst=max(1.0, tpm / 12.0)) if tpm else None  # ≤ 5 s of tokens
+        self._tpm = _Pacer(tpm, burst=max(1.0, tpm / 120.0)) if tpm else None  # ≤ 0.5 s of tokens
         self._paused_until = 0.0
         self.rate_limited = 0  # 429s seen
 
