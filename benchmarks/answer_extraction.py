@@ -1,0 +1,454 @@
+#!/usr/bin/env python
+"""Measure :mod:`synthkd.answers` on real recorded teacher outputs.
+
+Datasets (all under the shared data folder, see its README.md):
+
+* CQA, SVAMP, e-SNLI, ANLI-R1: raw PaLM-540B few-shot chain-of-thought completions from
+  *Distilling step-by-step* (``distilling_step_by_step/<ds>/llm/<split>_CoT_<k>.json``), row-aligned
+  with the gold files (``<ds>_<split>.json``).
+* GSM8K: the GPT-3 6B/175B solutions of ``gsm8k/example_model_solutions.jsonl`` (4 model fields,
+  each ``{"is_correct", "solution"}``), scored against ``ground_truth`` and cross-checked against the
+  ``#### N`` line of ``gsm8k/test.jsonl``.
+
+For every dataset it prints: rows; share of outputs with an extracted answer; share of well-formed
+outputs (those with an answer cue) that were parsed; agreement of the extracted answer with the
+gold label (over all rows, and over parsed rows); for GSM8K also the agreement of our
+correct/incorrect judgement with the recorded ``is_correct``.  Then every unparsed output and every
+disagreement is put into a category, with counts and real examples (``--show-failures N``).
+
+Usage::
+
+    python benchmarks/answer_extraction.py [--data-dir PATH] [--show-failures 2]
+
+The data folder defaults to ``$SYNTHKD_SHARED_DATA`` or else ``../shared/data`` next to the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import glob
+import json
+import math
+import os
+import re
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from synthkd.answers import (
+    NLI_LABELS,
+    NLI_SYNONYMS,
+    ExtractedAnswer,
+    extract_answer,
+    extract_choice,
+    numbers_equal,
+    safe_eval_arithmetic,
+    strip_continuation,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TARGET = 0.99
+NOTES: list[str] = []  # facts about the data found while loading, printed under the table
+GSM8K_MODELS = ("6b_finetuning", "6b_verification", "175b_finetuning", "175b_verification")
+
+
+def resolve_data_dir(arg: str | None) -> Path:
+    if arg:
+        p = Path(arg)
+        return p if p.is_absolute() else (Path.cwd() / p).resolve()
+    env = os.environ.get("SYNTHKD_SHARED_DATA")
+    if env:
+        return Path(env).resolve()
+    return (REPO_ROOT / ".." / "shared" / "data").resolve()
+
+
+# --------------------------------------------------------------------------------------------------
+# loading
+# --------------------------------------------------------------------------------------------------
+
+
+def _jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_palm_cot(data_dir: Path, ds: str, split: str) -> list[str]:
+    """The PaLM completions of one split, concatenated in shard order (``_CoT_0``, ``_CoT_1`` ...)."""
+    pattern = str(data_dir / "distilling_step_by_step" / ds / "llm" / f"{split}_CoT_*.json")
+    files = sorted(glob.glob(pattern), key=lambda p: int(p.rsplit("_CoT_", 1)[1].split(".")[0]))
+    if not files:
+        raise FileNotFoundError(pattern)
+    out: list[str] = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            out.extend(json.load(fh))
+    return out
+
+
+def load_palm_gold(data_dir: Path, ds: str, split: str) -> list[dict]:
+    return _jsonl(data_dir / "distilling_step_by_step" / ds / f"{ds}_{split}.json")
+
+
+# --------------------------------------------------------------------------------------------------
+# per-row records
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Row:
+    text: str
+    ans: ExtractedAnswer
+    gold: object
+    agree: bool
+    pred_show: str  # the prediction as shown in reports
+    gold_show: str
+    recorded_correct: bool | None = None  # GSM8K only
+
+
+@dataclass
+class Result:
+    name: str
+    rows: list[Row] = field(default_factory=list)
+    seconds: float = 0.0
+    categorise: Callable[[Row], str] | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.rows)
+
+    def stats(self) -> dict[str, float | int | None]:
+        n = self.n
+        answered = sum(r.ans.value is not None for r in self.rows)
+        well = [r for r in self.rows if r.ans.span is not None and r.ans.cue != "bare"]
+        well_parsed = sum(r.ans.value is not None for r in well)
+        agree = sum(r.agree for r in self.rows)
+        out: dict[str, float | int | None] = {
+            "rows": n,
+            "answered": answered / n,
+            "well_formed": len(well) / n,
+            "well_parsed": well_parsed / len(well) if well else float("nan"),
+            "agree_all": agree / n,
+            "agree_answered": agree / answered if answered else float("nan"),
+            "judge_agree": None,
+            "recorded_acc": None,
+            "hedged": sum(r.ans.hedged for r in self.rows) / n,
+        }
+        if self.rows and self.rows[0].recorded_correct is not None:
+            out["judge_agree"] = sum(r.agree == r.recorded_correct for r in self.rows) / n
+            out["recorded_acc"] = sum(bool(r.recorded_correct) for r in self.rows) / n
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# failure categories
+# --------------------------------------------------------------------------------------------------
+
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_REPEATED_TAIL = re.compile(r"(.{1,80}?)(?:\s*\1){4,}\s*$", re.DOTALL)
+
+
+def _is_degenerate(text: str) -> bool:
+    """A sentence said 3+ times, a unit repeated 5+ times at the end ("181818..."), or the model
+    copying its question back ("...?\\nA: <question again>")."""
+    sents = [s.strip() for s in _SENT_SPLIT.split(text) if len(s.strip()) > 10]
+    if sents and Counter(sents).most_common(1)[0][1] >= 3:
+        return True
+    if _REPEATED_TAIL.search(text[-400:]):
+        return True
+    lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 10]
+    if lines and Counter(lines).most_common(1)[0][1] >= 2 and len(lines) >= 6:
+        return True
+    return bool(re.search(r"\?\nA: ", text))
+
+
+def unparsed_category(r: Row) -> str:
+    body = strip_continuation(r.text)
+    if r.ans.reason == "no answer cue":
+        if _is_degenerate(body):
+            return "unparsed: no answer cue - degenerate output (repeats itself / echoes the question)"
+        if not re.search(r"[.!?)\]]\s*$", body) or body.count("<<") > body.count(">>"):
+            return "unparsed: no answer cue - cut off mid-sentence (length limit) before any answer"
+        return "unparsed: no answer cue - rationale ends without stating an answer"
+    return f"unparsed: cue found, but {r.ans.reason}"
+
+
+def _n(text: str) -> str:
+    return re.sub(r"[^0-9a-z]+", " ", text.lower()).strip()
+
+
+def cqa_category(r: Row, choices: list[str]) -> str:
+    span = r.ans.span or ""
+    if r.ans.alternatives:
+        offered = {choices[int(i)] for i in (r.ans.value, *r.ans.alternatives) if i is not None}
+        if r.gold in offered:
+            return "hedge: span offers several options incl. gold; we take the last, it is not gold (see ExtractedAnswer.alternatives)"
+        return "hedge: span offers several options, none is gold (model error)"
+    m = re.match(r"\s*\(([a-e])\)\s*(.*)$", span)
+    if not m:
+        return "disagree: no option letter; option text names a non-gold option (model error)"
+    letter_idx = "abcde".index(m.group(1))
+    rest = _n(m.group(2))
+    if not rest:
+        return "disagree: letter only, names a non-gold option (model error)"
+    exact_rest = [i for i, c in enumerate(choices) if _n(c) == rest]
+    if exact_rest and letter_idx not in exact_rest:
+        if choices[letter_idx] == r.gold:
+            return "disagree: letter and text name different options; the LETTER is gold (we follow the text)"
+        return "disagree: letter and text name different non-gold options (model error)"
+    if exact_rest:
+        return "disagree: letter and option text agree on a non-gold option (model error)"
+    rest_idx = extract_choice(m.group(2), choices)
+    if rest_idx is None:
+        if difflib.SequenceMatcher(None, rest, _n(choices[letter_idx])).ratio() >= 0.8:
+            return (
+                "disagree: letter names a non-gold option; text after it is a misspelling of that option (model error)"
+            )
+        return "disagree: letter names a non-gold option; text after it is no option at all (model invented it)"
+    if rest_idx == letter_idx:
+        return "disagree: letter names a non-gold option; text after it contains that option (model error)"
+    return "disagree: letter names a non-gold option; text after it contains another option (we follow the letter)"
+
+
+_RESULT_RE = re.compile(r"=\s*\$?\s*(-?[\d,]*\.?\d+)")
+
+
+def svamp_category(r: Row) -> str:
+    if r.ans.alternatives:
+        if any(numbers_equal(v, r.gold) for v in r.ans.alternatives):
+            return "hedge: span gives several answers incl. gold; we take the first, it is not gold"
+        return "hedge: span gives several answers, none is gold (model error)"
+    body = strip_continuation(r.text)
+    m = re.search(r"answer is", body, re.IGNORECASE)
+    rationale = body[: m.start()] if m else body
+    stated = [float(x.replace(",", "")) for x in _RESULT_RE.findall(rationale)]
+    if stated and numbers_equal(stated[-1], r.ans.value):
+        return "disagree: answer expression = the rationale's own last result; both wrong (model error)"
+    if stated and numbers_equal(stated[-1], r.gold):
+        return "disagree: rationale's last result is gold but the answer expression differs (model inconsistency)"
+    return "disagree: answer expression wrong, no matching result stated in the rationale (model error)"
+
+
+def nli_category(r: Row) -> str:
+    return f"disagree: model says {r.pred_show}, gold {r.gold_show} (model error)"
+
+
+def gsm8k_category(r: Row) -> str:
+    """Category for a GSM8K row whose correctness judgement differs from the recorded one,
+    or whose answer could not be read."""
+    if r.ans.value is None:
+        return unparsed_category(r)
+    return (
+        "judgement differs from recorded is_correct: we say "
+        + ("correct" if r.agree else "incorrect")
+        + (" (recorded incorrect)" if not r.recorded_correct else " (recorded correct)")
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------
+
+
+def run_cqa(data_dir: Path, split: str) -> Result:
+    texts = load_palm_cot(data_dir, "cqa", split)
+    gold = load_palm_gold(data_dir, "cqa", split)
+    assert len(texts) == len(gold), (len(texts), len(gold))
+    res = Result(f"CQA {split}")
+    t0 = time.perf_counter()
+    for text, g in zip(texts, gold):
+        a = extract_answer(text, "choice", choices=g["choices"])
+        agree = a.value is not None and g["choices"][a.value] == g["answer"]
+        res.rows.append(Row(text, a, g["answer"], agree, "" if a.value is None else g["choices"][a.value], g["answer"]))
+    res.seconds = time.perf_counter() - t0
+    choices_of = {id(r): g["choices"] for r, g in zip(res.rows, gold)}
+    res.categorise = lambda r: cqa_category(r, choices_of[id(r)])
+    return res
+
+
+def run_svamp(data_dir: Path, split: str) -> Result:
+    texts = load_palm_cot(data_dir, "svamp", split)
+    gold = load_palm_gold(data_dir, "svamp", split)
+    assert len(texts) == len(gold), (len(texts), len(gold))
+    res = Result(f"SVAMP {split}")
+    t0 = time.perf_counter()
+    for text, g in zip(texts, gold):
+        gv = safe_eval_arithmetic(g["label"])
+        a = extract_answer(text, "number")
+        agree = numbers_equal(a.value, gv)
+        res.rows.append(Row(text, a, gv, agree, repr(a.value), f"{gv:g} = {g['label']}"))
+    res.seconds = time.perf_counter() - t0
+    res.categorise = svamp_category
+    return res
+
+
+def run_nli(data_dir: Path, ds: str, split: str, name: str) -> Result:
+    texts = load_palm_cot(data_dir, ds, split)
+    gold = load_palm_gold(data_dir, ds, split)
+    assert len(texts) == len(gold), (len(texts), len(gold))
+    res = Result(name)
+    t0 = time.perf_counter()
+    for text, g in zip(texts, gold):
+        gl = NLI_LABELS[int(g["label"])]
+        a = extract_answer(text, "label", labels=NLI_LABELS, synonyms=NLI_SYNONYMS)
+        res.rows.append(Row(text, a, gl, a.value == gl, str(a.value), gl))
+    res.seconds = time.perf_counter() - t0
+    res.categorise = nli_category
+    return res
+
+
+def run_gsm8k(data_dir: Path) -> list[Result]:
+    rows = _jsonl(data_dir / "gsm8k" / "example_model_solutions.jsonl")
+    test = _jsonl(data_dir / "gsm8k" / "test.jsonl")
+    # gold: the "A: N" line of ground_truth, cross-checked against test.jsonl's "#### N"
+    by_q = {t["question"]: t for t in test}
+    gold: list[float] = []
+    mismatch = checked = 0
+    for r in rows:
+        g = extract_answer(r["ground_truth"], "number").value
+        t = by_q.get(r["question"])
+        if t is not None:
+            g2 = extract_answer(t["answer"], "number").value
+            checked += 1
+            if not numbers_equal(g, g2):
+                mismatch += 1
+        if not isinstance(g, float):
+            raise ValueError(f"unreadable GSM8K ground truth: {r['ground_truth'][-80:]!r}")
+        gold.append(g)
+    NOTES.append(
+        f"GSM8K gold: the `A: N` line of `ground_truth`; cross-checked against `#### N` in test.jsonl for "
+        f"{checked:,}/{len(rows):,} questions, {mismatch} mismatches."
+    )
+    out = []
+    for model in GSM8K_MODELS:
+        res = Result(f"GSM8K {model}")
+        t0 = time.perf_counter()
+        for r, g in zip(rows, gold):
+            sol = r[model]["solution"]
+            a = extract_answer(sol, "number")
+            agree = numbers_equal(a.value, g)
+            res.rows.append(
+                Row(sol, a, g, agree, repr(a.value), f"{g:g}", recorded_correct=bool(r[model]["is_correct"]))
+            )
+        res.seconds = time.perf_counter() - t0
+        res.categorise = gsm8k_category
+        out.append(res)
+    return out
+
+
+def run_all(data_dir: Path) -> list[Result]:
+    results = [
+        run_cqa(data_dir, "train"),
+        run_cqa(data_dir, "test"),
+        run_svamp(data_dir, "train"),
+        run_svamp(data_dir, "test"),
+        run_nli(data_dir, "esnli", "test", "e-SNLI test"),
+        run_nli(data_dir, "anli1", "valid", "ANLI-R1 valid"),
+        run_nli(data_dir, "anli1", "test", "ANLI-R1 test"),
+    ]
+    results.extend(run_gsm8k(data_dir))
+    return results
+
+
+# --------------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------------
+
+
+def _pct(x: float | int | None) -> str:
+    if x is None:
+        return "-"
+    if math.isnan(x):
+        return "n/a"
+    return f"{100 * x:.2f}%"
+
+
+def print_table(results: list[Result]) -> None:
+    print(
+        "| dataset | rows | answered | well-formed (cue) | well-formed parsed | hedged | agree w/ gold (all rows) | agree w/ gold (answered) | judgement = recorded is_correct | recorded acc | µs/row |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for res in results:
+        s = res.stats()
+        print(
+            f"| {res.name} | {s['rows']:,} | {_pct(s['answered'])} | {_pct(s['well_formed'])} | {_pct(s['well_parsed'])} | {_pct(s['hedged'])} "
+            f"| {_pct(s['agree_all'])} | {_pct(s['agree_answered'])} | {_pct(s['judge_agree'])} | {_pct(s['recorded_acc'])} "
+            f"| {1e6 * res.seconds / max(1, res.n):.0f} |"
+        )
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = strip_continuation(text)
+    if len(text) > limit:
+        text = "…" + text[-limit:]
+    return text.replace("\n", "⏎")
+
+
+def failure_report(results: list[Result], show: int) -> None:
+    print("\n## Failures and disagreements by category\n")
+    for res in results:
+        cats: dict[str, list[Row]] = defaultdict(list)
+        categorise = res.categorise or (lambda r: "disagree")
+        gsm = bool(res.rows) and res.rows[0].recorded_correct is not None
+        for r in res.rows:
+            if r.ans.value is None:
+                cats[unparsed_category(r)].append(r)
+            elif gsm:
+                if r.agree != r.recorded_correct:
+                    cats[categorise(r)].append(r)
+            elif not r.agree:
+                cats[categorise(r)].append(r)
+        total = sum(len(v) for v in cats.values())
+        print(f"### {res.name}: {total} rows listed of {res.n}\n")
+        if gsm:
+            model_wrong = sum(
+                1 for r in res.rows if r.ans.value is not None and not r.agree and r.agree == r.recorded_correct
+            )
+            print(
+                f"- (not listed) answer read, differs from gold, recorded incorrect too: {model_wrong} (model error, both judges agree)"
+            )
+        for cat, rs in sorted(cats.items(), key=lambda kv: -len(kv[1])):
+            print(f"- **{cat}**: {len(rs)}")
+            for r in rs[:show]:
+                print(f"    - pred `{r.pred_show}` gold `{r.gold_show}` span `{r.ans.span}`: `{_short(r.text)}`")
+        print()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument(
+        "--data-dir", default=None, help="shared data folder (default: $SYNTHKD_SHARED_DATA or ../shared/data)"
+    )
+    ap.add_argument(
+        "--show-failures", type=int, default=2, metavar="N", help="examples per failure category (0: counts only)"
+    )
+    ap.add_argument("--no-failures", action="store_true", help="print only the table")
+    args = ap.parse_args(argv)
+    data_dir = resolve_data_dir(args.data_dir)
+    if not (data_dir / "distilling_step_by_step").is_dir():
+        print(f"data folder not found: {data_dir} (use --data-dir or SYNTHKD_SHARED_DATA)", file=sys.stderr)
+        return 2
+    results = run_all(data_dir)
+    print(f"# Answer extraction on recorded teacher outputs ({data_dir})\n")
+    print_table(results)
+    n = sum(r.n for r in results)
+    secs = sum(r.seconds for r in results)
+    print(f"\n{n:,} outputs in {secs:.2f} s ({1e6 * secs / n:.0f} µs/output, extraction only).")
+    for note in NOTES:
+        print(f"\n{note}")
+    below = [(r.name, r.stats()["well_parsed"]) for r in results if float(r.stats()["well_parsed"] or 0) < TARGET]
+    print(
+        f"\nTarget: >= {TARGET:.0%} of well-formed outputs parsed. Below target: "
+        + (", ".join(f"{name} ({_pct(v)})" for name, v in below) if below else "none")
+        + ("; see 'unparsed: cue found, but ...' below for every such row." if below else ".")
+    )
+    if not args.no_failures:
+        failure_report(results, args.show_failures)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,828 @@
+"""Answer extraction and normalisation for real teacher text.
+
+Teacher models answer in prose.  Before a chain-of-thought completion can be scored against a gold
+label, filtered for correctness, or turned into a training target, the final answer has to be found
+and normalised.  This module does that with pure, fast functions (all regexes are compiled once at
+import time; nothing here calls ``eval`` or ``exec``).
+
+The pipeline applied by :func:`extract_answer` is:
+
+1. :func:`strip_continuation` - cut the text at the first hallucinated next few-shot exemplar
+   (a line starting with ``Q:``, ``Question:``, ``Premise:``, ``Input:`` ...).  Raw few-shot
+   continuations (e.g. the PaLM-540B rationales of *Distilling step-by-step*) very often run on
+   into an invented next question that carries its own, unrelated answer.
+2. :func:`extract_final_answer_span` - locate the *last* answer cue ("So the answer is",
+   "The answer is", "Answer:", "####", ``\\boxed{...}``, a short ``A: ...`` line) and return the raw
+   text it introduces, trimmed of trailing punctuation, quotes and markdown.
+3. a kind-specific parser on that span: :func:`extract_number`, :func:`extract_choice` or
+   :func:`extract_label`.
+
+Every failure is reported with a short machine-readable ``reason`` (see :data:`REASONS`), so that a
+pipeline can count *why* rows were dropped.
+
+Example::
+
+    >>> extract_answer("5 + 3 = 8 apples. The answer is 8.\\n\\nQ: next question...", "number").value
+    8.0
+    >>> extract_answer("So the answer is (c) wooded area.", "choice",
+    ...                choices=["british columbia", "body of water", "wooded area", "pay debts", "zoo"]).value
+    2
+    >>> extract_answer("Answer: neutral", "label", labels=NLI_LABELS, synonyms=NLI_SYNONYMS).value
+    'neutral'
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+import operator
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Literal
+
+__all__ = [
+    "ANLI_LABELS",
+    "ExtractedAnswer",
+    "NLI_LABELS",
+    "NLI_SYNONYMS",
+    "REASONS",
+    "extract_answer",
+    "extract_choice",
+    "extract_final_answer_span",
+    "extract_label",
+    "extract_number",
+    "numbers_equal",
+    "safe_eval_arithmetic",
+    "strip_continuation",
+]
+
+AnswerKind = Literal["number", "choice", "label"]
+
+#: NLI class names in the conventional SNLI/MNLI/ANLI integer order (0, 1, 2).
+NLI_LABELS: list[str] = ["entailment", "neutral", "contradiction"]
+#: ANLI uses the same integer encoding as SNLI: 0 entailment, 1 neutral, 2 contradiction.
+ANLI_LABELS: list[str] = NLI_LABELS
+
+#: Common ways models phrase the three NLI classes (zero-shot "yes / no / maybe" prompts included).
+NLI_SYNONYMS: dict[str, list[str]] = {
+    "entailment": ["yes", "entails", "entailed", "entailing", "entail", "true", "definitely true"],
+    "neutral": [
+        "maybe",
+        "it is not possible to tell",
+        "not possible to tell",
+        "impossible to tell",
+        "cannot tell",
+        "can not tell",
+        "can't tell",
+        "cannot be determined",
+        "can not be determined",
+        "undetermined",
+        "unknown",
+        "inconclusive",
+        "neither",
+        "possibly",
+    ],
+    "contradiction": ["no", "contradicts", "contradicted", "contradictory", "contradict", "false", "definitely false"],
+}
+
+#: Every ``reason`` that :func:`extract_answer` may return when ``value`` is None.
+REASONS: dict[str, str] = {
+    "empty text": "the text is empty or whitespace only",
+    "no answer cue": "no final-answer cue (and the text is not a short bare answer)",
+    "empty answer span": "an answer cue was found but nothing follows it",
+    "cue found but no number": "the answer span contains no number",
+    "ambiguous": "the answer span names several different answers",
+    "no choice matched": "the answer span matches no option letter and no option text",
+    "no label matched": "the answer span matches no class name or synonym",
+    "bad expression": "the answer span is arithmetic with unknowns ('(some - 8)', '2 * x') or cannot be evaluated",
+    "truncated expression": "the answer span is an arithmetic expression cut off before its end ('(9 + 6')",
+}
+
+
+@dataclass(frozen=True)
+class ExtractedAnswer:
+    """Result of :func:`extract_answer`.
+
+    ``value``: a ``float`` (kind "number"), an ``int`` index into ``choices`` (kind "choice"), a label
+    string from ``labels`` (kind "label"), or ``None`` when nothing could be extracted.
+    ``span``: the raw answer text the value was read from (``None`` when no answer cue was found).
+    ``reason``: why ``value`` is ``None`` (one of :data:`REASONS`); ``None`` on success.
+    ``cue``: which cue introduced the span ("answer is", "answer:", "####", "boxed", "A:", "bare").
+    ``alternatives``: other answers the same span also offers, when the teacher hedged
+    (``"either (a) aquarium or (e) pond"`` -> value 4, alternatives ``(0,)``;
+    ``"(28 - 13) and (28 - 15)"`` -> value 15.0, alternatives ``(13.0,)``).  ``value`` follows the
+    documented precedence; callers that need one unambiguous answer should drop rows where this is
+    non-empty (see :attr:`hedged`).
+    """
+
+    value: float | int | str | None
+    span: str | None
+    reason: str | None
+    cue: str | None = None
+    alternatives: tuple[float | int | str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        """An answer was extracted."""
+        return self.value is not None
+
+    @property
+    def hedged(self) -> bool:
+        """The span offers more than one answer."""
+        return bool(self.alternatives)
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. continuation stripping
+# --------------------------------------------------------------------------------------------------
+
+#: Line prefixes that open a new few-shot exemplar.  ``Answer:`` / ``A:`` are deliberately absent:
+#: in many prompt formats they carry the answer itself.
+CONTINUATION_MARKERS: tuple[str, ...] = (
+    "Q",
+    "Question",
+    "Problem",
+    "Premise",
+    "Input",
+    "Context",
+    "Passage",
+    "Instruction",
+    "Example",
+)
+
+_CONTINUATION_RE = re.compile(
+    r"\n[ \t>*#]*(?:" + "|".join(CONTINUATION_MARKERS) + r")[ \t]*(?:\d+[ \t]*)?:",
+)
+
+
+def strip_continuation(text: str) -> str:
+    """Return ``text`` cut before the first hallucinated next exemplar.
+
+    A continuation starts at a line (other than the first line) that begins with one of
+    :data:`CONTINUATION_MARKERS` followed by a colon, e.g. ``"\\n\\nQ: What is ..."`` or
+    ``"\\nPremise: ..."``.  A marker on the very first line is kept: it is the model echoing the
+    current question, not a new one.  Trailing whitespace is removed.
+
+    >>> strip_continuation("So the answer is (a) go downtown.\\n\\nQ: What is the best way...")
+    'So the answer is (a) go downtown.'
+    """
+    if not text:
+        return ""
+    # skip leading whitespace so that a first-line echo ("Q: ...") is never treated as continuation
+    start = len(text) - len(text.lstrip())
+    m = _CONTINUATION_RE.search(text, start)
+    if m is not None:
+        text = text[: m.start()]
+    return text.rstrip()
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. answer span
+# --------------------------------------------------------------------------------------------------
+
+_CUE_RE = re.compile(
+    r"""
+    (?P<is>\b(?:final\s+|correct\s+|right\s+|best\s+)?answer\s+(?:is|would\s+be|should\s+be|will\s+be)\b(?!\s+not\b)
+        (?:\s*:)?)                                       # "... the answer is", "Therefore, the answer is:"
+    | (?P<colon>\b(?:final\s+)?answer(?:\s*\*\*)?\s*:)      # "Answer:", "Final answer:", "**Answer:**"
+    | (?P<hash>\#\#\#\#)                                    # GSM8K "#### 72"
+    | (?P<boxed>\\boxed\s*\{)                               # LaTeX \boxed{...}
+    | (?P<aline>(?:^|\n)[ \t]*A[ \t]*:)                     # few-shot "A: 18" (short lines only)
+    """,
+    re.IGNORECASE | re.VERBOSE,
+)
+_A_LINE_MAX_WORDS = 6  # "A:" introduces a final answer only when it is short ("A: 90,000")
+_BARE_MAX_CHARS = 64  # a cue-less text this short and on one line is treated as a bare answer
+
+_SENTENCE_END_RE = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(])|;\s")
+_TRAIL_STRIP = " \t\r\n.,;:!?\"'`*_\u201c\u201d\u2018\u2019"
+_LEAD_STRIP = " \t\r\n:\"'`*_\u201c\u201d\u2018\u2019"
+_MARKDOWN_RE = re.compile(r"\*\*|__|`")
+
+
+def _braced(text: str, open_pos: int) -> str | None:
+    """Content of the brace group whose ``{`` is at ``open_pos`` (nested braces allowed)."""
+    depth = 0
+    for i in range(open_pos, len(text)):
+        c = text[i]
+        if c == "{":
+            depth += 1
+        elif c == "}":
+            depth -= 1
+            if depth == 0:
+                return text[open_pos + 1 : i]
+    return None  # unbalanced (truncated generation)
+
+
+def _clean_span(span: str) -> str:
+    span = _MARKDOWN_RE.sub("", span)
+    span = span.strip(_LEAD_STRIP)
+    # strip LaTeX inline-math wrappers "$42$" / "\(42\)" (a lone leading "$" is a currency sign)
+    if len(span) > 1 and span.startswith("$") and span.endswith("$"):
+        span = span[1:-1]
+    if span.startswith("\\(") and span.endswith("\\)"):
+        span = span[2:-2]
+    return span.rstrip(_TRAIL_STRIP).strip()
+
+
+def _span_after(text: str, end: int) -> str:
+    """The rest of the line after a cue; the next non-empty line when the cue ends its line."""
+    nl = text.find("\n", end)
+    line = text[end:] if nl < 0 else text[end:nl]
+    if not line.strip() and nl >= 0:
+        rest = text[nl + 1 :].lstrip("\n")
+        nl2 = rest.find("\n")
+        line = rest if nl2 < 0 else rest[:nl2]
+    m = _SENTENCE_END_RE.search(line)
+    if m is not None:
+        line = line[: m.start()]
+    return _clean_span(line)
+
+
+def _find_span(text: str) -> tuple[str | None, str | None]:
+    """(span, cue name) of the last usable answer cue in ``text``."""
+    best: tuple[str, str] | None = None
+    for m in _CUE_RE.finditer(text):
+        kind = m.lastgroup
+        if kind == "boxed":
+            inner = _braced(text, m.end() - 1)
+            span = _clean_span(inner) if inner is not None else _span_after(text, m.end())
+            cue = "boxed"
+        elif kind == "aline":
+            span = _span_after(text, m.end())
+            if not span or len(span.split()) > _A_LINE_MAX_WORDS:
+                continue
+            cue = "A:"
+        else:
+            span = _span_after(text, m.end())
+            cue = {"is": "answer is", "colon": "answer:", "hash": "####"}[kind or ""]
+        # the last cue wins; a later cue with nothing after it (truncated text) does not override
+        # an earlier complete one
+        if span or best is None:
+            best = (span, cue)
+    if best is None:
+        return None, None
+    return best
+
+
+def extract_final_answer_span(text: str) -> str | None:
+    """Return the raw final-answer text introduced by the last answer cue, or ``None``.
+
+    Cues (case-insensitive): "(So / Therefore,) the (final / correct) answer is", "answer would be",
+    "Answer:", "Final answer:", "####", ``\\boxed{...}`` (nested braces are matched), and a line
+    ``A: ...`` whose remainder is at most six words (longer ``A:`` lines are rationales).  When
+    several cues occur the last one wins, except that a cue with nothing after it (a truncated
+    generation) does not override an earlier complete answer.  The span ends at the end of its
+    line or at the first sentence boundary; surrounding whitespace, markdown, quotes and trailing
+    punctuation are removed.  Returns ``""`` when a cue is present but nothing follows it.
+
+    The text is *not* stripped of continuations here; call :func:`strip_continuation` first (as
+    :func:`extract_answer` does) for raw few-shot completions.
+
+    >>> extract_final_answer_span("10 - (3 + 6) = 1. The answer is (10 - (3 + 6)).")
+    '(10 - (3 + 6))'
+    >>> extract_final_answer_span("so $x = \\\\boxed{\\\\frac{1}{2}}$")
+    '\\\\frac{1}{2}'
+    """
+    if not text:
+        return None
+    return _find_span(text)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3a. numbers
+# --------------------------------------------------------------------------------------------------
+
+_BIN_OPS = {
+    ast.Add: operator.add,
+    ast.Sub: operator.sub,
+    ast.Mult: operator.mul,
+    ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv,
+    ast.Mod: operator.mod,
+    ast.Pow: operator.pow,
+}
+_MAX_EXPR_CHARS = 2000
+_MAX_EXPONENT = 64
+_MAX_MAGNITUDE = 1e100
+_OP_TRANSLATION = str.maketrans({"\u2212": "-", "\u00d7": "*", "\u00f7": "/", "\u2044": "/"})
+
+
+def _eval_node(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _eval_node(node.body)
+    if isinstance(node, ast.Constant):
+        v = node.value
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"unsupported constant {v!r}")
+        try:
+            f = float(v)
+        except OverflowError as exc:
+            raise ValueError("number out of range") from exc
+        if not math.isfinite(f) or abs(f) > _MAX_MAGNITUDE:
+            raise ValueError("number out of range")
+        return f
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _eval_node(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
+        left = _eval_node(node.left)
+        right = _eval_node(node.right)
+        if isinstance(node.op, ast.Pow):
+            if abs(right) > _MAX_EXPONENT:
+                raise ValueError(f"exponent {right!r} too large (limit {_MAX_EXPONENT})")
+            if left == 0 and right < 0:
+                raise ValueError("zero to a negative power")
+            if left < 0 and not float(right).is_integer():
+                raise ValueError("fractional power of a negative number")
+        try:
+            out = _BIN_OPS[type(node.op)](left, right)
+        except ZeroDivisionError as exc:
+            raise ValueError("division by zero") from exc
+        except OverflowError as exc:
+            raise ValueError("overflow") from exc
+        if isinstance(out, complex) or not math.isfinite(out) or abs(out) > _MAX_MAGNITUDE:
+            raise ValueError("result out of range")
+        return float(out)
+    raise ValueError(f"unsupported syntax: {type(node).__name__}")
+
+
+def safe_eval_arithmetic(expr: str) -> float:
+    """Evaluate a plain arithmetic expression without ``eval``.
+
+    The expression is parsed with :mod:`ast` and only these nodes are accepted: int/float literals,
+    ``+ - * / // % **``, unary ``-``/``+`` and parentheses.  Exponents are limited to
+    ``|e| <= 64`` and every intermediate result to ``|x| <= 1e100``.  Unicode ``×``, ``÷`` and ``−``
+    are read as ``*``, ``/`` and ``-``.  Anything else (names, calls, attributes, strings,
+    comparisons, division by zero, too-long input ...) raises :class:`ValueError`.
+
+    >>> safe_eval_arithmetic("( 10.0 - ( 6.0 + 3.0 ) )")
+    1.0
+    """
+    if not isinstance(expr, str):
+        raise ValueError("expression must be a string")
+    if len(expr) > _MAX_EXPR_CHARS:
+        raise ValueError("expression too long")
+    expr = expr.translate(_OP_TRANSLATION).strip()
+    if not expr:
+        raise ValueError("empty expression")
+    try:
+        tree = ast.parse(expr, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError) as exc:
+        raise ValueError(f"not an arithmetic expression: {expr!r}") from exc
+    try:
+        return _eval_node(tree)
+    except RecursionError as exc:
+        raise ValueError("expression nested too deeply") from exc
+
+
+_THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_CURRENCY_RE = re.compile(r"\\?[$\u20ac\u00a3\u00a5\u20b9]|\b(?:USD|EUR|GBP|Rs\.?)(?=\s*\d)")
+_LATEX_FRAC_RE = re.compile(r"\\[dt]?frac\s*\{([^{}]*)\}\s*\{([^{}]*)\}")
+_LATEX_CMD_RE = re.compile(r"\\(?:left|right|,|!|;|quad|text\s*\{[^{}]*\}|mathrm\s*\{[^{}]*\})")
+_LATEX_OPS = (("\\times", "*"), ("\\cdot", "*"), ("\\div", "/"), ("\\%", "%"), ("{,}", ""), ("\\ ", " "))
+_TIMES_RE = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
+_CARET_RE = re.compile(r"(?<=[\d)])\s*\^\s*(?=[\d(-])")
+_MIXED_RE = re.compile(r"^([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)$")
+# tokens of a numeric span: runs of number/operator/space tokens are candidate expressions
+_TOKEN_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)|(\*\*|//|[-+*/%()])|(\s+)|[^\d\s\-+*/%().]+|\.")
+_NUM_RE = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+_EQUALS_RE = re.compile(r"(?<![<>!=])=(?!=)")
+_LETTER_RE = re.compile(r"[A-Za-z]")
+_HAS_OP_RE = re.compile(r"(?<=[\d)\s])[-+*/%]")
+_WORD_NUMBERS = {
+    w: float(i)
+    for i, w in enumerate(
+        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+        "sixteen seventeen eighteen nineteen twenty".split()
+    )
+}
+_WORD_NUMBERS.update(
+    {w: float(10 * i) for i, w in enumerate("thirty forty fifty sixty seventy eighty ninety".split(), 3)}
+)
+_WORD_NUMBER_RE = re.compile(
+    r"^(?:a\s+total\s+of\s+|about\s+|approximately\s+)?("
+    + "|".join(_WORD_NUMBERS)
+    + r")(?:[\s-]+("
+    + "|".join(list(_WORD_NUMBERS)[1:10])
+    + r"))?\b",
+    re.IGNORECASE,
+)
+
+
+def _normalise_numeric_text(text: str) -> str:
+    s = text.translate(_OP_TRANSLATION)
+    if "\\" in s:
+        for a, b in _LATEX_OPS:
+            s = s.replace(a, b)
+        s = _LATEX_FRAC_RE.sub(r"(\1)/(\2)", s)
+        s = _LATEX_CMD_RE.sub("", s)
+    s = _CURRENCY_RE.sub("", s)
+    s = _THOUSANDS_RE.sub("", s)
+    s = _TIMES_RE.sub("*", s)
+    s = _CARET_RE.sub("**", s)
+    return s
+
+
+def _balance(run: str) -> str:
+    run = run.strip().rstrip("%").rstrip()
+    # drop unmatched closing parentheses at the end and unmatched opening ones at the start
+    while run.endswith(")") and run.count(")") > run.count("("):
+        run = run[:-1].rstrip()
+    while run.startswith("(") and run.count("(") > run.count(")"):
+        run = run[1:].lstrip()
+    return run.rstrip("+-*/%( ").strip()
+
+
+def _run_value(run: str) -> float | None:
+    run = _balance(run)
+    if not run:
+        return None
+    m = _MIXED_RE.match(run)
+    if m:
+        sign, whole, num, den = m.groups()
+        if int(den) == 0:
+            return None
+        v = int(whole) + int(num) / int(den)
+        return -v if sign == "-" else v
+    try:
+        return safe_eval_arithmetic(run.replace("%", ""))
+    except ValueError:
+        return None
+
+
+def _runs(s: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of maximal runs of number/operator/space tokens that hold a number."""
+    start = -1
+    end = -1
+    has_num = False
+    for m in _TOKEN_RE.finditer(s):
+        num, op, ws = m.group(1), m.group(2), m.group(3)
+        if num or op or ws:
+            if start < 0:
+                start, has_num = m.start(), False
+            has_num = has_num or bool(num)
+            end = m.end()
+        else:
+            if start >= 0 and has_num:
+                yield start, end
+            start = -1
+    if start >= 0 and has_num:
+        yield start, end
+
+
+# arithmetic that involves a word or variable: "bags + 4", "2 * x", "7x = 14", "(some - 8)".
+# "-" and "/" count only inside parentheses / never, so prose dashes and units ("$15/hour") pass.
+_UNKNOWN_IN_EXPR_RE = re.compile(
+    r"[A-Za-z]\s*[+*^]\s*[\w(]"
+    r"|[\w)]\s*[+*^]\s*[A-Za-z]"
+    r"|\b\d+(?:\.\d+)?[xyz]\b"
+    r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*\)"
+    r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*$"
+)
+_UNFINISHED_RE = re.compile(r"[\d+\-*/(]\s*$")
+_CONJUNCTION_RE = re.compile(r"\b(?:or|and)\b|/|,", re.IGNORECASE)
+
+
+def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...]]:
+    """(value, reason, alternatives) for :func:`extract_number`."""
+    if text is None or not text.strip():
+        return None, "cue found but no number", ()
+    s = _normalise_numeric_text(text)
+    if s.count("(") > s.count(")") and _UNFINISHED_RE.search(s):
+        return None, "truncated expression", ()  # "(9 + 6": the generation stopped mid-expression
+    if _UNKNOWN_IN_EXPR_RE.search(s):
+        return None, "bad expression", ()
+    if "=" in s:
+        # an equation "5 + 3 = 8": the result is on the right of the last "=" that has a number
+        # (comparison operators like "<=" / "!=" are not equations and are left alone)
+        parts = [p for p in _EQUALS_RE.split(s) if _NUM_RE.search(p)]
+        if parts:
+            s = parts[-1]
+    candidates: list[tuple[int, int, float]] = []  # (start, end, value)
+    bad = False
+    for a, b in _runs(s):
+        run = s[a:b]
+        value = _run_value(run)
+        if value is None:
+            # not one valid expression (e.g. "5 3", "1-2-2020"): fall back to its separate numbers
+            bad = bad or bool(_HAS_OP_RE.search(run))
+            for n in _NUM_RE.finditer(run):
+                candidates.append((a + n.start(), a + n.end(), float(n.group(0))))
+        else:
+            lead = len(run) - len(run.lstrip(" \t\r\n("))
+            candidates.append((a + lead, b, value))
+    if not candidates:
+        wm = _WORD_NUMBER_RE.match(s.strip())
+        if wm:
+            v = _WORD_NUMBERS[wm.group(1).lower()]
+            if wm.group(2):
+                v += _WORD_NUMBERS[wm.group(2).lower()]
+            return v, None, ()
+        return None, ("bad expression" if bad else "cue found but no number"), ()
+    first_start, first_end, first_val = candidates[0]
+    others = [v for _, _, v in candidates[1:] if not numbers_equal(v, first_val)]
+    if not others:
+        return first_val, None, ()
+    if not _LETTER_RE.search(s[:first_start]):
+        # the span opens with its number ("42 apples in 6 boxes"); when the next number is joined
+        # by "or"/"and" the span is a hedge ("(28 - 13) and (28 - 15)"): report the others
+        hedge = bool(_CONJUNCTION_RE.search(s[first_end : candidates[1][0]]))
+        alts: tuple[float, ...] = tuple(dict.fromkeys(others)) if hedge else ()
+        return first_val, None, alts
+    return None, "ambiguous", ()
+
+
+def extract_number(text: str) -> float | None:
+    """Read one number from an answer span; ``None`` when there is none or it is ambiguous.
+
+    Normalises thousands separators (``"1,234"``), currency signs (``"$5.50"``, ``"\\$5"``, ``€``,
+    ``£``), trailing units (``"5 apples"``), percentages (``"50%"`` -> ``50.0``, the number as
+    written), signs (``"-3"``, ``"−3"``), fractions (``"3/4"``, ``"1 1/2"``, ``\\frac{3}{4}``),
+    arithmetic (``"(10 * 45)"`` -> ``450.0``, ``"2 x 0.5"``, ``"2^3"``) and equations
+    (``"5 + 3 = 8"`` -> ``8.0``: the right-hand side of the last ``=``).  Small number words
+    (``"twenty-one"``) are read when the span has no digits.  When the span holds several different
+    numbers it is read only if it starts with one (``"42 apples in 6 boxes"`` -> ``42.0``);
+    otherwise the result is ``None`` (ambiguous).  Ranges like ``"5-10"`` read as subtraction.
+    """
+    return _parse_number(text)[0]
+
+
+def numbers_equal(a: object, b: object, rel_tol: float = 1e-6, abs_tol: float = 1e-9) -> bool:
+    """``True`` when both are numbers (int/float, not bool) equal within ``rel_tol`` (or ``abs_tol`` near zero).
+
+    Anything else (``None``, strings, NaN) compares unequal, so an unreadable answer is never "correct".
+    """
+    if not isinstance(a, (int, float)) or not isinstance(b, (int, float)) or isinstance(a, bool) or isinstance(b, bool):
+        return False
+    fa, fb = float(a), float(b)
+    if math.isnan(fa) or math.isnan(fb):
+        return False
+    return math.isclose(fa, fb, rel_tol=rel_tol, abs_tol=abs_tol)
+
+
+# --------------------------------------------------------------------------------------------------
+# 3b. multiple choice
+# --------------------------------------------------------------------------------------------------
+
+_NON_ALNUM_RE = re.compile(r"[^0-9a-z]+")
+_CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+
+
+def _norm(text: str) -> str:
+    """Lower-case, split camelCase, punctuation/underscores to single spaces."""
+    return _NON_ALNUM_RE.sub(" ", _CAMEL_RE.sub(" ", text).lower()).strip()
+
+
+def _stem_words(norm_text: str) -> str:
+    out = []
+    for w in norm_text.split():
+        if len(w) > 3 and w.endswith("es") and w[-3] in "sxz":
+            w = w[:-2]
+        elif len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+            w = w[:-1]
+        out.append(w)
+    return " ".join(out)
+
+
+@lru_cache(maxsize=64)
+def _letter_patterns(letters: str) -> tuple[re.Pattern[str], ...]:
+    cls = "".join(sorted(set(letters.lower() + letters.upper())))
+    cls = re.escape(cls)
+    up = re.escape("".join(sorted(set(letters.upper()))))
+    return (
+        re.compile(rf"[(\[]\s*([{cls}])\s*[)\]]"),  # (c)  [C]
+        re.compile(rf"(?<![\w(\[])([{cls}])\)"),  # c)  C)
+        re.compile(rf"\b(?:option|choice|letter)\s*[:#]?\s*\(?([{cls}])\b\)?", re.IGNORECASE),  # option C
+        re.compile(rf"^([{up}])[.:](?=\s|$)"),  # "C. wooded area" / "C:"
+        re.compile(rf"^\W*([{cls}])\W*$"),  # the whole span is one letter: "c", "C."
+    )
+
+
+def _find_letters(text: str, letters: str) -> list[tuple[int, int, int]]:
+    """(start, end, index) of every option-letter marker in ``text``."""
+    found: dict[tuple[int, int], int] = {}
+    low = letters.lower()
+    for pat in _letter_patterns(letters):
+        for m in pat.finditer(text):
+            idx = low.find(m.group(1).lower())
+            if idx >= 0 and not any(s <= m.start() < e for (s, e) in found):
+                found[(m.start(), m.end())] = idx
+    return sorted((s, e, i) for (s, e), i in found.items())
+
+
+def _mentions(hay: str, needles: Sequence[str]) -> list[tuple[int, int, int]]:
+    """(start, end, needle index) of whole-word occurrences, dropping ones inside a longer match."""
+    padded = f" {hay} "
+    hits: list[tuple[int, int, int]] = []
+    for i, n in enumerate(needles):
+        if not n:
+            continue
+        key = f" {n} "
+        pos = padded.find(key)
+        while pos >= 0:
+            hits.append((pos, pos + len(n), i))
+            pos = padded.find(key, pos + 1)
+    hits.sort(key=lambda h: (h[0], -(h[1] - h[0])))
+    kept: list[tuple[int, int, int]] = []
+    for h in hits:
+        if any(k[0] <= h[0] and h[1] <= k[1] and (k[1] - k[0]) > (h[1] - h[0]) for k in kept):
+            continue
+        kept.append(h)
+    return kept
+
+
+# "not (e) pond", "rather than (b)": a negated mention selects nothing
+_NEGATED_BEFORE_RE = re.compile(r"\b(?:not|rather\s+than|instead\s+of)\s*$", re.IGNORECASE)
+
+
+def _choice_from(text: str, choices: Sequence[str], letters: str) -> tuple[int | None, str | None, tuple[int, ...]]:
+    """(index, reason, alternatives) for :func:`extract_choice`."""
+    if not text or not text.strip():
+        return None, "no choice matched", ()
+    norm_choices = [_norm(c) for c in choices]
+    letter_hits = [
+        h for h in _find_letters(text, letters) if h[2] < len(choices) and not _NEGATED_BEFORE_RE.search(text, 0, h[0])
+    ]
+
+    # text with the letter markers removed ("(c) wooded area" -> "wooded area")
+    rest = text
+    for s, e, _ in reversed(letter_hits):
+        rest = rest[:s] + " " + rest[e:]
+    rest_norm = _norm(rest)
+
+    # 1. exact choice text (ties between identical options are broken by the letter)
+    exact = [i for i, c in enumerate(norm_choices) if c and c == rest_norm]
+    if exact:
+        letter_set = {h[2] for h in letter_hits}
+        in_both = [i for i in exact if i in letter_set]
+        return (in_both[-1] if in_both else exact[0]), None, ()
+    # 2. option letter(s): the last one; other distinct letters are alternatives (a hedge)
+    if letter_hits:
+        idx = letter_hits[-1][2]
+        alts = tuple(dict.fromkeys(h[2] for h in letter_hits if h[2] != idx))
+        return idx, None, alts
+    # 3. option text mentioned in the span, the last mention wins; then with plurals folded
+    for transform in (None, _stem_words):
+        hay = rest_norm if transform is None else transform(rest_norm)
+        needles = norm_choices if transform is None else [transform(c) for c in norm_choices]
+        hits = [h for h in _mentions(hay, needles) if not _NEGATED_BEFORE_RE.search(hay, 0, h[0])]
+        if hits:
+            last_start = max(h[0] for h in hits)
+            idx = max((h for h in hits if h[0] == last_start), key=lambda h: h[1] - h[0])[2]
+            # identical option texts are one answer, not a hedge
+            alts = tuple(dict.fromkeys(h[2] for h in hits if norm_choices[h[2]] != norm_choices[idx]))
+            return idx, None, alts
+    return None, "no choice matched", ()
+
+
+def extract_choice(text: str, choices: Sequence[str], letters: str = "abcde") -> int | None:
+    """Return the index (into ``choices``) the text selects, or ``None``.
+
+    Reads option letters in the forms ``"(c)"``, ``"[C]"``, ``"c)"``, ``"C)"``, ``"option C"``,
+    ``"C. text"`` and a bare ``"c"``, and the option text itself (case-, space- and
+    punctuation-insensitive, plurals folded as a last resort).  Precedence: an exact match of the
+    whole remaining text with one option's text wins (a verbatim quote of an option is the least
+    ambiguous signal; ``"(e) unimportant"`` with (e)="petty", (d)="unimportant" gives 3); then the
+    option letter (the last one if several, the others reported as alternatives by
+    :func:`extract_answer`); then the last-mentioned option text, a longer option beating one it
+    contains (``"body of water"`` over ``"water"``).  Mentions right after "not" / "rather than" /
+    "instead of" are ignored.
+    ``letters`` gives the letter of each position (``"abcde"`` -> a=0 ... e=4).
+    Pass an answer span (see :func:`extract_final_answer_span`) rather than a whole rationale.
+    """
+    return _choice_from(text, choices, letters)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 3c. class labels
+# --------------------------------------------------------------------------------------------------
+
+_NEGATORS = frozenset({"not", "no", "non", "never", "isn", "isnt", "nor", "neither"})
+
+
+@lru_cache(maxsize=256)
+def _label_table(
+    labels: tuple[str, ...], synonyms: tuple[tuple[str, tuple[str, ...]], ...]
+) -> tuple[list[str], list[str]]:
+    phrases: list[str] = []
+    owners: list[str] = []
+    seen: set[str] = set()
+
+    def add(phrase: str, owner: str) -> None:
+        p = _norm(phrase)
+        if p and p not in seen:
+            seen.add(p)
+            phrases.append(p)
+            owners.append(owner)
+
+    for lab in labels:  # labels first: a label name always means itself
+        add(lab, lab)
+    for lab, syns in synonyms:
+        for s in syns:
+            add(s, lab)
+    return phrases, owners
+
+
+def _label_from(
+    text: str, labels: Sequence[str], synonyms: Mapping[str, Iterable[str]] | None
+) -> tuple[str | None, str | None, tuple[str, ...]]:
+    """(label, reason, alternatives) for :func:`extract_label`."""
+    if not text or not text.strip():
+        return None, "no label matched", ()
+    syn_key: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    if synonyms:
+        canon = {_norm(lab): lab for lab in labels}
+        items = []
+        for k, v in synonyms.items():
+            owner = k if k in labels else canon.get(_norm(k))
+            if owner is None:
+                raise ValueError(f"synonym key {k!r} is not one of the labels {list(labels)!r}")
+            items.append((owner, tuple(v)))
+        syn_key = tuple(items)
+    phrases, owners = _label_table(tuple(labels), syn_key)
+    t = _norm(text)
+    if t in phrases:
+        return owners[phrases.index(t)], None, ()
+    hits: list[tuple[int, str]] = []
+    for s, _e, i in _mentions(t, phrases):
+        before = t[: max(0, s - 1)].rsplit(" ", 1)[-1] if s > 1 else ""
+        if before in _NEGATORS and phrases[i].split()[0] not in _NEGATORS:
+            continue  # "not entailment": a negated mention names nothing
+        hits.append((s, owners[i]))
+    if not hits:
+        return None, "no label matched", ()
+    named = tuple(dict.fromkeys(o for _, o in hits))
+    if len(named) == 1:
+        return named[0], None, ()
+    if hits[0][0] == 0:
+        # the span starts with a label ("entailment, or maybe contradiction"): that label, the
+        # others reported as alternatives
+        return hits[0][1], None, tuple(o for o in named if o != hits[0][1])
+    return None, "ambiguous", ()
+
+
+def extract_label(text: str, labels: Sequence[str], synonyms: Mapping[str, Iterable[str]] | None = None) -> str | None:
+    """Return the label (an element of ``labels``) named by ``text``, or ``None``.
+
+    Matching ignores case, spacing, underscores/hyphens and camelCase (``"Not_Entailment"`` ==
+    ``"not entailment"`` == ``"NotEntailment"``).  ``synonyms`` maps a label to other phrases that
+    mean it (see :data:`NLI_SYNONYMS`).  An exact match of the whole text wins; otherwise whole-word
+    mentions are collected (a longer phrase beats one it contains, and a mention directly after
+    "not"/"no" is ignored).  If they all name one label it is returned; if they name several, the
+    one the text *starts* with is returned (the others become
+    :attr:`ExtractedAnswer.alternatives` in :func:`extract_answer`), else ``None`` (ambiguous).
+    """
+    return _label_from(text, labels, synonyms)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def extract_answer(
+    text: str,
+    kind: AnswerKind,
+    choices: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    synonyms: Mapping[str, Iterable[str]] | None = None,
+    letters: str = "abcde",
+) -> ExtractedAnswer:
+    """Extract the final answer of kind ``"number"``, ``"choice"`` or ``"label"`` from model text.
+
+    Steps: :func:`strip_continuation`, then :func:`extract_final_answer_span`; when there is no cue
+    and the remaining text is a single short line (at most 64 characters) it is taken as a bare
+    answer (``cue="bare"``).  The span is then parsed by :func:`extract_number`,
+    :func:`extract_choice` (``choices`` required) or :func:`extract_label` (``labels`` required).
+    Never raises on bad model text; ``reason`` says why ``value`` is ``None``.
+    """
+    if kind == "choice" and not choices:
+        raise ValueError("kind='choice' needs choices")
+    if kind == "label" and not labels:
+        raise ValueError("kind='label' needs labels")
+    if kind not in ("number", "choice", "label"):
+        raise ValueError(f"unknown kind {kind!r}")
+    if not text or not text.strip():
+        return ExtractedAnswer(None, None, "empty text")
+    body = strip_continuation(text)
+    span, cue = _find_span(body)
+    if span is None:
+        bare = body.strip()
+        if bare and "\n" not in bare and len(bare) <= _BARE_MAX_CHARS:
+            span, cue = _clean_span(bare), "bare"
+        else:
+            return ExtractedAnswer(None, None, "no answer cue")
+    if not span:
+        return ExtractedAnswer(None, span, "empty answer span", cue)
+    value: float | int | str | None
+    alts: tuple
+    if kind == "number":
+        value, reason, alts = _parse_number(span)
+    elif kind == "choice":
+        value, reason, alts = _choice_from(span, choices, letters)  # type: ignore[arg-type]
+    else:
+        value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
+    return ExtractedAnswer(value, span, reason, cue, alts)
