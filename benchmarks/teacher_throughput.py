@@ -91,6 +91,7 @@ def scenario_latency(tmp: Path) -> None:
     n, c, lat = 2000, 64, 0.2
     srv = Server("--latency-ms", "200", "--jitter-ms", "50")
     try:
+        run_complete(tmp, 256, srv.base_url, "-c", str(c))  # warm the server process, as a real one would be
         s = run_complete(tmp, n, srv.base_url, "-c", str(c))
     finally:
         srv.stop()

@@ -360,6 +360,7 @@ class TestServer:
         self._id_counter = 0
         self._malformed_index = 0
         self._in_flight = 0
+        self._timer_lateness = 0.0  # seconds; see _latency
         self._reset_counters()
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -649,6 +650,8 @@ class TestServer:
         return await self._handle_generation(request, COMPLETIONS_ENDPOINT)
 
     async def _handle_generation(self, request: web.Request, endpoint: str) -> web.Response:
+        arrived = asyncio.get_running_loop().time()
+        request["synthkd_arrived"] = arrived
         self._count(endpoint)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
@@ -720,7 +723,7 @@ class TestServer:
         threshold += cfg.error_rate
         if draw < threshold:
             self._by_outcome["error_500"] += 1
-            await self._latency(cfg, jitter_draw)
+            await self._latency(cfg, jitter_draw, request["synthkd_arrived"])
             return self._json(
                 _error_body(
                     "The server had an error while processing your request. Sorry about that!", "server_error"
@@ -736,16 +739,27 @@ class TestServer:
         # 6. normal answer
         self._by_outcome["ok"] += 1
         response = await self._answer(body, endpoint, is_chat, model, n, prompts)
-        await self._latency(cfg, jitter_draw)
+        await self._latency(cfg, jitter_draw, request["synthkd_arrived"])
         return response
 
-    @staticmethod
-    async def _latency(cfg: FaultConfig, jitter_draw: float) -> None:
+    async def _latency(self, cfg: FaultConfig, jitter_draw: float, arrived: float) -> None:
+        """Answer ``latency`` after the request *arrived*, on average exactly.
+
+        The server's own work counts as part of the latency, and event-loop timers fire late by about a
+        millisecond under load; the measured lateness (a running mean) is subtracted from later sleeps,
+        so benchmarks compare a client against the latency they asked for, not against timer slop.
+        """
         delay_ms = cfg.latency_ms
         if cfg.latency_jitter_ms:
             delay_ms += (2.0 * jitter_draw - 1.0) * cfg.latency_jitter_ms
         if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000.0)
+            loop = asyncio.get_running_loop()
+            target = arrived + delay_ms / 1000.0
+            remaining = target - loop.time() - self._timer_lateness
+            if remaining > 0:
+                await asyncio.sleep(remaining)
+            late = loop.time() - target
+            self._timer_lateness = min(0.005, max(0.0, self._timer_lateness + 0.05 * late))
 
     async def _hang(self, seconds: float) -> None:
         """Sleep ``seconds``; ends early (503 to the client) when the server stops.
