@@ -20,12 +20,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, Iterator
 
 from synthkd.jsonl_io import AppendWriter, InputError, index_output, iter_jsonl, scan_prompt_file
 from synthkd.progress import ProgressReporter
 from synthkd.teachers.base import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.teachers.pricing import PriceTable, PriceTableError
 
@@ -177,24 +178,24 @@ def run_complete(o: CompleteOptions) -> int:
 async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any) -> int:
     _install_sigterm()
     rejects_path = o.rejects or rejects_path_for(o.output)
-    pending: dict[str, dict[str, Any]] = {}
     todo_rows = n_rows - len(done)
     S = o.samples
 
-    async def requests() -> AsyncIterator[TeacherRequest]:
+    def jobs() -> Iterator[Job[tuple[int, dict[str, Any]]]]:
         for lineno, row in iter_jsonl(o.input):
             if row["id"] in done:
                 continue
-            key = str(lineno)
-            pending[key] = {"row": row, "results": [None] * S, "left": S}
-            for s in range(S):
-                yield TeacherRequest(
-                    key=key,
+            reqs = [
+                TeacherRequest(
+                    key=str(row["id"]),
                     messages=row.get("messages"),
                     prompt=row.get("prompt") if "messages" not in row else None,
                     params={"seed": s} if S > 1 else {},
                     sample_index=s,
                 )
+                for s in range(S)
+            ]
+            yield Job((lineno, row), reqs)
 
     written = rejected = cached_rows = 0
     t0 = time.monotonic()
@@ -204,17 +205,11 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     reporter.start()
     code = EXIT_OK
     try:
-        async for res in teacher.stream(requests()):
-            st = pending[res.key]
-            st["results"][res.request.sample_index] = res
-            st["left"] -= 1
-            if st["left"]:
-                continue
-            del pending[res.key]
-            row, results = st["row"], st["results"]
+        async for job in stream_jobs(teacher, jobs()):
+            (lineno, row), results = job.item, job.results
             errors = [r.error for r in results if not r.ok]
             if errors:
-                rej.write({"id": row["id"], "line": int(res.key), "error": errors[0], "errors": errors,
+                rej.write({"id": row["id"], "line": lineno, "error": errors[0], "errors": errors,
                            "attempts": sum(r.attempts for r in results)})
                 rejected += 1
                 continue
