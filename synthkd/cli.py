@@ -74,6 +74,23 @@ def serve_test(ctx: typer.Context) -> None:
     raise typer.Exit(main(ctx.args) or 0)
 
 
+def _register_groups() -> None:
+    """Subcommand groups live in synthkd/commands/; `complete` stays here and imports nothing heavy."""
+    from synthkd.commands.generate import generate_app, register_all
+
+    register_all()
+    app.add_typer(generate_app, name="generate")
+    import importlib.util
+
+    if importlib.util.find_spec("synthkd.commands.clean") is not None:
+        from synthkd.commands.clean import clean_app
+
+        app.add_typer(clean_app, name="clean")
+
+
+_register_groups()
+
+
 def main() -> None:
     app()
 

@@ -26,6 +26,8 @@ from synthkd.jsonl_io import AppendWriter, InputError, index_output, iter_jsonl,
 from synthkd.progress import ProgressReporter
 from synthkd.teachers.base import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.factory import default_cache_path
+from synthkd.methods.runner import rejects_path_for
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.teachers.pricing import PriceTable, PriceTableError
@@ -36,19 +38,6 @@ EXIT_BAD_INPUT = 2
 EXIT_BUDGET = 3
 EXIT_FATAL = 4
 EXIT_INTERRUPTED = 130
-
-
-def default_cache_path() -> Path:
-    env = os.environ.get("SYNTHKD_CACHE")
-    if env:
-        return Path(env)
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "synthkd" / "teacher-cache.sqlite"
-
-
-def rejects_path_for(output: Path) -> Path:
-    name = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
-    return output.with_name(name + ".rejects.jsonl")
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Subcommand groups of the ``synthkd`` CLI, one module each, plus the options they share."""

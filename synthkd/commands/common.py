@@ -1,0 +1,67 @@
+"""Options every teacher-using command shares, and one way to run a job and map errors to exit codes.
+
+Why here: ``synthkd generate <method>`` and ``synthkd clean`` all talk to a teacher; defining the
+options once keeps their names, defaults and help identical everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Awaitable, Callable, Optional
+
+import typer
+
+from synthkd.jsonl_io import InputError
+from synthkd.teachers.base import TeacherFatalError
+from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.teachers.pricing import PriceTableError
+from synthkd.templates import TemplateError
+
+TeacherOpt = Annotated[str, typer.Option("--teacher", "--model", "-m", help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, or local:PATH.")]
+BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")]
+ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once.")]
+RpmOpt = Annotated[Optional[float], typer.Option("--rpm", help="Client-side requests-per-minute limit.")]
+TpmOpt = Annotated[Optional[float], typer.Option("--tpm", help="Client-side tokens-per-minute limit.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="SQLite request cache (default $SYNTHKD_CACHE or ~/.cache/synthkd/teacher-cache.sqlite).")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.")]
+MaxCostOpt = Annotated[Optional[float], typer.Option("--max-cost", help="Stop sending new requests once this many USD are spent (resumable).")]
+PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Hard per-attempt timeout in seconds.")]
+MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Retries per request for transient errors.")]
+
+
+def teacher_spec(
+    teacher: str, base_url: str | None = None, concurrency: int = 32, rpm: float | None = None,
+    tpm: float | None = None, cache: Path | None = None, no_cache: bool = False, max_cost: float | None = None,
+    prices: Path | None = None, timeout: float = 600.0, max_retries: int = 6, **default_params: Any,
+) -> TeacherSpec:
+    return TeacherSpec(
+        teacher=teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache,
+        no_cache=no_cache, max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
+        default_params={k: v for k, v in default_params.items() if v is not None},
+    )
+
+
+def say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_job(job: Callable[[], Awaitable[int]]) -> None:
+    """Run an async job; turn known errors into one clear message and an exit code (2 input, 4 teacher)."""
+    try:
+        code = asyncio.run(job())
+    except (InputError, TemplateError, PriceTableError, ValueError) as exc:
+        say(f"error: {exc}")
+        code = 2
+    except TeacherFatalError as exc:
+        say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
+        code = 4
+    except KeyboardInterrupt:
+        say("interrupted: rows written so far are kept; rerun the same command to resume")
+        code = 130
+    raise typer.Exit(code)
+
+
+__all__ = ["make_teacher", "teacher_spec", "run_job", "say"]

@@ -1,0 +1,61 @@
+"""Write a method's rows to append-only jsonl, resumably, and count what happened.
+
+Resume model: a rerun of the same command recomputes the method, every teacher call it already paid
+for comes back from the request cache for free, and rows whose ``id`` is already in the output are not
+written again.  So a crash at any point costs at most the requests that were in flight.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterable
+
+from synthkd.jsonl_io import AppendWriter, index_output
+
+REJECT_KEY = "reject_reason"
+
+
+def rejects_path_for(output: Path) -> Path:
+    name = output.name[: -len(".jsonl")] if output.name.endswith(".jsonl") else output.name
+    return output.with_name(name + ".rejects.jsonl")
+
+
+@dataclass
+class RunCounts:
+    written: int = 0
+    already_there: int = 0
+    rejected: int = 0
+    reasons: Counter = field(default_factory=Counter)  # reject reasons, and null-answer reasons
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"written": self.written, "already_there": self.already_there, "rejected": self.rejected,
+                "reasons": dict(self.reasons)}
+
+
+async def write_rows(rows: AsyncIterable[dict[str, Any]], output: Path, rejects: Path | None = None) -> RunCounts:
+    """Append rows not yet in ``output``; rows with ``reject_reason`` go to the rejects file instead."""
+    output = Path(output)
+    done = index_output(output)
+    counts = RunCounts()
+    out = AppendWriter(output)
+    rej = AppendWriter(rejects or rejects_path_for(output), truncate=True)
+    try:
+        async for row in rows:
+            if REJECT_KEY in row:
+                rej.write(row)
+                counts.rejected += 1
+                counts.reasons[str(row[REJECT_KEY]).split(":")[0]] += 1
+                continue
+            if row["id"] in done:
+                counts.already_there += 1
+                continue
+            out.write(row)
+            counts.written += 1
+            if row.get("answer_reason"):
+                counts.reasons[f"answer null: {row['answer_reason']}"] += 1
+    finally:
+        out.close()
+        rej.close()
+    return counts
