@@ -9,4 +9,5 @@ if [ ! -x .venv/bin/python ]; then
 fi
 . .venv/bin/activate
 python -m pip install -q --upgrade pip >/dev/null
-python -m pip install -q -e ".[dev,fast]"
+# torch is pinned in the same command as the [train] extra so pip takes the CPU build.
+python -m pip install -q "torch==2.13.0" -e ".[train,dev,fast]"
