@@ -651,17 +651,16 @@ class TestServer:
 
     async def _handle_generation(self, request: web.Request, endpoint: str) -> web.Response:
         arrived = asyncio.get_running_loop().time()
-        request["synthkd_arrived"] = arrived
         self._count(endpoint)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
         try:
-            return await self._generate(request, endpoint)
+            return await self._generate(request, endpoint, arrived)
         finally:
             self._in_flight -= 1
 
-    async def _generate(self, request: web.Request, endpoint: str) -> web.Response:
+    async def _generate(self, request: web.Request, endpoint: str, arrived: float) -> web.Response:
         cfg = self.config
         # 1. auth
         if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
@@ -723,7 +722,7 @@ class TestServer:
         threshold += cfg.error_rate
         if draw < threshold:
             self._by_outcome["error_500"] += 1
-            await self._latency(cfg, jitter_draw, request["synthkd_arrived"])
+            await self._latency(cfg, jitter_draw, arrived)
             return self._json(
                 _error_body(
                     "The server had an error while processing your request. Sorry about that!", "server_error"
@@ -739,7 +738,7 @@ class TestServer:
         # 6. normal answer
         self._by_outcome["ok"] += 1
         response = await self._answer(body, endpoint, is_chat, model, n, prompts)
-        await self._latency(cfg, jitter_draw, request["synthkd_arrived"])
+        await self._latency(cfg, jitter_draw, arrived)
         return response
 
     async def _latency(self, cfg: FaultConfig, jitter_draw: float, arrived: float) -> None:
