@@ -80,6 +80,10 @@ def _register_groups() -> None:
 
     register_all()
     app.add_typer(generate_app, name="generate")
+    from synthkd.commands.pipeline_cmd import run, validate
+
+    app.command("run")(run)
+    app.command("validate")(validate)
     import importlib.util
 
     if importlib.util.find_spec("synthkd.commands.clean") is not None:

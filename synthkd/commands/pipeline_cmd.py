@@ -1,0 +1,108 @@
+"""``synthkd run`` and ``synthkd validate``: carry out a pipeline YAML, or check it and estimate its cost."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from synthkd.config import ConfigError, load_pipeline
+from synthkd.jsonl_io import InputError
+from synthkd.teachers.base import BudgetExceeded, TeacherFatalError
+from synthkd.teachers.pricing import PriceTable
+
+# (synthkd.config pulls in pydantic: fine here, this module is imported only for run/validate help)
+
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (repeatable).")]
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _estimate_table(cfg, planned) -> tuple[str, float | None]:
+    from synthkd.pipeline import estimate_all
+
+    total = estimate_all(planned)
+    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, upper) |",
+             "|---|---|---|---|---|---|"]
+    grand: float | None = 0.0
+    for p in planned:
+        e = p.estimate
+        tc = p.ctx.teacher_config
+        cost = None
+        if e and tc:
+            price = PriceTable.default(p.ctx.resolve(tc.prices) if tc.prices else None).lookup(tc.model)
+            if price is not None:
+                cost = price.cost(e.prompt_tokens, e.completion_tokens)
+            elif tc.model.startswith(("replay:", "local:")):
+                cost = 0.0
+        if e and cost is None:
+            grand = None
+        elif cost is not None and grand is not None:
+            grand += cost
+        lines.append(f"| {p.cfg.name} | {p.cfg.kind} | {e.calls if e else '-'} | {e.prompt_tokens if e else '-'} | "
+                     f"{e.completion_tokens if e else '-'} | {'-' if not e else ('unknown' if cost is None else f'{cost:.4f}')} |")
+    lines.append(f"| **total** | | {total.calls} | {total.prompt_tokens} | {total.completion_tokens} | "
+                 f"{'unknown' if grand is None else f'{grand:.4f}'} |")
+    return "\n".join(lines), grand
+
+
+def validate(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML file."),
+    set_: SetOpt = None,
+) -> None:
+    """Check a pipeline file and estimate its teacher calls, tokens and cost; spends nothing."""
+    from synthkd.pipeline import plan
+
+    try:
+        cfg = load_pipeline(pipeline, set_ or [])
+        planned = plan(cfg, Path.cwd())
+        table, _ = _estimate_table(cfg, planned)
+    except (ConfigError, InputError) as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(2)
+    print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
+    print(table)
+    print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
+
+
+def run(
+    pipeline: Path = typer.Argument(..., help="Pipeline YAML file."),
+    set_: SetOpt = None,
+    from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on, even if unchanged."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask when the estimate exceeds the teacher's max_cost."),
+) -> None:
+    """Carry out a pipeline into runs/<name>/: resumable, skipping unchanged stages, with a report."""
+    from synthkd.pipeline import plan, run_pipeline
+
+    try:
+        cfg = load_pipeline(pipeline, set_ or [])
+        planned = plan(cfg, Path.cwd())
+        table, grand = _estimate_table(cfg, planned)
+        budget = cfg.teacher.max_cost if cfg.teacher else None
+        if budget is not None and grand is not None and grand > budget and not yes:
+            _say(table)
+            if not sys.stdin.isatty() or not typer.confirm(
+                f"estimated cost ${grand:.4f} exceeds max_cost ${budget}; continue (stops at the budget)?"
+            ):
+                _say(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
+                raise typer.Exit(2)
+        result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage))
+    except (ConfigError, InputError) as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(2)
+    except BudgetExceeded as exc:
+        _say(f"stopped: {exc}")
+        raise typer.Exit(3)
+    except TeacherFatalError as exc:
+        _say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
+        raise typer.Exit(4)
+    except KeyboardInterrupt:
+        _say("interrupted: rerun the same command to resume")
+        raise typer.Exit(130)
+    _say(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
+         f"skipped: {', '.join(result.skipped) or 'nothing'})")

@@ -1,0 +1,53 @@
+"""Stage ``complete``: the teacher completes every prompt of the input (same as ``synthkd complete``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
+from synthkd.jsonl_io import index_output, scan_prompt_file
+from synthkd.pipeline import Estimate, StageContext, register_stage
+from synthkd.teachers.base import BudgetExceeded
+
+
+class StageFailed(RuntimeError):
+    pass
+
+
+@register_stage("complete")
+class CompleteStage:
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        samples: int = Field(1, ge=1)
+
+    options_model = Options
+
+    async def run(self, ctx: StageContext, opts: Options) -> dict[str, Any]:
+        scan = scan_prompt_file(ctx.input)
+        done = index_output(ctx.output)
+        teacher = ctx.teacher()
+        tc = ctx.teacher_config
+        o = CompleteOptions(input=ctx.input, output=ctx.output, model=teacher.model, samples=opts.samples,
+                            temperature=tc.temperature if tc else None)
+        code = await _run(o, teacher, scan.rows, done)  # type: ignore[arg-type]
+        if code == EXIT_BUDGET:
+            raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
+        if code != EXIT_OK:
+            raise StageFailed(f"[{ctx.stage.name}] some rows failed for good: see {ctx.output.name.replace('.jsonl', '.rejects.jsonl')}")
+        return {"rows_in": scan.rows, "rows_out": sum(1 for _ in open(ctx.output, "rb"))}
+
+    def estimate(self, ctx: StageContext, opts: Options) -> Estimate:
+        import orjson
+
+        calls = prompt_tokens = 0
+        with open(ctx.input, "rb") as f:
+            for line in f:
+                if line.strip():
+                    row = orjson.loads(line)
+                    text = row.get("prompt") or " ".join(str(m.get("content", "")) for m in row.get("messages", []))
+                    calls += opts.samples
+                    prompt_tokens += (len(text) // 4 + 4) * opts.samples
+        max_tokens = (ctx.teacher_config.max_tokens if ctx.teacher_config else None) or 256
+        return Estimate(calls, prompt_tokens, calls * max_tokens)
