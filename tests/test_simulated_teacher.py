@@ -52,7 +52,8 @@ def test_same_seed_same_answer_and_hint_gives_gold():
     body = lambda q, **kw: {"messages": [{"role": "user", "content": q}], **kw}  # noqa: E731
     for p in ps:
         assert sim("/v1/chat/completions", body(p.question)) == sim("/v1/chat/completions", body(p.question))
-        hinted = sim("/v1/chat/completions", body(f"{p.question}\nThe correct answer is {p.answer}."))
+        clean = SimulatedTeacher(ps, error_rate=0.5, noise_rate=0.0)
+        hinted = clean("/v1/chat/completions", body(f"{p.question}\nThe correct answer is {p.answer}."))
         assert extract_answer(hinted, "number").value == p.answer
     samples = {sim("/v1/chat/completions", body(ps[0].question, temperature=1, seed=s)) for s in range(8)}
     assert len(samples) > 1
