@@ -9,7 +9,8 @@ A stage is *skipped* when its fingerprint — its own config, the teacher config
 of its inputs — equals the one recorded for a finished run of it and its outputs still exist.  A stage
 that was interrupted (status "running") with the same fingerprint is *resumed*: its output is kept, the
 stage skips ids already written and gets every answer it already paid for from the request cache.  A
-stage whose fingerprint changed starts over (its stale output is moved aside, never silently mixed).
+stage whose fingerprint changed starts over (its old output is moved to ``<stage>.jsonl.prev``,
+never silently mixed with the new one).
 """
 
 from __future__ import annotations
@@ -305,6 +306,9 @@ async def run_pipeline(
         result.ran.append(name)
         say(f"[{name}] done in {rec['seconds']:.1f}s: {json.dumps(rec['counts'], default=str)}")
     result.manifest = manifest.data
+    from synthkd.report import write_report
+
+    write_report(run_dir, manifest.data)
     return result
 
 
@@ -326,4 +330,4 @@ def _record_teacher(rec: dict[str, Any], teacher: Teacher) -> None:
 def _move_aside(output: Path) -> None:
     for p in (output, output.with_name(output.name.replace(".jsonl", ".rejects.jsonl"))):
         if p.exists():
-            os.replace(p, p.with_name(p.name + f".stale-{int(time.time())}"))
+            os.replace(p, p.with_name(p.name + ".prev"))  # the previous run's output, kept once

@@ -110,7 +110,8 @@ def test_run_skips_unchanged_stages_and_from_reruns(tmp_path, make_server):
     assert res.returncode == 0 and "[first] unchanged" in res.stderr
     assert _completion_requests(srv) == 36 + 12  # only the third sample of each row is new
     assert all(len(r["completions"]) == 3 for r in read_jsonl(tmp_path / "runs/t/second.jsonl"))
-    assert list((tmp_path / "runs/t").glob("second.jsonl.stale-*"))
+    assert (tmp_path / "runs/t/second.jsonl.prev").exists()
+    assert (tmp_path / "runs/t/report.md").exists() and (tmp_path / "runs/t/plots/funnel.png").exists()
 
 
 def test_sigkill_mid_stage_resumes_without_paying_twice(tmp_path, make_server):

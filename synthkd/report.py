@@ -1,0 +1,136 @@
+"""``report.md`` (+ ``report.html`` and PNG plots) for a run directory, written from its manifest.
+
+Why from the manifest: the manifest is the run's ledger (counts, drops, tokens, cost, timings, metrics
+per stage), so the report can be rebuilt at any time (``synthkd report RUN_DIR``) and never disagrees
+with it.  Conventions a stage follows in the counts it returns:
+  rows_in, rows_out          the funnel
+  dropped: {reason: n}       why rows left (the rejects file holds the rows themselves)
+  loss_history: FILE         json list of {"step", "loss", ...} written by a training stage
+  metrics: {...}             evaluation results (accuracy, macro_f1, n, teacher_accuracy...)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def _fmt_money(x: Any) -> str:
+    return "-" if x is None else f"${x:.4f}"
+
+
+def _plots(run_dir: Path, stages: dict[str, Any]) -> dict[str, str]:
+    """Funnel and loss-curve PNGs; returns {kind: relative path}. Skipped quietly without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return {}
+    out: dict[str, str] = {}
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    funnel = [(n, s["counts"].get("rows_in"), s["counts"].get("rows_out")) for n, s in stages.items()
+              if isinstance(s.get("counts"), dict) and s["counts"].get("rows_out") is not None]
+    if funnel:
+        fig, ax = plt.subplots(figsize=(max(4, 1.2 * len(funnel) + 2), 3))
+        names = [f[0] for f in funnel]
+        xs = range(len(funnel))
+        ax.bar([x - 0.2 for x in xs], [f[1] or 0 for f in funnel], width=0.4, label="rows in", color="#9bb7d4")
+        ax.bar([x + 0.2 for x in xs], [f[2] or 0 for f in funnel], width=0.4, label="rows out", color="#1f4e79")
+        ax.set_xticks(list(xs), names, rotation=20, ha="right")
+        ax.set_ylabel("rows")
+        ax.set_title("funnel")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plots / "funnel.png", dpi=110)
+        plt.close(fig)
+        out["funnel"] = "plots/funnel.png"
+    curves = []
+    for name, s in stages.items():
+        hist = (s.get("counts") or {}).get("loss_history")
+        if hist and Path(hist).exists():
+            pts = [h for h in json.loads(Path(hist).read_text()) if "loss" in h and "step" in h]
+            if pts:
+                curves.append((name, pts))
+    if curves:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+        for name, pts in curves:
+            ax.plot([p["step"] for p in pts], [p["loss"] for p in pts], label=name)
+        ax.set_xlabel("step")
+        ax.set_ylabel("training loss")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(plots / "loss.png", dpi=110)
+        plt.close(fig)
+        out["loss"] = "plots/loss.png"
+    return out
+
+
+def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> Path:
+    run_dir = Path(run_dir)
+    if manifest is None:
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+    stages: dict[str, Any] = manifest.get("stages", {})
+    plots = _plots(run_dir, stages)
+    lines = [f"# Run `{manifest.get('name', run_dir.name)}`", ""]
+    lines.append(f"config hash `{str(manifest.get('config_hash', ''))[:12]}` · updated {manifest.get('updated', '?')} · "
+                 + ", ".join(f"{k} {v}" for k, v in manifest.get("versions", {}).items()))
+    lines += ["", "## Stages, tokens and cost", "",
+              "| stage | kind | status | seconds | rows in | rows out | teacher requests | cached | tokens in | tokens out | cost |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    total_cost = 0.0
+    for name, s in stages.items():
+        c = s.get("counts") or {}
+        t = s.get("teacher") or {}
+        total_cost += t.get("cost_usd") or 0.0
+        lines.append(f"| {name} | {s.get('kind', '')} | {s.get('status', '')} | {s.get('seconds', '-')} | "
+                     f"{c.get('rows_in', '-')} | {c.get('rows_out', '-')} | {t.get('requests', '-')} | "
+                     f"{t.get('cached_answers', '-')} | {t.get('prompt_tokens', '-')} | {t.get('completion_tokens', '-')} | "
+                     f"{_fmt_money(t.get('cost_usd')) if t else '-'} |")
+    lines += ["", f"Total teacher cost: **{_fmt_money(total_cost)}**", ""]
+    lines += ["## Funnel", ""]
+    if "funnel" in plots:
+        lines += [f"![funnel]({plots['funnel']})", ""]
+    for name, s in stages.items():
+        dropped = (s.get("counts") or {}).get("dropped") or {}
+        if dropped:
+            lines.append(f"- **{name}** dropped " + ", ".join(f"{n} × {r}" for r, n in sorted(dropped.items(), key=lambda x: -x[1])))
+    lines.append("")
+    if "loss" in plots:
+        lines += ["## Training", "", f"![loss]({plots['loss']})", ""]
+    evals = [(n, s["counts"]["metrics"]) for n, s in stages.items() if isinstance((s.get("counts") or {}).get("metrics"), dict)]
+    if evals:
+        keys = sorted({k for _, m in evals for k, v in m.items() if isinstance(v, (int, float))})
+        lines += ["## Evaluation", "", "| stage | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        for n, m in evals:
+            lines.append(f"| {n} | " + " | ".join(_fmt_metric(m.get(k)) for k in keys) + " |")
+        lines.append("")
+    md = "\n".join(lines)
+    path = run_dir / "report.md"
+    path.write_text(md + "\n")
+    _write_html(run_dir, md)
+    return path
+
+
+def _fmt_metric(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def _write_html(run_dir: Path, md: str) -> None:
+    try:
+        from markdown_it import MarkdownIt
+    except ImportError:
+        return
+    body = MarkdownIt("commonmark").enable("table").render(md)
+    (run_dir / "report.html").write_text(
+        "<!doctype html><meta charset='utf-8'><title>synthkd report</title>"
+        "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px}</style>" + body
+    )
