@@ -12,7 +12,6 @@ The simplest job, and the contract the benchmarks rely on.  Its guarantees:
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import os
 import signal
@@ -22,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from synthkd.jsonl_io import AppendWriter, InputError, index_output, iter_jsonl, scan_prompt_file
+from synthkd.jsonl_io import AppendWriter, InputError, OutputLock, index_output, iter_jsonl, scan_prompt_file
 from synthkd.progress import ProgressReporter
 from synthkd.teachers.base import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
@@ -63,31 +62,6 @@ class CompleteOptions:
     progress: bool | None = None
     adaptive_timeout: bool = True
     summary_json: Path | None = None
-
-
-class _Lock:
-    """An exclusive lock next to the output, so two processes never append to the same file."""
-
-    def __init__(self, output: Path) -> None:
-        self.path = output.with_name(output.name + ".lock")
-
-    def __enter__(self) -> "_Lock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(self._fd)
-            raise InputError([f"{self.path.parent / self.path.name[:-5]}: another synthkd process is writing it"]) from None
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-        os.close(self._fd)
-        try:
-            self.path.unlink()
-        except FileNotFoundError:
-            pass
 
 
 def _say(msg: str) -> None:
@@ -150,7 +124,7 @@ def run_complete(o: CompleteOptions) -> int:
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
     try:
-        with _Lock(o.output):
+        with OutputLock(o.output):
             done = index_output(o.output)
             return asyncio.run(_run(o, teacher, scan.rows, done))
     except InputError as exc:

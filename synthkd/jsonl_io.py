@@ -11,6 +11,7 @@ Why this shape:
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 from array import array
@@ -244,3 +245,28 @@ class AppendWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class OutputLock:
+    """An exclusive lock next to the output, so two processes never append to the same file."""
+
+    def __init__(self, output: Path) -> None:
+        self.path = output.with_name(output.name + ".lock")
+
+    def __enter__(self) -> "OutputLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._fd)
+            raise InputError([f"{self.path.parent / self.path.name[:-5]}: another synthkd process is writing it"]) from None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+        os.close(self._fd)
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass

@@ -8,6 +8,7 @@ you would pay for thousands of broken prompts).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass
@@ -39,6 +40,12 @@ _ENV = jinja2.Environment(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _compiled(text: str) -> jinja2.Template:
+    """Compile once per template text (compiling costs ~1 ms; rendering a compiled one ~20 µs)."""
+    return _ENV.from_string(text)
+
+
 @dataclass(frozen=True)
 class PromptTemplate:
     name: str
@@ -64,7 +71,7 @@ class PromptTemplate:
 
     def render(self, **values: Any) -> str:
         try:
-            return _ENV.from_string(self.text).render(**values).strip()
+            return _compiled(self.text).render(**values).strip()
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"template {self.name!r}: {exc.message}") from None
 
