@@ -1,0 +1,818 @@
+"""Labelled examples from a task description: N diverse, de-duplicated examples per label.
+
+The input is a task spec (YAML/JSON, see :func:`load_task_spec`): a task description, the labels
+(optionally with descriptions and seed examples) and attribute lists such as topics, styles or
+lengths.  Each teacher request asks for a batch of ``batch_size`` examples of one label under one
+combination of attribute values; the combinations are a seeded shuffle of the full product, so
+successive requests for a label ask for different things and the answers are not near-copies.
+
+Why the processing is shaped like this (resume = rerun, nothing paid twice):
+
+* Request ``r`` of label ``L`` has a prompt that depends only on (spec, template, seed, L, r) —
+  never on what came back — so a rerun issues the same requests and the cache answers them.
+* Answers of a label are *processed* strictly in request order (a reorder buffer), so which texts
+  are kept, and the ids ``<label>-<k>`` they get, never depend on completion order.  Rows still
+  stream out as soon as every earlier request of their label is in.
+* More requests for a label are issued only when all of its earlier ones are processed, and their
+  number is a function of what was kept so far — again the same on every rerun.
+* A request that fails for good (or is never sent because the budget ran out) *stalls* its label:
+  later answers of that label wait for the next run, instead of taking ids that the failed
+  request's texts would have had.  So the output is always a prefix of the failure-free run.
+
+Also here, because Self-Instruct shares them: :func:`parse_list_items` (robust numbered / bulleted /
+JSON-lines parsing of teacher lists), :class:`JobFeed` (jobs added while the stream runs) and
+:class:`MethodStats` (requests, tokens, cost and drops by reason, for the summary).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import math
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator, Generic, TypeVar
+
+import yaml
+
+from synthkd.jsonl_io import InputError
+from synthkd.methods.pool_dedup import NearDupPool
+from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
+from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.templates import PromptTemplate, load_template
+
+T = TypeVar("T")
+
+# ==================================================================================================
+# Shared plumbing: a job source that grows while the stream runs, and run statistics
+# ==================================================================================================
+
+
+class JobFeed(Generic[T]):
+    """Jobs for :func:`stream_jobs` that the consumer keeps adding while results come back.
+
+    Why: the next requests of a multi-round method depend on earlier answers, yet one teacher stream
+    should carry all of them (so concurrency, rate limits and the budget apply across rounds, and
+    instance requests of round t overlap with round t+1).  The consumer calls :meth:`finished` for
+    every job it gets back, :meth:`put` for follow-ups, and the feed ends itself when nothing is
+    outstanding — which is what ends the stream.
+    """
+
+    def __init__(self) -> None:
+        self._q: asyncio.Queue[Job[T] | None] = asyncio.Queue()
+        self.outstanding = 0
+        self.closed = False
+
+    def put(self, job: Job[T]) -> None:
+        if self.closed:
+            raise RuntimeError("JobFeed is closed")
+        self.outstanding += 1
+        self._q.put_nowait(job)
+
+    def finished(self) -> None:
+        """One job came back; end the feed when it was the last one and nothing new was put."""
+        self.outstanding -= 1
+
+    def close_if_idle(self) -> None:
+        if self.outstanding == 0 and not self.closed:
+            self.closed = True
+            self._q.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[Job[T]]:
+        while True:
+            job = await self._q.get()
+            if job is None:
+                return
+            yield job
+
+
+@dataclass
+class MethodStats:
+    """What a run did, for the CLI summary: requests, tokens, cost, and every drop by reason."""
+
+    requests: int = 0  # results received (answers + failures), cached ones included
+    cached: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0  # sent in this run (cache hits excluded)
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0  # paid in this run; None once a price is unknown
+    dataset_cost_usd: float | None = 0.0  # what every answer used cost, cached ones included
+    kept: int = 0
+    drops: Counter = field(default_factory=Counter)  # reason -> candidates dropped
+    notes: Counter = field(default_factory=Counter)  # things worth knowing that are not drops
+    per_label: dict[str, int] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)  # target not reached: what -> why
+    budget_stopped: bool = False
+
+    def record(self, res: TeacherResult) -> None:
+        self.requests += 1
+        if not res.ok:
+            self.failed += 1
+            return
+        if res.cost_usd is None:
+            self.dataset_cost_usd = None
+        elif self.dataset_cost_usd is not None:
+            self.dataset_cost_usd += res.cost_usd
+        if res.cached:
+            self.cached += 1
+            return
+        self.prompt_tokens += res.usage.prompt_tokens
+        self.completion_tokens += res.usage.completion_tokens
+        if res.cost_usd is None:
+            self.cost_usd = None
+        elif self.cost_usd is not None:
+            self.cost_usd += res.cost_usd
+
+    @property
+    def sent(self) -> int:
+        return self.requests - self.cached
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kept": self.kept, "drops": dict(sorted(self.drops.items())), "notes": dict(sorted(self.notes.items())),
+            "per_label": dict(self.per_label), "short": dict(self.short), "requests": self.requests,
+            "requests_sent": self.sent, "requests_cached": self.cached, "requests_failed": self.failed,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
+            "dataset_cost_usd": None if self.dataset_cost_usd is None else round(self.dataset_cost_usd, 8),
+            "budget_stopped": self.budget_stopped,
+        }
+
+
+def request_provenance(teacher: Teacher, req: TeacherRequest, res: TeacherResult) -> dict[str, Any]:
+    """Usage, cost and cache key of the request a row came from (shared by all rows of that request)."""
+    out: dict[str, Any] = {
+        "request_usage": res.usage.as_dict(),
+        "request_cost_usd": None if res.cost_usd is None else round(res.cost_usd, 10),
+        "cached": res.cached,
+    }
+    key_fn = getattr(teacher, "cache_key", None)
+    if callable(key_fn):
+        out["request_cache_key"] = key_fn(req)
+    return out
+
+
+def stable_rng(*parts: Any) -> random.Random:
+    """A Random seeded from its parts (str seeding is sha512-based: the same in every process)."""
+    return random.Random("\x1f".join(str(p) for p in parts))
+
+
+# ==================================================================================================
+# Parsing lists out of teacher text
+# ==================================================================================================
+
+_FENCE = re.compile(r"^\s*```[\w-]*\s*$")
+_ITEM_START = re.compile(
+    r"""^\s*(?:
+        \*{0,2}(?:example|item|text|sample|query|message|utterance|sentence|instruction|task)\s*\#?\s*\d{1,3}\*{0,2}\s*[:.)\-\u2013\u2014]?\*{0,2}
+      | \(\s*\d{1,3}\s*\)
+      | \[\s*\d{1,3}\s*\]
+      | \#?\d{1,3}\s*(?:[.](?!\d)|[):\]]|\s[-\u2013\u2014](?=\s))
+      | [-*\u2022\u25cf\u25aa\u2023\u25e6+]\s
+    )\s*""",
+    re.I | re.X,
+)
+_CHATTER = re.compile(
+    r"^\s*(?:sure|certainly|of course|okay|ok|here\s+(?:are|is)|below\s+(?:are|is)|i\s+hope|let\s+me\s+know|"
+    r"these\s+(?:examples|are)|note\s*:|i've|i\s+have)\b",
+    re.I,
+)
+_FIELD_PREFIX = re.compile(
+    r"^\s*\**(?:text|example|query|message|utterance|sentence|instruction|task|input|customer)\**\s*:\s*", re.I
+)
+_LABEL_SUFFIX = re.compile(
+    r"\s*(?:[\(\[]|\s[-|\u2013\u2014\u2192]\s|\|)\s*(?:label|intent|category|class)\s*[:=][^\n]*$", re.I
+)
+_QUOTES = [('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("\u00ab", "\u00bb"), ("`", "`")]
+_TEXT_KEYS = ("text", "example", "instruction", "query", "input", "sentence", "message", "utterance", "content")
+
+
+def clean_item(text: str) -> str:
+    """One list item without numbering, field labels, wrapping quotes or markdown emphasis."""
+    s = " ".join(text.split())
+    for _ in range(3):
+        before = s
+        m = _ITEM_START.match(s)
+        if m and m.end() < len(s):
+            s = s[m.end():]
+        s = _FIELD_PREFIX.sub("", s)
+        s = _LABEL_SUFFIX.sub("", s).strip()
+        if len(s) >= 4 and s.startswith("**") and s.endswith("**"):
+            s = s[2:-2].strip()
+        for a, b in _QUOTES:
+            # a double quote inside may close the first and open another ("x" and "y"): leave those
+            if len(s) >= 2 and s.startswith(a) and s.endswith(b) and (a != '"' or s.count('"') == 2):
+                s = s[1:-1].strip()
+                break
+        if s == before:
+            break
+    return s
+
+
+def _json_item(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        for k in _TEXT_KEYS:
+            if isinstance(value.get(k), str):
+                return value[k]
+        strings = [v for v in value.values() if isinstance(v, str)]
+        if len(strings) == 1:
+            return strings[0]
+    return None
+
+
+def _parse_json_items(lines: list[str]) -> list[str] | None:
+    body = "\n".join(lines).strip()
+    if body.startswith("["):
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError:
+            data = None
+        if isinstance(data, list):
+            items = [_json_item(v) for v in data]
+            return [i for i in items if i is not None]
+    parsed: list[str] = []
+    nonblank = [ln.strip().rstrip(",") for ln in lines if ln.strip()]
+    if not nonblank or not nonblank[0].startswith(("{", '"')):
+        return None
+    ok = 0
+    for ln in nonblank:
+        try:
+            item = _json_item(json.loads(ln))
+        except json.JSONDecodeError:
+            continue
+        if item is not None:
+            parsed.append(item)
+            ok += 1
+    return parsed if ok * 2 > len(nonblank) else None
+
+
+def parse_list_items(text: str | None, *, leading_item: bool = False) -> list[str]:
+    """The items of a list a teacher wrote, cleaned (see :func:`clean_item`), empties removed.
+
+    Accepts numbered lists (``1.``, ``2)``, ``(3)``, ``#4``, ``Example 5:``), bullets, a JSON array,
+    JSON lines (strings or objects with a ``text``-like field) and, failing all that, one item per
+    line.  A preamble ("Here are 5 examples:") and closing chatter are not items.  A line that is not
+    numbered continues the item above it unless a blank line separates them.  ``leading_item``: text
+    before the first number is an item (a completion that continues a prompt ending in ``"9."``),
+    unless it reads like a preamble.
+    """
+    if not text:
+        return []
+    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not _FENCE.match(ln)]
+    js = _parse_json_items(lines)
+    if js is not None:
+        return [c for c in (clean_item(i) for i in js) if c]
+    items: list[list[str]] = []  # numbered items (lines)
+    loose: list[list[str]] = []  # unnumbered paragraphs
+    lead: list[str] = []  # text before the first numbered item, no blank line
+    current: list[str] | None = None
+    gap = True
+    seen_item = False
+    for ln in lines:
+        if not ln.strip():
+            gap = True
+            continue
+        m = _ITEM_START.match(ln)
+        if m:
+            current = [ln[m.end():]]
+            items.append(current)
+            seen_item = True
+        elif current is not None and not gap:
+            current.append(ln)
+        elif not seen_item and not loose and (not lead or not gap):
+            lead.append(ln)
+        else:
+            current = None
+            loose.append([ln])
+        gap = False
+    if not items:
+        # no numbering: one item per line, without chatter or "...:" headers
+        flat = [ln for ln in lines if ln.strip()]
+        return [c for c in (clean_item(ln) for ln in flat if not _is_chatter(ln)) if c]
+    out = []
+    lead_text = " ".join(lead).strip()
+    if leading_item and lead_text and not _is_chatter(lead_text):
+        out.append(lead_text)
+    out.extend(" ".join(it) for it in items)
+    return [c for c in (clean_item(i) for i in out) if c]
+
+
+def _is_chatter(line: str) -> bool:
+    s = line.strip()
+    return bool(_CHATTER.match(s)) or s.endswith(":")
+
+
+# ==================================================================================================
+# The task spec
+# ==================================================================================================
+
+_TOP_KEYS = {"task", "text_name", "labels", "label_descriptions", "seed_examples", "attributes"}
+
+
+class _Lines:
+    """Line numbers of fields in a YAML/JSON document, so errors can name them."""
+
+    def __init__(self, text: str) -> None:
+        try:
+            self.root = yaml.compose(text)
+        except yaml.YAMLError:
+            self.root = None
+
+    def line(self, *path: Any) -> int | None:
+        node, found = self.root, None
+        for p in path:
+            if node is None:
+                break
+            nxt = None
+            if isinstance(node, yaml.MappingNode):
+                for k, v in node.value:
+                    if isinstance(k, yaml.ScalarNode) and k.value == str(p):
+                        found = k.start_mark.line + 1
+                        nxt = v
+                        break
+            elif isinstance(node, yaml.SequenceNode) and isinstance(p, int) and p < len(node.value):
+                nxt = node.value[p]
+                found = nxt.start_mark.line + 1
+            node = nxt
+        return found
+
+
+@dataclass
+class LabelSpec:
+    name: str
+    description: str = ""
+    examples: list[str] = field(default_factory=list)
+    where: str = ""  # "file:line" of its definition, for errors found later
+
+
+@dataclass
+class TaskSpec:
+    """A classification task to generate examples for (see :func:`load_task_spec`)."""
+
+    task: str
+    labels: list[LabelSpec]
+    attributes: dict[str, list[str]] = field(default_factory=dict)
+    text_name: str = "text"
+    path: Path | None = None
+
+    @property
+    def label_names(self) -> list[str]:
+        return [lab.name for lab in self.labels]
+
+    def label(self, name: str) -> LabelSpec:
+        return next(lab for lab in self.labels if lab.name == name)
+
+
+def load_task_spec(path: str | Path) -> TaskSpec:
+    """Read and validate a task spec; raise InputError naming file, line and field of every problem.
+
+    Format (YAML or JSON)::
+
+        task: Classify customer messages to an online bank by intent.   # required
+        text_name: customer message                                      # optional, default "text"
+        labels:                       # a list of names, a list of {name, description, examples},
+          card_arrival:               # or a mapping name -> description | {description, examples}
+            description: The customer asks when their new card will arrive.
+            examples: ["Where is my new card?"]
+          lost_or_stolen_card: The customer reports a lost or stolen card.
+        label_descriptions: {name: description}    # optional, another way to give descriptions
+        seed_examples: {name: [text, ...]}         # optional; or a list of {text, label}
+        attributes:                                # optional: value lists combined per request
+          style: [polite, angry, terse]
+          length: [a few words, one sentence, two sentences]
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError([f"{path}: task spec not found"])
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except json.JSONDecodeError as exc:
+        raise InputError([f"{path}:{exc.lineno}: not valid JSON ({exc.msg})"]) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise InputError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+    lines = _Lines(text)
+    problems: list[str] = []
+
+    def err(msg: str, *fpath: Any) -> None:
+        ln = lines.line(*fpath) if fpath else None
+        dotted = ".".join(f"[{p}]" if isinstance(p, int) else str(p) for p in fpath).replace(".[", "[")
+        problems.append(f"{path}{':' + str(ln) if ln else ''}: " + (f"field '{dotted}': " if fpath else "") + msg)
+
+    if not isinstance(data, dict):
+        raise InputError([f"{path}: expected a mapping with 'task' and 'labels', got {type(data).__name__}"])
+    for k in data:
+        if k not in _TOP_KEYS:
+            err(f"unknown field (known: {', '.join(sorted(_TOP_KEYS))})", k)
+    task = data.get("task")
+    if not isinstance(task, str) or not task.strip():
+        err("missing or empty: describe the task in a sentence or two", "task")
+        task = ""
+    text_name = data.get("text_name", "text")
+    if not isinstance(text_name, str) or not text_name.strip():
+        err("must be a non-empty string (what one example is, e.g. 'customer message')", "text_name")
+        text_name = "text"
+
+    labels: list[LabelSpec] = []
+    raw = data.get("labels")
+
+    def where(*fpath: Any) -> str:
+        ln = lines.line(*fpath)
+        return f"{path}:{ln}" if ln else str(path)
+
+    def add_label(name: Any, desc: Any, examples: Any, fpath: tuple[Any, ...]) -> None:
+        if not isinstance(name, str) or not name.strip():
+            err(f"label name must be a non-empty string (quote names like yes/no/1), got {name!r}", *fpath)
+            return
+        if any(lab.name == name for lab in labels):
+            err(f"duplicate label {name!r}", *fpath)
+            return
+        if desc is not None and not isinstance(desc, str):
+            err("description must be a string", *fpath, "description")
+            desc = None
+        exs = _str_list(examples, err, (*fpath, "examples")) if examples is not None else []
+        labels.append(LabelSpec(name.strip(), (desc or "").strip(), exs, where(*fpath)))
+
+    if raw is None or raw == [] or raw == {}:
+        err("missing or empty: give at least two labels", "labels")
+    elif isinstance(raw, list):
+        for i, entry in enumerate(raw):
+            if isinstance(entry, dict):
+                extra = set(entry) - {"name", "description", "examples"}
+                if extra:
+                    err(f"unknown field(s) {sorted(extra)} (known: name, description, examples)", "labels", i)
+                add_label(entry.get("name"), entry.get("description"), entry.get("examples"), ("labels", i))
+            else:
+                add_label(entry, None, None, ("labels", i))
+    elif isinstance(raw, dict):
+        for name, entry in raw.items():
+            if isinstance(entry, dict):
+                extra = set(entry) - {"description", "examples"}
+                if extra:
+                    err(f"unknown field(s) {sorted(extra)} (known: description, examples)", "labels", name)
+                add_label(name, entry.get("description"), entry.get("examples"), ("labels", name))
+            elif entry is None or isinstance(entry, str):
+                add_label(name, entry, None, ("labels", name))
+            else:
+                err("must be a description string or {description, examples}", "labels", name)
+    else:
+        err("must be a list of label names or a mapping label -> description", "labels")
+    if labels and len(labels) < 2 and not problems:
+        err("a classification task needs at least two labels", "labels")
+    known = {lab.name: lab for lab in labels}
+
+    descs = data.get("label_descriptions")
+    if descs is not None:
+        if not isinstance(descs, dict):
+            err("must be a mapping label -> description", "label_descriptions")
+        else:
+            for name, d in descs.items():
+                if name not in known:
+                    err(f"unknown label {name!r} (labels: {', '.join(known)})", "label_descriptions", name)
+                elif not isinstance(d, str):
+                    err("description must be a string", "label_descriptions", name)
+                elif known[name].description and known[name].description != d.strip():
+                    err("label described twice (in 'labels' and here) with different text", "label_descriptions", name)
+                else:
+                    known[name].description = d.strip()
+
+    seeds = data.get("seed_examples")
+    if seeds is not None:
+        if isinstance(seeds, dict):
+            for name, exs in seeds.items():
+                if name not in known:
+                    err(f"unknown label {name!r} (labels: {', '.join(known)})", "seed_examples", name)
+                    continue
+                known[name].examples.extend(_str_list(exs, err, ("seed_examples", name)))
+        elif isinstance(seeds, list):
+            for i, ex in enumerate(seeds):
+                if not isinstance(ex, dict) or set(ex) != {"text", "label"}:
+                    err("each seed example must be {text, label}", "seed_examples", i)
+                    continue
+                if ex["label"] not in known:
+                    err(f"unknown label {ex['label']!r} (labels: {', '.join(known)})", "seed_examples", i, "label")
+                    continue
+                if not isinstance(ex["text"], str) or not ex["text"].strip():
+                    err("must be a non-empty string", "seed_examples", i, "text")
+                    continue
+                known[ex["label"]].examples.append(ex["text"].strip())
+        else:
+            err("must be a mapping label -> [texts] or a list of {text, label}", "seed_examples")
+
+    attributes: dict[str, list[str]] = {}
+    attrs = data.get("attributes")
+    if attrs is not None:
+        if not isinstance(attrs, dict):
+            err("must be a mapping name -> list of values", "attributes")
+        else:
+            for name, values in attrs.items():
+                if not isinstance(name, str) or not name.strip():
+                    err("attribute names must be non-empty strings", "attributes")
+                    continue
+                if not isinstance(values, list) or not values:
+                    err("must be a non-empty list of values", "attributes", name)
+                    continue
+                vals = []
+                for j, v in enumerate(values):
+                    if isinstance(v, bool) or not isinstance(v, (str, int, float)) or not str(v).strip():
+                        err("must be a non-empty string", "attributes", name, j)
+                    else:
+                        vals.append(str(v).strip())
+                if len(set(vals)) != len(vals):
+                    err("has repeated values", "attributes", name)
+                attributes[name] = vals
+    if problems:
+        raise InputError(problems)
+    return TaskSpec(task=task.strip(), labels=labels, attributes=attributes, text_name=text_name.strip(), path=path)
+
+
+def _str_list(value: Any, err: Any, fpath: tuple[Any, ...]) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        err("must be a list of strings", *fpath)
+        return []
+    out = []
+    for i, v in enumerate(value):
+        if not isinstance(v, str) or not v.strip():
+            err("must be a non-empty string", *fpath, i)
+        else:
+            out.append(v.strip())
+    return out
+
+
+# ==================================================================================================
+# The plan: everything checked before the first request
+# ==================================================================================================
+
+
+@dataclass
+class LabelTaskConfig:
+    """Run settings.  ``params`` are sampling parameters sent with every request (temperature...)."""
+
+    per_label: int
+    batch_size: int = 10
+    template: str | Path = "tasks/examples"
+    max_requests_per_label: int | None = None  # default: max(4, ceil(4 * per_label / batch_size))
+    seed: int = 0
+    params: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
+    threshold: float = 0.7
+    min_words: int = 3
+    seeds_per_prompt: int = 3
+    labels: list[str] | None = None  # only these labels (default: all)
+
+
+@dataclass
+class LabelTaskPlan:
+    spec: TaskSpec
+    config: LabelTaskConfig
+    template: PromptTemplate
+    labels: list[str]
+    max_requests: int
+    combos: dict[str, list[tuple[int, ...]]]
+
+    def attributes_for(self, label: str, r: int) -> dict[str, str]:
+        names = list(self.spec.attributes)
+        if not names:
+            return {}
+        pool = self.combos.get(label)
+        if pool:
+            idx = pool[r % len(pool)]
+        else:  # product too large to list: an independent seeded draw per request
+            rng = stable_rng(self.config.seed, "attrs", label, r)
+            idx = tuple(rng.randrange(len(self.spec.attributes[n])) for n in names)
+        return {n: self.spec.attributes[n][i] for n, i in zip(names, idx)}
+
+    def variables(self, label: str, r: int) -> dict[str, Any]:
+        lab = self.spec.label(label)
+        exs = lab.examples
+        k = min(self.config.seeds_per_prompt, len(exs))
+        shown = stable_rng(self.config.seed, "examples", label, r).sample(exs, k) if k else []
+        return {
+            "task_description": self.spec.task,
+            "text_name": self.spec.text_name,
+            "label": label,
+            "label_description": lab.description,
+            "labels": self.spec.label_names,
+            "label_descriptions": {x.name: x.description for x in self.spec.labels},
+            "other_labels": [n for n in self.spec.label_names if n != label],
+            "n": self.config.batch_size,
+            "attributes": self.attributes_for(label, r),
+            "examples": shown,
+            "request_index": r,
+        }
+
+    def request(self, label: str, r: int) -> TeacherRequest:
+        content = self.template.render(**self.variables(label, r))
+        return TeacherRequest(
+            key=f"{label}/{r}",
+            messages=[{"role": "user", "content": content}],
+            # the seed makes the r-th request of a label a distinct, reproducible sample even when
+            # its prompt repeats an earlier one (more requests than attribute combinations)
+            params={**self.config.params, "seed": r},
+            sample_index=r,
+        )
+
+
+_MAX_LISTED_COMBOS = 100_000
+
+
+def plan_label_tasks(spec: TaskSpec, config: LabelTaskConfig) -> LabelTaskPlan:
+    """Check settings, template and spec together; raise InputError/TemplateError before any call."""
+    c = config
+    problems = []
+    if c.per_label < 1:
+        problems.append("--per-label must be at least 1")
+    if c.batch_size < 1:
+        problems.append("--batch-size must be at least 1")
+    if c.max_requests_per_label is not None and c.max_requests_per_label < 1:
+        problems.append("--max-requests-per-label must be at least 1")
+    if not 0 < c.threshold < 1:
+        problems.append("--threshold must be in (0, 1)")
+    if c.min_words < 0:
+        problems.append("--min-words must be >= 0")
+    labels = spec.label_names
+    if c.labels:
+        unknown = [x for x in c.labels if x not in labels]
+        if unknown:
+            problems.append(f"--labels: unknown label(s) {', '.join(unknown)} (spec {spec.path} has: {', '.join(labels)})")
+        labels = [x for x in labels if x in c.labels]
+    if problems:
+        raise InputError(problems)
+    template = load_template(c.template)
+    provided = {"task_description", "text_name", "label", "label_description", "labels", "label_descriptions",
+                "other_labels", "n", "attributes", "examples", "request_index"}
+    template.check(provided, where=str(spec.path or "spec"))
+    if {"label_description", "label_descriptions"} & template.variables:
+        # label_descriptions shows every label's description; label_description only the requested one's
+        scope = spec.label_names if "label_descriptions" in template.variables else labels
+        missing = [lab for lab in spec.labels if lab.name in scope and not lab.description]
+        if missing:
+            raise InputError([
+                f"{lab.where}: label {lab.name!r}: field 'description': empty, but template {template.name!r} "
+                "uses label descriptions (give one per label, or use --template tasks/examples_names)"
+                for lab in missing
+            ])
+    combos: dict[str, list[tuple[int, ...]]] = {}
+    sizes = [len(v) for v in spec.attributes.values()]
+    if sizes and math.prod(sizes) <= _MAX_LISTED_COMBOS:
+        product = list(itertools.product(*(range(n) for n in sizes)))
+        for lab in labels:
+            order = list(product)
+            stable_rng(c.seed, "combos", lab).shuffle(order)
+            combos[lab] = order
+    max_req = c.max_requests_per_label or max(4, math.ceil(4 * c.per_label / c.batch_size))
+    plan = LabelTaskPlan(spec, c, template, labels, max_req, combos)
+    for lab in labels:  # render once per label now: a template error costs nothing
+        plan.request(lab, 0)
+    return plan
+
+
+# ==================================================================================================
+# Generation
+# ==================================================================================================
+
+
+@dataclass
+class _LabelState:
+    name: str
+    issued: int = 0
+    next_r: int = 0
+    kept: int = 0
+    items_seen: int = 0
+    held: dict[int, Job[tuple[str, int]]] = field(default_factory=dict)
+    stalled: str | None = None
+
+
+async def generate_label_examples(
+    teacher: Teacher, plan: LabelTaskPlan, *, stats: MethodStats | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield kept example rows (and dropped candidates with ``reject_reason``) as they are decided.
+
+    Kept rows: ``{id: "<label>-<k>", text, label, attributes, template, template_sha, teacher,
+    request_id, item_index, request_usage, request_cost_usd, cached, request_cache_key}`` — usage and
+    cost are the whole request's, shared by the rows that came from it (sum them per request_id).
+    """
+    st = stats if stats is not None else MethodStats()
+    c = plan.config
+    N, m = c.per_label, c.batch_size
+    seed_pool = NearDupPool(c.threshold)
+    for lab in plan.spec.labels:
+        for i, ex in enumerate(lab.examples):
+            seed_pool.add(ex, f"seed:{lab.name}:{i}")
+    pool = NearDupPool(c.threshold)
+    states = {lab: _LabelState(lab) for lab in plan.labels}
+    for lab in plan.labels:
+        st.per_label[lab] = 0
+    feed: JobFeed[tuple[str, int]] = JobFeed()
+    prov = plan.template.provenance()
+
+    def issue(s: _LabelState, count: int) -> None:
+        count = min(count, plan.max_requests - s.issued)
+        for _ in range(max(0, count)):
+            r = s.issued
+            s.issued += 1
+            feed.put(Job((s.name, r), [plan.request(s.name, r)]))
+
+    def top_up(s: _LabelState) -> None:
+        """All issued requests are processed: ask for more if the label is short and may."""
+        deficit = N - s.kept
+        if deficit <= 0 or s.stalled:
+            return
+        if s.issued >= plan.max_requests:
+            st.short[s.name] = (f"{s.kept}/{N} after the cap of {plan.max_requests} requests "
+                                "(raise --max-requests-per-label, --batch-size, or check the rejects)")
+            return
+        yield_rate = 0.8 if s.items_seen == 0 else max(0.1, s.kept / s.items_seen)
+        issue(s, math.ceil(deficit / (m * yield_rate)))
+
+    def base(label: str, r: int, attrs: dict[str, str]) -> dict[str, Any]:
+        return {"label": label, "attributes": attrs, **prov, "teacher": teacher.model, "request_id": f"{label}/{r}"}
+
+    def process(s: _LabelState, job: Job[tuple[str, int]]) -> list[dict[str, Any]]:
+        label, r = job.item
+        res = job.results[0]
+        assert res is not None
+        attrs = plan.attributes_for(label, r)
+        if not res.ok:
+            s.stalled = f"request {label}/{r} failed: {res.error}"
+            st.short[label] = f"{s.kept}/{N}: {s.stalled} (rerun to retry; later answers are kept in the cache)"
+            st.drops["teacher_error"] += 1
+            return [{"id": f"{label}/{r}", **base(label, r, attrs), "reject_reason": f"teacher_error: {res.error}"}]
+        rows = []
+        meta = request_provenance(teacher, job.requests[0], res)
+        items = parse_list_items(res.text)
+        if not items:
+            st.drops["unparseable_response"] += 1
+            rows.append({"id": f"{label}/{r}", **base(label, r, attrs), "completion": res.text,
+                         "reject_reason": "unparseable_response: no list items found"})
+        truncated = res.finish_reason == "length"
+        for j, text in enumerate(items):
+            cand = {"id": f"{label}/{r}/{j}", "text": text, **base(label, r, attrs), "item_index": j}
+            reason = None
+            if s.kept >= N:
+                reason = "surplus: label already has enough examples"
+            elif truncated and j == len(items) - 1:
+                reason = "truncated: last item of an answer cut at max_tokens"
+            elif len(text.split()) < c.min_words:
+                reason = f"too_short: fewer than {c.min_words} words"
+            else:
+                s.items_seen += 1
+                hit = seed_pool.find(text)
+                if hit is not None:
+                    reason = f"seed_copy: rouge_l={hit.score:.3f} with seed example {hit.text!r}"
+                else:
+                    hit = pool.find(text)
+                    if hit is not None:
+                        kind = "exact_duplicate" if hit.exact else "near_duplicate"
+                        reason = f"{kind}: rouge_l={hit.score:.3f} with {hit.key}"
+            if reason is not None:
+                st.drops[reason.split(":")[0]] += 1
+                cand["reject_reason"] = reason
+                rows.append(cand)
+                continue
+            row_id = f"{label}-{s.kept}"
+            pool.add(text, row_id)
+            s.kept += 1
+            st.kept += 1
+            st.per_label[label] = s.kept
+            rows.append({"id": row_id, **{k: v for k, v in cand.items() if k != "id"}, **meta})
+        return rows
+
+    for s in states.values():
+        issue(s, math.ceil(N / (m * 0.8)))
+    feed.close_if_idle()
+    async for job in stream_jobs(teacher, feed):
+        feed.finished()
+        st.record(job.results[0])  # type: ignore[arg-type]
+        label, r = job.item
+        s = states[label]
+        s.held[r] = job
+        while not s.stalled and s.next_r in s.held:
+            for row in process(s, s.held.pop(s.next_r)):
+                yield row
+            s.next_r += 1
+            if s.next_r == s.issued:
+                top_up(s)
+        feed.close_if_idle()
+    st.budget_stopped = bool(getattr(teacher, "budget_exhausted", False))
+    for s in states.values():
+        if s.kept < N and s.name not in st.short:
+            st.short[s.name] = f"{s.kept}/{N}: " + (
+                "budget reached before its requests were answered" if st.budget_stopped
+                else f"{s.issued - s.next_r} request(s) not answered")
+
+
+__all__ = [
+    "JobFeed", "MethodStats", "TaskSpec", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "clean_item",
+    "generate_label_examples", "load_task_spec", "parse_list_items", "plan_label_tasks", "request_provenance",
+    "stable_rng",
+]

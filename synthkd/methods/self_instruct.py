@@ -1,0 +1,520 @@
+"""Self-Instruct (Wang et al. 2022): grow an instruction dataset from a few seed tasks.
+
+The loop, as in the paper's ``bootstrap_instructions.py`` / ``generate_instances.py``:
+
+1. Each round sends ``requests_per_round`` prompts; each shows ``prompt_instructions`` instructions
+   (``prompt_machine`` of them generated earlier, once there are enough, the rest seed tasks),
+   numbered, and asks the teacher to continue the list.
+2. New instructions are parsed from the numbered list and filtered: 3 words or fewer, more than 150,
+   a keyword a text model cannot act on (image, graph, picture, file, map, draw, plot, go to, video,
+   audio, music, flowchart, diagram — the paper's list plus Alpaca's additions), starting with
+   "Write a program", with punctuation or a non-ASCII character; and ROUGE-L F > 0.7 with any seed
+   (``seed_copy``) or generated instruction (``near_duplicate``).
+3. Each kept instruction is classified (classification task with finite labels, or not) with the
+   paper's few-shot question, then instances are asked for: input-first for ordinary tasks,
+   *output-first* (class label, then an input for it) for classification tasks, so that generated
+   inputs are not biased towards one label.
+
+Determinism (resume = rerun, nothing paid twice): every random choice comes from a Random seeded by
+(seed, round, request); answers of a round are processed in request order before the pool is
+updated, and round t+1 is built only from the pool after round t — so a rerun sends exactly the same
+prompts and the cache answers all of them.  A generation request that fails for good stops the
+growth at that point (later answers of the round wait for the next run); instance requests of kept
+instructions still run.  Rows stream out as each instruction's instances arrive, overlapping with
+later rounds (one teacher stream carries everything, via :class:`JobFeed`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+from synthkd.jsonl_io import InputError, iter_jsonl
+from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
+from synthkd.methods.pool_dedup import NearDupPool
+from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
+from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.templates import PromptTemplate, load_template
+
+#: Words that make an instruction unfit for a text-only model (Self-Instruct + Alpaca).
+BAD_KEYWORDS = ("image", "images", "graph", "graphs", "picture", "pictures", "file", "files", "map", "maps",
+                "draw", "plot", "go to", "video", "audio", "music", "flowchart", "diagram")
+_BAD_RE = re.compile(r"\b(" + "|".join(re.escape(w) for w in BAD_KEYWORDS) + r")\b", re.I)
+
+
+# ==================================================================================================
+# Seed tasks
+# ==================================================================================================
+
+
+@dataclass(frozen=True)
+class SeedTask:
+    id: str
+    instruction: str
+    instances: tuple[tuple[str, str], ...]  # (input, output)
+    is_classification: bool
+    name: str = ""
+
+
+def load_seed_tasks(path: str | Path) -> list[SeedTask]:
+    """Read seed tasks in the Self-Instruct format; InputError names file, line and field of each problem.
+
+    One JSON object a line: ``{"id", "name", "instruction", "instances": [{"input", "output"}],
+    "is_classification"}`` (``name`` optional; ``input`` may be empty, ``output`` may not).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError([f"{path}: seed tasks file not found"])
+    problems: list[str] = []
+    tasks: list[SeedTask] = []
+    seen: dict[str, int] = {}
+    for lineno, row in iter_jsonl(path):
+        where = f"{path}:{lineno}"
+        if not isinstance(row, dict):
+            problems.append(f"{where}: expected a JSON object")
+            continue
+        rid = row.get("id")
+        if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
+            problems.append(f"{where}: field 'id': missing, or not a non-empty string")
+            continue
+        rid = str(rid)
+        if rid in seen:
+            problems.append(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[rid]})")
+            continue
+        seen[rid] = lineno
+        inst = row.get("instruction")
+        if not isinstance(inst, str) or not inst.strip():
+            problems.append(f"{where}: field 'instruction': missing or empty")
+            continue
+        clf = row.get("is_classification")
+        if not isinstance(clf, bool):
+            problems.append(f"{where}: field 'is_classification': must be true or false")
+            continue
+        raw = row.get("instances")
+        if not isinstance(raw, list) or not raw:
+            problems.append(f"{where}: field 'instances': must be a non-empty list of {{input, output}}")
+            continue
+        pairs = []
+        for i, x in enumerate(raw):
+            if not isinstance(x, dict) or not isinstance(x.get("input", ""), str):
+                problems.append(f"{where}: field 'instances[{i}].input': must be a string")
+            elif not isinstance(x.get("output"), str) or not x["output"].strip():
+                problems.append(f"{where}: field 'instances[{i}].output': missing or empty")
+            else:
+                pairs.append((x.get("input", "").strip(), x["output"].strip()))
+        if len(pairs) == len(raw):
+            tasks.append(SeedTask(rid, inst.strip(), tuple(pairs), clf, str(row.get("name") or "")))
+        if len(problems) >= 20:
+            break
+    if not problems and not tasks:
+        problems.append(f"{path}: no seed tasks (the file is empty)")
+    if problems:
+        raise InputError(problems)
+    return tasks
+
+
+# ==================================================================================================
+# Parsing and filtering
+# ==================================================================================================
+
+
+def instruction_filter(inst: str, min_words: int = 4, max_words: int = 150) -> str | None:
+    """Why the paper's post-processing drops this instruction, or None to keep it."""
+    n = len(inst.split())
+    if n < min_words:
+        return f"too_short: {n} words"
+    if n > max_words:
+        return f"too_long: {n} words"
+    m = _BAD_RE.search(inst)
+    if m:
+        return f"bad_keyword: {m.group(1).lower()!r}"
+    if inst.startswith("Write a program"):
+        return "write_a_program: ambiguous whether to write code or give the result"
+    if inst[0] in string.punctuation:
+        return "starts_with_punctuation"
+    if not inst[0].isascii():
+        return "non_ascii_start"
+    return None
+
+
+def parse_instructions(text: str | None, first_number: int) -> list[str]:
+    """New instructions from a continuation of a numbered list that ended at ``first_number - 1``.
+
+    A completion model continues right after ``"N."`` (so the text before the first number is an
+    item); a chat model usually restarts the numbering.  Both work.
+    """
+    items = parse_list_items(text, leading_item=True)
+    out = []
+    for it in items:
+        it = re.sub(r"^(?:instruction|task)\s*:\s*", "", it, flags=re.I).strip()
+        # keep only the instruction line when the model also wrote "Input:"/"Output:" parts
+        it = re.split(r"\s(?:Input|Output)\s*\d*\s*:", it, maxsplit=1)[0].strip()
+        if it:
+            out.append(it[0].upper() + it[1:])
+    return out
+
+
+_OUTPUT_RE = re.compile(r"Output\s*\d*\s*:", re.I)
+_INPUT_RE = re.compile(r"Input\s*\d*\s*:", re.I)
+_EXAMPLE_RE = re.compile(r"^\s*\**Example\s*\d*\s*[:.]?\**\s*$", re.I | re.M)
+_CLASS_RE = re.compile(r"^\s*\**Class\s*label\s*\**\s*:\s*", re.I | re.M)
+
+
+def _input_output(chunk: str) -> tuple[str, str]:
+    """The paper's ``parse_input_output``: text before "Output:" is the input (minus "Input:")."""
+    parts = _OUTPUT_RE.split(chunk, maxsplit=1)
+    if len(parts) == 2:
+        inp, out = parts
+    else:
+        inp, out = "", chunk
+    out = _INPUT_RE.split(out, maxsplit=1)[0]
+    inp = re.sub(r"^\s*Input\s*\d*\s*:", "", inp.strip(), flags=re.I).strip()
+    return inp, out.strip()
+
+
+def parse_instances(text: str | None, output_first: bool) -> list[tuple[str, str]]:
+    """(input, output) pairs from an instance answer (input-first or output-first format)."""
+    if not text or not text.strip():
+        return []
+    text = text.replace("\r\n", "\n")
+    text = re.split(r"^\s*Task\s*:", text, flags=re.M)[0]  # a run-on next demonstration is not ours
+    pairs = []
+    if output_first:
+        chunks = _CLASS_RE.split(text)[1:]
+        for ch in chunks:
+            label, _, rest = ch.partition("\n")
+            inp = re.sub(r"^\s*Input\s*\d*\s*:", "", rest.strip(), flags=re.I).strip()
+            inp = _CLASS_RE.split(inp)[0].strip()
+            pairs.append((inp, label.strip()))
+        return pairs
+    chunks = _EXAMPLE_RE.split(text)
+    chunks = [c for c in chunks if c.strip()] if len(chunks) > 1 else [text]
+    for ch in chunks:
+        pairs.append(_input_output(ch))
+    return pairs
+
+
+def clean_instances(pairs: list[tuple[str, str]], drops: Any) -> list[dict[str, str]]:
+    """Drop instances with an empty output or a repeated input (the first one wins)."""
+    out, seen = [], set()
+    for inp, outp in pairs:
+        if not outp:
+            drops["instance_empty_output"] += 1
+            continue
+        if inp in seen:
+            drops["instance_repeated_input"] += 1
+            continue
+        seen.add(inp)
+        out.append({"input": inp, "output": outp})
+    return out
+
+
+_YES_NO = re.compile(r"\b(yes|no)\b", re.I)
+
+
+# ==================================================================================================
+# The plan
+# ==================================================================================================
+
+
+@dataclass
+class SelfInstructConfig:
+    num_instructions: int
+    requests_per_round: int = 8
+    prompt_instructions: int = 8
+    prompt_machine: int = 2
+    max_new_per_request: int = 8
+    max_rounds: int | None = None  # default: enough rounds for 4x the needed answers
+    seed: int = 0
+    threshold: float = 0.7
+    classify: bool = True
+    demos: int = 3  # seed tasks shown as demonstrations in an instance prompt
+    clf_demos: int = 12  # seed tasks shown in the "is it classification?" prompt
+    min_words: int = 4
+    max_words: int = 150
+    params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.5})
+    instance_params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
+    instructions_template: str | Path = "self_instruct/new_instructions"
+    clf_template: str | Path = "self_instruct/is_classification"
+    input_first_template: str | Path = "self_instruct/instances_input_first"
+    output_first_template: str | Path = "self_instruct/instances_output_first"
+
+
+@dataclass
+class SelfInstructPlan:
+    seeds: list[SeedTask]
+    config: SelfInstructConfig
+    t_new: PromptTemplate
+    t_clf: PromptTemplate
+    t_in: PromptTemplate
+    t_out: PromptTemplate
+    max_rounds: int
+
+    def generation_request(self, rnd: int, j: int, machine: list[str]) -> TeacherRequest:
+        c = self.config
+        rng = stable_rng(c.seed, "generate", rnd, j)
+        shown: list[str] = []
+        if len(machine) >= c.prompt_machine:
+            shown = rng.sample(machine, c.prompt_machine)
+        shown += rng.sample([s.instruction for s in self.seeds], c.prompt_instructions - len(shown))
+        rng.shuffle(shown)
+        shown = [re.sub(r"\s+", " ", s).strip().rstrip(":") for s in shown]
+        content = self.t_new.render(instructions=shown, num_new=c.max_new_per_request)
+        number = rnd * c.requests_per_round + j
+        return TeacherRequest(key=f"gen/{rnd}/{j}", messages=[{"role": "user", "content": content}],
+                              params={**c.params, "seed": number}, sample_index=0)
+
+    def clf_request(self, k: int, instruction: str) -> TeacherRequest:
+        c = self.config
+        rng = stable_rng(c.seed, "clf")
+        yes = [s for s in self.seeds if s.is_classification]
+        no = [s for s in self.seeds if not s.is_classification]
+        half = c.clf_demos // 2
+        demos = rng.sample(yes, min(half, len(yes))) + rng.sample(no, min(c.clf_demos - half, len(no)))
+        rng.shuffle(demos)
+        content = self.t_clf.render(demos=[{"instruction": d.instruction, "is_classification": d.is_classification}
+                                           for d in demos], instruction=instruction)
+        return TeacherRequest(key=f"clf/{k}", messages=[{"role": "user", "content": content}],
+                              params=dict(c.instance_params))
+
+    def instance_request(self, k: int, instruction: str, is_clf: bool) -> TeacherRequest:
+        c = self.config
+        rng = stable_rng(c.seed, "instances", k)
+        pool = [s for s in self.seeds if s.is_classification == is_clf] or self.seeds
+        demos = rng.sample(pool, min(c.demos, len(pool)))
+        tmpl = self.t_out if is_clf else self.t_in
+        content = tmpl.render(
+            demos=[{"instruction": d.instruction, "instances": [{"input": i, "output": o} for i, o in d.instances]}
+                   for d in demos],
+            instruction=instruction,
+        )
+        return TeacherRequest(key=f"inst/{k}", messages=[{"role": "user", "content": content}],
+                              params=dict(c.instance_params))
+
+
+def plan_self_instruct(seeds: list[SeedTask], config: SelfInstructConfig) -> SelfInstructPlan:
+    """Check settings and templates against the seeds; raise InputError/TemplateError before any call."""
+    c = config
+    problems = []
+    if c.num_instructions < 1:
+        problems.append("--num-instructions must be at least 1")
+    if c.requests_per_round < 1:
+        problems.append("--requests-per-round must be at least 1")
+    if not 0 <= c.prompt_machine < c.prompt_instructions:
+        problems.append("--prompt-machine must be >= 0 and below --prompt-instructions")
+    if c.prompt_instructions - c.prompt_machine > len(seeds):
+        problems.append(f"--prompt-instructions {c.prompt_instructions} needs at least "
+                        f"{c.prompt_instructions - c.prompt_machine} seed tasks, the file has {len(seeds)}")
+    if c.max_new_per_request < 1:
+        problems.append("--max-new-per-request must be at least 1")
+    if c.max_rounds is not None and c.max_rounds < 1:
+        problems.append("--max-rounds must be at least 1")
+    if not 0 < c.threshold < 1:
+        problems.append("--threshold must be in (0, 1)")
+    if c.classify and not ({s.is_classification for s in seeds} >= {True, False}):
+        problems.append("classification step needs seed tasks of both kinds (is_classification true and false); "
+                        "or use --no-classify")
+    if problems:
+        raise InputError(problems)
+    t_new = load_template(c.instructions_template)
+    t_new.check({"instructions", "num_new"})
+    t_clf = load_template(c.clf_template)
+    t_clf.check({"demos", "instruction"})
+    t_in = load_template(c.input_first_template)
+    t_in.check({"demos", "instruction"})
+    t_out = load_template(c.output_first_template)
+    t_out.check({"demos", "instruction"})
+    per_round = c.requests_per_round * c.max_new_per_request
+    max_rounds = c.max_rounds or max(3, math.ceil(4 * c.num_instructions / per_round))
+    plan = SelfInstructPlan(seeds, c, t_new, t_clf, t_in, t_out, max_rounds)
+    plan.generation_request(0, 0, [])  # render once now: a template error costs nothing
+    plan.clf_request(0, seeds[0].instruction)
+    plan.instance_request(0, seeds[0].instruction, False)
+    plan.instance_request(0, seeds[0].instruction, True)
+    return plan
+
+
+# ==================================================================================================
+# Generation
+# ==================================================================================================
+
+
+@dataclass
+class _Kept:
+    k: int
+    instruction: str
+    round: int
+    request_id: str
+    is_clf: bool | None = None
+    results: list[tuple[TeacherRequest, TeacherResult]] = field(default_factory=list)
+
+
+async def generate_self_instruct(
+    teacher: Teacher, plan: SelfInstructPlan, *, stats: MethodStats | None = None
+) -> AsyncIterator[dict[str, Any]]:
+    """Yield instruction rows ``{id: "si-<k>", instruction, instances, is_classification, ...}`` as their
+    instances arrive, and every dropped candidate as a row with ``reject_reason``."""
+    st = stats if stats is not None else MethodStats()
+    c = plan.config
+    N = c.num_instructions
+    seed_pool = NearDupPool(c.threshold)
+    seed_pool.extend((s.instruction, s.id) for s in plan.seeds)
+    pool = NearDupPool(c.threshold)
+    machine: list[str] = []
+    kept: dict[int, _Kept] = {}
+    feed: JobFeed[tuple[str, Any]] = JobFeed()
+    held: dict[int, Job[tuple[str, Any]]] = {}
+    state = {"round": 0, "next_j": 0, "stalled": None}
+    prov_new = plan.t_new.provenance()
+
+    def start_round(rnd: int) -> None:
+        state["round"], state["next_j"] = rnd, 0
+        for j in range(c.requests_per_round):
+            feed.put(Job(("gen", (rnd, j)), [plan.generation_request(rnd, j, machine)]))
+
+    def process_generation(rnd: int, j: int, job: Job[tuple[str, Any]]) -> list[dict[str, Any]]:
+        res = job.results[0]
+        assert res is not None
+        rid = f"gen/{rnd}/{j}"
+        base = {"round": rnd, "request_id": rid, **prov_new, "teacher": teacher.model}
+        if not res.ok:
+            state["stalled"] = f"generation request {rid} failed: {res.error}"
+            st.drops["teacher_error"] += 1
+            return [{"id": rid, **base, "reject_reason": f"teacher_error: {res.error}"}]
+        rows = []
+        items = parse_instructions(res.text, c.prompt_instructions + 1)
+        if not items:
+            st.drops["unparseable_response"] += 1
+            rows.append({"id": rid, **base, "completion": res.text,
+                         "reject_reason": "unparseable_response: no numbered instructions found"})
+        cut = res.finish_reason == "length"
+        for i, inst in enumerate(items):
+            cand = {"id": f"{rid}/{i}", "instruction": inst, **base, "item_index": i}
+            reason = None
+            if len(machine) >= N:
+                reason = "surplus: enough instructions already"
+            elif i >= c.max_new_per_request:
+                reason = f"over_request_limit: item beyond --max-new-per-request {c.max_new_per_request}"
+            elif cut and i == len(items) - 1:
+                reason = "truncated: last item of an answer cut at max_tokens"
+            else:
+                reason = instruction_filter(inst, c.min_words, c.max_words)
+            if reason is None:
+                hit = seed_pool.find(inst)
+                if hit is not None:
+                    reason = f"seed_copy: rouge_l={hit.score:.3f} with {hit.key}"
+                else:
+                    hit = pool.find(inst)
+                    if hit is not None:
+                        kind = "exact_duplicate" if hit.exact else "near_duplicate"
+                        reason = f"{kind}: rouge_l={hit.score:.3f} with {hit.key}"
+            if reason is not None:
+                st.drops[reason.split(":")[0]] += 1
+                cand["reject_reason"] = reason
+                rows.append(cand)
+                continue
+            k = len(machine)
+            row_id = f"si-{k}"
+            machine.append(inst)
+            pool.add(inst, row_id)
+            kept[k] = _Kept(k, inst, rnd, f"{rid}/{i}")
+            if c.classify:
+                feed.put(Job(("clf", k), [plan.clf_request(k, inst)]))
+            else:
+                kept[k].is_clf = False
+                feed.put(Job(("inst", k), [plan.instance_request(k, inst, False)]))
+        return rows
+
+    def finish_row(kp: _Kept) -> dict[str, Any]:
+        req, res = kp.results[-1]
+        ok_results = [r for _, r in kp.results]
+        tmpl = plan.t_out if kp.is_clf else plan.t_in
+        usage = {"prompt_tokens": sum(r.usage.prompt_tokens for r in ok_results),
+                 "completion_tokens": sum(r.usage.completion_tokens for r in ok_results)}
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        costs = [r.cost_usd for r in ok_results]
+        row: dict[str, Any] = {
+            "id": f"si-{kp.k}", "instruction": kp.instruction, "instances": [], "is_classification": kp.is_clf,
+            "round": kp.round, "generation_request_id": kp.request_id, **tmpl.provenance(),
+            "templates": {"instructions": prov_new, "is_classification": plan.t_clf.provenance() if c.classify else None,
+                          "instances": tmpl.provenance()},
+            "teacher": teacher.model,
+            **request_provenance(teacher, req, res),
+            "request_usage": usage,
+            "request_cost_usd": None if any(x is None for x in costs) else round(sum(costs), 10),
+            "cached": all(r.cached for r in ok_results),
+        }
+        if not res.ok:
+            row["reject_reason"] = f"teacher_error: {res.error}"
+            st.drops["teacher_error"] += 1
+            st.short[row["id"]] = f"instances request failed: {res.error} (rerun to retry)"
+            return row
+        row["instances"] = clean_instances(parse_instances(res.text, bool(kp.is_clf)), st.drops)
+        if not row["instances"]:
+            row["completion"] = res.text
+            row["reject_reason"] = "no_instances: no input/output pair could be parsed"
+            st.drops["no_instances"] += 1
+            return row
+        st.kept += 1
+        return row
+
+    start_round(0)
+    feed.close_if_idle()
+    async for job in stream_jobs(teacher, feed):
+        feed.finished()
+        res = job.results[0]
+        assert res is not None
+        st.record(res)
+        kind, ref = job.item
+        if kind == "gen":
+            rnd, j = ref
+            held[j] = job
+            while not state["stalled"] and state["next_j"] in held:
+                jj = state["next_j"]
+                for row in process_generation(rnd, jj, held.pop(jj)):
+                    yield row
+                state["next_j"] += 1
+            if state["next_j"] == c.requests_per_round and not state["stalled"]:
+                if len(machine) < N and rnd + 1 < plan.max_rounds:
+                    start_round(rnd + 1)
+                elif len(machine) < N:
+                    st.short["instructions"] = (f"{len(machine)}/{N} after {plan.max_rounds} rounds "
+                                                "(raise --max-rounds, or check the drops)")
+        elif kind == "clf":
+            kp = kept[ref]
+            kp.results.append((job.requests[0], res))
+            if not res.ok:
+                kept.pop(ref)
+                kp.is_clf = None
+                yield finish_row(kp)
+            else:
+                m = _YES_NO.search(res.text or "")
+                if m is None:
+                    st.notes["is_classification unclear (treated as no)"] += 1
+                kp.is_clf = bool(m and m.group(1).lower() == "yes")
+                feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
+        else:
+            kp = kept.pop(ref)
+            kp.results.append((job.requests[0], res))
+            yield finish_row(kp)
+        feed.close_if_idle()
+    st.budget_stopped = bool(getattr(teacher, "budget_exhausted", False))
+    st.per_label = {"instructions": len(machine)}
+    if state["stalled"]:
+        st.short["instructions"] = f"{len(machine)}/{N}: {state['stalled']} (rerun to retry)"
+    elif len(machine) < N and "instructions" not in st.short:
+        st.short["instructions"] = f"{len(machine)}/{N}: " + (
+            "budget reached" if st.budget_stopped else "generation answers missing")
+    for kp in kept.values():
+        st.short.setdefault(f"si-{kp.k}", "instances not generated (budget or interruption)")
+
+
+__all__ = [
+    "BAD_KEYWORDS", "SeedTask", "SelfInstructConfig", "SelfInstructPlan", "clean_instances",
+    "generate_self_instruct", "instruction_filter", "load_seed_tasks", "parse_instances", "parse_instructions",
+    "plan_self_instruct",
+]
