@@ -211,3 +211,32 @@ def test_cli_promptmix_generation_errors_exit_1_and_resume(tmp_path, make_server
     assert res.returncode == 0, res.stderr
     out = read_jsonl(tmp_path / "pm.jsonl")
     assert out and {r["intended_label"] for r in out} == {"card_arrival", "exchange_rate"}
+
+
+def test_cli_promptmix_sigkill_then_rerun_pays_only_for_in_flight(tmp_path, make_server):
+    """Kill the CLI mid-run (generation or relabel phase), rerun: same rows, at most `concurrency` extra calls."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import cli_env, synthkd_cmd
+
+    full_srv = make_server(responder=_responder())
+    ref = run_cli(*_pm_args(tmp_path, full_srv, B8, "ref.jsonl", "--cache", str(tmp_path / "ref.sqlite")))
+    assert ref.returncode == 0, ref.stderr
+    total = _requests(full_srv)
+
+    srv = make_server(FaultConfig(latency_ms=30), responder=_responder())
+    args = _pm_args(tmp_path, srv, B8, "pm.jsonl", "--concurrency", "4")
+    proc = subprocess.Popen(synthkd_cmd(*args), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while _requests(srv) < total // 2 and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    got = {r["id"]: (r["text"], r["label"]) for r in read_jsonl(tmp_path / "pm.jsonl")}
+    want = {r["id"]: (r["text"], r["label"]) for r in read_jsonl(tmp_path / "ref.jsonl")}
+    assert got == want
+    assert 0 <= _requests(srv) - total <= 4
