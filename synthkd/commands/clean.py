@@ -1,0 +1,206 @@
+"""``synthkd clean``: run a chain of cleaning operators from a config (``clean run``), or one operator
+alone (``clean <op>``, its options generated from the operator's config model so the two can never
+disagree).
+
+Exit codes: 0 done (rejected rows are a normal outcome; see the funnel report); 2 bad input or
+config (nothing written); 4 the teacher refused us (bad key, unreachable).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import typing
+from pathlib import Path
+from typing import Annotated, Any, List, Optional
+
+import typer
+
+from synthkd.commands.common import (
+    BaseUrlOpt, CacheOpt, ConcurrencyOpt, MaxCostOpt, MaxRetriesOpt, NoCacheOpt, PricesOpt, RpmOpt, TimeoutOpt,
+    TpmOpt, make_teacher, run_job, say, teacher_spec,
+)
+
+clean_app = typer.Typer(
+    help="Clean training data: dedup, near-dup, answer consistency, relabel, judge, format/length/refusal/"
+    "language, decontamination, balance. Every dropped row goes to a rejects file with its operator and reason; "
+    "a funnel report (JSON + Markdown) says where the rows went.",
+    no_args_is_help=True,
+)
+
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="jsonl rows, each with an 'id'.")]
+OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="jsonl of the kept rows (written whole at the end).")]
+RejectsOpt = Annotated[Optional[Path], typer.Option("--rejects", help="Dropped rows with reject_op/reject_reason/reject_detail (default OUTPUT.rejects.jsonl).")]
+ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Where funnel.json and funnel.md go (default OUTPUT.funnel.json/.md).")]
+StrictOpt = Annotated[bool, typer.Option("--strict/--lenient", help="Strict: a row missing a field an operator needs is an error (file, line, row id, field) before any work; lenient: such rows are rejected with that reason.")]
+ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")]
+TeacherOptional = Annotated[Optional[str], typer.Option("--teacher", "--model", "-m", help="Teacher for relabel/judge: model name (OpenAI-compatible API) or replay:RECORDED.jsonl.")]
+
+
+def _teacher_factory(teacher: str | None, **kw: Any):
+    if teacher is None:
+        return None
+    spec = teacher_spec(teacher, **kw)
+    return lambda: make_teacher(spec)
+
+
+def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_dir: Path | None, strict: bool,
+         progress: bool | None, factory, meta: dict[str, Any]) -> None:
+    from synthkd.filters.pipeline import CleanPaths, clean_file, default_rejects, default_report_paths
+
+    rj, rm = default_report_paths(output, report_dir)
+    paths = CleanPaths(output=output, rejects=rejects or default_rejects(output), report_json=rj, report_md=rm)
+
+    async def job() -> int:
+        funnel = await clean_file(input, configs, paths, strict=strict, teacher_factory=factory,
+                                  progress=progress, meta=meta)
+        drops = ", ".join(f"{s.name} {s.dropped:,}" for s in funnel.stages if s.dropped) or "none"
+        say(f"clean: {funnel.rows_in:,} rows in -> {funnel.rows_out:,} out, {funnel.rejected:,} rejected ({drops}) "
+            f"in {funnel.wall_s:.1f} s\n  output {paths.output}\n  rejects {paths.rejects}\n  report {paths.report_md}")
+        return 0
+
+    run_job(job)
+
+
+@clean_app.command("run")
+def run_cmd(
+    input: InputOpt,
+    config: Annotated[Path, typer.Option("--config", help="YAML/JSON list of operators: [{op: exact_dedup, fields: [text]}, {op: near_dup, threshold: 0.8}, ...].")],
+    output: OutputOpt,
+    rejects: RejectsOpt = None,
+    report_dir: ReportDirOpt = None,
+    strict: StrictOpt = True,
+    progress: ProgressOpt = None,
+    teacher: TeacherOptional = None,
+    base_url: BaseUrlOpt = None,
+    concurrency: ConcurrencyOpt = 32,
+    rpm: RpmOpt = None,
+    tpm: TpmOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_cost: MaxCostOpt = None,
+    prices: PricesOpt = None,
+    timeout: TimeoutOpt = 600.0,
+    max_retries: MaxRetriesOpt = 6,
+) -> None:
+    """Run the operators of a config file over INPUT, in order, streaming."""
+    from synthkd.filters.config import ConfigError, load_config
+
+    try:
+        configs = load_config(config)
+    except ConfigError as exc:
+        say(f"error: {exc}")
+        raise typer.Exit(2)
+    factory = _teacher_factory(teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache,
+                               no_cache=no_cache, max_cost=max_cost, prices=prices, timeout=timeout,
+                               max_retries=max_retries)
+    _run(input, configs, output, rejects, report_dir, strict, progress, factory,
+         {"config": str(config), **({"teacher": teacher} if teacher else {})})
+
+
+# ---------------------------------------------------------------------------------------------------
+# one command per operator, generated from its Config model
+# ---------------------------------------------------------------------------------------------------
+
+_COMMON = ["input", "output", "rejects", "report_dir", "strict", "progress"]
+_TEACHER = ["teacher", "base_url", "concurrency", "rpm", "tpm", "cache", "no_cache", "max_cost", "prices", "timeout",
+            "max_retries"]
+
+
+def _cli_type(annotation: Any) -> tuple[Any, str]:
+    """A typer-friendly type for a pydantic field annotation, and a note for the help text."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _cli_type(inner[0])
+        return str, " (JSON)"
+    if origin is typing.Literal:
+        return str, " (one of: " + ", ".join(str(a) for a in args) + ")"
+    if origin in (list, List):
+        if args and args[0] in (str, int, float):
+            return List[args[0]], " (repeat the option for several)"
+        return str, " (JSON list)"
+    if origin is dict or annotation is dict:
+        return str, " (JSON object)"
+    if annotation in (str, int, float, bool, Path):
+        return annotation, ""
+    return str, " (JSON)"
+
+
+def _op_command(op_cls: type) -> None:
+    cfg_cls = op_cls.Config
+    params: list[inspect.Parameter] = []
+    hints = typing.get_type_hints(run_cmd, include_extras=True)
+    run_sig = inspect.signature(run_cmd)
+    common = _COMMON + (_TEACHER if op_cls.uses_teacher else [])
+    for name in common:
+        p = run_sig.parameters[name]
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[name]))
+    json_fields: set[str] = set()
+    for fname, finfo in cfg_cls.model_fields.items():
+        if fname == "op" or fname in common:
+            continue
+        typ, note = _cli_type(finfo.annotation)
+        if note.startswith(" (JSON"):
+            json_fields.add(fname)
+        flag = "--" + fname.replace("_", "-")
+        if finfo.is_required():
+            default_txt = ""
+        else:
+            d = finfo.get_default(call_default_factory=True)
+            d = "none" if d is None else json.dumps(d, default=str)
+            default_txt = f" (default: {d if len(d) <= 60 else d[:57] + '...'})"
+        help_txt = (finfo.description or "") + note + ("" if not finfo.is_required() else " (required)") + default_txt
+        if typ is bool:
+            opt = typer.Option(f"{flag}/--no-{fname.replace('_', '-')}", help=help_txt, show_default=False)
+            ann = Annotated[Optional[bool], opt]
+        else:
+            opt = typer.Option(flag, help=help_txt, show_default=False)
+            ann = Annotated[Optional[typ], opt]
+        params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann))
+
+    def command(**kw: Any) -> None:
+        from synthkd.filters.config import ConfigError, parse_ops
+
+        item: dict[str, Any] = {"op": op_cls.op}
+        for fname in cfg_cls.model_fields:
+            if fname in common or fname == "op":
+                continue
+            v = kw.get(fname)
+            if v is None or v == []:
+                continue
+            if fname in json_fields and isinstance(v, str):
+                try:
+                    v = json.loads(v)
+                except json.JSONDecodeError:
+                    pass
+            item[fname] = v
+        try:
+            configs = parse_ops([item], f"synthkd clean {op_cls.op}")
+        except ConfigError as exc:
+            say(f"error: {exc}")
+            raise typer.Exit(2)
+        factory = None
+        if op_cls.uses_teacher:
+            factory = _teacher_factory(kw["teacher"], **{k: kw[k] for k in _TEACHER if k != "teacher"})
+        _run(kw["input"], configs, kw["output"], kw["rejects"], kw["report_dir"], kw["strict"], kw["progress"],
+             factory, {"config": json.dumps(item, default=str)})
+
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__name__ = op_cls.op
+    command.__doc__ = (op_cls.summary or op_cls.op) + "\n\n" + (inspect.getdoc(op_cls.__module__ and __import__(op_cls.__module__, fromlist=["x"])) or "").split("\n\n")[0]
+    clean_app.command(op_cls.op)(command)
+    if "_" in op_cls.op:  # `synthkd clean near-dup` works too
+        clean_app.command(op_cls.op.replace("_", "-"), hidden=True)(command)
+
+
+def _register_ops() -> None:
+    from synthkd.filters.config import registry
+
+    for op_cls in registry().values():
+        _op_command(op_cls)
+
+
+_register_ops()

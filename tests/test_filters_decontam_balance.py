@@ -1,0 +1,119 @@
+"""Decontamination of SVAMP train problems against the SVAMP test set (13-gram overlap computed
+independently, plus the MinHash near-duplicate check), and label balancing on e-SNLI."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import read_jsonl, run_cli
+from synthkd.filters.config import ConfigError, parse_ops
+from synthkd.filters.pipeline import CleanPaths, clean_file
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
+EVAL = FIX / "svamp_test.json"
+
+
+def clean(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
+    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
+    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)
+
+
+def train_rows() -> list[dict]:
+    return [{"id": f"train-{i}", **json.loads(x)} for i, x in enumerate((FIX / "svamp_train_head300.jsonl").read_text().splitlines())]
+
+
+def grams(text: str, n: int = 13) -> set[tuple[str, ...]]:
+    w = re.findall(r"\w+", text.lower())
+    return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)} if len(w) >= n else {tuple(w)}
+
+
+def test_decontaminate_svamp_train_against_svamp_test(tmp_path):
+    rows = train_rows()
+    test_grams = set().union(*(grams(json.loads(x)["input"]) for x in EVAL.read_text().splitlines()))
+    expected = {r["id"] for r in rows if grams(r["input"]) & test_grams}
+    funnel, out, rej = clean(tmp_path, rows, [{"op": "decontaminate", "eval_file": str(EVAL), "fields": ["input"]}])
+    assert {r["id"] for r in rej} == expected
+    assert len(expected) == 54  # SVAMP's variants of one problem land in both splits
+    assert all(r["reject_reason"] == "shares 13-gram with eval set" for r in rej)
+    assert re.search(r"\(eval item \d+\)$", rej[0]["reject_detail"])
+    assert len(out) == 300 - 54
+    assert funnel.stages[1].extra["eval_items"] == 200 and 0 < funnel.stages[1].extra["eval_items_matched"] <= 200
+
+
+def test_decontaminate_near_duplicates_of_eval_items(tmp_path):
+    rows = train_rows()
+    # a light rewrite of eval items: numbers changed -> no 13-gram survives in short problems, MinHash sees it
+    evals = [json.loads(x)["input"] for x in EVAL.read_text().splitlines()]
+    rewritten = [{"id": f"rw-{i}", "input": re.sub(r"\d+", lambda m: str(int(m.group()) + 3), e)} for i, e in enumerate(evals[:20])]
+    ops = [{"op": "decontaminate", "eval_file": str(EVAL), "ngram": 13, "near_dup_threshold": 0.7}]
+    _, out, rej = clean(tmp_path, rows + rewritten, ops)
+    reasons = Counter(r["reject_reason"] for r in rej)
+    assert reasons["near duplicate of eval item"] > 0
+    dropped = {r["id"] for r in rej}
+    assert sum(1 for r in rewritten if r["id"] in dropped) >= 18  # nearly all rewrites are caught one way or another
+    for r in rej:
+        if r["reject_reason"] == "near duplicate of eval item":
+            assert re.match(r"J≈0\.\d\d with eval item \d+: “", r["reject_detail"])
+
+
+def test_empty_or_missing_eval_set_is_an_error(tmp_path):
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ConfigError, match="has no items"):
+        clean(tmp_path, train_rows()[:3], [{"op": "decontaminate", "eval_file": str(tmp_path / "empty.jsonl")}])
+    with pytest.raises(ConfigError, match="not found"):
+        clean(tmp_path, train_rows()[:3], [{"op": "decontaminate", "eval_file": str(tmp_path / "nope.jsonl")}])
+    inp = tmp_path / "in.jsonl"
+    res = run_cli("clean", "decontaminate", "--input", str(inp), "--output", str(tmp_path / "o.jsonl"),
+                  "--eval-file", str(tmp_path / "empty.jsonl"))
+    assert res.returncode == 2 and "has no items" in res.stderr
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def esnli_rows() -> list[dict]:
+    s1 = (FIX / "esnli_s1_test_head400.txt").read_text().splitlines()
+    labels = (FIX / "esnli_labels_test_head400.txt").read_text().splitlines()
+    return [{"id": i, "text": t, "label": lab} for i, (t, lab) in enumerate(zip(s1, labels))]
+
+
+def test_balance_cap_equalise_and_random(tmp_path):
+    rows = esnli_rows()
+    before = Counter(r["label"] for r in rows)
+    assert len(before) == 3
+    _, out, rej = clean(tmp_path, rows, [{"op": "balance", "max_per_label": 100}])
+    after = Counter(r["label"] for r in out)
+    assert after == Counter({lab: min(100, n) for lab, n in before.items()})
+    # the first 100 of each label stay
+    firsts = [r["id"] for r in rows if sum(1 for q in rows[: r["id"] + 1] if q["label"] == r["label"]) <= 100]
+    assert [r["id"] for r in out] == firsts
+    assert all(r["reject_reason"] == "over label cap" for r in rej)
+
+    d = tmp_path / "eq"
+    d.mkdir()
+    funnel, out, _ = clean(d, rows, [{"op": "balance", "equalize": True, "selection": "random", "seed": 1}])
+    m = min(before.values())
+    assert Counter(r["label"] for r in out) == Counter({lab: m for lab in before})
+    ids1 = [r["id"] for r in out]
+    assert ids1 == sorted(ids1)  # input order kept
+    assert "| label | rows in | rows out |" in (d / "f.md").read_text()
+    d2 = tmp_path / "eq2"
+    d2.mkdir()
+    _, out2, _ = clean(d2, list(reversed(rows)), [{"op": "balance", "equalize": True, "selection": "random", "seed": 1}])
+    assert sorted(r["id"] for r in out2) == sorted(ids1)  # the choice depends on ids, not on file order
+    d3 = tmp_path / "eq3"
+    d3.mkdir()
+    _, out3, _ = clean(d3, rows, [{"op": "balance", "equalize": True, "selection": "random", "seed": 2}])
+    assert [r["id"] for r in out3] != ids1
+
+
+def test_balance_needs_a_limit():
+    with pytest.raises(ConfigError, match=r"\[0\] balance: give max_per_label, or equalize"):
+        parse_ops([{"op": "balance"}], "c.yaml")
