@@ -30,7 +30,9 @@ from pydantic import BaseModel, ValidationError
 import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConfig, stage_line
 from synthkd.teachers.base import Teacher
+from synthkd.jsonl_io import InputError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.templates import TemplateError
 
 
 # ----------------------------------------------------------------------------- stage registry
@@ -225,6 +227,13 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
         outputs[st.name] = output
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
                            base_dir=base_dir, teacher_config=st.teacher or cfg.teacher)
+        check = getattr(impl, "check", None)
+        if check is not None:  # stage-specific checks that need no input rows (files, templates, operators)
+            try:
+                check(ctx, options)
+            except (ConfigError, InputError, TemplateError, ValueError) as exc:
+                problems.append(f"{stage_line(cfg, i, 'options')}: stages[{i}] ({st.name}): {exc}")
+                continue
         planned.append(PlannedStage(i, st, impl, options, ctx))
     if problems:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems))

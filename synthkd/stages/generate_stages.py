@@ -64,6 +64,17 @@ class RationalesStage:
 
     options_model = Options
 
+    def check(self, ctx: StageContext, o: Options) -> None:
+        from synthkd.methods.tasks_spec import KINDS
+        from synthkd.templates import load_template
+
+        if o.kind not in KINDS:
+            raise InputError([f"kind {o.kind!r}: use one of {', '.join(KINDS)}"])
+        if o.template:
+            load_template(ctx.resolve(o.template) if o.template.endswith(".j2") else o.template)
+        if o.demos and not ctx.resolve(o.demos).exists():
+            raise InputError([f"demos: {ctx.resolve(o.demos)} not found"])
+
     def _plan(self, ctx: StageContext, o: Options):
         from synthkd.methods.rationales import plan_rationales
         from synthkd.methods.tasks_spec import FieldNames
@@ -123,6 +134,9 @@ class PromptMixStage:
         max_tokens: Optional[int] = None
 
     options_model = Options
+
+    def check(self, ctx: StageContext, o: Options) -> None:
+        self._cfg(ctx, o)
 
     def _cfg(self, ctx: StageContext, o: Options):
         from synthkd.methods.promptmix import PromptMixConfig

@@ -1,0 +1,66 @@
+"""Stage ``clean``: run a chain of filters/relabelers over the previous stage's rows.
+
+Options: ``ops`` (the operator list inline, same shape as a ``synthkd clean run --config`` file) or
+``config`` (a path to such a file), and ``strict``.  The funnel report lands next to the stage output
+(``<stage>.funnel.json`` / ``.md``) and its per-operator drops go into the run manifest.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, model_validator
+
+from synthkd.jsonl_io import iter_jsonl
+from synthkd.pipeline import Estimate, StageContext, register_stage
+
+
+@register_stage("clean")
+class CleanStage:
+    class Options(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        ops: Optional[list[dict[str, Any]]] = None
+        config: Optional[str] = None
+        strict: bool = True
+
+        @model_validator(mode="after")
+        def _one(self) -> "CleanStage.Options":
+            if (self.ops is None) == (self.config is None):
+                raise ValueError("give exactly one of 'ops' (inline list) or 'config' (a file)")
+            return self
+
+    options_model = Options
+
+    def _configs(self, ctx: StageContext, o: Options) -> list:
+        from synthkd.filters.config import load_config, parse_ops
+
+        if o.config:
+            return load_config(ctx.resolve(o.config))
+        return parse_ops(o.ops, source=f"{ctx.stage.name}.options.ops")
+
+    def check(self, ctx: StageContext, o: Options) -> None:
+        self._configs(ctx, o)  # unknown operators or options fail before anything runs
+
+    async def run(self, ctx: StageContext, o: Options) -> dict[str, Any]:
+        from synthkd.filters.pipeline import CleanPaths, clean_file
+
+        out = ctx.output
+        paths = CleanPaths(output=out, rejects=out.with_name(out.stem + ".rejects.jsonl"),
+                           report_json=out.with_name(out.stem + ".funnel.json"),
+                           report_md=out.with_name(out.stem + ".funnel.md"))
+        funnel = await clean_file(ctx.input, self._configs(ctx, o), paths, strict=o.strict,
+                                  teacher_factory=ctx.teacher, progress=None)
+        dropped: dict[str, int] = {}
+        for st in funnel.stages[1:]:
+            for reason, n in st.reasons.items():
+                dropped[f"{st.name}: {reason}"] = n
+        return {"rows_in": funnel.rows_in, "rows_out": funnel.rows_out, "rejected": funnel.rejected,
+                "dropped": dropped, "funnel_report": str(paths.report_md)}
+
+    def estimate(self, ctx: StageContext, o: Options) -> Estimate | None:
+        configs = self._configs(ctx, o)
+        teacher_ops = [c for c in configs if getattr(c, "op", "") in {"relabel", "judge"}]
+        if not teacher_ops:
+            return None
+        n = sum(1 for _ in iter_jsonl(ctx.input))
+        return Estimate(n * len(teacher_ops), n * len(teacher_ops) * 400, n * len(teacher_ops) * 32)
