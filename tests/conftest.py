@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+# Tests never reach a model hub: set before anything imports huggingface_hub / transformers / datasets.
+for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
+    os.environ.setdefault(_var, "1")
+
 from synthkd.testing.server import FaultConfig, TestServer, prompt_text_of
 
 REPO = Path(__file__).resolve().parents[1]
