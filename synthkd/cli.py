@@ -80,10 +80,12 @@ def _register_groups() -> None:
 
     register_all()
     app.add_typer(generate_app, name="generate")
-    from synthkd.commands.pipeline_cmd import run, validate
+    from synthkd.commands.pipeline_cmd import push, report, run, validate
 
     app.command("run")(run)
     app.command("validate")(validate)
+    app.command("report")(report)
+    app.command("push")(push)
     import importlib.util
 
     if importlib.util.find_spec("synthkd.commands.clean") is not None:

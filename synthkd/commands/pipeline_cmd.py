@@ -106,3 +106,29 @@ def run(
         raise typer.Exit(130)
     _say(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
          f"skipped: {', '.join(result.skipped) or 'nothing'})")
+
+
+def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
+    """(Re)write report.md, report.html and plots/ of a run directory from its manifest."""
+    from synthkd.report import write_report
+
+    if not (run_dir / "manifest.json").exists():
+        _say(f"error: {run_dir}: no manifest.json (not a run directory)")
+        raise typer.Exit(2)
+    print(write_report(run_dir))
+
+
+def push(
+    run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>)."),
+    stage: str = typer.Argument(..., help="The stage whose rows to push."),
+    repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/svamp-rationales."),
+    public: bool = typer.Option(False, "--public", help="Create the repo public (default private)."),
+) -> None:
+    """Push a stage's rows to the Hugging Face Hub as a dataset, with a provenance card (needs HF_TOKEN)."""
+    from synthkd.hub import push_stage_dataset
+
+    try:
+        print(push_stage_dataset(run_dir, stage, repo_id, private=not public))
+    except (FileNotFoundError, KeyError) as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(2)
