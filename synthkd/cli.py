@@ -74,6 +74,25 @@ def serve_test(ctx: typer.Context) -> None:
     raise typer.Exit(main(ctx.args) or 0)
 
 
+@app.command()
+def demo(
+    n_train: int = typer.Option(600, "--train", help="Training problems."),
+    n_test: int = typer.Option(200, "--test", help="Held-out problems."),
+    error_rate: float = typer.Option(0.1, "--error-rate", help="Share of the careful teacher's answers with a slip."),
+    noisy_error_rate: float = typer.Option(0.4, "--noisy-error-rate", help="Same, for the noisy teacher."),
+    noise_rate: float = typer.Option(0.1, "--noise-rate", help="Share of answers with formatting noise."),
+    epochs: float = typer.Option(4.0, "--epochs", help="Training epochs of each tiny student."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Offline end-to-end demo: simulated teachers on 127.0.0.1 -> rationales -> filter -> tiny students -> table."""
+    from synthkd.demo import run_demo
+
+    out = run_demo(n_train=n_train, n_test=n_test, error_rate=error_rate, noisy_error_rate=noisy_error_rate,
+                   noise_rate=noise_rate, epochs=epochs, seed=seed)
+    print(out["table"])
+    print(f"\nwall time {out['wall_s']:.0f} s; run directory {out['run_dir']} (report.md inside)")
+
+
 def _register_groups() -> None:
     """Subcommand groups live in synthkd/commands/; `complete` stays here and imports nothing heavy."""
     from synthkd.commands.generate import generate_app, register_all
