@@ -146,7 +146,7 @@ class EvalStage:
         metrics = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if "teacher" in report:
             metrics["teacher_accuracy"] = report["teacher"].get("accuracy")
-        return {"rows_in": metrics.get("n"), "metrics": metrics, "mistakes": report["mistakes"],
+        return {"rows_in": metrics.get("rows"), "metrics": metrics, "mistakes": report["mistakes"],
                 "warnings": report["warnings"], "student": str(model_dir), "_outputs": [out]}
 
     def estimate(self, ctx: StageContext, o: Options) -> None:
