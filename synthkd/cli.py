@@ -111,6 +111,11 @@ def _register_groups() -> None:
         from synthkd.commands.clean import clean_app
 
         app.add_typer(clean_app, name="clean")
+    if importlib.util.find_spec("synthkd.commands.train") is not None:
+        from synthkd.commands.train import eval_command, train_app
+
+        app.add_typer(train_app, name="train")
+        app.command("eval")(eval_command)
 
 
 _register_groups()

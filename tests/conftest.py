@@ -15,6 +15,15 @@ for _var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE"):
     os.environ.setdefault(_var, "1")
 
 from synthkd.testing.server import FaultConfig, TestServer, prompt_text_of
+from train_fixtures import (  # noqa: F401  (session-scoped tiny students; torch is imported lazily)
+    label_student,
+    test_rows,
+    tiny_student,
+    tiny_student_plain,
+    train_env,
+    train_rows,
+    varied_student,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -80,7 +80,7 @@ class SFTStage:
                                  batch_size=o.batch_size, grad_accum=o.grad_accum, max_length=o.max_length,
                                  lora=o.lora, bf16=o.bf16, seed=o.seed, logging_steps=o.logging_steps,
                                  skip_invalid=o.skip_invalid,
-                                 save_steps=10**9)
+                                 save_steps=0)  # 0: no intermediate checkpoints (a stage reruns from the cache)
         fields = Fields(input=o.input_field, rationale=o.rationale_field, answer=o.answer_field)
         opts = SFTOptions(student=student, input=ctx.input, output=out, mode=o.mode, fields=fields,
                           rationale_weight=o.rationale_weight, eval_fraction=o.eval_fraction, settings=settings)
