@@ -57,6 +57,7 @@ class StageContext:
     output: Path
     base_dir: Path
     _teacher: Teacher | None = None
+    _progress: Any = None
     teacher_config: TeacherConfig | None = None
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
@@ -73,6 +74,13 @@ class StageContext:
             if tc is None:
                 raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs a 'teacher'")
             self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
+            stats = getattr(self._teacher, "stats", None)
+            if stats is not None and hasattr(stats, "attempts"):
+                from synthkd.progress import ProgressReporter
+
+                # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
+                self._progress = ProgressReporter(stats, total=None, desc=self.stage.name)
+                self._progress.start()
         return self._teacher
 
     def resolve(self, value: str) -> Path:
@@ -303,6 +311,9 @@ async def run_pipeline(
             counts = await p.impl.run(p.ctx, p.options)
         finally:
             teacher = p.ctx._teacher
+            if p.ctx._progress is not None:
+                await p.ctx._progress.stop()
+                p.ctx._progress = None
             if teacher is not None:
                 _record_teacher(rec, teacher)
                 await teacher.aclose()

@@ -19,7 +19,7 @@ def _fmt_rate(x: float) -> str:
 
 
 class ProgressReporter:
-    def __init__(self, stats: TeacherStats, total: int, *, enabled: bool | None = None, desc: str = "teacher"):
+    def __init__(self, stats: TeacherStats, total: int | None, *, enabled: bool | None = None, desc: str = "teacher"):
         self.stats = stats
         self.total = total
         self.enabled = sys.stderr.isatty() if enabled is None else enabled

@@ -30,7 +30,7 @@ class CompleteStage:
         teacher = ctx.teacher()
         tc = ctx.teacher_config
         o = CompleteOptions(input=ctx.input, output=ctx.output, model=teacher.model, samples=opts.samples,
-                            temperature=tc.temperature if tc else None)
+                            temperature=tc.temperature if tc else None, progress=False)  # the pipeline shows its own bar
         code = await _run(o, teacher, scan.rows, done)  # type: ignore[arg-type]
         if code == EXIT_BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
