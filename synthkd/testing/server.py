@@ -985,7 +985,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
+    p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
+                   help="a built-in scripted responder instead of the default echo-like one "
+                   "(banking77: real Banking77 texts for the tasks/PromptMix/relabel prompts)")
     return p
+
+
+def _banking77_responder() -> "Responder":
+    from synthkd.testing.banking77_teacher import banking77_responder
+
+    return banking77_responder()
+
+
+# name -> factory (imported lazily: the default server needs none of their data)
+_NAMED_RESPONDERS = {"banking77": _banking77_responder}
 
 
 def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
@@ -1018,7 +1031,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    server = TestServer(config, host=args.host, port=args.port)
+    responder = _NAMED_RESPONDERS[args.responder]() if args.responder else None
+    server = TestServer(config, host=args.host, port=args.port, responder=responder)
 
     async def serve(loop: asyncio.AbstractEventLoop) -> None:
         stop = asyncio.Event()
