@@ -325,6 +325,8 @@ async def run_pipeline(
         manifest.save()
         result.ran.append(name)
         say(f"[{name}] done in {rec['seconds']:.1f}s: {json.dumps(rec['counts'], default=str)}")
+    manifest.data["versions"] = _versions()  # now including what the stages imported (torch, trl...)
+    manifest.save()
     result.manifest = manifest.data
     from synthkd.report import write_report
 
