@@ -51,6 +51,20 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
                 raise InputError([f"{path}:{lineno}: not valid JSON ({exc})"]) from None
 
 
+def load_rows(path: Path) -> tuple[list[Any], list[int]]:
+    """All rows of a jsonl file with their line numbers (for file:line errors); an empty file is an error."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError([f"{path}: file not found"])
+    rows, lines = [], []
+    for lineno, row in iter_jsonl(path):
+        rows.append(row)
+        lines.append(lineno)
+    if not rows:
+        raise InputError([f"{path}: no rows (the file is empty)"])
+    return rows, lines
+
+
 def _check_prompt_row(row: Any) -> str | None:
     """Why this row cannot be sent, or None."""
     if not isinstance(row, dict):

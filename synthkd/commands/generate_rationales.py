@@ -34,23 +34,10 @@ from synthkd.commands.common import (
     teacher_spec,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.jsonl_io import InputError, index_output, iter_jsonl
+from synthkd.jsonl_io import InputError, index_output, iter_jsonl, load_rows
 from synthkd.methods.tasks_spec import KINDS, FieldNames
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
-
-
-def load_rows(path: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Rows of a jsonl file and their line numbers (for file:line errors)."""
-    if not path.exists():
-        raise InputError([f"{path}: file not found"])
-    rows, lines = [], []
-    for lineno, row in iter_jsonl(path):
-        rows.append(row)
-        lines.append(lineno)
-    if not rows:
-        raise InputError([f"{path}: no rows (the file is empty)"])
-    return rows, lines
 
 
 def load_labels(labels: str | None, labels_file: Path | None) -> list[str] | None:

@@ -31,7 +31,7 @@ import yaml
 from synthkd.answers import extract_answer, extract_label
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.base import Teacher, TeacherRequest
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
 from synthkd.templates import load_template
 
 __all__ = [
@@ -428,15 +428,6 @@ def offered_classes(
     return [lab for lab in space.labels if lab in keep]
 
 
-async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
-    if hasattr(items, "__aiter__"):
-        async for x in items:  # type: ignore[union-attr]
-            yield x
-    else:
-        for x in items:  # type: ignore[union-attr]
-            yield x
-
-
 async def classify(
     rows: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]],
     teacher: Teacher,
@@ -513,7 +504,7 @@ async def classify(
         return Job((row, offered), reqs)
 
     async def jobs() -> AsyncIterator[Job[tuple[dict[str, Any], list[str]]]]:
-        async for row in _aiter(rows):
+        async for row in aiter_any(rows):
             yield job_for(row)
 
     async for job in stream_jobs(teacher, jobs()):

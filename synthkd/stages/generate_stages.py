@@ -8,7 +8,7 @@ from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthkd.jsonl_io import InputError, index_output, iter_jsonl
+from synthkd.jsonl_io import InputError, index_output, iter_jsonl, load_rows
 from synthkd.methods.runner import write_rows
 from synthkd.pipeline import Estimate, StageContext, register_stage
 from synthkd.teachers.base import BudgetExceeded
@@ -16,16 +16,6 @@ from synthkd.teachers.base import BudgetExceeded
 
 class _Opts(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-def _rows(path) -> tuple[list[dict[str, Any]], list[int]]:
-    rows, lines = [], []
-    for lineno, row in iter_jsonl(path):
-        rows.append(row)
-        lines.append(lineno)
-    if not rows:
-        raise InputError([f"{path}: no rows (the file is empty)"])
-    return rows, lines
 
 
 def _check_budget(ctx: StageContext) -> None:
@@ -79,9 +69,9 @@ class RationalesStage:
         from synthkd.methods.rationales import plan_rationales
         from synthkd.methods.tasks_spec import FieldNames
 
-        rows, lines = _rows(ctx.input)
+        rows, lines = load_rows(ctx.input)
         demo_path = ctx.resolve(o.demos) if o.demos else None
-        demo_rows, demo_lines = _rows(demo_path) if demo_path else (None, [])
+        demo_rows, demo_lines = load_rows(demo_path) if demo_path else (None, [])
         fields = FieldNames(input=o.input_field, label=o.label_field, choices=o.choices_field,
                             premise=o.premise_field, hypothesis=o.hypothesis_field, rationale=o.rationale_field)
         plan = plan_rationales(

@@ -29,7 +29,7 @@ class Job(Generic[T]):
         self.left = len(requests)
 
 
-async def _aiter(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     if hasattr(items, "__aiter__"):
         async for x in items:  # type: ignore[union-attr]
             yield x
@@ -45,7 +45,7 @@ async def stream_jobs(teacher: Teacher, jobs: Iterable[Job[T]] | AsyncIterable[J
 
     async def requests() -> AsyncIterator[TeacherRequest]:
         nonlocal counter
-        async for job in _aiter(jobs):
+        async for job in aiter_any(jobs):
             for i, req in enumerate(job.requests):
                 internal = f"{counter}"
                 counter += 1
