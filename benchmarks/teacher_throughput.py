@@ -11,10 +11,8 @@ The server runs in its own process (``python -m synthkd.testing.server``) and th
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile

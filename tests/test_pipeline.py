@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
+from conftest import cli_env, read_jsonl, synthkd_cmd, write_prompts
 from synthkd.config import ConfigError, load_pipeline
 from synthkd.testing.server import FaultConfig
 

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import subprocess
-import threading
 import time
 
 import pytest
 
-from conftest import cli_env, prompt_of, read_jsonl, run_cli, synthkd_cmd, write_prompts
+from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
 from synthkd.teachers import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache, request_cache_key
 from synthkd.teachers.latency import LatencyTracker
@@ -121,7 +119,7 @@ def test_stream_api_fatal_on_bad_key_mid_run(make_server):
 
 def test_tpm_limit_respected(make_server, tmp_path):
     srv = make_server(FaultConfig(tpm_limit=6000))  # 100 tokens/s
-    rows = write_prompts(tmp_path / "in.jsonl", 30)
+    write_prompts(tmp_path / "in.jsonl", 30)
     res = run_cli("complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-m",
                   "test-model", "--base-url", srv.base_url, "--no-cache", "--tpm", "6000", "--max-tokens", "20",
                   "-c", "16")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -34,7 +34,7 @@ from synthkd.commands.common import (
     teacher_spec,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.jsonl_io import InputError, index_output, iter_jsonl, load_rows
+from synthkd.jsonl_io import InputError, index_output, load_rows
 from synthkd.methods.tasks_spec import KINDS, FieldNames
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
