@@ -116,6 +116,9 @@ def _register_groups() -> None:
 
         app.add_typer(train_app, name="train")
         app.command("eval")(eval_command)
+    from synthkd.commands.tailor import tailor_command
+
+    app.command("tailor")(tailor_command)
 
 
 _register_groups()

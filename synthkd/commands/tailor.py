@@ -1,0 +1,86 @@
+"""``synthkd tailor``: the tailored multi-round distillation loop (see :mod:`synthkd.methods.tailored`).
+
+Register in ``synthkd/cli.py`` with::
+
+    from synthkd.commands.tailor import tailor_command
+    app.command("tailor")(tailor_command)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from synthkd.commands.common import (
+    BaseUrlOpt,
+    CacheOpt,
+    ConcurrencyOpt,
+    MaxCostOpt,
+    NoCacheOpt,
+    PricesOpt,
+    RpmOpt,
+    TeacherOpt,
+    make_teacher,
+    run_job,
+    say,
+    teacher_spec,
+)
+
+
+def tailor_command(
+    student: Annotated[str, typer.Option("--student", help="Base student (Hub name or path) for round 0.")],
+    pool: Annotated[Path, typer.Option("--pool", help="Training pool jsonl: id, question, gold answer.")],
+    initial: Annotated[Path, typer.Option("--initial", help="Initial distilled rows (input, rationale, answer) for round 0.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (round_<r>/..., rounds.json, accuracy.png).")],
+    teacher: TeacherOpt,
+    heldout: Annotated[Path | None, typer.Option("--heldout", help="Held-out jsonl (required): id, question, gold.")] = None,
+    rounds: Annotated[int, typer.Option("--rounds", "-R", help="Tailored rounds after round 0.")] = 3,
+    patience: Annotated[int, typer.Option("--patience", help="Stop after this many rounds without held-out gain.")] = 1,
+    mode: Annotated[str, typer.Option("--mode", help="SFT mode: label, rationale, multitask.")] = "rationale",
+    replace: Annotated[bool, typer.Option("--replace", help="Train each round on its new rows only (default: accumulate).")] = False,
+    pool_gold_field: Annotated[str, typer.Option("--pool-gold-field")] = "answer",
+    heldout_gold_field: Annotated[str, typer.Option("--heldout-gold-field")] = "gold",
+    template: Annotated[str, typer.Option("--template", help="Correction prompt template.")] = "tailored/correct",
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Teacher completion limit.")] = 256,
+    epochs: Annotated[float, typer.Option("--epochs")] = 1.0,
+    learning_rate: Annotated[float, typer.Option("--lr", "--learning-rate")] = 2e-5,
+    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    max_length: Annotated[int, typer.Option("--max-length")] = 512,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    base_url: BaseUrlOpt = None,
+    concurrency: ConcurrencyOpt = 16,
+    rpm: RpmOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    max_cost: MaxCostOpt = None,
+    prices: PricesOpt = None,
+) -> None:
+    """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
+    from synthkd.methods.tailored import TailorOptions, run_tailored
+    from synthkd.train.common import TrainSettings
+
+    async def job() -> int:
+        opts = TailorOptions(
+            student=student, pool=pool, initial=initial, heldout=heldout, out=out, rounds=rounds, patience=patience,
+            mode=mode, accumulate=not replace, pool_gold_field=pool_gold_field,
+            heldout_gold_field=heldout_gold_field, template=template, max_tokens=max_tokens,
+            settings=TrainSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                                   max_length=max_length, seed=seed, skip_invalid=True),
+        )
+        from synthkd.methods.tailored import check_options
+
+        check_options(opts)  # before the teacher is built: a missing held-out set costs nothing
+        t = make_teacher(teacher_spec(teacher, base_url, concurrency, rpm, cache=cache, no_cache=no_cache,
+                                      max_cost=max_cost, prices=prices))
+        try:
+            result = await run_tailored(opts, t, say=say)
+        finally:
+            await t.aclose()
+        accs = ", ".join(f"r{h['round']} {h['accuracy']:.4f}" for h in result["rounds"] if h.get("accuracy") is not None)
+        say(f"tailor: held-out accuracy per round: {accs}; best round {result['best_round']}; "
+            f"{out / 'rounds.json'}, {out / 'accuracy.png'}")
+        return 0
+
+    run_job(job)

@@ -1,0 +1,214 @@
+"""The tailored multi-round loop end to end: a tiny student, the simulated arithmetic teacher behind the
+real loopback server and the real HTTP client (with its request cache), two rounds, resume, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from conftest import read_jsonl
+
+from synthkd.answers import extract_answer, numbers_equal
+from synthkd.jsonl_io import InputError
+from synthkd.methods.rationales import plan_rationales
+from synthkd.methods.tailored import TailorOptions, run_tailored
+from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+from synthkd.testing.server import FaultConfig
+from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.train.common import TrainSettings
+from synthkd.train.export import build_preference_examples
+
+PROBLEMS = make_problems(52, seed=3)
+POOL, HELDOUT = PROBLEMS[:36], PROBLEMS[36:]
+STUBBORN = {p.question for p in POOL[:4]}  # the teacher never gets these right when correcting
+
+
+def _write(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _responder():
+    sim = SimulatedTeacher(PROBLEMS, error_rate=0.0, noise_rate=0.2, salt="tailor")
+
+    def respond(endpoint: str, body: dict) -> str:
+        prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", [])) or str(body.get("prompt", ""))
+        p = sim.find(prompt)
+        if p is not None and p.question in STUBBORN and "got it wrong" in prompt:
+            return p.rationale(0, 2)[0] + f" The answer is {p.answer + 2}."
+        return sim(endpoint, body)
+
+    return respond
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    import torch
+
+    torch.set_num_threads(1)
+    from synthkd.train.tiny import build_tiny_student
+
+    base = tmp_path_factory.mktemp("tailor")
+    texts = [p.question for p in PROBLEMS] + [p.rationale()[0] for p in PROBLEMS] + ["So the answer is 0123456789."]
+    student = build_tiny_student(texts, base / "student", vocab_size=400, hidden_size=64, layers=1, heads=2)
+    pool = _write(base / "pool.jsonl", [{"id": p.id, "question": p.question, "answer": p.answer} for p in POOL])
+    heldout = _write(base / "heldout.jsonl", [{"id": p.id, "question": p.question, "gold": p.answer} for p in HELDOUT])
+    return base, student, pool, heldout
+
+
+def _opts(base: Path, student: Path, pool: Path, heldout: Path | None, initial: Path, **kw) -> TailorOptions:
+    settings = TrainSettings(epochs=3, learning_rate=5e-3, batch_size=4, max_length=160, logging_steps=5,
+                             save_steps=10_000, skip_invalid=True)
+    return TailorOptions(student=str(student), pool=pool, initial=initial, heldout=heldout, out=base / "run",
+                         rounds=2, patience=5, eval_batch_size=64, max_new_tokens=40, settings=settings, **kw)
+
+
+def _teacher(srv, base: Path) -> OpenAICompatibleTeacher:
+    return OpenAICompatibleTeacher("simulated", base_url=srv.base_url, concurrency=8,
+                                   cache=RequestCache(base / "cache.sqlite"), max_retries=1, preflight=False)
+
+
+def test_tailored_loop_two_rounds_then_resume(setup, make_server):
+    base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    # initial distilled rows: the rationale method on the first 16 pool problems
+    plan = plan_rationales([{"id": p.id, "question": p.question, "answer": p.answer} for p in POOL[:16]],
+                           kind="math", n_demos=0, max_tokens=128)
+
+    async def initial_rows() -> list[dict]:
+        t = _teacher(srv, base)
+        try:
+            return [r async for r in plan.run(t)]
+        finally:
+            await t.aclose()
+
+    initial = _write(base / "initial.jsonl", asyncio.run(initial_rows()))
+    opts = _opts(base, student, pool, heldout, initial)
+    messages: list[str] = []
+
+    async def loop() -> dict:
+        t = _teacher(srv, base)
+        try:
+            return await run_tailored(opts, t, say=messages.append)
+        finally:
+            await t.aclose()
+
+    srv.reset_stats()
+    result = asyncio.run(loop())
+    run = base / "run"
+    rounds = json.loads((run / "rounds.json").read_text())
+    assert rounds == json.loads(json.dumps(result, default=str))
+    assert [h["round"] for h in rounds["rounds"]] == [0, 1, 2], messages
+    for h in rounds["rounds"]:
+        for k in ("accuracy", "mistakes", "new_rows", "prompt_tokens", "completion_tokens", "cost_usd"):
+            assert k in h, (k, h)
+        assert 0.0 <= h["accuracy"] <= 1.0
+    assert "finished the 2 round(s)" in rounds["stopped"]
+    assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    sent = srv.stats()["requests_total"]
+    asked = 0
+    for r in (1, 2):
+        rdir = run / f"round_{r}"
+        mistakes = read_jsonl(rdir / "mistakes.jsonl")
+        h = rounds["rounds"][r]
+        assert h["mistakes"] == len(mistakes) > 0
+        mistake_ids = {m["id"] for m in mistakes}
+        new_rows = read_jsonl(rdir / "new_rows.jsonl")
+        rejects = read_jsonl(rdir / "new_rows.rejects.jsonl")
+        # every new row and every reject traces back to one of this round's mistakes, and nothing else
+        assert {x["source_id"] for x in new_rows} | {x["source_id"] for x in rejects} == mistake_ids
+        assert all(x["id"] == f"{x['source_id']}#r{r}" and x["round"] == r for x in new_rows + rejects)
+        assert h["new_rows"] == len(new_rows) > 0 and h["rejected"] == len(rejects)
+        # the stubborn problems the student got wrong were dropped, with the reason
+        stubborn_ids = {p.id for p in POOL if p.question in STUBBORN} & mistake_ids
+        assert stubborn_ids and stubborn_ids <= {x["source_id"] for x in rejects}
+        assert all("does not reach the gold answer" in x["reject_reason"] for x in rejects
+                   if x["source_id"] in stubborn_ids)
+        assert all(x["reject_reason"] for x in rejects)  # the rest: noisy endings with no answer cue
+        gold = {p.id: p.answer for p in POOL}
+        for x in new_rows:
+            assert numbers_equal(float(x["answer"]), gold[x["source_id"]])
+        pairs = read_jsonl(rdir / "pairs.jsonl")
+        assert pairs and len(pairs) <= len(new_rows)
+        for pr in pairs:
+            assert pr["chosen"].strip() != pr["rejected"].strip()
+            assert numbers_equal(extract_answer(pr["chosen"], "number").value, gold[pr["source_id"]])
+            assert pr["prompt"] == next(p.question for p in POOL if p.id == pr["source_id"])
+        assert len(build_preference_examples(rdir / "pairs.jsonl")[0]) == len(pairs)
+        assert (rdir / "model" / "synthkd_train.json").exists()
+        asked += h["teacher_requests"]
+        # accumulate (default): this round trained on the initial rows plus every round's new rows so far
+        assert h["train_rows"] == 16 + sum(rounds["rounds"][q]["new_rows"] for q in range(1, r + 1))
+    assert sent == asked  # the loop sent exactly its corrections
+
+    # rerun of a finished loop: nothing retrained, no teacher request at all
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("round_*/model/model.safetensors")}
+    assert len(stamps) == 3
+    srv.reset_stats()
+    again = asyncio.run(loop())
+    assert srv.stats()["requests_total"] == 0
+    assert {p: p.stat().st_mtime_ns for p in run.glob("round_*/model/model.safetensors")} == stamps
+    assert [h["accuracy"] for h in again["rounds"]] == [h["accuracy"] for h in rounds["rounds"]]
+    assert sum("finished before" in m for m in messages) == 3
+
+    # a crash in round 2 after its corrections: the rerun resumes round 2 without retraining rounds 0-1 and
+    # without new teacher traffic (corrections are on disk; nothing is asked again)
+    (run / "round_2" / "metrics.json").unlink()
+    import shutil
+
+    shutil.rmtree(run / "round_2" / "model")
+    srv.reset_stats()
+    resumed = asyncio.run(loop())
+    assert srv.stats()["requests_total"] <= len(read_jsonl(run / "round_2" / "new_rows.rejects.jsonl"))
+    assert resumed["rounds"][2]["new_rows"] == rounds["rounds"][2]["new_rows"]
+    assert (run / "round_2" / "model" / "synthkd_train.json").exists()
+    for q in (0, 1):
+        p = run / f"round_{q}" / "model" / "model.safetensors"
+        assert p.stat().st_mtime_ns == stamps[p]
+
+
+def test_no_heldout_is_a_clear_error_before_anything(setup, make_server, tmp_path):
+    _base, student, pool, _ = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    initial = _write(tmp_path / "initial.jsonl", [{"id": "a", "input": "q", "rationale": "r", "answer": "1"}])
+    opts = _opts(tmp_path, student, pool, None, initial)
+
+    async def go() -> None:
+        t = _teacher(srv, tmp_path)
+        try:
+            await run_tailored(opts, t)
+        finally:
+            await t.aclose()
+
+    with pytest.raises(InputError, match="held-out set is required"):
+        asyncio.run(go())
+    assert srv.stats()["requests_total"] == 0
+    assert not (tmp_path / "run" / "round_0").exists()
+
+
+def test_cli_no_heldout_exits_2_with_the_reason(setup, tmp_path):
+    import typer
+    from typer.testing import CliRunner
+
+    from synthkd.commands.tailor import tailor_command
+
+    _base, student, pool, _ = setup
+    app = typer.Typer()
+    app.command("tailor")(tailor_command)
+    app.command("other")(lambda: None)  # two commands: "tailor" stays a subcommand, as in synthkd's app
+    initial = _write(tmp_path / "initial.jsonl", [{"id": "a", "input": "q", "rationale": "r", "answer": "1"}])
+    res = CliRunner().invoke(app, ["tailor", "--student", str(student), "--pool", str(pool), "--initial",
+                                   str(initial), "--out", str(tmp_path / "run"), "--teacher", "simulated",
+                                   "--base-url", "http://127.0.0.1:9/v1"])
+    assert res.exit_code == 2, res.output
+    assert "held-out set is required" in res.output
+    assert not (tmp_path / "run").exists()
