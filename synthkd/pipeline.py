@@ -260,9 +260,21 @@ def estimate_all(planned: list[PlannedStage]) -> Estimate:
     return total
 
 
-def _fingerprint(p: PlannedStage, input_hashes: dict[str, str]) -> str:
+def _referenced_stages(value: Any, names: set[str]) -> set[str]:
+    """Earlier stages an option names (e.g. ``student: sft``): their results are inputs too."""
+    if isinstance(value, str):
+        return {value} & names
+    if isinstance(value, dict):
+        return set().union(*(_referenced_stages(v, names) for v in value.values())) if value else set()
+    if isinstance(value, list):
+        return set().union(*(_referenced_stages(v, names) for v in value)) if value else set()
+    return set()
+
+
+def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[str, str] | None = None) -> str:
     tc = p.ctx.teacher_config
     return _json_hash({
+        "upstream": upstream or {},
         "stage": p.cfg.model_dump(exclude={"teacher"}),
         "options": p.options.model_dump(mode="json"),
         "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost"}) if tc else None,
@@ -294,7 +306,10 @@ async def run_pipeline(
         p.ctx.log = say
         forcing = forcing or (from_stage == name)
         input_hashes = {k: file_sha(v) for k, v in p.ctx.inputs.items()}
-        fp = _fingerprint(p, input_hashes)
+        earlier = {q.cfg.name for q in planned[: planned.index(p)]}
+        upstream = {n: manifest.stage(n).get("fingerprint", "") for n in
+                    sorted(_referenced_stages(p.options.model_dump(mode="json"), earlier))}
+        fp = _fingerprint(p, input_hashes, upstream)
         rec = manifest.stage(name)
         outputs_exist = all(Path(o).exists() for o in rec.get("outputs", [str(p.ctx.output)]))
         if not forcing and rec.get("status") == "done" and rec.get("fingerprint") == fp and outputs_exist:

@@ -135,3 +135,12 @@ def test_sigkill_mid_stage_resumes_without_paying_twice(tmp_path, make_server):
     assert len(rows) == len({r["id"] for r in rows}) == 200
     extra = _completion_requests(srv) - 600
     assert 0 <= extra <= 4, f"{extra} requests paid twice"
+
+
+def test_stage_naming_an_earlier_stage_reruns_when_that_stage_changes():
+    """An option that names an earlier stage (``student: sft``) makes that stage's result an input."""
+    from synthkd.pipeline import _referenced_stages
+
+    assert _referenced_stages({"student": "sft", "kind": "number", "x": ["a", {"y": "gen"}]},
+                              {"sft", "gen", "other"}) == {"sft", "gen"}
+    assert _referenced_stages({"kind": "number"}, {"sft"}) == set()

@@ -75,6 +75,11 @@ def _check(opts: DPOOptions) -> None:
 
 def run_dpo(opts: DPOOptions) -> dict[str, Any]:
     """Optionally SFT, then DPO; returns the record written to ``OUT/synthkd_train.json``."""
+    return train_dpo(opts)[0]
+
+
+def train_dpo(opts: DPOOptions) -> tuple[dict[str, Any], Any]:
+    """Like :func:`run_dpo`, also returning the trainer (its log history feeds a pipeline's loss curve)."""
     from trl import DPOConfig, DPOTrainer
 
     _check(opts)
@@ -171,4 +176,4 @@ def run_dpo(opts: DPOOptions) -> dict[str, Any]:
                        "data": sft_record["data"]} if sft_record else None),
     }
     write_record(out, record)
-    return record
+    return record, trainer
