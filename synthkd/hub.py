@@ -65,3 +65,22 @@ def push_stage_dataset(run_dir: str | Path, stage: str, repo_id: str, *, private
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="dataset",
                                  commit_message=f"synthkd: {run_dir.name}/{stage}")
     return str(getattr(info, "commit_url", info))
+
+
+def push_student(run_dir: str | Path, stage: str, repo_id: str, *, private: bool = True,
+                 token: str | None = None, endpoint: str | None = None) -> str:
+    """Upload a trained student (``runs/<name>/<stage>/``: weights, tokenizer, and the model card that
+    training wrote with its data provenance and metrics) to a model repo; checkpoints are left out."""
+    from huggingface_hub import HfApi
+
+    folder = Path(run_dir) / stage
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"{folder}: not a trained student (no config.json)")
+    if not (folder / "README.md").exists():
+        raise FileNotFoundError(f"{folder}: no model card (README.md) — was it written by synthkd train?")
+    api = HfApi(token=token, endpoint=endpoint)
+    api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
+    info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
+                             ignore_patterns=["checkpoints/*", "data/*", "*.bin"],
+                             commit_message=f"synthkd: {Path(run_dir).name}/{stage}")
+    return str(getattr(info, "commit_url", info))

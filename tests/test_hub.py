@@ -45,3 +45,20 @@ def test_push_goes_as_far_as_the_hub_client(tmp_path):
     assert "127.0.0.1" in text or "offline" in text or "connect" in text
     with pytest.raises(FileNotFoundError, match="no such stage output"):
         push_stage_dataset(run, "gen", "someone/x", token="hf_fake")
+
+
+def test_push_student_needs_a_trained_model_and_stops_at_the_hub(tmp_path):
+    from synthkd.hub import push_student
+
+    run = _run_dir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="not a trained student"):
+        push_student(run, "clean", "someone/m", token="hf_fake")
+    model = run / "student"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="no model card"):
+        push_student(run, "student", "someone/m", token="hf_fake")
+    (model / "README.md").write_text("# card\n")
+    with pytest.raises(Exception) as ei:
+        push_student(run, "student", "someone/m", token="hf_fake", endpoint="http://127.0.0.1:9")
+    assert not isinstance(ei.value, FileNotFoundError)  # it got as far as the hub client

@@ -124,11 +124,15 @@ def push(
     repo_id: str = typer.Argument(..., help="Hub dataset repo, e.g. me/svamp-rationales."),
     public: bool = typer.Option(False, "--public", help="Create the repo public (default private)."),
 ) -> None:
-    """Push a stage's rows to the Hugging Face Hub as a dataset, with a provenance card (needs HF_TOKEN)."""
-    from synthkd.hub import push_stage_dataset
+    """Push a stage to the Hugging Face Hub (needs HF_TOKEN): a training stage's student as a model repo,
+    any other stage's rows as a dataset repo, each with a card recording provenance."""
+    from synthkd.hub import push_stage_dataset, push_student
 
     try:
-        print(push_stage_dataset(run_dir, stage, repo_id, private=not public))
+        if (run_dir / stage / "config.json").exists():
+            print(push_student(run_dir, stage, repo_id, private=not public))
+        else:
+            print(push_stage_dataset(run_dir, stage, repo_id, private=not public))
     except (FileNotFoundError, KeyError) as exc:
         _say(f"error: {exc}")
         raise typer.Exit(2)
