@@ -40,7 +40,7 @@ from typing import Any, AsyncIterator, Generic, TypeVar
 import yaml
 
 from synthkd.jsonl_io import InputError
-from synthkd.methods.pool_dedup import NearDupPool
+from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
@@ -766,14 +766,7 @@ async def generate_label_examples(
                 reason = f"too_short: fewer than {c.min_words} words"
             else:
                 s.items_seen += 1
-                hit = seed_pool.find(text)
-                if hit is not None:
-                    reason = f"seed_copy: rouge_l={hit.score:.3f} with seed example {hit.text!r}"
-                else:
-                    hit = pool.find(text)
-                    if hit is not None:
-                        kind = "exact_duplicate" if hit.exact else "near_duplicate"
-                        reason = f"{kind}: rouge_l={hit.score:.3f} with {hit.key}"
+                reason = duplicate_reason(text, seed_pool, pool, seed_by_text=True)
             if reason is not None:
                 st.drops[reason.split(":")[0]] += 1
                 cand["reject_reason"] = reason

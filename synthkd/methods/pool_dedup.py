@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable
 
 from rouge_score.tokenize import tokenize as _rouge_tokenize
 
@@ -225,3 +225,16 @@ class NearDupPool:
 
 
 __all__ = ["NearDupPool", "Match", "DedupStats", "rouge_tokens", "rouge_l_f", "lcs_length"]
+
+
+def duplicate_reason(text: str, seed_pool: "Any", pool: "Any", *, seed_by_text: bool = False) -> str | None:
+    """Why ``text`` repeats a seed or the growing pool (the reject reason), or None if it is new."""
+    hit = seed_pool.find(text)
+    if hit is not None:
+        what = f"seed example {hit.text!r}" if seed_by_text else str(hit.key)
+        return f"seed_copy: rouge_l={hit.score:.3f} with {what}"
+    hit = pool.find(text)
+    if hit is not None:
+        kind = "exact_duplicate" if hit.exact else "near_duplicate"
+        return f"{kind}: rouge_l={hit.score:.3f} with {hit.key}"
+    return None

@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
-from synthkd.methods.pool_dedup import NearDupPool
+from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
@@ -404,14 +404,7 @@ async def generate_self_instruct(
             else:
                 reason = instruction_filter(inst, c.min_words, c.max_words)
             if reason is None:
-                hit = seed_pool.find(inst)
-                if hit is not None:
-                    reason = f"seed_copy: rouge_l={hit.score:.3f} with {hit.key}"
-                else:
-                    hit = pool.find(inst)
-                    if hit is not None:
-                        kind = "exact_duplicate" if hit.exact else "near_duplicate"
-                        reason = f"{kind}: rouge_l={hit.score:.3f} with {hit.key}"
+                reason = duplicate_reason(inst, seed_pool, pool)
             if reason is not None:
                 st.drops[reason.split(":")[0]] += 1
                 cand["reject_reason"] = reason
