@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class TeacherConfig(_Strict):
-    model: str = Field(description="model name, replay:FILE or local:PATH")
+    model: str = Field(description="model name, replay:FILE, local:PATH or simulated:arithmetic")
     base_url: str | None = None
     concurrency: int = Field(32, ge=1)
     rpm: float | None = Field(None, gt=0)

@@ -212,3 +212,119 @@ def test_cli_no_heldout_exits_2_with_the_reason(setup, tmp_path):
     assert res.exit_code == 2, res.output
     assert "held-out set is required" in res.output
     assert not (tmp_path / "run").exists()
+
+
+def _sloppy_responder():
+    """The simulated teacher with slips (15%) in its answers and in its new exercises' intended answers."""
+    return SimulatedTeacher(PROBLEMS, error_rate=0.15, noise_rate=0.1, salt="tailor-llm2llm")
+
+
+def test_k_samples_similar_exercises_and_final_dpo(setup, make_server, tmp_path):
+    from synthkd.testing.simulated import parse_problem
+
+    base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_sloppy_responder())
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+    opts = _opts(tmp_path, student, pool, heldout, initial, samples=2, similar=2, dpo="final")
+    opts.rounds = 1
+
+    async def loop() -> dict:
+        t = _teacher(srv, tmp_path)
+        try:
+            return await run_tailored(opts, t, say=lambda m: None)
+        finally:
+            await t.aclose()
+
+    result = asyncio.run(loop())
+    rdir = tmp_path / "run" / "round_1"
+    h = result["rounds"][1]
+    mistakes = read_jsonl(rdir / "mistakes.jsonl")
+    greedy_wrong = len(read_jsonl(rdir / "pool_eval" / "mistakes.jsonl"))
+    sampled_wrong = len(read_jsonl(rdir / "pool_eval" / "sample_1" / "mistakes.jsonl"))
+    # k = 2: a question is a mistake when either answer is wrong; every wrong answer is kept
+    assert max(greedy_wrong, sampled_wrong) <= len(mistakes) == h["mistakes"] <= greedy_wrong + sampled_wrong
+    assert all(m["samples"] == 2 and len(m["wrong_outputs"]) == 2 - m["samples_correct"] >= 1 for m in mistakes)
+    assert "pool_sample_accuracy" in h
+    mistake_ids = {m["id"] for m in mistakes}
+    pool_questions = {normalize(p.question) for p in PROBLEMS}
+    # new exercises: aimed at this round's mistakes, none a copy of a pool/held-out question, same kind of problem
+    exercises = read_jsonl(rdir / "exercises.jsonl")
+    ex_rejects = read_jsonl(rdir / "exercises.rejects.jsonl")
+    assert exercises and {x["source_id"] for x in exercises + ex_rejects} <= mistake_ids
+    assert all(normalize(x["question"]) not in pool_questions for x in exercises)
+    by_q = {p.id: p for p in PROBLEMS}
+    for x in exercises:
+        parsed = parse_problem(x["question"])
+        assert parsed is not None and parsed.template == by_q[x["source_id"]].template
+    # kept only when the teacher's independent solution reaches the intended answer, which is then right
+    solved = read_jsonl(rdir / "similar_rows.jsonl")
+    solved_rejects = read_jsonl(rdir / "similar_rows.rejects.jsonl")
+    assert solved and len(solved) + len(solved_rejects) == len(exercises)
+    for x in solved:
+        assert numbers_equal(x["answer"], parse_problem(x["input"]).answer)
+    assert any("does not reach the exercise's answer" in x["reject_reason"] for x in solved_rejects)
+    assert h["similar_rows"] == len(solved) and h["corrections"] == len(read_jsonl(rdir / "new_rows.jsonl"))
+    assert h["train_rows"] == 16 + h["corrections"] + h["similar_rows"]
+    # self-reflection pairs: chosen = the correction (right answer), rejected = each wrong student answer
+    pairs = read_jsonl(rdir / "pairs.jsonl")
+    gold = {p.id: p.answer for p in POOL}
+    assert pairs and all(p["chosen"].strip() != p["rejected"].strip() for p in pairs)
+    assert all(numbers_equal(extract_answer(p["chosen"], "number").value, gold[p["source_id"]]) for p in pairs)
+    assert len({p["id"] for p in pairs}) == len(pairs)
+    # the DPO step after the loop: from the best round's student, on all pairs, scored on the held-out set
+    ref = result["reflection"]
+    assert ref is not None and 0.0 <= ref["accuracy"] <= 1.0 and ref["pairs"] == len(pairs)
+    train_record = json.loads((tmp_path / "run" / "reflection" / "model" / "synthkd_train.json").read_text())
+    assert train_record["kind"] == "dpo" and train_record["policy_start"] == result["best_model"]
+    # every teacher request was a different prompt, each sent once
+    assert set(srv.stats()["prompt_counts"].values()) == {1}
+    assert srv.stats()["requests_total"] == h["teacher_requests"]
+
+
+def normalize(q: str) -> str:
+    from synthkd.methods.similar_exercises import normalize_question
+
+    return normalize_question(q)
+
+
+def test_budget_spent_mid_round_stops_cleanly_then_resumes_without_paying_twice(setup, make_server, tmp_path):
+    from synthkd.teachers.pricing import PriceTable
+
+    base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"simulated": {"input": 1000.0, "output": 1000.0}}))  # $1 per 1k tokens
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+    opts = _opts(tmp_path, student, pool, heldout, initial)
+    opts.rounds = 1
+
+    async def loop(max_cost: float) -> dict:
+        t = OpenAICompatibleTeacher("simulated", base_url=srv.base_url, concurrency=4, max_retries=1, preflight=False,
+                                    cache=RequestCache(tmp_path / "cache.sqlite"), prices=PriceTable.default(prices),
+                                    max_cost=max_cost)
+        try:
+            return await run_tailored(opts, t, say=lambda m: None)
+        finally:
+            await t.aclose()
+
+    first = asyncio.run(loop(max_cost=1.0))  # ~4 corrections' worth
+    run = tmp_path / "run"
+    assert first["budget_exhausted"] and "budget is spent" in first["stopped"] and "rerun" in first["stopped"]
+    assert [h["round"] for h in first["rounds"]] == [0]
+    assert not (run / "round_1" / "metrics.json").exists() and not (run / "round_1" / "model").exists()
+    mistakes = read_jsonl(run / "round_1" / "mistakes.jsonl")
+    paid = read_jsonl(run / "round_1" / "new_rows.jsonl") + read_jsonl(run / "round_1" / "new_rows.rejects.jsonl")
+    assert 0 < len(paid) < len(mistakes)  # stopped mid-round, with what was paid for on disk
+    sent_first = srv.stats()["requests_total"]
+    stamp = (run / "round_0" / "model" / "model.safetensors").stat().st_mtime_ns
+
+    second = asyncio.run(loop(max_cost=1000.0))
+    assert not second["budget_exhausted"] and [h["round"] for h in second["rounds"]] == [0, 1]
+    assert second["rounds"][1]["mistakes"] == len(mistakes)
+    # nothing asked twice: every prompt reached the server once over both runs
+    stats = srv.stats()
+    assert set(stats["prompt_counts"].values()) == {1} and stats["requests_total"] == len(mistakes)
+    assert sent_first == len(paid)
+    assert (run / "round_0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp

@@ -19,7 +19,7 @@ from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.teachers.pricing import PriceTableError
 from synthkd.templates import TemplateError
 
-TeacherOpt = Annotated[str, typer.Option("--teacher", "--model", "-m", help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, or local:PATH.")]
+TeacherOpt = Annotated[str, typer.Option("--teacher", "--model", "-m", help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, local:PATH, or simulated:arithmetic (offline).")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")]
 ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once.")]
 RpmOpt = Annotated[Optional[float], typer.Option("--rpm", help="Client-side requests-per-minute limit.")]

@@ -49,6 +49,15 @@ def tailor_command(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     max_length: Annotated[int, typer.Option("--max-length")] = 512,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    samples: Annotated[int, typer.Option("--samples", "-k", help="Student answers per pool question (greedy + k-1 sampled); any wrong one is a mistake.")] = 1,
+    sample_temperature: Annotated[float, typer.Option("--sample-temperature")] = 0.8,
+    max_mistakes: Annotated[int | None, typer.Option("--max-mistakes", help="At most this many mistakes per round go to the teacher (cost cap).")] = None,
+    similar: Annotated[int, typer.Option("--similar", help="LLM2LLM: new exercises per mistake, solved and filtered (0: off).")] = 0,
+    similar_template: Annotated[str, typer.Option("--similar-template")] = "tailored/similar",
+    dpo: Annotated[str, typer.Option("--dpo", help="Self-reflection DPO: off, each (SFT then DPO every round), final (after the loop).")] = "off",
+    dpo_beta: Annotated[float, typer.Option("--dpo-beta")] = 0.1,
+    dpo_lr: Annotated[float | None, typer.Option("--dpo-lr", help="DPO learning rate (default: the SFT one).")] = None,
+    dpo_epochs: Annotated[float, typer.Option("--dpo-epochs")] = 1.0,
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = 16,
     rpm: RpmOpt = None,
@@ -58,16 +67,21 @@ def tailor_command(
     prices: PricesOpt = None,
 ) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
+    from dataclasses import replace as dc_replace
+
     from synthkd.methods.tailored import TailorOptions, run_tailored
     from synthkd.train.common import TrainSettings
 
     async def job() -> int:
+        settings = TrainSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                                 max_length=max_length, seed=seed, skip_invalid=True)
         opts = TailorOptions(
             student=student, pool=pool, initial=initial, heldout=heldout, out=out, rounds=rounds, patience=patience,
             mode=mode, accumulate=not replace, pool_gold_field=pool_gold_field,
             heldout_gold_field=heldout_gold_field, template=template, max_tokens=max_tokens,
-            settings=TrainSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
-                                   max_length=max_length, seed=seed, skip_invalid=True),
+            settings=settings, samples=samples, sample_temperature=sample_temperature, max_mistakes=max_mistakes,
+            similar=similar, similar_template=similar_template, dpo=dpo, dpo_beta=dpo_beta,
+            dpo_settings=dc_replace(settings, epochs=dpo_epochs, learning_rate=dpo_lr or learning_rate),
         )
         from synthkd.methods.tailored import check_options
 
@@ -79,8 +93,10 @@ def tailor_command(
         finally:
             await t.aclose()
         accs = ", ".join(f"r{h['round']} {h['accuracy']:.4f}" for h in result["rounds"] if h.get("accuracy") is not None)
+        if result.get("reflection"):
+            accs += f", after DPO self-reflection {result['reflection']['accuracy']:.4f}"
         say(f"tailor: held-out accuracy per round: {accs}; best round {result['best_round']}; "
             f"{out / 'rounds.json'}, {out / 'accuracy.png'}")
-        return 0
+        return 3 if result["budget_exhausted"] else 0
 
     run_job(job)

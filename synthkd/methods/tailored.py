@@ -6,25 +6,43 @@ with the student's wrong solution and the gold answer, and trains the student fu
 corrected rationales.  The wrong/corrected pairs are also written as self-reflection preference pairs
 (rejected = the student's wrong output, chosen = the teacher's correction) for DPO.
 
+Three optional extensions follow the papers more closely:
+
+* ``samples = k > 1``: the student answers each pool question greedily and ``k - 1`` more times by
+  sampling; a question is a mistake when any answer is wrong, and *every* distinct wrong answer
+  becomes the rejected side of a self-reflection pair (Tailored Learning samples several rationales);
+* ``similar = m > 0``: the teacher also writes ``m`` new exercises aimed at the same weakness, which
+  are solved independently and filtered before training (LLM2LLM / Lion,
+  :mod:`synthkd.methods.similar_exercises`);
+* ``dpo``: learn from the mistakes by preference optimisation: ``"each"`` — every round is SFT on the
+  corrections then DPO on that round's pairs (SFT-then-DPO); ``"final"`` — after the last round, DPO
+  from the best round's student on all rounds' pairs (the self-reflection step), evaluated on its own.
+
 Layout of a run directory ``OUT``::
 
     OUT/round_0/model/              student trained on the initial distilled rows
     OUT/round_0/heldout_eval/       its held-out evaluation (metrics.json, mistakes.jsonl, ...)
-    OUT/round_<r>/pool_eval/        the previous student on the training pool; mistakes.jsonl = this round's input
+    OUT/round_<r>/pool_eval/        the previous student on the training pool (greedy; sample_<s>/ for k > 1)
+    OUT/round_<r>/mistakes.jsonl    this round's input: pool questions with at least one wrong answer
     OUT/round_<r>/new_rows.jsonl    teacher corrections that reach the gold answer (+ .rejects.jsonl: dropped, with why)
+    OUT/round_<r>/exercises.jsonl   new similar exercises that passed the checks (+ .rejects.jsonl)
+    OUT/round_<r>/similar_rows.jsonl  exercises whose independent solution reaches their answer (+ .rejects.jsonl)
     OUT/round_<r>/pairs.jsonl       {id, prompt, chosen, rejected} (train.export's preference input format)
     OUT/round_<r>/train.jsonl       what this round trained on (accumulated or this round's rows only)
-    OUT/round_<r>/model/            the student after this round
+    OUT/round_<r>/model/            the student after this round (model_sft/ + model/ with dpo="each")
     OUT/round_<r>/metrics.json      written last: its presence marks the round finished
+    OUT/reflection/                 dpo="final": model/, heldout_eval/, metrics.json
     OUT/rounds.json, OUT/accuracy.png
 
 Resume = rerun: a round with ``metrics.json`` is never touched again (no eval, no teacher call, no
 training); a round that crashed is resumed -- its pool mistakes are read back from disk (so the teacher
-prompts are identical and come from the request cache), corrections already in ``new_rows.jsonl`` are not
-asked again, and a model whose ``synthkd_train.json`` exists is not retrained.
+prompts are identical and come from the request cache), rows already written are not asked again, and
+a model whose ``synthkd_train.json`` exists is not retrained.  A spent budget stops the loop between
+two requests; everything paid for is on disk or in the cache, and a rerun with a higher budget goes on
+from there.
 
-Not implemented yet: k sampled student answers per pool row (the student answers greedily) and the
-"m new similar exercises" step of LLM2LLM.
+Mistakes are judged against ``pool_gold_field``: the gold answer, or — for a pool without gold —
+the teacher's own answer (point the field at it, e.g. ``answer`` of the rationale rows).
 """
 
 from __future__ import annotations
@@ -40,6 +58,13 @@ from typing import Any
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.jsonl_io import InputError
 from synthkd.methods.runner import rejects_path_for, write_rows
+from synthkd.methods.similar_exercises import (
+    count_result,
+    generate_exercises,
+    normalize_question,
+    similar_request,
+    solve_exercises,
+)
 from synthkd.methods.tasks_spec import split_rationale
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
@@ -73,6 +98,28 @@ class TailorOptions:
     eval_batch_size: int = 32
     max_new_tokens: int | None = None
     settings: TrainSettings = field(default_factory=TrainSettings)
+    # k answers per pool question: greedy + (k - 1) sampled at sample_temperature
+    samples: int = 1
+    sample_temperature: float = 0.8
+    # at most this many mistakes per round go to the teacher (the first ones in pool order): a cost cap
+    max_mistakes: int | None = None
+    # LLM2LLM / Lion: m new exercises per mistake, solved independently and filtered
+    similar: int = 0
+    similar_template: str | Path = "tailored/similar"
+    # self-reflection by DPO: "off", "each" (SFT then DPO every round) or "final" (after the loop)
+    dpo: str = "off"
+    dpo_beta: float = 0.1
+    dpo_loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
+    dpo_settings: TrainSettings | None = None  # None: the SFT settings with 1 epoch
+
+
+DPO_MODES = ("off", "each", "final")
+
+
+@dataclass
+class Templates:
+    correct: PromptTemplate
+    similar: PromptTemplate | None
 
 
 def _say_default(msg: str) -> None:
@@ -115,11 +162,27 @@ def check_options(opts: TailorOptions) -> PromptTemplate:
         problems.append(f"--rounds must be >= 0, got {opts.rounds}")
     if opts.patience < 1:
         problems.append(f"--patience must be >= 1, got {opts.patience}")
+    if opts.samples < 1:
+        problems.append(f"--samples must be >= 1, got {opts.samples}")
+    if opts.samples > 1 and opts.sample_temperature <= 0:
+        problems.append("--samples > 1 draws distinct answers: --sample-temperature must be above 0")
+    if opts.similar < 0:
+        problems.append(f"--similar must be >= 0, got {opts.similar}")
+    if opts.max_mistakes is not None and opts.max_mistakes < 1:
+        problems.append(f"--max-mistakes must be >= 1, got {opts.max_mistakes}")
+    if opts.dpo not in DPO_MODES:
+        problems.append(f"--dpo: unknown mode {opts.dpo!r} (choose from {', '.join(DPO_MODES)})")
+    if opts.dpo_beta <= 0:
+        problems.append(f"--dpo-beta must be > 0, got {opts.dpo_beta}")
     if problems:
         raise InputError(problems)
     tpl = load_template(opts.template)
     tpl.check({"question", "student_rationale", "answer"}, where="tailored correction")
-    return tpl
+    similar = None
+    if opts.similar:
+        similar = load_template(opts.similar_template)
+        similar.check({"question", "student_rationale", "answer", "m"}, where="tailored similar exercises")
+    return Templates(tpl, similar)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -171,6 +234,7 @@ def correction_row(mistake: dict[str, Any], res: TeacherResult, r: int, tpl: Pro
         **base, "input": _question(mistake), "rationale": rationale, "answer": answer_text(gold),
         "gold": mistake.get("gold_answer"), "student_output": mistake.get("student_output"),
         "student_answer": mistake.get("student_answer"), "mistake": mistake.get("mistake"),
+        "wrong_outputs": mistake.get("wrong_outputs") or [mistake.get("student_output") or ""],
         "text": res.text, **tpl.provenance(), "teacher": res.model, "usage": usage, "cost_usd": res.cost_usd,
         "cached": res.cached,
     }
@@ -182,26 +246,24 @@ async def correction_rows(mistakes: list[dict[str, Any]], teacher: Teacher, r: i
     jobs = [Job(m, [correction_request(m, r, tpl, opts)]) for m in mistakes if f"{m['id']}#r{r}" not in skip_ids]
     async for job in stream_jobs(teacher, jobs):
         res: TeacherResult = job.results[0]  # type: ignore[assignment]
-        tally["requests"] += 1
-        tally["cached"] += bool(res.cached)
-        if res.ok:
-            tally["prompt_tokens"] += res.usage.prompt_tokens
-            tally["completion_tokens"] += res.usage.completion_tokens
-            if res.cost_usd is not None:
-                tally["cost_micro_usd"] += round(res.cost_usd * 1e6)
+        count_result(tally, res)
         yield correction_row(job.item, res, r, tpl)
 
 
 def pairs_from_rows(rows: list[dict[str, Any]], answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> list[dict[str, Any]]:
-    """Self-reflection pairs: prompt = the question, chosen = teacher's correction, rejected = the student's output."""
+    """Self-reflection pairs: prompt = the question, chosen = the teacher's correction, rejected = each
+    distinct wrong output of the student on it (one with greedy answers, up to k with ``samples = k``)."""
     out = []
     for row in sorted(rows, key=lambda x: str(x["id"])):
+        if "student_output" not in row:
+            continue  # a similar exercise: the student never answered it, there is no rejected side
         chosen = rationale_target(row["rationale"], row["answer"], answer_template)
-        rejected = (row.get("student_output") or "").strip()
-        if not rejected or chosen.strip() == rejected:
-            continue
-        out.append({"id": row["id"], "source_id": row["source_id"], "round": row["round"], "prompt": row["input"],
-                    "chosen": chosen, "rejected": rejected, "gold": row.get("gold")})
+        wrong = row.get("wrong_outputs") or [row.get("student_output") or ""]
+        distinct = list(dict.fromkeys(w.strip() for w in wrong if w and w.strip() and w.strip() != chosen.strip()))
+        for j, rejected in enumerate(distinct):
+            out.append({"id": row["id"] if j == 0 else f"{row['id']}#p{j}", "source_id": row["source_id"],
+                        "round": row["round"], "prompt": row["input"], "chosen": chosen, "rejected": rejected,
+                        "gold": row.get("gold")})
     return out
 
 
@@ -218,17 +280,70 @@ def _train(opts: TailorOptions, base: str, rows_path: Path, out: Path) -> None:
     train_sft(SFTOptions(student=base, input=rows_path, output=out, mode=opts.mode, settings=opts.settings))
 
 
-def _evaluate(opts: TailorOptions, model: Path, rows: Path, gold_field: str, out: Path) -> dict[str, Any]:
+def _dpo_settings(opts: TailorOptions) -> TrainSettings:
+    from dataclasses import replace
+
+    return opts.dpo_settings or replace(opts.settings, epochs=1.0)
+
+
+def _train_dpo(opts: TailorOptions, base: Path, pairs_path: Path, out: Path) -> None:
+    """DPO from ``base`` on self-reflection pairs (reference = frozen copy of ``base``)."""
+    from synthkd.train.dpo import DPOOptions, train_dpo
+
+    if (out / TRAIN_RECORD).exists():
+        return
+    train_dpo(DPOOptions(student=str(base), input=pairs_path, output=out, beta=opts.dpo_beta,
+                         loss_type=list(opts.dpo_loss_type), settings=_dpo_settings(opts)))
+
+
+def _evaluate(opts: TailorOptions, model: Path | Any, rows: Path, gold_field: str, out: Path, *,
+              temperature: float = 0.0, seed: int = 0) -> dict[str, Any]:
     from synthkd.train.evaluate import EvalOptions, run_eval
 
-    return run_eval(EvalOptions(student=str(model), input=rows, kind="number", gold_field=gold_field,
-                                batch_size=opts.eval_batch_size, max_new_tokens=opts.max_new_tokens, out_dir=out))
+    loaded = None if isinstance(model, (str, Path)) else model
+    name = str(model) if loaded is None else str(loaded.source)
+    return run_eval(EvalOptions(student=name, input=rows, kind="number", gold_field=gold_field,
+                                batch_size=opts.eval_batch_size, max_new_tokens=opts.max_new_tokens, out_dir=out,
+                                temperature=temperature, seed=seed), student=loaded)
 
 
 def _heldout(opts: TailorOptions, model: Path, rdir: Path) -> dict[str, Any]:
     rep = _evaluate(opts, model, Path(opts.heldout), opts.heldout_gold_field, rdir / "heldout_eval")  # type: ignore[arg-type]
     m = rep["metrics"]
     return {"accuracy": m["accuracy"], "heldout_correct": m["correct"], "heldout_rows": m["rows"]}
+
+
+def pool_mistakes(opts: TailorOptions, model: Path, out: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The student answers the pool (greedy, plus k - 1 samples); returns (pool metrics, mistakes).
+
+    A question is a mistake when any of its k answers is wrong; ``student_output`` is the first wrong
+    answer (the greedy one when it is wrong) and ``wrong_outputs`` all of them, in sample order.
+    """
+    from synthkd.train.student import load_student
+
+    student = load_student(str(model))
+    runs = [_evaluate(opts, student, Path(opts.pool), opts.pool_gold_field, out)]
+    for s in range(1, opts.samples):
+        runs.append(_evaluate(opts, student, Path(opts.pool), opts.pool_gold_field, out / f"sample_{s}",
+                              temperature=opts.sample_temperature, seed=s))
+    metrics = dict(runs[0]["metrics"])
+    if opts.samples > 1:
+        total = sum(rep["metrics"]["correct"] for rep in runs)
+        metrics["sample_accuracy"] = total / max(1, sum(rep["metrics"]["rows"] for rep in runs))
+    mistakes = []
+    for i, pred in enumerate(runs[0]["_predictions"]):
+        if pred.get("id") is None:
+            continue
+        answers = [rep["_predictions"][i] for rep in runs]
+        wrong = [a for a in answers if not a["correct"]]
+        if not wrong:
+            continue
+        first = wrong[0]
+        mistakes.append({**first, "id": str(pred["id"]), "mistake": first.get("mistake") or (
+            "no answer" if first.get("student_answer") is None else "wrong answer"),
+            "wrong_outputs": [a["student_output"] for a in wrong], "samples_correct": len(answers) - len(wrong),
+            "samples": len(answers)})
+    return metrics, mistakes
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,36 +365,88 @@ def _round0(opts: TailorOptions) -> dict[str, Any]:
     rdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _train(opts, opts.student, Path(opts.initial), rdir / "model")
+    n = len(_read_jsonl(Path(opts.initial)))
     m = {"round": 0, "status": "trained", **_heldout(opts, rdir / "model", rdir), "mistakes": None,
-         "new_rows": len(_read_jsonl(Path(opts.initial))), "rejected": 0, "pairs": 0,
-         "train_rows": len(_read_jsonl(Path(opts.initial))), "teacher_requests": 0, "prompt_tokens": 0,
-         "completion_tokens": 0, "cost_usd": 0.0, "wall_s": round(time.time() - t0, 2)}
+         "new_rows": n, "corrections": 0, "similar_rows": 0, "rejected": 0, "pairs": 0, "train_rows": n,
+         "teacher_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
+         "model": str(rdir / "model"), "wall_s": round(time.time() - t0, 2)}
     _write_json(rdir / FINISHED, m)
     return m
 
 
-async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpl: PromptTemplate,
+def _known_questions(opts: TailorOptions) -> dict[str, str]:
+    """Normalized pool and held-out questions: a new exercise that copies one is dropped."""
+    known: dict[str, str] = {}
+    for label, path in (("pool", opts.pool), ("held-out", opts.heldout)):
+        for row in _read_jsonl(Path(path)):  # type: ignore[arg-type]
+            try:
+                known.setdefault(normalize_question(_question(row)), f"{label} {row.get('id')}")
+            except InputError:
+                continue
+    return known
+
+
+async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[str, Any]], teacher: Teacher,
+                   tpl: PromptTemplate, tally: Counter, say: Callable[[str], None]) -> tuple[list, list]:
+    """LLM2LLM step: new exercises per mistake -> checked -> solved independently -> kept when they agree."""
+    ex_file, solved_file = rdir / "exercises.jsonl", rdir / "similar_rows.jsonl"
+    params = _params(opts)
+    reqs = [(str(mk["id"]), similar_request(mk, _question(mk), r, tpl, opts.similar, params=params, chat=opts.chat))
+            for mk in mistakes]
+    rows = await generate_exercises(reqs, teacher, r, opts.similar, _known_questions(opts), tally)
+    _check_budget(teacher, r, "new exercises")  # before writing: the repeat check needs every reply
+
+    async def aiter_rows() -> AsyncIterator[dict[str, Any]]:
+        for x in rows:
+            yield x
+
+    await write_rows(aiter_rows(), ex_file)
+    exercises = _read_jsonl(ex_file)
+    done = {str(x["id"]) for x in _read_jsonl(solved_file)}
+    say(f"round {r}: {len(exercises)} new exercises pass the checks ({len(exercises) - len(done & {x['id'] for x in exercises})} to solve)")
+    await write_rows(solve_exercises(exercises, teacher, skip_ids=done, max_tokens=opts.max_tokens, chat=opts.chat,
+                                     tally=tally), solved_file)
+    _check_budget(teacher, r, "solutions of the new exercises")
+    rejects = _read_jsonl(rejects_path_for(ex_file)) + _read_jsonl(rejects_path_for(solved_file))
+    return _read_jsonl(solved_file), rejects
+
+
+def _params(opts: TailorOptions) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if opts.max_tokens is not None:
+        params["max_tokens"] = opts.max_tokens
+    if opts.temperature is not None:
+        params["temperature"] = opts.temperature
+    return params
+
+
+async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
                  say: Callable[[str], None]) -> dict[str, Any]:
     rdir = _round_dir(opts, r)
     rdir.mkdir(parents=True, exist_ok=True)
-    prev = _round_dir(opts, r - 1) / "model"
+    prev = Path((_finished(opts, r - 1) or {}).get("model") or _round_dir(opts, r - 1) / "model")
     t0 = time.time()
     # 1. the current student on the training pool; mistakes are saved once so a resumed round asks the same prompts
     mistakes_file = rdir / "mistakes.jsonl"
     if mistakes_file.exists():
         mistakes = _read_jsonl(mistakes_file)
-        pool_m = json.loads((rdir / "pool_eval" / "metrics.json").read_text())["metrics"]
+        pool_m = json.loads((rdir / "pool_metrics.json").read_text())
     else:
-        rep = _evaluate(opts, prev, Path(opts.pool), opts.pool_gold_field, rdir / "pool_eval")
-        pool_m = rep["metrics"]
-        mistakes = [{**m, "id": str(m["id"])} for m in rep["_mistakes"] if m.get("id") is not None]
-        _write_jsonl(mistakes_file, mistakes)
-    base = {"round": r, "pool_accuracy": pool_m["accuracy"], "mistakes": len(mistakes)}
+        pool_m, mistakes = pool_mistakes(opts, prev, rdir / "pool_eval")
+        pool_m["mistakes_found"] = len(mistakes)
+        if opts.max_mistakes is not None:
+            mistakes = mistakes[: opts.max_mistakes]
+        _write_json(rdir / "pool_metrics.json", pool_m)
+        _write_jsonl(mistakes_file, mistakes)  # after pool_metrics: its presence means both are there
+    base = {"round": r, "pool_accuracy": pool_m["accuracy"], "mistakes": len(mistakes),
+            "mistakes_found": pool_m.get("mistakes_found", len(mistakes))}
+    if opts.samples > 1:
+        base["pool_sample_accuracy"] = pool_m.get("sample_accuracy")
     if not mistakes:
         prev_m = _finished(opts, r - 1) or {}
-        m = {**base, "status": "no_mistakes", "accuracy": prev_m.get("accuracy"), "new_rows": 0, "rejected": 0,
-             "pairs": 0, "teacher_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
-             "wall_s": round(time.time() - t0, 2)}
+        m = {**base, "status": "no_mistakes", "accuracy": prev_m.get("accuracy"), "new_rows": 0, "corrections": 0,
+             "similar_rows": 0, "rejected": 0, "pairs": 0, "teacher_requests": 0, "prompt_tokens": 0,
+             "completion_tokens": 0, "cost_usd": 0.0, "model": str(prev), "wall_s": round(time.time() - t0, 2)}
         _write_json(rdir / FINISHED, m)
         return m
     # 2. teacher corrections (new_rows.jsonl is append-only: corrections already there are not asked again)
@@ -288,33 +455,74 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpl: PromptTempl
     tally: Counter = Counter()
     todo = sum(1 for x in mistakes if f"{x['id']}#r{r}" not in have)
     say(f"round {r}: {len(mistakes)} mistakes on the pool ({todo} to correct)")
-    counts = await write_rows(correction_rows(mistakes, teacher, r, tpl, opts, have, tally), new_file)
-    new_rows = _read_jsonl(new_file)
+    counts = await write_rows(correction_rows(mistakes, teacher, r, tpls.correct, opts, have, tally), new_file)
+    _check_budget(teacher, r, "corrections")
+    corrections = _read_jsonl(new_file)
     rejects = _read_jsonl(rejects_path_for(new_file))
-    # 3. self-reflection pairs
-    pairs = pairs_from_rows(new_rows)
+    # 3. LLM2LLM: new exercises aimed at the same weaknesses
+    similar_rows: list[dict[str, Any]] = []
+    if opts.similar and tpls.similar is not None:
+        similar_rows, sim_rejects = await _similar(opts, r, rdir, mistakes, teacher, tpls.similar, tally, say)
+        rejects += sim_rejects
+    new_rows = corrections + similar_rows
+    # 4. self-reflection pairs
+    pairs = pairs_from_rows(corrections)
     _write_jsonl(rdir / "pairs.jsonl", pairs)
-    # 4. train further on the new rows (accumulated with every earlier round's rows, or alone)
+    # 5. train further on the new rows (accumulated with every earlier round's rows, or alone)
     train_rows = list(new_rows)
     if opts.accumulate:
-        earlier = [_read_jsonl(_round_dir(opts, q) / "new_rows.jsonl") for q in range(1, r)]
+        earlier = [_round_rows(opts, q) for q in range(1, r)]
         train_rows = _read_jsonl(Path(opts.initial)) + [x for rows in earlier for x in rows] + new_rows
     train_file = rdir / "train.jsonl"
     _write_jsonl(train_file, train_rows)
+    model = prev  # nothing usable came back: the student is unchanged
     if new_rows:
-        _train(opts, str(prev), train_file, rdir / "model")
-        model = rdir / "model"
-    else:
-        model = prev  # nothing usable came back: the student is unchanged
-    # 5. held-out evaluation
+        sft_dir = rdir / ("model_sft" if opts.dpo == "each" and pairs else "model")
+        _train(opts, str(prev), train_file, sft_dir)
+        model = sft_dir
+        if opts.dpo == "each" and pairs:
+            _train_dpo(opts, sft_dir, rdir / "pairs.jsonl", rdir / "model")
+            model = rdir / "model"
+    # 6. held-out evaluation
     m = {**base, "status": "trained" if new_rows else "no_new_rows", **_heldout(opts, model, rdir),
-         "new_rows": len(new_rows), "rejected": len(rejects),
-         "reject_reasons": dict(Counter(str(x["reject_reason"]).split(" (")[0] for x in rejects)),
+         "new_rows": len(new_rows), "corrections": len(corrections), "similar_rows": len(similar_rows),
+         "rejected": len(rejects), "reject_reasons": dict(Counter(_reason_kind(x) for x in rejects)),
          "pairs": len(pairs), "train_rows": len(train_rows), "teacher_requests": tally["requests"],
          "teacher_requests_cached": tally["cached"], "prompt_tokens": tally["prompt_tokens"],
          "completion_tokens": tally["completion_tokens"], "cost_usd": tally["cost_micro_usd"] / 1e6,
          "written_this_run": counts.written, "model": str(model), "wall_s": round(time.time() - t0, 2)}
     _write_json(rdir / FINISHED, m)
+    return m
+
+
+def _round_rows(opts: TailorOptions, r: int) -> list[dict[str, Any]]:
+    rdir = _round_dir(opts, r)
+    return _read_jsonl(rdir / "new_rows.jsonl") + _read_jsonl(rdir / "similar_rows.jsonl")
+
+
+def _reason_kind(row: dict[str, Any]) -> str:
+    return str(row["reject_reason"]).split(" (")[0].split(": ")[0]
+
+
+def _reflection(opts: TailorOptions, history: list[dict[str, Any]], say: Callable[[str], None]) -> dict[str, Any] | None:
+    """dpo="final": DPO from the best round's student on every round's self-reflection pairs."""
+    out = Path(opts.out) / "reflection"
+    if (out / FINISHED).exists():
+        return json.loads((out / FINISHED).read_text())
+    pairs = [p for h in history if h["round"] > 0 for p in _read_jsonl(_round_dir(opts, h["round"]) / "pairs.jsonl")]
+    if not pairs:
+        say("reflection: no self-reflection pairs (no corrected mistakes); DPO step skipped")
+        return None
+    scored = [h for h in history if h.get("accuracy") is not None]
+    best = max(scored, key=lambda h: (h["accuracy"], -h["round"]))
+    out.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out / "pairs.jsonl", pairs)
+    t0 = time.time()
+    say(f"reflection: DPO from round {best['round']}'s student on {len(pairs)} self-reflection pairs")
+    _train_dpo(opts, Path(best["model"]), out / "pairs.jsonl", out / "model")
+    m = {"round": "dpo", "status": "trained", "from_round": best["round"], **_heldout(opts, out / "model", out),
+         "pairs": len(pairs), "teacher_requests": 0, "model": str(out / "model"), "wall_s": round(time.time() - t0, 2)}
+    _write_json(out / FINISHED, m)
     return m
 
 
@@ -331,8 +539,8 @@ def _stop_reason(history: list[dict[str, Any]], opts: TailorOptions) -> str | No
     return None
 
 
-def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:
-    """Held-out accuracy per round as a PNG (matplotlib, headless)."""
+def plot_rounds(history: list[dict[str, Any]], path: Path, reflection: dict[str, Any] | None = None) -> None:
+    """Held-out accuracy per round as a PNG (matplotlib, headless); the DPO step as a separate marker."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -340,10 +548,19 @@ def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:
 
     pts = [(h["round"], h["accuracy"]) for h in history if h.get("accuracy") is not None]
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o")
+    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label="SFT rounds")
+    ticks = [p[0] for p in pts]
+    if reflection is not None and reflection.get("accuracy") is not None:
+        x = (pts[-1][0] if pts else 0) + 1
+        ax.plot([x], [100 * reflection["accuracy"]], marker="*", markersize=12, linestyle="none",
+                label=f"+ DPO self-reflection (from round {reflection.get('from_round')})")
+        ax.legend(fontsize=7)
+        ticks.append(x)
+        ax.set_xticks(ticks, [str(t) for t in ticks[:-1]] + ["DPO"])
+    else:
+        ax.set_xticks(ticks)
     ax.set_xlabel("round")
     ax.set_ylabel("held-out accuracy (%)")
-    ax.set_xticks([p[0] for p in pts])
     ax.set_title("tailored distillation")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -351,15 +568,25 @@ def plot_rounds(history: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _check_budget(teacher: Teacher, r: int, what: str) -> None:
+    """Requests a spent budget did not send yield nothing: stop before using a partial step."""
+    if getattr(teacher, "budget_exhausted", False):
+        raise BudgetExceeded(f"spent during round {r}'s {what}")
+
+
 async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[str], None] = _say_default
                        ) -> dict[str, Any]:
-    """Run (or resume) the loop; returns ``rounds.json``'s content ({rounds, stopped, best_round})."""
-    tpl = check_options(opts)
+    """Run (or resume) the loop; returns ``rounds.json``'s content.
+
+    ``{rounds: [per-round metrics], stopped, budget_exhausted, best_round, best_accuracy, reflection}``.
+    """
+    tpls = check_options(opts)
     opts.settings.check()
     out = Path(opts.out)
     out.mkdir(parents=True, exist_ok=True)
     history: list[dict[str, Any]] = []
     stopped: str | None = None
+    budget = False
     for r in range(opts.rounds + 1):
         done = _finished(opts, r)
         if done is not None:
@@ -369,15 +596,18 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
             m = _round0(opts)
         else:
             try:
-                m = await _round(opts, r, teacher, tpl, say)
+                m = await _round(opts, r, teacher, tpls, say)
             except BudgetExceeded as exc:
-                stopped = (f"round {r}: the teacher budget is spent ({exc}); corrections so far are kept, "
-                           "rerun with a higher --max-cost to resume this round")
+                budget = True
+                stopped = (f"round {r}: the teacher budget is spent ({exc}); everything paid for is kept "
+                           "(rows on disk, answers in the request cache): rerun with a higher --max-cost to resume "
+                           "this round")
                 break
         history.append(m)
         if done is None:
             say(f"round {r}: held-out accuracy {m.get('accuracy')}, mistakes {m.get('mistakes')}, "
-                f"new rows {m.get('new_rows')}, rejected {m.get('rejected')}")
+                f"new rows {m.get('new_rows')} ({m.get('corrections')} corrections, {m.get('similar_rows')} "
+                f"new exercises), rejected {m.get('rejected')}")
         stopped = _stop_reason(history, opts)
         if stopped:
             break
@@ -385,10 +615,17 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
         stopped = f"finished the {opts.rounds} round(s) asked for"
     scored = [h for h in history if h.get("accuracy") is not None]
     best = max(scored, key=lambda h: (h["accuracy"], -h["round"])) if scored else None
-    result = {"rounds": history, "stopped": stopped, "best_round": best["round"] if best else None,
-              "best_accuracy": best["accuracy"] if best else None}
+    reflection = _reflection(opts, history, say) if opts.dpo == "final" and not budget and history else None
+    if reflection is not None:
+        say(f"reflection: held-out accuracy after DPO {reflection['accuracy']} "
+            f"(round {reflection['from_round']}: {next(h['accuracy'] for h in history if h['round'] == reflection['from_round'])})")
+    result = {"rounds": history, "stopped": stopped, "budget_exhausted": budget,
+              "best_round": best["round"] if best else None, "best_accuracy": best["accuracy"] if best else None,
+              "best_model": best.get("model") if best else None, "reflection": reflection,
+              "teacher_requests": sum(h.get("teacher_requests", 0) for h in history),
+              "cost_usd": round(sum(h.get("cost_usd") or 0.0 for h in history), 6)}
     _write_json(out / "rounds.json", result)
     if history:
-        plot_rounds(history, out / "accuracy.png")
+        plot_rounds(history, out / "accuracy.png", reflection)
     say(stopped)
     return result

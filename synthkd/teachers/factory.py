@@ -1,5 +1,6 @@
-"""Build a Teacher from what a user typed: a model name (OpenAI-compatible API), ``replay:FILE`` or
-``local:PATH`` (a local transformers model, once training support is installed)."""
+"""Build a Teacher from what a user typed: a model name (OpenAI-compatible API), ``replay:FILE``,
+``local:PATH`` (a local transformers model, once training support is installed) or ``simulated:TASK``
+(a simulated teacher on an in-process loopback server, see :mod:`synthkd.teachers.simulated_teacher`)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
         from synthkd.teachers.replay import ReplayTeacher
 
         return ReplayTeacher.from_jsonl(name[len("replay:"):])
+    if name.startswith("simulated:"):
+        from synthkd.teachers.simulated_teacher import make_simulated_teacher
+
+        return make_simulated_teacher(spec)
     if name.startswith("local:"):
         try:
             from synthkd.teachers.local import LocalTeacher  # type: ignore[import-not-found]

@@ -44,6 +44,7 @@ class EvalOptions:
     batch_size: int = 32
     max_new_tokens: int | None = None
     temperature: float = 0.0
+    seed: int = 0                   # sampling seed (temperature > 0): k samples = k seeds
     limit: int | None = None
     out_dir: Path | None = None
     prefix: str | None = None  # None: the student's recorded inference prefix
@@ -314,7 +315,7 @@ def run_eval(opts: EvalOptions, student: Any = None) -> dict[str, Any]:
     max_new = opts.max_new_tokens or default_max_new_tokens(student.record)
     prompts = [student.user_prompt(r.text, system=opts.system, prefix=prefix) for r in rows]
     gens = student.generate(prompts, batch_size=opts.batch_size, max_new_tokens=max_new,
-                            temperature=opts.temperature)
+                            temperature=opts.temperature, seed=opts.seed)
     gen_s = time.time() - t0
     preds, reasons = [], []
     for r, g in zip(rows, gens):
@@ -329,7 +330,7 @@ def run_eval(opts: EvalOptions, student: Any = None) -> dict[str, Any]:
         "kind": opts.kind,
         "labels": opts.labels,
         "prompt": {"prefix": prefix, "format": "chat template" if student.chat else "plain",
-                   "max_new_tokens": max_new, "temperature": opts.temperature,
+                   "max_new_tokens": max_new, "temperature": opts.temperature, "seed": opts.seed,
                    "decoding": "greedy" if opts.temperature <= 0 else "sampling"},
         "metrics": metrics,
         "generation": {"seconds": round(gen_s, 3), "completion_tokens": sum(g.completion_tokens for g in gens),
