@@ -328,3 +328,49 @@ def test_budget_spent_mid_round_stops_cleanly_then_resumes_without_paying_twice(
     assert set(stats["prompt_counts"].values()) == {1} and stats["requests_total"] == len(mistakes)
     assert sent_first == len(paid)
     assert (run / "round_0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_cli_sigkill_mid_round_resumes_without_retraining_or_repaying(setup, make_server, tmp_path):
+    """``synthkd tailor`` killed (SIGKILL) while round 2's corrections are in flight, then rerun."""
+    import signal
+    import subprocess
+    import time
+
+    from conftest import cli_env, synthkd_cmd
+
+    base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(latency_ms=120), responder=SimulatedTeacher(PROBLEMS, error_rate=0.1, salt="kill"))
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+    run = tmp_path / "run"
+    cmd = synthkd_cmd("tailor", "--student", str(student), "--pool", str(pool), "--initial", str(initial),
+                      "--heldout", str(heldout), "--out", str(run), "--teacher", "simulated", "--base-url",
+                      srv.base_url, "--cache", str(tmp_path / "cache.sqlite"), "--concurrency", "4",
+                      "--rounds", "2", "--patience", "5", "--similar", "1", "--dpo", "each", "--epochs", "3",
+                      "--lr", "5e-3", "--batch-size", "4", "--max-length", "160", "--eval-batch-size", "64",
+                      "--max-new-tokens", "40")
+    env = cli_env(OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    target = run / "round_2" / "new_rows.jsonl"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if target.exists() and len(target.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the loop ended before round 2's corrections: " + (proc.stderr.read() or "")[-2000:]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / "round_2" / "metrics.json").exists()
+    stamps = {p: p.stat().st_mtime_ns for p in run.glob("round_[01]/model*/model.safetensors")}
+    assert len(stamps) >= 2
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "round 0: finished before" in res.stderr and "round 1: finished before" in res.stderr
+    rounds = json.loads((run / "rounds.json").read_text())["rounds"]
+    assert [h["round"] for h in rounds] == [0, 1, 2]
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps  # finished rounds were not retrained
+    # dpo="each": round 2's model is DPO from its SFT model
+    assert json.loads((run / "round_2" / "model" / "synthkd_train.json").read_text())["kind"] == "dpo"
+    # only requests in flight at the kill (at most the concurrency, 4) could reach the server twice
+    counts = srv.stats()["prompt_counts"].values()
+    assert sum(c - 1 for c in counts) <= 4, sorted(counts)[-6:]

@@ -49,6 +49,8 @@ def tailor_command(
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     max_length: Annotated[int, typer.Option("--max-length")] = 512,
     seed: Annotated[int, typer.Option("--seed")] = 0,
+    eval_batch_size: Annotated[int, typer.Option("--eval-batch-size", help="Student generation batch (pool and held-out).")] = 32,
+    max_new_tokens: Annotated[int | None, typer.Option("--max-new-tokens", help="Student answer length (default: from its training record).")] = None,
     samples: Annotated[int, typer.Option("--samples", "-k", help="Student answers per pool question (greedy + k-1 sampled); any wrong one is a mistake.")] = 1,
     sample_temperature: Annotated[float, typer.Option("--sample-temperature")] = 0.8,
     max_mistakes: Annotated[int | None, typer.Option("--max-mistakes", help="At most this many mistakes per round go to the teacher (cost cap).")] = None,
@@ -79,7 +81,7 @@ def tailor_command(
             student=student, pool=pool, initial=initial, heldout=heldout, out=out, rounds=rounds, patience=patience,
             mode=mode, accumulate=not replace, pool_gold_field=pool_gold_field,
             heldout_gold_field=heldout_gold_field, template=template, max_tokens=max_tokens,
-            settings=settings, samples=samples, sample_temperature=sample_temperature, max_mistakes=max_mistakes,
+            eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, settings=settings, samples=samples, sample_temperature=sample_temperature, max_mistakes=max_mistakes,
             similar=similar, similar_template=similar_template, dpo=dpo, dpo_beta=dpo_beta,
             dpo_settings=dc_replace(settings, epochs=dpo_epochs, learning_rate=dpo_lr or learning_rate),
         )
