@@ -81,6 +81,6 @@ def push_student(run_dir: str | Path, stage: str, repo_id: str, *, private: bool
     api = HfApi(token=token, endpoint=endpoint)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     info = api.upload_folder(repo_id=repo_id, folder_path=folder, repo_type="model",
-                             ignore_patterns=["checkpoints/*", "data/*", "*.bin"],
+                             ignore_patterns=["checkpoints/*", "data/*", "*.bin", "round_*/*", "reflection/*", "model/*", "base-student/*"],  # tailor: the loop's rounds
                              commit_message=f"synthkd: {Path(run_dir).name}/{stage}")
     return str(getattr(info, "commit_url", info))

@@ -368,3 +368,15 @@ def _move_aside(output: Path) -> None:
     for p in (output, output.with_name(output.name.replace(".jsonl", ".rejects.jsonl"))):
         if p.exists():
             os.replace(p, p.with_name(p.name + ".prev"))  # the previous run's output, kept once
+    # a stage's directory (runs/<name>/<stage>/: a model, an eval, the tailored loop's rounds) goes too:
+    # a resuming stage (the tailored loop) would otherwise take results made under other settings as done
+    d = output.with_name(output.name.removesuffix(".jsonl"))
+    if d.is_dir() and not d.is_symlink():
+        prev = d.with_name(d.name + ".prev")
+        if prev.is_dir() and not prev.is_symlink():
+            import shutil
+
+            shutil.rmtree(prev)
+        elif prev.exists() or prev.is_symlink():
+            prev.unlink()
+        os.replace(d, prev)

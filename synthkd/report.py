@@ -7,6 +7,8 @@ with it.  Conventions a stage follows in the counts it returns:
   dropped: {reason: n}       why rows left (the rejects file holds the rows themselves)
   loss_history: FILE         json list of {"step", "loss", ...} written by a training stage
   metrics: {...}             evaluation results (accuracy, macro_f1, n, teacher_accuracy...)
+  rounds: [{round, ...}]     per-round metrics of a multi-round stage (``tailor``), with ``stopped``,
+                             ``best_round``, ``best_accuracy`` and optionally ``reflection`` next to it
 """
 
 from __future__ import annotations
@@ -108,11 +110,110 @@ def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> Path:
         for n, m in evals:
             lines.append(f"| {n} | " + " | ".join(_fmt_metric(m.get(k)) for k in keys) + " |")
         lines.append("")
+    lines += _rounds_section(run_dir, stages)
     md = "\n".join(lines)
     path = run_dir / "report.md"
     path.write_text(md + "\n")
     _write_html(run_dir, md)
     return path
+
+
+#: (column header, per-round key) of the "Tailored rounds" table
+_ROUND_COLUMNS = (("round", "round"), ("status", "status"), ("held-out acc", "accuracy"),
+                  ("pool acc", "pool_accuracy"), ("mistakes", "mistakes"), ("new rows", "new_rows"),
+                  ("rejected", "rejected"), ("pairs", "pairs"), ("train rows", "train_rows"),
+                  ("teacher requests", "teacher_requests"), ("tokens in", "prompt_tokens"),
+                  ("tokens out", "completion_tokens"), ("cost", "cost_usd"), ("seconds", "wall_s"))
+
+
+def _rounds_section(run_dir: Path, stages: dict[str, Any]) -> list[str]:
+    """"Tailored rounds": per stage with per-round metrics, a table (best round in bold) and the
+    held-out accuracy per round as ``plots/tailor_<stage>.png``."""
+    multi = [(n, s["counts"]) for n, s in stages.items() if isinstance((s.get("counts") or {}).get("rounds"), list)]
+    if not multi:
+        return []
+    lines = ["## Tailored rounds", ""]
+    for name, c in multi:
+        rounds = [h for h in c["rounds"] if isinstance(h, dict)]
+        best = c.get("best_round")
+        lines += [f"### `{name}`", ""]
+        summary = f"{len(rounds)} round(s) run; stopped: {c.get('stopped') or '-'}"
+        if best is not None:
+            summary += f"; best round **{best}** (held-out accuracy {_fmt_metric(c.get('best_accuracy'))})"
+        if c.get("model_dir"):
+            summary += f"; final model `{c['model_dir']}`" + (f" ({c['final_model']})" if c.get("final_model") else "")
+        lines += [summary, ""]
+        lines += ["| " + " | ".join(h for h, _ in _ROUND_COLUMNS) + " |", "|" + "---|" * len(_ROUND_COLUMNS)]
+        for h in rounds:
+            cells = []
+            for _, key in _ROUND_COLUMNS:
+                v = h.get(key)
+                if key == "cost_usd" and v is not None:
+                    cell = _fmt_money(v)
+                elif key == "wall_s" and isinstance(v, (int, float)):
+                    cell = f"{v:.1f}"
+                else:
+                    cell = _fmt_metric(v)
+                cells.append(f"**{cell}**" if key == "round" and v == best and best is not None else cell)
+            lines.append("| " + " | ".join(cells) + " |")
+        refl = c.get("reflection")
+        if isinstance(refl, dict) and refl.get("accuracy") is not None:
+            lines.append(f"| dpo (from round {refl.get('from_round')}) | {refl.get('status', '')} | "
+                         f"{_fmt_metric(refl.get('accuracy'))} | - | - | - | - | {_fmt_metric(refl.get('pairs'))} | "
+                         f"- | {_fmt_metric(refl.get('teacher_requests'))} | - | - | - | {_fmt_metric(refl.get('wall_s'))} |")
+        total_cost = sum(h.get("cost_usd") or 0.0 for h in rounds)
+        teacher = (f"Teacher over all rounds: {sum(h.get('teacher_requests') or 0 for h in rounds)} requests, "
+                   f"{sum(h.get('prompt_tokens') or 0 for h in rounds)} tokens in, "
+                   f"{sum(h.get('completion_tokens') or 0 for h in rounds)} tokens out, {_fmt_money(total_cost)}.")
+        lines += ["", teacher, ""]
+        plot = _rounds_plot(run_dir, name, rounds, best, refl if isinstance(refl, dict) else None)
+        if plot:
+            lines += [f"![held-out accuracy per round]({plot})", ""]
+    return lines
+
+
+def _rounds_plot(run_dir: Path, name: str, rounds: list[dict[str, Any]], best: Any,
+                 reflection: dict[str, Any] | None) -> str | None:
+    """Held-out (and pool) accuracy per round, drawn from the manifest; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    pts = [(h["round"], h["accuracy"]) for h in rounds if isinstance(h.get("round"), int) and h.get("accuracy") is not None]
+    if not pts:
+        return None
+    (run_dir / "plots").mkdir(exist_ok=True)
+    rel = f"plots/tailor_{name}.png"
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([r for r, _ in pts], [100 * a for _, a in pts], marker="o", label="held-out")
+    pool = [(h["round"], h["pool_accuracy"]) for h in rounds if isinstance(h.get("round"), int) and h.get("pool_accuracy") is not None]
+    if pool:  # round r's pool accuracy is the student *entering* round r
+        ax.plot([r for r, _ in pool], [100 * a for _, a in pool], marker=".", linestyle="--", alpha=0.7,
+                label="training pool (student entering the round)")
+    ticks = [r for r, _ in pts]
+    labels = [str(t) for t in ticks]
+    for r, a in pts:
+        if r == best:
+            ax.annotate("best", (r, 100 * a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
+    if reflection is not None and reflection.get("accuracy") is not None:
+        x = ticks[-1] + 1
+        ax.plot([x], [100 * reflection["accuracy"]], marker="*", markersize=12, linestyle="none", label="+ DPO")
+        ticks.append(x)
+        labels.append("DPO")
+    ax.set_xticks(ticks, labels)
+    ax.margins(y=0.15)  # room for the "best" label
+    ax.set_xlabel("round")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"tailored rounds: {name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(run_dir / rel, dpi=110)
+    plt.close(fig)
+    return rel
 
 
 def _fmt_metric(v: Any) -> str:

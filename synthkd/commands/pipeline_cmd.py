@@ -38,7 +38,7 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
             price = PriceTable.default(p.ctx.resolve(tc.prices) if tc.prices else None).lookup(tc.model)
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)
-            elif tc.model.startswith(("replay:", "local:")):
+            elif tc.model.startswith(("replay:", "local:", "simulated:")):
                 cost = 0.0
         if e and cost is None:
             grand = None

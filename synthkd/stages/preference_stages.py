@@ -36,7 +36,7 @@ from synthkd.pipeline import Estimate, StageContext, register_stage, teacher_spe
 from synthkd.stages.generate_stages import _check_budget, _funnel
 from synthkd.teachers.factory import make_teacher
 
-TRAIN_KINDS = ("train.sft", "train.dpo")
+TRAIN_KINDS = ("train.sft", "train.dpo", "tailor")
 
 
 class _Opts(BaseModel):
