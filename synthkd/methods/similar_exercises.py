@@ -145,6 +145,17 @@ def count_result(tally: Counter, res: TeacherResult) -> None:
             tally["cost_micro_usd"] += round(res.cost_usd * 1e6)
 
 
+def count_row(tally: Counter, row: dict[str, Any], *, from_disk: bool = False) -> None:
+    """Accounting for a row written in an earlier (interrupted) run: its usage and cost are on the row."""
+    tally["requests"] += 1
+    tally["cached"] += bool(from_disk or row.get("cached"))
+    usage = row.get("usage") or {}
+    tally["prompt_tokens"] += usage.get("prompt_tokens", 0)
+    tally["completion_tokens"] += usage.get("completion_tokens", 0)
+    if row.get("cost_usd") is not None:
+        tally["cost_micro_usd"] += round(row["cost_usd"] * 1e6)
+
+
 def solved_row(exercise: dict[str, Any], solved: dict[str, Any]) -> dict[str, Any]:
     """A training row when the teacher's independent solution reaches the exercise's intended answer."""
     base = {"id": exercise["id"], "source_id": exercise["source_id"], "round": exercise["round"],
@@ -161,23 +172,20 @@ def solved_row(exercise: dict[str, Any], solved: dict[str, Any]) -> dict[str, An
             "gold": exercise["answer"]}
 
 
-async def solve_exercises(exercises: list[dict[str, Any]], teacher: Teacher, *, skip_ids: set[str],
+async def solve_exercises(exercises: list[dict[str, Any]], teacher: Teacher, *, skip_ids: dict[str, dict[str, Any]],
                           max_tokens: int | None, chat: bool, tally: Counter) -> AsyncIterator[dict[str, Any]]:
     """The teacher solves each exercise with the plain step-by-step prompt (intended answer not shown)."""
     from synthkd.methods.rationales import plan_rationales
 
     by_id = {x["id"]: x for x in exercises}
+    for row in exercises:
+        if row["id"] in skip_ids:
+            count_row(tally, skip_ids[row["id"]], from_disk=True)
     todo = [{"id": x["id"], "question": x["question"], "answer": x["answer"]} for x in exercises
             if x["id"] not in skip_ids]
     if not todo:
         return
     plan = plan_rationales(todo, kind="math", n_demos=0, max_tokens=max_tokens, chat=chat)
     async for row in plan.run(teacher):
-        tally["requests"] += 1
-        tally["cached"] += bool(row.get("cached"))
-        usage = row.get("usage") or {}
-        tally["prompt_tokens"] += usage.get("prompt_tokens", 0)
-        tally["completion_tokens"] += usage.get("completion_tokens", 0)
-        if row.get("cost_usd") is not None:
-            tally["cost_micro_usd"] += round(row["cost_usd"] * 1e6)
+        count_row(tally, row)
         yield solved_row(by_id[row["id"]], row)

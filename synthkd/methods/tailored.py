@@ -60,6 +60,7 @@ from synthkd.jsonl_io import InputError
 from synthkd.methods.runner import rejects_path_for, write_rows
 from synthkd.methods.similar_exercises import (
     count_result,
+    count_row,
     generate_exercises,
     normalize_question,
     similar_request,
@@ -402,8 +403,8 @@ async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[
 
     await write_rows(aiter_rows(), ex_file)
     exercises = _read_jsonl(ex_file)
-    done = {str(x["id"]) for x in _read_jsonl(solved_file)}
-    say(f"round {r}: {len(exercises)} new exercises pass the checks ({len(exercises) - len(done & {x['id'] for x in exercises})} to solve)")
+    done = {str(x["id"]): x for x in _read_jsonl(solved_file)}  # solved before an interruption
+    say(f"round {r}: {len(exercises)} new exercises pass the checks ({sum(x['id'] not in done for x in exercises)} to solve)")
     await write_rows(solve_exercises(exercises, teacher, skip_ids=done, max_tokens=opts.max_tokens, chat=opts.chat,
                                      tally=tally), solved_file)
     _check_budget(teacher, r, "solutions of the new exercises")
@@ -451,8 +452,11 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
         return m
     # 2. teacher corrections (new_rows.jsonl is append-only: corrections already there are not asked again)
     new_file = rdir / "new_rows.jsonl"
-    have = {str(x["id"]) for x in _read_jsonl(new_file)}
+    written_before = _read_jsonl(new_file)
+    have = {str(x["id"]) for x in written_before}
     tally: Counter = Counter()
+    for row in written_before:  # paid for in an interrupted run: counted from the row, not asked again
+        count_row(tally, row, from_disk=True)
     todo = sum(1 for x in mistakes if f"{x['id']}#r{r}" not in have)
     say(f"round {r}: {len(mistakes)} mistakes on the pool ({todo} to correct)")
     counts = await write_rows(correction_rows(mistakes, teacher, r, tpls.correct, opts, have, tally), new_file)
