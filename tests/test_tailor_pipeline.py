@@ -101,10 +101,16 @@ def test_tailor_stage_two_rounds_metrics_report_and_rerun_skips(tmp_path, make_s
     for h in rounds[1:]:
         rdir = run / "tailor" / f"round_{h['round']}"
         assert h["mistakes"] == len(read_jsonl(rdir / "mistakes.jsonl")) > 0
-        assert h["new_rows"] == len(read_jsonl(rdir / "new_rows.jsonl")) > 0
-        assert h["rejected"] == len(read_jsonl(rdir / "new_rows.rejects.jsonl"))
+        # the ready pipeline asks for corrections and 2 new exercises per mistake (LLM2LLM)
+        corrections, similar = read_jsonl(rdir / "new_rows.jsonl"), read_jsonl(rdir / "similar_rows.jsonl")
+        exercises = read_jsonl(rdir / "exercises.jsonl")
+        assert h["corrections"] == len(corrections) > 0 and h["similar_rows"] == len(similar) > 0
+        assert h["new_rows"] == len(corrections) + len(similar)
+        assert h["rejected"] == sum(len(read_jsonl(rdir / f)) for f in (
+            "new_rows.rejects.jsonl", "exercises.rejects.jsonl", "similar_rows.rejects.jsonl"))
         assert h["pairs"] == len(read_jsonl(rdir / "pairs.jsonl"))
-        assert h["teacher_requests"] == h["mistakes"]  # one correction per mistake
+        # per mistake: one correction and one request for new exercises; then one solution per exercise
+        assert h["teacher_requests"] == 2 * h["mistakes"] + len(exercises)
         assert h["prompt_tokens"] > 0 and h["completion_tokens"] > 0
     # the stage's teacher totals are the rounds' sums, and agree with what the client counted (a round
     # counts an answer the request cache gave too: the same wrong answer to a question in two rounds)
@@ -120,20 +126,25 @@ def test_tailor_stage_two_rounds_metrics_report_and_rerun_skips(tmp_path, make_s
     assert len(pairs) == c["pairs"] == sum(h["pairs"] for h in rounds) > 0
     assert all({"prompt", "chosen", "rejected"} <= set(p) for p in pairs)
 
-    # the final model is the best round's, and `student: tailor` in eval scores exactly that model
+    # the final model is the best round's (or the DPO step's when it does at least as well: dpo: final),
+    # and `student: tailor` in eval scores exactly that model
     best = c["best_round"]
     assert c["best_accuracy"] == max(h["accuracy"] for h in rounds)
-    assert (run / "tailor" / "model").resolve() == (run / "tailor" / f"round_{best}" / "model").resolve()
+    refl = c["reflection"]
+    assert refl is not None and refl["from_round"] == best and refl["pairs"] == c["pairs"]
+    final = refl if refl["accuracy"] >= c["best_accuracy"] else None
+    expected = run / "tailor" / ("reflection" if final else f"round_{best}") / "model"
+    assert (run / "tailor" / "model").resolve() == expected.resolve()
     ev = st["eval"]["counts"]
     assert ev["student"] == str(run / "tailor") and ev["metrics"]["rows"] == len(HELDOUT)
-    assert ev["metrics"]["accuracy"] == c["best_accuracy"]  # same model, same held-out rows, greedy
+    assert ev["metrics"]["accuracy"] == (final or c)["best_accuracy" if not final else "accuracy"]
 
     # the report: a per-round table (best round in bold) and the accuracy plot, in markdown and html
     md = (run / "report.md").read_text()
     assert "## Tailored rounds" in md and "| round | status | held-out acc |" in md
     table = [line for line in md.splitlines() if line.startswith("| ") and line.split("|")[2].strip() in
              {"trained", "no_new_rows", "no_mistakes"}]
-    assert len(table) == 3
+    assert len(table) == 4  # rounds 0-2 and the DPO step
     assert f"| **{best}** |" in md and f"stopped: {c['stopped']}" in md
     assert (run / "plots" / "tailor_tailor.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "plots/tailor_tailor.png" in md
@@ -198,14 +209,17 @@ def test_sigkill_in_round_2_resumes_round_2_without_retraining_or_asking_again(t
     assert all(st[n]["status"] == "done" for n in STAGES)
     rounds = st["tailor"]["counts"]["rounds"]
     assert [h["round"] for h in rounds] == [0, 1, 2] and (r2 / "metrics.json").exists()
-    assert rounds[2]["new_rows"] == len(read_jsonl(r2 / "new_rows.jsonl")) > 0
-    # corrections already on disk are not asked again (counted from their rows); dropped ones are, from the
-    # request cache: every one of round 2's calls was paid for before the kill, and its tokens still count
-    assert rounds[2]["teacher_requests"] == rounds[2]["teacher_requests_cached"] == rounds[2]["new_rows"] + rounds[2]["rejected"]
+    assert rounds[2]["corrections"] == len(read_jsonl(r2 / "new_rows.jsonl")) > 0
+    # rows already on disk are not asked again (counted from their rows); the rest (dropped corrections, the
+    # new-exercise replies, dropped solutions) are asked again and come from the request cache: every one of
+    # round 2's calls was paid for before the kill, and its tokens still count
+    calls = 2 * rounds[2]["mistakes"] + len(read_jsonl(r2 / "exercises.jsonl"))
+    assert rounds[2]["teacher_requests"] == rounds[2]["teacher_requests_cached"] == calls
     assert rounds[2]["prompt_tokens"] > 0 and rounds[2]["completion_tokens"] > 0
-    # before the kill: the initial rationales, round 1's corrections and round 2's (at most one per mistake)
+    # before the kill: the initial rationales, round 1's calls and round 2's (some of which the cache answered
+    # in the first run already: a prompt round 1 asked too, e.g. the same wrong answer to the same question)
     before_round_2 = st["rationales"]["counts"]["rows_in"] + rounds[1]["teacher_requests"] - rounds[1]["teacher_requests_cached"]
-    assert before_round_2 < asked <= before_round_2 + rounds[2]["mistakes"]
+    assert before_round_2 < asked <= before_round_2 + calls
     assert (run / "tailor" / "model" / "config.json").exists()
 
 

@@ -58,7 +58,7 @@ def tailor_command(
     similar_template: Annotated[str, typer.Option("--similar-template")] = "tailored/similar",
     dpo: Annotated[str, typer.Option("--dpo", help="Self-reflection DPO: off, each (SFT then DPO every round), final (after the loop).")] = "off",
     dpo_beta: Annotated[float, typer.Option("--dpo-beta")] = 0.1,
-    dpo_lr: Annotated[float | None, typer.Option("--dpo-lr", help="DPO learning rate (default: the SFT one).")] = None,
+    dpo_lr: Annotated[float | None, typer.Option("--dpo-lr", help="DPO learning rate (default: the SFT one / 20).")] = None,
     dpo_epochs: Annotated[float, typer.Option("--dpo-epochs")] = 1.0,
     base_url: BaseUrlOpt = None,
     concurrency: ConcurrencyOpt = 16,
@@ -69,8 +69,6 @@ def tailor_command(
     prices: PricesOpt = None,
 ) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
-    from dataclasses import replace as dc_replace
-
     from synthkd.methods.tailored import TailorOptions, run_tailored
     from synthkd.train.common import TrainSettings
 
@@ -83,7 +81,7 @@ def tailor_command(
             heldout_gold_field=heldout_gold_field, template=template, max_tokens=max_tokens,
             eval_batch_size=eval_batch_size, max_new_tokens=max_new_tokens, settings=settings, samples=samples, sample_temperature=sample_temperature, max_mistakes=max_mistakes,
             similar=similar, similar_template=similar_template, dpo=dpo, dpo_beta=dpo_beta,
-            dpo_settings=dc_replace(settings, epochs=dpo_epochs, learning_rate=dpo_lr or learning_rate),
+            dpo_learning_rate=dpo_lr, dpo_epochs=dpo_epochs,
         )
         from synthkd.methods.tailored import check_options
 

@@ -102,7 +102,8 @@ class TailorOptions:
     # k answers per pool question: greedy + (k - 1) sampled at sample_temperature
     samples: int = 1
     sample_temperature: float = 0.8
-    # at most this many mistakes per round go to the teacher (the first ones in pool order): a cost cap
+    # at most this many mistakes per round go to the teacher (a seeded random sample, kept in pool order):
+    # a cost cap.  Random, not the first ones: those would be the rows the student already trained on.
     max_mistakes: int | None = None
     # LLM2LLM / Lion: m new exercises per mistake, solved independently and filtered
     similar: int = 0
@@ -111,7 +112,9 @@ class TailorOptions:
     dpo: str = "off"
     dpo_beta: float = 0.1
     dpo_loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    dpo_settings: TrainSettings | None = None  # None: the SFT settings with 1 epoch
+    dpo_learning_rate: float | None = None  # None: the SFT learning rate / 20 (DPO needs a gentler step)
+    dpo_epochs: float = 1.0
+    dpo_settings: TrainSettings | None = None  # full control from Python; overrides the two above
 
 
 DPO_MODES = ("off", "each", "final")
@@ -284,7 +287,10 @@ def _train(opts: TailorOptions, base: str, rows_path: Path, out: Path) -> None:
 def _dpo_settings(opts: TailorOptions) -> TrainSettings:
     from dataclasses import replace
 
-    return opts.dpo_settings or replace(opts.settings, epochs=1.0)
+    if opts.dpo_settings is not None:
+        return opts.dpo_settings
+    lr = opts.dpo_learning_rate if opts.dpo_learning_rate is not None else opts.settings.learning_rate / 20
+    return replace(opts.settings, epochs=opts.dpo_epochs, learning_rate=lr)
 
 
 def _train_dpo(opts: TailorOptions, base: Path, pairs_path: Path, out: Path) -> None:
@@ -435,8 +441,11 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
     else:
         pool_m, mistakes = pool_mistakes(opts, prev, rdir / "pool_eval")
         pool_m["mistakes_found"] = len(mistakes)
-        if opts.max_mistakes is not None:
-            mistakes = mistakes[: opts.max_mistakes]
+        if opts.max_mistakes is not None and len(mistakes) > opts.max_mistakes:
+            import random
+
+            keep = set(random.Random(f"{opts.settings.seed}:{r}").sample(range(len(mistakes)), opts.max_mistakes))
+            mistakes = [mk for i, mk in enumerate(mistakes) if i in keep]
         _write_json(rdir / "pool_metrics.json", pool_m)
         _write_jsonl(mistakes_file, mistakes)  # after pool_metrics: its presence means both are there
     base = {"round": r, "pool_accuracy": pool_m["accuracy"], "mistakes": len(mistakes),

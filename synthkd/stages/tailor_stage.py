@@ -49,7 +49,7 @@ from synthkd.teachers.base import BudgetExceeded
 from synthkd.train.common import TrainSettings
 
 #: TailorOptions fields the stage fills in itself (from its input, its directory and its own options).
-_MANAGED = {"student", "pool", "initial", "heldout", "out", "settings"}
+_MANAGED = {"student", "pool", "initial", "heldout", "out", "settings", "dpo_settings"}
 #: TrainSettings defaults that differ in a pipeline: no intermediate checkpoints (a round is the unit of
 #: resume) and corrections without a usable answer are skipped, as ``synthkd tailor`` does.
 _SETTINGS_DEFAULTS = {"save_steps": 0, "skip_invalid": True}
