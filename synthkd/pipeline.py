@@ -35,6 +35,22 @@ from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.templates import TemplateError
 
 
+def counts_line(counts: dict[str, Any], limit: int = 400) -> str:
+    """A stage's counts for the log: whole when short; else nested parts shortened (the manifest has all)."""
+    full = json.dumps(counts, default=str)
+    if len(full) <= limit:
+        return full
+    short: dict[str, Any] = {}
+    for k, v in counts.items():
+        if isinstance(v, list):
+            short[k] = f"[{len(v)} items]"
+        elif isinstance(v, dict) and len(json.dumps(v, default=str)) > 120:
+            short[k] = "{...}"
+        else:
+            short[k] = v
+    return json.dumps(short, default=str) + " (all counts in manifest.json)"
+
+
 # ----------------------------------------------------------------------------- stage registry
 @dataclass
 class Estimate:
@@ -339,7 +355,7 @@ async def run_pipeline(
                    outputs=[str(o) for o in (counts or {}).pop("_outputs", [p.ctx.output])])
         manifest.save()
         result.ran.append(name)
-        say(f"[{name}] done in {rec['seconds']:.1f}s: {json.dumps(rec['counts'], default=str)}")
+        say(f"[{name}] done in {rec['seconds']:.1f}s: {counts_line(rec['counts'])}")
     manifest.data["versions"] = _versions()  # now including what the stages imported (torch, trl...)
     manifest.save()
     result.manifest = manifest.data

@@ -176,44 +176,13 @@ def _rounds_plot(run_dir: Path, name: str, rounds: list[dict[str, Any]], best: A
                  reflection: dict[str, Any] | None) -> str | None:
     """Held-out (and pool) accuracy per round, drawn from the manifest; None without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from synthkd.methods.tailored import plot_rounds
     except ImportError:
-        return None
-    pts = [(h["round"], h["accuracy"]) for h in rounds if isinstance(h.get("round"), int) and h.get("accuracy") is not None]
-    if not pts:
         return None
     (run_dir / "plots").mkdir(exist_ok=True)
     rel = f"plots/tailor_{name}.png"
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot([r for r, _ in pts], [100 * a for _, a in pts], marker="o", label="held-out")
-    pool = [(h["round"], h["pool_accuracy"]) for h in rounds if isinstance(h.get("round"), int) and h.get("pool_accuracy") is not None]
-    if pool:  # round r's pool accuracy is the student *entering* round r
-        ax.plot([r for r, _ in pool], [100 * a for _, a in pool], marker=".", linestyle="--", alpha=0.7,
-                label="training pool (student entering the round)")
-    ticks = [r for r, _ in pts]
-    labels = [str(t) for t in ticks]
-    for r, a in pts:
-        if r == best:
-            ax.annotate("best", (r, 100 * a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
-    if reflection is not None and reflection.get("accuracy") is not None:
-        x = ticks[-1] + 1
-        ax.plot([x], [100 * reflection["accuracy"]], marker="*", markersize=12, linestyle="none", label="+ DPO")
-        ticks.append(x)
-        labels.append("DPO")
-    ax.set_xticks(ticks, labels)
-    ax.margins(y=0.15)  # room for the "best" label
-    ax.set_xlabel("round")
-    ax.set_ylabel("accuracy (%)")
-    ax.set_title(f"tailored rounds: {name}")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run_dir / rel, dpi=110)
-    plt.close(fig)
-    return rel
+    drawn = plot_rounds(rounds, run_dir / rel, reflection, best=best, title=f"tailored rounds: {name}")
+    return rel if drawn else None
 
 
 def _fmt_metric(v: Any) -> str:

@@ -552,33 +552,47 @@ def _stop_reason(history: list[dict[str, Any]], opts: TailorOptions) -> str | No
     return None
 
 
-def plot_rounds(history: list[dict[str, Any]], path: Path, reflection: dict[str, Any] | None = None) -> None:
-    """Held-out accuracy per round as a PNG (matplotlib, headless); the DPO step as a separate marker."""
+def plot_rounds(history: list[dict[str, Any]], path: Path, reflection: dict[str, Any] | None = None, *,
+                best: Any = None, title: str = "tailored distillation") -> bool:
+    """Held-out (and pool) accuracy per round as a PNG, the DPO step as a separate star; False when
+    there is nothing to draw.  Used for ``OUT/accuracy.png`` and by the pipeline report."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    pts = [(h["round"], h["accuracy"]) for h in history if h.get("accuracy") is not None]
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", label="SFT rounds")
-    ticks = [p[0] for p in pts]
+    rounds = [h for h in history if isinstance(h.get("round"), int)]
+    pts = [(h["round"], h["accuracy"]) for h in rounds if h.get("accuracy") is not None]
+    if not pts:
+        return False
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    ax.plot([r for r, _ in pts], [100 * a for _, a in pts], marker="o", label="held-out")
+    pool = [(h["round"], h["pool_accuracy"]) for h in rounds if h.get("pool_accuracy") is not None]
+    if pool:  # round r's pool accuracy is the student *entering* round r
+        ax.plot([r for r, _ in pool], [100 * a for _, a in pool], marker=".", linestyle="--", alpha=0.7,
+                label="training pool (student entering the round)")
+    ticks = [r for r, _ in pts]
+    labels = [str(t) for t in ticks]
+    for r, a in pts:
+        if r == best:
+            ax.annotate("best", (r, 100 * a), textcoords="offset points", xytext=(0, 6), ha="center", fontsize=8)
     if reflection is not None and reflection.get("accuracy") is not None:
-        x = (pts[-1][0] if pts else 0) + 1
+        x = ticks[-1] + 1
         ax.plot([x], [100 * reflection["accuracy"]], marker="*", markersize=12, linestyle="none",
                 label=f"+ DPO self-reflection (from round {reflection.get('from_round')})")
-        ax.legend(fontsize=7)
         ticks.append(x)
-        ax.set_xticks(ticks, [str(t) for t in ticks[:-1]] + ["DPO"])
-    else:
-        ax.set_xticks(ticks)
+        labels.append("DPO")
+    ax.set_xticks(ticks, labels)
+    ax.margins(y=0.15)  # room for the "best" label
     ax.set_xlabel("round")
-    ax.set_ylabel("held-out accuracy (%)")
-    ax.set_title("tailored distillation")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
+    return True
 
 
 def _check_budget(teacher: Teacher, r: int, what: str) -> None:
@@ -639,6 +653,6 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
               "cost_usd": round(sum(h.get("cost_usd") or 0.0 for h in history), 6)}
     _write_json(out / "rounds.json", result)
     if history:
-        plot_rounds(history, out / "accuracy.png", reflection)
+        plot_rounds(history, out / "accuracy.png", reflection, best=result["best_round"])
     say(stopped)
     return result
