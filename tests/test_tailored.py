@@ -374,3 +374,37 @@ def test_cli_sigkill_mid_round_resumes_without_retraining_or_repaying(setup, mak
     # only requests in flight at the kill (at most the concurrency, 4) could reach the server twice
     counts = srv.stats()["prompt_counts"].values()
     assert sum(c - 1 for c in counts) <= 4, sorted(counts)[-6:]
+
+
+def test_a_student_with_no_mistakes_stops_the_loop_with_a_clear_message(setup, make_server, tmp_path):
+    from synthkd.train.evaluate import EvalOptions, run_eval
+
+    base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+    opts = _opts(tmp_path, student, pool, heldout, initial)
+    opts.rounds = 0
+
+    async def loop() -> dict:
+        t = _teacher(srv, tmp_path)
+        try:
+            return await run_tailored(opts, t, say=messages.append)
+        finally:
+            await t.aclose()
+
+    messages: list[str] = []
+    asyncio.run(loop())  # round 0 only
+    # a pool whose "gold" is what the round-0 student answers: it gets every question right
+    rep = run_eval(EvalOptions(student=str(tmp_path / "run" / "round_0" / "model"), input=pool, kind="number",
+                               gold_field="answer", batch_size=64, max_new_tokens=40))
+    answered = [p for p in rep["_predictions"] if p["student_answer"] is not None]
+    assert answered
+    opts.pool = _write(tmp_path / "easy_pool.jsonl", [
+        {"id": p["id"], "question": p["question"], "answer": p["student_answer"]} for p in answered])
+    opts.rounds = 2
+    result = asyncio.run(loop())
+    assert "makes no mistakes on the training pool" in result["stopped"] and result["stopped"] == messages[-1]
+    assert [h["round"] for h in result["rounds"]] == [0, 1] and result["rounds"][1]["status"] == "no_mistakes"
+    assert result["rounds"][1]["accuracy"] == result["rounds"][0]["accuracy"]  # the student is unchanged
+    assert srv.stats()["requests_total"] == 0 and not (tmp_path / "run" / "round_2").exists()
