@@ -81,6 +81,9 @@ def read_sft_rows(opts: SFTOptions) -> dict[str, Any]:
         train_examples = examples
     else:
         train_examples, eval_examples = split_by_id(examples, opts.eval_fraction, seed=opts.settings.seed)
+    # Rows arrive in teacher completion order, which differs from run to run; in id order (stable: a
+    # multitask row keeps its predict/explain order) the trainer's seeded shuffle makes the same student.
+    train_examples = sorted(train_examples, key=lambda e: str(e.id))
     return {"train": train_examples, "eval": eval_examples, "skipped": skipped, "used": used}
 
 

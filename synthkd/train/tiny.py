@@ -40,7 +40,8 @@ def build_tiny_tokenizer(texts: Iterable[str], vocab_size: int = 800, chat_templ
         vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    # sorted: texts often arrive in teacher completion order, and BPE breaks count ties by position
+    tok.train_from_iterator(sorted(texts), trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, pad_token=PAD, eos_token=EOS, bos_token=BOS, unk_token=UNK,
         additional_special_tokens=list(ROLE_TOKENS),
