@@ -174,3 +174,25 @@ def test_quiet_when_not_a_terminal_and_help_everywhere(make_server, tmp_path):
     for sub in ([], ["complete"], ["serve-test"]):
         r = run_cli(*sub, "--help")
         assert r.returncode == 0 and "Usage" in (r.stdout + r.stderr), sub
+
+
+def _open_cache(path: str, barrier) -> None:
+    barrier.wait()
+    RequestCache(path).put("k", "m", {"text": "x"})
+
+
+def test_processes_opening_one_fresh_cache_at_once_all_succeed(tmp_path):
+    """Switching a new SQLite file to WAL does not wait for a lock: the cache must retry, not crash."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for i in range(10):
+        path = str(tmp_path / f"c{i}.sqlite")
+        barrier = ctx.Barrier(4)
+        procs = [ctx.Process(target=_open_cache, args=(path, barrier)) for _ in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0, 0, 0], f"attempt {i}"
+        assert len(RequestCache(path)) == 1

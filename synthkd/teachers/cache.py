@@ -54,14 +54,33 @@ class RequestCache:
         self._conn = sqlite3.connect(
             str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only an OS crash can lose the
-        # last few commits.  FULL would fsync per answer and cost ~ms per request.
-        self._conn.execute("PRAGMA synchronous=NORMAL")
-        self._conn.execute(
-            "CREATE TABLE IF NOT EXISTS responses ("
-            " key TEXT PRIMARY KEY, model TEXT, created REAL NOT NULL, response BLOB NOT NULL)"
-        )
+        self._setup(timeout_s)
+
+    def _setup(self, timeout_s: float) -> None:
+        """WAL mode and the table, retried while another process is doing the same.
+
+        Why the loop: switching a new database to WAL takes an exclusive lock for which SQLite does not
+        call its busy handler, so two processes opening one fresh cache at the same instant fail with
+        "database is locked" about one time in four (measured) instead of waiting.
+        """
+        deadline = time.monotonic() + timeout_s
+        delay = 0.01
+        while True:
+            try:
+                self._conn.execute("PRAGMA journal_mode=WAL")
+                # NORMAL in WAL mode: a commit survives a process crash (SIGKILL); only an OS crash can lose
+                # the last few commits.  FULL would fsync per answer and cost ~ms per request.
+                self._conn.execute("PRAGMA synchronous=NORMAL")
+                self._conn.execute(
+                    "CREATE TABLE IF NOT EXISTS responses ("
+                    " key TEXT PRIMARY KEY, model TEXT, created REAL NOT NULL, response BLOB NOT NULL)"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def get(self, key: str) -> dict[str, Any] | None:
         with self._lock:
