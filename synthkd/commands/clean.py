@@ -17,8 +17,7 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt, CacheOpt, ConcurrencyOpt, MaxCostOpt, MaxRetriesOpt, NoCacheOpt, PricesOpt, RpmOpt, TimeoutOpt,
-    TpmOpt, make_teacher, run_job, say, teacher_spec,
+    make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 
 clean_app = typer.Typer(
@@ -63,6 +62,7 @@ def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_
 
 
 @clean_app.command("run")
+@with_connection_options
 def run_cmd(
     input: InputOpt,
     config: Annotated[Path, typer.Option("--config", help="YAML/JSON list of operators: [{op: exact_dedup, fields: [text]}, {op: near_dup, threshold: 0.8}, ...].")],
@@ -72,16 +72,7 @@ def run_cmd(
     strict: StrictOpt = True,
     progress: ProgressOpt = None,
     teacher: TeacherOptional = None,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Run the operators of a config file over INPUT, in order, streaming."""
     from synthkd.filters.config import ConfigError, load_config
@@ -91,9 +82,7 @@ def run_cmd(
     except ConfigError as exc:
         say(f"error: {exc}")
         raise typer.Exit(2)
-    factory = _teacher_factory(teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache,
-                               no_cache=no_cache, max_cost=max_cost, prices=prices, timeout=timeout,
-                               max_retries=max_retries)
+    factory = _teacher_factory(teacher, **conn)
     _run(input, configs, output, rejects, report_dir, strict, progress, factory,
          {"config": str(config), **({"teacher": teacher} if teacher else {})})
 

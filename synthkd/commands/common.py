@@ -7,7 +7,10 @@ options once keeps their names, defaults and help identical everywhere.
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import sys
+import typing
 from pathlib import Path
 from typing import Annotated, Any, Awaitable, Callable, Optional
 
@@ -30,6 +33,54 @@ MaxCostOpt = Annotated[Optional[float], typer.Option("--max-cost", help="Stop se
 PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")]
 TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Hard per-attempt timeout in seconds.")]
 MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Retries per request for transient errors.")]
+
+
+#: The connection options every teacher-using command takes: name -> (annotated type, default).
+CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "base_url": (BaseUrlOpt, None), "concurrency": (ConcurrencyOpt, 32), "rpm": (RpmOpt, None),
+    "tpm": (TpmOpt, None), "cache": (CacheOpt, None), "no_cache": (NoCacheOpt, False),
+    "max_cost": (MaxCostOpt, None), "prices": (PricesOpt, None), "timeout": (TimeoutOpt, 600.0),
+    "max_retries": (MaxRetriesOpt, 6),
+}
+
+
+def with_connection_options(func: Callable[..., Any] | None = None, **defaults: Any) -> Any:
+    """Give a typer command the connection options; it receives them as one ``conn`` dict.
+
+    Why: ten options (``--base-url`` ... ``--max-retries``) are the same on every command that talks to
+    a teacher; declared once here, their names, help and defaults cannot drift, and a command's own
+    signature keeps only what is its own.  ``conn`` holds :func:`teacher_spec` keyword arguments, so
+    ``teacher_spec(teacher, **conn)`` builds the teacher.  ``defaults`` changes a default
+    (``@with_connection_options(concurrency=16)``).  Use as the innermost decorator, below
+    ``@app.command``; the decorated function declares ``conn: Optional[dict] = None`` last.
+    """
+    unknown = set(defaults) - set(CONNECTION_OPTIONS)
+    if unknown:
+        raise TypeError(f"unknown connection option(s): {sorted(unknown)}")
+    options = {n: (ann, defaults.get(n, d)) for n, (ann, d) in CONNECTION_OPTIONS.items()}
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(f)
+        if "conn" not in sig.parameters:
+            raise TypeError(f"{f.__name__} must take a 'conn' parameter to receive the connection options")
+        # typer reads the annotations from the signature: resolve ``from __future__`` strings to objects
+        hints = typing.get_type_hints(f, include_extras=True)
+        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
+                  if p.name != "conn"]
+        params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=ann)
+                   for n, (ann, d) in options.items()]
+
+        @functools.wraps(f)
+        def command(*args: Any, **kw: Any) -> Any:
+            conn = {n: kw.pop(n, d) for n, (_, d) in options.items()}
+            return f(*args, **kw, conn=conn)
+
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {**{k: v for k, v in hints.items() if k != "conn"},
+                                   **{n: ann for n, (ann, _) in options.items()}}
+        return command
+
+    return decorate(func) if func is not None else decorate
 
 
 def teacher_spec(

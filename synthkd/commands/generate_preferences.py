@@ -17,8 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt, CacheOpt, ConcurrencyOpt, MaxCostOpt, MaxRetriesOpt, NoCacheOpt, PricesOpt, RpmOpt, TeacherOpt,
-    TimeoutOpt, TpmOpt, make_teacher, run_job, say, teacher_spec,
+    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import InputError, index_output, load_rows
@@ -28,6 +27,7 @@ MODES = ("student", "judge")
 
 
 @generate_app.command("preferences")
+@with_connection_options
 def preferences(
     input: Annotated[Path, typer.Option("--input", "-i", help="jsonl rows with 'id' and the task's fields (student mode: with gold).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="jsonl pairs {id, prompt, chosen, rejected, ...}; rerun to resume.")],
@@ -57,16 +57,7 @@ def preferences(
     choices_field: Annotated[str, typer.Option("--choices-field", help="Options field (choice).")] = "choices",
     labels: Annotated[Optional[str], typer.Option("--labels", help="Label set, comma-separated (classification / nli).")] = None,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Preference pairs for DPO: the teacher's right answer vs the student's wrong one, or judge-ranked samples.
 
@@ -97,23 +88,22 @@ def preferences(
                 temperature=temperature, max_tokens=max_tokens, row_where=where,
                 demo_where=lambda i: f"{demos}:{demo_lines[i]}",
             )
-            specs = [(teacher, base_url), (student, student_base_url or base_url)]
+            specs = [(teacher, conn["base_url"]), (student, student_base_url or conn["base_url"])]
         else:
             rubric = None
             if rubric_file is not None:
                 if not rubric_file.is_file():
                     raise InputError([f"{rubric_file}: rubric file not found"])
                 rubric = rubric_file.read_text(encoding="utf-8").strip()
-            samplers = [(teacher, base_url)] + ([(teacher2, teacher2_base_url or base_url)] if teacher2 else [])
+            samplers = [(teacher, conn["base_url"])] + ([(teacher2, teacher2_base_url or conn["base_url"])] if teacher2 else [])
             plan = plan_judge_pairs(
                 rows, prompt_field=prompt_field, template=template, rubric=rubric, samples=samples,
                 n_samplers=len(samplers), temperature=1.0 if temperature is None else temperature, seed=seed,
                 max_tokens=max_tokens, judge_max_tokens=judge_max_tokens, min_margin=min_margin, row_where=where,
             )
-            specs = samplers + [(judge or teacher, judge_base_url or base_url)]
+            specs = samplers + [(judge or teacher, judge_base_url or conn["base_url"])]
         teachers = [make_teacher(teacher_spec(
-            name, base_url=url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache, no_cache=no_cache,
-            max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
+            name, **{**conn, "base_url": url},
         )) for name, url in specs]
         t0 = time.monotonic()
         try:

@@ -17,8 +17,7 @@ from typing import Annotated, Any, AsyncIterator, Optional
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt, CacheOpt, ConcurrencyOpt, MaxCostOpt, MaxRetriesOpt, NoCacheOpt, PricesOpt, RpmOpt, TeacherOpt,
-    TimeoutOpt, TpmOpt, make_teacher, run_job, say, teacher_spec,
+    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock
@@ -105,6 +104,7 @@ def _validate_relabel_input(path: Path, text_field: str, label_field: str | None
 
 
 @generate_app.command("relabel")
+@with_connection_options
 def relabel_cmd(
     input: Annotated[Path, typer.Option("--input", "-i", help="Input jsonl with an id and a text field per row.")],
     labels: LabelsOpt,
@@ -120,9 +120,7 @@ def relabel_cmd(
     template: Annotated[str, typer.Option("--template", help="Classification prompt template (name or path).")] = "relabel/classify",
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="max_tokens for each answer.")] = 32,
     summary_json: SummaryJsonOpt = None,
-    base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = 32, rpm: RpmOpt = None, tpm: TpmOpt = None,
-    cache: CacheOpt = None, no_cache: NoCacheOpt = False, max_cost: MaxCostOpt = None, prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0, max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Ask the teacher for each row's class; add relabeled_label, relabel_raw, relabel_reason.
 
@@ -138,8 +136,7 @@ def relabel_cmd(
         if samples > 1 and not (temperature and temperature > 0):
             raise InputError(["--samples > 1 draws distinct answers: set --temperature above 0"])
         done = index_output(output)
-        t = make_teacher(teacher_spec(teacher, base_url, concurrency, rpm, tpm, cache, no_cache, max_cost, prices,
-                                      timeout, max_retries))
+        t = make_teacher(teacher_spec(teacher, **conn))
         t0 = time.monotonic()
 
         def todo():
@@ -202,6 +199,7 @@ def relabel_cmd(
 
 
 @generate_app.command("promptmix")
+@with_connection_options
 def promptmix_cmd(
     labels: LabelsOpt,
     output: OutputOpt,
@@ -223,9 +221,7 @@ def promptmix_cmd(
     max_tokens: Annotated[Optional[int], typer.Option("--max-tokens", help="max_tokens for each generation call.")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="Comma-separated classes to generate for (default all).")] = None,
     summary_json: SummaryJsonOpt = None,
-    base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = 32, rpm: RpmOpt = None, tpm: TpmOpt = None,
-    cache: CacheOpt = None, no_cache: NoCacheOpt = False, max_cost: MaxCostOpt = None, prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0, max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """PromptMix: borderline examples mixing two classes (alpha% A, rest B), relabeled by the teacher."""
     from synthkd.methods.promptmix import PromptMixConfig, PromptMixStats, plan_calls, promptmix
@@ -244,8 +240,7 @@ def promptmix_cmd(
         if problems:
             raise InputError([f"{labels}: {p}" if "label space" in p else p for p in problems])
         n_calls = len(plan_calls(space, cfg))  # renders every prompt now: template errors before any request
-        t = make_teacher(teacher_spec(teacher, base_url, concurrency, rpm, tpm, cache, no_cache, max_cost, prices,
-                                      timeout, max_retries))
+        t = make_teacher(teacher_spec(teacher, **conn))
         t0 = time.monotonic()
         stats = PromptMixStats()
         pairs: list[tuple[str | None, str | None]] = []

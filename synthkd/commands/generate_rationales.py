@@ -17,21 +17,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
-    NoCacheOpt,
-    PricesOpt,
-    RpmOpt,
-    TeacherOpt,
-    TimeoutOpt,
-    TpmOpt,
-    make_teacher,
-    run_job,
-    say,
-    teacher_spec,
+    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import InputError, index_output, load_rows
@@ -63,6 +49,7 @@ def load_labels(labels: str | None, labels_file: Path | None) -> list[str] | Non
 
 
 @generate_app.command("rationales")
+@with_connection_options
 def rationales(
     input: Annotated[Path, typer.Option("--input", "-i", help="jsonl rows with 'id' and the task's fields.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="jsonl output (one row per input id); rerun to resume.")],
@@ -86,16 +73,7 @@ def rationales(
     labels: Annotated[Optional[str], typer.Option("--labels", help="Label set, comma-separated (classification; nli default entailment,neutral,contradiction).")] = None,
     labels_file: Annotated[Optional[Path], typer.Option("--labels-file", help="Label set file: JSON list or one label per line.")] = None,
     summary_json: Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")] = None,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Few-shot chain-of-thought rationales + answers for every row, scored against gold labels.
 
@@ -122,8 +100,7 @@ def rationales(
             row_where=lambda i: f"{input}:{lines[i]}", demo_where=lambda i: f"{demos}:{demo_lines[i]}",
         )
         t = make_teacher(teacher_spec(
-            teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache, no_cache=no_cache,
-            max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
+            teacher, **conn,
         ))
         tally = RationaleTally(samples=samples)
         t0 = time.monotonic()

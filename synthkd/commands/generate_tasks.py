@@ -19,21 +19,7 @@ from typing import Annotated, Any, AsyncIterator, Callable, Optional
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    MaxCostOpt,
-    MaxRetriesOpt,
-    NoCacheOpt,
-    PricesOpt,
-    RpmOpt,
-    TeacherOpt,
-    TimeoutOpt,
-    TpmOpt,
-    make_teacher,
-    run_job,
-    say,
-    teacher_spec,
+    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock
@@ -112,6 +98,7 @@ async def _run(
 
 
 @generate_app.command("tasks")
+@with_connection_options
 def tasks(
     spec: Annotated[Path, typer.Option("--spec", "-s", help="Task spec (YAML/JSON): task, labels (+ descriptions, seed examples), attributes.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="jsonl output; rerun to resume.")],
@@ -128,16 +115,7 @@ def tasks(
     seed: SeedOpt = 0,
     threshold: ThresholdOpt = 0.7,
     summary_json: SummaryOpt = None,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """N diverse labelled examples per label from a task description, near-duplicates removed.
 
@@ -156,8 +134,7 @@ def tasks(
             labels=[x.strip() for x in labels.split(",") if x.strip()] if labels else None,
         ))
         t = make_teacher(teacher_spec(
-            teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache, no_cache=no_cache,
-            max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
+            teacher, **conn,
         ))
         stats = MethodStats()
         code = await _run("tasks", output, t, generate_label_examples(t, plan, stats=stats), stats, summary_json,
@@ -169,6 +146,7 @@ def tasks(
 
 
 @generate_app.command("self-instruct")
+@with_connection_options
 def self_instruct(
     seeds: Annotated[Path, typer.Option("--seeds", help="Seed tasks jsonl in the Self-Instruct format.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="jsonl output; rerun to resume.")],
@@ -188,16 +166,7 @@ def self_instruct(
     seed: SeedOpt = 0,
     threshold: ThresholdOpt = 0.7,
     summary_json: SummaryOpt = None,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 32,
-    rpm: RpmOpt = None,
-    tpm: TpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
-    timeout: TimeoutOpt = 600.0,
-    max_retries: MaxRetriesOpt = 6,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Self-Instruct: grow N new instructions (with input/output instances) from seed tasks.
 
@@ -220,8 +189,7 @@ def self_instruct(
             instance_params=_params(instance_temperature, max_tokens),
         ))
         t = make_teacher(teacher_spec(
-            teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache, no_cache=no_cache,
-            max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
+            teacher, **conn,
         ))
         stats = MethodStats()
         return await _run("self-instruct", output, t, generate_self_instruct(t, plan, stats=stats), stats,

@@ -9,26 +9,16 @@ Register in ``synthkd/cli.py`` with::
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
 from synthkd.commands.common import (
-    BaseUrlOpt,
-    CacheOpt,
-    ConcurrencyOpt,
-    MaxCostOpt,
-    NoCacheOpt,
-    PricesOpt,
-    RpmOpt,
-    TeacherOpt,
-    make_teacher,
-    run_job,
-    say,
-    teacher_spec,
+    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 
 
+@with_connection_options(concurrency=16)
 def tailor_command(
     student: Annotated[str, typer.Option("--student", help="Base student (Hub name or path) for round 0.")],
     pool: Annotated[Path, typer.Option("--pool", help="Training pool jsonl: id, question, gold answer.")],
@@ -60,13 +50,7 @@ def tailor_command(
     dpo_beta: Annotated[float, typer.Option("--dpo-beta")] = 0.1,
     dpo_lr: Annotated[float | None, typer.Option("--dpo-lr", help="DPO learning rate (default: the SFT one / 20).")] = None,
     dpo_epochs: Annotated[float, typer.Option("--dpo-epochs")] = 1.0,
-    base_url: BaseUrlOpt = None,
-    concurrency: ConcurrencyOpt = 16,
-    rpm: RpmOpt = None,
-    cache: CacheOpt = None,
-    no_cache: NoCacheOpt = False,
-    max_cost: MaxCostOpt = None,
-    prices: PricesOpt = None,
+    conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
     from synthkd.methods.tailored import TailorOptions, run_tailored
@@ -86,8 +70,7 @@ def tailor_command(
         from synthkd.methods.tailored import check_options
 
         check_options(opts)  # before the teacher is built: a missing held-out set costs nothing
-        t = make_teacher(teacher_spec(teacher, base_url, concurrency, rpm, cache=cache, no_cache=no_cache,
-                                      max_cost=max_cost, prices=prices))
+        t = make_teacher(teacher_spec(teacher, **conn))
         try:
             result = await run_tailored(opts, t, say=say)
         finally:
