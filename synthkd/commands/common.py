@@ -44,42 +44,49 @@ CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def with_connection_options(func: Callable[..., Any] | None = None, **defaults: Any) -> Any:
-    """Give a typer command the connection options; it receives them as one ``conn`` dict.
+def shared_options(options: dict[str, tuple[Any, Any]], into: str, **defaults: Any) -> Callable[..., Any]:
+    """Decorator: add a group of typer options to a command, which receives them as one dict ``into``.
 
-    Why: ten options (``--base-url`` ... ``--max-retries``) are the same on every command that talks to
-    a teacher; declared once here, their names, help and defaults cannot drift, and a command's own
-    signature keeps only what is its own.  ``conn`` holds :func:`teacher_spec` keyword arguments, so
-    ``teacher_spec(teacher, **conn)`` builds the teacher.  ``defaults`` changes a default
-    (``@with_connection_options(concurrency=16)``).  Use as the innermost decorator, below
-    ``@app.command``; the decorated function declares ``conn: Optional[dict] = None`` last.
+    Why: option groups (a teacher's connection, a trainer's settings) are the same on several commands;
+    declared once, their names, help and defaults cannot drift, and each command's signature keeps only
+    what is its own.  ``options``: name -> (annotated type, default); ``defaults`` changes a default for
+    this command.  Use it as the innermost decorator (below ``@app.command``); the command declares
+    ``<into>: Optional[dict] = None`` as its last parameter.
     """
-    unknown = set(defaults) - set(CONNECTION_OPTIONS)
+    unknown = set(defaults) - set(options)
     if unknown:
-        raise TypeError(f"unknown connection option(s): {sorted(unknown)}")
-    options = {n: (ann, defaults.get(n, d)) for n, (ann, d) in CONNECTION_OPTIONS.items()}
+        raise TypeError(f"unknown option(s): {sorted(unknown)}")
+    group = {n: (ann, defaults.get(n, d)) for n, (ann, d) in options.items()}
 
     def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
         sig = inspect.signature(f)
-        if "conn" not in sig.parameters:
-            raise TypeError(f"{f.__name__} must take a 'conn' parameter to receive the connection options")
+        if into not in sig.parameters:
+            raise TypeError(f"{f.__name__} must take a {into!r} parameter to receive its shared options")
         # typer reads the annotations from the signature: resolve ``from __future__`` strings to objects
         hints = typing.get_type_hints(f, include_extras=True)
         params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
-                  if p.name != "conn"]
+                  if p.name != into]
         params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=ann)
-                   for n, (ann, d) in options.items()]
+                   for n, (ann, d) in group.items()]
 
         @functools.wraps(f)
         def command(*args: Any, **kw: Any) -> Any:
-            conn = {n: kw.pop(n, d) for n, (_, d) in options.items()}
-            return f(*args, **kw, conn=conn)
+            values = {n: kw.pop(n, d) for n, (_, d) in group.items()}
+            return f(*args, **kw, **{into: values})
 
         command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {**{k: v for k, v in hints.items() if k != "conn"},
-                                   **{n: ann for n, (ann, _) in options.items()}}
+        command.__annotations__ = {**{k: v for k, v in hints.items() if k != into},
+                                   **{n: ann for n, (ann, _) in group.items()}}
         return command
 
+    return decorate
+
+
+def with_connection_options(func: Callable[..., Any] | None = None, **defaults: Any) -> Any:
+    """The teacher connection options (``--base-url`` ... ``--max-retries``) as one ``conn`` dict of
+    :func:`teacher_spec` keyword arguments: ``teacher_spec(teacher, **conn)`` builds the teacher.
+    Plain (``@with_connection_options``) or with changed defaults (``(concurrency=16)``)."""
+    decorate = shared_options(CONNECTION_OPTIONS, "conn", **defaults)
     return decorate(func) if func is not None else decorate
 
 

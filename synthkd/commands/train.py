@@ -20,6 +20,8 @@ from typing import Annotated, Any, Callable, Optional
 
 import typer
 
+from synthkd.commands.common import shared_options
+
 train_app = typer.Typer(help="Train a student on generated rows (TRL SFT / DPO), or export them as TRL datasets.",
                         no_args_is_help=True)
 
@@ -145,7 +147,44 @@ def _summary(record: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------
 
 
+#: The trainer settings both ``train sft`` and ``train dpo`` take (name -> (option, default)); the
+#: commands get them as one ``train`` dict (see :func:`synthkd.commands.common.shared_options`).
+TRAIN_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "epochs": (EpochsOpt, 3.0),
+    "max_steps": (MaxStepsOpt, -1),
+    "lr": (LrOpt, 2e-5),
+    "batch_size": (BatchOpt, 8),
+    "grad_accum": (GradAccOpt, 1),
+    "max_length": (MaxLenOpt, 1024),
+    "bf16": (Bf16Opt, None),
+    "lora": (LoraOpt, False),
+    "qlora": (QloraOpt, False),
+    "lora_r": (LoraROpt, 16),
+    "lora_alpha": (LoraAlphaOpt, 32),
+    "lora_dropout": (LoraDropoutOpt, 0.05),
+    "lora_targets": (LoraTargetsOpt, "all-linear"),
+    "merge_lora": (MergeOpt, True),
+    "save_steps": (SaveStepsOpt, 500),
+    "save_total_limit": (SaveLimitOpt, 2),
+    "eval_steps": (EvalStepsOpt, None),
+    "logging_steps": (LogStepsOpt, 10),
+    "seed": (SeedOpt, 0),
+    "resume": (ResumeOpt, False),
+    "warmup_ratio": (WarmupOpt, 0.0),
+    "scheduler": (SchedOpt, "linear"),
+    "weight_decay": (WdOpt, 0.0),
+    "gradient_checkpointing": (GcOpt, False),
+    "trust_remote_code": (TrustOpt, False),
+    "tokenizer": (TokOpt, None),
+    "revision": (RevOpt, None),
+    "provenance": (ProvOpt, None),
+    "skip_invalid": (SkipOpt, False),
+    "report_to": (ReportOpt, "none"),
+}
+
+
 @train_app.command("sft")
+@shared_options(TRAIN_OPTIONS, "train")
 def sft_command(
     student: StudentOpt,
     input: Annotated[Path, typer.Option("--input", "-i", help="Method rows jsonl: {id, input|question, rationale, answer, ...}.")],
@@ -160,47 +199,10 @@ def sft_command(
     eval_input: Annotated[Optional[Path], typer.Option("--eval-input", help="Eval rows jsonl (else --eval-fraction of the input).")] = None,
     eval_fraction: EvalFracOpt = 0.0,
     packing: Annotated[Optional[bool], typer.Option("--packing/--no-packing", help="Pack sequences, padding-free (default: on a GPU with flash-attn; never in multitask mode).")] = None,
-    epochs: EpochsOpt = 3.0,
-    max_steps: MaxStepsOpt = -1,
-    lr: LrOpt = 2e-5,
-    batch_size: BatchOpt = 8,
-    grad_accum: GradAccOpt = 1,
-    max_length: MaxLenOpt = 1024,
-    bf16: Bf16Opt = None,
-    lora: LoraOpt = False,
-    qlora: QloraOpt = False,
-    lora_r: LoraROpt = 16,
-    lora_alpha: LoraAlphaOpt = 32,
-    lora_dropout: LoraDropoutOpt = 0.05,
-    lora_targets: LoraTargetsOpt = "all-linear",
-    merge_lora: MergeOpt = True,
-    save_steps: SaveStepsOpt = 500,
-    save_total_limit: SaveLimitOpt = 2,
-    eval_steps: EvalStepsOpt = None,
-    logging_steps: LogStepsOpt = 10,
-    seed: SeedOpt = 0,
-    resume: ResumeOpt = False,
-    warmup_ratio: WarmupOpt = 0.0,
-    scheduler: SchedOpt = "linear",
-    weight_decay: WdOpt = 0.0,
-    gradient_checkpointing: GcOpt = False,
-    trust_remote_code: TrustOpt = False,
-    tokenizer: TokOpt = None,
-    revision: RevOpt = None,
-    provenance: ProvOpt = None,
-    skip_invalid: SkipOpt = False,
-    report_to: ReportOpt = "none",
+    train: Optional[dict] = None,  # the trainer settings (TRAIN_OPTIONS)
 ) -> None:
     """Supervised fine-tuning (TRL SFTTrainer, completion-only loss) in label, rationale or multitask mode."""
-    settings = dict(epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-                    grad_accum=grad_accum, max_length=max_length, bf16=bf16, lora=lora, qlora=qlora, lora_r=lora_r,
-                    lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-                    merge_lora=merge_lora, save_steps=save_steps, save_total_limit=save_total_limit,
-                    eval_steps=eval_steps, logging_steps=logging_steps, seed=seed, resume=resume,
-                    warmup_ratio=warmup_ratio, scheduler=scheduler, weight_decay=weight_decay,
-                    gradient_checkpointing=gradient_checkpointing, trust_remote_code=trust_remote_code,
-                    tokenizer=tokenizer, revision=revision, provenance=provenance, skip_invalid=skip_invalid,
-                    report_to=report_to)
+    settings = {("learning_rate" if k == "lr" else k): v for k, v in (train or {}).items()}
 
     def job() -> int:
         _quiet()
@@ -225,6 +227,7 @@ def sft_command(
 
 
 @train_app.command("dpo")
+@shared_options(TRAIN_OPTIONS, "train", epochs=1.0, lr=5e-7)
 def dpo_command(
     student: StudentOpt,
     input: Annotated[Path, typer.Option("--input", "-i", help="Preference rows jsonl: {id, prompt|input|question, chosen, rejected}.")],
@@ -245,47 +248,10 @@ def dpo_command(
     rejected_field: Annotated[str, typer.Option("--rejected-field", help="Dispreferred answer field.")] = "rejected",
     eval_input: Annotated[Optional[Path], typer.Option("--eval-input", help="Eval preference rows.")] = None,
     eval_fraction: EvalFracOpt = 0.0,
-    epochs: EpochsOpt = 1.0,
-    max_steps: MaxStepsOpt = -1,
-    lr: LrOpt = 5e-7,
-    batch_size: BatchOpt = 8,
-    grad_accum: GradAccOpt = 1,
-    max_length: MaxLenOpt = 1024,
-    bf16: Bf16Opt = None,
-    lora: LoraOpt = False,
-    qlora: QloraOpt = False,
-    lora_r: LoraROpt = 16,
-    lora_alpha: LoraAlphaOpt = 32,
-    lora_dropout: LoraDropoutOpt = 0.05,
-    lora_targets: LoraTargetsOpt = "all-linear",
-    merge_lora: MergeOpt = True,
-    save_steps: SaveStepsOpt = 500,
-    save_total_limit: SaveLimitOpt = 2,
-    eval_steps: EvalStepsOpt = None,
-    logging_steps: LogStepsOpt = 10,
-    seed: SeedOpt = 0,
-    resume: ResumeOpt = False,
-    warmup_ratio: WarmupOpt = 0.0,
-    scheduler: SchedOpt = "linear",
-    weight_decay: WdOpt = 0.0,
-    gradient_checkpointing: GcOpt = False,
-    trust_remote_code: TrustOpt = False,
-    tokenizer: TokOpt = None,
-    revision: RevOpt = None,
-    provenance: ProvOpt = None,
-    skip_invalid: SkipOpt = False,
-    report_to: ReportOpt = "none",
+    train: Optional[dict] = None,  # the trainer settings (TRAIN_OPTIONS)
 ) -> None:
     """Direct preference optimisation (TRL DPOTrainer), optionally after an SFT stage."""
-    settings = dict(epochs=epochs, max_steps=max_steps, learning_rate=lr, batch_size=batch_size,
-                    grad_accum=grad_accum, max_length=max_length, bf16=bf16, lora=lora, qlora=qlora, lora_r=lora_r,
-                    lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-                    merge_lora=merge_lora, save_steps=save_steps, save_total_limit=save_total_limit,
-                    eval_steps=eval_steps, logging_steps=logging_steps, seed=seed, resume=resume,
-                    warmup_ratio=warmup_ratio, scheduler=scheduler, weight_decay=weight_decay,
-                    gradient_checkpointing=gradient_checkpointing, trust_remote_code=trust_remote_code,
-                    tokenizer=tokenizer, revision=revision, provenance=provenance, skip_invalid=skip_invalid,
-                    report_to=report_to)
+    settings = {("learning_rate" if k == "lr" else k): v for k, v in (train or {}).items()}
 
     def job() -> int:
         _quiet()
@@ -295,9 +261,9 @@ def dpo_command(
         sft_s = None
         if sft_input is not None:
             sft_s = _settings(**{**settings, "lora": False, "qlora": False,
-                                 "epochs": sft_epochs if sft_epochs is not None else epochs,
-                                 "learning_rate": sft_lr if sft_lr is not None else lr,
-                                 "max_steps": sft_max_steps if sft_max_steps is not None else max_steps})
+                                 "epochs": sft_epochs if sft_epochs is not None else settings["epochs"],
+                                 "learning_rate": sft_lr if sft_lr is not None else settings["learning_rate"],
+                                 "max_steps": sft_max_steps if sft_max_steps is not None else settings["max_steps"]})
         record = run_dpo(DPOOptions(
             student=student, input=input, output=output, ref=ref, ref_model=ref_model, beta=beta,
             loss_type=list(loss_type), precompute_ref_log_probs=precompute_ref, eval_input=eval_input,
