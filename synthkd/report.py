@@ -144,32 +144,35 @@ def _rounds_section(run_dir: Path, stages: dict[str, Any]) -> list[str]:
             summary += f"; final model `{c['model_dir']}`" + (f" ({c['final_model']})" if c.get("final_model") else "")
         lines += [summary, ""]
         lines += ["| " + " | ".join(h for h, _ in _ROUND_COLUMNS) + " |", "|" + "---|" * len(_ROUND_COLUMNS)]
-        for h in rounds:
-            cells = []
-            for _, key in _ROUND_COLUMNS:
-                v = h.get(key)
-                if key == "cost_usd" and v is not None:
-                    cell = _fmt_money(v)
-                elif key == "wall_s" and isinstance(v, (int, float)):
-                    cell = f"{v:.1f}"
-                else:
-                    cell = _fmt_metric(v)
-                cells.append(f"**{cell}**" if key == "round" and v == best and best is not None else cell)
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += [_round_row(h, bold=h.get("round") == best and best is not None) for h in rounds]
         refl = c.get("reflection")
         if isinstance(refl, dict) and refl.get("accuracy") is not None:
-            lines.append(f"| dpo (from round {refl.get('from_round')}) | {refl.get('status', '')} | "
-                         f"{_fmt_metric(refl.get('accuracy'))} | - | - | - | - | {_fmt_metric(refl.get('pairs'))} | "
-                         f"- | {_fmt_metric(refl.get('teacher_requests'))} | - | - | - | {_fmt_metric(refl.get('wall_s'))} |")
-        total_cost = sum(h.get("cost_usd") or 0.0 for h in rounds)
-        teacher = (f"Teacher over all rounds: {sum(h.get('teacher_requests') or 0 for h in rounds)} requests, "
-                   f"{sum(h.get('prompt_tokens') or 0 for h in rounds)} tokens in, "
-                   f"{sum(h.get('completion_tokens') or 0 for h in rounds)} tokens out, {_fmt_money(total_cost)}.")
-        lines += ["", teacher, ""]
+            lines.append(_round_row({k: v for k, v in refl.items() if k in ("status", "accuracy", "pairs",
+                                                                            "teacher_requests", "wall_s")}
+                                    | {"round": f"dpo (from round {refl.get('from_round')})"}))
+        # the stage's totals are the rounds' sums (the stage adds them up once)
+        lines += ["", f"Teacher over all rounds: {c.get('teacher_requests', 0)} requests, "
+                      f"{c.get('prompt_tokens', 0)} tokens in, {c.get('completion_tokens', 0)} tokens out, "
+                      f"{_fmt_money(c.get('cost_usd') or 0.0)}.", ""]
         plot = _rounds_plot(run_dir, name, rounds, best, refl if isinstance(refl, dict) else None)
         if plot:
             lines += [f"![held-out accuracy per round]({plot})", ""]
     return lines
+
+
+def _round_row(h: dict[str, Any], bold: bool = False) -> str:
+    """One line of the "Tailored rounds" table; missing values are "-"."""
+    cells = []
+    for _, key in _ROUND_COLUMNS:
+        v = h.get(key)
+        if key == "cost_usd" and v is not None:
+            cell = _fmt_money(v)
+        elif key == "wall_s" and isinstance(v, (int, float)):
+            cell = f"{v:.1f}"
+        else:
+            cell = _fmt_metric(v)
+        cells.append(f"**{cell}**" if key == "round" and bold else cell)
+    return "| " + " | ".join(cells) + " |"
 
 
 def _rounds_plot(run_dir: Path, name: str, rounds: list[dict[str, Any]], best: Any,

@@ -117,10 +117,8 @@ class RationalePlan:
             params["seed"] = sample
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
-        if self.chat:
-            return TeacherRequest(key=key, messages=[{"role": "user", "content": prompt}], params=params,
-                                  sample_index=sample, meta={"stage": stage})
-        return TeacherRequest(key=key, prompt=prompt, params=params, sample_index=sample, meta={"stage": stage})
+        return TeacherRequest.user(key, prompt, chat=self.chat, params=params, sample_index=sample,
+                                   meta={"stage": stage})
 
     def first_job(self, row: dict[str, Any]) -> Job[Any]:
         demos = self.demos_for(row)

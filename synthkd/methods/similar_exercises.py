@@ -66,17 +66,11 @@ def normalize_question(text: str) -> str:
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
 
 
-def similar_request(mistake: dict[str, Any], question: str, r: int, tpl: PromptTemplate, m: int, *,
+def similar_request(mistake_id: str, variables: dict[str, Any], r: int, tpl: PromptTemplate, m: int, *,
                     params: dict[str, Any], chat: bool = True) -> TeacherRequest:
-    from synthkd.train.export import answer_text
-
-    prompt = tpl.render(question=question, answer=answer_text(mistake.get("gold_answer")), m=m,
-                        student_rationale=(mistake.get("student_output") or "").strip() or "(no answer)")
-    key = f"{mistake['id']}#r{r}#similar"
-    meta = {"stage": "tailored-similar", "round": r}
-    if chat:
-        return TeacherRequest(key=key, messages=[{"role": "user", "content": prompt}], params=params, meta=meta)
-    return TeacherRequest(key=key, prompt=prompt, params=params, meta=meta)
+    """``variables``: the mistake as the correction prompt sees it (question, student_rationale, answer)."""
+    return TeacherRequest.user(f"{mistake_id}#r{r}#similar", tpl.render(**variables, m=m), chat=chat, params=params,
+                               meta={"stage": "tailored-similar", "round": r})
 
 
 def exercise_rows(mistake_id: str, r: int, res: TeacherResult, m: int, known: dict[str, str],

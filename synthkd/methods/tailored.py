@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.answers import extract_answer, numbers_equal
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods.runner import rejects_path_for, write_rows
 from synthkd.methods.similar_exercises import (
     count_result,
@@ -68,10 +68,10 @@ from synthkd.methods.similar_exercises import (
 )
 from synthkd.methods.tasks_spec import split_rationale
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 from synthkd.train.common import TrainSettings
-from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, answer_text, rationale_target
+from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, answer_text, rationale_target, write_jsonl
 
 __all__ = ["TailorOptions", "correction_rows", "pairs_from_rows", "plot_rounds", "run_tailored"]
 
@@ -133,22 +133,14 @@ def _say_default(msg: str) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not Path(path).exists():
-        return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a file the loop wrote (none yet: empty); a broken line is an error naming file:line."""
+    return [row for _, row in iter_jsonl(Path(path))] if Path(path).exists() else []
 
 
 def _write_json(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
     tmp.replace(path)  # atomic: a crash never leaves a half-written "finished" marker
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        f.writelines(json.dumps(r, default=str) + "\n" for r in rows)
-    tmp.replace(path)
 
 
 def check_options(opts: TailorOptions) -> PromptTemplate:
@@ -201,20 +193,24 @@ def _question(row: dict[str, Any]) -> str:
     raise InputError([f"mistake row {row.get('id')!r}: no question/input field"])
 
 
-def correction_request(mistake: dict[str, Any], r: int, tpl: PromptTemplate, opts: TailorOptions) -> TeacherRequest:
-    gold = answer_text(mistake.get("gold_answer"))
-    prompt = tpl.render(question=_question(mistake), student_rationale=(mistake.get("student_output") or "").strip()
-                        or "(no answer)", answer=gold)
+def mistake_variables(mistake: dict[str, Any]) -> dict[str, str]:
+    """The template variables of a mistake: the question, the student's wrong output and the gold answer."""
+    return {"question": _question(mistake), "answer": answer_text(mistake.get("gold_answer")),
+            "student_rationale": (mistake.get("student_output") or "").strip() or "(no answer)"}
+
+
+def _params(opts: TailorOptions) -> dict[str, Any]:
     params: dict[str, Any] = {}
     if opts.max_tokens is not None:
         params["max_tokens"] = opts.max_tokens
     if opts.temperature is not None:
         params["temperature"] = opts.temperature
-    key = f"{mistake['id']}#r{r}#correct"
-    meta = {"stage": "tailored-correct", "round": r}
-    if opts.chat:
-        return TeacherRequest(key=key, messages=[{"role": "user", "content": prompt}], params=params, meta=meta)
-    return TeacherRequest(key=key, prompt=prompt, params=params, meta=meta)
+    return params
+
+
+def correction_request(mistake: dict[str, Any], r: int, tpl: PromptTemplate, opts: TailorOptions) -> TeacherRequest:
+    return TeacherRequest.user(f"{mistake['id']}#r{r}#correct", tpl.render(**mistake_variables(mistake)),
+                               chat=opts.chat, params=_params(opts), meta={"stage": "tailored-correct", "round": r})
 
 
 def correction_row(mistake: dict[str, Any], res: TeacherResult, r: int, tpl: PromptTemplate) -> dict[str, Any]:
@@ -398,16 +394,11 @@ async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[
     """LLM2LLM step: new exercises per mistake -> checked -> solved independently -> kept when they agree."""
     ex_file, solved_file = rdir / "exercises.jsonl", rdir / "similar_rows.jsonl"
     params = _params(opts)
-    reqs = [(str(mk["id"]), similar_request(mk, _question(mk), r, tpl, opts.similar, params=params, chat=opts.chat))
-            for mk in mistakes]
+    reqs = [(str(mk["id"]), similar_request(str(mk["id"]), mistake_variables(mk), r, tpl, opts.similar,
+                                            params=params, chat=opts.chat)) for mk in mistakes]
     rows = await generate_exercises(reqs, teacher, r, opts.similar, _known_questions(opts), tally)
     _check_budget(teacher, r, "new exercises")  # before writing: the repeat check needs every reply
-
-    async def aiter_rows() -> AsyncIterator[dict[str, Any]]:
-        for x in rows:
-            yield x
-
-    await write_rows(aiter_rows(), ex_file)
+    await write_rows(aiter_any(rows), ex_file)
     exercises = _read_jsonl(ex_file)
     done = {str(x["id"]): x for x in _read_jsonl(solved_file)}  # solved before an interruption
     say(f"round {r}: {len(exercises)} new exercises pass the checks ({sum(x['id'] not in done for x in exercises)} to solve)")
@@ -416,15 +407,6 @@ async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[
     _check_budget(teacher, r, "solutions of the new exercises")
     rejects = _read_jsonl(rejects_path_for(ex_file)) + _read_jsonl(rejects_path_for(solved_file))
     return _read_jsonl(solved_file), rejects
-
-
-def _params(opts: TailorOptions) -> dict[str, Any]:
-    params: dict[str, Any] = {}
-    if opts.max_tokens is not None:
-        params["max_tokens"] = opts.max_tokens
-    if opts.temperature is not None:
-        params["temperature"] = opts.temperature
-    return params
 
 
 async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
@@ -447,7 +429,7 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
             keep = set(random.Random(f"{opts.settings.seed}:{r}").sample(range(len(mistakes)), opts.max_mistakes))
             mistakes = [mk for i, mk in enumerate(mistakes) if i in keep]
         _write_json(rdir / "pool_metrics.json", pool_m)
-        _write_jsonl(mistakes_file, mistakes)  # after pool_metrics: its presence means both are there
+        write_jsonl(mistakes, mistakes_file)  # after pool_metrics: its presence means both are there
     base = {"round": r, "pool_accuracy": pool_m["accuracy"], "mistakes": len(mistakes),
             "mistakes_found": pool_m.get("mistakes_found", len(mistakes))}
     if opts.samples > 1:
@@ -480,14 +462,14 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
     new_rows = corrections + similar_rows
     # 4. self-reflection pairs
     pairs = pairs_from_rows(corrections)
-    _write_jsonl(rdir / "pairs.jsonl", pairs)
+    write_jsonl(pairs, rdir / "pairs.jsonl")
     # 5. train further on the new rows (accumulated with every earlier round's rows, or alone)
     train_rows = list(new_rows)
     if opts.accumulate:
         earlier = [_round_rows(opts, q) for q in range(1, r)]
         train_rows = _read_jsonl(Path(opts.initial)) + [x for rows in earlier for x in rows] + new_rows
     train_file = rdir / "train.jsonl"
-    _write_jsonl(train_file, train_rows)
+    write_jsonl(train_rows, train_file)
     model = prev  # nothing usable came back: the student is unchanged
     if new_rows:
         sft_dir = rdir / ("model_sft" if opts.dpo == "each" and pairs else "model")
@@ -526,10 +508,10 @@ def _reflection(opts: TailorOptions, history: list[dict[str, Any]], say: Callabl
     if not pairs:
         say("reflection: no self-reflection pairs (no corrected mistakes); DPO step skipped")
         return None
-    scored = [h for h in history if h.get("accuracy") is not None]
-    best = max(scored, key=lambda h: (h["accuracy"], -h["round"]))
+    best = _best_round(history)
+    assert best is not None  # a round with pairs was scored
     out.mkdir(parents=True, exist_ok=True)
-    _write_jsonl(out / "pairs.jsonl", pairs)
+    write_jsonl(pairs, out / "pairs.jsonl")
     t0 = time.time()
     say(f"reflection: DPO from round {best['round']}'s student on {len(pairs)} self-reflection pairs")
     _train_dpo(opts, Path(best["model"]), out / "pairs.jsonl", out / "model")
@@ -537,6 +519,18 @@ def _reflection(opts: TailorOptions, history: list[dict[str, Any]], say: Callabl
          "pairs": len(pairs), "teacher_requests": 0, "model": str(out / "model"), "wall_s": round(time.time() - t0, 2)}
     _write_json(out / FINISHED, m)
     return m
+
+
+def calls_per_mistake(opts: TailorOptions) -> int:
+    """Teacher calls one mistake costs: its correction; with ``similar = m``, one request for the m new
+    exercises and one independent solution of each (an upper bound: dropped exercises are not solved)."""
+    return 1 + (1 + opts.similar if opts.similar else 0)
+
+
+def _best_round(history: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The round with the best held-out accuracy (the earliest on a tie), or None before any score."""
+    scored = [h for h in history if h.get("accuracy") is not None]
+    return max(scored, key=lambda h: (h["accuracy"], -h["round"])) if scored else None
 
 
 def _stop_reason(history: list[dict[str, Any]], opts: TailorOptions) -> str | None:
@@ -640,8 +634,7 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
             break
     if stopped is None:
         stopped = f"finished the {opts.rounds} round(s) asked for"
-    scored = [h for h in history if h.get("accuracy") is not None]
-    best = max(scored, key=lambda h: (h["accuracy"], -h["round"])) if scored else None
+    best = _best_round(history)
     reflection = _reflection(opts, history, say) if opts.dpo == "final" and not budget and history else None
     if reflection is not None:
         say(f"reflection: held-out accuracy after DPO {reflection['accuracy']} "

@@ -198,12 +198,12 @@ class TailorStage:
         teacher = ctx.teacher()
         name = ctx.stage.name
         result = await tailored.run_tailored(opts, teacher, say=lambda m: ctx.log(f"[{name}] {m}"))
-        model = _link_final_model(out, result)
+        model, made_by = _link_final_model(out, result)
         pairs = _write_pairs(out, result, ctx.output)
         if result.get("budget_exhausted"):  # the stage stays "running": a rerun with a larger budget resumes
             raise BudgetExceeded(f"[{name}] budget reached: {result.get('stopped')}")
         _check_budget(ctx)
-        return _counts(ctx, result, model, pairs, out)
+        return _counts(ctx, result, model, made_by, pairs, out)
 
     def _base_student(self, ctx: StageContext, o: Any, out: Path) -> str:
         if o.student != "tiny":
@@ -235,9 +235,8 @@ class TailorStage:
 
         rows, _ = load_rows(ctx.input)
         opts = self._tailor_options(ctx, o, o.student)
-        cap = getattr(opts, "max_mistakes", None)
-        mistakes = len(rows) if cap is None else min(len(rows), cap)
-        per_mistake = getattr(tailored, "calls_per_mistake", _calls_per_mistake)(opts)
+        mistakes = len(rows) if opts.max_mistakes is None else min(len(rows), opts.max_mistakes)
+        per_mistake = tailored.calls_per_mistake(opts)
         tpl = opts.template
         tpl = load_template(ctx.resolve(tpl) if isinstance(tpl, str) and tpl.endswith(".j2") else tpl)
         quoted = opts.max_new_tokens or 256  # the student's wrong solution is quoted in the correction prompt
@@ -251,12 +250,6 @@ class TailorStage:
                 "teacher call(s) per mistake)")
         return Estimate(calls, (chars // 4 + mistakes * quoted) * opts.rounds * per_mistake,
                         calls * (opts.max_tokens or 256))
-
-
-def _calls_per_mistake(opts: TailorOptions) -> int:
-    """One correction; with ``similar: m``, one request for the m exercises and one solution of each."""
-    m = getattr(opts, "similar", 0) or 0
-    return 1 + (1 + m if m else 0)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -293,19 +286,20 @@ def _symlink(link: Path, target: str) -> None:
     os.replace(tmp, link)  # atomic: a reader never sees the link missing
 
 
-def _link_final_model(out: Path, result: dict[str, Any]) -> Path | None:
-    """``out/model`` -> the best round's model, and its files linked at the top of ``out`` (relative links)."""
-    model, _ = _final_model(out, result)
+def _link_final_model(out: Path, result: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """``out/model`` -> the final model (see :func:`_final_model`, returned with it), and its files linked
+    at the top of ``out`` (relative links)."""
+    model, made_by = _final_model(out, result)
     for old in out.iterdir():  # the links of an earlier best round
         if old.is_symlink():
             old.unlink()
     if model is None:
-        return None
+        return None, None
     _symlink(out / "model", os.path.relpath(model, out))
     for f in sorted(model.iterdir()):
         if f.is_file() and not (out / f.name).exists():
             _symlink(out / f.name, f"model/{f.name}")
-    return model
+    return model, made_by
 
 
 def _write_pairs(out: Path, result: dict[str, Any], dest: Path) -> int:
@@ -326,7 +320,8 @@ _ROUND_KEYS = ("round", "status", "accuracy", "pool_accuracy", "mistakes", "new_
                "train_rows", "teacher_requests", "prompt_tokens", "completion_tokens", "cost_usd", "wall_s")
 
 
-def _counts(ctx: StageContext, result: dict[str, Any], model: Path | None, pairs: int, out: Path) -> dict[str, Any]:
+def _counts(ctx: StageContext, result: dict[str, Any], model: Path | None, made_by: str | None, pairs: int,
+            out: Path) -> dict[str, Any]:
     rounds = []
     for h in result["rounds"]:
         # the brief's columns first (None where a round has none, e.g. round 0's mistakes), then the rest
@@ -344,7 +339,7 @@ def _counts(ctx: StageContext, result: dict[str, Any], model: Path | None, pairs
         "completion_tokens": total("completion_tokens"), "cost_usd": round(total("cost_usd"), 8),
         # round 0's new_rows are the initial rows; the teacher's corrections and new exercises come after
         "new_rows": sum(h.get("new_rows") or 0 for h in rounds if h.get("round")),
-        "pairs": pairs, "model_dir": str(model) if model else None, "final_model": _final_model(out, result)[1],
+        "pairs": pairs, "model_dir": str(model) if model else None, "final_model": made_by,
         "reflection": result.get("reflection"), "budget_exhausted": bool(result.get("budget_exhausted")),
         "plot": str(out / "accuracy.png"),
         "_outputs": [out, ctx.output],

@@ -33,6 +33,13 @@ class TeacherRequest:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError(f"request {self.key!r}: give exactly one of 'messages' or 'prompt'")
 
+    @classmethod
+    def user(cls, key: str, prompt: str, *, chat: bool = True, **kw: Any) -> "TeacherRequest":
+        """A rendered prompt as one user message (``chat``, /v1/chat/completions) or as plain text."""
+        if chat:
+            return cls(key=key, messages=[{"role": "user", "content": prompt}], **kw)
+        return cls(key=key, prompt=prompt, **kw)
+
 
 @dataclass
 class Usage:

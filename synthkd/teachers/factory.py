@@ -58,19 +58,18 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
             ) from None
         return LocalTeacher(name[len("local:"):], default_params=spec.default_params)
     from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+
+    return OpenAICompatibleTeacher(name, base_url=spec.base_url, api_key=spec.api_key, **client_options(spec))
+
+
+def client_options(spec: TeacherSpec) -> dict[str, Any]:
+    """The :class:`OpenAICompatibleTeacher` keyword arguments a spec sets, endpoint and key aside
+    (concurrency, rate limits, timeouts, retries, cache, prices, budget, default sampling parameters)."""
     from synthkd.teachers.pricing import PriceTable
 
-    return OpenAICompatibleTeacher(
-        name,
-        base_url=spec.base_url,
-        api_key=spec.api_key,
-        concurrency=spec.concurrency,
-        rpm=spec.rpm,
-        tpm=spec.tpm,
-        timeout_s=spec.timeout,
-        max_retries=spec.max_retries,
-        cache=None if spec.no_cache else RequestCache(spec.cache or default_cache_path()),
-        prices=PriceTable.default(spec.prices),
-        max_cost=spec.max_cost,
-        default_params=spec.default_params,
-    )
+    return {
+        "concurrency": spec.concurrency, "rpm": spec.rpm, "tpm": spec.tpm, "timeout_s": spec.timeout,
+        "max_retries": spec.max_retries,
+        "cache": None if spec.no_cache else RequestCache(spec.cache or default_cache_path()),
+        "prices": PriceTable.default(spec.prices), "max_cost": spec.max_cost, "default_params": spec.default_params,
+    }

@@ -138,31 +138,16 @@ def make_simulated_teacher(spec: Any) -> ServedTeacher:
     (built-in + ``prices`` file) the simulated model costs 0, so ``max_cost`` is accepted; give a price
     in a prices file to exercise budgets.
     """
-    from synthkd.teachers.cache import RequestCache
-    from synthkd.teachers.factory import default_cache_path
-    from synthkd.teachers.pricing import PriceTable
+    from synthkd.teachers.factory import client_options
     from synthkd.testing.server import FaultConfig, TestServer
 
     settings = parse_simulated_spec(spec.teacher)
     model = settings.model_name
-    prices = PriceTable.default(spec.prices)
-    if prices.lookup(model) is None:
-        prices.set(model, 0.0, 0.0)
-    cache = None if spec.no_cache else RequestCache(spec.cache or default_cache_path())
+    options = client_options(spec)
+    if options["prices"].lookup(model) is None:
+        options["prices"].set(model, 0.0, 0.0)
     server = TestServer(FaultConfig(latency_ms=settings.latency_ms), responder=TASKS[settings.task](settings),
                         host="127.0.0.1", port=0)
     server.start()  # last: nothing that can fail on bad settings comes after it but the teacher itself
-    return ServedTeacher(
-        model,
-        server=server,
-        api_key="",  # the TestServer checks no key by default; "" sends none (never $OPENAI_API_KEY)
-        concurrency=spec.concurrency,
-        rpm=spec.rpm,
-        tpm=spec.tpm,
-        timeout_s=spec.timeout,
-        max_retries=spec.max_retries,
-        cache=cache,
-        prices=prices,
-        max_cost=spec.max_cost,
-        default_params=spec.default_params,
-    )
+    # the TestServer checks no key by default; "" sends none (never $OPENAI_API_KEY)
+    return ServedTeacher(model, server=server, api_key="", **options)
