@@ -12,7 +12,6 @@ step-by-step; and with the noisy teacher, no filter vs the consistency filter.
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 import time
 from pathlib import Path
@@ -21,13 +20,27 @@ from typing import Any
 import yaml
 
 from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.train.export import write_jsonl
 
 
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+def run_spec(spec: dict[str, Any], run_dir: Path, base: Path) -> dict[str, Any]:
+    """Write the pipeline a demo built to ``run_dir/pipeline.yaml`` (readable, rerunnable) and run it;
+    returns the manifest."""
+    from synthkd.config import PipelineConfig
+    from synthkd.pipeline import run_pipeline
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+    cfg = PipelineConfig.model_validate(spec)
+    cfg._source = run_dir / "pipeline.yaml"
+    return asyncio.run(run_pipeline(cfg, base_dir=base)).manifest
+
+
+def stage_accuracy(stages: dict[str, Any], name: str) -> str:
+    """An eval stage's accuracy as a table cell ("-" when it did not run)."""
+    m = (stages.get(name, {}).get("counts") or {}).get("metrics") or {}
+    a = m.get("accuracy")
+    return "-" if a is None else f"{100 * a:.1f}%"
 
 
 def build_pipeline(data: Path, careful_url: str, noisy_url: str, *, epochs: float, lr: float,
@@ -65,8 +78,6 @@ def build_pipeline(data: Path, careful_url: str, noisy_url: str, *, epochs: floa
 def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, noisy_error_rate: float = 0.4,
              noise_rate: float = 0.1, epochs: float = 4.0, lr: float = 2e-3, batch_size: int = 16,
              seed: int = 0, base_dir: Path | None = None) -> dict[str, Any]:
-    from synthkd.config import PipelineConfig
-    from synthkd.pipeline import run_pipeline
     from synthkd.testing.server import FaultConfig, TestServer
 
     base = base_dir or Path.cwd()
@@ -74,8 +85,8 @@ def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, 
     data = run_dir / "data"
     problems = make_problems(n_train + n_test, seed=seed)
     train, test = problems[:n_train], problems[n_train:]
-    _write(data / "train.jsonl", [{"id": p.id, "question": p.question, "answer": p.answer} for p in train])
-    _write(data / "test.jsonl", [{"id": p.id, "question": p.question, "gold": p.answer} for p in test])
+    write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in train], data / "train.jsonl")
+    write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
     careful = SimulatedTeacher(problems, error_rate=error_rate, noise_rate=noise_rate, salt="careful")
     noisy = SimulatedTeacher(problems, error_rate=noisy_error_rate, noise_rate=noise_rate, salt="noisy")
     t0 = time.monotonic()
@@ -85,12 +96,8 @@ def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, 
             TestServer(FaultConfig(latency_ms=150, latency_jitter_ms=100, error_rate=0.05, seed=seed + 1),
                        responder=noisy) as s2:
         spec = build_pipeline(data, s1.base_url, s2.base_url, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed)
-        (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-        cfg = PipelineConfig.model_validate(spec)
-        cfg._source = run_dir / "pipeline.yaml"
-        result = asyncio.run(run_pipeline(cfg, base_dir=base))
+        stages = run_spec(spec, run_dir, base)["stages"]
     wall = time.monotonic() - t0
-    stages = result.manifest["stages"]
     table = demo_table(stages, error_rate, noisy_error_rate)
     (run_dir / "demo_table.md").write_text(table + f"\n\nwall time {wall:.0f} s\n")
     return {"table": table, "wall_s": wall, "run_dir": str(run_dir)}
@@ -98,9 +105,7 @@ def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, 
 
 def demo_table(stages: dict[str, Any], error_rate: float, noisy_error_rate: float) -> str:
     def acc(name: str) -> str:
-        m = (stages.get(f"eval_{name}", {}).get("counts") or {}).get("metrics") or {}
-        a = m.get("accuracy")
-        return "-" if a is None else f"{100 * a:.1f}%"
+        return stage_accuracy(stages, f"eval_{name}")
 
     def rows(stage: str) -> Any:
         return (stages.get(stage, {}).get("counts") or {}).get("rows_in", "-")

@@ -19,21 +19,14 @@ known: the runner skips every finished stage, so the second run only does the ne
 
 from __future__ import annotations
 
-import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
+from synthkd.demo import run_spec, stage_accuracy
 from synthkd.testing.simulated import SimulatedTeacher, make_problems
-
-
-def _write(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in rows)
+from synthkd.train.export import write_jsonl
 
 
 def _train_options(epochs: float, lr: float, batch_size: int, seed: int) -> dict[str, Any]:
@@ -87,8 +80,6 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
                       error_rate: float = 0.1, noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3,
                       batch_size: int = 16, seed: int = 0, latency_ms: int = 150, tiny: dict[str, int] | None = None,
                       base_dir: Path | None = None) -> dict[str, Any]:
-    from synthkd.config import PipelineConfig
-    from synthkd.pipeline import run_pipeline
     from synthkd.testing.server import FaultConfig, TestServer
 
     base = base_dir or Path.cwd()
@@ -97,10 +88,10 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
     data = run_dir / "data"
     problems = make_problems(n_pool + n_dev + n_test, seed=seed)
     pool, dev, test = problems[:n_pool], problems[n_pool:n_pool + n_dev], problems[n_pool + n_dev:]
-    _write(data / "pool.jsonl", [{"id": p.id, "question": p.question, "answer": p.answer} for p in pool])
-    _write(data / "initial.jsonl", [{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_initial]])
-    _write(data / "dev.jsonl", [{"id": p.id, "question": p.question, "gold": p.answer} for p in dev])
-    _write(data / "test.jsonl", [{"id": p.id, "question": p.question, "gold": p.answer} for p in test])
+    write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool], data / "pool.jsonl")
+    write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_initial]], data / "initial.jsonl")
+    write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in dev], data / "dev.jsonl")
+    write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
     teacher = SimulatedTeacher([], error_rate=error_rate, noise_rate=noise_rate, salt="careful")
     t0 = time.monotonic()
     with TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=latency_ms * 2 // 3, error_rate=0.05,
@@ -110,28 +101,20 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
             "seed": seed, "teacher": {"model": "simulated-careful", "base_url": srv.base_url, "concurrency": 16},
             "stages": tailored_stages(data, rounds=rounds, max_mistakes=max_mistakes, similar=similar, samples=samples,
                                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)}
-        manifest = _run(spec, run_dir, base, run_pipeline, PipelineConfig)
+        manifest = run_spec(spec, run_dir, base)
         st = manifest["stages"]
         initial_calls = n_initial  # one rationale call per problem
         tailored_calls = sum(_round_calls(h) for h in (st["tailor"].get("counts") or {}).get("rounds", []))
         n_equal = min(n_pool, initial_calls + tailored_calls)
-        _write(data / "equal.jsonl", [{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_equal]])
+        write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_equal]], data / "equal.jsonl")
         spec["stages"] += equal_budget_stages(data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)
-        manifest = _run(spec, run_dir, base, run_pipeline, PipelineConfig)
+        manifest = run_spec(spec, run_dir, base)
     wall = time.monotonic() - t0
     table = tailored_table(manifest["stages"], rounds=rounds, initial_calls=initial_calls, n_pool=n_pool,
                            equal_rows=n_equal)
     (run_dir / "demo_table.md").write_text(table + f"\n\nwall time {wall:.0f} s\n")
     return {"table": table, "wall_s": wall, "run_dir": str(run_dir),
             "plot": str(run_dir / "tailor" / "accuracy.png")}
-
-
-def _run(spec: dict[str, Any], run_dir: Path, base: Path, run_pipeline: Any, config_cls: Any) -> dict[str, Any]:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    cfg = config_cls.model_validate(spec)
-    cfg._source = run_dir / "pipeline.yaml"
-    return asyncio.run(run_pipeline(cfg, base_dir=base)).manifest
 
 
 def _round_calls(h: dict[str, Any]) -> int:
@@ -141,9 +124,7 @@ def _round_calls(h: dict[str, Any]) -> int:
 
 def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n_pool: int, equal_rows: int) -> str:
     def acc(name: str) -> str:
-        m = (stages.get(name, {}).get("counts") or {}).get("metrics") or {}
-        a = m.get("accuracy")
-        return "-" if a is None else f"{100 * a:.1f}%"
+        return stage_accuracy(stages, name)
 
     tc = stages.get("tailor", {}).get("counts") or {}
     hist = {h["round"]: h for h in tc.get("rounds", [])}
