@@ -34,13 +34,14 @@ Example::
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 __all__ = [
     "ANLI_LABELS",
@@ -54,6 +55,7 @@ __all__ = [
     "extract_label",
     "extract_number",
     "numbers_equal",
+    "parse_off_loop",
     "safe_eval_arithmetic",
     "strip_continuation",
 ]
@@ -882,3 +884,28 @@ def extract_answer(
     else:
         value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
     return ExtractedAnswer(value, span, reason, cue, alts)
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing inside async code
+# --------------------------------------------------------------------------------------------------
+
+#: Teacher text longer than this (in characters, all texts of one item together) is parsed in a worker
+#: thread by :func:`parse_off_loop`.  Below it parsing takes well under a millisecond, less than the
+#: thread hand-off, so it stays on the event loop.
+OFF_LOOP_CHARS = 20_000
+
+_T = TypeVar("_T")
+
+
+async def parse_off_loop(chars: int, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """``fn(*args)`` (answer parsing of teacher text), in a worker thread when the text is long.
+
+    Why: the methods parse each reply inside the async loop that also drives the in-flight requests.
+    Extraction is linear in the text length, but a 1 MB reply still costs tens of milliseconds of CPU,
+    and the whole loop (request pacing, timeouts, other replies) would stand still meanwhile.
+    ``chars`` is the length of the text ``fn`` reads; short texts are parsed inline (cheap).
+    """
+    if chars < OFF_LOOP_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)
