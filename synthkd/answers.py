@@ -313,7 +313,9 @@ def extract_final_answer_span(text: str) -> str | None:
     several cues occur the last one wins, except that a cue with nothing after it (a truncated
     generation) does not override an earlier complete answer.  The span ends at the end of its
     line or at the first sentence boundary; surrounding whitespace, markdown, quotes and trailing
-    punctuation are removed.  Returns ``""`` when a cue is present but nothing follows it.
+    punctuation are removed.  Returns ``""`` when a cue is present but nothing follows it.  Only the
+    last 32 KB of the text are searched for cues, and a span is read from at most 2,000 characters
+    (final answers sit at the end; this keeps the cost linear in the text length).
 
     The text is *not* stripped of continuations here; call :func:`strip_continuation` first (as
     :func:`extract_answer` does) for raw few-shot completions.
@@ -599,7 +601,9 @@ def extract_number(text: str) -> float | None:
     Normalises thousands separators (``"1,234"``), currency signs (``"$5.50"``, ``"\\$5"``, ``€``,
     ``£``), trailing units (``"5 apples"``), percentages (``"50%"`` -> ``50.0``, the number as
     written), signs (``"-3"``, ``"−3"``), fractions (``"3/4"``, ``"1 1/2"``, ``\\frac{3}{4}``),
-    arithmetic (``"(10 * 45)"`` -> ``450.0``, ``"2 x 0.5"``, ``"2^3"``) and equations
+    scientific notation (``"1.5e3"``), arithmetic (``"(10 * 45)"`` -> ``450.0``, ``"2 x 0.5"``, ``"2^3"``,
+    ``"2**64"``; an expression the evaluator refuses, ``"1/0"`` or ``"10**10**10"``, gives ``None``
+    rather than one of its numbers) and equations
     (``"5 + 3 = 8"`` -> ``8.0``: the right-hand side of the last ``=``).  Small number words
     (``"twenty-one"``) are read when the span has no digits.  When the span holds several different
     numbers it is read only if it starts with one (``"42 apples in 6 boxes"`` -> ``42.0``);
