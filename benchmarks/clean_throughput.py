@@ -54,8 +54,18 @@ def _lines(path: Path, encoding: str = "utf-8") -> list[str]:
     return path.read_text(encoding=encoding, errors="replace").splitlines()
 
 
+class SharedDataMissing(SystemExit):
+    """The shared data folder this benchmark reads is not there (a plain clone of the repo lacks it)."""
+
+
 def sentence_pool(data: Path = DATA) -> list[str]:
     """Unique real sentences (6+ words) from several shared data sets."""
+    if not (data / "esnli").is_dir():
+        raise SharedDataMissing(
+            f"clean_throughput: the shared data folder {data} is missing (this benchmark reads real sentences "
+            "from ../shared/data next to the repository; see its README.md).  The tests use the small vendored "
+            "pool in tests/fixtures/filters/ instead."
+        )
     texts: list[str] = []
     texts += _lines(data / "subj" / "subj.objective", "cp1252") + _lines(data / "subj" / "subj.subjective", "cp1252")
     for split in ("test", "dev"):
@@ -135,10 +145,11 @@ class RowMaker:
 
 
 def generate(path: Path, n: int, exact_share: float, near_share: float, seed: int = 0,
-             max_edits: int = 3) -> dict[str, int]:
+             max_edits: int = 3, pool: list[str] | None = None) -> dict[str, int]:
     """Write ``n`` rows; return counts by kind.  Planted rows copy a base row from a window of recent
-    base rows (so the generator's own memory stays bounded) and always come after it."""
-    maker = RowMaker(sentence_pool(), seed)
+    base rows (so the generator's own memory stays bounded) and always come after it.  ``pool``: the
+    real sentences to build rows from (default: :func:`sentence_pool` over the shared data)."""
+    maker = RowMaker(sentence_pool() if pool is None else pool, seed)
     maker.max_edits = max_edits
     rng = maker.rng
     window: list[tuple[str, str]] = []

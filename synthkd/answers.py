@@ -34,13 +34,14 @@ Example::
 from __future__ import annotations
 
 import ast
+import asyncio
 import math
 import operator
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, TypeVar
 
 __all__ = [
     "ANLI_LABELS",
@@ -54,6 +55,7 @@ __all__ = [
     "extract_label",
     "extract_number",
     "numbers_equal",
+    "parse_off_loop",
     "safe_eval_arithmetic",
     "strip_continuation",
 ]
@@ -195,17 +197,31 @@ _CUE_RE = re.compile(
 )
 _A_LINE_MAX_WORDS = 6  # "A:" introduces a final answer only when it is short ("A: 90,000")
 _BARE_MAX_CHARS = 64  # a cue-less text this short and on one line is treated as a bare answer
+# Bounds that keep extraction linear in the text length (F11: a degenerate answer such as
+# "answer is " * 100_000 made the old scan quadratic).  Final answers sit at the end of a completion,
+# so cues are looked for only in its last _TAIL_CHARS characters (the longest real CoT completions in
+# benchmarks/answer_extraction.py are ~3 KB, and their final cue is within ~1 KB of the end), and a
+# span is read from at most _SPAN_MAX_CHARS characters after its cue (as long as the longest
+# expression the evaluator accepts; real spans are under 200 characters).
+_TAIL_CHARS = 32_768
+_SPAN_MAX_CHARS = 2_000
 
 _SENTENCE_END_RE = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(])|;\s")
 _TRAIL_STRIP = " \t\r\n.,;:!?\"'`*_\u201c\u201d\u2018\u2019"
 _LEAD_STRIP = " \t\r\n:\"'`*_\u201c\u201d\u2018\u2019"
-_MARKDOWN_RE = re.compile(r"\*\*|__|`")
+_MARKDOWN_RE = re.compile(r"__|`")
+# "**" is markdown bold only when it wraps text ("**42**", "**Total:** 8"); between digits or
+# spaced out it is the power operator ("2**64", "3 ** 2") and must reach the evaluator (F12)
+_BOLD_RE = re.compile(r"(?<![\w*])\*\*(?=[^\s*])(.+?)(?<=[^\s*])\*\*(?![\w*])")
 
 
 def _braced(text: str, open_pos: int) -> str | None:
-    """Content of the brace group whose ``{`` is at ``open_pos`` (nested braces allowed)."""
+    """Content of the brace group whose ``{`` is at ``open_pos`` (nested braces allowed).
+
+    Only the first ``_SPAN_MAX_CHARS`` characters are looked at: a longer group counts as unbalanced.
+    """
     depth = 0
-    for i in range(open_pos, len(text)):
+    for i in range(open_pos, min(len(text), open_pos + _SPAN_MAX_CHARS)):
         c = text[i]
         if c == "{":
             depth += 1
@@ -217,7 +233,7 @@ def _braced(text: str, open_pos: int) -> str | None:
 
 
 def _clean_span(span: str) -> str:
-    span = _MARKDOWN_RE.sub("", span)
+    span = _MARKDOWN_RE.sub("", _BOLD_RE.sub(r"\1", span))
     span = span.strip(_LEAD_STRIP)
     # strip LaTeX inline-math wrappers "$42$" / "\(42\)" (a lone leading "$" is a currency sign)
     if len(span) > 1 and span.startswith("$") and span.endswith("$"):
@@ -227,14 +243,24 @@ def _clean_span(span: str) -> str:
     return span.rstrip(_TRAIL_STRIP).strip()
 
 
+def _line_from(text: str, start: int) -> tuple[str, int]:
+    """(the line that starts at ``start``, at most _SPAN_MAX_CHARS long; index of its newline or -1)."""
+    limit = start + _SPAN_MAX_CHARS
+    nl = text.find("\n", start, limit)
+    return (text[start:limit] if nl < 0 else text[start:nl]), nl
+
+
 def _span_after(text: str, end: int) -> str:
-    """The rest of the line after a cue; the next non-empty line when the cue ends its line."""
-    nl = text.find("\n", end)
-    line = text[end:] if nl < 0 else text[end:nl]
+    """The rest of the line after a cue; the next non-empty line when the cue ends its line.
+
+    Reads at most _SPAN_MAX_CHARS characters of either line, so the cost per cue is bounded.
+    """
+    line, nl = _line_from(text, end)
     if not line.strip() and nl >= 0:
-        rest = text[nl + 1 :].lstrip("\n")
-        nl2 = rest.find("\n")
-        line = rest if nl2 < 0 else rest[:nl2]
+        nxt = nl + 1
+        while nxt < len(text) and text[nxt] == "\n":
+            nxt += 1
+        line, _ = _line_from(text, nxt)
     m = _SENTENCE_END_RE.search(line)
     if m is not None:
         line = line[: m.start()]
@@ -242,29 +268,40 @@ def _span_after(text: str, end: int) -> str:
 
 
 def _find_span(text: str) -> tuple[str | None, str | None]:
-    """(span, cue name) of the last usable answer cue in ``text``."""
-    best: tuple[str, str] | None = None
-    for m in _CUE_RE.finditer(text):
-        kind = m.lastgroup
-        if kind == "boxed":
-            inner = _braced(text, m.end() - 1)
-            span = _clean_span(inner) if inner is not None else _span_after(text, m.end())
-            cue = "boxed"
-        elif kind == "aline":
-            span = _span_after(text, m.end())
-            if not span or len(span.split()) > _A_LINE_MAX_WORDS:
-                continue
-            cue = "A:"
-        else:
-            span = _span_after(text, m.end())
-            cue = {"is": "answer is", "colon": "answer:", "hash": "####"}[kind or ""]
-        # the last cue wins; a later cue with nothing after it (truncated text) does not override
-        # an earlier complete one
-        if span or best is None:
-            best = (span, cue)
-    if best is None:
-        return None, None
-    return best
+    """(span, cue name) of the last usable answer cue in ``text``.
+
+    The last cue with a non-empty span wins; when no cue has one, the first cue (its span ``""``).
+    Cues are read from the end, so the scan usually stops at the last cue; only the last
+    _TAIL_CHARS characters are searched, so even text made of cues costs time linear in its length.
+    """
+    cues = list(_CUE_RE.finditer(text, max(0, len(text) - _TAIL_CHARS)))
+    for m in reversed(cues):
+        found = _cue_span(text, m)
+        if found is not None and found[0]:
+            return found
+    for m in cues:
+        found = _cue_span(text, m)
+        if found is not None:
+            return found
+    return None, None
+
+
+def _cue_span(text: str, m: re.Match[str]) -> tuple[str, str] | None:
+    """(span, cue name) introduced by cue match ``m``; None for an ``A:`` line that is not an answer."""
+    kind = m.lastgroup
+    if kind == "boxed":
+        inner = _braced(text, m.end() - 1)
+        span = _clean_span(inner) if inner is not None else _span_after(text, m.end())
+        cue = "boxed"
+    elif kind == "aline":
+        span = _span_after(text, m.end())
+        if not span or len(span.split()) > _A_LINE_MAX_WORDS:
+            return None
+        cue = "A:"
+    else:
+        span = _span_after(text, m.end())
+        cue = {"is": "answer is", "colon": "answer:", "hash": "####"}[kind or ""]
+    return span, cue
 
 
 def extract_final_answer_span(text: str) -> str | None:
@@ -276,7 +313,9 @@ def extract_final_answer_span(text: str) -> str | None:
     several cues occur the last one wins, except that a cue with nothing after it (a truncated
     generation) does not override an earlier complete answer.  The span ends at the end of its
     line or at the first sentence boundary; surrounding whitespace, markdown, quotes and trailing
-    punctuation are removed.  Returns ``""`` when a cue is present but nothing follows it.
+    punctuation are removed.  Returns ``""`` when a cue is present but nothing follows it.  Only the
+    last 32 KB of the text are searched for cues, and a span is read from at most 2,000 characters
+    (final answers sit at the end; this keeps the cost linear in the text length).
 
     The text is *not* stripped of continuations here; call :func:`strip_continuation` first (as
     :func:`extract_answer` does) for raw few-shot completions.
@@ -308,6 +347,10 @@ _MAX_EXPR_CHARS = 2000
 _MAX_EXPONENT = 64
 _MAX_MAGNITUDE = 1e100
 _OP_TRANSLATION = str.maketrans({"\u2212": "-", "\u00d7": "*", "\u00f7": "/", "\u2044": "/"})
+
+
+class _EvalRefused(ValueError):
+    """A well-formed arithmetic expression whose value the evaluator refuses (range, division by zero)."""
 
 
 def _eval_node(node: ast.AST) -> float:
@@ -376,6 +419,8 @@ def safe_eval_arithmetic(expr: str) -> float:
         return _eval_node(tree)
     except RecursionError as exc:
         raise ValueError("expression nested too deeply") from exc
+    except ValueError as exc:
+        raise _EvalRefused(str(exc)) from None
 
 
 _THOUSANDS_RE = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
@@ -387,8 +432,10 @@ _TIMES_RE = re.compile(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])")
 _CARET_RE = re.compile(r"(?<=[\d)])\s*\^\s*(?=[\d(-])")
 _MIXED_RE = re.compile(r"^([-+]?)(\d+)\s+(\d+)\s*/\s*(\d+)$")
 # tokens of a numeric span: runs of number/operator/space tokens are candidate expressions
-_TOKEN_RE = re.compile(r"(\d+(?:\.\d+)?|\.\d+)|(\*\*|//|[-+*/%()])|(\s+)|[^\d\s\-+*/%().]+|\.")
-_NUM_RE = re.compile(r"\d+(?:\.\d+)?|\.\d+")
+# numbers include scientific notation ("1e5", "1.5e-3"): read as one number, not as "1" and "5" (F12)
+_NUMBER = r"(?:\d+(?:\.\d+)?|\.\d+)(?:[eE][-+]?\d+\b)?"
+_TOKEN_RE = re.compile(rf"({_NUMBER})|(\*\*|//|[-+*/%()])|(\s+)|[^\d\s\-+*/%().]+|\.")
+_NUM_RE = re.compile(_NUMBER)
 _EQUALS_RE = re.compile(r"(?<![<>!=])=(?!=)")
 _LETTER_RE = re.compile(r"[A-Za-z]")
 _HAS_OP_RE = re.compile(r"(?<=[\d)\s])[-+*/%]")
@@ -436,7 +483,14 @@ def _balance(run: str) -> str:
     return run.rstrip("+-*/%( ").strip()
 
 
-def _run_value(run: str) -> float | None:
+# "%" is a percent sign ("50%" -> 50) unless a number follows it: "5 % 0" is modulo (F12)
+_PERCENT_SIGN_RE = re.compile(r"%(?!\s*[\d(.])")
+_REFUSED = object()  # _run_value: an expression that parses but cannot be evaluated
+
+
+def _run_value(run: str) -> float | None | object:
+    """The value of one run of number/operator tokens; None when it is not one expression (then its
+    numbers are read one by one), _REFUSED when it is one but the evaluator refuses its value."""
     run = _balance(run)
     if not run:
         return None
@@ -448,7 +502,9 @@ def _run_value(run: str) -> float | None:
         v = int(whole) + int(num) / int(den)
         return -v if sign == "-" else v
     try:
-        return safe_eval_arithmetic(run.replace("%", ""))
+        return safe_eval_arithmetic(_PERCENT_SIGN_RE.sub("", run))
+    except _EvalRefused:
+        return _REFUSED
     except ValueError:
         return None
 
@@ -476,7 +532,7 @@ def _runs(s: str) -> Iterator[tuple[int, int]]:
 # arithmetic that involves a word or variable: "bags + 4", "2 * x", "7x = 14", "(some - 8)".
 # "-" and "/" count only inside parentheses / never, so prose dashes and units ("$15/hour") pass.
 _UNKNOWN_IN_EXPR_RE = re.compile(
-    r"[A-Za-z]\s*[+*^]\s*[\w(]"
+    r"(?!(?<=\d)[eE][-+]?\d)[A-Za-z]\s*[+*^]\s*[\w(]"  # a letter, but not the "e" of "1e+5"
     r"|[\w)]\s*[+*^]\s*[A-Za-z]"
     r"|\b\d+(?:\.\d+)?[xyz]\b"
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*\)"
@@ -506,6 +562,10 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
     for a, b in _runs(s):
         run = s[a:b]
         value = _run_value(run)
+        if value is _REFUSED:
+            # "10**10**10", "2^1000000", "1/0": one expression with no readable value.  Its first
+            # number would be a wrong answer, so there is no answer (F12)
+            return None, "bad expression", ()
         if value is None:
             # not one valid expression (e.g. "5 3", "1-2-2020"): fall back to its separate numbers
             bad = bad or bool(_HAS_OP_RE.search(run))
@@ -513,7 +573,7 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
                 candidates.append((a + n.start(), a + n.end(), float(n.group(0))))
         else:
             lead = len(run) - len(run.lstrip(" \t\r\n("))
-            candidates.append((a + lead, b, value))
+            candidates.append((a + lead, b, value))  # type: ignore[arg-type]
     if not candidates:
         wm = _WORD_NUMBER_RE.match(s.strip())
         if wm:
@@ -541,7 +601,9 @@ def extract_number(text: str) -> float | None:
     Normalises thousands separators (``"1,234"``), currency signs (``"$5.50"``, ``"\\$5"``, ``€``,
     ``£``), trailing units (``"5 apples"``), percentages (``"50%"`` -> ``50.0``, the number as
     written), signs (``"-3"``, ``"−3"``), fractions (``"3/4"``, ``"1 1/2"``, ``\\frac{3}{4}``),
-    arithmetic (``"(10 * 45)"`` -> ``450.0``, ``"2 x 0.5"``, ``"2^3"``) and equations
+    scientific notation (``"1.5e3"``), arithmetic (``"(10 * 45)"`` -> ``450.0``, ``"2 x 0.5"``, ``"2^3"``,
+    ``"2**64"``; an expression the evaluator refuses, ``"1/0"`` or ``"10**10**10"``, gives ``None``
+    rather than one of its numbers) and equations
     (``"5 + 3 = 8"`` -> ``8.0``: the right-hand side of the last ``=``).  Small number words
     (``"twenty-one"``) are read when the span has no digits.  When the span holds several different
     numbers it is read only if it starts with one (``"42 apples in 6 boxes"`` -> ``42.0``);
@@ -826,3 +888,28 @@ def extract_answer(
     else:
         value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
     return ExtractedAnswer(value, span, reason, cue, alts)
+
+
+# --------------------------------------------------------------------------------------------------
+# parsing inside async code
+# --------------------------------------------------------------------------------------------------
+
+#: Teacher text longer than this (in characters, all texts of one item together) is parsed in a worker
+#: thread by :func:`parse_off_loop`.  Below it parsing takes well under a millisecond, less than the
+#: thread hand-off, so it stays on the event loop.
+OFF_LOOP_CHARS = 20_000
+
+_T = TypeVar("_T")
+
+
+async def parse_off_loop(chars: int, fn: Callable[..., _T], *args: object, **kwargs: object) -> _T:
+    """``fn(*args)`` (answer parsing of teacher text), in a worker thread when the text is long.
+
+    Why: the methods parse each reply inside the async loop that also drives the in-flight requests.
+    Extraction is linear in the text length, but a 1 MB reply still costs tens of milliseconds of CPU,
+    and the whole loop (request pacing, timeouts, other replies) would stand still meanwhile.
+    ``chars`` is the length of the text ``fn`` reads; short texts are parsed inline (cheap).
+    """
+    if chars < OFF_LOOP_CHARS:
+        return fn(*args, **kwargs)
+    return await asyncio.to_thread(fn, *args, **kwargs)

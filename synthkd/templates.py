@@ -4,6 +4,16 @@ Why files and strictness: a prompt is part of the experiment, so it lives in ``p
 control, every output row records the template's name and a hash of its text, and a variable with no
 value is an error *before* any request (Jinja2's default would silently render an empty string and
 you would pay for thousands of broken prompts).
+
+Why a sandbox and a suffix rule: templates are shared as files (``prompts/``, ``$SYNTHKD_PROMPTS``, a
+downloaded pipeline's ``template:``), so a template is *untrusted input*, not code. They render in
+Jinja2's ``ImmutableSandboxedEnvironment``: no ``_``-prefixed attributes (``cycler.__init__.__globals__``,
+``''.__class__.__mro__``), no mutating methods. A template that names such an attribute is refused
+when it is loaded (before any request), and one that reaches it dynamically fails at its first render
+with a :class:`TemplateError` naming the file. A template *file* must end in ``.j2``, ``.jinja`` or
+``.jinja2`` and be UTF-8 text, so a key or config file (``secret.key``, ``~/.netrc``) cannot be sent to
+the teacher as a prompt by mistake; a template *name* is looked up inside the prompt directories only
+(``..`` and absolute names cannot escape them, nor can a symlink inside them that points outside).
 """
 
 from __future__ import annotations
@@ -16,9 +26,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import jinja2
-from jinja2 import meta
+from jinja2 import meta, nodes
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
 REPO_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
+TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2")
 
 
 class TemplateError(ValueError):
@@ -31,7 +43,7 @@ def prompt_dirs() -> list[Path]:
     return [*dirs, REPO_PROMPTS]
 
 
-_ENV = jinja2.Environment(
+_ENV = ImmutableSandboxedEnvironment(
     undefined=jinja2.StrictUndefined,
     keep_trailing_newline=False,
     trim_blocks=True,
@@ -72,26 +84,85 @@ class PromptTemplate:
     def render(self, **values: Any) -> str:
         try:
             return _compiled(self.text).render(**values).strip()
+        except SecurityError as exc:  # before UndefinedError: the sandbox's refusal is a SecurityError
+            raise TemplateError(f"{self._where()}: unsafe template refused by the sandbox: {exc}") from None
         except jinja2.UndefinedError as exc:
             raise TemplateError(f"template {self.name!r}: {exc.message}") from None
+
+    def _where(self) -> str:
+        return f"template {self.name!r}" + (f" ({self.path})" if self.path else "")
 
     def provenance(self) -> dict[str, str]:
         return {"template": self.name, "template_sha": self.sha}
 
 
+def _unsafe_attribute(tree: nodes.Template) -> tuple[int, str] | None:
+    """The first ``x.__attr`` / ``x['_attr']`` / ``x|attr('_attr')`` in a parsed template, as (line, name).
+
+    The sandbox refuses these at render time anyway; finding them statically makes the refusal happen when
+    the template is loaded, before the first request, even for branches a dry render would not take.
+    """
+    for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        if isinstance(node, nodes.Getattr):
+            attr = node.attr
+        elif isinstance(node, nodes.Getitem):
+            attr = node.arg.value if isinstance(node.arg, nodes.Const) else None
+        else:
+            attr = node.args[0].value if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const) else None
+        if isinstance(attr, str) and attr.startswith("_"):
+            return node.lineno, attr
+    return None
+
+
+def _check_template_file(c: Path) -> str:
+    """The text of template file ``c``, or a TemplateError saying why it is not a template (see module doc)."""
+    if c.suffix not in TEMPLATE_SUFFIXES:
+        raise TemplateError(
+            f"{c}: not a template file: a template must end in {', '.join(TEMPLATE_SUFFIXES)} "
+            "(refused so that no other file's contents are sent to the teacher as a prompt)"
+        )
+    data = c.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = None
+    if text is None or "\x00" in text:
+        raise TemplateError(f"{c}: not a template file: not UTF-8 text")
+    try:
+        tree = _ENV.parse(text)
+    except jinja2.TemplateSyntaxError as exc:
+        raise TemplateError(f"{c}:{exc.lineno}: template syntax error: {exc.message}") from None
+    bad = _unsafe_attribute(tree)
+    if bad:
+        raise TemplateError(
+            f"{c}:{bad[0]}: unsafe template: attribute {bad[1]!r} (names starting with '_' reach Python "
+            "internals; templates render in a sandbox and may only use the values they are given)"
+        )
+    return text
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def load_template(name_or_path: str | Path) -> PromptTemplate:
-    """A template by file path, or by name (``rationale/cot`` -> ``prompts/rationale/cot.j2``)."""
+    """A template by file path, or by name (``rationale/cot`` -> ``prompts/rationale/cot.j2``).
+
+    A path (absolute, with a suffix, or an existing file) is used as given but must be a template file;
+    a name is looked up in :func:`prompt_dirs` and must resolve inside the directory it was found in.
+    """
     p = Path(name_or_path)
-    candidates = [p] if p.suffix or p.is_absolute() or p.exists() else []
     name = str(name_or_path)
+    if (p.suffix or p.is_absolute() or p.exists()) and p.is_file():
+        return PromptTemplate(name=p.stem, text=_check_template_file(p), path=p)
     for d in prompt_dirs():
-        candidates += [d / f"{name}.j2", d / name]
-    for c in candidates:
-        if c.is_file():
-            text = c.read_text(encoding="utf-8")
-            try:
-                _ENV.parse(text)
-            except jinja2.TemplateSyntaxError as exc:
-                raise TemplateError(f"{c}:{exc.lineno}: template syntax error: {exc.message}") from None
-            return PromptTemplate(name=c.stem if c == p else name, text=text, path=c)
+        for c in (d / f"{name}.j2", d / name):
+            if c.is_file():
+                if not _inside(c, d):
+                    raise TemplateError(f"template {name!r}: {c} lies outside the prompt directory {d}; refused")
+                return PromptTemplate(name=name, text=_check_template_file(c), path=c)
     raise TemplateError(f"template {name!r} not found (looked in: {', '.join(str(d) for d in prompt_dirs())})")

@@ -17,6 +17,7 @@ import pytest
 from synthkd.answers import (
     NLI_LABELS,
     NLI_SYNONYMS,
+    REASONS,
     ExtractedAnswer,
     extract_answer,
     extract_choice,
@@ -387,6 +388,82 @@ def test_extract_answer_is_fast() -> None:
         extract_answer(text, "number")
     per_call = (time.perf_counter() - t0) / 2000
     assert per_call < 1e-3, per_call  # measured ~30 µs; generous bound for slow CI
+
+
+# audit mutant 10: an equation's value is its right-hand side, even when the teacher's arithmetic is wrong
+@pytest.mark.parametrize(("text", "expected"), [("3 + 4 = 8", 8.0), ("2 + 2 = 4 = 5", 5.0), ("x: 10 - 1 = 7 apples", 7.0)])
+def test_equation_value_is_the_last_right_hand_side(text: str, expected: float) -> None:
+    assert extract_number(text) == expected
+    assert extract_answer(f"So the answer is {text}.", "number").value == expected
+
+
+# F12 regression: the right value or None with a reason, never a wrong number
+@pytest.mark.parametrize(
+    ("expr", "expected"),
+    [
+        ("2**64", float(2**64)),
+        ("3 ** 2", 9.0),
+        ("(2**3)**2", 64.0),
+        ("1e5", 1e5),
+        ("1.5e3", 1500.0),
+        ("2.5E-3 kg", 0.0025),
+        ("1e+5", 1e5),
+        ("2^10", 1024.0),
+        ("10 % 3", 1.0),
+        ("50%", 50.0),
+        ("**42**", 42.0),
+        ("**8** apples", 8.0),
+        ("10**10**10", None),
+        ("(10**64)**64", None),
+        ("10^100", None),
+        ("2^1000000", None),
+        ("1/0", None),
+        ("5 % 0", None),
+        ("1e400", None),
+    ],
+)
+def test_number_extraction_never_returns_a_wrong_number(expr: str, expected: float | None) -> None:
+    ex = extract_answer(f"So the answer is {expr}.", "number")
+    assert ex.value == expected, (expr, ex)
+    if expected is None:
+        assert ex.reason == "bad expression" and ex.span == expr
+    assert extract_answer(f"The answer is **{expr}**.", "number").value == expected
+
+
+# F11 regression: extraction is linear in the text length, whatever the text (it once took 19.5 s for
+# 160 KB of "answer is " and hung for minutes on 1 MB).  The bound is ~50x the measured time.
+_MB = 1_000_000
+_DEGENERATE = {
+    "cues then answer": "The answer is " + "answer is " * (_MB // 10) + "5.",
+    "cues only": "The answer is " + "answer is " * (_MB // 10),
+    "hashes": "#### " * (_MB // 5),
+    "empty spans on one line": "Answer: . " * (_MB // 10),
+    "empty spans on lines": "Answer: .\n" * (_MB // 10),
+    "unclosed boxes": "\\boxed{" * (_MB // 7),
+    "A: lines": "\nA: " * (_MB // 4),
+    "letters": "So the answer is " + "(a) (b) " * (_MB // 8),
+    "labels": "So the answer is " + "not entailment or neutral " * (_MB // 26),
+    "bold": "The answer is " + "**a " * (_MB // 4),
+    "one long expression": "The answer is " + "1 + " * (_MB // 4) + "1",
+    "long prose": "Some long rationale words. " * (_MB // 27) + "So the answer is 7.",
+}
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("name", sorted(_DEGENERATE))
+def test_one_megabyte_answer_is_parsed_in_under_a_second_for_every_kind(name: str) -> None:
+    text = _DEGENERATE[name]
+    assert len(text) >= _MB - 30
+    for kind, kw in (("number", {}), ("choice", {"choices": CSQA_CHOICES}), ("label", {"labels": ["yes", "no"]}),
+                     ("label", {"labels": NLI_LABELS, "synonyms": NLI_SYNONYMS})):
+        t0 = time.perf_counter()
+        ex = extract_answer(text, kind, **kw)  # type: ignore[arg-type]
+        elapsed = time.perf_counter() - t0
+        assert elapsed < 1.0, (name, kind, elapsed)
+        assert ex.value is not None or ex.reason in REASONS
+    # the answer at the end is still found
+    assert extract_answer(_DEGENERATE["cues then answer"], "number").value == 5.0
+    assert extract_answer(_DEGENERATE["long prose"], "number").value == 7.0
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,10 +3,13 @@ of rows missing a field, each operator alone, and the files a run leaves (output
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
 from conftest import read_jsonl, run_cli
+from synthkd.filters.config import parse_ops
+from synthkd.filters.pipeline import CleanPaths, clean_file
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 
@@ -94,6 +97,16 @@ def test_each_operator_runs_alone(tmp_path):
                   "--threshold", "0.9", "--rejects", str(tmp_path / "b.rej.jsonl"))
     assert res.returncode == 0, res.stderr
     assert len(read_jsonl(tmp_path / "b.jsonl")) + len(read_jsonl(tmp_path / "b.rej.jsonl")) == len(rows)
+    # ... and keeps exactly what the operator keeps through the API on the same file (the 400 premises
+    # are 135 distinct ones, each repeated, so at least 265 rows go)
+    api = tmp_path / "api"
+    api.mkdir()
+    paths = CleanPaths(api / "out.jsonl", api / "rej.jsonl", api / "f.json", api / "f.md")
+    asyncio.run(clean_file(tmp_path / "in.jsonl", parse_ops([{"op": "near_dup", "threshold": 0.9}]), paths,
+                           progress=False))
+    kept_api = [r["id"] for r in read_jsonl(paths.output)]
+    assert [r["id"] for r in read_jsonl(tmp_path / "b.jsonl")] == kept_api
+    assert 0 < len(kept_api) <= 135
     res = run_cli("clean", "balance", "--input", str(tmp_path / "in.jsonl"), "--output", str(tmp_path / "c.jsonl"),
                   "--equalize")
     assert res.returncode == 0, res.stderr

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli
+from conftest import cli_env, read_jsonl, run_cli
 from synthkd.answers import extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.filters.config import parse_ops
 from synthkd.filters.pipeline import CleanPaths, clean_file
@@ -116,7 +116,7 @@ def test_rows_from_generate_rationales_replayed_on_palm(tmp_path):
     shutil.copy(FIX / "svamp_test_palm_CoT.json", layout / "llm" / "test_CoT_0.json")
     conv = subprocess.run([sys.executable, "-m", "synthkd.methods.rationales_replay", "--dataset", "svamp", "--split",
                            "test", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=cli_env())  # the repo's synthkd, not another one
     assert conv.returncode == 0, conv.stderr
     gen = run_cli("generate", "rationales", "--input", str(tmp_path / "svamp_test.input.jsonl"), "--output",
                   str(tmp_path / "rat.jsonl"), "--kind", "math", "--n-demos", "0",
@@ -132,3 +132,50 @@ def test_rows_from_generate_rationales_replayed_on_palm(tmp_path):
     kept = read_jsonl(tmp_path / "clean.jsonl")
     order = [r["id"] for r in read_jsonl(tmp_path / "svamp_test.input.jsonl")]
     assert {order.index(r["id"]) for r in kept} == expected and len(kept) == 156
+
+
+# audit mutant 8: numbers compare with numbers_equal's defaults (rel_tol 1e-6, abs_tol 1e-9): a float
+# printing difference passes, a near miss does not (a 2% tolerance would keep 1001 for 1000)
+@pytest.mark.parametrize(
+    ("answer", "gold", "kept"),
+    [
+        (1000, 1000, True),
+        (1000.0000001, "1000", True),  # float noise: relative 1e-10
+        (1001, 1000, False),  # 0.1% off
+        (1000.01, 1000, False),  # 1e-5 off: above the 1e-6 relative tolerance
+        (0.3333333333, "1/3", True),
+        (0.333, "1/3", False),
+        ("0.333", "( 1.0 / 3.0 )", False),
+        (1e-10, 0, True),  # within abs_tol 1e-9
+        (1e-7, 0, False),
+        (-5, 5, False),
+    ],
+)
+def test_numeric_gold_equality_is_tight(tmp_path, answer, gold, kept):
+    rows = [{"id": "r", "kind": "math", "input": "q", "answer": answer, "gold": gold}]
+    _, out, rej = clean(tmp_path, rows, [{"op": "consistency"}])
+    assert (len(out), len(rej)) == ((1, 0) if kept else (0, 1)), (answer, gold)
+    if not kept:
+        assert rej[0]["reject_reason"] == "wrong answer"
+
+
+# audit mutant 9: drop_hedged drops an answer that offers alternatives (with a reason) only when set
+def test_drop_hedged_option(tmp_path):
+    choices = ["aquarium", "lake", "sea", "river", "pond"]
+    rows = [
+        {"id": "hedged-choice", "kind": "choice", "choices": choices, "gold": "pond",
+         "completion": "Fish live in water. So the answer is either (a) aquarium or (e) pond."},
+        {"id": "hedged-number", "kind": "math", "gold": 15,
+         "completion": "Either way. So the answer is (28 - 13) and (28 - 15)."},
+        {"id": "plain", "kind": "math", "gold": 15, "completion": "28 - 13 = 15. So the answer is 15."},
+    ]
+    assert all(extract_answer(r["completion"], "number" if r["kind"] == "math" else "choice",
+                              choices=r.get("choices")).hedged for r in rows[:2])
+    (tmp_path / "off").mkdir()
+    (tmp_path / "on").mkdir()
+    _, out, rej = clean(tmp_path / "off", rows, [{"op": "consistency"}])
+    assert [r["id"] for r in out] == ["hedged-choice", "hedged-number", "plain"] and rej == []
+    _, out, rej = clean(tmp_path / "on", rows, [{"op": "consistency", "drop_hedged": True}])
+    assert [r["id"] for r in out] == ["plain"]
+    assert {r["id"]: (r["reject_reason"], r["reject_detail"]) for r in rej} == {
+        "hedged-choice": ("no answer", "hedged answer"), "hedged-number": ("no answer", "hedged answer")}

@@ -14,6 +14,7 @@ import pytest
 from conftest import read_jsonl, run_cli
 from synthkd.filters.config import ConfigError, parse_ops
 from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.jsonl_io import InputError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 EVAL = FIX / "svamp_test.json"
@@ -117,3 +118,46 @@ def test_balance_cap_equalise_and_random(tmp_path):
 def test_balance_needs_a_limit():
     with pytest.raises(ConfigError, match=r"\[0\] balance: give max_per_label, or equalize"):
         parse_ops([{"op": "balance"}], "c.yaml")
+
+
+# audit mutant 12: an eval item shorter than the n-gram size is one n-gram of all its words, so a row that
+# is that question is caught, case and punctuation aside (and a row merely containing it is not)
+def test_decontaminate_short_eval_items(tmp_path):
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"id": "short-1", "input": "What is 7 times 8?"}) + "\n"
+                                         + json.dumps({"id": "long-1", "input": json.loads(EVAL.read_text().splitlines()[0])["input"]}) + "\n")
+    rows = [
+        {"id": "same", "input": "What is 7 times 8?"},
+        {"id": "case", "input": "what is 7 TIMES 8"},
+        {"id": "other", "input": "What is 7 times 9?"},
+        {"id": "inside", "input": "Quick one: what is 7 times 8? Show your work, please."},
+    ]
+    _, out, rej = clean(tmp_path, rows, [{"op": "decontaminate", "eval_file": str(tmp_path / "eval.jsonl")}])
+    assert {r["id"]: r["reject_detail"] for r in rej} == {
+        "same": "'what is 7 times 8' (eval item 'short-1')", "case": "'what is 7 times 8' (eval item 'short-1')"}
+    assert [r["id"] for r in out] == ["other", "inside"]
+
+
+# audit mutant 13: an eval file with its own field names (the README's `eval_fields: [question]`) and ids
+def test_decontaminate_eval_fields_id_field_and_near_dup_ngram(tmp_path):
+    evals = [json.loads(x)["input"] for x in EVAL.read_text().splitlines()]
+    (tmp_path / "eval.jsonl").write_text("".join(json.dumps({"uid": f"q-{i}", "question": e}) + "\n"
+                                                 for i, e in enumerate(evals)))
+    shuffled = " ".join(reversed(evals[5].split()))  # the same words, no shared 2-gram in order
+    rows = [{"id": "copy", "input": evals[7]}, {"id": "fresh", "input": "A brand new problem about 3 red kites."},
+            {"id": "shuffled", "input": shuffled}]
+    base = {"op": "decontaminate", "eval_file": str(tmp_path / "eval.jsonl"), "fields": ["input"],
+            "eval_fields": ["question"], "eval_id_field": "uid"}
+    for sub, extra, dropped in (("one", {}, {"copy"}),
+                                ("w1", {"near_dup_threshold": 0.8, "near_dup_ngram": 1}, {"copy", "shuffled"}),
+                                ("w2", {"near_dup_threshold": 0.8, "near_dup_ngram": 2}, {"copy"})):
+        (tmp_path / sub).mkdir()
+        _, out, rej = clean(tmp_path / sub, rows, [{**base, **extra}])
+        assert {r["id"] for r in rej} == dropped, sub
+        by = {r["id"]: r for r in rej}
+        assert by["copy"]["reject_detail"].endswith("(eval item 'q-7')")
+        if "shuffled" in by:
+            assert re.match(r"J≈1\.00 with eval item 'q-5': “", by["shuffled"]["reject_detail"])
+    # without eval_fields the eval items have no 'input': a clear error naming the file and line
+    (tmp_path / "bad").mkdir()
+    with pytest.raises(InputError, match=r"eval\.jsonl:1: .*input"):
+        clean(tmp_path / "bad", rows, [{"op": "decontaminate", "eval_file": str(tmp_path / "eval.jsonl")}])

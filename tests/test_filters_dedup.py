@@ -99,6 +99,7 @@ def test_exact_dedup_batches_give_row_by_row_result(tmp_path):
 # ------------------------------------------------------------------ near dup
 
 
+# audit mutant 11, audit mutant 11b
 def test_near_dup_svamp_matches_brute_force_jaccard(tmp_path):
     rows = svamp_rows()
     funnel, out, rej = clean(tmp_path, rows, [{"op": "near_dup", "field": "text", "threshold": 0.8}])
@@ -115,16 +116,31 @@ def test_near_dup_svamp_matches_brute_force_jaccard(tmp_path):
         other = m.group(2)
         assert other in kept and order[other] < order[rid]
         assert jaccard(text[rid], text[other]) >= 0.65, (rid, other)  # estimate noise: σ≈0.04 at J=0.7
-    # brute force: a row with an earlier *kept* row at true J >= 0.95 must be dropped; none below 0.6 is
+    # brute force: each row's true J with its most similar earlier *kept* row decides what the filter
+    # should do.  The estimate's noise is σ = sqrt(J(1-J)/128) ≈ 0.035 near the 0.8 threshold, so
+    # (audit mutants 11/11b: a threshold 0.05 or 0.10 too high must fail; measured with +0.05: 4 misses
+    # at J >= 0.85 and 36% dropped in [0.8, 0.85), against 0 misses and 83% here)
+    # * J >= 0.85 (1.4σ above): dropped, at most one estimate error;
+    # * J < 0.65 (4σ below): kept, no exception;
+    # * J in [0.8, 0.85) (above the threshold): most are dropped (>= 70%);
+    # * J in [0.7, 0.8) (below it): most are kept (<= 35% dropped).
     kept_so_far: list[str] = []
+    high_misses, above, below = [], [], []
     for r in rows:
         best = max((jaccard(r["text"], text[k]) for k in kept_so_far), default=0.0)
-        if best >= 0.95:
-            assert r["id"] in dropped, (r["id"], best)
-        if best < 0.6:
+        if best >= 0.85 and r["id"] not in dropped:
+            high_misses.append((r["id"], best))
+        if best < 0.65:
             assert r["id"] in kept, (r["id"], best)
+        if 0.8 <= best < 0.85:
+            above.append(r["id"] in dropped)
+        if 0.7 <= best < 0.8:
+            below.append(r["id"] in dropped)
         if r["id"] in kept:
             kept_so_far.append(r["id"])
+    assert len(high_misses) <= 1, high_misses
+    assert len(above) >= 30 and sum(above) / len(above) >= 0.7, (sum(above), len(above))
+    assert len(below) >= 60 and sum(below) / len(below) <= 0.35, (sum(below), len(below))
 
 
 def test_near_dup_batch_size_does_not_change_the_result(tmp_path):
@@ -139,12 +155,17 @@ def test_near_dup_batch_size_does_not_change_the_result(tmp_path):
 
 
 def test_planted_near_duplicates_through_the_cli(tmp_path):
-    """The benchmark's generator at small scale, through `synthkd clean run` (precision and recall)."""
+    """The benchmark's generator at small scale, through `synthkd clean run` (precision and recall).
+
+    Its rows are built from the 3,000 vendored e-SNLI sentences (tests/fixtures/filters/README.md), not
+    from ../shared/data, which a clone of the repository does not have."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     import clean_throughput as bench
 
+    pool = (FIX / "esnli_sentences_test3000.txt").read_text(encoding="utf-8").splitlines()
+    assert len(pool) == len(set(pool)) == 3000
     inp = tmp_path / "in.jsonl"
-    counts = bench.generate(inp, 6000, exact_share=0.03, near_share=0.10, seed=3)
+    counts = bench.generate(inp, 6000, exact_share=0.03, near_share=0.10, seed=3, pool=pool)
     assert counts["exact"] > 100 and counts["near"] > 400
     cfg = tmp_path / "clean.yaml"
     cfg.write_text("- {op: exact_dedup, fields: [text]}\n- {op: near_dup, field: text}\n")

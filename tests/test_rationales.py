@@ -529,3 +529,55 @@ def test_label_set_from_flag_or_file(tmp_path):
         load_labels("a", tmp_path / "l.txt")
     with pytest.raises(ValueError, match="'A' and 'a' are the same label"):
         TaskSpec("classification", labels=("A", "a"))
+
+
+# F11 regression: a 1 MB degenerate reply is parsed off the event loop, in linear time, while the
+# other requests stay in flight (it once blocked the loop for minutes)
+@pytest.mark.timeout(120)
+def test_one_megabyte_reply_does_not_stall_the_event_loop(make_server, monkeypatch):
+    import threading
+
+    from synthkd.methods.rationales import RationalePlan
+
+    rows, table = _dataset("svamp", 24)
+    huge_q = TaskSpec("math").query(rows[0])
+    huge = "The answer is " + "answer is " * 100_000 + str(rows[0]["answer"]) + "."
+    table = dict(table)
+    table[huge_q] = huge
+    srv = make_server(FaultConfig(latency_ms=40, latency_jitter_ms=20, seed=3), responder=Script(table))
+    where: list[tuple[int, bool]] = []  # (reply length, parsed on the event loop's thread?)
+    finish_first = RationalePlan._finish_first
+
+    def spy(self, job, model):
+        where.append((len(job.results[0].text or ""), threading.current_thread() is threading.main_thread()))
+        return finish_first(self, job, model)
+
+    monkeypatch.setattr(RationalePlan, "_finish_first", spy)
+
+    async def go():
+        teacher = OpenAICompatibleTeacher("test-model", base_url=srv.base_url, concurrency=4, max_retries=1)
+        done = asyncio.Event()
+        lags: list[float] = []
+
+        async def ticker():  # how late the loop wakes a 2 ms timer: the loop's stall
+            while not done.is_set():
+                t0 = time.perf_counter()
+                await asyncio.sleep(0.002)
+                lags.append(time.perf_counter() - t0 - 0.002)
+
+        tick = asyncio.create_task(ticker())
+        try:
+            out = [r async for r in generate_rationales(rows, teacher, kind="math", n_demos=0)]
+        finally:
+            done.set()
+            await tick
+            await teacher.aclose()
+        return out, lags
+
+    out, lags = asyncio.run(go())
+    by_id = {o["id"]: o for o in out}
+    assert len(by_id) == 24 and by_id[rows[0]["id"]]["correct"] is True
+    assert len(by_id[rows[0]["id"]]["samples"][0]["text"]) == len(huge)
+    assert sorted(where, key=lambda w: -w[0])[0] == (len(huge), False)  # the long reply: in a worker thread
+    assert len(where) == 24 and sum(main for _, main in where) == 23  # short ones on the loop (cheaper)
+    assert max(lags) < 0.5, max(lags)

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from synthkd.answers import strip_continuation
+from synthkd.answers import parse_off_loop, strip_continuation
 from synthkd.filters.judge import parse_score
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.methods.rationales import RationalePlan, plan_rationales
@@ -221,7 +221,8 @@ class TeacherStudentPlan:
             got[side] = job.results[0]
             if got[0] is not None and got[1] is not None:
                 del half[row["id"]]
-                yield self._decide(row, got[0], got[1], names)
+                chars = len(got[0].text or "") + len(got[1].text or "")
+                yield await parse_off_loop(chars, self._decide, row, got[0], got[1], names)
 
 
 def _with_stage(req: TeacherRequest, stage: str) -> TeacherRequest:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from synthkd.answers import parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec, split_rationale
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
@@ -253,8 +254,10 @@ class RationalePlan:
         model = getattr(teacher, "model", "teacher")
         async for job in stream_jobs(teacher, jobs()):
             if job.item[0] == "first":
+                # parse first, then count the row done: while a long reply is parsed off the loop,
+                # jobs() must still see it outstanding (its rationalization may be fed back)
+                out, again = await parse_off_loop(_text_chars(job), self._finish_first, job, model)
                 state["outstanding"] -= 1
-                out, again = self._finish_first(job, model)
                 if again is not None:
                     queue.put_nowait(again)
                 if state["outstanding"] == 0:
@@ -262,7 +265,12 @@ class RationalePlan:
                 if again is None:
                     yield out
             else:
-                yield self._finish_rationalization(job)
+                yield await parse_off_loop(_text_chars(job), self._finish_rationalization, job)
+
+
+def _text_chars(job: Job[Any]) -> int:
+    """Characters of teacher text in a finished job (what parsing it costs; see parse_off_loop)."""
+    return sum(len(r.text or "") for r in job.results if r is not None)
 
 
 def _vote(values: Sequence[Any], same: Callable[[Any, Any], bool]) -> list[tuple[Any, int, int]]:

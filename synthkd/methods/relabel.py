@@ -28,7 +28,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Sequen
 import numpy as np
 import yaml
 
-from synthkd.answers import extract_answer, extract_label
+from synthkd.answers import extract_answer, extract_label, parse_off_loop
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
@@ -518,7 +518,8 @@ async def classify(
             if not res.ok:
                 errors.append(res.error or "failed")
                 continue
-            lab, why = map_answer(res.text, offered, space.labels, numbered=numbered)
+            lab, why = await parse_off_loop(len(res.text or ""), map_answer, res.text, offered, space.labels,
+                                            numbered=numbered)
             if lab is not None and lab in labels_set:
                 votes[lab] += 1
                 first_seen.setdefault(lab, i)

@@ -55,7 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthkd.answers import extract_answer, numbers_equal
+from synthkd.answers import extract_answer, numbers_equal, parse_off_loop
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods.runner import rejects_path_for, write_rows
 from synthkd.methods.similar_exercises import (
@@ -247,7 +247,7 @@ async def correction_rows(mistakes: list[dict[str, Any]], teacher: Teacher, r: i
     async for job in stream_jobs(teacher, jobs):
         res: TeacherResult = job.results[0]  # type: ignore[assignment]
         count_result(tally, res)
-        yield correction_row(job.item, res, r, tpl)
+        yield await parse_off_loop(len(res.text or ""), correction_row, job.item, res, r, tpl)
 
 
 def pairs_from_rows(rows: list[dict[str, Any]], answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> list[dict[str, Any]]:
