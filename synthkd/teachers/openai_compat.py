@@ -11,7 +11,10 @@ What this class guarantees, in order of importance:
 3. rate limits are respected up front (pacing), and 429s/5xx/hangs/malformed bodies are retried with
    exponential backoff and jitter (tenacity); a hung attempt costs an adaptive deadline, not the full
    timeout;
-4. 401/403 (and an exhausted quota) stop the whole run at once with one message;
+4. 401/403 (and an exhausted quota) stop the whole run at once with one message; so does any
+   unexpected error in a request (it names the real error), and a request cache that can no longer be
+   written (disk full): then no further request is sent, and every answer already received is still
+   yielded so the caller can write it;
 5. the budget (``max_cost``) stops new requests, lets in-flight ones finish, and leaves the run
    resumable.
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, AsyncIterator
 
@@ -34,12 +39,14 @@ from synthkd.teachers.cache import RequestCache, request_cache_key
 from synthkd.teachers.errors import (
     AttemptTimeout,
     ConnectionFailed,
+    Stopping,
     MalformedResponse,
     RateLimitedError,
     RequestRejected,
     RetryableError,
     ServerError,
     scrub,
+    scrub_cut,
 )
 from synthkd.teachers.latency import LatencyTracker
 from synthkd.teachers.pricing import PriceTable
@@ -101,6 +108,8 @@ class OpenAICompatibleTeacher:
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self._secrets = (self._api_key, urllib.parse.urlsplit(self.base_url).password)
+        _check_credentials(self._api_key, self.base_url)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.cache = cache
@@ -129,11 +138,12 @@ class OpenAICompatibleTeacher:
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._fatal: BaseException | None = None
+        self._cache_error: BaseException | None = None
         self._attempts_in_flight: dict[int, tuple[asyncio.Timeout, float, int]] = {}
 
     # ------------------------------------------------------------------ plumbing
     def _scrub(self, text: str) -> str:
-        return scrub(text, (self._api_key,))
+        return scrub(text, self._secrets)
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -181,18 +191,30 @@ class OpenAICompatibleTeacher:
         tasks: set[asyncio.Task[None]] = set()
         self._preflight_lock = asyncio.Lock()
 
+        async def stop_now(exc: BaseException) -> None:
+            if self._fatal is None:
+                self._fatal = exc
+                await out.put(_DONE)
+
         async def run_one(req: TeacherRequest, key: str) -> None:
             try:
                 result = await self._complete_uncached(req, key)
             except TeacherFatalError as exc:
-                if self._fatal is None:
-                    self._fatal = exc
-                    await out.put(_DONE)
+                await stop_now(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - never lost: it stops the run, named (F13)
+                await stop_now(self._unexpected(exc))
                 return
             finally:
                 self.stats.in_flight -= 1
                 sem.release()
-            await out.put(result)
+            if self._fatal is not None and not result.ok:
+                return  # cut short because the run is stopping: not a reject, a rerun sends it again
+            await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
+            if self._cache_error is not None and self._fatal is None:
+                # No new request from now on; the producer lets the ones in flight finish (their answers
+                # are paid for too) and then ends the stream with this error.
+                self._fatal = self._cache_failure(self._cache_error)
 
         async def produce() -> None:
             try:
@@ -245,6 +267,22 @@ class OpenAICompatibleTeacher:
                 t.cancel()
             await asyncio.gather(producer, watchdog, *list(tasks), return_exceptions=True)
 
+    def _unexpected(self, exc: BaseException) -> TeacherFatalError:
+        err = TeacherFatalError(
+            self._scrub(f"unexpected error in a request to {self.base_url}: {type(exc).__name__}: {exc}")
+        )
+        err.__cause__ = exc
+        return err
+
+    def _cache_failure(self, exc: BaseException) -> TeacherFatalError:
+        where = getattr(self.cache, "path", "the request cache")
+        err = TeacherFatalError(
+            f"cannot write the request cache {where}: {type(exc).__name__}: {exc}; stopped sending requests "
+            "(every answer received was still passed on, so the rows written are complete)"
+        )
+        err.__cause__ = exc
+        return err
+
     async def _watchdog(self) -> None:
         """Tighten deadlines of running attempts as the latency estimate settles."""
         loop = asyncio.get_running_loop()
@@ -280,6 +318,8 @@ class OpenAICompatibleTeacher:
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
+        if self._fatal is not None:
+            return True  # the run is stopping: no retry
         # 429s are the server asking us to wait, not a sign the request is bad: allow more of them.
         limit = self.max_retries + 1 + (20 if isinstance(exc, RateLimitedError) else 0)
         return state.attempt_number >= limit
@@ -334,17 +374,23 @@ class OpenAICompatibleTeacher:
         cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) if self.price else None
         if self.cache is not None:
             # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
-            self.cache.put(
-                key,
-                self.model,
-                {
-                    "text": text,
-                    "finish_reason": finish_reason,
-                    "usage": usage.as_dict(),
-                    "cost_usd": cost,
-                    "model": model,
-                },
-            )
+            try:
+                self.cache.put(
+                    key,
+                    self.model,
+                    {
+                        "text": text,
+                        "finish_reason": finish_reason,
+                        "usage": usage.as_dict(),
+                        "cost_usd": cost,
+                        "model": model,
+                    },
+                )
+            except (sqlite3.Error, OSError) as exc:
+                # Disk full, read-only file...: the answer is paid for, so it is still returned (the
+                # caller writes it); stream() then stops the run instead of paying for more (F1).
+                if self._cache_error is None:
+                    self._cache_error = exc
         st = self.stats
         st.done += 1
         st.prompt_tokens += usage.prompt_tokens
@@ -368,6 +414,8 @@ class OpenAICompatibleTeacher:
         self, url: str, payload: bytes, est_tokens: int, attempt: int, *, chat: bool
     ) -> tuple[str, str | None, Usage, str | None]:
         await self.limiter.acquire(est_tokens)
+        if self._fatal is not None:
+            raise Stopping("the run is stopping")  # sends nothing more once the run must stop
         session = await self._get_session()
         loop = asyncio.get_running_loop()
         st = self.stats
@@ -426,14 +474,15 @@ class OpenAICompatibleTeacher:
                 return self._scrub(err)
         except (orjson.JSONDecodeError, TypeError):
             pass
-        return self._scrub(raw[:200].decode("utf-8", "replace").strip() or "(empty body)")
+        # Scrubbed whole, then cut: cutting first can leave part of a key behind (F7).
+        return scrub_cut(raw.decode("utf-8", "replace").strip(), self._secrets, 200) or "(empty body)"
 
-    @staticmethod
-    def _parse(raw: bytes, chat: bool) -> tuple[str, str | None, Usage, str | None]:
+    def _parse(self, raw: bytes, chat: bool) -> tuple[str, str | None, Usage, str | None]:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise MalformedResponse(f"body is not JSON ({len(raw)} bytes): {raw[:80]!r}") from None
+            head = scrub_cut(raw.decode("utf-8", "replace"), self._secrets, 80)  # scrub, then cut (F7)
+            raise MalformedResponse(f"body is not JSON ({len(raw)} bytes): {head!r}") from None
         if not isinstance(data, dict):
             raise MalformedResponse("body is not a JSON object")
         choices = data.get("choices")
@@ -490,3 +539,25 @@ class OpenAICompatibleTeacher:
                     "Check OPENAI_API_KEY (and OPENAI_BASE_URL)."
                 )
             self._preflight_done = True
+
+
+def _check_credentials(api_key: str | None, base_url: str) -> None:
+    """Refuse, before any request, credentials that aiohttp would reject in every request task (F13).
+
+    Both mistakes are common (a key copied with its CRLF line end; a proxy URL with ``user:pass@``) and
+    both used to fail every row with no reason given.  The password is never echoed.
+    """
+    if api_key and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
+        raise TeacherFatalError(
+            "OPENAI_API_KEY contains a control character (often a trailing \\r or \\n copied from a file "
+            "with Windows line endings): remove it"
+        )
+    parts = urllib.parse.urlsplit(base_url)
+    if api_key and (parts.username or parts.password):
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        shown = urllib.parse.urlunsplit((parts.scheme, "***@" + host, parts.path, "", ""))
+        raise TeacherFatalError(
+            f"base_url must not carry credentials (user:password@) when OPENAI_API_KEY is set: {shown}"
+        )
