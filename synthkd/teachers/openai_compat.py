@@ -183,6 +183,9 @@ class OpenAICompatibleTeacher:
     async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
         """Yield one result per request as it completes; raises TeacherFatalError on bad key etc.
 
+        On a fatal error no further request is sent; the ones already in flight finish their current
+        attempt and their answers are still yielded, then the error is raised.
+
         Requests that are not sent because the budget was reached yield nothing: the caller sees them
         missing and ``budget_exhausted`` set, and a rerun (with a larger budget) completes them.
         """
@@ -191,19 +194,21 @@ class OpenAICompatibleTeacher:
         tasks: set[asyncio.Task[None]] = set()
         self._preflight_lock = asyncio.Lock()
 
-        async def stop_now(exc: BaseException) -> None:
+        def stop(exc: BaseException) -> None:
+            # No new request from now on.  The producer lets the requests already sent finish (their
+            # answers may be paid for: they are still yielded; failures are dropped, not retried) and then
+            # ends the stream with this error.  A bad key or quota ends those in-flight ones at once anyway.
             if self._fatal is None:
                 self._fatal = exc
-                await out.put(_DONE)
 
         async def run_one(req: TeacherRequest, key: str) -> None:
             try:
                 result = await self._complete_uncached(req, key)
             except TeacherFatalError as exc:
-                await stop_now(exc)
+                stop(exc)
                 return
             except Exception as exc:  # noqa: BLE001 - never lost: it stops the run, named (F13)
-                await stop_now(self._unexpected(exc))
+                stop(self._unexpected(exc))
                 return
             finally:
                 self.stats.in_flight -= 1
@@ -211,10 +216,8 @@ class OpenAICompatibleTeacher:
             if self._fatal is not None and not result.ok:
                 return  # cut short because the run is stopping: not a reject, a rerun sends it again
             await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
-            if self._cache_error is not None and self._fatal is None:
-                # No new request from now on; the producer lets the ones in flight finish (their answers
-                # are paid for too) and then ends the stream with this error.
-                self._fatal = self._cache_failure(self._cache_error)
+            if self._cache_error is not None:
+                stop(self._cache_failure(self._cache_error))
 
         async def produce() -> None:
             try:
@@ -240,13 +243,12 @@ class OpenAICompatibleTeacher:
                     task = asyncio.create_task(run_one(req, key))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # an error in the caller's request iterator
-                if self._fatal is None:
-                    self._fatal = exc
+                stop(exc)
+            if tasks:  # requests already sent finish (and are yielded) before the stream ends
+                await asyncio.gather(*list(tasks), return_exceptions=True)
             await out.put(_DONE)
 
         producer = asyncio.create_task(produce())
@@ -503,6 +505,8 @@ class OpenAICompatibleTeacher:
         if not isinstance(text, str):
             raise MalformedResponse("choice text is not a string")
         u = data.get("usage") or {}
+        if not isinstance(u, dict):
+            raise MalformedResponse("usage is not an object")
         try:
             usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
         except (TypeError, ValueError):

@@ -780,7 +780,7 @@ class TestServer:
         threshold += cfg.malformed_rate
         if draw < threshold:
             self._by_outcome["malformed"] += 1
-            return self._malformed(body, is_chat, model, self._echo(request, " Authorization: Bearer {key} "))
+            return self._malformed(body, is_chat, model, self._echo(request, "Bearer {key}"))
 
         # 6. normal answer
         self._by_outcome["ok"] += 1
