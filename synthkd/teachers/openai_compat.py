@@ -270,6 +270,8 @@ class OpenAICompatibleTeacher:
             await asyncio.gather(producer, watchdog, *list(tasks), return_exceptions=True)
 
     def _unexpected(self, exc: BaseException) -> TeacherFatalError:
+        """An error no branch expected (a bug, a broken dependency): one named, scrubbed fatal message
+        instead of a task that dies silently and leaves rows "neither written nor rejected" (F13)."""
         err = TeacherFatalError(
             self._scrub(f"unexpected error in a request to {self.base_url}: {type(exc).__name__}: {exc}")
         )
@@ -277,6 +279,10 @@ class OpenAICompatibleTeacher:
         return err
 
     def _cache_failure(self, exc: BaseException) -> TeacherFatalError:
+        """The cache cannot be written (disk full, read-only, size limit): stop paying for answers that
+        could not be kept if the process died.  It is a TeacherFatalError, so ``synthkd complete`` exits
+        4 ("the run stopped for a reason outside the input"), never 1 (rows rejected); the rows already
+        written are complete and a rerun, once there is room, resumes without paying twice."""
         where = getattr(self.cache, "path", "the request cache")
         err = TeacherFatalError(
             f"cannot write the request cache {where}: {type(exc).__name__}: {exc}; stopped sending requests "
@@ -450,7 +456,9 @@ class OpenAICompatibleTeacher:
         message = self._error_message(raw)
         if status == 429:
             if "insufficient_quota" in message:
-                raise TeacherFatalError(f"{self.base_url}: quota exhausted (429 insufficient_quota): {message}")
+                raise TeacherFatalError(
+                    self._scrub(f"{self.base_url}: quota exhausted (429 insufficient_quota): {message}")
+                )
             st.rate_limited += 1
             wait = retry_after_seconds(headers)
             self.limiter.on_rate_limited(wait)
