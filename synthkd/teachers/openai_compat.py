@@ -39,12 +39,12 @@ from synthkd.teachers.cache import RequestCache, request_cache_key
 from synthkd.teachers.errors import (
     AttemptTimeout,
     ConnectionFailed,
-    Stopping,
     MalformedResponse,
     RateLimitedError,
     RequestRejected,
     RetryableError,
     ServerError,
+    Stopping,
     scrub,
     scrub_cut,
 )
@@ -213,11 +213,11 @@ class OpenAICompatibleTeacher:
             finally:
                 self.stats.in_flight -= 1
                 sem.release()
+            if self._cache_error is not None:  # before the await below: not one more request is sent
+                stop(self._cache_failure(self._cache_error))
             if self._fatal is not None and not result.ok:
                 return  # cut short because the run is stopping: not a reject, a rerun sends it again
             await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
-            if self._cache_error is not None:
-                stop(self._cache_failure(self._cache_error))
 
         async def produce() -> None:
             try:
