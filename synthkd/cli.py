@@ -66,12 +66,20 @@ def complete(
     raise typer.Exit(code)
 
 
-@app.command("serve-test", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(
+    "serve-test",
+    # --help goes to the server's own parser, which knows the real options (F16); typer would list none.
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+)
 def serve_test(ctx: typer.Context) -> None:
     """Run the OpenAI-compatible fault-injecting test server (see `synthkd serve-test --help`)."""
     from synthkd.testing.server import main
 
-    raise typer.Exit(main(ctx.args) or 0)
+    try:
+        code = main(ctx.args, prog="synthkd serve-test")
+    except SystemExit as exc:  # argparse's --help and usage errors
+        code = exc.code if isinstance(exc.code, int) else 2
+    raise typer.Exit(code or 0)
 
 
 @app.command()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -27,6 +28,39 @@ def test_cache_key_depends_on_content_only():
     assert k != request_cache_key("m2", messages=msgs, params={"temperature": 0.5})
     assert k != request_cache_key("m", messages=msgs, params={"temperature": 0.5}, sample_index=1)
     assert k != request_cache_key("m", prompt="hi", params={"temperature": 0.5})
+
+
+# audit mutants 4 and 5
+def test_cache_key_covers_every_part_of_the_request():
+    """Each part of a request that changes the answer changes the key; an identical request keeps it."""
+    user = {"role": "user", "content": "What is 2+2?"}
+
+    def key(messages=(user,), prompt=None, model="m", sample=0, **params):
+        return request_cache_key(model, messages=None if prompt else [dict(m) for m in messages], prompt=prompt,
+                                 params={"temperature": 0.5, **params}, sample_index=sample)
+
+    base = key()
+    assert base == key() == key(messages=[{"content": "What is 2+2?", "role": "user"}])  # same request, same key
+    variants = {
+        "content": key(messages=[{"role": "user", "content": "What is 2+3?"}]),
+        "a system message": key(messages=[{"role": "system", "content": "Answer tersely."}, user]),
+        "another system message": key(messages=[{"role": "system", "content": "Explain at length."}, user]),
+        "earlier turns": key(messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                                       user]),
+        "other earlier turns, same last user turn": key(
+            messages=[{"role": "user", "content": "Hey"}, {"role": "assistant", "content": "Hello!"}, user]),
+        "role": key(messages=[{"role": "system", "content": "What is 2+2?"}]),
+        "model": key(model="m2"),
+        "temperature": key(temperature=0.7),
+        "top_p": key(top_p=0.9),
+        "max_tokens": key(max_tokens=10),
+        "seed": key(seed=1),
+        "n": key(n=2),
+        "sample index": key(sample=1),
+        "a prompt instead of messages": key(prompt="What is 2+2?"),
+    }
+    keys = [base, *variants.values()]
+    assert len(set(keys)) == len(keys), [name for name, k in variants.items() if keys.count(k) > 1]
 
 
 def test_cache_shared_between_connections(tmp_path):
@@ -71,7 +105,28 @@ def test_rpm_pacing_spaces_requests_from_full_capacity():
 
     stamps = asyncio.run(go())
     assert stamps[4] < 0.05  # starts at full capacity: the burst goes at once
-    assert 0.95 <= stamps[-1] <= 1.3  # then 100 ms apart
+    assert 0.95 <= stamps[-1] <= 1.15  # then 100 ms apart (audit mutant 1: a pacer 20% slow ends at 1.2 s)
+
+
+# audit mutant 1
+def test_rpm_pacing_is_exact_on_a_made_up_clock():
+    """The pacer's arithmetic, with no clock and no sleeping: 600 RPM = a burst of 5, then one per 100 ms."""
+    lim = RateLimiter(rpm=600)
+    now, stamps = 1000.0, []
+    for _ in range(15):
+        now += lim.reserve(10, now)  # the sender waits exactly as long as it is told
+        stamps.append(now - 1000.0)
+    assert stamps == pytest.approx([0.0] * 5 + [0.1 * i for i in range(1, 11)], abs=1e-9)
+    # A sender that comes back late gets no catch-up burst beyond the 5 allowed.
+    now += 10.0
+    later = []
+    for _ in range(8):
+        now += lim.reserve(10, now)
+        later.append(now)
+    assert later[4] - later[0] == pytest.approx(0.0, abs=1e-9)
+    assert later[5] - later[4] == pytest.approx(0.1, abs=1e-9)
+    tpm = RateLimiter(tpm=6000)  # 100 tokens/s, a tolerance of 49 tokens (0.49 s)
+    assert [tpm.reserve(n, 0.0) for n in (50, 100, 100)] == pytest.approx([0.0, 0.01, 1.01], abs=1e-9)
 
 
 def test_adaptive_deadline():
@@ -147,15 +202,29 @@ def test_two_processes_share_one_cache(make_server, tmp_path):
     assert len(RequestCache(tmp_path / "c.sqlite")) == 150
 
 
+def _with_default_sigint(cmd: list[str]) -> list[str]:
+    """``cmd`` run with SIGINT at its default, so Ctrl-C works in it even when pytest runs in the
+    background (``... &``), where a child inherits SIGINT as ignored.  Done by re-exec rather than
+    ``preexec_fn``, which is unsafe with the test server's thread running."""
+    reset = "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])"
+    return [sys.executable, "-c", reset, *cmd]
+
+
 def test_same_output_locked_against_a_second_writer(make_server, tmp_path):
     srv = make_server(FaultConfig(latency_ms=300))
-    write_prompts(tmp_path / "in.jsonl", 40)
+    write_prompts(tmp_path / "in.jsonl", 100)
     args = ["complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-m", "test-model",
             "--base-url", srv.base_url, "--no-cache", "-c", "2"]
-    first = subprocess.Popen(synthkd_cmd(*args), env=cli_env(), stderr=subprocess.PIPE)
-    time.sleep(1.5)
+    first = subprocess.Popen(_with_default_sigint(synthkd_cmd(*args)), env=cli_env(), stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 60
+    # The output is locked before the first request is sent: wait for that request, not for a fixed time.
+    while srv.stats()["by_endpoint"]["/v1/completions"] == 0 and first.poll() is None:
+        assert time.monotonic() < deadline, "the first process sent nothing within 60 s"
+        time.sleep(0.01)
+    assert first.poll() is None
     res = run_cli(*args)
     assert res.returncode == 2 and "another synthkd process is writing it" in res.stderr
+    assert first.poll() is None, "the first process must still be running when interrupted"
     first.send_signal(signal.SIGINT)
     assert first.wait(30) == 130
     assert b"rerun the same command to resume" in first.stderr.read()

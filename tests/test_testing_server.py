@@ -13,6 +13,7 @@ import time
 import aiohttp
 import pytest
 
+from conftest import cli_env, run_cli
 from synthkd.testing.server import (
     FaultConfig,
     TestServer,
@@ -496,6 +497,7 @@ def test_cli_prints_ready_and_serves():
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env=cli_env(),  # import this checkout's synthkd, wherever pytest was started
     )
     try:
         line: list[str] = []
@@ -528,3 +530,70 @@ def test_cli_prints_ready_and_serves():
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# --------------------------------------------------------------------------- key hygiene, quota, CLI help
+
+
+def test_stats_and_config_never_return_the_api_key():  # F16 regression
+    with TestServer(FaultConfig(api_key="sk-stats-secret-123")) as srv:
+        async def go():
+            async with aiohttp.ClientSession() as s:
+                async with s.get(srv.url + "/_stats") as r:
+                    stats = await r.read()
+                status, _, cfg = await post(s, srv.url + "/_config", {"latency_ms": 1})
+                return stats, status, cfg
+
+        stats, status, cfg = run(go())
+        assert status == 200
+        for raw in (stats, cfg):
+            assert b"sk-stats-secret" not in raw
+            assert json.loads(raw)["config"]["api_key"] == "***"
+        assert b"sk-stats-secret" not in json.dumps(srv.stats()).encode()
+
+
+def test_echo_key_repeats_the_presented_key_in_error_bodies():
+    """The option the client's key-scrubbing tests rely on (audit mutant 21): like OpenAI's own 401."""
+    key = "sk-echo-Qz7Wm2Xp9Lk4Rt6Yv1Nb8"
+    with TestServer(FaultConfig(api_key=key, echo_key=True, error_rate=0.5, malformed_rate=0.5, seed=1)) as srv:
+        async def go():
+            async with aiohttp.ClientSession() as s:
+                auth = {"Authorization": f"Bearer {key}"}
+                wrong = await post(s, srv.base_url + "/chat/completions", chat_body("x"),
+                                   headers={"Authorization": "Bearer sk-wrong-Ab12Cd34Ef56"})
+                bad = await post(s, srv.base_url + "/chat/completions", {"model": "m"}, headers=auth)
+                rest = [await post(s, srv.base_url + "/chat/completions", chat_body(f"q{i}"), headers=auth)
+                        for i in range(10)]
+                return wrong, bad, rest
+
+        wrong, bad, rest = run(go())
+        assert wrong[0] == 401 and "Incorrect API key provided: sk-wrong-Ab12Cd34Ef56" in json.loads(wrong[2])["error"]["message"]
+        assert bad[0] == 400 and key in json.loads(bad[2])["error"]["message"]
+        by = srv.stats()["by_outcome"]
+        assert by["error_500"] > 0 and by["malformed"] > 0
+        for status, _, raw in rest:
+            assert status in (200, 500) and key.encode() in raw
+            if status == 200:
+                with pytest.raises(json.JSONDecodeError):
+                    json.loads(raw)  # the malformed body is not JSON, with the key inside
+
+
+def test_quota_after_answers_429_insufficient_quota():  # audit mutant 22 (the server side)
+    with TestServer(FaultConfig(quota_after=2)) as srv:
+        async def go():
+            async with aiohttp.ClientSession() as s:
+                return [await post(s, srv.base_url + "/chat/completions", chat_body(f"q{i}")) for i in range(4)]
+
+        res = run(go())
+        assert [r[0] for r in res] == [200, 200, 429, 429]
+        err = json.loads(res[3][2])["error"]
+        assert err["type"] == err["code"] == "insufficient_quota" and "exceeded your current quota" in err["message"]
+        assert srv.stats()["by_outcome"]["quota_exhausted"] == 2
+
+
+def test_serve_test_help_lists_the_server_options():  # F16 regression
+    res = run_cli("serve-test", "--help")
+    assert res.returncode == 0, res.stderr
+    for opt in ("--latency-ms", "--error-rate", "--api-key", "--echo-key", "--quota-after", "--responder"):
+        assert opt in res.stdout, opt
+    assert res.stdout.startswith("Usage: synthkd serve-test")

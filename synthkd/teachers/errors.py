@@ -34,13 +34,45 @@ class MalformedResponse(RetryableError):
     pass
 
 
+class Stopping(RetryableError):
+    """The run is stopping (a fatal error elsewhere): this attempt is not sent, and not retried."""
+
+
 class RequestRejected(Exception):
     """The server refused this request for good (400, 404, 422...): retrying cannot help."""
 
 
+# A key's prefix this long is still a secret: an error body cut short (by us or by a proxy) can end
+# in the first part of the key, and for real keys (50-160 characters) that is most of it.
+SECRET_PREFIX_MIN = 8
+
+
 def scrub(text: str, secrets: tuple[str | None, ...]) -> str:
-    """Remove every secret from a message before it can reach a log, a reject file or the terminal."""
+    """Remove every secret, and any cut-off start of one (>= 8 characters), from a message.
+
+    Call it on the whole text *before* shortening it: cutting first can leave a piece of the key that
+    no longer matches the whole (F7).  The prefix rule also catches a key that someone else cut short.
+    """
     for s in secrets:
-        if s and len(s) >= 4:
-            text = text.replace(s, "***")
+        if not s or len(s) < 4:
+            continue
+        text = text.replace(s, "***")
+        if len(s) <= SECRET_PREFIX_MIN:
+            continue
+        head = s[:SECRET_PREFIX_MIN]
+        parts: list[str] = []
+        i = 0
+        while (j := text.find(head, i)) >= 0:
+            k = j + SECRET_PREFIX_MIN
+            while k < len(text) and k - j < len(s) and text[k] == s[k - j]:
+                k += 1
+            parts += [text[i:j], "***"]
+            i = k
+        text = "".join(parts) + text[i:]
     return text
+
+
+def scrub_cut(text: str, secrets: tuple[str | None, ...], limit: int) -> str:
+    """Scrub, then shorten to ``limit`` characters: the only safe order (see :func:`scrub`)."""
+    text = scrub(text, secrets)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -11,7 +11,10 @@ What this class guarantees, in order of importance:
 3. rate limits are respected up front (pacing), and 429s/5xx/hangs/malformed bodies are retried with
    exponential backoff and jitter (tenacity); a hung attempt costs an adaptive deadline, not the full
    timeout;
-4. 401/403 (and an exhausted quota) stop the whole run at once with one message;
+4. 401/403 (and an exhausted quota) stop the whole run at once with one message; so does any
+   unexpected error in a request (it names the real error), and a request cache that can no longer be
+   written (disk full): then no further request is sent, and every answer already received is still
+   yielded so the caller can write it;
 5. the budget (``max_cost``) stops new requests, lets in-flight ones finish, and leaves the run
    resumable.
 """
@@ -21,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, AsyncIterator
 
@@ -39,7 +44,9 @@ from synthkd.teachers.errors import (
     RequestRejected,
     RetryableError,
     ServerError,
+    Stopping,
     scrub,
+    scrub_cut,
 )
 from synthkd.teachers.latency import LatencyTracker
 from synthkd.teachers.pricing import PriceTable
@@ -101,6 +108,8 @@ class OpenAICompatibleTeacher:
         self.model = model
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self._secrets = (self._api_key, urllib.parse.urlsplit(self.base_url).password)
+        _check_credentials(self._api_key, self.base_url)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.cache = cache
@@ -129,11 +138,12 @@ class OpenAICompatibleTeacher:
         if self._api_key:
             self._headers["Authorization"] = f"Bearer {self._api_key}"
         self._fatal: BaseException | None = None
+        self._cache_error: BaseException | None = None
         self._attempts_in_flight: dict[int, tuple[asyncio.Timeout, float, int]] = {}
 
     # ------------------------------------------------------------------ plumbing
     def _scrub(self, text: str) -> str:
-        return scrub(text, (self._api_key,))
+        return scrub(text, self._secrets)
 
     async def _get_session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -173,6 +183,9 @@ class OpenAICompatibleTeacher:
     async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
         """Yield one result per request as it completes; raises TeacherFatalError on bad key etc.
 
+        On a fatal error no further request is sent; the ones already in flight finish their current
+        attempt and their answers are still yielded, then the error is raised.
+
         Requests that are not sent because the budget was reached yield nothing: the caller sees them
         missing and ``budget_exhausted`` set, and a rerun (with a larger budget) completes them.
         """
@@ -181,18 +194,30 @@ class OpenAICompatibleTeacher:
         tasks: set[asyncio.Task[None]] = set()
         self._preflight_lock = asyncio.Lock()
 
+        def stop(exc: BaseException) -> None:
+            # No new request from now on.  The producer lets the requests already sent finish (their
+            # answers may be paid for: they are still yielded; failures are dropped, not retried) and then
+            # ends the stream with this error.  A bad key or quota ends those in-flight ones at once anyway.
+            if self._fatal is None:
+                self._fatal = exc
+
         async def run_one(req: TeacherRequest, key: str) -> None:
             try:
                 result = await self._complete_uncached(req, key)
             except TeacherFatalError as exc:
-                if self._fatal is None:
-                    self._fatal = exc
-                    await out.put(_DONE)
+                stop(exc)
+                return
+            except Exception as exc:  # noqa: BLE001 - never lost: it stops the run, named (F13)
+                stop(self._unexpected(exc))
                 return
             finally:
                 self.stats.in_flight -= 1
                 sem.release()
-            await out.put(result)
+            if self._cache_error is not None:  # before the await below: not one more request is sent
+                stop(self._cache_failure(self._cache_error))
+            if self._fatal is not None and not result.ok:
+                return  # cut short because the run is stopping: not a reject, a rerun sends it again
+            await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
 
         async def produce() -> None:
             try:
@@ -218,13 +243,12 @@ class OpenAICompatibleTeacher:
                     task = asyncio.create_task(run_one(req, key))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
-                if tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # an error in the caller's request iterator
-                if self._fatal is None:
-                    self._fatal = exc
+                stop(exc)
+            if tasks:  # requests already sent finish (and are yielded) before the stream ends
+                await asyncio.gather(*list(tasks), return_exceptions=True)
             await out.put(_DONE)
 
         producer = asyncio.create_task(produce())
@@ -244,6 +268,28 @@ class OpenAICompatibleTeacher:
             for t in list(tasks):
                 t.cancel()
             await asyncio.gather(producer, watchdog, *list(tasks), return_exceptions=True)
+
+    def _unexpected(self, exc: BaseException) -> TeacherFatalError:
+        """An error no branch expected (a bug, a broken dependency): one named, scrubbed fatal message
+        instead of a task that dies silently and leaves rows "neither written nor rejected" (F13)."""
+        err = TeacherFatalError(
+            self._scrub(f"unexpected error in a request to {self.base_url}: {type(exc).__name__}: {exc}")
+        )
+        err.__cause__ = exc
+        return err
+
+    def _cache_failure(self, exc: BaseException) -> TeacherFatalError:
+        """The cache cannot be written (disk full, read-only, size limit): stop paying for answers that
+        could not be kept if the process died.  It is a TeacherFatalError, so ``synthkd complete`` exits
+        4 ("the run stopped for a reason outside the input"), never 1 (rows rejected); the rows already
+        written are complete and a rerun, once there is room, resumes without paying twice."""
+        where = getattr(self.cache, "path", "the request cache")
+        err = TeacherFatalError(
+            f"cannot write the request cache {where}: {type(exc).__name__}: {exc}; stopped sending requests "
+            "(every answer received was still passed on, so the rows written are complete)"
+        )
+        err.__cause__ = exc
+        return err
 
     async def _watchdog(self) -> None:
         """Tighten deadlines of running attempts as the latency estimate settles."""
@@ -280,6 +326,8 @@ class OpenAICompatibleTeacher:
 
     def _stop(self, state: RetryCallState) -> bool:
         exc = state.outcome.exception() if state.outcome else None
+        if self._fatal is not None:
+            return True  # the run is stopping: no retry
         # 429s are the server asking us to wait, not a sign the request is bad: allow more of them.
         limit = self.max_retries + 1 + (20 if isinstance(exc, RateLimitedError) else 0)
         return state.attempt_number >= limit
@@ -334,17 +382,23 @@ class OpenAICompatibleTeacher:
         cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) if self.price else None
         if self.cache is not None:
             # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
-            self.cache.put(
-                key,
-                self.model,
-                {
-                    "text": text,
-                    "finish_reason": finish_reason,
-                    "usage": usage.as_dict(),
-                    "cost_usd": cost,
-                    "model": model,
-                },
-            )
+            try:
+                self.cache.put(
+                    key,
+                    self.model,
+                    {
+                        "text": text,
+                        "finish_reason": finish_reason,
+                        "usage": usage.as_dict(),
+                        "cost_usd": cost,
+                        "model": model,
+                    },
+                )
+            except (sqlite3.Error, OSError) as exc:
+                # Disk full, read-only file...: the answer is paid for, so it is still returned (the
+                # caller writes it); stream() then stops the run instead of paying for more (F1).
+                if self._cache_error is None:
+                    self._cache_error = exc
         st = self.stats
         st.done += 1
         st.prompt_tokens += usage.prompt_tokens
@@ -368,6 +422,8 @@ class OpenAICompatibleTeacher:
         self, url: str, payload: bytes, est_tokens: int, attempt: int, *, chat: bool
     ) -> tuple[str, str | None, Usage, str | None]:
         await self.limiter.acquire(est_tokens)
+        if self._fatal is not None:
+            raise Stopping("the run is stopping")  # sends nothing more once the run must stop
         session = await self._get_session()
         loop = asyncio.get_running_loop()
         st = self.stats
@@ -400,7 +456,9 @@ class OpenAICompatibleTeacher:
         message = self._error_message(raw)
         if status == 429:
             if "insufficient_quota" in message:
-                raise TeacherFatalError(f"{self.base_url}: quota exhausted (429 insufficient_quota): {message}")
+                raise TeacherFatalError(
+                    self._scrub(f"{self.base_url}: quota exhausted (429 insufficient_quota): {message}")
+                )
             st.rate_limited += 1
             wait = retry_after_seconds(headers)
             self.limiter.on_rate_limited(wait)
@@ -426,14 +484,15 @@ class OpenAICompatibleTeacher:
                 return self._scrub(err)
         except (orjson.JSONDecodeError, TypeError):
             pass
-        return self._scrub(raw[:200].decode("utf-8", "replace").strip() or "(empty body)")
+        # Scrubbed whole, then cut: cutting first can leave part of a key behind (F7).
+        return scrub_cut(raw.decode("utf-8", "replace").strip(), self._secrets, 200) or "(empty body)"
 
-    @staticmethod
-    def _parse(raw: bytes, chat: bool) -> tuple[str, str | None, Usage, str | None]:
+    def _parse(self, raw: bytes, chat: bool) -> tuple[str, str | None, Usage, str | None]:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
-            raise MalformedResponse(f"body is not JSON ({len(raw)} bytes): {raw[:80]!r}") from None
+            head = scrub_cut(raw.decode("utf-8", "replace"), self._secrets, 80)  # scrub, then cut (F7)
+            raise MalformedResponse(f"body is not JSON ({len(raw)} bytes): {head!r}") from None
         if not isinstance(data, dict):
             raise MalformedResponse("body is not a JSON object")
         choices = data.get("choices")
@@ -454,6 +513,8 @@ class OpenAICompatibleTeacher:
         if not isinstance(text, str):
             raise MalformedResponse("choice text is not a string")
         u = data.get("usage") or {}
+        if not isinstance(u, dict):
+            raise MalformedResponse("usage is not an object")
         try:
             usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
         except (TypeError, ValueError):
@@ -490,3 +551,25 @@ class OpenAICompatibleTeacher:
                     "Check OPENAI_API_KEY (and OPENAI_BASE_URL)."
                 )
             self._preflight_done = True
+
+
+def _check_credentials(api_key: str | None, base_url: str) -> None:
+    """Refuse, before any request, credentials that aiohttp would reject in every request task (F13).
+
+    Both mistakes are common (a key copied with its CRLF line end; a proxy URL with ``user:pass@``) and
+    both used to fail every row with no reason given.  The password is never echoed.
+    """
+    if api_key and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
+        raise TeacherFatalError(
+            "OPENAI_API_KEY contains a control character (often a trailing \\r or \\n copied from a file "
+            "with Windows line endings): remove it"
+        )
+    parts = urllib.parse.urlsplit(base_url)
+    if api_key and (parts.username or parts.password):
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        shown = urllib.parse.urlunsplit((parts.scheme, "***@" + host, parts.path, "", ""))
+        raise TeacherFatalError(
+            f"base_url must not carry credentials (user:password@) when OPENAI_API_KEY is set: {shown}"
+        )

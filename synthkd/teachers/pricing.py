@@ -48,7 +48,12 @@ def _parse_entries(data: Any, source: str) -> dict[str, Price]:
 def _load_file(path: Path) -> dict[str, Price]:
     if not path.exists():
         raise PriceTableError(f"{path}: price file not found")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:  # F14: a clear error naming the file, not a traceback
+        raise PriceTableError(f"{path}: price file is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise PriceTableError(f"{path}: cannot read price file: {exc.strerror or exc}") from None
     try:
         if path.suffix in {".yaml", ".yml"}:
             import yaml

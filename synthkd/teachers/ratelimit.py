@@ -106,14 +106,23 @@ class RateLimiter:
             if self._paused_until > now:
                 await asyncio.sleep(self._paused_until - now)
                 continue
-            delay = 0.0
-            if self._rpm:
-                delay = max(delay, self._rpm.delay_for(1, now))
-            if self._tpm:
-                delay = max(delay, self._tpm.delay_for(est_tokens, now))
+            delay = self.reserve(est_tokens, now)
             if delay > 0:
                 await asyncio.sleep(delay)
             return
+
+    def reserve(self, est_tokens: int, now: float) -> float:
+        """Reserve the next slot for one request of ``est_tokens``; seconds from ``now`` until it may go.
+
+        Pure arithmetic on the ``now`` it is given (no clock, no sleep, pauses are ``acquire``'s job), so
+        the pacing can be checked exactly with a made-up clock.
+        """
+        delay = 0.0
+        if self._rpm:
+            delay = max(delay, self._rpm.delay_for(1, now))
+        if self._tpm:
+            delay = max(delay, self._tpm.delay_for(est_tokens, now))
+        return delay
 
     def correct_tokens(self, estimated: int, actual: int) -> None:
         """Give back (or charge) the difference between the estimate and the reported usage."""

@@ -70,6 +70,7 @@ OUTCOMES = (
     "unauthorized",
     "bad_request",
     "responder_error",
+    "quota_exhausted",
 )
 
 #: The malformed-body variants, served in this order (cycling) whenever a malformed fault fires.
@@ -103,6 +104,11 @@ class FaultConfig:
       with a burst capacity of one second's worth (at least 1).
     * ``hang_seconds``: how long a hung request sleeps before answering normally; it ends early
       when the client disconnects (handler cancellation) or when the server stops.
+    * ``echo_key``: error bodies repeat the key the client presented, as OpenAI's 401 does ("Incorrect
+      API key provided: sk-..."), and so do the 400 and 500 bodies; a malformed 200 becomes a non-JSON
+      body with the ``Authorization`` header inside.  For testing that a client scrubs keys everywhere.
+    * ``quota_after``: once this many requests were answered ``ok``, every generation request gets
+      OpenAI's ``429 insufficient_quota`` (checked after auth, before the rate limits).
     """
 
     latency_ms: float = 0
@@ -115,6 +121,8 @@ class FaultConfig:
     malformed_rate: float = 0
     seed: int = 0
     api_key: str | None = None
+    echo_key: bool = False
+    quota_after: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,6 +140,8 @@ class FaultConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+        if self.quota_after is not None and self.quota_after < 0:
+            raise ValueError(f"quota_after must be >= 0 or None, got {self.quota_after!r}")
 
 
 _FLOAT_FIELDS = {"latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate"}
@@ -152,6 +162,14 @@ def _coerce_config_value(name: str, value: Any) -> Any:
     if name == "seed":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"seed must be an integer, got {value!r}")
+        return value
+    if name == "echo_key":
+        if not isinstance(value, bool):
+            raise ValueError(f"echo_key must be true or false, got {value!r}")
+        return value
+    if name == "quota_after":
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            raise ValueError(f"quota_after must be an integer or null, got {value!r}")
         return value
     if name == "api_key":
         if value is not None and not isinstance(value, str):
@@ -584,8 +602,15 @@ class TestServer:
             "prompt_counts_truncated": self._prompt_counts_truncated,
             "models_seen": list(self._models_seen),
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
-            "config": asdict(self.config),
+            "config": self._public_config(),
         }
+
+    def _public_config(self) -> dict:
+        """The config as JSON, with the API key redacted: ``/_stats`` needs no auth (F16)."""
+        cfg = asdict(self.config)
+        if cfg.get("api_key") is not None:
+            cfg["api_key"] = "***"
+        return cfg
 
     # ---------------------------------------------------------------- control endpoints
 
@@ -604,7 +629,7 @@ class TestServer:
             cfg = self._configure_now(changes)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             return self._json(_error_body(str(exc), "invalid_request_error"), status=400)
-        return self._json({"config": asdict(cfg)})
+        return self._json({"config": self._public_config()})
 
     # ---------------------------------------------------------------- API endpoints
 
@@ -626,13 +651,30 @@ class TestServer:
             "You didn't provide an API key. You need to provide your API key in an Authorization "
             "header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             if not given
-            else "Incorrect API key provided. You can find your API key at https://platform.openai.com/account/api-keys."
+            else f"Incorrect API key provided{self._echo(request, ': {key}')}. You can find your API key at "
+            "https://platform.openai.com/account/api-keys."
         )
         return self._json(_error_body(message, "invalid_request_error", "invalid_api_key"), status=401)
 
-    def _bad_request(self, message: str, param: str | None = None) -> web.Response:
+    def _echo(self, request: web.Request, fmt: str = " (sent with key: {key})") -> str:
+        """``fmt`` filled with the presented key, for error bodies, when ``echo_key`` is on (else "")."""
+        given = request.headers.get("Authorization") or ""
+        if not self.config.echo_key or not given:
+            return ""
+        return fmt.format(key=given[7:] if given.startswith("Bearer ") else given)
+
+    def _bad_request(self, request: web.Request, message: str, param: str | None = None) -> web.Response:
         self._by_outcome["bad_request"] += 1
+        message += self._echo(request)
         return self._json(_error_body(message, "invalid_request_error", None, param), status=400)
+
+    def _quota_exhausted(self) -> web.Response:
+        self._by_outcome["quota_exhausted"] += 1
+        message = (
+            "You exceeded your current quota, please check your plan and billing details. For more information "
+            "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
+        )
+        return self._json(_error_body(message, "insufficient_quota", "insufficient_quota"), status=429)
 
     async def _handle_models(self, request: web.Request) -> web.Response:
         self._count(MODELS_ENDPOINT)
@@ -670,26 +712,26 @@ class TestServer:
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return self._bad_request("We could not parse the JSON body of your request.")
+            return self._bad_request(request, "We could not parse the JSON body of your request.")
         if not isinstance(body, dict):
-            return self._bad_request("The request body must be a JSON object.")
+            return self._bad_request(request, "The request body must be a JSON object.")
         is_chat = endpoint == CHAT_ENDPOINT
         if is_chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                return self._bad_request("'messages' is a required property (a non-empty array).", "messages")
+                return self._bad_request(request, "'messages' is a required property (a non-empty array).", "messages")
         elif not isinstance(body.get("prompt"), (str, list)):
-            return self._bad_request("'prompt' is a required property.", "prompt")
+            return self._bad_request(request, "'prompt' is a required property.", "prompt")
         if body.get("stream"):
-            return self._bad_request("stream=true is not supported by the synthkd test server.", "stream")
+            return self._bad_request(request, "stream=true is not supported by the synthkd test server.", "stream")
         n = body.get("n", 1)
         if n is None:
             n = 1
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
-            return self._bad_request(f"{n!r} is not a valid value for 'n' (1..128).", "n")
+            return self._bad_request(request, f"{n!r} is not a valid value for 'n' (1..128).", "n")
         model = body.get("model") or DEFAULT_MODEL
         if not isinstance(model, str):
-            return self._bad_request("'model' must be a string.", "model")
+            return self._bad_request(request, "'model' must be a string.", "model")
         self._models_seen[model] = None
         # Every well-formed request counts towards its prompt, whatever its fate (so retries and
         # cache misses are visible); list prompts count each element.
@@ -699,9 +741,12 @@ class TestServer:
             prompt = body["prompt"]
             prompts = [p if isinstance(p, str) else str(p) for p in prompt] if isinstance(prompt, list) else [prompt]
             if not prompts:
-                return self._bad_request("'prompt' must not be an empty array.", "prompt")
+                return self._bad_request(request, "'prompt' must not be an empty array.", "prompt")
         for p in prompts:
             self._track_prompt(p)
+
+        if cfg.quota_after is not None and self._by_outcome["ok"] >= cfg.quota_after:
+            return self._quota_exhausted()
 
         # 2. rate limits
         rb, tb = self._req_bucket, self._tok_bucket
@@ -725,7 +770,9 @@ class TestServer:
             await self._latency(cfg, jitter_draw, arrived)
             return self._json(
                 _error_body(
-                    "The server had an error while processing your request. Sorry about that!", "server_error"
+                    "The server had an error while processing your request. Sorry about that!"
+                    + self._echo(request),
+                    "server_error",
                 ),
                 status=500,
                 headers=self._rate_headers(),
@@ -733,7 +780,7 @@ class TestServer:
         threshold += cfg.malformed_rate
         if draw < threshold:
             self._by_outcome["malformed"] += 1
-            return self._malformed(body, is_chat, model)
+            return self._malformed(body, is_chat, model, self._echo(request, "Bearer {key}"))
 
         # 6. normal answer
         self._by_outcome["ok"] += 1
@@ -925,12 +972,19 @@ class TestServer:
         headers = self._rate_headers() if (self._req_bucket is not None or self._tok_bucket is not None) else None
         return self._json(result, headers=headers)
 
-    def _malformed(self, body: dict, is_chat: bool, model: str) -> web.Response:
-        """Broken 200 responses, cycling through :data:`MALFORMED_VARIANTS`."""
+    def _malformed(self, body: dict, is_chat: bool, model: str, echo: str = "") -> web.Response:
+        """Broken 200 responses, cycling through :data:`MALFORMED_VARIANTS`.
+
+        With ``echo`` (the ``echo_key`` option) every variant is a non-JSON body holding the key, as a
+        misbehaving proxy that reflects request headers would send.
+        """
         variant = MALFORMED_VARIANTS[self._malformed_index % len(MALFORMED_VARIANTS)]
         self._malformed_index += 1
         self._malformed_by_variant[variant] += 1
         headers = self._rate_headers()
+        if echo:
+            headers["Content-Type"] = "text/plain"
+            return web.Response(body=(b"x" * 60 + echo.encode() + b"<garbage>" * 4), status=200, headers=headers)
         if variant == "html_page":
             html = (
                 b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
@@ -966,9 +1020,17 @@ class TestServer:
 # --------------------------------------------------------------------------------------------
 
 
-def _build_parser() -> argparse.ArgumentParser:
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's help with a capitalised "Usage:", like the rest of the synthkd CLI."""
+
+    def add_usage(self, usage, actions, groups, prefix=None):  # type: ignore[no-untyped-def]
+        super().add_usage(usage, actions, groups, "Usage: " if prefix is None else prefix)
+
+
+def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m synthkd.testing.server",
+        prog=prog,
+        formatter_class=_HelpFormatter,
         description="Run the synthkd OpenAI-compatible test server in the foreground. Prints "
         "'READY <base_url>' on stdout once listening; stops on SIGTERM/SIGINT.",
     )
@@ -984,6 +1046,11 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--malformed-rate", type=float, default=0.0, help="fraction of malformed 200 bodies")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY'")
+    p.add_argument("--echo-key", action="store_true",
+                   help="repeat the presented key in 401/400/500 bodies and in malformed 200 bodies "
+                   "(to test that a client scrubs it)")
+    p.add_argument("--quota-after", type=int, default=None,
+                   help="after this many answers, reply 429 insufficient_quota to every request")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1012,9 +1079,9 @@ def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point (also meant for a ``synthkd serve-test`` subcommand)."""
-    args = _build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    """Command-line entry point (also ``synthkd serve-test``, which passes its own ``prog``)."""
+    args = (_build_parser(prog) if prog else _build_parser()).parse_args(argv)
     try:
         config = FaultConfig(
             latency_ms=args.latency_ms,
@@ -1027,6 +1094,8 @@ def main(argv: list[str] | None = None) -> int:
             malformed_rate=args.malformed_rate,
             seed=args.seed,
             api_key=args.api_key,
+            echo_key=args.echo_key,
+            quota_after=args.quota_after,
         )
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
