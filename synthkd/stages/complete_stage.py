@@ -8,12 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
 from synthkd.jsonl_io import index_output, scan_prompt_file
-from synthkd.pipeline import Estimate, StageContext, register_stage
+from synthkd.pipeline import Estimate, StageContext, StageFailed, register_stage  # noqa: F401 (StageFailed re-exported)
 from synthkd.teachers.base import BudgetExceeded
-
-
-class StageFailed(RuntimeError):
-    pass
 
 
 @register_stage("complete")
