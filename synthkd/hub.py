@@ -16,6 +16,7 @@ import fnmatch
 import importlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -63,14 +64,19 @@ def dataset_card(run_dir: Path, stage: str, manifest: dict[str, Any] | None = No
     return "\n".join(lines)
 
 
+#: the directory part of an absolute POSIX path (not of a URL, a ratio or a relative path)
+_ABS_DIRS = re.compile(r"(?<![\w.~:/-])/(?:[^\s/`'\"|()\[\]<>{},]+/)+")
+
+
 def relative_paths(text: str, run_dir: Path) -> str:
-    """``text`` with absolute local paths made relative: the run directory's parent, the working
-    directory and the home directory (which name the user and the machine) are cut off."""
+    """``text`` with no absolute local path (they name users and machines): paths under the run
+    directory's parent, the working directory or home become relative; any other absolute path
+    keeps only its file name."""
     run_dir = Path(run_dir).resolve()
     for prefix, repl in ((run_dir.parent, ""), (Path.cwd().resolve(), ""), (Path.home().resolve(), "~/")):
         if str(prefix) not in ("/", ""):
             text = text.replace(str(prefix) + os.sep, repl)
-    return text
+    return _ABS_DIRS.sub("", text)
 
 
 def dataset_files(run_dir: str | Path, stage: str) -> dict[str, bytes | Path]:
