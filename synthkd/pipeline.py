@@ -108,12 +108,12 @@ class StageContext:
             if tc is None:
                 raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs a 'teacher'")
             self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
-            self._ledger = Ledger.open(ledger_path(self.output))
-            cache = getattr(self._teacher, "cache", None)
-            if cache is not None:  # every paid answer goes through cache.put: record it there, durably
-                self._teacher.cache = _LedgerCache(cache, self._ledger)
             stats = getattr(self._teacher, "stats", None)
-            if stats is not None and hasattr(stats, "attempts"):
+            if stats is not None and hasattr(stats, "attempts"):  # a teacher that counts requests (and may cost)
+                self._ledger = Ledger.open(inside_run_dir(self.run_dir, ledger_path(self.output)))
+                cache = getattr(self._teacher, "cache", None)
+                if cache is not None:  # every paid answer goes through cache.put: record it there, durably
+                    self._teacher.cache = _LedgerCache(cache, self._ledger)
                 from synthkd.progress import ProgressReporter
 
                 # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
@@ -290,6 +290,17 @@ def open_run_dir(run_dir: Path, name: str) -> Path:
     return run_dir
 
 
+def claim_run_dir(run_dir: Path, name: str) -> Path:
+    """Make (or check) a run directory and mark it as synthkd's before anything is written into it,
+    for callers that put their own inputs there before running a pipeline (the demos)."""
+    run_dir = open_run_dir(run_dir, name)
+    if not (run_dir / "manifest.json").exists():
+        manifest = Manifest(run_dir / "manifest.json")
+        manifest.data["name"] = name
+        manifest.save()
+    return run_dir
+
+
 class RunLock:
     """One ``synthkd run`` per run directory: an flock on ``.synthkd.lock`` that holds the owner's pid.
 
@@ -393,6 +404,8 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
                 ans[1] += e.get("prompt_tokens", 0)
                 ans[2] += e.get("completion_tokens", 0)
                 ans[3] += e.get("cost_usd") or 0.0
+    if not attempts:
+        return None
     tot = {"attempts": len(attempts), "interrupted_attempts": 0, "requests": 0, "cached_answers": 0,
            "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
     for a in attempts.values():

@@ -105,6 +105,8 @@ def test_foreign_run_dir_is_refused_and_left_alone(tmp_path):
     before = _tree(tmp_path / "victim")
     res = _run(tmp_path, "run", "p.yaml")
     assert res.returncode == 2 and "not a synthkd manifest" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    res = _run(tmp_path, "report", "victim/p")  # nor does `synthkd report` write its report.md there
+    assert res.returncode == 2 and "not a synthkd manifest" in res.stderr, res.stderr
     assert _tree(tmp_path / "victim") == before
     # an empty directory is fine
     empty = tmp_path / "empty" / "p"

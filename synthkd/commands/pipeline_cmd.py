@@ -125,12 +125,20 @@ def run(
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
     """(Re)write report.md, report.html and plots/ of a run directory from its manifest."""
+    from synthkd.pipeline import read_manifest
     from synthkd.report import write_report
 
-    if not (run_dir / "manifest.json").exists():
+    if not (run_dir / "manifest.json").is_file():
         _say(f"error: {run_dir}: no manifest.json (not a run directory)")
         raise typer.Exit(2)
-    print(write_report(run_dir))
+    try:
+        print(write_report(run_dir, read_manifest(run_dir / "manifest.json")))  # only into a run dir of ours
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(2)
+    except OSError as exc:
+        _say(os_error_line(exc))
+        raise typer.Exit(2)
 
 
 def push(
