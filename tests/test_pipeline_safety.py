@@ -297,6 +297,17 @@ def test_deep_and_non_utf8_yaml_are_clear_errors(tmp_path, text, expected):
 
 
 # ----------------------------------------------------------------------------- F14: clear errors, right codes
+def test_prices_file_that_is_not_utf8_is_a_config_error(tmp_path):
+    # F14 regression: a non-UTF-8 prices file gave a UnicodeDecodeError traceback
+    write_prompts(tmp_path / "in.jsonl", 2)
+    (tmp_path / "prices.json").write_bytes(b'{"m": \xff}')
+    (tmp_path / "p.yaml").write_text("name: t\nteacher: {model: m, prices: prices.json}\n"
+                                     "stages:\n  - {name: c, kind: complete, input: in.jsonl}\n")
+    res = _run(tmp_path, "validate", "p.yaml")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith(f"error: p.yaml:2: teacher.prices: {tmp_path / 'prices.json'}: 'utf-8' codec can't decode")
+
+
 def test_bad_set_value_is_a_clear_error(tmp_path):
     # F14 regression: a --set value that is not YAML gave a ParserError traceback
     _rows(tmp_path / "in.jsonl", 2)

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthkd.config import ConfigError, load_pipeline
+from synthkd.config import ConfigError, _line_for, load_pipeline, stage_line
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.base import BudgetExceeded, TeacherFatalError
-from synthkd.teachers.pricing import PriceTable
+from synthkd.teachers.pricing import PriceTable, PriceTableError
 
 # (synthkd.config pulls in pydantic: fine here, this module is imported only for run/validate help)
 
@@ -41,7 +41,13 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
         tc = p.ctx.teacher_config
         cost = None
         if e and tc:
-            price = PriceTable.default(p.ctx.resolve(tc.prices) if tc.prices else None).lookup(tc.model)
+            prices = p.ctx.resolve(tc.prices) if tc.prices else None
+            try:
+                price = PriceTable.default(prices).lookup(tc.model)
+            except (PriceTableError, UnicodeDecodeError) as exc:  # a config error, not a traceback
+                where = (stage_line(cfg, p.index, "teacher", "prices") if p.cfg.teacher is not None
+                         else f"{cfg._source}:{_line_for(cfg._lines, ('teacher', 'prices')) or '?'}")
+                raise ConfigError(f"{where}: teacher.prices: {prices}: {exc}") from None
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)
             elif tc.model.startswith(("replay:", "local:", "simulated:")):
