@@ -272,7 +272,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for err in exc.errors():
             loc = tuple(err["loc"])
             line = _line_for(lines, loc)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{path}:{line if line else '?'}: {_fmt_path(loc)}: {msg}")
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems)) from None
     names = [s.name for s in cfg.stages]

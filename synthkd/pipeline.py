@@ -34,8 +34,8 @@ import fcntl
 import hashlib
 import json
 import os
-import shutil
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -110,7 +110,7 @@ class StageContext:
             self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
             stats = getattr(self._teacher, "stats", None)
             if stats is not None and hasattr(stats, "attempts"):  # a teacher that counts requests (and may cost)
-                self._ledger = Ledger.open(inside_run_dir(self.run_dir, ledger_path(self.output)))
+                self._ledger = Ledger(inside_run_dir(self.run_dir, ledger_path(self.output)))
                 cache = getattr(self._teacher, "cache", None)
                 if cache is not None:  # every paid answer goes through cache.put: record it there, durably
                     self._teacher.cache = _LedgerCache(cache, self._ledger)
@@ -344,10 +344,6 @@ class Ledger:
         self.path = path
         self.attempt = f"{os.getpid()}-{time.time_ns()}"
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    @classmethod
-    def open(cls, path: Path) -> "Ledger":
-        return cls(path)
 
     def _write(self, entry: dict[str, Any]) -> None:
         os.write(self._fd, (json.dumps({"attempt": self.attempt, **entry}) + "\n").encode())

@@ -139,9 +139,9 @@ def test_only_a_prev_that_synthkd_made_is_replaced(tmp_path):
 # ----------------------------------------------------------------------------- F5: one run at a time
 def test_second_run_on_the_same_run_dir_is_refused_with_the_holders_pid(tmp_path, make_server):
     # F5 regression: two runs on one run dir both exited 0 with duplicated rows and double the requests
-    srv = make_server(FaultConfig(latency_ms=30))
-    write_prompts(tmp_path / "in.jsonl", 120)
-    (tmp_path / "p.yaml").write_text(f"name: t\nteacher: {{model: test-model, base_url: '{srv.base_url}', concurrency: 4}}\n"
+    srv = make_server(FaultConfig(latency_ms=100))  # the first run takes >= 10 s: time for the second to start
+    write_prompts(tmp_path / "in.jsonl", 200)
+    (tmp_path / "p.yaml").write_text(f"name: t\nteacher: {{model: test-model, base_url: '{srv.base_url}', concurrency: 2}}\n"
                                      "stages:\n  - {name: c, kind: complete, input: in.jsonl}\n")
     first = subprocess.Popen(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True, preexec_fn=_killable)
@@ -156,8 +156,8 @@ def test_second_run_on_the_same_run_dir_is_refused_with_the_holders_pid(tmp_path
     assert time.monotonic() - t0 < 30 and first.poll() is None  # refused at once, the first still running
     assert first.wait(timeout=120) == 0, first.stderr.read()
     rows = read_jsonl(tmp_path / "runs/t/c.jsonl")
-    assert len(rows) == len({r["id"] for r in rows}) == 120
-    assert srv.stats()["by_endpoint"]["/v1/completions"] == 120
+    assert len(rows) == len({r["id"] for r in rows}) == 200
+    assert srv.stats()["by_endpoint"]["/v1/completions"] == 200
     assert _run(tmp_path, "run", "p.yaml").returncode == 0  # the lock went with the first process
 
 
