@@ -8,13 +8,15 @@ the two gives "pipeline.yaml:14: stages[2].options.samples: Input should be a va
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 
 class ConfigError(ValueError):
@@ -23,6 +25,19 @@ class ConfigError(ValueError):
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+#: pipeline and stage names become file and directory names (``runs/<name>/<stage>.jsonl``): plain
+#: identifiers only, so a name can never be ``.``/``..``, hidden, a path, or collide with the
+#: ``<stage>.rejects.jsonl`` / ``<stage>.ledger.jsonl`` side files of another stage (no dots at all).
+NAME_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
+
+
+def check_name(value: str) -> str:
+    if not NAME_RE.match(value) or len(value) > 100:
+        raise ValueError(f"{value!r} is not a plain name: use letters, digits, '_' and '-' (no '.', no '/', "
+                         "not starting with '-'; at most 100 characters)")
+    return value
 
 
 class TeacherConfig(_Strict):
@@ -41,16 +56,21 @@ class TeacherConfig(_Strict):
 
 
 class StageConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     kind: str
     input: str | None = None
     inputs: dict[str, str] = Field(default_factory=dict)
     options: dict[str, Any] = Field(default_factory=dict)
     teacher: TeacherConfig | None = None  # overrides the pipeline's teacher for this stage
 
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v)
+
 
 class PipelineConfig(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str
     description: str = ""
     run_dir: str = "runs"
     seed: int = 0
@@ -60,6 +80,47 @@ class PipelineConfig(_Strict):
     version: Literal[1] = 1
     _source: Path | None = PrivateAttr(None)
     _lines: dict = PrivateAttr(default_factory=dict)
+    _raw: dict | None = PrivateAttr(None)  # the config as written (``${VAR}`` unexpanded), for the manifest
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        return check_name(v)
+
+    def recorded(self) -> dict[str, Any]:
+        """The config as it may be written down (manifest, report, cards): ``${VAR}`` references left
+        unexpanded (their values may be secrets) and credentials in URLs redacted."""
+        raw = self._raw if self._raw is not None else self.model_dump(mode="json")
+        return redact_secrets(raw)
+
+
+def redact_url(value: str) -> str:
+    """``http://user:pw@host/v1?key=sk`` -> ``http://***@host/v1?key=***``; other strings unchanged."""
+    if "://" not in value:
+        return value
+    try:
+        parts = urlsplit(value.strip())
+    except ValueError:
+        return "***"
+    if not parts.scheme or not parts.netloc:
+        return value
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = "&".join(q.split("=", 1)[0] + "=***" if "=" in q else "***" for q in parts.query.split("&")) \
+        if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, "***" if parts.fragment else ""))
+
+
+def redact_secrets(value: Any) -> Any:
+    """A copy of a config tree with every URL's userinfo and query values redacted."""
+    if isinstance(value, str):
+        return redact_url(value)
+    if isinstance(value, dict):
+        return {k: redact_secrets(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_secrets(v) for v in value]
+    return value
 
 
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -119,7 +180,7 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         raise ConfigError(f"--set {assignment!r}: expected KEY.PATH=VALUE")
     key, raw = assignment.split("=", 1)
     parts = key.split(".")
-    value = yaml.safe_load(raw) if raw else ""
+    value = safe_yaml(raw, f"--set {key}")[1] if raw else ""
     cur: Any = data
     for i, part in enumerate(parts):
         last = i == len(parts) - 1
@@ -144,24 +205,65 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
             raise ConfigError(f"--set {key}: {'.'.join(parts[:i])} is not a mapping or list")
 
 
+#: deeper YAML than this is refused (a pipeline needs about 6 levels; PyYAML's composer and the
+#: line index recurse, so thousands of levels would end in a RecursionError)
+MAX_YAML_DEPTH = 64
+
+
+def safe_yaml(text: str, where: str) -> tuple[yaml.Node | None, Any]:
+    """(node tree, data) of a YAML text, refusing anchors/aliases and deep nesting up front.
+
+    Why refuse aliases: nine nested aliases ("billion laughs") are cheap for ``safe_load`` (shared
+    objects) but every walk over the tree — line index, ``${ENV}`` expansion, validation — expands
+    them to 9**9 nodes.  A pipeline never needs them, so the one event pass below stops it in
+    microseconds with bounded memory and names the line.
+    """
+    depth = 0
+    try:
+        for ev in yaml.parse(text, Loader=yaml.SafeLoader):
+            line = ev.start_mark.line + 1 if ev.start_mark else "?"
+            if isinstance(ev, yaml.AliasEvent) or getattr(ev, "anchor", None):
+                raise ConfigError(f"{where}:{line}: YAML anchors and aliases (&x / *x) are not allowed "
+                                  "in a pipeline file: write the value out")
+            if isinstance(ev, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                depth += 1
+                if depth > MAX_YAML_DEPTH:
+                    raise ConfigError(f"{where}:{line}: nested more than {MAX_YAML_DEPTH} levels deep")
+            elif isinstance(ev, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                depth -= 1
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise ConfigError(f"{at}: not valid YAML: {getattr(exc, 'problem', None) or exc}") from None
+    return node, data
+
+
+def _read_text(path: Path) -> str:
+    """The file as UTF-8; a bad byte is a config error naming its line, not a UnicodeDecodeError."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})") from None
+
+
 def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
     """Read, expand, override and validate a pipeline file."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: pipeline file not found")
-    text = path.read_text(encoding="utf-8")
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    if not path.is_file():
+        raise ConfigError(f"{path}: not a file")
+    node, data = safe_yaml(_read_text(path), str(path))
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: a pipeline is a mapping with 'name', 'teacher' and 'stages'")
     lines = _line_index(node) if node is not None else {}
     for ov in overrides or []:
         apply_override(data, ov)
+    raw = copy.deepcopy(data)
     data = expand_env(data, str(path))
     try:
         cfg = PipelineConfig.model_validate(data)
@@ -170,7 +272,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         for err in exc.errors():
             loc = tuple(err["loc"])
             line = _line_for(lines, loc)
-            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
+            msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{path}:{line if line else '?'}: {_fmt_path(loc)}: {msg}")
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems)) from None
     names = [s.name for s in cfg.stages]
@@ -179,6 +281,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         raise ConfigError(f"{path}: stage names must be unique; repeated: {', '.join(dup)}")
     cfg._source = path
     cfg._lines = lines
+    cfg._raw = raw
     return cfg
 
 

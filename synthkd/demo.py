@@ -83,6 +83,9 @@ def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, 
     base = base_dir or Path.cwd()
     run_dir = base / "runs" / "demo"
     data = run_dir / "data"
+    from synthkd.pipeline import claim_run_dir
+
+    claim_run_dir(run_dir, "demo")  # marked as synthkd's before the demo writes its inputs into it
     problems = make_problems(n_train + n_test, seed=seed)
     train, test = problems[:n_train], problems[n_train:]
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in train], data / "train.jsonl")

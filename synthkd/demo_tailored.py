@@ -86,6 +86,9 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
     tiny = tiny or TINY
     run_dir = base / "runs" / "demo_tailored"
     data = run_dir / "data"
+    from synthkd.pipeline import claim_run_dir
+
+    claim_run_dir(run_dir, "demo_tailored")  # marked as synthkd's before the demo writes its inputs into it
     problems = make_problems(n_pool + n_dev + n_test, seed=seed)
     pool, dev, test = problems[:n_pool], problems[n_pool:n_pool + n_dev], problems[n_pool + n_dev:]
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool], data / "pool.jsonl")

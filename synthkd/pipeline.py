@@ -11,14 +11,31 @@ that was interrupted (status "running") with the same fingerprint is *resumed*: 
 stage skips ids already written and gets every answer it already paid for from the request cache.  A
 stage whose fingerprint changed starts over (its old output is moved to ``<stage>.jsonl.prev``,
 never silently mixed with the new one).
+
+Safety of the run directory (it is the only place the runner writes, moves or deletes):
+* every such path is checked by :func:`inside_run_dir` first;
+* a directory synthkd did not make is refused unless it is empty (ours holds a manifest with
+  ``"synthkd_run": 1``, or the keys an older synthkd wrote), and a foreign ``manifest.json`` is never
+  rewritten;
+* a ``.prev`` is replaced or deleted only when this run dir's manifest records that synthkd made it;
+* one ``synthkd run`` at a time holds ``.synthkd.lock`` (flock); a second one is refused at once.
+
+The teacher ledger (``<stage>.ledger.jsonl``): one line per paid answer, appended *before* the answer
+is cached, plus one line with the teacher's exact counters when an attempt ends.  The manifest's
+``teacher`` totals are summed over every attempt in it, so a SIGKILLed attempt's requests, tokens and
+cost still count (for a killed attempt: the answers it received; requests in flight at the kill are
+not known and not counted).  Rows are counted in the output file, never "rows written this time".
 """
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import hashlib
 import json
 import os
 import platform
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -74,6 +91,7 @@ class StageContext:
     base_dir: Path
     _teacher: Teacher | None = None
     _progress: Any = None
+    _ledger: "Ledger | None" = None
     teacher_config: TeacherConfig | None = None
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
@@ -91,7 +109,11 @@ class StageContext:
                 raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs a 'teacher'")
             self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
             stats = getattr(self._teacher, "stats", None)
-            if stats is not None and hasattr(stats, "attempts"):
+            if stats is not None and hasattr(stats, "attempts"):  # a teacher that counts requests (and may cost)
+                self._ledger = Ledger(inside_run_dir(self.run_dir, ledger_path(self.output)))
+                cache = getattr(self._teacher, "cache", None)
+                if cache is not None:  # every paid answer goes through cache.put: record it there, durably
+                    self._teacher.cache = _LedgerCache(cache, self._ledger)
                 from synthkd.progress import ProgressReporter
 
                 # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
@@ -176,18 +198,233 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class StageFailed(RuntimeError):
+    """A stage finished but some rows were rejected for good (``synthkd run`` exits 1, as ``complete`` does)."""
+
+
+class RunDirError(ConfigError):
+    """The run directory cannot be used safely (not ours, busy, or a path outside it): exit 2."""
+
+
+def inside_run_dir(run_dir: Path, path: Path) -> Path:
+    """``path`` if it lies strictly inside the (resolved) run directory; refuse anything else.
+
+    Every path the runner writes, moves or deletes goes through here, so no name, symlink or ``..``
+    can make it touch a file outside the run directory (or the run directory itself)."""
+    root = Path(run_dir).resolve()
+    p = Path(path)
+    if p.name in ("", ".", ".."):
+        raise RunDirError(f"refusing to touch {p}: not a file or directory name inside {root}")
+    real = p.parent.resolve() / p.name  # the entry itself may be a symlink: checked below
+    if root not in real.parents or (real.is_symlink() and root not in real.resolve().parents):
+        raise RunDirError(f"refusing to touch {p}: it is outside the run directory {root}")
+    return real
+
+
+#: what makes a manifest ours: the marker (current) or the keys every synthkd manifest has had
+MANIFEST_MARKER = "synthkd_run"
+_MANIFEST_KEYS = {"name", "config", "config_hash", "stages"}
+LOCK_NAME = ".synthkd.lock"
+
+
 class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.data: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"stages": {}}
+        self.data: dict[str, Any] = read_manifest(path) if path.exists() else {MANIFEST_MARKER: 1, "stages": {}}
 
     def stage(self, name: str) -> dict[str, Any]:
         return self.data["stages"].setdefault(name, {})
 
     def save(self) -> None:
         tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n")
-        os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written manifest
+        try:
+            tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n")
+            os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written manifest
+        except OSError:
+            tmp.unlink(missing_ok=True)  # disk full: the old manifest is intact, drop the torn copy
+            raise
+
+    # ---- what synthkd itself made (the only things it may replace or delete later)
+    def made(self, path: Path) -> bool:
+        return path.name in self.data.get("made_by_synthkd", [])
+
+    def record_made(self, path: Path) -> None:
+        made = self.data.setdefault("made_by_synthkd", [])
+        if path.name not in made:
+            made.append(path.name)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """A synthkd manifest, or RunDirError: a manifest.json we did not write is never used or rewritten."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: not a synthkd manifest (not valid JSON: {exc}); "
+                          "point run_dir at a new or empty directory") from None
+    if not isinstance(data, dict) or not (data.get(MANIFEST_MARKER) == 1 or _MANIFEST_KEYS <= data.keys()) \
+            or not isinstance(data.get("stages"), dict):
+        raise RunDirError(f"{path}: not a synthkd manifest (it was not written by synthkd); "
+                          "point run_dir at a new or empty directory")
+    data[MANIFEST_MARKER] = 1
+    return data
+
+
+def open_run_dir(run_dir: Path, name: str) -> Path:
+    """Create or check the run directory: ours (a synthkd manifest for this pipeline) or empty."""
+    run_dir = run_dir.resolve()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir}: exists and is not a directory")
+    if run_dir.is_dir():
+        entries = {p.name for p in run_dir.iterdir()} - {LOCK_NAME}
+        manifest = run_dir / "manifest.json"
+        if manifest.exists() or manifest.is_symlink():
+            if manifest.is_symlink() or not manifest.is_file():
+                raise RunDirError(f"{manifest}: not a synthkd manifest (not a plain file)")
+            data = read_manifest(manifest)
+            if data.get("name") not in (None, name):
+                raise RunDirError(f"{run_dir}: holds the run of pipeline {data.get('name')!r}, not {name!r}")
+        elif entries:
+            raise RunDirError(f"{run_dir}: exists, is not empty and is not a synthkd run directory (no manifest.json); "
+                              "synthkd will not move or overwrite files it did not make: choose a new run_dir")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return run_dir
+
+
+def claim_run_dir(run_dir: Path, name: str) -> Path:
+    """Make (or check) a run directory and mark it as synthkd's before anything is written into it,
+    for callers that put their own inputs there before running a pipeline (the demos)."""
+    run_dir = open_run_dir(run_dir, name)
+    if not (run_dir / "manifest.json").exists():
+        manifest = Manifest(run_dir / "manifest.json")
+        manifest.data["name"] = name
+        manifest.save()
+    return run_dir
+
+
+class RunLock:
+    """One ``synthkd run`` per run directory: an flock on ``.synthkd.lock`` that holds the owner's pid.
+
+    Why not unlink on release: a third process could open the old file after the unlink and lock a
+    different inode than a fourth; the file stays, the lock (kernel-held) goes with the process."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = inside_run_dir(run_dir, run_dir / LOCK_NAME)
+        self._fd = -1
+
+    def __enter__(self) -> "RunLock":
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self._fd, 64, 0).decode(errors="replace").strip() or "?"
+            os.close(self._fd)
+            raise RunDirError(f"{self.path.parent}: another synthkd run (pid {holder}) is using this run "
+                              "directory; wait for it to finish") from None
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.ftruncate(self._fd, 0)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = -1
+
+
+# ----------------------------------------------------------------------------- the teacher ledger
+def ledger_path(output: Path) -> Path:
+    return output.with_name(output.name.removesuffix(".jsonl") + ".ledger.jsonl")
+
+
+class Ledger:
+    """Append-only per-stage record of teacher usage (see the module docstring)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.attempt = f"{os.getpid()}-{time.time_ns()}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+
+    def _write(self, entry: dict[str, Any]) -> None:
+        os.write(self._fd, (json.dumps({"attempt": self.attempt, **entry}) + "\n").encode())
+
+    def answer(self, response: dict[str, Any]) -> None:
+        u = response.get("usage") or {}
+        self._write({"prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
+                     "cost_usd": response.get("cost_usd") or 0.0})
+
+    def end(self, teacher: Teacher) -> None:
+        st = getattr(teacher, "stats", None)
+        if st is not None and hasattr(st, "attempts"):
+            self._write({"end": {"requests": st.attempts, "cached_answers": st.cached,
+                                 "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+                                 "cost_usd": st.cost_usd}})
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+class _LedgerCache:
+    """The teacher's request cache, with each paid answer also appended to the ledger (first)."""
+
+    def __init__(self, cache: Any, ledger: Ledger) -> None:
+        self._cache, self._ledger = cache, ledger
+
+    def put(self, key: str, model: str, response: dict[str, Any]) -> None:
+        self._ledger.answer(response)  # before the cache: a kill in between over-counts, never under-counts
+        self._cache.put(key, model, response)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cache, name)
+
+
+def ledger_totals(path: Path) -> dict[str, Any] | None:
+    """Teacher totals over every attempt in a ledger; None when there is none (no teacher used)."""
+    if not path.exists():
+        return None
+    attempts: dict[str, dict[str, Any]] = {}
+    with open(path, "rb") as f:
+        for line in f:
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue  # a line torn by a kill mid-write
+            a = attempts.setdefault(e.get("attempt", "?"), {"answers": [0, 0, 0, 0.0], "end": None})
+            if "end" in e:
+                a["end"] = e["end"]
+            else:
+                ans = a["answers"]
+                ans[0] += 1
+                ans[1] += e.get("prompt_tokens", 0)
+                ans[2] += e.get("completion_tokens", 0)
+                ans[3] += e.get("cost_usd") or 0.0
+    if not attempts:
+        return None
+    tot = {"attempts": len(attempts), "interrupted_attempts": 0, "requests": 0, "cached_answers": 0,
+           "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    for a in attempts.values():
+        end = a["end"]
+        if end is None:  # killed: what it received (and paid for) is in its answer lines
+            n, pt, ct, usd = a["answers"]
+            end = {"requests": n, "cached_answers": 0, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": usd}
+            tot["interrupted_attempts"] += 1
+        for k in ("requests", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd"):
+            tot[k] += end.get(k) or 0
+    tot["cost_usd"] = round(tot["cost_usd"], 8)
+    return tot
+
+
+def count_rows(path: Path) -> int:
+    """Rows (non-blank lines) in a jsonl file: what a stage's manifest counts, over all attempts."""
+    if not path.is_file():
+        return 0
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    return n
 
 
 # ----------------------------------------------------------------------------- the runner
@@ -213,7 +450,7 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
     """Validate every stage (kind, options, inputs) before anything runs or is paid for."""
     _load_builtin_stages()
     base_dir = base_dir or Path.cwd()
-    run_dir = base_dir / cfg.run_dir / cfg.name
+    run_dir = (base_dir / cfg.run_dir / cfg.name).resolve()  # the name is a plain identifier (config.check_name)
     outputs: dict[str, Path] = {}
     planned: list[PlannedStage] = []
     problems: list[str] = []
@@ -247,7 +484,7 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
                                     f"{ref!r} is neither an earlier stage nor an existing file")
                     continue
                 inputs[key] = p
-        output = run_dir / f"{st.name}.jsonl"
+        output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
         outputs[st.name] = output
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
                            base_dir=base_dir, teacher_config=st.teacher or cfg.teacher)
@@ -306,11 +543,17 @@ async def run_pipeline(
     planned = plan(cfg, base_dir)
     if from_stage is not None and from_stage not in {p.cfg.name for p in planned}:
         raise ConfigError(f"--from {from_stage!r}: no such stage (stages: {', '.join(p.cfg.name for p in planned)})")
-    run_dir = planned[0].ctx.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(run_dir / "manifest.json")
+    run_dir = open_run_dir(planned[0].ctx.run_dir, cfg.name)
+    with RunLock(run_dir):
+        return await _run_locked(cfg, planned, run_dir, from_stage, log)
+
+
+async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir: Path, from_stage: str | None,
+                      log: Callable[[str], None] | None) -> RunResult:
+    manifest = Manifest(inside_run_dir(run_dir, run_dir / "manifest.json"))  # re-read under the lock
+    recorded = cfg.recorded()
     manifest.data.update(
-        name=cfg.name, config=cfg.model_dump(mode="json"), config_hash=_json_hash(cfg.model_dump(mode="json")),
+        name=cfg.name, config=recorded, config_hash=_json_hash(cfg.model_dump(mode="json")),
         versions=_versions(), updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     manifest.save()
@@ -326,33 +569,47 @@ async def run_pipeline(
         upstream = {n: manifest.stage(n).get("fingerprint", "") for n in
                     sorted(_referenced_stages(p.options.model_dump(mode="json"), earlier))}
         fp = _fingerprint(p, input_hashes, upstream)
+        known = name in manifest.data["stages"]
         rec = manifest.stage(name)
         outputs_exist = all(Path(o).exists() for o in rec.get("outputs", [str(p.ctx.output)]))
         if not forcing and rec.get("status") == "done" and rec.get("fingerprint") == fp and outputs_exist:
             say(f"[{name}] unchanged since its last run: skipped")
             result.skipped.append(name)
             continue
-        if rec.get("fingerprint") != fp or forcing:
-            _move_aside(p.ctx.output)
+        if not known:
+            _refuse_unknown_outputs(run_dir, p.ctx.output, name)
+        elif rec.get("fingerprint") != fp or forcing:
+            _move_aside(run_dir, p.ctx.output, manifest)
         say(f"[{name}] running ({p.cfg.kind})")
         rec.update(status="running", kind=p.cfg.kind, fingerprint=fp, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
         manifest.save()
         t0 = time.monotonic()
         try:
             counts = await p.impl.run(p.ctx, p.options)
+        except BaseException as exc:
+            rec["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
+            raise
         finally:
             teacher = p.ctx._teacher
             if p.ctx._progress is not None:
                 await p.ctx._progress.stop()
                 p.ctx._progress = None
             if teacher is not None:
-                _record_teacher(rec, teacher)
+                if p.ctx._ledger is not None:
+                    p.ctx._ledger.end(teacher)
+                    p.ctx._ledger.close()
+                    p.ctx._ledger = None
                 await teacher.aclose()
                 p.ctx._teacher = None
+            _record_teacher(rec, p.ctx.output, teacher)
             rec["seconds"] = round(time.monotonic() - t0, 3)
             manifest.save()
-        rec.update(status="done", counts=counts or {}, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
-                   outputs=[str(o) for o in (counts or {}).pop("_outputs", [p.ctx.output])])
+        counts = counts or {}
+        outputs = counts.pop("_outputs", [p.ctx.output])
+        if "rows_out" in counts and p.ctx.output.is_file():
+            counts["rows_out"] = count_rows(p.ctx.output)  # the file's rows, whichever attempt wrote them
+        rec.update(status="done", counts=counts, finished=time.strftime("%Y-%m-%dT%H:%M:%S"),
+                   outputs=[str(o) for o in outputs])
         manifest.save()
         result.ran.append(name)
         say(f"[{name}] done in {rec['seconds']:.1f}s: {counts_line(rec['counts'])}")
@@ -365,34 +622,46 @@ async def run_pipeline(
     return result
 
 
-def _record_teacher(rec: dict[str, Any], teacher: Teacher) -> None:
-    st = getattr(teacher, "stats", None)
-    if st is None or not hasattr(st, "attempts"):
+def _record_teacher(rec: dict[str, Any], output: Path, teacher: Teacher | None) -> None:
+    """The stage's teacher totals, summed over every attempt from its ledger (see module docstring)."""
+    totals = ledger_totals(ledger_path(output))
+    if totals is None:
         return
-    prev = rec.get("teacher", {})
-    rec["teacher"] = {
-        "model": teacher.model,
-        "requests": prev.get("requests", 0) + st.attempts,
-        "cached_answers": prev.get("cached_answers", 0) + st.cached,
-        "prompt_tokens": prev.get("prompt_tokens", 0) + st.prompt_tokens,
-        "completion_tokens": prev.get("completion_tokens", 0) + st.completion_tokens,
-        "cost_usd": round(prev.get("cost_usd", 0.0) + st.cost_usd, 8),
-    }
+    model = teacher.model if teacher is not None else (rec.get("teacher") or {}).get("model")
+    rec["teacher"] = {"model": model, **totals}
 
 
-def _move_aside(output: Path) -> None:
-    for p in (output, output.with_name(output.name.replace(".jsonl", ".rejects.jsonl"))):
-        if p.exists():
-            os.replace(p, p.with_name(p.name + ".prev"))  # the previous run's output, kept once
-    # a stage's directory (runs/<name>/<stage>/: a model, an eval, the tailored loop's rounds) goes too:
-    # a resuming stage (the tailored loop) would otherwise take results made under other settings as done
-    d = output.with_name(output.name.removesuffix(".jsonl"))
-    if d.is_dir() and not d.is_symlink():
-        prev = d.with_name(d.name + ".prev")
-        if prev.is_dir() and not prev.is_symlink():
-            import shutil
+def _refuse_unknown_outputs(run_dir: Path, output: Path, stage: str) -> None:
+    """A stage this manifest never ran must not find its outputs there already: they are not ours."""
+    for p in _stage_paths(output):
+        if p.exists() or p.is_symlink():
+            raise RunDirError(f"{p}: exists, but the manifest records no run of stage {stage!r}; synthkd will not "
+                              "append to, move or delete a file it did not make: move it away first")
 
-            shutil.rmtree(prev)
-        elif prev.exists() or prev.is_symlink():
-            prev.unlink()
-        os.replace(d, prev)
+
+def _stage_paths(output: Path) -> list[Path]:
+    """A stage's output, its rejects file and its directory (a model, an eval, the tailored rounds)."""
+    return [output, output.with_name(output.name.replace(".jsonl", ".rejects.jsonl")),
+            output.with_name(output.name.removesuffix(".jsonl"))]
+
+
+def _move_aside(run_dir: Path, output: Path, manifest: Manifest) -> None:
+    """Move a stage's previous outputs to ``*.prev`` (kept once).  An existing ``.prev`` is replaced
+    only if this manifest records that synthkd made it; the paths are checked to be in the run dir."""
+    for i, p in enumerate(_stage_paths(output)):
+        p = inside_run_dir(run_dir, p)
+        if not (p.exists() or p.is_symlink()) or (i == 2 and (p.is_symlink() or not p.is_dir())):
+            continue
+        prev = inside_run_dir(run_dir, p.with_name(p.name + ".prev"))
+        if prev.exists() or prev.is_symlink():
+            if not manifest.made(prev):
+                raise RunDirError(f"{prev}: exists and was not made by synthkd; move it away (synthkd will not "
+                                  "replace or delete it)")
+            if prev.is_dir() and not prev.is_symlink():
+                shutil.rmtree(prev)
+            else:
+                prev.unlink()
+        # record first: after a crash between the two steps the .prev is still known to be ours
+        manifest.record_made(prev)
+        manifest.save()
+        os.replace(p, prev)

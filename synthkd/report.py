@@ -32,7 +32,7 @@ def _plots(run_dir: Path, stages: dict[str, Any]) -> dict[str, str]:
     except ImportError:
         return {}
     out: dict[str, str] = {}
-    plots = run_dir / "plots"
+    plots = _inside(run_dir, "plots")
     plots.mkdir(exist_ok=True)
     funnel = [(n, s["counts"].get("rows_in"), s["counts"].get("rows_out")) for n, s in stages.items()
               if isinstance(s.get("counts"), dict) and s["counts"].get("rows_out") is not None]
@@ -69,6 +69,13 @@ def _plots(run_dir: Path, stages: dict[str, Any]) -> dict[str, str]:
         plt.close(fig)
         out["loss"] = "plots/loss.png"
     return out
+
+
+def _inside(run_dir: Path, rel: str) -> Path:
+    """``run_dir/rel``, proven to lie inside the run directory (no symlink or name leads out of it)."""
+    from synthkd.pipeline import inside_run_dir
+
+    return inside_run_dir(run_dir, run_dir / rel)
 
 
 def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> Path:
@@ -112,7 +119,7 @@ def write_report(run_dir: Path, manifest: dict[str, Any] | None = None) -> Path:
         lines.append("")
     lines += _rounds_section(run_dir, stages)
     md = "\n".join(lines)
-    path = run_dir / "report.md"
+    path = _inside(run_dir, "report.md")
     path.write_text(md + "\n")
     _write_html(run_dir, md)
     return path
@@ -182,8 +189,9 @@ def _rounds_plot(run_dir: Path, name: str, rounds: list[dict[str, Any]], best: A
         from synthkd.methods.tailored import plot_rounds
     except ImportError:
         return None
-    (run_dir / "plots").mkdir(exist_ok=True)
+    _inside(run_dir, "plots").mkdir(exist_ok=True)
     rel = f"plots/tailor_{name}.png"
+    _inside(run_dir, rel)
     drawn = plot_rounds(rounds, run_dir / rel, reflection, best=best, title=f"tailored rounds: {name}")
     return rel if drawn else None
 
@@ -202,7 +210,7 @@ def _write_html(run_dir: Path, md: str) -> None:
     except ImportError:
         return
     body = MarkdownIt("commonmark").enable("table").render(md)
-    (run_dir / "report.html").write_text(
+    _inside(run_dir, "report.html").write_text(
         "<!doctype html><meta charset='utf-8'><title>synthkd report</title>"
         "<style>body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:2px 6px}</style>" + body

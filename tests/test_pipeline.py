@@ -115,22 +115,33 @@ def test_run_skips_unchanged_stages_and_from_reruns(tmp_path, make_server):
 
 
 def test_sigkill_mid_stage_resumes_without_paying_twice(tmp_path, make_server):
+    # audit mutant 7: an interrupted stage must *resume* (keep its rows), not start over from the cache
     srv = make_server(FaultConfig(latency_ms=40))
     write_prompts(tmp_path / "in.jsonl", 200)
     _pipeline(tmp_path, srv.base_url)
     proc = subprocess.Popen(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 60
     while srv.stats()["by_outcome"]["ok"] < 260 and time.monotonic() < deadline:  # inside stage 2
         time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before the kill"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     man = json.loads((tmp_path / "runs/t/manifest.json").read_text())
     assert man["stages"]["first"]["status"] == "done" and man["stages"]["second"]["status"] == "running"
+    partial = (tmp_path / "runs/t/second.jsonl").read_bytes()
+    partial = partial[: partial.rfind(b"\n") + 1]  # whole rows only (a torn last line is cut on resume)
+    before = partial.count(b"\n")
+    assert 0 < before < 200
     res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 0, res.stderr
     assert "[first] unchanged" in res.stderr
+    assert f"{before} already there" in res.stderr, res.stderr
+    assert not (tmp_path / "runs/t/second.jsonl.prev").exists()
+    final = (tmp_path / "runs/t/second.jsonl").read_bytes()
+    assert final.startswith(partial)  # the rows of the killed attempt were kept, byte for byte
     rows = read_jsonl(tmp_path / "runs/t/second.jsonl")
     assert len(rows) == len({r["id"] for r in rows}) == 200
     extra = _completion_requests(srv) - 600

@@ -9,10 +9,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from synthkd.config import ConfigError, load_pipeline
+from synthkd.config import ConfigError, _line_for, load_pipeline, stage_line
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.base import BudgetExceeded, TeacherFatalError
-from synthkd.teachers.pricing import PriceTable
+from synthkd.teachers.pricing import PriceTable, PriceTableError
 
 # (synthkd.config pulls in pydantic: fine here, this module is imported only for run/validate help)
 
@@ -21,6 +21,12 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def os_error_line(exc: OSError) -> str:
+    """One line for a runtime environment failure (read-only file system, disk full, permissions)."""
+    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+    return f"error: {exc.strerror or exc}{where}"
 
 
 def _estimate_table(cfg, planned) -> tuple[str, float | None]:
@@ -35,7 +41,13 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
         tc = p.ctx.teacher_config
         cost = None
         if e and tc:
-            price = PriceTable.default(p.ctx.resolve(tc.prices) if tc.prices else None).lookup(tc.model)
+            prices = p.ctx.resolve(tc.prices) if tc.prices else None
+            try:
+                price = PriceTable.default(prices).lookup(tc.model)
+            except (PriceTableError, UnicodeDecodeError) as exc:  # a config error, not a traceback
+                where = (stage_line(cfg, p.index, "teacher", "prices") if p.cfg.teacher is not None
+                         else f"{cfg._source}:{_line_for(cfg._lines, ('teacher', 'prices')) or '?'}")
+                raise ConfigError(f"{where}: teacher.prices: {prices}: {exc}") from None
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)
             elif tc.model.startswith(("replay:", "local:", "simulated:")):
@@ -65,6 +77,9 @@ def validate(
     except (ConfigError, InputError) as exc:
         _say(f"error: {exc}")
         raise typer.Exit(2)
+    except OSError as exc:
+        _say(os_error_line(exc))
+        raise typer.Exit(2)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
     print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
@@ -77,7 +92,7 @@ def run(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask when the estimate exceeds the teacher's max_cost."),
 ) -> None:
     """Carry out a pipeline into runs/<name>/: resumable, skipping unchanged stages, with a report."""
-    from synthkd.pipeline import plan, run_pipeline
+    from synthkd.pipeline import StageFailed, plan, run_pipeline
 
     try:
         cfg = load_pipeline(pipeline, set_ or [])
@@ -101,6 +116,12 @@ def run(
     except TeacherFatalError as exc:
         _say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
         raise typer.Exit(4)
+    except StageFailed as exc:  # rows rejected for good: exit 1, the code README reserves for that
+        _say(f"error: {exc}")
+        raise typer.Exit(1)
+    except OSError as exc:  # read-only run_dir, disk full: nothing written is lost, the manifest is intact
+        _say(os_error_line(exc) + "\nnothing already written is lost: fix this and rerun the same command to resume")
+        raise typer.Exit(2)
     except KeyboardInterrupt:
         _say("interrupted: rerun the same command to resume")
         raise typer.Exit(130)
@@ -110,12 +131,20 @@ def run(
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
     """(Re)write report.md, report.html and plots/ of a run directory from its manifest."""
+    from synthkd.pipeline import read_manifest
     from synthkd.report import write_report
 
-    if not (run_dir / "manifest.json").exists():
+    if not (run_dir / "manifest.json").is_file():
         _say(f"error: {run_dir}: no manifest.json (not a run directory)")
         raise typer.Exit(2)
-    print(write_report(run_dir))
+    try:
+        print(write_report(run_dir, read_manifest(run_dir / "manifest.json")))  # only into a run dir of ours
+    except ConfigError as exc:
+        _say(f"error: {exc}")
+        raise typer.Exit(2)
+    except OSError as exc:
+        _say(os_error_line(exc))
+        raise typer.Exit(2)
 
 
 def push(
@@ -126,13 +155,16 @@ def push(
 ) -> None:
     """Push a stage to the Hugging Face Hub (needs HF_TOKEN): a training stage's student as a model repo,
     any other stage's rows as a dataset repo, each with a card recording provenance."""
-    from synthkd.hub import push_stage_dataset, push_student
+    from synthkd.hub import HubError, push_stage_dataset, push_student
 
     try:
         if (run_dir / stage / "config.json").exists():
             print(push_student(run_dir, stage, repo_id, private=not public))
         else:
             print(push_stage_dataset(run_dir, stage, repo_id, private=not public))
-    except (FileNotFoundError, KeyError) as exc:
+    except (FileNotFoundError, KeyError, ValueError) as exc:
         _say(f"error: {exc}")
         raise typer.Exit(2)
+    except HubError as exc:  # offline, unreachable or refused: like a teacher that cannot be reached
+        _say(f"error: {exc}")
+        raise typer.Exit(4)

@@ -8,12 +8,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
 from synthkd.jsonl_io import index_output, scan_prompt_file
-from synthkd.pipeline import Estimate, StageContext, register_stage
+from synthkd.pipeline import Estimate, StageContext, StageFailed, count_rows, register_stage  # noqa: F401 (StageFailed re-exported)
 from synthkd.teachers.base import BudgetExceeded
-
-
-class StageFailed(RuntimeError):
-    pass
 
 
 @register_stage("complete")
@@ -36,7 +32,7 @@ class CompleteStage:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         if code != EXIT_OK:
             raise StageFailed(f"[{ctx.stage.name}] some rows failed for good: see {ctx.output.name.replace('.jsonl', '.rejects.jsonl')}")
-        return {"rows_in": scan.rows, "rows_out": sum(1 for _ in open(ctx.output, "rb"))}
+        return {"rows_in": scan.rows, "rows_out": count_rows(ctx.output)}
 
     def estimate(self, ctx: StageContext, opts: Options) -> Estimate:
         import orjson

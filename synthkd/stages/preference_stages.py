@@ -33,6 +33,7 @@ from synthkd.config import TeacherConfig
 from synthkd.jsonl_io import InputError, index_output, load_rows
 from synthkd.methods.runner import write_rows
 from synthkd.pipeline import Estimate, StageContext, register_stage, teacher_spec_from
+from synthkd.pipeline import count_rows
 from synthkd.stages.generate_stages import _check_budget, _funnel
 from synthkd.teachers.factory import make_teacher
 
@@ -195,7 +196,7 @@ class PreferencesStage:
             from synthkd.teachers.base import BudgetExceeded
 
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
-        return _funnel(len(rows), counts, {"mode": o.mode, "pairs": counts.written + counts.already_there,
+        return _funnel(len(rows), counts, {"mode": o.mode, "pairs": count_rows(ctx.output),
                                           "models": sides})
 
     def estimate(self, ctx: StageContext, o: Options) -> Estimate:

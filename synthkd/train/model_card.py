@@ -161,7 +161,8 @@ def render_card(record: dict[str, Any]) -> str:
                        ("teacher_cost_usd", "teacher cost (USD, sum of row costs)"), ("templates", "prompt templates"),
                        ("filters", "filters"), ("methods", "generation methods")):
         if key in prov:
-            lines.append(f"| {label} | {_fmt(prov[key])} |")
+            value = Path(str(prov[key])).name if key == "rows_file" and prov[key] else prov[key]
+            lines.append(f"| {label} | {_fmt(value)} |")  # a file name, not a local path (the card is pushed)
     extra = {k: v for k, v in prov.items() if k.startswith("sidecar") or k == "extra"}
     for k, v in extra.items():
         lines.append(f"| {k} | `{json.dumps(v, default=str)[:400]}` |")
@@ -172,7 +173,7 @@ def render_card(record: dict[str, Any]) -> str:
     for k, v in metrics.items():
         lines.append(f"| {k} | {_fmt(v)} |")
     for ev in evals:
-        lines += ["", f"### Evaluation on `{ev.get('input')}`", "", ev.get("markdown", "")]
+        lines += ["", f"### Evaluation on `{Path(str(ev.get('input'))).name}`", "", ev.get("markdown", "")]
     lines.append("")
     return "\n".join(lines)
 
