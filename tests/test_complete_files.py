@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
-from synthkd.jsonl_io import InputError, OutputLock, PathError, iter_jsonl, load_rows
+from synthkd.jsonl_io import InputError, OutputLock, iter_jsonl, load_rows
 from synthkd.testing.server import FaultConfig
 
 PR_CAPBSET_DROP = 24
@@ -132,7 +132,7 @@ def test_generate_and_clean_refuse_an_output_naming_their_input(tmp_path):
     (tmp_path / "in.jsonl").write_text('{"id": 1, "question": "1+1?", "answer": "2", "text": "a"}\n')
     before = (tmp_path / "in.jsonl").read_bytes()
     res = run_cli("generate", "rationales", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
-                  "--kind", "math", "-m", "simulated:arithmetic", "--no-cache",
+                  "--kind", "math", "-m", "simulated:arithmetic", "--no-cache", "--n-demos", "0",
                   "--summary-json", str(tmp_path / "in.jsonl"))
     assert res.returncode == 2 and "names the same file as --input" in res.stderr, res.stderr
     (tmp_path / "link.jsonl").symlink_to(tmp_path / "in.jsonl")
@@ -283,11 +283,11 @@ def test_second_writer_is_told_which_process_holds_the_output(tmp_path):
     out = tmp_path / "out.jsonl"
     (tmp_path / "link.jsonl").symlink_to(out)
     with OutputLock(out):
-        with pytest.raises(PathError) as err:
+        with pytest.raises(InputError) as err:
             OutputLock(tmp_path / "link.jsonl").__enter__()  # the same file by another name
     msg = str(err.value)
     assert "another synthkd process is writing it" in msg and f"(pid {os.getpid()})" in msg
-    assert "invalid input" not in msg and isinstance(err.value, InputError)  # still exit 2
+    assert "invalid input" not in msg  # an InputError all the same: exit 2
 
 
 _HAMMER = r"""
