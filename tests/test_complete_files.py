@@ -356,3 +356,30 @@ def test_sigterm_stops_cleanly_with_130_and_a_rerun_completes(tmp_path, make_ser
     assert res.returncode == 0, res.stderr
     ids = [r["id"] for r in read_jsonl(out)]
     assert sorted(ids) == sorted(r["id"] for r in rows)  # every id exactly once
+
+
+def test_sigterm_stops_a_generate_command_cleanly_too(tmp_path, make_server):
+    # audit §3 "SIGTERM -> clean stop, exit 130, resumable, for any command" (generate used to die at once)
+    srv = make_server(FaultConfig(latency_ms=50))
+    with open(tmp_path / "in.jsonl", "w") as f:
+        for i in range(40):
+            f.write(json.dumps({"id": i, "question": f"What is {i} plus {i}?", "answer": str(2 * i)}) + "\n")
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "rationales", "-i", str(tmp_path / "in.jsonl"), "-o", str(out), "--kind", "math",
+            "--n-demos", "0", "-m", "test-model", "--base-url", srv.base_url, "--cache", str(tmp_path / "c.sqlite"),
+            "-c", "2"]
+    proc = subprocess.Popen(synthkd_cmd(*args), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_defaults_in_child)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_bytes().count(b"\n") >= 3) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    assert proc.poll() is None and out.read_bytes().count(b"\n") < 40
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    assert out.read_bytes().endswith(b"\n")
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    assert sorted(r["id"] for r in read_jsonl(out)) == list(range(40))

@@ -118,9 +118,16 @@ def say(msg: str) -> None:
 
 def run_job(job: Callable[[], Awaitable[int]]) -> None:
     """Run an async job; turn known errors into one clear message and an exit code (2 input, unusable
-    path or a write that failed mid-run such as disk full; 4 teacher; 130 interrupted)."""
+    path or a write that failed mid-run such as disk full; 4 teacher; 130 interrupted by Ctrl-C or
+    SIGTERM, rows kept)."""
+    from synthkd.complete import _install_sigterm  # the one SIGTERM rule: stop like Ctrl-C
+
+    async def main() -> int:
+        _install_sigterm()
+        return await job()
+
     try:
-        code = asyncio.run(job())
+        code = asyncio.run(main())
     except (InputError, TemplateError, PriceTableError, ValueError) as exc:
         say(f"error: {exc}")
         code = 2
@@ -132,7 +139,7 @@ def run_job(job: Callable[[], Awaitable[int]]) -> None:
     except TeacherFatalError as exc:
         say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
         code = 4
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM
         say("interrupted: rows written so far are kept; rerun the same command to resume")
         code = 130
     raise typer.Exit(code)
