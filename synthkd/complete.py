@@ -256,7 +256,7 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
         try:
             write_summary(o.summary_json, summary)
         except OutputWriteError as exc:
-            _say(f"error: {exc}; the rows themselves are all written (see the line above)")
+            _say(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
             return EXIT_BAD_INPUT
     return code
 

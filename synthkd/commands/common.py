@@ -116,14 +116,19 @@ def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_job(job: Callable[[], Awaitable[int]]) -> None:
+def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
     """Run an async job; turn known errors into one clear message and an exit code (2 input, unusable
     path or a write that failed mid-run such as disk full; 4 teacher; 130 interrupted by Ctrl-C or
-    SIGTERM, rows kept)."""
+    SIGTERM, rows kept).
+
+    ``sigterm=False`` keeps the default SIGTERM (die at once) for a job that blocks the event loop for
+    long stretches (training): a handler on the loop would only run once that stretch is over.
+    """
     from synthkd.complete import _install_sigterm  # the one SIGTERM rule: stop like Ctrl-C
 
     async def main() -> int:
-        _install_sigterm()
+        if sigterm:
+            _install_sigterm()
         return await job()
 
     try:

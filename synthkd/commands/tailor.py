@@ -85,4 +85,4 @@ def tailor_command(
             f"{out / 'rounds.json'}, {out / 'accuracy.png'}")
         return 3 if result["budget_exhausted"] else 0
 
-    run_job(job)
+    run_job(job, sigterm=False)  # training blocks the loop: SIGTERM keeps its default
