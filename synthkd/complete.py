@@ -5,22 +5,32 @@ The simplest job, and the contract the benchmarks rely on.  Its guarantees:
 * one output row per input id, appended and flushed as it completes, in completion order;
 * a rerun after a crash, Ctrl-C or SIGKILL skips ids already written, repairs a torn last line,
   and gets every answer it had already paid for from the cache;
-* a row that fails for good goes to the rejects file with its error, never silently missing;
-* the exit code is 0 only when every row is in the output.
+* a row that fails for good goes to the rejects file with its error, never silently missing; the
+  rejects file is never truncated: an earlier attempt's entry stays until its row is redone
+  (see :class:`synthkd.jsonl_io.RejectsWriter`);
+* every path (input, output, rejects, summary, cache) is checked before the first request: a missing,
+  unwritable or directory path, or two options naming one file, is exit 2 and costs nothing;
+* the exit code is 0 only when every row is in the output.  A write that fails mid-run (disk full,
+  read-only file system) stops the run with one line naming the file, the rows kept and "rerun the same
+  command to resume", and exit 2 (EXIT_BAD_INPUT: the environment needs fixing before a rerun; 1 stays
+  reserved for rejected rows).  SIGTERM stops like Ctrl-C: rows kept, exit 130, rerun to resume.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from synthkd.jsonl_io import AppendWriter, InputError, OutputLock, index_output, iter_jsonl, scan_prompt_file
+from synthkd.jsonl_io import (
+    AppendWriter, InputError, OutputLock, OutputWriteError, RejectsWriter, check_paths, index_output, iter_jsonl,
+    scan_prompt_file, write_summary,
+)
 from synthkd.progress import ProgressReporter
 from synthkd.teachers.base import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
@@ -80,8 +90,6 @@ def _validate_options(o: CompleteOptions) -> list[str]:
     for name, v in (("--rpm", o.rpm), ("--tpm", o.tpm), ("--timeout", o.timeout)):
         if v is not None and v <= 0:
             problems.append(f"{name} must be positive")
-    if o.input.resolve() == o.output.resolve():
-        problems.append("--output must differ from --input")
     return problems
 
 
@@ -92,8 +100,15 @@ def run_complete(o: CompleteOptions) -> int:
         _say("error: " + "\n       ".join(problems))
         return EXIT_BAD_INPUT
     try:
+        check_paths(
+            {"--input": o.input},
+            {"--output": o.output, "--rejects" if o.rejects else "rejects file": _rejects_path(o),
+             "--summary-json": o.summary_json},
+            cache=None if o.no_cache else o.cache,
+        )
         scan = scan_prompt_file(o.input)
         prices = PriceTable.default(o.prices)
+        cache = None if o.no_cache else RequestCache(o.cache or default_cache_path())
     except (InputError, PriceTableError) as exc:
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
@@ -102,7 +117,6 @@ def run_complete(o: CompleteOptions) -> int:
         params["max_tokens"] = o.max_tokens
     if o.temperature is not None:
         params["temperature"] = o.temperature
-    cache = None if o.no_cache else RequestCache(o.cache or default_cache_path())
     try:
         teacher = OpenAICompatibleTeacher(
             o.model,
@@ -126,7 +140,7 @@ def run_complete(o: CompleteOptions) -> int:
         with OutputLock(o.output):
             done = index_output(o.output)
             return asyncio.run(_run(o, teacher, scan.rows, done))
-    except InputError as exc:
+    except (InputError, OutputWriteError) as exc:  # a busy output, or one that cannot be opened
         _say(f"error: {exc}")
         return EXIT_BAD_INPUT
     except (KeyboardInterrupt, asyncio.CancelledError):
@@ -137,9 +151,13 @@ def run_complete(o: CompleteOptions) -> int:
             cache.close()
 
 
+def _rejects_path(o: CompleteOptions) -> Path:
+    return o.rejects or rejects_path_for(o.output)
+
+
 async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any) -> int:
     _install_sigterm()
-    rejects_path = o.rejects or rejects_path_for(o.output)
+    rejects_path = _rejects_path(o)
     todo_rows = n_rows - len(done)
     S = o.samples
 
@@ -162,27 +180,41 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     written = rejected = cached_rows = 0
     t0 = time.monotonic()
     out = AppendWriter(o.output)
-    rej = AppendWriter(rejects_path, truncate=True)
+    try:
+        rej = RejectsWriter(rejects_path, done)
+    except BaseException:
+        out.close()
+        raise
     reporter = ProgressReporter(teacher.stats, todo_rows * S, enabled=o.progress)
     reporter.start()
     code = EXIT_OK
     try:
-        async for job in stream_jobs(teacher, jobs()):
-            (lineno, row), results = job.item, job.results
-            errors = [r.error for r in results if not r.ok]
-            if errors:
-                rej.write({"id": row["id"], "line": lineno, "error": errors[0], "errors": errors,
-                           "attempts": sum(r.attempts for r in results)})
-                rejected += 1
-                continue
-            out.write(_output_row(row, results, teacher.model))
-            written += 1
-            cached_rows += all(r.cached for r in results)
+        async with aclosing(stream_jobs(teacher, jobs())) as stream:
+            async for job in stream:
+                (lineno, row), results = job.item, job.results
+                errors = [r.error for r in results if not r.ok]
+                if errors:
+                    rej.write({"id": row["id"], "line": lineno, "error": errors[0], "errors": errors,
+                               "attempts": sum(r.attempts for r in results)})
+                    rejected += 1
+                    continue
+                out.write(_output_row(row, results, teacher.model))
+                rej.redone(row["id"])
+                written += 1
+                cached_rows += all(r.cached for r in results)
     except TeacherFatalError as exc:
         await reporter.stop()
         _say(f"error: {exc}")
         _say(f"stopped: {written} rows written to {o.output}; nothing paid for is lost (cache: answers kept)")
         return EXIT_FATAL
+    except OutputWriteError as exc:
+        await reporter.stop()
+        _say(f"error: {exc}")
+        _say(f"stopped: the {written + len(done)} rows already in {o.output} are kept (each whole); "
+             + ("free some space, then " if exc.disk_full else "fix that, then ")
+             + "rerun the same command to resume"
+             + ("" if o.no_cache else " (answers already paid for come from the cache)"))
+        return EXIT_BAD_INPUT
     finally:
         out.close()
         rej.close()
@@ -213,14 +245,19 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
         code = EXIT_REJECTS
     if o.summary_json:
         span = (st.last_result_at - st.first_request_at) if st.first_request_at and st.last_result_at else 0.0
-        o.summary_json.write_text(json.dumps({
+        summary = {
             "exit_code": code, "rows_written": written, "rows_rejected": rejected, "rows_from_cache": cached_rows,
             "rows_already_done": len(done), "rows_not_started": missing if teacher.budget_exhausted else 0,
             "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
             "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
             "cost_usd": st.cost_usd if teacher.price else None, "elapsed_s": round(elapsed, 4),
             "first_request_to_last_result_s": round(span, 4),
-        }, indent=2) + "\n")
+        }
+        try:
+            write_summary(o.summary_json, summary)
+        except OutputWriteError as exc:
+            _say(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
+            return EXIT_BAD_INPUT
     return code
 
 

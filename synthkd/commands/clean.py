@@ -44,13 +44,17 @@ def _teacher_factory(teacher: str | None, **kw: Any):
 
 
 def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_dir: Path | None, strict: bool,
-         progress: bool | None, factory, meta: dict[str, Any]) -> None:
+         progress: bool | None, factory, meta: dict[str, Any], cache: Path | None = None) -> None:
     from synthkd.filters.pipeline import CleanPaths, clean_file, default_rejects, default_report_paths
+    from synthkd.jsonl_io import check_paths
 
     rj, rm = default_report_paths(output, report_dir)
     paths = CleanPaths(output=output, rejects=rejects or default_rejects(output), report_json=rj, report_md=rm)
 
     async def job() -> int:
+        check_paths({"--input": input}, {"--output": output, "--rejects" if rejects else "rejects file": paths.rejects,
+                                         "funnel report": rj, "funnel report (Markdown)": rm},
+                    cache=cache if factory is not None else None)
         funnel = await clean_file(input, configs, paths, strict=strict, teacher_factory=factory,
                                   progress=progress, meta=meta)
         drops = ", ".join(f"{s.name} {s.dropped:,}" for s in funnel.stages if s.dropped) or "none"
@@ -76,15 +80,18 @@ def run_cmd(
 ) -> None:
     """Run the operators of a config file over INPUT, in order, streaming."""
     from synthkd.filters.config import ConfigError, load_config
+    from synthkd.jsonl_io import InputError, check_paths
 
     try:
+        check_paths({"--config": config})
         configs = load_config(config)
-    except ConfigError as exc:
+    except (ConfigError, InputError) as exc:
         say(f"error: {exc}")
         raise typer.Exit(2)
     factory = _teacher_factory(teacher, **conn)
     _run(input, configs, output, rejects, report_dir, strict, progress, factory,
-         {"config": str(config), **({"teacher": teacher} if teacher else {})})
+         {"config": str(config), **({"teacher": teacher} if teacher else {})},
+         cache=None if conn["no_cache"] else conn["cache"])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -175,7 +182,8 @@ def _op_command(op_cls: type) -> None:
         if op_cls.uses_teacher:
             factory = _teacher_factory(kw["teacher"], **{k: kw[k] for k in _TEACHER if k != "teacher"})
         _run(kw["input"], configs, kw["output"], kw["rejects"], kw["report_dir"], kw["strict"], kw["progress"],
-             factory, {"config": json.dumps(item, default=str)})
+             factory, {"config": json.dumps(item, default=str)},
+             cache=None if not op_cls.uses_teacher or kw["no_cache"] else kw["cache"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     command.__name__ = op_cls.op

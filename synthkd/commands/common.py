@@ -16,7 +16,8 @@ from typing import Annotated, Any, Awaitable, Callable, Optional
 
 import typer
 
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import InputError, OutputWriteError, check_paths
+from synthkd.methods.runner import rejects_path_for
 from synthkd.teachers.base import TeacherFatalError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.teachers.pricing import PriceTableError
@@ -102,24 +103,51 @@ def teacher_spec(
     )
 
 
+def check_job_paths(inputs: dict[str, Path | None], output: Path, summary_json: Path | None = None,
+                    conn: dict[str, Any] | None = None) -> None:
+    """Check, before anything is read or paid for, every path a ``generate`` job reads or writes: the
+    inputs, the output, its rejects file, ``--summary-json`` and ``--cache`` (see
+    :func:`synthkd.jsonl_io.check_paths`: unusable or clashing paths are exit 2)."""
+    check_paths(inputs, {"--output": output, "rejects file": rejects_path_for(output), "--summary-json": summary_json},
+                cache=None if not conn or conn.get("no_cache") else conn.get("cache"))
+
+
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def run_job(job: Callable[[], Awaitable[int]]) -> None:
-    """Run an async job; turn known errors into one clear message and an exit code (2 input, 4 teacher)."""
+def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
+    """Run an async job; turn known errors into one clear message and an exit code (2 input, unusable
+    path or a write that failed mid-run such as disk full; 4 teacher; 130 interrupted by Ctrl-C or
+    SIGTERM, rows kept).
+
+    ``sigterm=False`` keeps the default SIGTERM (die at once) for a job that blocks the event loop for
+    long stretches (training): a handler on the loop would only run once that stretch is over.
+    """
+    from synthkd.complete import _install_sigterm  # the one SIGTERM rule: stop like Ctrl-C
+
+    async def main() -> int:
+        if sigterm:
+            _install_sigterm()
+        return await job()
+
     try:
-        code = asyncio.run(job())
+        code = asyncio.run(main())
     except (InputError, TemplateError, PriceTableError, ValueError) as exc:
         say(f"error: {exc}")
+        code = 2
+    except OutputWriteError as exc:
+        say(f"error: {exc}\nrows written before are kept (each whole); "
+            + ("free some space, then " if exc.disk_full else "fix that, then ")
+            + "rerun the same command to resume (answers already paid for come from the cache)")
         code = 2
     except TeacherFatalError as exc:
         say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
         code = 4
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM
         say("interrupted: rows written so far are kept; rerun the same command to resume")
         code = 130
     raise typer.Exit(code)
 
 
-__all__ = ["make_teacher", "teacher_spec", "run_job", "say"]
+__all__ = ["make_teacher", "teacher_spec", "run_job", "say", "check_job_paths"]

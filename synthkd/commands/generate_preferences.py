@@ -9,7 +9,6 @@ Exit codes: 0 done (rejected rows are an expected outcome here, not a failure); 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,10 +16,10 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.jsonl_io import InputError, index_output, load_rows
+from synthkd.jsonl_io import InputError, index_output, load_rows, write_summary
 from synthkd.methods.tasks_spec import KINDS, FieldNames
 
 MODES = ("student", "judge")
@@ -71,8 +70,8 @@ def preferences(
 
         if mode not in MODES:
             raise InputError([f"--mode {mode!r}: use one of {', '.join(MODES)}"])
-        if input.resolve() == output.resolve():
-            raise InputError(["--output must differ from --input"])
+        check_job_paths({"--input": input, "--demos": demos, "--rubric-file": rubric_file}, output, summary_json,
+                        conn)
         rows, lines = load_rows(input)
         where = lambda i: f"{input}:{lines[i]}"  # noqa: E731
         if mode == "student":
@@ -134,10 +133,10 @@ def preferences(
             say("budget reached: some rows not started; rerun with a larger --max-cost (nothing is paid twice)")
             code = 3
         if summary_json:
-            summary_json.write_text(json.dumps({
+            write_summary(summary_json, {
                 "exit_code": code, "mode": mode, "pairs_written": counts.written, "rows_rejected": counts.rejected,
                 "reject_reasons": reasons, "pairs_already_done": len(done), "requests_sent": sent,
-            }, indent=2) + "\n")
+            })
         return code
 
     run_job(job)

@@ -8,7 +8,6 @@ them); 2 bad input (before any request); 3 budget reached; 4 the teacher refused
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -17,11 +16,11 @@ from typing import Annotated, Any, AsyncIterator, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock
-from synthkd.jsonl_io import InputError, id_hash, index_output, iter_jsonl
+from synthkd.jsonl_io import InputError, id_hash, index_output, iter_jsonl, write_summary
 from synthkd.methods.runner import rejects_path_for, write_rows
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET = 0, 1, 3
@@ -129,9 +128,8 @@ def relabel_cmd(
     from synthkd.methods.relabel import LabelSpace, classify, confusion_summary, format_confusion
 
     async def job() -> int:
+        check_job_paths({"--input": input, "--labels": labels}, output, summary_json, conn)
         space = LabelSpace.from_file(labels)
-        if input.resolve() == output.resolve():
-            raise InputError(["--output must differ from --input"])
         n_rows = _validate_relabel_input(input, text_field, label_field, set(space.labels))
         if samples > 1 and not (temperature and temperature > 0):
             raise InputError(["--samples > 1 draws distinct answers: set --temperature above 0"])
@@ -186,8 +184,8 @@ def relabel_cmd(
             say(f"error: {missing} rows were neither written nor rejected")
             code = EXIT_REJECTS
         if summary_json:
-            summary_json.write_text(json.dumps({"exit_code": code, **counts.as_dict(), "rows_already_done": len(done),
-                                                "confusion": summary}, indent=2) + "\n")
+            write_summary(summary_json, {"exit_code": code, **counts.as_dict(), "rows_already_done": len(done),
+                                         "confusion": summary})
         return code
 
     run_job(job)
@@ -228,6 +226,7 @@ def promptmix_cmd(
     from synthkd.methods.relabel import LabelSpace, confusion_summary, format_confusion
 
     async def job() -> int:
+        check_job_paths({"--labels": labels}, output, summary_json, conn)
         space = LabelSpace.from_file(labels)
         cfg = PromptMixConfig(
             per_class=per_class, group_size=group_size, examples_per_call=examples_per_call, grouping=grouping,
@@ -279,12 +278,12 @@ def promptmix_cmd(
         elif failed:
             code = EXIT_REJECTS
         if summary_json:
-            summary_json.write_text(json.dumps({
+            write_summary(summary_json, {
                 "exit_code": code, **counts.as_dict(), "calls_planned": n_calls, "calls_answered": stats.calls,
                 "failed_calls": stats.failed_calls, "parsed": stats.parsed, "kept": stats.kept,
                 "dropped": stats.dropped, "rows_per_label": dict(by_class),
                 "alpha_mean": round(sum(alphas) / len(alphas), 4) if alphas else None, "confusion": summary,
-            }, indent=2) + "\n")
+            })
         return code
 
     run_job(job)

@@ -17,10 +17,10 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.jsonl_io import InputError, index_output, load_rows
+from synthkd.jsonl_io import InputError, index_output, load_rows, write_summary
 from synthkd.methods.tasks_spec import KINDS, FieldNames
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
@@ -87,8 +87,7 @@ def rationales(
 
         if kind not in KINDS:
             raise InputError([f"--kind {kind!r}: use one of {', '.join(KINDS)}"])
-        if input.resolve() == output.resolve():
-            raise InputError(["--output must differ from --input"])
+        check_job_paths({"--input": input, "--demos": demos, "--labels-file": labels_file}, output, summary_json, conn)
         rows, lines = load_rows(input)
         demo_rows, demo_lines = load_rows(demos) if demos else (None, [])
         fields = FieldNames(input=input_field, label=label_field, choices=choices_field, premise=premise_field,
@@ -137,10 +136,10 @@ def rationales(
             say(f"error: {missing} rows were neither written nor rejected")
             code = EXIT_REJECTS
         if summary_json:
-            summary_json.write_text(json.dumps({
+            write_summary(summary_json, {
                 "exit_code": code, "rows_written": counts.written, "rows_rejected": counts.rejected,
                 "rows_already_done": len(done), "requests_sent": sent, **tally.as_dict(),
-            }, indent=2) + "\n")
+            })
         return code
 
     run_job(job)

@@ -11,7 +11,6 @@ ids already in the output are skipped.  Exit codes as ``synthkd complete``: 0 th
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Callable, Optional
@@ -19,10 +18,10 @@ from typing import Annotated, Any, AsyncIterator, Callable, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.jsonl_io import OutputLock
+from synthkd.jsonl_io import OutputLock, write_summary
 from synthkd.teachers.base import Teacher, TeacherFatalError
 
 EXIT_OK, EXIT_SHORT, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
@@ -89,11 +88,11 @@ async def _run(
     elif stats.short:
         code = EXIT_SHORT
     if summary_json:
-        summary_json.write_text(json.dumps({
+        write_summary(summary_json, {
             "exit_code": code, "rows_written": counts.written, "rows_already_there": counts.already_there,
             "rejects_written": counts.rejected, **stats.as_dict(), "teacher_attempts": attempts,
             "elapsed_s": round(time.monotonic() - t0, 3),
-        }, indent=2) + "\n")
+        })
     return code
 
 
@@ -127,6 +126,7 @@ def tasks(
             LabelTaskConfig, MethodStats, generate_label_examples, load_task_spec, plan_label_tasks,
         )
 
+        check_job_paths({"--spec": spec}, output, summary_json, conn)
         plan = plan_label_tasks(load_task_spec(spec), LabelTaskConfig(
             per_label=per_label, batch_size=batch_size, template=template,
             max_requests_per_label=max_requests_per_label, seed=seed, params=_params(temperature, max_tokens),
@@ -179,8 +179,7 @@ def self_instruct(
             SelfInstructConfig, generate_self_instruct, load_seed_tasks, plan_self_instruct,
         )
 
-        if seeds.resolve() == output.resolve():
-            raise ValueError("--output must differ from --seeds")
+        check_job_paths({"--seeds": seeds}, output, summary_json, conn)
         plan = plan_self_instruct(load_seed_tasks(seeds), SelfInstructConfig(
             num_instructions=num_instructions, requests_per_round=requests_per_round,
             prompt_instructions=prompt_instructions, prompt_machine=prompt_machine,

@@ -53,10 +53,13 @@ def tailor_command(
     conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
+    from synthkd.jsonl_io import check_paths
     from synthkd.methods.tailored import TailorOptions, run_tailored
     from synthkd.train.common import TrainSettings
 
     async def job() -> int:
+        check_paths({"--pool": pool, "--initial": initial, "--heldout": heldout},
+                    cache=None if conn["no_cache"] else conn["cache"])
         settings = TrainSettings(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                                  max_length=max_length, seed=seed, skip_invalid=True)
         opts = TailorOptions(
@@ -82,4 +85,4 @@ def tailor_command(
             f"{out / 'rounds.json'}, {out / 'accuracy.png'}")
         return 3 if result["budget_exhausted"] else 0
 
-    run_job(job)
+    run_job(job, sigterm=False)  # training blocks the loop: SIGTERM keeps its default

@@ -305,8 +305,10 @@ def export_command(
     """Write rows as a TRL dataset file (no model needed)."""
 
     def job() -> int:
+        from synthkd.jsonl_io import check_paths
         from synthkd.train.export import export_rows
 
+        check_paths({"--input": input}, {"--output": output})
         counts = export_rows(input, output, format, mode=mode,
                              fields=_fields(id_field, input_field, rationale_field, answer_field, prompt_field,
                                             chosen_field, rejected_field),

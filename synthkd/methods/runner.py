@@ -2,7 +2,9 @@
 
 Resume model: a rerun of the same command recomputes the method, every teacher call it already paid
 for comes back from the request cache for free, and rows whose ``id`` is already in the output are not
-written again.  So a crash at any point costs at most the requests that were in flight.
+written again.  So a crash at any point costs at most the requests that were in flight.  The rejects
+file is appended to, never truncated: an earlier attempt's entry stays until this run redoes its row
+(:class:`synthkd.jsonl_io.RejectsWriter`).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterable
 
-from synthkd.jsonl_io import AppendWriter, index_output
+from synthkd.jsonl_io import AppendWriter, RejectsWriter, index_output
 
 REJECT_KEY = "reject_reason"
 
@@ -40,7 +42,11 @@ async def write_rows(rows: AsyncIterable[dict[str, Any]], output: Path, rejects:
     done = index_output(output)
     counts = RunCounts()
     out = AppendWriter(output)
-    rej = AppendWriter(rejects or rejects_path_for(output), truncate=True)
+    try:
+        rej = RejectsWriter(rejects or rejects_path_for(output), done)
+    except BaseException:
+        out.close()
+        raise
     try:
         async for row in rows:
             if REJECT_KEY in row:
@@ -52,6 +58,7 @@ async def write_rows(rows: AsyncIterable[dict[str, Any]], output: Path, rejects:
                 counts.already_there += 1
                 continue
             out.write(row)
+            rej.redone(row["id"])
             counts.written += 1
             if row.get("answer_reason"):
                 counts.reasons[f"answer null: {row['answer_reason']}"] += 1

@@ -48,13 +48,28 @@ class RequestCache:
     """A SQLite table ``key -> response`` that is safe to share between processes."""
 
     def __init__(self, path: str | Path, *, timeout_s: float = 60.0) -> None:
+        """Open (or create) the cache; an unusable path is one clear :class:`PathError` (exit 2), not a
+        sqlite traceback: a directory, a read-only place, or a file that is not a SQLite database."""
+        from synthkd.jsonl_io import PathError
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(
-            str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
-        )
-        self._setup(timeout_s)
+        conn = None
+        try:
+            if self.path.is_dir():
+                raise PathError([f"{self.path}: is a directory, not a request cache file"])
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = self._conn = sqlite3.connect(
+                str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+            )
+            self._setup(timeout_s)
+        except (OSError, sqlite3.Error) as exc:
+            if conn is not None:
+                conn.close()
+            why = getattr(exc, "strerror", None) or str(exc)
+            if isinstance(exc, sqlite3.DatabaseError) and "not a database" in why:
+                why = "not a SQLite database (not a synthkd request cache)"
+            raise PathError([f"{self.path}: cannot use it as the request cache ({why})"]) from None
 
     def _setup(self, timeout_s: float) -> None:
         """WAL mode and the table, retried while another process is doing the same.

@@ -8,6 +8,7 @@ budget apply across all of them), and an item is yielded as soon as its last ans
 
 from __future__ import annotations
 
+from contextlib import aclosing
 from typing import Any, AsyncIterable, AsyncIterator, Generic, Iterable, TypeVar
 
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
@@ -60,9 +61,12 @@ async def stream_jobs(teacher: Teacher, jobs: Iterable[Job[T]] | AsyncIterable[J
                     meta={**req.meta, "key": req.key},
                 )
 
-    async for res in teacher.stream(requests()):
-        job, i = pending.pop(res.key)
-        job.results[i] = res
-        job.left -= 1
-        if job.left == 0:
-            yield job
+    # aclosing: when our caller stops early (e.g. its output write failed), the teacher's stream is closed
+    # here, cancelling its requests in flight, before the caller closes the teacher's HTTP session.
+    async with aclosing(teacher.stream(requests())) as results:
+        async for res in results:
+            job, i = pending.pop(res.key)
+            job.results[i] = res
+            job.left -= 1
+            if job.left == 0:
+                yield job
