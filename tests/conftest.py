@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -143,6 +145,19 @@ def complete_rows(path: Path) -> int:
         except ValueError:
             pass
     return n
+
+
+def sigkill_after_first_row(proc: subprocess.Popen, out: Path, *, timeout: float = 60) -> int:
+    """SIGKILL a CLI run as soon as its first whole row is in ``out`` (polled, with a deadline); returns the
+    whole rows left there.  Asserts the run was still going at the kill, so a resume test is never vacuous."""
+    deadline = time.monotonic() + timeout
+    while complete_rows(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill"
+    assert complete_rows(out) > 0, f"no row in {out} after {timeout} s"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return complete_rows(out)
 
 
 def cli_env(**extra: str) -> dict[str, str]:
