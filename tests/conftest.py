@@ -151,12 +151,15 @@ def sigkill_after_first_row(proc: subprocess.Popen, out: Path, *, timeout: float
     """SIGKILL a CLI run as soon as its first whole row is in ``out`` (polled, with a deadline); returns the
     whole rows left there.  Asserts the run was still going at the kill, so a resume test is never vacuous."""
     deadline = time.monotonic() + timeout
-    while complete_rows(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill"
-    assert complete_rows(out) > 0, f"no row in {out} after {timeout} s"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while complete_rows(out) == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before the kill"
+        assert complete_rows(out) > 0, f"no row in {out} after {timeout} s"
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait()
     return complete_rows(out)
 
 

@@ -214,7 +214,8 @@ def test_cli_promptmix_generation_errors_exit_1_and_resume(tmp_path, make_server
 
 
 def test_cli_promptmix_sigkill_then_rerun_pays_only_for_in_flight(tmp_path, make_server):
-    """Kill the CLI mid-run (generation or relabel phase), rerun: same rows, at most `concurrency` extra calls."""
+    """Kill the CLI as soon as its first row is written (relabel phase), rerun: same rows, at most `concurrency`
+    extra calls."""
     import subprocess
 
     from conftest import cli_env, sigkill_after_first_row, synthkd_cmd
