@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 
+from conftest import eval_accuracy
+
+from synthkd.answers import numbers_equal
 from synthkd.demo import run_demo
 
 
@@ -19,7 +22,7 @@ def test_demo_runs_the_whole_loop_offline(tmp_path):
     assert st["noisy_filtered"]["counts"]["rows_out"] < st["noisy_filtered"]["counts"]["rows_in"] == 48
     for name in ("label", "rationale", "multitask", "noisy_unfiltered", "noisy_filtered"):
         m = st[f"eval_{name}"]["counts"]["metrics"]
-        assert m["rows"] == 12 and 0.0 <= m["accuracy"] <= 1.0
+        assert m["rows"] == 12 and m["accuracy"] == eval_accuracy(run / f"eval_{name}", numbers_equal)
     assert st["sft_label"]["counts"]["rows_in"] == st["sft_multitask"]["counts"]["rows_in"]  # equal data
     table = out["table"]
     assert table.count("\n| ") == 5 and "multitask, noisy teacher, consistency filter" in table

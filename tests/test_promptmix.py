@@ -214,26 +214,23 @@ def test_cli_promptmix_generation_errors_exit_1_and_resume(tmp_path, make_server
 
 
 def test_cli_promptmix_sigkill_then_rerun_pays_only_for_in_flight(tmp_path, make_server):
-    """Kill the CLI mid-run (generation or relabel phase), rerun: same rows, at most `concurrency` extra calls."""
-    import signal
+    """Kill the CLI as soon as its first row is written (relabel phase), rerun: same rows, at most `concurrency`
+    extra calls."""
     import subprocess
-    import time
 
-    from conftest import cli_env, synthkd_cmd
+    from conftest import cli_env, sigkill_after_first_row, synthkd_cmd
 
     full_srv = make_server(responder=_responder())
     ref = run_cli(*_pm_args(tmp_path, full_srv, B8, "ref.jsonl", "--cache", str(tmp_path / "ref.sqlite")))
     assert ref.returncode == 0, ref.stderr
     total = _requests(full_srv)
+    rows = len(read_jsonl(tmp_path / "ref.jsonl"))
 
     srv = make_server(FaultConfig(latency_ms=30), responder=_responder())
     args = _pm_args(tmp_path, srv, B8, "pm.jsonl", "--concurrency", "4")
     proc = subprocess.Popen(synthkd_cmd(*args), env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while _requests(srv) < total // 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    partial = sigkill_after_first_row(proc, tmp_path / "pm.jsonl")  # in the relabel phase: rows are written
+    assert 0 < partial < rows
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
     got = {r["id"]: (r["text"], r["label"]) for r in read_jsonl(tmp_path / "pm.jsonl")}

@@ -12,8 +12,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from conftest import REPO, cli_env, read_jsonl, synthkd_cmd
+from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
 
+from synthkd.answers import numbers_equal
 from synthkd.testing.server import FaultConfig
 from synthkd.testing.simulated import SimulatedTeacher, make_problems
 
@@ -96,7 +97,7 @@ def test_tailor_stage_two_rounds_metrics_report_and_rerun_skips(tmp_path, make_s
     assert c["stopped"] == "finished the 2 round(s) asked for"
     for h in rounds:
         assert all(k in h for k in ROUND_KEYS), h
-        assert 0.0 <= h["accuracy"] <= 1.0
+        assert h["accuracy"] == eval_accuracy(run / "tailor" / f"round_{h['round']}" / "heldout_eval", numbers_equal)
     assert rounds[0]["new_rows"] == st["clean"]["counts"]["rows_out"]  # round 0 = the clean rationales
     for h in rounds[1:]:
         rdir = run / "tailor" / f"round_{h['round']}"

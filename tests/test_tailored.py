@@ -13,7 +13,7 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from conftest import read_jsonl
+from conftest import eval_accuracy, read_jsonl
 
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.jsonl_io import InputError
@@ -24,7 +24,7 @@ from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
 from synthkd.testing.simulated import SimulatedTeacher, make_problems
 from synthkd.train.common import TrainSettings
-from synthkd.train.export import build_preference_examples
+from synthkd.train.export import build_preference_examples, rationale_target
 
 PROBLEMS = make_problems(52, seed=3)
 POOL, HELDOUT = PROBLEMS[:36], PROBLEMS[36:]
@@ -111,7 +111,7 @@ def test_tailored_loop_two_rounds_then_resume(setup, make_server):
     for h in rounds["rounds"]:
         for k in ("accuracy", "mistakes", "new_rows", "prompt_tokens", "completion_tokens", "cost_usd"):
             assert k in h, (k, h)
-        assert 0.0 <= h["accuracy"] <= 1.0
+        assert h["accuracy"] == eval_accuracy(run / f"round_{h['round']}" / "heldout_eval", numbers_equal)
     assert "finished the 2 round(s)" in rounds["stopped"]
     assert (run / "accuracy.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     sent = srv.stats()["requests_total"]
@@ -148,6 +148,9 @@ def test_tailored_loop_two_rounds_then_resume(setup, make_server):
         asked += h["teacher_requests"]
         # accumulate (default): this round trained on the initial rows plus every round's new rows so far
         assert h["train_rows"] == 16 + sum(rounds["rounds"][q]["new_rows"] for q in range(1, r + 1))
+        so_far = [x["id"] for x in read_jsonl(initial)] + [
+            x["id"] for q in range(1, r + 1) for x in read_jsonl(run / f"round_{q}" / "new_rows.jsonl")]
+        assert [x["id"] for x in read_jsonl(rdir / "train.jsonl")] == so_far  # the rows, not only their count
     assert sent == asked  # the loop sent exactly its corrections
 
     # rerun of a finished loop: nothing retrained, no teacher request at all
@@ -269,12 +272,21 @@ def test_k_samples_similar_exercises_and_final_dpo(setup, make_server, tmp_path)
     # self-reflection pairs: chosen = the correction (right answer), rejected = each wrong student answer
     pairs = read_jsonl(rdir / "pairs.jsonl")
     gold = {p.id: p.answer for p in POOL}
+    # audit mutant 15: one pair per distinct wrong output (k = 2) of each corrected mistake, not one per mistake
+    by_id = {m["id"]: m for m in mistakes}
+    per_mistake = []
+    for row in read_jsonl(rdir / "new_rows.jsonl"):
+        chosen = rationale_target(row["rationale"], row["answer"]).strip()
+        per_mistake.append(len({w.strip() for w in by_id[row["source_id"]]["wrong_outputs"] if w.strip()} - {chosen}))
+    assert max(per_mistake) == 2, per_mistake  # the case that tells "each wrong output" from "the first one"
+    assert len(pairs) == sum(per_mistake) == h["pairs"]
     assert pairs and all(p["chosen"].strip() != p["rejected"].strip() for p in pairs)
     assert all(numbers_equal(extract_answer(p["chosen"], "number").value, gold[p["source_id"]]) for p in pairs)
     assert len({p["id"] for p in pairs}) == len(pairs)
     # the DPO step after the loop: from the best round's student, on all pairs, scored on the held-out set
     ref = result["reflection"]
-    assert ref is not None and 0.0 <= ref["accuracy"] <= 1.0 and ref["pairs"] == len(pairs)
+    assert ref is not None and ref["pairs"] == len(pairs)
+    assert ref["accuracy"] == eval_accuracy(tmp_path / "run" / "reflection" / "heldout_eval", numbers_equal)
     train_record = json.loads((tmp_path / "run" / "reflection" / "model" / "synthkd_train.json").read_text())
     assert train_record["kind"] == "dpo" and train_record["policy_start"] == result["best_model"]
     # every teacher request was a different prompt, each sent once
@@ -408,3 +420,105 @@ def test_a_student_with_no_mistakes_stops_the_loop_with_a_clear_message(setup, m
     assert [h["round"] for h in result["rounds"]] == [0, 1] and result["rounds"][1]["status"] == "no_mistakes"
     assert result["rounds"][1]["accuracy"] == result["rounds"][0]["accuracy"]  # the student is unchanged
     assert srv.stats()["requests_total"] == 0 and not (tmp_path / "run" / "round_2").exists()
+
+
+def test_pairs_one_per_distinct_wrong_output():  # audit mutant 15
+    """pairs_from_rows: every distinct wrong output (stripped, not equal to the correction) is one pair."""
+    from synthkd.methods.tailored import pairs_from_rows
+
+    chosen = rationale_target("3 + 4 = 7.", "7")
+    two = {"id": "a#r1", "source_id": "a", "round": 1, "input": "qa", "rationale": "3 + 4 = 7.", "answer": "7",
+           "student_output": "It is 8.", "wrong_outputs": ["It is 8.", " It is 9. ", "It is 8. ", chosen, " "]}
+    one = {"id": "b#r1", "source_id": "b", "round": 1, "input": "qb", "rationale": "1 + 1 = 2.", "answer": "2",
+           "student_output": "It is 3."}  # no wrong_outputs (greedy only): the student_output
+    exercise = {"id": "c#r1#s0", "source_id": "c", "round": 1, "input": "qc", "rationale": "x", "answer": "1"}
+    pairs = pairs_from_rows([one, exercise, two])
+    assert [(p["id"], p["rejected"]) for p in pairs] == [("a#r1", "It is 8."), ("a#r1#p1", "It is 9."),
+                                                         ("b#r1", "It is 3.")]
+    assert all(p["chosen"] == chosen for p in pairs[:2])
+
+
+def _fake_round(run: Path, r: int, accuracy: float) -> None:
+    """A round as a finished run leaves it: only metrics.json (the loop never touches a finished round)."""
+    d = run / f"round_{r}"
+    d.mkdir(parents=True)
+    (d / "metrics.json").write_text(json.dumps({"round": r, "status": "trained", "accuracy": accuracy,
+                                                "mistakes": 3, "new_rows": 3, "teacher_requests": 0}))
+
+
+@pytest.mark.parametrize("patience, rounds_run, stop", [
+    (1, [0, 1], "held-out accuracy has not improved for 1 round(s) (best 0.5000); stopping"),
+    (2, [0, 1, 2], "held-out accuracy has not improved for 2 round(s) (best 0.5000); stopping"),
+    (3, [0, 1, 2, 3], "finished the 3 round(s) asked for"),
+], ids=["patience1", "patience2", "patience3"])
+def test_patience_stops_after_that_many_rounds_without_a_heldout_gain(setup, make_server, tmp_path, patience,
+                                                                      rounds_run, stop):  # audit mutant 18
+    """Held-out accuracy 0.5, 0.4, 0.45, 0.7 per round (finished rounds on disk, so nothing trains): the
+    loop stops as soon as the last ``patience`` rounds are no better than the best before them."""
+    _base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    run = tmp_path / "run"
+    for r, acc in enumerate([0.5, 0.4, 0.45, 0.7]):
+        _fake_round(run, r, acc)
+    initial = _write(tmp_path / "initial.jsonl", [{"id": "a", "input": "q", "rationale": "r", "answer": "1"}])
+    opts = _opts(tmp_path, student, pool, heldout, initial)
+    opts.rounds, opts.patience = 3, patience
+    messages: list[str] = []
+
+    async def loop() -> dict:
+        t = _teacher(srv, tmp_path)
+        try:
+            return await run_tailored(opts, t, say=messages.append)
+        finally:
+            await t.aclose()
+
+    result = asyncio.run(loop())
+    assert [h["round"] for h in result["rounds"]] == rounds_run
+    assert result["stopped"] == stop == messages[-1]
+    assert json.loads((run / "rounds.json").read_text())["stopped"] == stop
+    assert srv.stats()["requests_total"] == 0
+
+
+def test_max_mistakes_samples_seeded_and_replace_trains_on_this_rounds_rows_only(setup, make_server, tmp_path):
+    """--max-mistakes 5: the kept mistakes are the seeded sample ``Random(f"{seed}:{round}")`` of the
+    round's mistakes (in pool order), not the first 5; --replace (accumulate=False): each round trains on
+    its own new rows only.  Two training steps per round: only the data selection is under test."""
+    import random
+
+    _base, student, pool, heldout = setup
+    srv = make_server(FaultConfig(), responder=_responder())
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+    opts = _opts(tmp_path, student, pool, heldout, initial, max_mistakes=5, accumulate=False)
+    opts.settings = TrainSettings(max_steps=2, learning_rate=5e-3, batch_size=4, max_length=160, logging_steps=1,
+                                  save_steps=10_000, skip_invalid=True, seed=7)
+
+    async def loop() -> dict:
+        t = _teacher(srv, tmp_path)
+        try:
+            return await run_tailored(opts, t, say=lambda m: None)
+        finally:
+            await t.aclose()
+
+    result = asyncio.run(loop())
+    run = tmp_path / "run"
+    assert [h["round"] for h in result["rounds"]] == [0, 1, 2], result["stopped"]
+    initial_ids = {x["id"] for x in read_jsonl(initial)}
+    earlier: set[str] = set()
+    for h in result["rounds"][1:]:
+        r = h["round"]
+        rdir = run / f"round_{r}"
+        # audit mutant 17: every pool mistake, in pool order, and the seeded sample of them that was kept
+        found = [str(m["id"]) for m in read_jsonl(rdir / "pool_eval" / "mistakes.jsonl")]
+        assert h["mistakes_found"] == len(found) > 5 and h["mistakes"] == 5
+        keep = sorted(random.Random(f"7:{r}").sample(range(len(found)), 5))
+        expected = [found[i] for i in keep]
+        assert expected != found[:5]  # this seed tells a random sample from the first five
+        assert [m["id"] for m in read_jsonl(rdir / "mistakes.jsonl")] == expected
+        # audit mutant 19: --replace trains round r on round r's new rows, without the initial or earlier rows
+        new_ids = [x["id"] for x in read_jsonl(rdir / "new_rows.jsonl")]
+        trained = [x["id"] for x in read_jsonl(rdir / "train.jsonl")]
+        assert new_ids and trained == new_ids and h["train_rows"] == len(new_ids)
+        assert not set(trained) & (initial_ids | earlier)
+        assert {x.split("#")[0] for x in trained} <= set(expected)
+        earlier |= set(new_ids)

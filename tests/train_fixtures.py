@@ -36,7 +36,6 @@ def _one_thread() -> None:
 FIX = Path(__file__).parent / "fixtures" / "train"
 TRAIN_ROWS = FIX / "svamp_train64.jsonl"
 TEST_ROWS = FIX / "svamp_test32.jsonl"
-REPO = Path(__file__).resolve().parents[1]
 
 __all__ = ["tiny_student", "tiny_student_plain", "varied_student", "label_student", "train_rows", "test_rows", "train_env"]
 
@@ -140,9 +139,8 @@ def test_rows() -> Path:
 
 @pytest.fixture
 def train_env():
-    """Environment for CLI subprocesses: repo on the path, one torch thread, no API keys."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    env["OMP_NUM_THREADS"] = "1"
-    env["TOKENIZERS_PARALLELISM"] = "false"
-    return env
+    """Environment for CLI subprocesses: ``cli_env()`` (repo on the path, hermetic home, no API keys) with
+    one torch thread."""
+    from conftest import cli_env  # conftest imports this module: import it when the fixture runs
+
+    return cli_env(OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false")
