@@ -32,7 +32,7 @@ from synthkd.jsonl_io import (
     scan_prompt_file, write_summary,
 )
 from synthkd.progress import ProgressReporter
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest
+from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.factory import default_cache_path
 from synthkd.methods.runner import rejects_path_for
@@ -75,6 +75,26 @@ class CompleteOptions:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+#: What a generic fatal stop keeps (a refused key, an exhausted quota, an unreachable server).
+RESUME_HINT = "nothing paid for is lost: rerun the same command to resume"
+
+
+def teacher_stop(exc: TeacherFatalError, kept: str = RESUME_HINT) -> int:
+    """Print why a teacher error stopped a command; return its exit code.  The one mapping for
+    ``complete``, every ``generate``/``clean`` command (``run_job``) and ``synthkd run``.
+
+    A :class:`TeacherConfigError` was found before any request (a local model that does not load, a key
+    with a control character, credentials in ``base_url``...): exit 2 with the message alone, since
+    nothing was sent and "rerun to resume" would send the user the wrong way (F13, F16).  Any other
+    fatal error stopped a run under way: exit 4, then ``kept``, the line saying what is kept.
+    """
+    _say(f"error: {exc}")
+    if isinstance(exc, TeacherConfigError):
+        return EXIT_BAD_INPUT
+    _say(kept)
+    return EXIT_FATAL
 
 
 def _validate_options(o: CompleteOptions) -> list[str]:
@@ -133,9 +153,8 @@ def run_complete(o: CompleteOptions) -> int:
             default_params=params,
             adaptive_timeout=o.adaptive_timeout,
         )
-    except TeacherFatalError as exc:
-        _say(f"error: {exc}")
-        return EXIT_BAD_INPUT
+    except TeacherFatalError as exc:  # a TeacherConfigError: found before any request, exit 2
+        return teacher_stop(exc)
     try:
         with OutputLock(o.output):
             done = index_output(o.output)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 
 import pytest
@@ -227,3 +228,44 @@ def test_price_file_that_is_not_utf8_is_a_clear_error(make_server, tmp_path):  #
     assert f"{prices}: price file is not UTF-8" in res.stderr and "Traceback" not in res.stderr
     assert srv.stats()["requests_total"] == 0
     json.loads(prices.read_bytes()[:-2])  # the file is otherwise valid: the encoding alone is reported
+
+
+# ------------------------------------------- F13/F16: a setting found wrong before any request is exit 2
+
+
+def _config_error(res, needle: str) -> None:
+    """Exit 2, the reason once, and no "rerun to resume" (nothing was sent: there is nothing to resume)."""
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count(needle) == 1, res.stderr
+    assert "resume" not in res.stderr and "nothing paid for" not in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def test_generate_commands_give_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
+    # F13 + F16 regression: run_job ended every such error with "nothing paid for is lost: rerun the
+    # same command to resume" (exit 4), also for --teacher local:DIR that does not load and a bad key.
+    srv = make_server(FaultConfig(api_key=KEY))
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "question": "1+1?", "answer": "2"}\n')
+    args = ["generate", "rationales", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+            "--kind", "math", "--no-cache", "--n-demos", "0"]
+    res = run_cli(*args, "-m", "test-model", "--base-url", srv.base_url, env=cli_env(OPENAI_API_KEY=KEY + "\r"))
+    _config_error(res, "OPENAI_API_KEY contains a control character")
+    res = run_cli(*args, "-m", f"local:{tmp_path / 'no-such-student'}")
+    _config_error(res, "local teacher")
+    res = run_cli(*args, "-m", "simulated:no-such-task")
+    _config_error(res, "unknown simulated teacher task")
+    assert srv.stats()["requests_total"] == 0 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_pipeline_gives_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
+    # F13 regression through `synthkd run`: credentials in base_url with a key set were "rerun to resume", exit 4
+    srv = make_server(FaultConfig(api_key=KEY))
+    write_prompts(tmp_path / "in.jsonl", 5)
+    url = srv.base_url.replace("http://", "http://alice:hunter2-pw@")
+    (tmp_path / "p.yaml").write_text(
+        f"name: cfg\nteacher: {{model: test-model, base_url: '{url}'}}\n"
+        "stages:\n  - name: comp\n    kind: complete\n    input: in.jsonl\n")
+    res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(OPENAI_API_KEY=KEY),
+                         capture_output=True, text=True, timeout=120)
+    _config_error(res, "base_url must not carry credentials")
+    assert "hunter2" not in res.stderr and srv.stats()["requests_total"] == 0

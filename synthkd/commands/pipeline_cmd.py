@@ -113,9 +113,10 @@ def run(
     except BudgetExceeded as exc:
         _say(f"stopped: {exc}")
         raise typer.Exit(3)
-    except TeacherFatalError as exc:
-        _say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
-        raise typer.Exit(4)
+    except TeacherFatalError as exc:  # 2 for a teacher setting found wrong before any request, else 4
+        from synthkd.complete import teacher_stop
+
+        raise typer.Exit(teacher_stop(exc))
     except StageFailed as exc:  # rows rejected for good: exit 1, the code README reserves for that
         _say(f"error: {exc}")
         raise typer.Exit(1)
