@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
-from synthkd.jsonl_io import index_output, scan_prompt_file
+from synthkd.jsonl_io import index_output, iter_jsonl, scan_prompt_file
 from synthkd.pipeline import Estimate, StageContext, StageFailed, count_rows, register_stage  # noqa: F401 (StageFailed re-exported)
 from synthkd.teachers.base import BudgetExceeded
 
@@ -35,15 +35,10 @@ class CompleteStage:
         return {"rows_in": scan.rows, "rows_out": count_rows(ctx.output)}
 
     def estimate(self, ctx: StageContext, opts: Options) -> Estimate:
-        import orjson
-
         calls = prompt_tokens = 0
-        with open(ctx.input, "rb") as f:
-            for line in f:
-                if line.strip():
-                    row = orjson.loads(line)
-                    text = row.get("prompt") or " ".join(str(m.get("content", "")) for m in row.get("messages", []))
-                    calls += opts.samples
-                    prompt_tokens += (len(text) // 4 + 4) * opts.samples
+        for _, row in iter_jsonl(ctx.input):  # the shared reader (a BOM accepted, bad lines named)
+            text = row.get("prompt") or " ".join(str(m.get("content", "")) for m in row.get("messages", []))
+            calls += opts.samples
+            prompt_tokens += (len(text) // 4 + 4) * opts.samples
         max_tokens = (ctx.teacher_config.max_tokens if ctx.teacher_config else None) or 256
         return Estimate(calls, prompt_tokens, calls * max_tokens)
