@@ -305,7 +305,10 @@ def test_prices_file_that_is_not_utf8_is_a_config_error(tmp_path):
                                      "stages:\n  - {name: c, kind: complete, input: in.jsonl}\n")
     res = _run(tmp_path, "validate", "p.yaml")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.startswith(f"error: p.yaml:2: teacher.prices: {tmp_path / 'prices.json'}: 'utf-8' codec can't decode")
+    # (the PriceTableError wording since pricing.py catches the UnicodeDecodeError itself; the path once)
+    assert res.stderr.startswith(f"error: p.yaml:2: teacher.prices: {tmp_path / 'prices.json'}: price file is not "
+                                 "UTF-8 text (byte 6"), res.stderr
+    assert res.stderr.count("prices.json") == 1, res.stderr
 
 
 def test_bad_set_value_is_a_clear_error(tmp_path):
