@@ -174,7 +174,10 @@ def _rejects_path(o: CompleteOptions) -> Path:
     return o.rejects or rejects_path_for(o.output)
 
 
-async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any) -> int:
+async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any, *,
+               reraise_fatal: bool = False) -> int:
+    """The job itself; returns the exit code.  ``reraise_fatal``: a fatal teacher error is raised again
+    (after the summary) instead of reported, for a caller that reports it itself (a pipeline stage)."""
     _install_sigterm()
     rejects_path = _rejects_path(o)
     todo_rows = n_rows - len(done)
@@ -241,6 +244,10 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     except TeacherFatalError as exc:
         await reporter.stop()
         stopped = {"stopped": "teacher", "error": str(exc)}
+        if reraise_fatal:
+            code = EXIT_FATAL
+            _write_summary(o, summary())
+            raise
         code = teacher_stop(exc, _kept_after_fatal(o, teacher, written + len(done)))
     except OutputWriteError as exc:
         await reporter.stop()

@@ -308,3 +308,18 @@ def test_fatal_stop_with_a_working_cache_says_so_and_writes_the_summary(make_ser
     s = json.loads(summary.read_text())
     assert (s["exit_code"], s["stopped"], s["rows_written"], s["rows_not_started"]) == (4, "teacher", 0, 10)
     assert "refused the API key" in s["error"] and WRONG_KEY[:8] not in summary.read_text()
+
+
+def test_pipeline_complete_stage_stopped_by_the_teacher_is_exit_4_not_rows_rejected(make_server, tmp_path):
+    # F14 follow-up regression: a refused key in a `complete` stage came out of `synthkd run` as
+    # "some rows failed for good" (StageFailed, exit 1: the code reserved for rejected rows)
+    srv = make_server(FaultConfig(api_key=KEY))
+    write_prompts(tmp_path / "in.jsonl", 5)
+    (tmp_path / "p.yaml").write_text(
+        f"name: key\nteacher: {{model: test-model, base_url: '{srv.base_url}'}}\n"
+        "stages:\n  - name: comp\n    kind: complete\n    input: in.jsonl\n")
+    res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(OPENAI_API_KEY=WRONG_KEY),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stderr
+    assert res.stderr.count("refused the API key") == 1 and "failed for good" not in res.stderr, res.stderr
+    assert res.stderr.count("rerun the same command to resume") == 1 and "Traceback" not in res.stderr

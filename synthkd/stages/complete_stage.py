@@ -27,7 +27,9 @@ class CompleteStage:
         tc = ctx.teacher_config
         o = CompleteOptions(input=ctx.input, output=ctx.output, model=teacher.model, samples=opts.samples,
                             temperature=tc.temperature if tc else None, progress=False)  # the pipeline shows its own bar
-        code = await _run(o, teacher, scan.rows, done)  # type: ignore[arg-type]
+        # a fatal teacher error goes up to `synthkd run` as such (exit 4, or 2 for a setting), not as
+        # "some rows failed for good" (exit 1)
+        code = await _run(o, teacher, scan.rows, done, reraise_fatal=True)  # type: ignore[arg-type]
         if code == EXIT_BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         if code != EXIT_OK:
