@@ -32,7 +32,7 @@ from synthkd.jsonl_io import (
     scan_prompt_file, write_summary,
 )
 from synthkd.progress import ProgressReporter
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest
+from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.factory import default_cache_path
 from synthkd.methods.runner import rejects_path_for
@@ -75,6 +75,26 @@ class CompleteOptions:
 
 def _say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+#: What a generic fatal stop keeps (a refused key, an exhausted quota, an unreachable server).
+RESUME_HINT = "nothing paid for is lost: rerun the same command to resume"
+
+
+def teacher_stop(exc: TeacherFatalError, kept: str = RESUME_HINT) -> int:
+    """Print why a teacher error stopped a command; return its exit code.  The one mapping for
+    ``complete``, every ``generate``/``clean`` command (``run_job``) and ``synthkd run``.
+
+    A :class:`TeacherConfigError` was found before any request (a local model that does not load, a key
+    with a control character, credentials in ``base_url``...): exit 2 with the message alone, since
+    nothing was sent and "rerun to resume" would send the user the wrong way (F13, F16).  Any other
+    fatal error stopped a run under way: exit 4, then ``kept``, the line saying what is kept.
+    """
+    _say(f"error: {exc}")
+    if isinstance(exc, TeacherConfigError):
+        return EXIT_BAD_INPUT
+    _say(kept)
+    return EXIT_FATAL
 
 
 def _validate_options(o: CompleteOptions) -> list[str]:
@@ -133,9 +153,8 @@ def run_complete(o: CompleteOptions) -> int:
             default_params=params,
             adaptive_timeout=o.adaptive_timeout,
         )
-    except TeacherFatalError as exc:
-        _say(f"error: {exc}")
-        return EXIT_BAD_INPUT
+    except TeacherFatalError as exc:  # a TeacherConfigError: found before any request, exit 2
+        return teacher_stop(exc)
     try:
         with OutputLock(o.output):
             done = index_output(o.output)
@@ -155,7 +174,10 @@ def _rejects_path(o: CompleteOptions) -> Path:
     return o.rejects or rejects_path_for(o.output)
 
 
-async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any) -> int:
+async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any, *,
+               reraise_fatal: bool = False) -> int:
+    """The job itself; returns the exit code.  ``reraise_fatal``: a fatal teacher error is raised again
+    (after the summary) instead of reported, for a caller that reports it itself (a pipeline stage)."""
     _install_sigterm()
     rejects_path = _rejects_path(o)
     todo_rows = n_rows - len(done)
@@ -188,6 +210,23 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     reporter = ProgressReporter(teacher.stats, todo_rows * S, enabled=o.progress)
     reporter.start()
     code = EXIT_OK
+    stopped: dict[str, str] | None = None  # why the run stopped before its end, for --summary-json
+
+    def summary() -> dict[str, Any]:
+        st = teacher.stats
+        span = (st.last_result_at - st.first_request_at) if st.first_request_at and st.last_result_at else 0.0
+        return {
+            "exit_code": code, "stopped": stopped["stopped"] if stopped else None,
+            **({"error": stopped["error"]} if stopped and "error" in stopped else {}),
+            "rows_written": written, "rows_rejected": rejected, "rows_from_cache": cached_rows,
+            "rows_already_done": len(done),
+            "rows_not_started": todo_rows - written - rejected if stopped or teacher.budget_exhausted else 0,
+            "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
+            "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+            "cost_usd": st.cost_usd if teacher.price else None, "elapsed_s": round(time.monotonic() - t0, 4),
+            "first_request_to_last_result_s": round(span, 4),
+        }
+
     try:
         async with aclosing(stream_jobs(teacher, jobs())) as stream:
             async for job in stream:
@@ -204,9 +243,12 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
                 cached_rows += all(r.cached for r in results)
     except TeacherFatalError as exc:
         await reporter.stop()
-        _say(f"error: {exc}")
-        _say(f"stopped: {written} rows written to {o.output}; nothing paid for is lost (cache: answers kept)")
-        return EXIT_FATAL
+        stopped = {"stopped": "teacher", "error": str(exc)}
+        if reraise_fatal:
+            code = EXIT_FATAL
+            _write_summary(o, summary())
+            raise
+        code = teacher_stop(exc, _kept_after_fatal(o, teacher, written + len(done)))
     except OutputWriteError as exc:
         await reporter.stop()
         _say(f"error: {exc}")
@@ -214,11 +256,18 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
              + ("free some space, then " if exc.disk_full else "fix that, then ")
              + "rerun the same command to resume"
              + ("" if o.no_cache else " (answers already paid for come from the cache)"))
-        return EXIT_BAD_INPUT
+        stopped = {"stopped": "output", "error": str(exc)}
+        code = EXIT_BAD_INPUT
+    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: run_complete says the rest
+        stopped, code = {"stopped": "interrupted"}, EXIT_INTERRUPTED
+        _write_summary(o, summary())
+        raise
     finally:
         out.close()
         rej.close()
         await teacher.aclose()
+    if stopped is not None:
+        return _write_summary(o, summary()) or code
     await reporter.stop()
     missing = todo_rows - written - rejected
     st = teacher.stats
@@ -237,28 +286,44 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
             f"budget reached: ${st.cost_usd:.4f} spent of --max-cost ${o.max_cost}; {missing} rows not started. "
             "Rerun with a larger --max-cost to finish (nothing is paid twice)."
         )
+        stopped = {"stopped": "budget"}
         code = EXIT_BUDGET
     elif rejected:
         code = EXIT_REJECTS
     elif missing:
         _say(f"error: {missing} rows were neither written nor rejected")
         code = EXIT_REJECTS
-    if o.summary_json:
-        span = (st.last_result_at - st.first_request_at) if st.first_request_at and st.last_result_at else 0.0
-        summary = {
-            "exit_code": code, "rows_written": written, "rows_rejected": rejected, "rows_from_cache": cached_rows,
-            "rows_already_done": len(done), "rows_not_started": missing if teacher.budget_exhausted else 0,
-            "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
-            "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-            "cost_usd": st.cost_usd if teacher.price else None, "elapsed_s": round(elapsed, 4),
-            "first_request_to_last_result_s": round(span, 4),
-        }
-        try:
-            write_summary(o.summary_json, summary)
-        except OutputWriteError as exc:
-            _say(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
-            return EXIT_BAD_INPUT
-    return code
+    return _write_summary(o, summary()) or code
+
+
+def _write_summary(o: CompleteOptions, summary: dict[str, Any]) -> int:
+    """Write ``--summary-json`` (atomically, whole or not at all), however the run ended: ``"stopped"``
+    says why it ended early (``teacher``, ``output``, ``budget``, ``interrupted``; null when it went
+    through) and ``"error"`` the message, so a script need not parse stderr.  Returns 0, or
+    EXIT_BAD_INPUT when the summary itself could not be written."""
+    if not o.summary_json:
+        return 0
+    try:
+        write_summary(o.summary_json, summary)
+    except OutputWriteError as exc:
+        _say(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
+        return EXIT_BAD_INPUT
+    return 0
+
+
+def _kept_after_fatal(o: CompleteOptions, teacher: OpenAICompatibleTeacher, rows: int) -> str:
+    """What a fatal stop keeps, said truthfully: the rows in the output always; the answers not yet in
+    a row only when the cache holds them -- not with ``--no-cache``, and not once a cache write failed
+    (disk full on the cache, F1), where "nothing paid for is lost" used to be printed all the same."""
+    head = f"stopped: the {rows} rows in {o.output} are kept (each whole); "
+    cache = teacher.cache
+    if cache is None:
+        return head + "with --no-cache, an answer not yet in a row is not kept: rerun the same command to resume"
+    if cache.write_error is not None:
+        return (head + f"the cache {cache.path} could not be written, so an answer not yet in a row is not "
+                "kept and a rerun asks for it again: make room for the cache, then rerun the same command to resume")
+    return head + (f"every answer received is in the cache {cache.path}: rerun the same command to resume "
+                   "(nothing is paid twice)")
 
 
 def _output_row(row: dict[str, Any], results: list[Any], model: str) -> dict[str, Any]:

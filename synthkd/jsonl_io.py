@@ -488,7 +488,11 @@ def _output_problem(path: Path) -> str | None:
     target = Path(os.path.realpath(path))
     if target.exists() and not os.access(target, os.W_OK):
         return f"cannot write it ({_denied(target)})"
-    parent = target.parent
+    return _creatable(target.parent)
+
+
+def _creatable(parent: Path) -> str | None:
+    """Why nothing can be created in ``parent`` (made with its missing parents), or None."""
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
@@ -496,6 +500,16 @@ def _output_problem(path: Path) -> str | None:
     if not os.access(parent, os.W_OK | os.X_OK):
         return f"cannot write in {parent} ({_denied(parent)})"
     return None
+
+
+def _output_dir_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be an output directory (created if missing, with its parents), or None."""
+    if path.exists() and not path.is_dir():
+        return "is a file, not a directory"
+    target = Path(os.path.realpath(path))
+    if target.is_dir():
+        return None if os.access(target, os.W_OK | os.X_OK) else f"cannot write in it ({_denied(target)})"
+    return _creatable(target.parent)
 
 
 def _cache_problem(path: Path) -> str | None:
@@ -525,13 +539,15 @@ def check_paths(
     inputs: Mapping[str, Path | None] | None = None,
     outputs: Mapping[str, Path | None] | None = None,
     cache: Path | None = None,
+    out_dirs: Mapping[str, Path | None] | None = None,
 ) -> None:
     """Refuse, before anything is read, written or paid for, every path a command cannot use.
 
     ``inputs`` / ``outputs``: option name (as the user typed it, e.g. ``"--rejects"``) -> path, None
     for an option not given.  ``cache``: the ``--cache`` file, if given.  Checked: inputs exist, are
     files and readable; outputs (and the cache) are not directories and can be created or written,
-    the cache is a SQLite file; and no two of them name the same file, through symlinks or hard links
+    the cache is a SQLite file; ``out_dirs`` (a trainer's ``--output``) are directories, or can be made,
+    and can be written in; and no two of them name the same file, through symlinks or hard links
     (``--rejects`` naming the input would empty it; ``--summary-json`` naming the output would replace
     the finished rows).  Raises :class:`PathError` listing every problem (exit 2).
 
@@ -558,6 +574,15 @@ def check_paths(
         path = Path(path)
         named.append((flag, path))
         why = check(path)
+        if why:
+            problems.append(f"{flag} {path}: {why}")
+    for flag, path in (out_dirs or {}).items():
+        if path is None:
+            continue
+        path = Path(path)
+        clash = any(_identity(path) == _identity(p) for _, p in named)  # said once, below
+        named.append((flag, path))
+        why = None if clash else _output_dir_problem(path)
         if why:
             problems.append(f"{flag} {path}: {why}")
     seen: dict[tuple[Any, ...], str] = {}

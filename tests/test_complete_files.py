@@ -383,3 +383,36 @@ def test_sigterm_stops_a_generate_command_cleanly_too(tmp_path, make_server):
     res = run_cli(*args)
     assert res.returncode == 0, res.stderr
     assert sorted(r["id"] for r in read_jsonl(out)) == list(range(40))
+
+
+def test_summary_json_says_why_a_run_stopped_on_sigterm_and_on_the_budget(tmp_path, make_server):
+    # F1 follow-up regression: --summary-json was written only when the run reached its end (not on
+    # SIGTERM/Ctrl-C), and had no field saying why a run stopped early.
+    srv = make_server(FaultConfig(latency_ms=50))
+    write_prompts(tmp_path / "in.jsonl", 60)
+    out, summary = tmp_path / "out.jsonl", tmp_path / "summary.json"
+    args = _args(tmp_path, srv, "--cache", str(tmp_path / "c.sqlite"), "-c", "2", "--summary-json", str(summary))
+    proc = subprocess.Popen(synthkd_cmd(*args), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=_defaults_in_child)
+    deadline = time.monotonic() + 60
+    while not (out.exists() and out.read_bytes().count(b"\n") >= 3) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    s = json.loads(summary.read_text())
+    kept = len(read_jsonl(out))
+    assert (s["exit_code"], s["stopped"], s["rows_written"]) == (130, "interrupted", kept)
+    assert s["rows_not_started"] == 60 - kept - s["rows_rejected"] > 0
+    # The budget: the rerun stops at once (every answer costs more than the budget left)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"test-model": {"input": 1000.0, "output": 1000.0}}))
+    res = run_cli(*args, "--prices", str(prices), "--max-cost", "0.0001")
+    assert res.returncode == 3, res.stderr
+    s = json.loads(summary.read_text())
+    assert (s["exit_code"], s["stopped"]) == (3, "budget") and s["rows_not_started"] > 0
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    s = json.loads(summary.read_text())
+    assert (s["exit_code"], s["stopped"], s["rows_not_started"]) == (0, None, 0)

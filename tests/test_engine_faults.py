@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import subprocess
 import sys
 
 import pytest
@@ -61,6 +62,16 @@ def _no_lost_task_errors(caplog) -> None:
 # ----------------------------------------------------------------------------------- F1: cache full
 
 
+def _run_with_file_size_limit(args, limit: int = 200_000, env=None) -> subprocess.CompletedProcess:
+    """Run the CLI in a child that may write files of at most ``limit`` bytes (RLIMIT_FSIZE, SIGXFSZ
+    ignored so a write just fails): the cache's write-ahead log reaches 200 kB after a few dozen
+    answers, while the output stays far below."""
+    wrap = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); os.execv(sys.argv[1], sys.argv[1:])")
+    return subprocess.run([sys.executable, "-c", wrap, *synthkd_cmd(*args)], env=env or cli_env(),
+                          capture_output=True, text=True, timeout=120)
+
+
 def test_cache_full_mid_run_stops_at_once_and_yields_every_paid_answer(make_server, tmp_path, caplog):  # F1 regression
     caplog.set_level(logging.ERROR)
     srv = make_server(FaultConfig(latency_ms=5))
@@ -90,15 +101,7 @@ def test_complete_with_a_cache_that_cannot_grow_stops_with_one_message_and_write
     rows = write_prompts(tmp_path / "in.jsonl", 300)
     args = ["complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-m", "test-model",
             "--base-url", srv.base_url, "--cache", str(tmp_path / "c.sqlite"), "-c", "8"]
-    # The child may write files of at most 200 kB (RLIMIT_FSIZE, SIGXFSZ ignored so a write just fails):
-    # the cache's write-ahead log reaches that after a few dozen answers; the output stays far below.
-    limit = 200_000
-    wrap = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); os.execv(sys.argv[1], sys.argv[1:])")
-    import subprocess
-
-    res = subprocess.run([sys.executable, "-c", wrap, *synthkd_cmd(*args)], env=cli_env(), capture_output=True,
-                         text=True, timeout=120)
+    res = _run_with_file_size_limit(args)
     assert res.returncode == 4, res.stderr  # the environment stopped the teacher: not 1 (rows rejected)
     assert res.stderr.count("cannot write the request cache") == 1, res.stderr
     assert "Traceback" not in res.stderr and "never retrieved" not in res.stderr
@@ -227,3 +230,96 @@ def test_price_file_that_is_not_utf8_is_a_clear_error(make_server, tmp_path):  #
     assert f"{prices}: price file is not UTF-8" in res.stderr and "Traceback" not in res.stderr
     assert srv.stats()["requests_total"] == 0
     json.loads(prices.read_bytes()[:-2])  # the file is otherwise valid: the encoding alone is reported
+
+
+# ------------------------------------------- F13/F16: a setting found wrong before any request is exit 2
+
+
+def _config_error(res, needle: str) -> None:
+    """Exit 2, the reason once, and no "rerun to resume" (nothing was sent: there is nothing to resume)."""
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count(needle) == 1, res.stderr
+    assert "resume" not in res.stderr and "nothing paid for" not in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr, res.stderr
+
+
+def test_generate_commands_give_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
+    # F13 + F16 regression: run_job ended every such error with "nothing paid for is lost: rerun the
+    # same command to resume" (exit 4), also for --teacher local:DIR that does not load and a bad key.
+    srv = make_server(FaultConfig(api_key=KEY))
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "question": "1+1?", "answer": "2"}\n')
+    args = ["generate", "rationales", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+            "--kind", "math", "--no-cache", "--n-demos", "0"]
+    res = run_cli(*args, "-m", "test-model", "--base-url", srv.base_url, env=cli_env(OPENAI_API_KEY=KEY + "\r"))
+    _config_error(res, "OPENAI_API_KEY contains a control character")
+    res = run_cli(*args, "-m", f"local:{tmp_path / 'no-such-student'}")
+    _config_error(res, "local teacher")
+    res = run_cli(*args, "-m", "simulated:no-such-task")
+    _config_error(res, "unknown simulated teacher task")
+    assert srv.stats()["requests_total"] == 0 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_pipeline_gives_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
+    # F13 regression through `synthkd run`: credentials in base_url with a key set were "rerun to resume", exit 4
+    srv = make_server(FaultConfig(api_key=KEY))
+    write_prompts(tmp_path / "in.jsonl", 5)
+    url = srv.base_url.replace("http://", "http://alice:hunter2-pw@")
+    (tmp_path / "p.yaml").write_text(
+        f"name: cfg\nteacher: {{model: test-model, base_url: '{url}'}}\n"
+        "stages:\n  - name: comp\n    kind: complete\n    input: in.jsonl\n")
+    res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(OPENAI_API_KEY=KEY),
+                         capture_output=True, text=True, timeout=120)
+    _config_error(res, "base_url must not carry credentials")
+    assert "hunter2" not in res.stderr and srv.stats()["requests_total"] == 0
+
+
+# -------------------------------------- F1 follow-up: a fatal stop says what is really kept, in the summary too
+
+
+def test_fatal_stop_on_a_full_cache_does_not_claim_the_answers_are_kept(make_server, tmp_path):
+    # F1 regression (follow-up): `complete` printed "nothing paid for is lost (cache: answers kept)" when
+    # the cache itself could not be written, and wrote no --summary-json at all on a fatal stop.
+    srv = make_server(FaultConfig(latency_ms=5))
+    write_prompts(tmp_path / "in.jsonl", 300)
+    summary = tmp_path / "summary.json"
+    res = _run_with_file_size_limit(["complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                                     "-m", "test-model", "--base-url", srv.base_url, "--cache",
+                                     str(tmp_path / "c.sqlite"), "-c", "8", "--summary-json", str(summary)])
+    assert res.returncode == 4, res.stderr
+    assert "answers kept" not in res.stderr and "nothing paid for is lost" not in res.stderr, res.stderr
+    written = len(read_jsonl(tmp_path / "out.jsonl"))
+    assert f"the {written} rows in {tmp_path / 'out.jsonl'} are kept" in res.stderr, res.stderr
+    assert f"the cache {tmp_path / 'c.sqlite'} could not be written" in res.stderr, res.stderr
+    s = json.loads(summary.read_text())
+    assert s["exit_code"] == 4 and s["stopped"] == "teacher" and "cannot write the request cache" in s["error"]
+    assert s["rows_written"] == written and s["rows_not_started"] == 300 - written > 0
+
+
+def test_fatal_stop_with_a_working_cache_says_so_and_writes_the_summary(make_server, tmp_path):
+    # F1 regression (follow-up): the summary a script reads says why the run stopped
+    srv = make_server(FaultConfig(api_key=KEY))
+    write_prompts(tmp_path / "in.jsonl", 10)
+    summary = tmp_path / "summary.json"
+    res = run_cli("complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-m", "test-model",
+                  "--base-url", srv.base_url, "--cache", str(tmp_path / "c.sqlite"), "--summary-json", str(summary),
+                  env=cli_env(OPENAI_API_KEY=WRONG_KEY))
+    assert res.returncode == 4 and "refused the API key" in res.stderr, res.stderr
+    assert f"every answer received is in the cache {tmp_path / 'c.sqlite'}" in res.stderr, res.stderr
+    s = json.loads(summary.read_text())
+    assert (s["exit_code"], s["stopped"], s["rows_written"], s["rows_not_started"]) == (4, "teacher", 0, 10)
+    assert "refused the API key" in s["error"] and WRONG_KEY[:8] not in summary.read_text()
+
+
+def test_pipeline_complete_stage_stopped_by_the_teacher_is_exit_4_not_rows_rejected(make_server, tmp_path):
+    # F14 follow-up regression: a refused key in a `complete` stage came out of `synthkd run` as
+    # "some rows failed for good" (StageFailed, exit 1: the code reserved for rejected rows)
+    srv = make_server(FaultConfig(api_key=KEY))
+    write_prompts(tmp_path / "in.jsonl", 5)
+    (tmp_path / "p.yaml").write_text(
+        f"name: key\nteacher: {{model: test-model, base_url: '{srv.base_url}'}}\n"
+        "stages:\n  - name: comp\n    kind: complete\n    input: in.jsonl\n")
+    res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(OPENAI_API_KEY=WRONG_KEY),
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 4, res.stderr
+    assert res.stderr.count("refused the API key") == 1 and "failed for good" not in res.stderr, res.stderr
+    assert res.stderr.count("rerun the same command to resume") == 1 and "Traceback" not in res.stderr

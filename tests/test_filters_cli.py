@@ -119,3 +119,15 @@ def test_each_operator_runs_alone(tmp_path):
     assert res.returncode == 2 and "synthkd clean near_dup: [0] near_dup: option 'threshold'" in res.stderr
     res = run_cli("clean", "judge", "--help")
     assert res.returncode == 0 and "--top-fraction" in res.stdout and "--teacher" in res.stdout
+
+
+def test_clean_accepts_a_utf8_bom_like_every_other_command(tmp_path):
+    # F16 regression (follow-up): `clean` had its own jsonl reader and rejected the BOM others accept,
+    # in strict mode (the prescan) and in lenient mode (the streaming read) alike.
+    rows = [{"id": f"r{i}", "text": f"row number {i}"} for i in range(3)] + [{"id": "r3", "text": "row number 0"}]
+    (tmp_path / "in.jsonl").write_bytes(b"\xef\xbb\xbf" + "".join(json.dumps(r) + "\n" for r in rows).encode())
+    for mode in ([], ["--lenient"]):
+        res = run_cli("clean", "exact-dedup", "--input", str(tmp_path / "in.jsonl"), "--output",
+                      str(tmp_path / "out.jsonl"), "--fields", "text", *mode)
+        assert res.returncode == 0, res.stderr
+        assert [r["id"] for r in read_jsonl(tmp_path / "out.jsonl")] == ["r0", "r1", "r2"], mode

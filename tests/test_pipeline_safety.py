@@ -305,7 +305,10 @@ def test_prices_file_that_is_not_utf8_is_a_config_error(tmp_path):
                                      "stages:\n  - {name: c, kind: complete, input: in.jsonl}\n")
     res = _run(tmp_path, "validate", "p.yaml")
     assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
-    assert res.stderr.startswith(f"error: p.yaml:2: teacher.prices: {tmp_path / 'prices.json'}: 'utf-8' codec can't decode")
+    # (the PriceTableError wording since pricing.py catches the UnicodeDecodeError itself; the path once)
+    assert res.stderr.startswith(f"error: p.yaml:2: teacher.prices: {tmp_path / 'prices.json'}: price file is not "
+                                 "UTF-8 text (byte 6"), res.stderr
+    assert res.stderr.count("prices.json") == 1, res.stderr
 
 
 def test_bad_set_value_is_a_clear_error(tmp_path):
@@ -390,3 +393,15 @@ def test_push_offline_is_one_clear_message(tmp_path):
     assert res.returncode == 4 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("error: could not push to someone/x on the Hugging Face Hub: OfflineModeIsEnabled")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_validate_reads_a_bom_input_with_the_shared_reader(tmp_path):
+    # F16 regression (follow-up): the complete stage's estimate had its own reader, so `synthkd validate`
+    # died with an orjson traceback on a BOM that `synthkd complete` accepts.
+    write_prompts(tmp_path / "plain.jsonl", 3)
+    (tmp_path / "in.jsonl").write_bytes(b"\xef\xbb\xbf" + (tmp_path / "plain.jsonl").read_bytes())
+    (tmp_path / "p.yaml").write_text("name: bom\nteacher: {model: test-model}\n"
+                                     "stages:\n  - {name: comp, kind: complete, input: in.jsonl}\n")
+    res = _run(tmp_path, "validate", "p.yaml")
+    assert res.returncode == 0, res.stderr
+    assert "| comp | complete | 3 |" in res.stdout, res.stdout

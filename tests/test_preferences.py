@@ -229,3 +229,20 @@ def test_judge_ranked_async_api_dedups_identical_samples(make_server):
     assert got["2#pair"]["margin"] == 7
     sent = srv.stats()["by_endpoint"]
     assert sent["/v1/chat/completions"] == 8 + 2, sent  # 8 samples, then only 2 distinct texts judged
+
+
+def test_ids_follow_the_one_id_rule_in_both_modes(tmp_path, make_server):
+    # F16 regression (follow-up): preferences (and the task rows it reads) had their own id check, which
+    # called an integer id beyond 64 bits "must be a non-empty string or an integer"
+    rows, table = _svamp(2)
+    roles = Roles(rows, table, set())
+    srv = make_server(responder=roles)
+    big = '{"id": 99999999999999999999999, "prompt": "too big", "question": "1+1?", "answer": 2}\n'
+    inp = tmp_path / "big.jsonl"
+    inp.write_text(json.dumps(rows[0]) + "\n" + big)
+    for mode in (["--mode", "judge", "--judge", "judge-model"],
+                 ["--mode", "student", "--student", "student-model", "--kind", "math"]):
+        res = run_cli(*_args(srv, tmp_path, inp, *mode))
+        assert res.returncode == 2, res.stderr
+        assert f"{inp}:2: field 'id': integer id out of range" in res.stderr, (mode, res.stderr)
+    assert srv.stats()["requests_total"] == 0 and not (tmp_path / "out.jsonl").exists()

@@ -118,13 +118,14 @@ def say(msg: str) -> None:
 
 def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
     """Run an async job; turn known errors into one clear message and an exit code (2 input, unusable
-    path or a write that failed mid-run such as disk full; 4 teacher; 130 interrupted by Ctrl-C or
+    path, a write that failed mid-run such as disk full, or a teacher setting found wrong before any
+    request; 4 teacher refused or unreachable; 130 interrupted by Ctrl-C or
     SIGTERM, rows kept).
 
     ``sigterm=False`` keeps the default SIGTERM (die at once) for a job that blocks the event loop for
     long stretches (training): a handler on the loop would only run once that stretch is over.
     """
-    from synthkd.complete import _install_sigterm  # the one SIGTERM rule: stop like Ctrl-C
+    from synthkd.complete import _install_sigterm, teacher_stop  # one SIGTERM rule, one exit-code rule
 
     async def main() -> int:
         if sigterm:
@@ -141,9 +142,8 @@ def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
             + ("free some space, then " if exc.disk_full else "fix that, then ")
             + "rerun the same command to resume (answers already paid for come from the cache)")
         code = 2
-    except TeacherFatalError as exc:
-        say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
-        code = 4
+    except TeacherFatalError as exc:  # 2 for a setting found wrong before any request, else 4
+        code = teacher_stop(exc)
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM
         say("interrupted: rows written so far are kept; rerun the same command to resume")
         code = 130

@@ -20,7 +20,7 @@ from synthkd.commands.common import (
 )
 from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock
-from synthkd.jsonl_io import InputError, id_hash, index_output, iter_jsonl, write_summary
+from synthkd.jsonl_io import InputError, check_id, id_hash, index_output, iter_jsonl, write_summary
 from synthkd.methods.runner import rejects_path_for, write_rows
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET = 0, 1, 3
@@ -77,8 +77,10 @@ def _validate_relabel_input(path: Path, text_field: str, label_field: str | None
             problems.append(f"{where}: expected a JSON object")
         else:
             rid = row.get("id")
-            if rid is None or isinstance(rid, bool) or not isinstance(rid, (str, int)) or rid == "":
-                problems.append(f"{where}: field 'id': missing or not a non-empty string/integer")
+            if "id" not in row:
+                problems.append(f"{where}: field 'id': missing")
+            elif why := check_id(rid):  # the one id rule (64-bit integers named, F16)
+                problems.append(f"{where}: {why}")
             else:
                 h = id_hash(rid)
                 if h in seen:

@@ -24,7 +24,7 @@ from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock, write_summary
 from synthkd.teachers.base import Teacher, TeacherFatalError
 
-EXIT_OK, EXIT_SHORT, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
+EXIT_OK, EXIT_SHORT, EXIT_BUDGET = 0, 1, 3
 
 SummaryOpt = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice (attribute combos, few-shot pools).")]
@@ -80,8 +80,9 @@ async def _run(
         say(f"  short: {what}: {why}")
     code = EXIT_OK
     if fatal is not None:
-        say(f"error: {fatal}\nnothing paid for is lost: rerun the same command to resume")
-        code = EXIT_FATAL
+        from synthkd.complete import teacher_stop
+
+        code = teacher_stop(fatal)  # the one mapping (4 here: the teacher was built, requests went out)
     elif stats.budget_stopped:
         say("budget reached: rerun with a larger --max-cost to finish (nothing is paid twice)")
         code = EXIT_BUDGET

@@ -44,10 +44,10 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
             prices = p.ctx.resolve(tc.prices) if tc.prices else None
             try:
                 price = PriceTable.default(prices).lookup(tc.model)
-            except (PriceTableError, UnicodeDecodeError) as exc:  # a config error, not a traceback
+            except PriceTableError as exc:  # a config error (a file that is not UTF-8 too), not a traceback
                 where = (stage_line(cfg, p.index, "teacher", "prices") if p.cfg.teacher is not None
                          else f"{cfg._source}:{_line_for(cfg._lines, ('teacher', 'prices')) or '?'}")
-                raise ConfigError(f"{where}: teacher.prices: {prices}: {exc}") from None
+                raise ConfigError(f"{where}: teacher.prices: {exc}") from None  # exc names the file
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)
             elif tc.model.startswith(("replay:", "local:", "simulated:")):
@@ -113,9 +113,10 @@ def run(
     except BudgetExceeded as exc:
         _say(f"stopped: {exc}")
         raise typer.Exit(3)
-    except TeacherFatalError as exc:
-        _say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
-        raise typer.Exit(4)
+    except TeacherFatalError as exc:  # 2 for a teacher setting found wrong before any request, else 4
+        from synthkd.complete import teacher_stop
+
+        raise typer.Exit(teacher_stop(exc))
     except StageFailed as exc:  # rows rejected for good: exit 1, the code README reserves for that
         _say(f"error: {exc}")
         raise typer.Exit(1)

@@ -65,6 +65,15 @@ def _guard(job: Callable[[], int]) -> None:
     raise typer.Exit(code)
 
 
+def _check_paths(inputs: dict[str, Path | None], output_dir: tuple[str, Path | None]) -> None:
+    """Refuse unusable paths before any model is loaded (exit 2 through :func:`_guard`): missing inputs,
+    an output directory with a file in its way, one that cannot be made or written in, or an output
+    naming an input -- the shared :func:`synthkd.jsonl_io.check_paths`, as every other command uses."""
+    from synthkd.jsonl_io import check_paths
+
+    check_paths(inputs, out_dirs=dict([output_dir]))
+
+
 def _main_process() -> bool:
     try:
         from synthkd.train.common import is_main_process
@@ -205,6 +214,8 @@ def sft_command(
     settings = {("learning_rate" if k == "lr" else k): v for k, v in (train or {}).items()}
 
     def job() -> int:
+        _check_paths({"--input": input, "--eval-input": eval_input, "--provenance": settings.get("provenance")},
+                     ("--output", output))
         _quiet()
         from synthkd.train.sft import SFTOptions, run_sft
 
@@ -254,6 +265,8 @@ def dpo_command(
     settings = {("learning_rate" if k == "lr" else k): v for k, v in (train or {}).items()}
 
     def job() -> int:
+        _check_paths({"--input": input, "--eval-input": eval_input, "--sft-input": sft_input,
+                      "--provenance": settings.get("provenance")}, ("--output", output))
         _quiet()
         from synthkd.train.dpo import DPOOptions, run_dpo
 
@@ -351,6 +364,7 @@ def eval_command(
     """Score a student on held-out rows: accuracy (+ macro-F1, per-label), mistakes, teacher comparison."""
 
     def job() -> int:
+        _check_paths({"--input": input}, ("--out", out))
         _quiet()
         from synthkd.train.evaluate import EvalOptions, run_eval
 

@@ -25,7 +25,7 @@ import orjson
 from synthkd.filters.base import Operator, RunContext
 from synthkd.filters.config import ConfigError, build
 from synthkd.filters.funnel import Funnel, Stage
-from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
+from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, iter_lines
 
 INPUT_STAGE = "input"
 
@@ -52,30 +52,29 @@ def prescan(path: Path, ops: list[Operator], id_field: str = "id") -> int:
         groups = [g for g in op.needs() if not provided.intersection(g)]
         plan.append((op, groups))
         provided.update(op.provides())
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            rows += 1
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+    for lineno, line in iter_lines(path):  # the shared reader: a BOM is accepted as everywhere else
+        if not line.strip():
+            continue
+        rows += 1
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+        else:
+            if not isinstance(row, dict):
+                problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            elif id_field not in row:
+                problems.append(f"{path}:{lineno}: field {id_field!r}: missing")
             else:
-                if not isinstance(row, dict):
-                    problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                elif id_field not in row:
-                    problems.append(f"{path}:{lineno}: field {id_field!r}: missing")
-                else:
-                    for op, groups in plan:
-                        for g in groups:
-                            if not any(f in row for f in g):
-                                what = " or ".join(repr(f) for f in g)
-                                problems.append(f"{path}:{lineno}: row id {row[id_field]!r}: field {what}: missing "
-                                                f"(needed by operator {op.label!r})")
-                                break
-            if len(problems) >= MAX_REPORTED_ERRORS:
-                break
+                for op, groups in plan:
+                    for g in groups:
+                        if not any(f in row for f in g):
+                            what = " or ".join(repr(f) for f in g)
+                            problems.append(f"{path}:{lineno}: row id {row[id_field]!r}: field {what}: missing "
+                                            f"(needed by operator {op.label!r})")
+                            break
+        if len(problems) >= MAX_REPORTED_ERRORS:
+            break
     if problems:
         raise InputError(problems)
     return rows
@@ -118,34 +117,33 @@ async def _read_input(path: Path, ctx: RunContext, funnel: Funnel, rejects: _Wri
                       tick: Callable[[int], None] | None) -> AsyncIterator[dict[str, Any]]:
     st = funnel.stages[0]
     id_field = ctx.id_field
-    with open(path, "rb") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            st.rows_in += 1
-            if tick is not None and st.rows_in % 1024 == 0:
-                tick(1024)
-            reason = None
-            try:
-                row = orjson.loads(line)
-            except orjson.JSONDecodeError as exc:
-                reason, row = "not valid JSON", {"line": lineno, "raw": line.decode("utf-8", "replace")[:2000]}
-                detail = str(exc)
-            else:
-                if not isinstance(row, dict):
-                    reason, detail = "not a JSON object", None
-                    row = {"line": lineno, "raw": line.decode("utf-8", "replace")[:2000]}
-                elif id_field not in row:
-                    reason, detail = f"field {id_field!r} missing", f"line {lineno}"
-            if reason is not None:
-                if ctx.strict:  # the prescan catches these first; kept for library use without it
-                    raise InputError([f"{path}:{lineno}: {reason}"])
-                funnel.drop(0, row, reason, detail, None, id_field)
-                rejects.write({**row, "reject_op": INPUT_STAGE, "reject_reason": reason,
-                               **({"reject_detail": detail} if detail else {})})
-                continue
-            st.kept += 1
-            yield row
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        st.rows_in += 1
+        if tick is not None and st.rows_in % 1024 == 0:
+            tick(1024)
+        reason = None
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            reason, row = "not valid JSON", {"line": lineno, "raw": line.decode("utf-8", "replace")[:2000]}
+            detail = str(exc)
+        else:
+            if not isinstance(row, dict):
+                reason, detail = "not a JSON object", None
+                row = {"line": lineno, "raw": line.decode("utf-8", "replace")[:2000]}
+            elif id_field not in row:
+                reason, detail = f"field {id_field!r} missing", f"line {lineno}"
+        if reason is not None:
+            if ctx.strict:  # the prescan catches these first; kept for library use without it
+                raise InputError([f"{path}:{lineno}: {reason}"])
+            funnel.drop(0, row, reason, detail, None, id_field)
+            rejects.write({**row, "reject_op": INPUT_STAGE, "reject_reason": reason,
+                           **({"reject_detail": detail} if detail else {})})
+            continue
+        st.kept += 1
+        yield row
 
 
 async def _stage(i: int, op: Operator, upstream: AsyncIterator[dict[str, Any]], funnel: Funnel,

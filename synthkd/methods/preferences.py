@@ -35,7 +35,7 @@ from typing import Any
 
 from synthkd.answers import parse_off_loop, strip_continuation
 from synthkd.filters.judge import parse_score
-from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
+from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, check_id
 from synthkd.methods.rationales import RationalePlan, plan_rationales
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
@@ -424,11 +424,10 @@ def plan_judge_pairs(
         if not isinstance(row, dict):
             problems.append(f"{where(i)}: expected a JSON object, got {type(row).__name__}")
             continue
-        rid = row.get("id")
         if "id" not in row:
             problems.append(f"{where(i)}: field 'id': missing")
-        elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
-            problems.append(f"{where(i)}: field 'id': must be a non-empty string or an integer")
+        elif why := check_id(row["id"]):  # the one id rule (64-bit integers named, F16)
+            problems.append(f"{where(i)}: {why}")
         present = [n for n in names if n in row]
         if not present:
             problems.append(f"{where(i)}: field '{' / '.join(names)}': missing (the prompt to sample)")

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator
 
-from synthkd.jsonl_io import InputError, iter_jsonl
+from synthkd.jsonl_io import InputError, check_id, iter_jsonl
 from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
 from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
@@ -78,8 +78,9 @@ def load_seed_tasks(path: str | Path) -> list[SeedTask]:
             problems.append(f"{where}: expected a JSON object")
             continue
         rid = row.get("id")
-        if not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
-            problems.append(f"{where}: field 'id': missing, or not a non-empty string")
+        why = "field 'id': missing" if "id" not in row else check_id(rid)  # the one id rule (F16)
+        if why:
+            problems.append(f"{where}: {why}")
             continue
         rid = str(rid)
         if rid in seen:

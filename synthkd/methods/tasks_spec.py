@@ -33,6 +33,7 @@ from synthkd.answers import (
     safe_eval_arithmetic,
     strip_continuation,
 )
+from synthkd.jsonl_io import check_id
 
 KINDS: tuple[str, ...] = ("math", "choice", "nli", "classification")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -136,11 +137,10 @@ class TaskSpec:
         if not isinstance(row, dict):
             return [f"expected a JSON object, got {type(row).__name__}"]
         problems = []
-        rid = row.get("id")
         if "id" not in row:
             problems.append("field 'id': missing")
-        elif not isinstance(rid, (str, int)) or isinstance(rid, bool) or rid == "":
-            problems.append("field 'id': must be a non-empty string or an integer")
+        elif why := check_id(row["id"]):  # the one id rule (64-bit integers named, F16)
+            problems.append(why)
         for name in self.required_fields:
             if name == self.fields.choices:
                 continue

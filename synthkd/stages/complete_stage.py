@@ -7,7 +7,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
-from synthkd.jsonl_io import index_output, scan_prompt_file
+from synthkd.jsonl_io import index_output, iter_jsonl, scan_prompt_file
 from synthkd.pipeline import Estimate, StageContext, StageFailed, count_rows, register_stage  # noqa: F401 (StageFailed re-exported)
 from synthkd.teachers.base import BudgetExceeded
 
@@ -27,7 +27,9 @@ class CompleteStage:
         tc = ctx.teacher_config
         o = CompleteOptions(input=ctx.input, output=ctx.output, model=teacher.model, samples=opts.samples,
                             temperature=tc.temperature if tc else None, progress=False)  # the pipeline shows its own bar
-        code = await _run(o, teacher, scan.rows, done)  # type: ignore[arg-type]
+        # a fatal teacher error goes up to `synthkd run` as such (exit 4, or 2 for a setting), not as
+        # "some rows failed for good" (exit 1)
+        code = await _run(o, teacher, scan.rows, done, reraise_fatal=True)  # type: ignore[arg-type]
         if code == EXIT_BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         if code != EXIT_OK:
@@ -35,15 +37,10 @@ class CompleteStage:
         return {"rows_in": scan.rows, "rows_out": count_rows(ctx.output)}
 
     def estimate(self, ctx: StageContext, opts: Options) -> Estimate:
-        import orjson
-
         calls = prompt_tokens = 0
-        with open(ctx.input, "rb") as f:
-            for line in f:
-                if line.strip():
-                    row = orjson.loads(line)
-                    text = row.get("prompt") or " ".join(str(m.get("content", "")) for m in row.get("messages", []))
-                    calls += opts.samples
-                    prompt_tokens += (len(text) // 4 + 4) * opts.samples
+        for _, row in iter_jsonl(ctx.input):  # the shared reader (a BOM accepted, bad lines named)
+            text = row.get("prompt") or " ".join(str(m.get("content", "")) for m in row.get("messages", []))
+            calls += opts.samples
+            prompt_tokens += (len(text) // 4 + 4) * opts.samples
         max_tokens = (ctx.teacher_config.max_tokens if ctx.teacher_config else None) or 256
         return Estimate(calls, prompt_tokens, calls * max_tokens)

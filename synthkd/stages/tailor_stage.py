@@ -29,7 +29,6 @@ changes the fingerprint and the loop starts over (the old directory is moved to 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import typing
@@ -39,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 
 from synthkd.config import ConfigError
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods import tailored
 from synthkd.methods.tailored import TailorOptions
 from synthkd.pipeline import Estimate, StageContext, register_stage
@@ -216,12 +215,9 @@ class TailorStage:
 
         texts = [DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789")]
         for path, keys in ((self._initial_path(ctx, o), None), (ctx.input, ("question", "input"))):
-            with open(path, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        row = json.loads(line)
-                        texts.extend(str(v) for k, v in row.items() if isinstance(v, (str, int, float))
-                                     and (keys is None or k in keys))
+            for _, row in iter_jsonl(path):  # the shared reader (a BOM accepted, bad lines named)
+                texts.extend(str(v) for k, v in row.items() if isinstance(v, (str, int, float))
+                             and (keys is None or k in keys))
         t = o.tiny
         return str(build_tiny_student(texts, where, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
                                       layers=t.layers, heads=t.heads, seed=t.seed))

@@ -96,12 +96,11 @@ class SFTStage:
         """A tiny random-init Llama whose tokenizer is trained on this stage's input texts (offline)."""
         from synthkd.train.tiny import build_tiny_student
 
+        from synthkd.jsonl_io import iter_jsonl
+
         texts = []
-        with open(ctx.input, encoding="utf-8") as f:
-            for line in f:
-                if line.strip():
-                    row = json.loads(line)
-                    texts.extend(str(v) for v in row.values() if isinstance(v, (str, int, float)))
+        for _, row in iter_jsonl(ctx.input):  # the shared reader (a BOM accepted, bad lines named)
+            texts.extend(str(v) for v in row.values() if isinstance(v, (str, int, float)))
         t = o.tiny
         return build_tiny_student(texts, where, vocab_size=t.vocab_size, hidden_size=t.hidden_size, layers=t.layers,
                                   heads=t.heads, seed=t.seed)

@@ -3,10 +3,11 @@
 from synthkd.teachers.base import (
     BudgetExceeded,
     Teacher,
+    TeacherConfigError,
     TeacherFatalError,
     TeacherRequest,
     TeacherResult,
     Usage,
 )
 
-__all__ = ["BudgetExceeded", "Teacher", "TeacherFatalError", "TeacherRequest", "TeacherResult", "Usage"]
+__all__ = ["BudgetExceeded", "Teacher", "TeacherConfigError", "TeacherFatalError", "TeacherRequest", "TeacherResult", "Usage"]

@@ -99,5 +99,16 @@ class TeacherFatalError(RuntimeError):
     """An error that must stop the whole run at once (bad key, unreachable server, no price for a budget)."""
 
 
+class TeacherConfigError(TeacherFatalError):
+    """A teacher setting that cannot work, found before any request was sent: a local model directory
+    that does not load, a key with a control character, credentials in ``base_url``, no price for
+    ``--max-cost``, a bad ``simulated:`` spec.
+
+    Why its own class: nothing was sent, so it is a configuration error (exit 2, "fix the setting"),
+    not a teacher that refused mid-run (exit 4, "rerun to resume").  It stays a TeacherFatalError so
+    code that stops on any fatal teacher error keeps doing so (F13, F16).
+    """
+
+
 class BudgetExceeded(RuntimeError):
     """Raised after the stream stops issuing requests because ``max_cost`` was reached."""

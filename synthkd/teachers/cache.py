@@ -54,6 +54,9 @@ class RequestCache:
 
         self.path = Path(path)
         self._lock = threading.Lock()
+        #: The first error a write raised (disk full, read-only...), else None: from then on an answer
+        #: may be missing from the cache, and a caller must not claim "answers kept" (F1).
+        self.write_error: BaseException | None = None
         conn = None
         try:
             if self.path.is_dir():
@@ -105,10 +108,15 @@ class RequestCache:
     def put(self, key: str, model: str, response: dict[str, Any]) -> None:
         blob = orjson.dumps(response)
         with self._lock:
-            self._conn.execute(
-                "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
-                (key, model, time.time(), blob),
-            )
+            try:
+                self._conn.execute(
+                    "INSERT OR REPLACE INTO responses (key, model, created, response) VALUES (?, ?, ?, ?)",
+                    (key, model, time.time(), blob),
+                )
+            except (sqlite3.Error, OSError) as exc:
+                if self.write_error is None:
+                    self.write_error = exc
+                raise
 
     def __len__(self) -> int:
         with self._lock:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthkd.teachers.base import Teacher, TeacherFatalError
+from synthkd.teachers.base import Teacher, TeacherConfigError
 from synthkd.teachers.cache import RequestCache
 
 
@@ -39,7 +39,7 @@ class TeacherSpec:
 
 
 def make_teacher(spec: TeacherSpec) -> Teacher:
-    """The Teacher for ``spec.teacher``; raises TeacherFatalError/InputError on bad settings."""
+    """The Teacher for ``spec.teacher``; raises TeacherConfigError/InputError on bad settings."""
     name = spec.teacher
     if name.startswith("replay:"):
         from synthkd.teachers.replay import ReplayTeacher
@@ -53,7 +53,7 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
         try:
             from synthkd.teachers.local import LocalTeacher  # type: ignore[import-not-found]
         except ImportError:
-            raise TeacherFatalError(
+            raise TeacherConfigError(
                 "local teachers need the training extra: pip install torch==2.13.0 'synthkd[train]'"
             ) from None
         return LocalTeacher(name[len("local:"):], default_params=spec.default_params)

@@ -24,7 +24,7 @@ import hashlib
 import time
 from typing import Any, AsyncIterable, AsyncIterator
 
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.base import TeacherConfigError, TeacherRequest, TeacherResult, Usage
 from synthkd.teachers.openai_compat import TeacherStats
 from synthkd.teachers.pricing import Price
 
@@ -54,7 +54,7 @@ class LocalTeacher:
             try:
                 student = load_student(path, bf16=bf16, device=device, trust_remote_code=trust_remote_code)
             except InputError as exc:
-                raise TeacherFatalError(f"local teacher {path!r}: {exc}") from None
+                raise TeacherConfigError(f"local teacher {path!r}: {exc}") from None
         self.student = student
         self.model = f"local:{path}"
         self.default_params = dict(default_params or {})

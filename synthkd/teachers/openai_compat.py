@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest, TeacherResult, Usage
 from synthkd.teachers.cache import RequestCache, request_cache_key
 from synthkd.teachers.errors import (
     AttemptTimeout,
@@ -117,7 +117,7 @@ class OpenAICompatibleTeacher:
         self.price = self.prices.lookup(model)
         self.max_cost = max_cost
         if max_cost is not None and self.price is None:
-            raise TeacherFatalError(
+            raise TeacherConfigError(
                 f"--max-cost needs a price for model {model!r}, and none is known: add it with --prices FILE "
                 '(JSON: {"' + model + '": {"input": USD_per_1M, "output": USD_per_1M}})'
             )
@@ -560,7 +560,7 @@ def _check_credentials(api_key: str | None, base_url: str) -> None:
     both used to fail every row with no reason given.  The password is never echoed.
     """
     if api_key and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
-        raise TeacherFatalError(
+        raise TeacherConfigError(
             "OPENAI_API_KEY contains a control character (often a trailing \\r or \\n copied from a file "
             "with Windows line endings): remove it"
         )
@@ -570,6 +570,6 @@ def _check_credentials(api_key: str | None, base_url: str) -> None:
         if parts.port:
             host += f":{parts.port}"
         shown = urllib.parse.urlunsplit((parts.scheme, "***@" + host, parts.path, "", ""))
-        raise TeacherFatalError(
+        raise TeacherConfigError(
             f"base_url must not carry credentials (user:password@) when OPENAI_API_KEY is set: {shown}"
         )

@@ -21,7 +21,7 @@ import weakref
 from dataclasses import dataclass
 from typing import Any, AsyncIterable, AsyncIterator, Callable
 
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest, TeacherResult
+from synthkd.teachers.base import TeacherConfigError, TeacherRequest, TeacherResult
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 
 __all__ = ["PREFIX", "TASKS", "SimulatedSettings", "ServedTeacher", "parse_simulated_spec", "make_simulated_teacher"]
@@ -61,31 +61,31 @@ class SimulatedSettings:
 
 
 def parse_simulated_spec(spec: str) -> SimulatedSettings:
-    """``simulated:TASK[?k=v&...]`` -> settings; TeacherFatalError naming the valid tasks/params otherwise."""
+    """``simulated:TASK[?k=v&...]`` -> settings; TeacherConfigError naming the valid tasks/params otherwise."""
     if not spec.startswith(PREFIX):
-        raise TeacherFatalError(f"not a simulated teacher spec: {spec!r} (expected {PREFIX}TASK)")
+        raise TeacherConfigError(f"not a simulated teacher spec: {spec!r} (expected {PREFIX}TASK)")
     task, _, query = spec[len(PREFIX):].partition("?")
     valid_tasks = ", ".join(sorted(TASKS))
     if task not in TASKS:
-        raise TeacherFatalError(f"unknown simulated teacher task {task!r} in {spec!r}; valid tasks: {valid_tasks}")
+        raise TeacherConfigError(f"unknown simulated teacher task {task!r} in {spec!r}; valid tasks: {valid_tasks}")
     valid_params = ", ".join(_DEFAULTS)
     values: dict[str, Any] = {}
     for part in query.split("&") if query else []:
         key, eq, raw = part.partition("=")
         if not eq or key not in _DEFAULTS:
-            raise TeacherFatalError(
+            raise TeacherConfigError(
                 f"bad parameter {part!r} in teacher spec {spec!r}; valid parameters (name=value): {valid_params}")
         if key in values:
-            raise TeacherFatalError(f"parameter {key!r} given twice in teacher spec {spec!r}")
+            raise TeacherConfigError(f"parameter {key!r} given twice in teacher spec {spec!r}")
         try:
             value: float | int = int(raw) if key == "seed" else float(raw)
         except ValueError:
             kind = "an integer" if key == "seed" else "a number"
-            raise TeacherFatalError(f"{key} must be {kind} in teacher spec {spec!r}, got {raw!r}") from None
+            raise TeacherConfigError(f"{key} must be {kind} in teacher spec {spec!r}, got {raw!r}") from None
         if key in _RATES and not 0.0 <= value <= 1.0:
-            raise TeacherFatalError(f"{key} must be in [0, 1] in teacher spec {spec!r}, got {raw!r}")
+            raise TeacherConfigError(f"{key} must be in [0, 1] in teacher spec {spec!r}, got {raw!r}")
         if key == "latency_ms" and not 0.0 <= value < float("inf"):
-            raise TeacherFatalError(f"latency_ms must be >= 0 in teacher spec {spec!r}, got {raw!r}")
+            raise TeacherConfigError(f"latency_ms must be >= 0 in teacher spec {spec!r}, got {raw!r}")
         values[key] = value
     return SimulatedSettings(task=task, **values)
 
