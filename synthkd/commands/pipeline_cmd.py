@@ -115,7 +115,8 @@ def run(
         raise typer.Exit(3)
     except TeacherFatalError as exc:
         _say(f"error: {exc}\nnothing paid for is lost: rerun the same command to resume")
-        raise typer.Exit(4)
+        # the cache or ledger could not be written (disk full): an environment failure, like OSError below
+        raise typer.Exit(2 if isinstance(exc.__cause__, OSError) else 4)
     except StageFailed as exc:  # rows rejected for good: exit 1, the code README reserves for that
         _say(f"error: {exc}")
         raise typer.Exit(1)
