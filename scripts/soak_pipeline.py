@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+FAULT_PAUSE_S = 0.6  # > the server's longest latency (400 ms): no fault is in flight at a kill
 MODEL = "gpt-4o-mini"  # a priced model name, so the pipeline's max_cost works and cost can be checked
 PRICE_IN, PRICE_OUT = 0.15, 0.60  # USD per 1M tokens, as in synthkd/data/prices.json
 #: fields that legitimately differ between two runs of the same rows (cache hits, timings)
@@ -68,8 +69,9 @@ def _get(url: str) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def _post(url: str) -> None:
-    req = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any] | None = None) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=10).read()
 
 
@@ -107,6 +109,28 @@ def running_stage(run_dir: Path) -> str:
         if rec.get("status") == "running":
             return name
     return "(between stages)"
+
+
+def stage_started_since(run_dir: Path, since_ns: int) -> str | None:
+    """The stage this run marked "running" after ``since_ns`` (the manifest's mtime), else None (a killed
+    run leaves its stage "running": only a save by the new process counts)."""
+    try:
+        if (run_dir / "manifest.json").stat().st_mtime_ns <= since_ns:
+            return None
+    except OSError:
+        return None
+    stage = running_stage(run_dir)
+    return None if stage.startswith("(") else stage
+
+
+def kill_targets(durations: dict[str, float], kills: int) -> list[str]:
+    """The stage each kill aims at, in pipeline order: every stage at least ``kills // len`` kills, the
+    rest to the longest stages (a stage's kill lands at a random instant within its baseline duration)."""
+    names = list(durations)
+    quota = dict.fromkeys(names, kills // len(names))
+    for name in sorted(names, key=lambda n: -durations[n])[: kills - sum(quota.values())]:
+        quota[name] += 1
+    return [n for n in names for _ in range(quota[n])]
 
 
 # ----------------------------------------------------------------------------- comparing runs
@@ -161,14 +185,26 @@ def compare_runs(base: Path, soak: Path) -> list[tuple[str, str, bool]]:
 
 
 def ledger(run_dir: Path) -> dict[str, float]:
-    """Requests, tokens and cost that the run's manifest reports, summed over its stages."""
+    """Requests, tokens and cost that the run's manifest reports, summed over its stages (and the parts
+    of them that are estimated / unknown / inconsistent: see ``synthkd.pipeline.ledger_totals``)."""
     man = json.loads((run_dir / "manifest.json").read_text())
-    tot = {"requests": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0}
+    tot = {"requests": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0,
+           "estimated_requests": 0.0, "estimated_completion_tokens": 0.0, "unknown_unreceived": 0.0,
+           "journal_mismatch": 0.0, "interrupted_attempts": 0.0}
     for rec in man.get("stages", {}).values():
         t = rec.get("teacher") or {}
+        est = t.get("estimated_unreceived") or {}
+        t = {**t, "estimated_requests": est.get("requests", 0), "estimated_completion_tokens": est.get("completion_tokens", 0)}
         for k in tot:
             tot[k] += float(t.get(k, 0) or 0)
     return tot
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def server_bill(stats: dict[str, Any]) -> dict[str, float]:
@@ -256,6 +292,11 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         log = work / "soak.log"
         kills: list[tuple[float, str]] = []
+        base_man = json.loads((base_runs / name / "manifest.json").read_text())
+        base_secs = {n: float(r.get("seconds") or 0.0) for n, r in base_man["stages"].items()}
+        order = list(base_secs)
+        teacher_stages = {n for n, r in base_man["stages"].items() if r.get("teacher")}
+        targets = kill_targets(base_secs, args.kills)
         disk_full_at = args.kills // 2 if mounted else -1
         disk_full_result = "skipped"
         attempt = 0
@@ -276,21 +317,51 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"disk-full episode: {disk_full_result}", flush=True)
                 attempt += 1
                 continue
-            delay = rng.uniform(1.0, max(2.0, t_base / 4))
+            # Aim at the next target stage: wait until this run starts a stage, then kill at a random
+            # instant within that stage's baseline duration.  Faults are paused for the last
+            # FAULT_PAUSE_S before the kill, so every request in flight at the kill is one the server
+            # bills (whether an in-flight request would have been a 500 is unknowable to any client;
+            # the ledger prices it like its answer, see synthkd.pipeline).
+            target = targets[len(kills)]
+            since = _mtime_ns(run_dir / "manifest.json")
+            t_start = time.monotonic()
             proc = start(run_cmd(args.pipeline, soak_runs, args.extra_set), env, log)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
             attempt += 1
+            kill_at = paused = None
+            while proc.poll() is None:
+                now = time.monotonic()
+                if kill_at is None:
+                    stage = stage_started_since(run_dir, since)
+                    if stage is not None and order.index(stage) >= order.index(target):
+                        target = stage  # (an earlier target already done: this kill goes to the next stage)
+                        kill_at = now + rng.uniform(0.05, 0.9) * max(0.5, base_secs.get(stage, 1.0))
+                        if stage in teacher_stages:  # its first requests, too, were sent without faults
+                            kill_at = max(kill_at, now + FAULT_PAUSE_S)
+                        _post(root + "/_config", {"error_rate": 0})
+                        paused = now
+                        if kill_at - now > FAULT_PAUSE_S:  # faults on until FAULT_PAUSE_S before the kill
+                            _post(root + "/_config", {"error_rate": args.error_rate})
+                            paused = None
+                    elif stage is not None:
+                        since = _mtime_ns(run_dir / "manifest.json")
+                elif paused is None and now >= kill_at - FAULT_PAUSE_S:
+                    _post(root + "/_config", {"error_rate": 0})
+                    paused = now
+                elif now >= kill_at:
+                    break
+                time.sleep(0.02)
             if proc.poll() is not None:
+                _post(root + "/_config", {"error_rate": args.error_rate})
                 print(f"run finished (exit {proc.returncode}) before kill {len(kills) + 1}; "
                       f"{len(kills)} kills done", flush=True)
                 break
             stage = running_stage(run_dir)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            _post(root + "/_config", {"error_rate": args.error_rate})
+            delay = time.monotonic() - t_start
             kills.append((delay, stage))
-            print(f"kill {len(kills):2d} after {delay:5.1f} s in {stage}", flush=True)
+            print(f"kill {len(kills):2d} after {delay:5.1f} s in {stage} (aimed at {target})", flush=True)
         proc = start(run_cmd(args.pipeline, soak_runs, args.extra_set), env, log)
         final_rc = proc.wait()
         soak_bill = server_bill(_get(root + "/_stats"))
@@ -303,6 +374,11 @@ def main(argv: list[str] | None = None) -> int:
             checks.append((f"ledger {k}", f"manifest {led[k]:.0f} vs server {soak_bill[k]:.0f}", led[k] == soak_bill[k]))
         checks.append(("ledger cost_usd", f"manifest ${led['cost_usd']:.6f} vs server tokens x price "
                        f"${soak_bill['cost_usd']:.6f}", abs(led["cost_usd"] - soak_bill["cost_usd"]) < 5e-7))
+        checks.append(("ledger parts", f"{led['interrupted_attempts']:.0f} interrupted attempts; in flight at a kill: "
+                       f"{led['estimated_requests']:.0f} requests, {led['estimated_completion_tokens']:.0f} completion "
+                       f"tokens (estimated from their answers); {led['unknown_unreceived']:.0f} never answered; "
+                       f"journal mismatches {led['journal_mismatch']:.0f}",
+                       led["unknown_unreceived"] == 0 and led["journal_mismatch"] == 0))
         checks.append(("final run", f"exit {final_rc}", final_rc == 0))
         if mounted:
             checks.append(("disk-full episode", disk_full_result, disk_full_ok))
@@ -311,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
                        base_led["requests"] == base_bill["requests"]))
         print()
         print(f"{len(kills)} SIGKILLs at: " + ", ".join(f"{d:.1f}s/{s}" for d, s in kills))
+        per_stage = {n: sum(1 for _, st in kills if st == n) for n in order}
+        other = len(kills) - sum(per_stage.values())
+        print("kills per stage: " + ", ".join(f"{n} {c}" for n, c in per_stage.items())
+              + (f", between stages / start-up {other}" if other else ""))
         print(f"teacher requests: baseline {base_bill['requests']:.0f}, soak {soak_bill['requests']:.0f} "
               f"(re-sent after kills: {soak_bill['requests'] - base_bill['requests']:.0f})")
         print()
