@@ -238,6 +238,12 @@ _MANIFEST_KEYS = {"name", "config", "config_hash", "stages"}
 LOCK_NAME = ".synthkd.lock"
 
 
+def os_error_at(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` (a failed ``write`` names no file): the CLI's one line then says where the
+    disk was full or read-only."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
 class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -251,9 +257,9 @@ class Manifest:
         try:
             tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n")
             os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written manifest
-        except OSError:
+        except OSError as exc:
             tmp.unlink(missing_ok=True)  # disk full: the old manifest is intact, drop the torn copy
-            raise
+            raise os_error_at(exc, self.path) from None
 
     # ---- what synthkd itself made (the only things it may replace or delete later)
     def made(self, path: Path) -> bool:
@@ -331,8 +337,12 @@ class RunLock:
             os.close(self._fd)
             raise RunDirError(f"{self.path.parent}: another synthkd run (pid {holder}) is using this run "
                               "directory; wait for it to finish") from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # disk full: one line naming the lock file, the lock released
+            self.__exit__()
+            raise os_error_at(exc, self.path) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -366,7 +376,7 @@ class Ledger:
         try:
             os.write(self._fd, (self._head + line).encode())
         except OSError as exc:  # name the file (the teacher's stop message and the CLI's line show it)
-            raise OSError(exc.errno, exc.strerror, str(self.path)) from None
+            raise os_error_at(exc, self.path) from None
 
     def sent(self, key: str) -> None:
         self._write(f'"sent": "{key}"}}\n')
