@@ -208,6 +208,33 @@ def test_manifest_counts_every_attempt_after_sigkill(tmp_path, make_server):
     assert f"| r | generate.rationales | done |" in report and f"| {n} | {n} | {t['requests']} |" in report
 
 
+def test_ledger_totals_rule_for_killed_and_finished_attempts(tmp_path):
+    # F6 regression (the rule itself): a killed attempt counts every send; an in-flight send is priced
+    # like the same request's answer in another attempt, and marked estimated; a finished attempt
+    # counts its exact counters, and one that disagrees with its own lines is flagged
+    from synthkd.pipeline import ledger_totals
+
+    def line(attempt, **kw):
+        return json.dumps({"attempt": attempt, **kw}) + "\n"
+
+    ans = {"prompt_tokens": 10, "completion_tokens": 5, "cost_usd": 0.5}
+    path = tmp_path / "s.ledger.jsonl"
+    path.write_text(
+        line("k", sent="A") + line("k", failed="A") + line("k", sent="A") + line("k", answer="A", **ans)
+        + line("k", sent="B") + line("k", sent="C") + '{"attempt": "k", "sent": "D"'  # torn by the kill
+        + "\n" + line("f", sent="B") + line("f", answer="B", prompt_tokens=7, completion_tokens=3, cost_usd=0.25)
+        + line("f", end={"requests": 1, "cached_answers": 1, "prompt_tokens": 7, "completion_tokens": 3, "cost_usd": 0.25}))
+    t = ledger_totals(path)
+    # killed: 4 sends (A twice, B, C); A answered (10/5); B in flight, priced like f's answer (7/3); C never answered
+    assert (t["attempts"], t["interrupted_attempts"], t["requests"], t["cached_answers"]) == (2, 1, 4 + 1, 1)
+    assert (t["prompt_tokens"], t["completion_tokens"], t["cost_usd"]) == (10 + 7 + 7, 5 + 3 + 3, 1.0)
+    assert t["estimated_unreceived"] == {"requests": 1, "prompt_tokens": 7, "completion_tokens": 3, "cost_usd": 0.25}
+    assert t["unknown_unreceived"] == 1 and t["journal_mismatch"] == 0
+    with open(path, "a") as f:  # an end line that disagrees with its attempt's lines
+        f.write(line("g", sent="E") + line("g", end={"requests": 2, "prompt_tokens": 0, "completion_tokens": 0}))
+    assert ledger_totals(path)["journal_mismatch"] == 1
+
+
 # ----------------------------------------------------------------------------- F8: secrets and local paths
 def test_credentials_and_env_values_are_never_written(tmp_path, make_server):
     # F8 regression: ${ENV} values and URL credentials were stored verbatim in manifest.json and the pushed card
