@@ -657,12 +657,15 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
                 await p.ctx._progress.stop()
                 p.ctx._progress = None
             if teacher is not None:
-                if p.ctx._ledger is not None:
-                    p.ctx._ledger.end(teacher)
-                    p.ctx._ledger.close()
-                    p.ctx._ledger = None
-                await teacher.aclose()
-                p.ctx._teacher = None
+                try:
+                    if p.ctx._ledger is not None:
+                        p.ctx._ledger.end(teacher)  # (disk full: an OSError naming the ledger, still closed)
+                finally:
+                    if p.ctx._ledger is not None:
+                        p.ctx._ledger.close()
+                        p.ctx._ledger = None
+                    await teacher.aclose()
+                    p.ctx._teacher = None
             _record_teacher(rec, p.ctx.output, teacher)
             rec["seconds"] = round(time.monotonic() - t0, 3)
             manifest.save()
