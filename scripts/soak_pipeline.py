@@ -305,10 +305,10 @@ def main(argv: list[str] | None = None) -> int:
         teacher_stages = {n for n, r in base_man["stages"].items() if r.get("teacher")}
         targets = kill_targets(base_secs, args.kills)
         disk_full_at = args.kills // 2 if mounted else -1
-        disk_full_result = "skipped"
+        disk_full_result, disk_full_ok = ("not reached (the run finished first)", False) if mounted else ("skipped", True)
         attempt = 0
         while len(kills) < args.kills:
-            if attempt == disk_full_at and disk_full_result == "skipped":
+            if attempt == disk_full_at and not disk_full_result.startswith("filled"):
                 # The disk fills up *during* a stage (once this run has started one), so the writes in
                 # flight then (rows, cache, ledger, manifest, checkpoints) meet ENOSPC, not just start-up.
                 with open(log, "ab") as f:
@@ -355,27 +355,26 @@ def main(argv: list[str] | None = None) -> int:
             t_start = time.monotonic()
             proc = start(run_cmd(args.pipeline, soak_runs, args.extra_set), env, log)
             attempt += 1
-            kill_at = paused = None
+            kill_at = paused = aimed = None
             while proc.poll() is None:
                 now = time.monotonic()
-                if kill_at is None:
-                    stage = stage_started_since(run_dir, since)
-                    if stage is not None and order.index(stage) >= order.index(target):
-                        target = stage  # (an earlier target already done: this kill goes to the next stage)
-                        kill_at = now + rng.uniform(0.05, 0.9) * max(0.5, base_secs.get(stage, 1.0))
-                        if stage in teacher_stages:  # its first requests, too, were sent without faults
-                            kill_at = max(kill_at, now + FAULT_PAUSE_S)
-                        _post(root + "/_config", {"error_rate": 0})
-                        paused = now
-                        if kill_at - now > FAULT_PAUSE_S:  # faults on until FAULT_PAUSE_S before the kill
-                            _post(root + "/_config", {"error_rate": args.error_rate})
-                            paused = None
-                    elif stage is not None:
-                        since = _mtime_ns(run_dir / "manifest.json")
-                elif paused is None and now >= kill_at - FAULT_PAUSE_S:
-                    _post(root + "/_config", {"error_rate": 0})
+                stage = stage_started_since(run_dir, since)
+                if stage is not None and stage != aimed and order.index(stage) >= order.index(target):
+                    # (re-)aim within the stage now running: a resumed stage may end long before its
+                    # baseline duration, and a kill aimed past the run's end would never happen
+                    target = aimed = stage
+                    kill_at = now + rng.uniform(0.05, 0.9) * max(0.5, base_secs.get(stage, 1.0))
+                    if stage in teacher_stages:  # its first requests, too, were sent without faults
+                        kill_at = max(kill_at, now + FAULT_PAUSE_S)
+                    if paused is not None and kill_at - now > FAULT_PAUSE_S:
+                        _post(root + "/_config", {"error_rate": args.error_rate})
+                        paused = None
+                elif stage is not None and aimed is None:
+                    since = _mtime_ns(run_dir / "manifest.json")  # before the target: wait for the next stage
+                if kill_at is not None and paused is None and now >= kill_at - FAULT_PAUSE_S:
+                    _post(root + "/_config", {"error_rate": 0})  # faults off for the last FAULT_PAUSE_S
                     paused = now
-                elif now >= kill_at:
+                if kill_at is not None and now >= kill_at:
                     break
                 time.sleep(0.02)
             if proc.poll() is not None:
