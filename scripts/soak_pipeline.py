@@ -432,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         if mounted is not None:
+            try:  # keep the soak's run dir (the tmpfs goes with the unmount) for a look at what differed
+                shutil.copytree(mounted / "runs", work / "soak-runs", symlinks=True, dirs_exist_ok=True)
+                print(f"soak run dir kept in {work / 'soak-runs'}")
+            except OSError as exc:
+                print(f"note: could not keep the soak run dir: {exc}")
             subprocess.run(["umount", "-l", str(mounted)])
 
 
