@@ -10,15 +10,21 @@ mechanism; this script checks the whole thing the way a user meets it:
    request and token counts survive every kill of the client.
 2. **Baseline**: the pipeline runs once, uninterrupted, into ``WORK/base``.
 3. **Soak**: the same pipeline into ``WORK/soak`` (a fresh cache, the server's counters reset):
-   ``--kills`` times started and SIGKILLed at a random instant; once (``--disk-full``, needs root to
-   mount a tmpfs) run on a full disk, which must fail with one clear message and no traceback; then
-   rerun to completion.
+   ``--kills`` times started and SIGKILLed at a random instant, aimed at every stage in turn (a kill
+   lands within the first 90% of the stage's baseline duration; a stage already passed gives its
+   kill to the one running); the server's faults are paused for the last 0.6 s before each kill, so
+   every request in flight at a kill is one it bills (see 4.).  Once (``--disk-full``,
+   needs root to mount a tmpfs) the disk fills up during a stage, which must fail with one clear
+   message, no traceback and an exit code other than 0 and 1; then rerun to completion.
 4. **Checks**: every rows file of the run (``*.jsonl``: stage outputs and rejects) holds the same rows
    as the baseline's (compared by id, volatile fields such as ``cached`` and timings left out), no id
    twice; the eval results are equal; and the run's ledger (``manifest.json``, summed over stages and
-   attempts) equals the server's own counts of requests, tokens and their cost.
+   attempts) equals the server's own counts of requests, tokens and their cost.  The ledger prices a
+   request in flight at a kill like the same request's answer in another attempt: exact when the
+   provider answered it, which is why faults are paused just before a kill (no client can know
+   whether an in-flight request would have been a 500).
 
-Usage (from the repository root, in the project's venv; about 10 minutes on 2 cores)::
+Usage (from the repository root, in the project's venv; 10-30 minutes on 2 cores, by load)::
 
     python scripts/soak_pipeline.py                      # preference_distillation.yaml, 20 kills
     python scripts/soak_pipeline.py --kills 5 --no-disk-full --pipeline pipelines/svamp_step_by_step.yaml
@@ -43,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+FAULT_PAUSE_S = 0.6  # > the server's longest latency (400 ms): no fault is in flight at a kill
 MODEL = "gpt-4o-mini"  # a priced model name, so the pipeline's max_cost works and cost can be checked
 PRICE_IN, PRICE_OUT = 0.15, 0.60  # USD per 1M tokens, as in synthkd/data/prices.json
 #: fields that legitimately differ between two runs of the same rows (cache hits, timings)
@@ -68,8 +75,9 @@ def _get(url: str) -> dict[str, Any]:
         return json.loads(r.read())
 
 
-def _post(url: str) -> None:
-    req = urllib.request.Request(url, data=b"{}", method="POST", headers={"Content-Type": "application/json"})
+def _post(url: str, body: dict[str, Any] | None = None) -> None:
+    req = urllib.request.Request(url, data=json.dumps(body or {}).encode(), method="POST",
+                                 headers={"Content-Type": "application/json"})
     urllib.request.urlopen(req, timeout=10).read()
 
 
@@ -109,6 +117,28 @@ def running_stage(run_dir: Path) -> str:
     return "(between stages)"
 
 
+def stage_started_since(run_dir: Path, since_ns: int) -> str | None:
+    """The stage this run marked "running" after ``since_ns`` (the manifest's mtime), else None (a killed
+    run leaves its stage "running": only a save by the new process counts)."""
+    try:
+        if (run_dir / "manifest.json").stat().st_mtime_ns <= since_ns:
+            return None
+    except OSError:
+        return None
+    stage = running_stage(run_dir)
+    return None if stage.startswith("(") else stage
+
+
+def kill_targets(durations: dict[str, float], kills: int) -> list[str]:
+    """The stage each kill aims at, in pipeline order: every stage at least ``kills // len`` kills, the
+    rest to the longest stages (a stage's kill lands at a random instant within its baseline duration)."""
+    names = list(durations)
+    quota = dict.fromkeys(names, kills // len(names))
+    for name in sorted(names, key=lambda n: -durations[n])[: kills - sum(quota.values())]:
+        quota[name] += 1
+    return [n for n in names for _ in range(quota[n])]
+
+
 # ----------------------------------------------------------------------------- comparing runs
 def _normalise(value: Any, roots: tuple[str, ...]) -> Any:
     if isinstance(value, dict):
@@ -140,7 +170,8 @@ def compare_runs(base: Path, soak: Path) -> list[tuple[str, str, bool]]:
     checks: list[tuple[str, str, bool]] = []
     roots = (str(base), str(soak))
     files = sorted({p.relative_to(base) for p in base.rglob("*.jsonl")} | {p.relative_to(soak) for p in soak.rglob("*.jsonl")})
-    files = [f for f in files if ".prev" not in str(f) and "checkpoint" not in str(f)]
+    # (the ledgers are not rows: they record attempts, which differ by design; checked against the server)
+    files = [f for f in files if ".prev" not in str(f) and "checkpoint" not in str(f) and not f.name.endswith(".ledger.jsonl")]
     for rel in files:
         a, b = base / rel, soak / rel
         if not (a.exists() and b.exists()):
@@ -161,14 +192,26 @@ def compare_runs(base: Path, soak: Path) -> list[tuple[str, str, bool]]:
 
 
 def ledger(run_dir: Path) -> dict[str, float]:
-    """Requests, tokens and cost that the run's manifest reports, summed over its stages."""
+    """Requests, tokens and cost that the run's manifest reports, summed over its stages (and the parts
+    of them that are estimated / unknown / inconsistent: see ``synthkd.pipeline.ledger_totals``)."""
     man = json.loads((run_dir / "manifest.json").read_text())
-    tot = {"requests": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0}
+    tot = {"requests": 0.0, "prompt_tokens": 0.0, "completion_tokens": 0.0, "cost_usd": 0.0,
+           "estimated_requests": 0.0, "estimated_completion_tokens": 0.0, "unknown_unreceived": 0.0,
+           "journal_mismatch": 0.0, "interrupted_attempts": 0.0}
     for rec in man.get("stages", {}).values():
         t = rec.get("teacher") or {}
+        est = t.get("estimated_unreceived") or {}
+        t = {**t, "estimated_requests": est.get("requests", 0), "estimated_completion_tokens": est.get("completion_tokens", 0)}
         for k in tot:
             tot[k] += float(t.get(k, 0) or 0)
     return tot
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
 
 
 def server_bill(stats: dict[str, Any]) -> dict[str, float]:
@@ -256,41 +299,96 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(args.seed)
         log = work / "soak.log"
         kills: list[tuple[float, str]] = []
+        base_man = json.loads((base_runs / name / "manifest.json").read_text())
+        base_secs = {n: float(r.get("seconds") or 0.0) for n, r in base_man["stages"].items()}
+        order = list(base_secs)
+        teacher_stages = {n for n, r in base_man["stages"].items() if r.get("teacher")}
+        targets = kill_targets(base_secs, args.kills)
         disk_full_at = args.kills // 2 if mounted else -1
-        disk_full_result = "skipped"
+        disk_full_result, disk_full_ok = ("not reached (the run finished first)", False) if mounted else ("skipped", True)
         attempt = 0
         while len(kills) < args.kills:
-            if attempt == disk_full_at and disk_full_result == "skipped":
-                ballast = fill_disk(mounted)  # type: ignore[arg-type]
+            if attempt == disk_full_at and not disk_full_result.startswith("filled"):
+                # The disk fills up *during* a stage (once this run has started one), so the writes in
+                # flight then (rows, cache, ledger, manifest, checkpoints) meet ENOSPC, not just start-up.
                 with open(log, "ab") as f:
                     f.write(b"\n==== disk-full episode ====\n")
-                p = subprocess.run(run_cmd(args.pipeline, soak_runs, args.extra_set), cwd=REPO, env=env,
-                                   capture_output=True, text=True, timeout=1800)
+                err_path = work / "disk_full.stderr"
+                since = _mtime_ns(run_dir / "manifest.json")
+                with open(err_path, "wb") as err:
+                    proc = subprocess.Popen(run_cmd(args.pipeline, soak_runs, args.extra_set), cwd=REPO, env=env,
+                                            stdout=open(log, "ab"), stderr=err, preexec_fn=_default_signals)
+                    full_in = "(finished first)"
+                    while proc.poll() is None:
+                        stage = stage_started_since(run_dir, since)
+                        if stage is not None:
+                            time.sleep(rng.uniform(0.2, 2.0))
+                            full_in = running_stage(run_dir)
+                            ballast = fill_disk(mounted)  # type: ignore[arg-type]
+                            break
+                        time.sleep(0.02)
+                    try:
+                        rc = proc.wait(timeout=1800)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        rc = proc.wait()
+                stderr = err_path.read_text(errors="replace")
                 with open(log, "a") as f:
-                    f.write(p.stdout + p.stderr)
-                tb = "Traceback" in p.stderr
-                disk_full_result = f"exit {p.returncode}, {'TRACEBACK' if tb else 'no traceback'}: " + \
-                    (p.stderr.strip().splitlines() or ["(no message)"])[-1][:160]
-                ballast.unlink()
-                disk_full_ok = p.returncode not in (0, 1) and not tb
+                    f.write(stderr)
+                if full_in != "(finished first)":
+                    ballast.unlink()
+                tb = "Traceback" in stderr
+                lines = [ln for ln in stderr.splitlines() if ln.startswith("error")] or stderr.strip().splitlines()[-1:]
+                disk_full_result = (f"filled in {full_in}: exit {rc}, {'TRACEBACK' if tb else 'no traceback'}: "
+                                    + (lines[0] if lines else "(no message)")[:200])
+                disk_full_ok = rc not in (0, 1) and not tb and full_in != "(finished first)"
                 print(f"disk-full episode: {disk_full_result}", flush=True)
                 attempt += 1
                 continue
-            delay = rng.uniform(1.0, max(2.0, t_base / 4))
+            # Aim at the next target stage: wait until this run starts a stage, then kill at a random
+            # instant within that stage's baseline duration.  Faults are paused for the last
+            # FAULT_PAUSE_S before the kill, so every request in flight at the kill is one the server
+            # bills (whether an in-flight request would have been a 500 is unknowable to any client;
+            # the ledger prices it like its answer, see synthkd.pipeline).
+            target = targets[len(kills)]
+            since = _mtime_ns(run_dir / "manifest.json")
+            t_start = time.monotonic()
             proc = start(run_cmd(args.pipeline, soak_runs, args.extra_set), env, log)
-            deadline = time.monotonic() + delay
-            while time.monotonic() < deadline and proc.poll() is None:
-                time.sleep(0.02)
             attempt += 1
+            kill_at = paused = aimed = None
+            while proc.poll() is None:
+                now = time.monotonic()
+                stage = stage_started_since(run_dir, since)
+                if stage is not None and stage != aimed and order.index(stage) >= order.index(target):
+                    # (re-)aim within the stage now running: a resumed stage may end long before its
+                    # baseline duration, and a kill aimed past the run's end would never happen
+                    target = aimed = stage
+                    kill_at = now + rng.uniform(0.05, 0.9) * max(0.5, base_secs.get(stage, 1.0))
+                    if stage in teacher_stages:  # its first requests, too, were sent without faults
+                        kill_at = max(kill_at, now + FAULT_PAUSE_S)
+                    if paused is not None and kill_at - now > FAULT_PAUSE_S:
+                        _post(root + "/_config", {"error_rate": args.error_rate})
+                        paused = None
+                elif stage is not None and aimed is None:
+                    since = _mtime_ns(run_dir / "manifest.json")  # before the target: wait for the next stage
+                if kill_at is not None and paused is None and now >= kill_at - FAULT_PAUSE_S:
+                    _post(root + "/_config", {"error_rate": 0})  # faults off for the last FAULT_PAUSE_S
+                    paused = now
+                if kill_at is not None and now >= kill_at:
+                    break
+                time.sleep(0.02)
             if proc.poll() is not None:
+                _post(root + "/_config", {"error_rate": args.error_rate})
                 print(f"run finished (exit {proc.returncode}) before kill {len(kills) + 1}; "
                       f"{len(kills)} kills done", flush=True)
                 break
             stage = running_stage(run_dir)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+            _post(root + "/_config", {"error_rate": args.error_rate})
+            delay = time.monotonic() - t_start
             kills.append((delay, stage))
-            print(f"kill {len(kills):2d} after {delay:5.1f} s in {stage}", flush=True)
+            print(f"kill {len(kills):2d} after {delay:5.1f} s in {stage} (aimed at {target})", flush=True)
         proc = start(run_cmd(args.pipeline, soak_runs, args.extra_set), env, log)
         final_rc = proc.wait()
         soak_bill = server_bill(_get(root + "/_stats"))
@@ -303,6 +401,11 @@ def main(argv: list[str] | None = None) -> int:
             checks.append((f"ledger {k}", f"manifest {led[k]:.0f} vs server {soak_bill[k]:.0f}", led[k] == soak_bill[k]))
         checks.append(("ledger cost_usd", f"manifest ${led['cost_usd']:.6f} vs server tokens x price "
                        f"${soak_bill['cost_usd']:.6f}", abs(led["cost_usd"] - soak_bill["cost_usd"]) < 5e-7))
+        checks.append(("ledger parts", f"{led['interrupted_attempts']:.0f} interrupted attempts; in flight at a kill: "
+                       f"{led['estimated_requests']:.0f} requests, {led['estimated_completion_tokens']:.0f} completion "
+                       f"tokens (estimated from their answers); {led['unknown_unreceived']:.0f} never answered; "
+                       f"journal mismatches {led['journal_mismatch']:.0f}",
+                       led["unknown_unreceived"] == 0 and led["journal_mismatch"] == 0))
         checks.append(("final run", f"exit {final_rc}", final_rc == 0))
         if mounted:
             checks.append(("disk-full episode", disk_full_result, disk_full_ok))
@@ -311,6 +414,10 @@ def main(argv: list[str] | None = None) -> int:
                        base_led["requests"] == base_bill["requests"]))
         print()
         print(f"{len(kills)} SIGKILLs at: " + ", ".join(f"{d:.1f}s/{s}" for d, s in kills))
+        per_stage = {n: sum(1 for _, st in kills if st == n) for n in order}
+        other = len(kills) - sum(per_stage.values())
+        print("kills per stage: " + ", ".join(f"{n} {c}" for n, c in per_stage.items())
+              + (f", between stages / start-up {other}" if other else ""))
         print(f"teacher requests: baseline {base_bill['requests']:.0f}, soak {soak_bill['requests']:.0f} "
               f"(re-sent after kills: {soak_bill['requests'] - base_bill['requests']:.0f})")
         print()
@@ -325,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
         except subprocess.TimeoutExpired:
             server.kill()
         if mounted is not None:
+            try:  # keep the soak's run dir (the tmpfs goes with the unmount) for a look at what differed
+                shutil.copytree(mounted / "runs", work / "soak-runs", symlinks=True, dirs_exist_ok=True)
+                print(f"soak run dir kept in {work / 'soak-runs'}")
+            except OSError as exc:
+                print(f"note: could not keep the soak run dir: {exc}")
             subprocess.run(["umount", "-l", str(mounted)])
 
 

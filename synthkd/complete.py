@@ -32,7 +32,7 @@ from synthkd.jsonl_io import (
     scan_prompt_file, write_summary,
 )
 from synthkd.progress import ProgressReporter
-from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest
+from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest, TeacherStorageError
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.factory import default_cache_path
 from synthkd.methods.runner import rejects_path_for
@@ -87,14 +87,16 @@ def teacher_stop(exc: TeacherFatalError, kept: str = RESUME_HINT) -> int:
 
     A :class:`TeacherConfigError` was found before any request (a local model that does not load, a key
     with a control character, credentials in ``base_url``...): exit 2 with the message alone, since
-    nothing was sent and "rerun to resume" would send the user the wrong way (F13, F16).  Any other
-    fatal error stopped a run under way: exit 4, then ``kept``, the line saying what is kept.
+    nothing was sent and "rerun to resume" would send the user the wrong way (F13, F16).  A
+    :class:`TeacherStorageError` (the cache or a ledger could not be written: disk full) is exit 2 like
+    any output that cannot be written, then ``kept``.  Any other fatal error stopped a run under way
+    (bad key, quota, unreachable): exit 4, then ``kept``, the line saying what is kept.
     """
     _say(f"error: {exc}")
     if isinstance(exc, TeacherConfigError):
         return EXIT_BAD_INPUT
     _say(kept)
-    return EXIT_FATAL
+    return EXIT_BAD_INPUT if isinstance(exc, TeacherStorageError) else EXIT_FATAL
 
 
 def _validate_options(o: CompleteOptions) -> list[str]:
@@ -243,9 +245,10 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
                 cached_rows += all(r.cached for r in results)
     except TeacherFatalError as exc:
         await reporter.stop()
-        stopped = {"stopped": "teacher", "error": str(exc)}
+        # the cache itself could not be written: an output failure, like OutputWriteError below
+        stopped = {"stopped": "output" if isinstance(exc, TeacherStorageError) else "teacher", "error": str(exc)}
         if reraise_fatal:
-            code = EXIT_FATAL
+            code = EXIT_BAD_INPUT if isinstance(exc, TeacherStorageError) else EXIT_FATAL
             _write_summary(o, summary())
             raise
         code = teacher_stop(exc, _kept_after_fatal(o, teacher, written + len(done)))

@@ -20,11 +20,23 @@ Safety of the run directory (it is the only place the runner writes, moves or de
 * a ``.prev`` is replaced or deleted only when this run dir's manifest records that synthkd made it;
 * one ``synthkd run`` at a time holds ``.synthkd.lock`` (flock); a second one is refused at once.
 
-The teacher ledger (``<stage>.ledger.jsonl``): one line per paid answer, appended *before* the answer
-is cached, plus one line with the teacher's exact counters when an attempt ends.  The manifest's
-``teacher`` totals are summed over every attempt in it, so a SIGKILLed attempt's requests, tokens and
-cost still count (for a killed attempt: the answers it received; requests in flight at the kill are
-not known and not counted).  Rows are counted in the output file, never "rows written this time".
+The teacher ledger (``<stage>.ledger.jsonl``) is the teacher's journal: each HTTP attempt appends
+``sent`` (its cache key) before the POST, then ``failed`` (not billed: 5xx, 429, timeout, 4xx...) or
+``answer`` (billed: its tokens and cost, appended *before* the answer is cached); an attempt that ends
+normally (even by an error or Ctrl-C) adds one ``end`` line with the teacher's exact counters.  The
+manifest's ``teacher`` totals are summed over every attempt in it:
+* an attempt with an ``end`` line counts its exact counters (which must agree with its lines;
+  ``journal_mismatch`` counts those that do not); a SIGKILLed attempt counts requests = its ``sent``
+  lines, tokens and cost = its ``answer`` lines;
+* and, in either case, each send with neither answer nor failure (in flight when the attempt died or
+  was cancelled: a provider bills it if it answers it) adds the tokens and cost of the same request's
+  answer in another attempt.  That part is also reported as ``estimated_unreceived`` (exact when the
+  provider answered it, an upper bound when it would have failed it); an in-flight send that no
+  attempt ever got an answer for is counted in ``unknown_unreceived`` (its tokens are unknown).
+A kill between a ``sent`` line and the request reaching the wire over-counts that request; nothing is
+ever under-counted.  (A kill between an answer line and the cache write makes the rerun pay again:
+both are billed, both are counted.)
+Rows are counted in the output file, never "rows written this time".
 """
 
 from __future__ import annotations
@@ -111,9 +123,8 @@ class StageContext:
             stats = getattr(self._teacher, "stats", None)
             if stats is not None and hasattr(stats, "attempts"):  # a teacher that counts requests (and may cost)
                 self._ledger = Ledger(inside_run_dir(self.run_dir, ledger_path(self.output)))
-                cache = getattr(self._teacher, "cache", None)
-                if cache is not None:  # every paid answer goes through cache.put: record it there, durably
-                    self._teacher.cache = _LedgerCache(cache, self._ledger)
+                if hasattr(self._teacher, "journal"):  # it reports each request sent, failed or answered
+                    self._teacher.journal = self._ledger
                 from synthkd.progress import ProgressReporter
 
                 # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
@@ -227,6 +238,12 @@ _MANIFEST_KEYS = {"name", "config", "config_hash", "stages"}
 LOCK_NAME = ".synthkd.lock"
 
 
+def os_error_at(exc: OSError, path: Path) -> OSError:
+    """``exc`` naming ``path`` (a failed ``write`` names no file): the CLI's one line then says where the
+    disk was full or read-only."""
+    return exc if exc.filename else OSError(exc.errno, exc.strerror, str(path))
+
+
 class Manifest:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -240,9 +257,9 @@ class Manifest:
         try:
             tmp.write_text(json.dumps(self.data, indent=2, sort_keys=False, default=str) + "\n")
             os.replace(tmp, self.path)  # atomic: a crash never leaves a half-written manifest
-        except OSError:
+        except OSError as exc:
             tmp.unlink(missing_ok=True)  # disk full: the old manifest is intact, drop the torn copy
-            raise
+            raise os_error_at(exc, self.path) from None
 
     # ---- what synthkd itself made (the only things it may replace or delete later)
     def made(self, path: Path) -> bool:
@@ -320,8 +337,12 @@ class RunLock:
             os.close(self._fd)
             raise RunDirError(f"{self.path.parent}: another synthkd run (pid {holder}) is using this run "
                               "directory; wait for it to finish") from None
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        try:
+            os.ftruncate(self._fd, 0)
+            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+        except OSError as exc:  # disk full: one line naming the lock file, the lock released
+            self.__exit__()
+            raise os_error_at(exc, self.path) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -338,27 +359,41 @@ def ledger_path(output: Path) -> Path:
 
 
 class Ledger:
-    """Append-only per-stage record of teacher usage (see the module docstring)."""
+    """Append-only per-stage record of teacher usage (the rule is in the module docstring).
+
+    It is the teacher's journal (:class:`synthkd.teachers.openai_compat.Journal`): one line per HTTP
+    attempt event, each a single ``os.write`` to an O_APPEND descriptor (no fsync: a SIGKILL loses
+    nothing the kernel was given; lines are short enough to be written whole), formatted by hand
+    because it is on the teacher's hot path."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.attempt = f"{os.getpid()}-{time.time_ns()}"
+        self._head = '{"attempt": "%s", ' % self.attempt
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
 
-    def _write(self, entry: dict[str, Any]) -> None:
-        os.write(self._fd, (json.dumps({"attempt": self.attempt, **entry}) + "\n").encode())
+    def _write(self, line: str) -> None:
+        try:
+            os.write(self._fd, (self._head + line).encode())
+        except OSError as exc:  # name the file (the teacher's stop message and the CLI's line show it)
+            raise os_error_at(exc, self.path) from None
 
-    def answer(self, response: dict[str, Any]) -> None:
-        u = response.get("usage") or {}
-        self._write({"prompt_tokens": u.get("prompt_tokens", 0), "completion_tokens": u.get("completion_tokens", 0),
-                     "cost_usd": response.get("cost_usd") or 0.0})
+    def sent(self, key: str) -> None:
+        self._write(f'"sent": "{key}"}}\n')
+
+    def failed(self, key: str) -> None:
+        self._write(f'"failed": "{key}"}}\n')
+
+    def answered(self, key: str, usage: Any, cost_usd: float | None) -> None:
+        self._write(f'"answer": "{key}", "prompt_tokens": {int(usage.prompt_tokens)}, '
+                    f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {float(cost_usd or 0.0)!r}}}\n')
 
     def end(self, teacher: Teacher) -> None:
         st = getattr(teacher, "stats", None)
         if st is not None and hasattr(st, "attempts"):
-            self._write({"end": {"requests": st.attempts, "cached_answers": st.cached,
-                                 "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                                 "cost_usd": st.cost_usd}})
+            self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
+                                            "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+                                            "cost_usd": st.cost_usd}})[1:] + "\n")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -366,53 +401,80 @@ class Ledger:
             self._fd = -1
 
 
-class _LedgerCache:
-    """The teacher's request cache, with each paid answer also appended to the ledger (first)."""
-
-    def __init__(self, cache: Any, ledger: Ledger) -> None:
-        self._cache, self._ledger = cache, ledger
-
-    def put(self, key: str, model: str, response: dict[str, Any]) -> None:
-        self._ledger.answer(response)  # before the cache: a kill in between over-counts, never under-counts
-        self._cache.put(key, model, response)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._cache, name)
+_SUMS = ("requests", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
 def ledger_totals(path: Path) -> dict[str, Any] | None:
-    """Teacher totals over every attempt in a ledger; None when there is none (no teacher used)."""
+    """Teacher totals over every attempt in a ledger; None when there is none (no teacher used).
+
+    See the module docstring for the rule.  ``estimated_unreceived`` holds the part of the totals
+    that is estimated (requests in flight at a kill, priced like the same request's answer in another
+    attempt); ``unknown_unreceived`` counts in-flight requests whose answer no attempt received (their
+    tokens are not known, so not counted); ``journal_mismatch`` counts finished attempts whose exact
+    counters disagree with their journal lines (0 unless something is wrong)."""
     if not path.exists():
         return None
     attempts: dict[str, dict[str, Any]] = {}
+    usage_of: dict[str, tuple[int, int, float]] = {}  # key -> (prompt, completion, cost) of an answer
     with open(path, "rb") as f:
         for line in f:
             try:
                 e = json.loads(line)
             except ValueError:
                 continue  # a line torn by a kill mid-write
-            a = attempts.setdefault(e.get("attempt", "?"), {"answers": [0, 0, 0, 0.0], "end": None})
-            if "end" in e:
+            a = attempts.get(e.get("attempt", "?"))
+            if a is None:
+                a = attempts[e.get("attempt", "?")] = {"sent": {}, "resolved": {}, "answers": [0, 0, 0.0], "end": None}
+            if "sent" in e:
+                a["sent"][e["sent"]] = a["sent"].get(e["sent"], 0) + 1
+            elif "failed" in e:
+                a["resolved"][e["failed"]] = a["resolved"].get(e["failed"], 0) + 1
+            elif "end" in e:
                 a["end"] = e["end"]
-            else:
+            else:  # an answer (billed)
+                key, u = e.get("answer"), (e.get("prompt_tokens", 0), e.get("completion_tokens", 0), e.get("cost_usd") or 0.0)
+                if key is not None:
+                    a["resolved"][key] = a["resolved"].get(key, 0) + 1
+                    usage_of.setdefault(key, u)
                 ans = a["answers"]
-                ans[0] += 1
-                ans[1] += e.get("prompt_tokens", 0)
-                ans[2] += e.get("completion_tokens", 0)
-                ans[3] += e.get("cost_usd") or 0.0
+                ans[0] += u[0]
+                ans[1] += u[1]
+                ans[2] += u[2]
     if not attempts:
         return None
-    tot = {"attempts": len(attempts), "interrupted_attempts": 0, "requests": 0, "cached_answers": 0,
-           "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+    tot: dict[str, Any] = {"attempts": len(attempts), "interrupted_attempts": 0, **dict.fromkeys(_SUMS, 0),
+                           "estimated_unreceived": dict.fromkeys(("requests", "prompt_tokens", "completion_tokens", "cost_usd"), 0),
+                           "unknown_unreceived": 0, "journal_mismatch": 0}
+    tot["cost_usd"] = 0.0
+    est = tot["estimated_unreceived"]
     for a in attempts.values():
+        pt, ct, usd = a["answers"]
+        sent = sum(a["sent"].values())
         end = a["end"]
-        if end is None:  # killed: what it received (and paid for) is in its answer lines
-            n, pt, ct, usd = a["answers"]
-            end = {"requests": n, "cached_answers": 0, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": usd}
+        if end is not None:  # ended normally: the teacher's exact counters (the journal must agree)
+            if a["sent"] and (end.get("requests") != sent or end.get("prompt_tokens") != pt
+                              or end.get("completion_tokens") != ct):
+                tot["journal_mismatch"] += 1
+            end = dict(end)
+        else:  # killed: every request sent and every answer received
             tot["interrupted_attempts"] += 1
-        for k in ("requests", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd"):
+            end = {"requests": sent, "prompt_tokens": pt, "completion_tokens": ct, "cost_usd": usd}
+        for key, n in a["sent"].items():  # and the requests in flight when it died or was cancelled
+            unresolved = n - a["resolved"].get(key, 0)
+            if unresolved <= 0:
+                continue
+            if key not in usage_of:
+                tot["unknown_unreceived"] += unresolved
+                continue
+            upt, uct, uusd = usage_of[key]
+            est["requests"] += unresolved
+            for k, v in (("prompt_tokens", upt), ("completion_tokens", uct), ("cost_usd", uusd)):
+                est[k] += unresolved * v
+                end[k] = (end.get(k) or 0) + unresolved * v
+        for k in _SUMS:
             tot[k] += end.get(k) or 0
     tot["cost_usd"] = round(tot["cost_usd"], 8)
+    est["cost_usd"] = round(est["cost_usd"], 8)
     return tot
 
 
@@ -595,12 +657,15 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
                 await p.ctx._progress.stop()
                 p.ctx._progress = None
             if teacher is not None:
-                if p.ctx._ledger is not None:
-                    p.ctx._ledger.end(teacher)
-                    p.ctx._ledger.close()
-                    p.ctx._ledger = None
-                await teacher.aclose()
-                p.ctx._teacher = None
+                try:
+                    if p.ctx._ledger is not None:
+                        p.ctx._ledger.end(teacher)  # (disk full: an OSError naming the ledger, still closed)
+                finally:
+                    if p.ctx._ledger is not None:
+                        p.ctx._ledger.close()
+                        p.ctx._ledger = None
+                    await teacher.aclose()
+                    p.ctx._teacher = None
             _record_teacher(rec, p.ctx.output, teacher)
             rec["seconds"] = round(time.monotonic() - t0, 3)
             manifest.save()

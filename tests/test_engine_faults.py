@@ -102,7 +102,7 @@ def test_complete_with_a_cache_that_cannot_grow_stops_with_one_message_and_write
     args = ["complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"), "-m", "test-model",
             "--base-url", srv.base_url, "--cache", str(tmp_path / "c.sqlite"), "-c", "8"]
     res = _run_with_file_size_limit(args)
-    assert res.returncode == 4, res.stderr  # the environment stopped the teacher: not 1 (rows rejected)
+    assert res.returncode == 2, res.stderr  # an output (the cache) cannot be written: not 1 (rows rejected)
     assert res.stderr.count("cannot write the request cache") == 1, res.stderr
     assert "Traceback" not in res.stderr and "never retrieved" not in res.stderr
     written = read_jsonl(tmp_path / "out.jsonl")
@@ -285,13 +285,13 @@ def test_fatal_stop_on_a_full_cache_does_not_claim_the_answers_are_kept(make_ser
     res = _run_with_file_size_limit(["complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
                                      "-m", "test-model", "--base-url", srv.base_url, "--cache",
                                      str(tmp_path / "c.sqlite"), "-c", "8", "--summary-json", str(summary)])
-    assert res.returncode == 4, res.stderr
+    assert res.returncode == 2, res.stderr
     assert "answers kept" not in res.stderr and "nothing paid for is lost" not in res.stderr, res.stderr
     written = len(read_jsonl(tmp_path / "out.jsonl"))
     assert f"the {written} rows in {tmp_path / 'out.jsonl'} are kept" in res.stderr, res.stderr
     assert f"the cache {tmp_path / 'c.sqlite'} could not be written" in res.stderr, res.stderr
     s = json.loads(summary.read_text())
-    assert s["exit_code"] == 4 and s["stopped"] == "teacher" and "cannot write the request cache" in s["error"]
+    assert s["exit_code"] == 2 and s["stopped"] == "output" and "cannot write the request cache" in s["error"]
     assert s["rows_written"] == written and s["rows_not_started"] == 300 - written > 0
 
 

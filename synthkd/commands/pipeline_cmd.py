@@ -113,7 +113,8 @@ def run(
     except BudgetExceeded as exc:
         _say(f"stopped: {exc}")
         raise typer.Exit(3)
-    except TeacherFatalError as exc:  # 2 for a teacher setting found wrong before any request, else 4
+    except TeacherFatalError as exc:  # 2 for a setting found wrong before any request or a cache/ledger
+        # that cannot be written (disk full), else 4: one rule for every command (teacher_stop)
         from synthkd.complete import teacher_stop
 
         raise typer.Exit(teacher_stop(exc))

@@ -110,5 +110,14 @@ class TeacherConfigError(TeacherFatalError):
     """
 
 
+class TeacherStorageError(TeacherFatalError):
+    """The teacher's own records (the request cache, a pipeline stage's ledger) could not be written:
+    disk full, read-only, a file-size limit.
+
+    Why its own class: like any output that cannot be written, it is the machine's problem, not the
+    teacher's and not the rows' (exit 2 everywhere, with what is kept and "rerun to resume"), and
+    every command maps it the same way through :func:`synthkd.complete.teacher_stop`.
+    """
+
 class BudgetExceeded(RuntimeError):
     """Raised after the stream stops issuing requests because ``max_cost`` was reached."""

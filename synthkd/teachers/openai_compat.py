@@ -16,7 +16,12 @@ What this class guarantees, in order of importance:
    written (disk full): then no further request is sent, and every answer already received is still
    yielded so the caller can write it;
 5. the budget (``max_cost``) stops new requests, lets in-flight ones finish, and leaves the run
-   resumable.
+   resumable;
+6. with a ``journal`` (the pipeline's per-stage ledger), every HTTP attempt is reported as it happens:
+   ``sent(key)`` before the POST, then ``failed(key)`` (not billed: 5xx, 429, timeout, connection
+   error, 4xx, a malformed body) or ``answered(key, usage, cost)`` (billed; before the cache write).
+   A send with neither outcome was in flight when the process died: a provider bills it if it would
+   have answered.  Each event is one cheap append (see :class:`Journal`), so a SIGKILL loses none.
 """
 
 from __future__ import annotations
@@ -28,13 +33,20 @@ import sqlite3
 import time
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator
+from typing import Any, AsyncIterable, AsyncIterator, Protocol
 
 import aiohttp
 import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
-from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.base import (
+    TeacherConfigError,
+    TeacherFatalError,
+    TeacherRequest,
+    TeacherResult,
+    TeacherStorageError,
+    Usage,
+)
 from synthkd.teachers.cache import RequestCache, request_cache_key
 from synthkd.teachers.errors import (
     AttemptTimeout,
@@ -56,6 +68,18 @@ log = logging.getLogger("synthkd.teacher")
 
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 _DONE = object()
+
+
+class Journal(Protocol):
+    """Where a teacher reports each HTTP attempt (the pipeline's ``Ledger``).  ``key`` is the request's
+    cache key (a content hash: no secret).  Each call must be cheap and durable against SIGKILL
+    (one append to an O_APPEND file descriptor); an OSError stops the run like a cache failure."""
+
+    def sent(self, key: str) -> None: ...
+
+    def failed(self, key: str) -> None: ...
+
+    def answered(self, key: str, usage: Usage, cost_usd: float | None) -> None: ...
 
 
 @dataclass
@@ -113,6 +137,7 @@ class OpenAICompatibleTeacher:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.cache = cache
+        self.journal: Journal | None = None  # set by the pipeline: see point 6 of the module docstring
         self.prices = prices or PriceTable.default()
         self.price = self.prices.lookup(model)
         self.max_cost = max_cost
@@ -207,6 +232,9 @@ class OpenAICompatibleTeacher:
             except TeacherFatalError as exc:
                 stop(exc)
                 return
+            except OSError as exc:  # the journal cannot be written (disk full): like a cache failure
+                stop(self._cache_failure(exc))
+                return
             except Exception as exc:  # noqa: BLE001 - never lost: it stops the run, named (F13)
                 stop(self._unexpected(exc))
                 return
@@ -279,13 +307,16 @@ class OpenAICompatibleTeacher:
         return err
 
     def _cache_failure(self, exc: BaseException) -> TeacherFatalError:
-        """The cache cannot be written (disk full, read-only, size limit): stop paying for answers that
-        could not be kept if the process died.  It is a TeacherFatalError, so ``synthkd complete`` exits
-        4 ("the run stopped for a reason outside the input"), never 1 (rows rejected); the rows already
-        written are complete and a rerun, once there is room, resumes without paying twice."""
-        where = getattr(self.cache, "path", "the request cache")
-        err = TeacherFatalError(
-            f"cannot write the request cache {where}: {type(exc).__name__}: {exc}; stopped sending requests "
+        """The cache (or the ledger journal) cannot be written (disk full, read-only, size limit): stop
+        paying for answers that could not be kept if the process died.  A :class:`TeacherStorageError`:
+        every command exits 2 (an output that cannot be written), never 1 (rows rejected); the rows
+        already written are complete and a rerun, once there is room, resumes without paying twice."""
+        if isinstance(exc, OSError) and exc.filename:  # the journal (ledger) names its file
+            what = f"{exc.filename}: {exc.strerror or exc}"
+        else:
+            what = f"the request cache {getattr(self.cache, 'path', '')}: {type(exc).__name__}: {exc}"
+        err = TeacherStorageError(
+            f"cannot write {what}; stopped sending requests "
             "(every answer received was still passed on, so the rows written are complete)"
         )
         err.__cause__ = exc
@@ -365,7 +396,13 @@ class OpenAICompatibleTeacher:
             ):
                 with attempt:
                     attempts = attempt.retry_state.attempt_number
-                    data = await self._attempt(url, payload, est, attempts, chat=req.messages is not None)
+                    try:
+                        data = await self._attempt(url, payload, est, attempts, key, chat=req.messages is not None)
+                    except (RetryableError, RequestRejected, TeacherFatalError) as exc:
+                        # sent (all but Stopping, raised before sending) and not billed
+                        if self.journal is not None and not isinstance(exc, Stopping):
+                            self.journal.failed(key)
+                        raise
         except (RetryableError, RequestRejected) as exc:
             self.stats.done += 1
             self.stats.failed += 1
@@ -380,6 +417,12 @@ class OpenAICompatibleTeacher:
             )
         text, finish_reason, usage, model = data
         cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) if self.price else None
+        if self.journal is not None:  # before the cache: a kill in between cannot hide a billed answer
+            try:
+                self.journal.answered(key, usage, cost)
+            except OSError as exc:  # disk full: the answer is still kept and yielded; the run stops
+                if self._cache_error is None:
+                    self._cache_error = exc
         if self.cache is not None:
             # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
             try:
@@ -419,7 +462,7 @@ class OpenAICompatibleTeacher:
         )
 
     async def _attempt(
-        self, url: str, payload: bytes, est_tokens: int, attempt: int, *, chat: bool
+        self, url: str, payload: bytes, est_tokens: int, attempt: int, key: str, *, chat: bool
     ) -> tuple[str, str | None, Usage, str | None]:
         await self.limiter.acquire(est_tokens)
         if self._fatal is not None:
@@ -427,6 +470,8 @@ class OpenAICompatibleTeacher:
         session = await self._get_session()
         loop = asyncio.get_running_loop()
         st = self.stats
+        if self.journal is not None:
+            self.journal.sent(key)  # an OSError here (disk full) stops the run before this request is sent
         st.attempts += 1
         if st.first_request_at is None:
             st.first_request_at = time.monotonic()
