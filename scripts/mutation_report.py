@@ -110,6 +110,17 @@ def _line_of(diff: str, def_line: int) -> int:
     return def_line
 
 
+_STRING = re.compile(r"""[rbfRBF]*("[^"\\]*(?:\\.[^"\\]*)*"|'[^'\\]*(?:\\.[^'\\]*)*')|\bNone\b""")
+
+
+def _string_only(diff: str) -> bool:
+    """True if the mutant only changes string literals (a message, a reason) and nothing else."""
+    minus = [line[1:] for line in diff.split("\n") if line.startswith("-") and not line.startswith("---")]
+    plus = [line[1:] for line in diff.split("\n") if line.startswith("+") and not line.startswith("+++")]
+    norm = lambda lines: [_STRING.sub("S", x).replace(", )", ")") for x in lines]  # noqa: E731
+    return bool(minus) and norm(minus) == norm(plus)
+
+
 def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> None:
     import os
 
@@ -124,12 +135,13 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
     for mod in g["modules"]:
         meta = Path("mutants") / (mod + ".meta")
         if not meta.exists():
-            rows.append((mod, None))
+            rows.append((mod, None, 0))
             continue
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if patterns:
             codes = {k: v for k, v in codes.items() if any(fnmatch(k, p) for p in patterns)}
         counts = {c: 0 for c in ("killed", "survived", "no tests", "timeout", "suspicious", "not checked")}
+        strings = {"string-only": 0}
         starts = _function_starts(Path(mod))
         for key, code in sorted(codes.items(), key=lambda kv: (kv[0].rsplit("__mutmut_", 1)[0],
                                                                int(kv[0].rsplit("_", 1)[1]))):
@@ -141,18 +153,23 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
                     diff = get_diff_for_mutant(key, path=mod)
                 except Exception as exc:  # a report line is better than no report
                     diff = f"(diff unavailable: {exc})"
+                if status == "survived" and _string_only(diff):
+                    strings["string-only"] += 1
+                    status += ", string-only"
                 survivors.append((mod, _line_of(diff, starts.get(func, 0)), key, status, diff))
-        rows.append((mod, counts))
+        rows.append((mod, counts, strings["string-only"]))
     os.chdir(os.environ.get("SYNTHKD_MUTATION_ROOT", "."))
 
     with open(out, "w") as f:
         f.write(f"# surviving mutants of group {group!r} (mutmut {_mutmut_version()}); "
-                "'no tests' = no test in the group's test files reaches the function\n\n")
+                "'no tests' = no test in the group's test files reaches the function; 'string-only' = the "
+                "mutant changes only string literals (a message or reason text): check whether a test "
+                "should pin that text, else an equivalent mutant for users\n\n")
         for mod, line, key, status, diff in survivors:
             f.write(f"## {mod}:{line}  {key}  [{status}]\n{diff}\n\n")
-    for mod, c in rows:
+    for mod, c, string_only in rows:
         if c is None:
-            print(f"| {mod} | - | - | - | - | - | not run |")
+            print(f"| {mod} | - | - | - | - | - | - | not run | {seconds} |")
             continue
         total = sum(c.values())
         checked = total - c["not checked"]
@@ -160,7 +177,7 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
         # "no tests" mutants count against the score: nothing would catch them.
         score = 100.0 * (c["killed"] + c["timeout"]) / checked if checked else 0.0
         extra = f" ({c['not checked']} not checked)" if c["not checked"] else ""
-        print(f"| {mod} | {checked}{extra} | {c['killed']} | {c['survived']} | {c['no tests']} | "
+        print(f"| {mod} | {checked}{extra} | {c['killed']} | {c['survived']} | {string_only} | {c['no tests']} | "
               f"{c['timeout']}/{c['suspicious']} | {score:.1f} | {seconds} |")
 
 
