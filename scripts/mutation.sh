@@ -19,6 +19,8 @@ if [[ -z "${PYTHON:-}" ]]; then
     if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
 PYTHON=$(command -v "$PYTHON")
+# absolute (not resolved: a venv's python must keep its own path), as the runs cd into their copies
+[[ "$PYTHON" == /* ]] || PYTHON="$PWD/$PYTHON"
 MUTMUT_VERSION=3.8.1
 JOBS=${JOBS:-2}
 OUT=$(mkdir -p "${MUTATION_OUT:-mutation_out}" && cd "${MUTATION_OUT:-mutation_out}" && pwd)
