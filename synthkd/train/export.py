@@ -330,6 +330,15 @@ def load_json_dataset(path: str | Path) -> Any:
     return load_dataset("json", data_files=str(path), split="train", cache_dir=str(path.parent / ".hf_cache"))
 
 
+def in_id_order(examples: list[Any]) -> list[Any]:
+    """``examples`` sorted by row id (stable: a multitask row keeps its predict/explain order).
+
+    Why: rows arrive in teacher completion order, which differs from run to run and after a resumed
+    (killed, disk-full) stage, and the trainer's seeded shuffle permutes *positions*: the same rows in
+    another order train another student.  In id order the same rows always make the same student."""
+    return sorted(examples, key=lambda e: str(e.id))
+
+
 def split_by_id(examples: list[Any], fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:
     """Deterministic train/eval split by hashed row id: both tasks of a multitask row fall on the same side."""
     if fraction <= 0:
