@@ -10,7 +10,9 @@ of its inputs — equals the one recorded for a finished run of it and its outpu
 that was interrupted (status "running") with the same fingerprint is *resumed*: its output is kept, the
 stage skips ids already written and gets every answer it already paid for from the request cache.  A
 stage whose fingerprint changed starts over (its old output is moved to ``<stage>.jsonl.prev``,
-never silently mixed with the new one).
+never silently mixed with the new one).  So does an unfinished stage whose class says
+``resumable = False`` (the train stages: a killed or disk-full attempt leaves a torn model directory,
+which is moved to ``<stage>.prev``; training restarts from scratch and gives the uninterrupted result).
 
 Safety of the run directory (it is the only place the runner writes, moves or deletes):
 * every such path is checked by :func:`inside_run_dir` first;
@@ -640,7 +642,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
             continue
         if not known:
             _refuse_unknown_outputs(run_dir, p.ctx.output, name)
-        elif rec.get("fingerprint") != fp or forcing:
+        elif rec.get("fingerprint") != fp or forcing or not getattr(p.impl, "resumable", True):
             _move_aside(run_dir, p.ctx.output, manifest)
         say(f"[{name}] running ({p.cfg.kind})")
         rec.update(status="running", kind=p.cfg.kind, fingerprint=fp, started=time.strftime("%Y-%m-%dT%H:%M:%S"))
