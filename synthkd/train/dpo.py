@@ -118,7 +118,7 @@ def train_dpo(opts: DPOOptions) -> tuple[dict[str, Any], Any]:
         train_examples, eval_examples = split_by_id(examples, opts.eval_fraction, seed=s.seed)
     # Preference rows arrive in completion order (teacher and student answers racing, a resumed stage
     # appending what a killed one had not written): in id order the same pairs make the same student.
-    train_examples, eval_examples = in_id_order(train_examples), in_id_order(eval_examples)
+    train_examples, eval_examples = in_id_order(train_examples, natural=True), in_id_order(eval_examples, natural=True)
     data_dir = out / "data"
     with main_process_first() as main:
         if main:
