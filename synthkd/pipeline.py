@@ -44,6 +44,7 @@ Rows are counted in the output file, never "rows written this time".
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import json
@@ -356,6 +357,12 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------- the teacher ledger
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def ledger_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".ledger.jsonl")
 
@@ -373,12 +380,26 @@ class Ledger:
         self.attempt = f"{os.getpid()}-{time.time_ns()}"
         self._head = '{"attempt": "%s", ' % self.attempt
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def _write(self, line: str) -> None:
         try:
-            os.write(self._fd, (self._head + line).encode())
+            # A full disk can leave an earlier attempt's last line torn (no newline): start on a new line,
+            # else this attempt's first line would be glued to it and both read as one bad line.
+            if path.stat().st_size and not _ends_with_newline(path):
+                self._write_all(b"\n")
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _write_all(self, data: bytes) -> None:
+        """One ``os.write``; a short write (the disk filled up mid-line) is ENOSPC, not success: the
+        caller must not send a request whose ``sent`` line is torn (a torn line counts nothing)."""
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:  # name the file (the teacher's stop message and the CLI's line show it)
             raise os_error_at(exc, self.path) from None
+
+    def _write(self, line: str) -> None:
+        self._write_all((self._head + line).encode())
 
     def sent(self, key: str) -> None:
         self._write(f'"sent": "{key}"}}\n')
