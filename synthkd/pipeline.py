@@ -10,7 +10,9 @@ of its inputs — equals the one recorded for a finished run of it and its outpu
 that was interrupted (status "running") with the same fingerprint is *resumed*: its output is kept, the
 stage skips ids already written and gets every answer it already paid for from the request cache.  A
 stage whose fingerprint changed starts over (its old output is moved to ``<stage>.jsonl.prev``,
-never silently mixed with the new one).
+never silently mixed with the new one).  So does an unfinished stage whose class says
+``resumable = False`` (the train stages: a killed or disk-full attempt leaves a torn model directory,
+which is moved to ``<stage>.prev``; training restarts from scratch and gives the uninterrupted result).
 
 Safety of the run directory (it is the only place the runner writes, moves or deletes):
 * every such path is checked by :func:`inside_run_dir` first;
@@ -42,6 +44,7 @@ Rows are counted in the output file, never "rows written this time".
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import hashlib
 import json
@@ -354,6 +357,12 @@ class RunLock:
 
 
 # ----------------------------------------------------------------------------- the teacher ledger
+def _ends_with_newline(path: Path) -> bool:
+    with open(path, "rb") as f:
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
 def ledger_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".ledger.jsonl")
 
@@ -371,12 +380,26 @@ class Ledger:
         self.attempt = f"{os.getpid()}-{time.time_ns()}"
         self._head = '{"attempt": "%s", ' % self.attempt
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-
-    def _write(self, line: str) -> None:
         try:
-            os.write(self._fd, (self._head + line).encode())
+            # A full disk can leave an earlier attempt's last line torn (no newline): start on a new line,
+            # else this attempt's first line would be glued to it and both read as one bad line.
+            if path.stat().st_size and not _ends_with_newline(path):
+                self._write_all(b"\n")
+        except BaseException:
+            os.close(self._fd)
+            raise
+
+    def _write_all(self, data: bytes) -> None:
+        """One ``os.write``; a short write (the disk filled up mid-line) is ENOSPC, not success: the
+        caller must not send a request whose ``sent`` line is torn (a torn line counts nothing)."""
+        try:
+            if os.write(self._fd, data) != len(data):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         except OSError as exc:  # name the file (the teacher's stop message and the CLI's line show it)
             raise os_error_at(exc, self.path) from None
+
+    def _write(self, line: str) -> None:
+        self._write_all((self._head + line).encode())
 
     def sent(self, key: str) -> None:
         self._write(f'"sent": "{key}"}}\n')
@@ -640,7 +663,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
             continue
         if not known:
             _refuse_unknown_outputs(run_dir, p.ctx.output, name)
-        elif rec.get("fingerprint") != fp or forcing:
+        elif rec.get("fingerprint") != fp or forcing or not getattr(p.impl, "resumable", True):
             _move_aside(run_dir, p.ctx.output, manifest)
         say(f"[{name}] running ({p.cfg.kind})")
         rec.update(status="running", kind=p.cfg.kind, fingerprint=fp, started=time.strftime("%Y-%m-%dT%H:%M:%S"))

@@ -235,6 +235,24 @@ def test_ledger_totals_rule_for_killed_and_finished_attempts(tmp_path):
     assert ledger_totals(path)["journal_mismatch"] == 1
 
 
+
+def test_ledger_after_a_line_torn_by_a_full_disk_starts_on_a_new_line(tmp_path):
+    # issue 11 regression (soak, disk full in a teacher stage: the ledger under-counted 2 requests): a
+    # full disk cut an attempt's last "sent" line short, and the next attempt's first line was appended
+    # to it, so both were one unparsable line and that attempt's first send was never counted
+    from synthkd.pipeline import Ledger, ledger_totals
+
+    path = tmp_path / "s.ledger.jsonl"
+    path.write_text('{"attempt": "k", "sent": "A"}\n{"attempt": "k", "sent": "B')  # torn: B was never sent
+    ledger = Ledger(path)
+    try:
+        ledger.sent("C")
+    finally:
+        ledger.close()
+    t = ledger_totals(path)
+    assert (t["attempts"], t["requests"]) == (2, 2), path.read_text()  # A and C
+
+
 # ----------------------------------------------------------------------------- F8: secrets and local paths
 def test_credentials_and_env_values_are_never_written(tmp_path, make_server):
     # F8 regression: ${ENV} values and URL credentials were stored verbatim in manifest.json and the pushed card

@@ -35,6 +35,7 @@ from synthkd.methods.runner import write_rows
 from synthkd.pipeline import Estimate, StageContext, register_stage, teacher_spec_from
 from synthkd.pipeline import count_rows
 from synthkd.stages.generate_stages import _check_budget, _funnel
+from synthkd.stages.train_stages import TRAIN_STAGE_RESUMABLE
 from synthkd.teachers.factory import make_teacher
 
 TRAIN_KINDS = ("train.sft", "train.dpo", "tailor")
@@ -212,6 +213,7 @@ class PreferencesStage:
 # ----------------------------------------------------------------------------- train.dpo
 @register_stage("train.dpo")
 class DPOStage:
+    resumable = TRAIN_STAGE_RESUMABLE  # an unfinished attempt's directory is moved aside: DPO starts over
     class Options(_Opts):
         student: str = Field(description="an earlier train stage's name, a model directory or a hub id")
         ref: str = "implicit"

@@ -31,8 +31,16 @@ class TinyStudent(_Opts):
     seed: int = 0
 
 
+#: Why train stages are not resumed (see ``synthkd.pipeline``): they write no intermediate checkpoints
+#: (``save_steps=0``), so a killed or disk-full attempt leaves nothing worth resuming, only a torn model
+#: directory.  The runner moves it aside (``<stage>.prev``) and the stage trains from scratch, from the
+#: same rows in id order and the same seed: the result equals an uninterrupted run's.
+TRAIN_STAGE_RESUMABLE = False
+
+
 @register_stage("train.sft")
 class SFTStage:
+    resumable = TRAIN_STAGE_RESUMABLE
     class Options(_Opts):
         student: str = Field(description="a local model directory, a hub id, or 'tiny'")
         tiny: TinyStudent = Field(default_factory=TinyStudent)

@@ -184,11 +184,22 @@ def world_size() -> int:
 
 
 def latest_checkpoint(ckpt_dir: Path) -> str | None:
+    """The newest *complete* checkpoint under ``ckpt_dir`` (for ``--resume``), else None.
+
+    transformers writes ``trainer_state.json`` last, after the weights, optimizer and RNG states, and
+    not atomically: a checkpoint whose state file is missing or is not valid JSON was cut short (a kill
+    or a full disk while saving) and is passed over for the one before it."""
     if not ckpt_dir.exists():
         return None
     cks = sorted((p for p in ckpt_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                  key=lambda p: int(p.name.split("-")[-1]))
-    return str(cks[-1]) if cks else None
+    for ck in reversed(cks):
+        try:
+            json.loads((ck / "trainer_state.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        return str(ck)
+    return None
 
 
 def save_trained(trainer: Any, tokenizer: Any, out: Path, settings: TrainSettings) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from synthkd.train.common import (
     quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
 )
 from synthkd.train.export import (
-    Fields, build_preference_examples, load_json_dataset, preference_record, read_rows, split_by_id, write_jsonl,
+    Fields, build_preference_examples, in_id_order, load_json_dataset, preference_record, read_rows, split_by_id,
+    write_jsonl,
 )
 from synthkd.train.model_card import load_extra_provenance, rows_provenance
 from synthkd.train.student import has_chat_template, load_student, read_train_record
@@ -115,6 +116,9 @@ def train_dpo(opts: DPOOptions) -> tuple[dict[str, Any], Any]:
         train_examples, eval_examples = examples, eval_given
     else:
         train_examples, eval_examples = split_by_id(examples, opts.eval_fraction, seed=s.seed)
+    # Preference rows arrive in completion order (teacher and student answers racing, a resumed stage
+    # appending what a killed one had not written): in id order the same pairs make the same student.
+    train_examples, eval_examples = in_id_order(train_examples, natural=True), in_id_order(eval_examples, natural=True)
     data_dir = out / "data"
     with main_process_first() as main:
         if main:

@@ -25,6 +25,7 @@ Formats written by :func:`export_rows`:
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -328,6 +329,27 @@ def load_json_dataset(path: str | Path) -> Any:
 
     path = Path(path)
     return load_dataset("json", data_files=str(path), split="train", cache_dir=str(path.parent / ".hf_cache"))
+
+
+def in_id_order(examples: list[Any], *, natural: bool = False) -> list[Any]:
+    """``examples`` sorted by row id (stable: a multitask row keeps its predict/explain order).
+
+    Why: rows arrive in teacher completion order, which differs from run to run and after a resumed
+    (killed, disk-full) stage, and the trainer's seeded shuffle permutes *positions*: the same rows in
+    another order train another student.  In id order the same rows always make the same student.
+
+    ``natural``: numbers in ids compare as numbers (``p2`` before ``p10``, then the plain string breaks
+    ties), so rows written in input order with numbered ids keep that order.  DPO uses it (it trained in
+    file order before, so an uninterrupted run's student is unchanged); SFT keeps the plain string order
+    it has always used (its students are unchanged too)."""
+    if not natural:
+        return sorted(examples, key=lambda e: str(e.id))
+
+    def key(e: Any) -> tuple[list[tuple[int, Any]], str]:
+        parts = re.split(r"(\d+)", str(e.id))
+        return [(1, int(t)) if t.isdigit() else (0, t) for t in parts], str(e.id)
+
+    return sorted(examples, key=key)
 
 
 def split_by_id(examples: list[Any], fraction: float, seed: int = 0) -> tuple[list[Any], list[Any]]:

@@ -28,8 +28,8 @@ from synthkd.train.common import (
     quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
 )
 from synthkd.train.export import (
-    DEFAULT_ANSWER_TEMPLATE, MODES, Fields, build_sft_examples, inference_prefix, load_json_dataset, sft_record,
-    split_by_id, task_weights, write_jsonl,
+    DEFAULT_ANSWER_TEMPLATE, MODES, Fields, build_sft_examples, in_id_order, inference_prefix, load_json_dataset,
+    sft_record, split_by_id, task_weights, write_jsonl,
 )
 from synthkd.train.model_card import load_extra_provenance, rows_provenance
 from synthkd.train.student import flash_attention_available, has_chat_template, load_student
@@ -81,9 +81,7 @@ def read_sft_rows(opts: SFTOptions) -> dict[str, Any]:
         train_examples = examples
     else:
         train_examples, eval_examples = split_by_id(examples, opts.eval_fraction, seed=opts.settings.seed)
-    # Rows arrive in teacher completion order, which differs from run to run; in id order (stable: a
-    # multitask row keeps its predict/explain order) the trainer's seeded shuffle makes the same student.
-    train_examples = sorted(train_examples, key=lambda e: str(e.id))
+    train_examples = in_id_order(train_examples)  # the same rows, in any order, make the same student
     return {"train": train_examples, "eval": eval_examples, "skipped": skipped, "used": used}
 
 
