@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None) -> int:
                         stage = stage_started_since(run_dir, since)
                         if stage is not None:
                             time.sleep(rng.uniform(0.2, 2.0))
+                            # as before a kill: no request in flight when the disk fills is a 500 (the
+                            # ledger prices an unanswered one like its answer elsewhere)
+                            _post(root + "/_config", {"error_rate": 0})
+                            time.sleep(FAULT_PAUSE_S)
                             full_in = running_stage(run_dir)
                             ballast = fill_disk(mounted)  # type: ignore[arg-type]
                             break
@@ -332,6 +336,7 @@ def main(argv: list[str] | None = None) -> int:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         rc = proc.wait()
+                _post(root + "/_config", {"error_rate": args.error_rate})
                 stderr = err_path.read_text(errors="replace")
                 with open(log, "a") as f:
                     f.write(stderr)
@@ -363,7 +368,9 @@ def main(argv: list[str] | None = None) -> int:
                     # (re-)aim within the stage now running: a resumed stage may end long before its
                     # baseline duration, and a kill aimed past the run's end would never happen
                     target = aimed = stage
-                    kill_at = now + rng.uniform(0.05, 0.9) * max(0.5, base_secs.get(stage, 1.0))
+                    # early in the stage: a resumed stage ends sooner than its baseline, and a kill aimed past
+                    # the end of the whole run would never happen (the soak wants all --kills)
+                    kill_at = now + rng.uniform(0.05, 0.5) * max(0.5, base_secs.get(stage, 1.0))
                     if stage in teacher_stages:  # its first requests, too, were sent without faults
                         kill_at = max(kill_at, now + FAULT_PAUSE_S)
                     if paused is not None and kill_at - now > FAULT_PAUSE_S:
