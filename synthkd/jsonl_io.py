@@ -122,6 +122,23 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
             yield lineno, line
 
 
+def scan_jsonl(path: str | Path, problems: list[str]) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed value) for each non-blank line that is valid JSON, for validators that report
+    every problem at once: a bad line is added to ``problems`` as ``file:line: not valid JSON`` and
+    skipped, and the scan stops once ``problems`` (the caller's too) holds MAX_REPORTED_ERRORS."""
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            row = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+        else:
+            yield lineno, row
+        if len(problems) >= MAX_REPORTED_ERRORS:
+            return
+
+
 def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed value) for each non-blank line; raises InputError on the first bad line."""
     for lineno, line in iter_lines(path):
@@ -188,22 +205,13 @@ def scan_prompt_file(path: str | Path) -> ScanResult:
     problems: list[str] = []
     hashes = array("q")
     rows = 0
-    for lineno, line in iter_lines(path):
-        if not line.strip():
-            continue
+    for lineno, row in scan_jsonl(path, problems):
         rows += 1
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+        why = _check_prompt_row(row)
+        if why:
+            problems.append(f"{path}:{lineno}: {why}")
         else:
-            why = _check_prompt_row(row)
-            if why:
-                problems.append(f"{path}:{lineno}: {why}")
-            else:
-                hashes.append(id_hash(row["id"]))
-        if len(problems) >= MAX_REPORTED_ERRORS:
-            break
+            hashes.append(id_hash(row["id"]))
     if not problems and rows == 0:
         problems.append(f"{path}: no rows (the file is empty)")
     arr = np.frombuffer(hashes, dtype=np.int64).copy()

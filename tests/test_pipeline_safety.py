@@ -6,7 +6,6 @@ Every test runs the real CLI against a real loopback test server (or no teacher 
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -205,7 +204,7 @@ def test_manifest_counts_every_attempt_after_sigkill(tmp_path, make_server):
         sent, st["usage"]["prompt_tokens"], st["usage"]["completion_tokens"]), (t, st["usage"], sent)
     assert t["estimated_unreceived"]["requests"] >= 1 and t["unknown_unreceived"] == 0 and t["journal_mismatch"] == 0
     report = (tmp_path / "runs/t/report.md").read_text()
-    assert f"| r | generate.rationales | done |" in report and f"| {n} | {n} | {t['requests']} |" in report
+    assert "| r | generate.rationales | done |" in report and f"| {n} | {n} | {t['requests']} |" in report
 
 
 def test_ledger_totals_rule_for_killed_and_finished_attempts(tmp_path):

@@ -25,7 +25,7 @@ import orjson
 from synthkd.filters.base import Operator, RunContext
 from synthkd.filters.config import ConfigError, build
 from synthkd.filters.funnel import Funnel, Stage
-from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, iter_lines
+from synthkd.jsonl_io import InputError, iter_lines, scan_jsonl
 
 INPUT_STAGE = "input"
 
@@ -52,29 +52,20 @@ def prescan(path: Path, ops: list[Operator], id_field: str = "id") -> int:
         groups = [g for g in op.needs() if not provided.intersection(g)]
         plan.append((op, groups))
         provided.update(op.provides())
-    for lineno, line in iter_lines(path):  # the shared reader: a BOM is accepted as everywhere else
-        if not line.strip():
-            continue
+    for lineno, row in scan_jsonl(path, problems):  # the shared reader: a BOM is accepted as everywhere else
         rows += 1
-        try:
-            row = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+        if not isinstance(row, dict):
+            problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+        elif id_field not in row:
+            problems.append(f"{path}:{lineno}: field {id_field!r}: missing")
         else:
-            if not isinstance(row, dict):
-                problems.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            elif id_field not in row:
-                problems.append(f"{path}:{lineno}: field {id_field!r}: missing")
-            else:
-                for op, groups in plan:
-                    for g in groups:
-                        if not any(f in row for f in g):
-                            what = " or ".join(repr(f) for f in g)
-                            problems.append(f"{path}:{lineno}: row id {row[id_field]!r}: field {what}: missing "
-                                            f"(needed by operator {op.label!r})")
-                            break
-        if len(problems) >= MAX_REPORTED_ERRORS:
-            break
+            for op, groups in plan:
+                for g in groups:
+                    if not any(f in row for f in g):
+                        what = " or ".join(repr(f) for f in g)
+                        problems.append(f"{path}:{lineno}: row id {row[id_field]!r}: field {what}: missing "
+                                        f"(needed by operator {op.label!r})")
+                        break
     if problems:
         raise InputError(problems)
     return rows

@@ -626,7 +626,7 @@ class TestServer:
             changes = orjson.loads(await request.read() or b"{}")
             if not isinstance(changes, dict):
                 raise ValueError("body must be a JSON object of FaultConfig fields")
-            cfg = self._configure_now(changes)
+            self._configure_now(changes)
         except (ValueError, TypeError, orjson.JSONDecodeError) as exc:
             return self._json(_error_body(str(exc), "invalid_request_error"), status=400)
         return self._json({"config": self._public_config()})
