@@ -4,8 +4,14 @@
     mutation_report.py group-of MODULE|GROUP       the group that holds a module path (or name)
     mutation_report.py prepare GROUP WORK [MOD..]  write WORK/pyproject.toml for GROUP; print the
                                                    mutant-name globs to pass to `mutmut run`
+    mutation_report.py sample GROUP WORK N SEED [MOD..]  generate GROUP's mutants in WORK (as `mutmut
+                                                   run` does) and print a seeded random sample of N
+                                                   mutant names per module (after the group's globs)
     mutation_report.py report GROUP WORK OUT SECS [MOD..]  print the table rows of GROUP; write its
                                                    surviving mutants (file, line, diff) to OUT
+
+Survivors named in docs/mutation_equivalents/*.md (`- NAME: reason`) are equivalent mutants: shown
+in their own column and left out of the score's denominator (the usual definition of the score).
 
 Run from the repository root with the venv's python (mutmut is imported for `report` only).
 """
@@ -81,6 +87,51 @@ def prepare(group: str, work: Path, only: list[str]) -> None:
     print("\n".join(p for p in g.get("mutants", []) if p.startswith(tuple(mods))))
 
 
+def sample(group: str, work: Path, n: int, seed: int, only: list[str]) -> None:
+    """Print N mutant names per module of GROUP, drawn with SEED from all its (glob-selected) mutants.
+
+    Why: on 2 cores a full run of the groups whose tests start servers and CLIs takes tens of hours;
+    a random sample gives an unbiased estimate of the score (a fresh SEED after adding tests keeps it
+    unbiased: tests written against one sample's survivors do not inflate another sample).
+    """
+    import os
+    import random
+    from fnmatch import fnmatch
+
+    g = _selected(group, only)
+    patterns = g.get("mutants", [])
+    os.chdir(work)
+    from mutmut.__main__ import create_mutants, store_lines_covered_by_tests
+    from mutmut.mutation.trampoline import set_mutant_under_test
+    from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, setup_source_paths
+
+    set_mutant_under_test("mutant_generation")
+
+    os.makedirs("mutants", exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    setup_source_paths()
+    store_lines_covered_by_tests()
+    create_mutants(2)
+    rng = random.Random(seed)
+    for mod in g["modules"]:
+        keys = sorted(json.loads((Path("mutants") / (mod + ".meta")).read_text())["exit_code_by_key"])
+        if patterns:
+            keys = [k for k in keys if any(fnmatch(k, p) for p in patterns)]
+        print("\n".join(sorted(rng.sample(keys, min(n, len(keys))))))
+
+
+def _equivalents(root: Path) -> dict[str, str]:
+    """Mutant name -> reason, from docs/mutation_equivalents/*.md lines `- NAME: reason`."""
+    found: dict[str, str] = {}
+    for f in sorted((root / "docs" / "mutation_equivalents").glob("*.md")):
+        for line in f.read_text().splitlines():
+            m = re.match(r"-\s+`?([\w.ǁ]+__mutmut_\d+)`?\s*:\s*(.+)", line)
+            if m:
+                found[m.group(1)] = m.group(2).strip()
+    return found
+
+
 def _function_starts(path: Path) -> dict[str, int]:
     """mutmut's mangled function key (x_f / xǁClassǁf) -> line of its `def` in the original file."""
     starts: dict[str, int] = {}
@@ -131,6 +182,7 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
 
     from mutmut.mutation.diff_apply import get_diff_for_mutant
 
+    equivalent = _equivalents(Path(os.environ.get("SYNTHKD_MUTATION_ROOT", ".")).resolve())
     rows, survivors = [], []
     for mod in g["modules"]:
         meta = Path("mutants") / (mod + ".meta")
@@ -140,12 +192,15 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
         codes = json.loads(meta.read_text())["exit_code_by_key"]
         if patterns:
             codes = {k: v for k, v in codes.items() if any(fnmatch(k, p) for p in patterns)}
-        counts = {c: 0 for c in ("killed", "survived", "no tests", "timeout", "suspicious", "not checked")}
+        counts = {c: 0 for c in ("killed", "survived", "equivalent", "no tests", "timeout", "suspicious",
+                                 "not checked")}
         strings = {"string-only": 0}
         starts = _function_starts(Path(mod))
         for key, code in sorted(codes.items(), key=lambda kv: (kv[0].rsplit("__mutmut_", 1)[0],
                                                                int(kv[0].rsplit("_", 1)[1]))):
             status = "not checked" if code is None else STATUS.get(code, "suspicious")
+            if status == "survived" and key in equivalent:
+                status = "equivalent"
             counts[status] += 1
             if status in ("survived", "no tests", "timeout", "suspicious"):
                 func = key.rsplit(".", 1)[1].rsplit("__mutmut_", 1)[0]
@@ -157,6 +212,8 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
                     strings["string-only"] += 1
                     status += ", string-only"
                 survivors.append((mod, _line_of(diff, starts.get(func, 0)), key, status, diff))
+            elif status == "equivalent":
+                survivors.append((mod, 0, key, f"equivalent: {equivalent[key]}", ""))
         rows.append((mod, counts, strings["string-only"]))
     os.chdir(os.environ.get("SYNTHKD_MUTATION_ROOT", "."))
 
@@ -165,19 +222,20 @@ def report(group: str, work: Path, out: Path, seconds: str, only: list[str]) -> 
                 "'no tests' = no test in the group's test files reaches the function; 'string-only' = the "
                 "mutant changes only string literals (a message or reason text): check whether a test "
                 "should pin that text, else an equivalent mutant for users\n\n")
-        for mod, line, key, status, diff in survivors:
+        for mod, line, key, status, diff in sorted(survivors, key=lambda s: s[3].startswith("equivalent")):
             f.write(f"## {mod}:{line}  {key}  [{status}]\n{diff}\n\n")
     for mod, c, string_only in rows:
         if c is None:
-            print(f"| {mod} | - | - | - | - | - | - | not run | {seconds} |")
+            print(f"| {mod} | - | - | - | - | - | - | - | not run | {seconds} |")
             continue
         total = sum(c.values())
         checked = total - c["not checked"]
-        # score = killed (timeouts count as killed, as mutmut does not) / all checked mutants,
-        # "no tests" mutants count against the score: nothing would catch them.
-        score = 100.0 * (c["killed"] + c["timeout"]) / checked if checked else 0.0
+        # score = killed (timeouts count as killed, as mutmut does not) / checked mutants that are not
+        # listed as equivalent; "no tests" mutants count against the score: nothing would catch them.
+        judged = checked - c["equivalent"]
+        score = 100.0 * (c["killed"] + c["timeout"]) / judged if judged else 0.0
         extra = f" ({c['not checked']} not checked)" if c["not checked"] else ""
-        print(f"| {mod} | {checked}{extra} | {c['killed']} | {c['survived']} | {string_only} | {c['no tests']} | "
+        print(f"| {mod} | {checked}{extra} | {c['killed']} | {c['survived']} | {string_only} | {c['equivalent']} | {c['no tests']} | "
               f"{c['timeout']}/{c['suspicious']} | {score:.1f} | {seconds} |")
 
 
@@ -195,6 +253,8 @@ def main(argv: list[str]) -> None:
         print(_group_of(args[0]))
     elif cmd == "prepare":
         prepare(args[0], Path(args[1]), args[2:])
+    elif cmd == "sample":
+        sample(args[0], Path(args[1]), int(args[2]), int(args[3]), args[4:])
     elif cmd == "report":
         report(args[0], Path(args[1]), Path(args[2]).resolve(), args[3], args[4:])
     else:
