@@ -301,7 +301,7 @@ class OpenAICompatibleTeacher(Teacher):
         if isinstance(exc, OSError) and exc.filename:  # the journal (ledger) names its file
             what = f"{exc.filename}: {exc.strerror or exc}"
         else:
-            what = f"the request cache {getattr(self.cache, 'path', '')}: {type(exc).__name__}: {exc}"
+            what = f"the request cache {self.cache.path if self.cache is not None else ''}: {type(exc).__name__}: {exc}"
         err = TeacherStorageError(
             f"cannot write {what}; stopped sending requests "
             "(every answer received was still passed on, so the rows written are complete)"
