@@ -60,9 +60,9 @@ VOLATILE = {"cached", "seconds", "elapsed_s", "latency_s", "started", "finished"
 def serve(seed: int, error_rate: float) -> None:
     """Run the counting teacher in this process until killed; print ``READY <root-url>``."""
     from synthkd.testing.server import FaultConfig, TestServer
-    from synthkd.testing.simulated import SimulatedTeacher
+    from synthkd.testing.simulated import SimulatedResponder
 
-    responder = SimulatedTeacher([], error_rate=0.15, noise_rate=0.1, salt="sim")
+    responder = SimulatedResponder([], error_rate=0.15, noise_rate=0.1, salt="sim")
     cfg = FaultConfig(latency_ms=250.0, latency_jitter_ms=150.0, error_rate=error_rate, seed=seed)
     srv = TestServer(cfg, responder=responder).start()
     print(f"READY {srv.url}", flush=True)

@@ -225,7 +225,7 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
             "rows_not_started": todo_rows - written - rejected if stopped or teacher.budget_exhausted else 0,
             "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
             "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-            "cost_usd": st.cost_usd if teacher.price else None, "elapsed_s": round(time.monotonic() - t0, 4),
+            "cost_usd": st.cost_usd if teacher.price_known else None, "elapsed_s": round(time.monotonic() - t0, 4),
             "first_request_to_last_result_s": round(span, 4),
         }
 
@@ -279,10 +279,7 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
         f"done: {written} rows written to {o.output} ({cached_rows} from cache, {len(done)} already there), "
         f"{rejected} rejected"
         + (f" -> {rejects_path}" if rejected else "")
-        + f"; requests sent {st.attempts} ({st.retries} retries, {st.rate_limited} rate-limited, "
-        f"{st.timeouts} timed out); tokens {st.prompt_tokens} in / {st.completion_tokens} out; "
-        + (f"cost this run ${st.cost_usd:.6f}" if teacher.price else f"cost unknown (no price for {teacher.model!r}; see --prices)")
-        + f"; {elapsed:.1f}s"
+        + f"; {st.summary()}; {elapsed:.1f}s"
     )
     if teacher.budget_exhausted:
         _say(

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.testing.simulated import SimulatedResponder, make_problems
 from synthkd.train.export import write_jsonl
 
 
@@ -90,8 +90,8 @@ def run_demo(*, n_train: int = 600, n_test: int = 200, error_rate: float = 0.1, 
     train, test = problems[:n_train], problems[n_train:]
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in train], data / "train.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
-    careful = SimulatedTeacher(problems, error_rate=error_rate, noise_rate=noise_rate, salt="careful")
-    noisy = SimulatedTeacher(problems, error_rate=noisy_error_rate, noise_rate=noise_rate, salt="noisy")
+    careful = SimulatedResponder(problems, error_rate=error_rate, noise_rate=noise_rate, salt="careful")
+    noisy = SimulatedResponder(problems, error_rate=noisy_error_rate, noise_rate=noise_rate, salt="noisy")
     t0 = time.monotonic()
     # latency as a real API would have it; the 5% 500s exercise retries on the way
     with TestServer(FaultConfig(latency_ms=150, latency_jitter_ms=100, error_rate=0.05, seed=seed),

@@ -25,7 +25,7 @@ from typing import Any
 
 
 from synthkd.demo import run_spec, stage_accuracy
-from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.testing.simulated import SimulatedResponder, make_problems
 from synthkd.train.export import write_jsonl
 
 
@@ -95,7 +95,7 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_initial]], data / "initial.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in dev], data / "dev.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
-    teacher = SimulatedTeacher([], error_rate=error_rate, noise_rate=noise_rate, salt="careful")
+    teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt="careful")
     t0 = time.monotonic()
     with TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=latency_ms * 2 // 3, error_rate=0.05,
                                 seed=seed), responder=teacher) as srv:

@@ -123,15 +123,13 @@ class StageContext:
             if tc is None:
                 raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs a 'teacher'")
             self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
-            stats = getattr(self._teacher, "stats", None)
-            if stats is not None and hasattr(stats, "attempts"):  # a teacher that counts requests (and may cost)
+            if self._teacher.calls_model:  # not a replay of recorded answers: its requests count (and may cost)
                 self._ledger = Ledger(inside_run_dir(self.run_dir, ledger_path(self.output)))
-                if hasattr(self._teacher, "journal"):  # it reports each request sent, failed or answered
-                    self._teacher.journal = self._ledger
+                self._teacher.journal = self._ledger  # an HTTP teacher reports each request sent, failed or answered
                 from synthkd.progress import ProgressReporter
 
                 # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
-                self._progress = ProgressReporter(stats, total=None, desc=self.stage.name)
+                self._progress = ProgressReporter(self._teacher.stats, total=None, desc=self.stage.name)
                 self._progress.start()
         return self._teacher
 
@@ -412,11 +410,10 @@ class Ledger:
                     f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {float(cost_usd or 0.0)!r}}}\n')
 
     def end(self, teacher: Teacher) -> None:
-        st = getattr(teacher, "stats", None)
-        if st is not None and hasattr(st, "attempts"):
-            self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
-                                            "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                                            "cost_usd": st.cost_usd}})[1:] + "\n")
+        st = teacher.stats
+        self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
+                                        "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
+                                        "cost_usd": st.cost_usd}})[1:] + "\n")
 
     def close(self) -> None:
         if self._fd >= 0:

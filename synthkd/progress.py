@@ -11,7 +11,7 @@ import asyncio
 import sys
 import time
 
-from synthkd.teachers.openai_compat import TeacherStats
+from synthkd.teachers.stats import TeacherStats
 
 
 def _fmt_rate(x: float) -> str:

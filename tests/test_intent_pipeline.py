@@ -8,7 +8,7 @@ import subprocess
 from pathlib import Path
 
 from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
-from synthkd.testing.banking77_teacher import Banking77Teacher
+from synthkd.testing.banking77_responder import Banking77Responder
 from synthkd.testing.server import FaultConfig, TestServer
 
 PIPELINE = REPO / "pipelines" / "intent_from_prompts.yaml"
@@ -41,7 +41,7 @@ def _run(args: list[str], url: str) -> subprocess.CompletedProcess:
 
 
 def test_intent_pipeline_runs_offline_and_reruns_for_free(tmp_path):
-    teacher = Banking77Teacher.from_dir()
+    teacher = Banking77Responder.from_dir()
     srv = TestServer(FaultConfig(), responder=teacher).start()
     try:
         args = ["run", str(PIPELINE), *_small(tmp_path / "runs")]
@@ -82,7 +82,7 @@ def test_intent_pipeline_runs_offline_and_reruns_for_free(tmp_path):
 def test_bad_task_spec_fails_validation_before_any_request(tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("task: intents\nlabels:\n  a: {description: x}\n  b: {descripton: y}\n")
-    srv = TestServer(FaultConfig(), responder=Banking77Teacher.from_dir()).start()
+    srv = TestServer(FaultConfig(), responder=Banking77Responder.from_dir()).start()
     try:
         r = _run(["run", str(PIPELINE), "--set", f"run_dir={tmp_path}/runs",
                   "--set", f"stages.tasks.options.spec={spec}"], srv.base_url)
@@ -94,12 +94,12 @@ def test_bad_task_spec_fails_validation_before_any_request(tmp_path):
 
 
 def test_scripted_teacher_is_deterministic_and_labels_real_texts():
-    t = Banking77Teacher.from_dir()
+    t = Banking77Responder.from_dir()
     body = {"messages": [{"role": "user", "content": "Intents.\nWrite 6 new examples\nLabel: pin_blocked\n"}], "seed": 3}
     assert t("/v1/chat/completions", body) == t("/v1/chat/completions", body)
     text = t.pools["age_limit"][0]
     prompt = f"Classes:\n1. age_limit: a\n2. pin_blocked: b\n\nText: \"{text}\"\n\nWhich class?"
     ans = t.classify(prompt, text)
     assert "age" in ans.lower() or ans.strip() in {"1", "Class: 1"}
-    wrong = Banking77Teacher.from_dir(wrong_rate=1.0)
+    wrong = Banking77Responder.from_dir(wrong_rate=1.0)
     assert "pin" in wrong.classify(prompt, text).lower() or wrong.classify(prompt, text).strip() in {"2", "Class: 2"}

@@ -20,7 +20,7 @@ from synthkd.teachers.simulated_teacher import ServedTeacher
 from synthkd.templates import load_template
 from synthkd.testing.simulated import (
     TEMPLATES,
-    SimulatedTeacher,
+    SimulatedResponder,
     build_problem,
     find_problem,
     make_problems,
@@ -41,7 +41,7 @@ def test_problems_are_distinct_and_steps_compute_the_answer():
 
 def test_error_rate_and_noise_through_the_real_http_path(make_server):
     ps = make_problems(400, seed=1)
-    sim = SimulatedTeacher(ps, error_rate=0.25, noise_rate=0.0)
+    sim = SimulatedResponder(ps, error_rate=0.25, noise_rate=0.0)
     srv = make_server(responder=sim)
 
     async def go():
@@ -67,11 +67,11 @@ def test_error_rate_and_noise_through_the_real_http_path(make_server):
 
 def test_same_seed_same_answer_and_hint_gives_gold():
     ps = make_problems(50, seed=2)
-    sim = SimulatedTeacher(ps, error_rate=0.5, noise_rate=0.5)
+    sim = SimulatedResponder(ps, error_rate=0.5, noise_rate=0.5)
     body = lambda q, **kw: {"messages": [{"role": "user", "content": q}], **kw}  # noqa: E731
     for p in ps:
         assert sim("/v1/chat/completions", body(p.question)) == sim("/v1/chat/completions", body(p.question))
-        clean = SimulatedTeacher(ps, error_rate=0.5, noise_rate=0.0)
+        clean = SimulatedResponder(ps, error_rate=0.5, noise_rate=0.0)
         hinted = clean("/v1/chat/completions", body(f"{p.question}\nThe correct answer is {p.answer}."))
         assert extract_answer(hinted, "number").value == p.answer
     samples = {sim("/v1/chat/completions", body(ps[0].question, temperature=1, seed=s)) for s in range(8)}
@@ -122,12 +122,12 @@ def test_parse_problem_round_trips_and_rejects_other_text():
 
 def test_find_prefers_known_problem_else_rightmost_parseable():
     ps = make_problems(20, seed=7)
-    sim = SimulatedTeacher(ps)
+    sim = SimulatedResponder(ps)
     novel = build_problem("collect-lose", "Greta", "figs", "crates", 12, 5, 3)
     assert sim.find(f"Q: {novel.question}\nQ: {ps[3].question}") is ps[3]  # known keeps its id
     found = sim.find(f"Q: {ps[3].question}\nQ: {novel.question}")  # a novel question after a known one wins
     assert found.question == novel.question and found.answer == 14 and found.id.startswith("x")
-    empty = SimulatedTeacher([], noise_rate=1.0)
+    empty = SimulatedResponder([], noise_rate=1.0)
     body = {"messages": [{"role": "user", "content": f"Q: {novel.question}\nA:"}]}
     assert [extract_answer(empty("/v1/chat/completions", {**body, "temperature": 1, "seed": s}), "number").value
             for s in range(3)].count(None) < 3  # noisy but answered; no known list needed
@@ -141,7 +141,7 @@ def _similar_prompt(p, m: int) -> str:
 
 def test_similar_exercises_same_template_deterministic_with_slips_and_copies():
     ps = make_problems(300, seed=11)
-    sim = SimulatedTeacher([], error_rate=0.2, copy_rate=0.1, noise_rate=0.5)
+    sim = SimulatedResponder([], error_rate=0.2, copy_rate=0.1, noise_rate=0.5)
     m = 5
     slips = copies = total = 0
     for p in ps:
@@ -175,7 +175,7 @@ def test_similar_exercises_same_template_deterministic_with_slips_and_copies():
 
 
 def test_clean_similar_exercises_have_exact_answers():
-    sim = SimulatedTeacher([], error_rate=0.0, copy_rate=0.0)
+    sim = SimulatedResponder([], error_rate=0.0, copy_rate=0.0)
     p = make_problems(1, seed=4)[0]
     reply = sim("/v1/completions", {"prompt": _similar_prompt(p, 4)})
     blocks = reply.split("\n\n")

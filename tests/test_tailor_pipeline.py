@@ -16,7 +16,7 @@ from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
 
 from synthkd.answers import numbers_equal
 from synthkd.testing.server import FaultConfig
-from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.testing.simulated import SimulatedResponder, make_problems
 
 PIPELINE = REPO / "pipelines" / "tailored_rounds.yaml"
 PROBLEMS = make_problems(56, seed=5)
@@ -32,7 +32,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _server(make_server):
-    return make_server(FaultConfig(), responder=SimulatedTeacher(PROBLEMS, error_rate=0.15, noise_rate=0.2,
+    return make_server(FaultConfig(), responder=SimulatedResponder(PROBLEMS, error_rate=0.15, noise_rate=0.2,
                                                                    salt="tailor-pipeline"))
 
 

@@ -22,7 +22,7 @@ from synthkd.methods.tailored import TailorOptions, run_tailored
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
-from synthkd.testing.simulated import SimulatedTeacher, make_problems
+from synthkd.testing.simulated import SimulatedResponder, make_problems
 from synthkd.train.common import TrainSettings
 from synthkd.train.export import build_preference_examples, rationale_target
 
@@ -38,7 +38,7 @@ def _write(path: Path, rows: list[dict]) -> Path:
 
 
 def _responder():
-    sim = SimulatedTeacher(PROBLEMS, error_rate=0.0, noise_rate=0.2, salt="tailor")
+    sim = SimulatedResponder(PROBLEMS, error_rate=0.0, noise_rate=0.2, salt="tailor")
 
     def respond(endpoint: str, body: dict) -> str:
         prompt = "\n".join(str(m.get("content", "")) for m in body.get("messages", [])) or str(body.get("prompt", ""))
@@ -219,7 +219,7 @@ def test_cli_no_heldout_exits_2_with_the_reason(setup, tmp_path):
 
 def _sloppy_responder():
     """The simulated teacher with slips (15%) in its answers and in its new exercises' intended answers."""
-    return SimulatedTeacher(PROBLEMS, error_rate=0.15, noise_rate=0.1, salt="tailor-llm2llm")
+    return SimulatedResponder(PROBLEMS, error_rate=0.15, noise_rate=0.1, salt="tailor-llm2llm")
 
 
 def test_k_samples_similar_exercises_and_final_dpo(setup, make_server, tmp_path):
@@ -351,7 +351,7 @@ def test_cli_sigkill_mid_round_resumes_without_retraining_or_repaying(setup, mak
     from conftest import cli_env, synthkd_cmd
 
     base, student, pool, heldout = setup
-    srv = make_server(FaultConfig(latency_ms=120), responder=SimulatedTeacher(PROBLEMS, error_rate=0.1, salt="kill"))
+    srv = make_server(FaultConfig(latency_ms=120), responder=SimulatedResponder(PROBLEMS, error_rate=0.1, salt="kill"))
     initial = _write(tmp_path / "initial.jsonl", [
         {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
     run = tmp_path / "run"

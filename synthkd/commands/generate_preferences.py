@@ -88,6 +88,7 @@ def preferences(
                 demo_where=lambda i: f"{demos}:{demo_lines[i]}",
             )
             specs = [(teacher, conn["base_url"]), (student, student_base_url or conn["base_url"])]
+            roles = ["teacher", "student"]
         else:
             rubric = None
             if rubric_file is not None:
@@ -101,6 +102,7 @@ def preferences(
                 max_tokens=max_tokens, judge_max_tokens=judge_max_tokens, min_margin=min_margin, row_where=where,
             )
             specs = samplers + [(judge or teacher, judge_base_url or conn["base_url"])]
+            roles = ["teacher", "teacher2"][:len(samplers)] + ["judge"]
         teachers = [make_teacher(teacher_spec(
             name, **{**conn, "base_url": url},
         )) for name, url in specs]
@@ -116,20 +118,19 @@ def preferences(
         finally:
             for t in teachers:
                 await t.aclose()
-        sent = 0
-        for t in teachers:
-            stats = getattr(t, "stats", None)
-            sent += (stats.attempts if stats is not None else getattr(t, "stats_requests", 0)) or 0
+        sent = sum(t.stats.attempts for t in teachers)
         reasons = {k: v for k, v in counts.reasons.items() if not k.startswith("answer null")}
         rejects = rejects_path_for(output)
         say(
             f"preferences ({mode}): {counts.written} pairs written to {output} ({len(done)} already there), "
             f"{counts.rejected} rows without a pair" + (f" -> {rejects}" if counts.rejected else "")
             + ("" if not reasons else " (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")")
-            + f"; requests sent {sent}; {time.monotonic() - t0:.1f}s"
+            + f"; {time.monotonic() - t0:.1f}s"
         )
+        for role, t in zip(roles, teachers):
+            say(f"  {role} {t.model}: {t.stats.summary()}")
         code = 0
-        if any(getattr(t, "budget_exhausted", False) for t in teachers):
+        if any(t.budget_exhausted for t in teachers):
             say("budget reached: some rows not started; rerun with a larger --max-cost (nothing is paid twice)")
             code = 3
         if summary_json:

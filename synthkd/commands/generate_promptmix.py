@@ -22,6 +22,7 @@ from synthkd.commands.generate import generate_app
 from synthkd.jsonl_io import OutputLock
 from synthkd.jsonl_io import InputError, check_id, id_hash, index_output, iter_jsonl, write_summary
 from synthkd.methods.runner import rejects_path_for, write_rows
+from synthkd.teachers.base import Teacher
 
 EXIT_OK, EXIT_REJECTS, EXIT_BUDGET = 0, 1, 3
 
@@ -30,22 +31,10 @@ OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output jsonl (a
 SummaryJsonOpt = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the counts and the confusion summary as JSON.")]
 
 
-def _teacher_line(teacher: Any, elapsed: float) -> str:
-    st = getattr(teacher, "stats", None)
-    if st is None:
-        n = getattr(teacher, "stats_requests", None)
-        return f"requests answered {n}" if n is not None else ""
-    cost = (f"cost this run ${st.cost_usd:.6f}" if getattr(teacher, "price", None)
-            else f"cost unknown (no price for {teacher.model!r}; see --prices)")
-    return (f"requests sent {st.attempts} ({st.cached} from cache, {st.retries} retries, {st.rate_limited} rate-limited, "
-            f"{st.timeouts} timed out); tokens {st.prompt_tokens} in / {st.completion_tokens} out; {cost}; {elapsed:.1f}s")
-
-
-async def _close(teacher: Any) -> None:
+async def _close(teacher: Teacher) -> None:
     await teacher.aclose()
-    cache = getattr(teacher, "cache", None)
-    if cache is not None and hasattr(cache, "close"):
-        cache.close()
+    if teacher.cache is not None:
+        teacher.cache.close()
 
 
 def _reasons(counts: Counter) -> str:
@@ -174,10 +163,10 @@ def relabel_cmd(
         rej = rejects_path_for(output)
         say(f"done: {counts.written} rows written to {output} ({len(done)} already there), {counts.rejected} rejected"
             + (f" -> {rej} ({_reasons(counts.reasons)})" if counts.rejected else "")
-            + "; " + _teacher_line(t, time.monotonic() - t0))
+            + f"; {t.stats.summary()}; {time.monotonic() - t0:.1f}s")
         say(format_confusion(summary, f"intended vs relabeled (all {summary['rows']} rows of {output.name})"))
         code = EXIT_OK
-        if getattr(t, "budget_exhausted", False):
+        if t.budget_exhausted:
             say(f"budget reached: {missing} rows not started. Rerun with a larger --max-cost to finish (nothing is paid twice).")
             code = EXIT_BUDGET
         elif counts.rejected:
@@ -267,14 +256,15 @@ def promptmix_cmd(
         say(f"done: {counts.written} rows written to {output} ({counts.already_there} already there), "
             f"{counts.rejected} rejected" + (f" -> {rej} ({_reasons(counts.reasons)})" if counts.rejected else "")
             + f"; generation calls {stats.calls}/{n_calls} answered ({stats.failed_calls} failed), "
-            f"{stats.parsed} examples parsed, {stats.kept} kept after dedup; " + _teacher_line(t, time.monotonic() - t0))
+            f"{stats.parsed} examples parsed, {stats.kept} kept after dedup; "
+            f"{t.stats.summary()}; {time.monotonic() - t0:.1f}s")
         if alphas:
             say(f"alpha: mean {sum(alphas) / len(alphas):.3f}, min {min(alphas):.2f}, max {max(alphas):.2f}; "
                 f"rows per label ({policy}): " + ", ".join(f"{k} {v}" for k, v in sorted(by_class.items())))
         say(format_confusion(summary))
         failed = stats.failed_calls + counts.reasons.get("teacher error", 0)
         code = EXIT_OK
-        if getattr(t, "budget_exhausted", False):
+        if t.budget_exhausted:
             say("budget reached: some calls not sent. Rerun with a larger --max-cost to finish (nothing is paid twice).")
             code = EXIT_BUDGET
         elif failed:

@@ -116,18 +116,16 @@ def rationales(
                 counts = await write_rows(tallied(), output)
         finally:
             await t.aclose()
-        stats = getattr(t, "stats", None)
-        sent = stats.attempts if stats is not None else getattr(t, "stats_requests", None)
+        sent = t.stats.attempts
         rejects = rejects_path_for(output)
         say(
             f"rationales: {counts.written} rows written to {output} ({len(done)} already there), "
             f"{counts.rejected} rejected" + (f" -> {rejects}" if counts.rejected else "") + "; "
-            + tally.line() + (f"; requests sent {sent}" if sent is not None else "")
-            + f"; {time.monotonic() - t0:.1f}s"
+            + tally.line() + f"; {t.stats.summary()}; {time.monotonic() - t0:.1f}s"
         )
         missing = todo - counts.written - counts.rejected
         code = EXIT_OK
-        if getattr(t, "budget_exhausted", False):
+        if t.budget_exhausted:
             say(f"budget reached: {missing} rows not started; rerun with a larger --max-cost (nothing is paid twice)")
             code = EXIT_BUDGET
         elif counts.rejected:

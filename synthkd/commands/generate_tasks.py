@@ -64,17 +64,12 @@ async def _run(
                 fatal = exc
     finally:
         await teacher.aclose()
-    tstats = getattr(teacher, "stats", None)
-    attempts = getattr(tstats, "attempts", None)
-    cost = "unknown (no price for the model; see --prices)" if stats.cost_usd is None else f"${stats.cost_usd:.6f}"
+    attempts = teacher.stats.attempts
     say(
         f"{name}: {counts.written} rows written to {output} ({counts.already_there} already there; {target()}); "
         f"{sum(stats.drops.values())} dropped ({_fmt_reasons(dict(stats.drops))})"
         + (f" -> {rejects_path_for(output)}" if counts.rejected else "")
-        + f"; requests {stats.requests} ({stats.cached} from cache, {stats.sent} sent"
-        + (f", {attempts} attempts" if attempts is not None else "") + f", {stats.failed} failed)"
-        + f"; tokens {stats.prompt_tokens} in / {stats.completion_tokens} out; cost this run {cost}"
-        + f"; {time.monotonic() - t0:.1f}s"
+        + f"; {teacher.stats.summary()}; {time.monotonic() - t0:.1f}s"
     )
     for what, why in sorted(stats.short.items()):
         say(f"  short: {what}: {why}")

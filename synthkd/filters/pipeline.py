@@ -188,7 +188,7 @@ async def clean_file(
             if teacher_factory is None:
                 raise ConfigError(f"operator(s) {', '.join(teacher_ops)} need a teacher: give --teacher MODEL")
             ctx.teacher = teacher_factory()
-            ctx.teacher_name = getattr(ctx.teacher, "model", None)
+            ctx.teacher_name = ctx.teacher.model
         for op in ops:
             await op.setup()
         total = prescan(input_path, ops, id_field) if strict else None

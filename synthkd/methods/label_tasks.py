@@ -150,9 +150,9 @@ def request_provenance(teacher: Teacher, req: TeacherRequest, res: TeacherResult
         "request_cost_usd": None if res.cost_usd is None else round(res.cost_usd, 10),
         "cached": res.cached,
     }
-    key_fn = getattr(teacher, "cache_key", None)
-    if callable(key_fn):
-        out["request_cache_key"] = key_fn(req)
+    key = teacher.cache_key(req)
+    if key is not None:
+        out["request_cache_key"] = key
     return out
 
 
@@ -796,7 +796,7 @@ async def generate_label_examples(
             if s.next_r == s.issued:
                 top_up(s)
         feed.close_if_idle()
-    st.budget_stopped = bool(getattr(teacher, "budget_exhausted", False))
+    st.budget_stopped = teacher.budget_exhausted
     for s in states.values():
         if s.kept < N and s.name not in st.short:
             st.short[s.name] = f"{s.kept}/{N}: " + (

@@ -211,7 +211,7 @@ class TeacherStudentPlan:
         jobs_s = [self.student_plan.first_job(r) for r in todo]
         for j in jobs_s:
             j.requests = [_with_stage(req, "student") for req in j.requests]
-        names = (getattr(teacher, "model", "teacher"), getattr(student, "model", "student"))
+        names = (teacher.model, student.model)
         half: dict[Any, list[TeacherResult | None]] = {}
         async for side, job in merge_job_streams([(teacher, jobs_t), (student, jobs_s)]):
             if job is None:
@@ -354,8 +354,8 @@ class JudgePlan:
         todo = [r for r in self.rows if skip_ids is None or pair_id(r["id"]) not in skip_ids]
         feed = _Feed()
         n = len(samplers)
-        names = [getattr(t, "model", f"sampler{i}") for i, t in enumerate(samplers)]
-        judge_name = getattr(judge, "model", "judge")
+        names = [t.model for t in samplers]
+        judge_name = judge.model
         gathered: dict[Any, list[Job[Any] | None]] = {}
         pending: dict[Any, tuple[list[dict[str, Any]], list[TeacherResult]]] = {}
         streams = [(t, [self.sample_job(r) for r in todo]) for t in samplers] + [(judge, feed)]

@@ -292,7 +292,7 @@ async def promptmix(
     stats = stats if stats is not None else PromptMixStats()
     calls = plan_calls(space, cfg)
     gen_prov = load_template(cfg.template).provenance()
-    model = getattr(teacher, "model", None)
+    model = teacher.model
 
     # phase 1: all generation calls
     answers: dict[str, Any] = {}

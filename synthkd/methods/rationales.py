@@ -251,7 +251,7 @@ class RationalePlan:
                 if item is not wake:
                     yield item
 
-        model = getattr(teacher, "model", "teacher")
+        model = teacher.model
         async for job in stream_jobs(teacher, jobs()):
             if job.item[0] == "first":
                 # parse first, then count the row done: while a long reply is parsed off the loop,

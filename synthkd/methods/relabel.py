@@ -539,7 +539,7 @@ async def classify(
             votes=dict(votes) if samples > 1 else ({label: 1} if label else {}),
             cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10),
             cached=all(r.cached for r in results),
-            model=next((r.model for r in results if r.model), getattr(teacher, "model", None)),
+            model=next((r.model for r in results if r.model), teacher.model),
             template=prov,
         )
 

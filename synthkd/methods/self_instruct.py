@@ -496,7 +496,7 @@ async def generate_self_instruct(
             kp.results.append((job.requests[0], res))
             yield finish_row(kp)
         feed.close_if_idle()
-    st.budget_stopped = bool(getattr(teacher, "budget_exhausted", False))
+    st.budget_stopped = teacher.budget_exhausted
     st.per_label = {"instructions": len(machine)}
     if state["stalled"]:
         st.short["instructions"] = f"{len(machine)}/{N}: {state['stalled']} (rerun to retry)"

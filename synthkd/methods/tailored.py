@@ -591,7 +591,7 @@ def plot_rounds(history: list[dict[str, Any]], path: Path, reflection: dict[str,
 
 def _check_budget(teacher: Teacher, r: int, what: str) -> None:
     """Requests a spent budget did not send yield nothing: stop before using a partial step."""
-    if getattr(teacher, "budget_exhausted", False):
+    if teacher.budget_exhausted:
         raise BudgetExceeded(f"spent during round {r}'s {what}")
 
 

@@ -20,7 +20,7 @@ class _Opts(BaseModel):
 
 def _check_budget(ctx: StageContext) -> None:
     t = ctx._teacher
-    if t is not None and getattr(t, "budget_exhausted", False):
+    if t is not None and t.budget_exhausted:
         raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
 
 

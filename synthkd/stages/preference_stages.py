@@ -188,12 +188,10 @@ class PreferencesStage:
             sides = {}
             for role, t in zip(("student",) if o.mode == "student" else
                                (("teacher2",) if o.teacher2 else ()) + ("judge",), others):
-                st = getattr(t, "stats", None)
-                sides[role] = {"model": t.model, "requests": getattr(st, "attempts", None)
-                               if st is not None else getattr(t, "stats_requests", None)}
+                sides[role] = {"model": t.model, "requests": t.stats.attempts}
                 await t.aclose()
         _check_budget(ctx)
-        if any(getattr(t, "budget_exhausted", False) for t in others):
+        if any(t.budget_exhausted for t in others):
             from synthkd.teachers.base import BudgetExceeded
 
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")

@@ -8,8 +8,16 @@ so generation methods and filters never sleep, retry or cache themselves.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, AsyncIterable, AsyncIterator, ClassVar
+
+from synthkd.teachers.stats import TeacherStats
+
+if TYPE_CHECKING:
+    from synthkd.teachers.cache import RequestCache
+    from synthkd.teachers.openai_compat import Journal
+    from synthkd.teachers.pricing import Price
 
 
 @dataclass(frozen=True)
@@ -82,15 +90,73 @@ class TeacherResult:
         return self.error is None
 
 
-@runtime_checkable
-class Teacher(Protocol):
-    """Anything that turns a stream of requests into a stream of results."""
+@dataclass(frozen=True)
+class TeacherCapabilities:
+    """What a teacher can do beyond one completion per request, so a method can choose how to ask.
+
+    * ``n_samples``: several samples of one prompt in one request (the API's ``n``);
+    * ``json_schema``: output constrained to a JSON schema (structured outputs);
+    * ``batch``: an offline batch job (e.g. the OpenAI Batch API) instead of live requests;
+    * ``reasoning_trace``: the model's reasoning returned apart from its answer.
+    """
+
+    n_samples: bool = False
+    json_schema: bool = False
+    batch: bool = False
+    reasoning_trace: bool = False
+
+
+class Teacher(ABC):
+    """Anything that turns a stream of requests into a stream of results.
+
+    Besides :meth:`stream` and :meth:`aclose`, every teacher carries what callers read about it:
+    ``model`` (its name), ``stats`` (:class:`TeacherStats`: requests, cache hits, failures, tokens,
+    cost), ``budget_exhausted`` (the budget stopped new requests), ``price``/``price_known`` (cost
+    accounting), ``cache`` and :meth:`cache_key` (None for a teacher without a request cache) and
+    ``capabilities``.  Subclasses call ``super().__init__(model, price=...)`` first.
+    """
+
+    #: what this kind of teacher supports (see :class:`TeacherCapabilities`)
+    capabilities: ClassVar[TeacherCapabilities] = TeacherCapabilities()
+    #: whether a request is a real model call, worth a run ledger and a progress bar (False for a
+    #: teacher that replays recorded answers: nothing is computed, nothing is billed)
+    calls_model: ClassVar[bool] = True
 
     model: str
+    stats: TeacherStats
+    price: Price | None
+    budget_exhausted: bool
+    #: the request cache, if this teacher has one (closed by whoever built the teacher)
+    cache: RequestCache | None = None
+    #: where the teacher reports each request sent/failed/answered (the pipeline's ledger); teachers
+    #: that send no HTTP requests ignore it
+    journal: Journal | None = None
 
+    def __init__(self, model: str, *, price: Price | None) -> None:
+        self.model = model
+        self.price = price
+        self.stats = TeacherStats(model=model, price_known=price is not None)
+        self.budget_exhausted = False
+
+    @property
+    def price_known(self) -> bool:
+        """Whether this run's cost is known (a price for the model); else ``stats.cost_usd`` is 0."""
+        return self.price is not None
+
+    @property
+    def cost_usd(self) -> float:
+        """What this run paid so far (``stats.cost_usd``; cache hits cost nothing)."""
+        return self.stats.cost_usd
+
+    def cache_key(self, req: TeacherRequest) -> str | None:
+        """The request's key in this teacher's request cache; None for a teacher without one."""
+        return None
+
+    @abstractmethod
     def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
         ...
 
+    @abstractmethod
     async def aclose(self) -> None:
         ...
 

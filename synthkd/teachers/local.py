@@ -24,16 +24,21 @@ import hashlib
 import time
 from typing import Any, AsyncIterable, AsyncIterator
 
-from synthkd.teachers.base import TeacherConfigError, TeacherRequest, TeacherResult, Usage
-from synthkd.teachers.openai_compat import TeacherStats
+from synthkd.teachers.base import Teacher, TeacherCapabilities, TeacherConfigError, TeacherRequest, TeacherResult, Usage
 from synthkd.teachers.pricing import Price
 
 DEFAULT_MAX_TOKENS = 256
 _DONE = object()
 
 
-class LocalTeacher:
-    """Teacher backed by a local (or Hub) causal LM loaded with ``synthkd.train.student.load_student``."""
+class LocalTeacher(Teacher):
+    """Teacher backed by a local (or Hub) causal LM loaded with ``synthkd.train.student.load_student``.
+
+    Capabilities: each sample is its own request (no ``n``), free text only, no batch jobs (it batches
+    live requests itself), no reasoning trace.  Costs nothing (price 0).
+    """
+
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
 
     def __init__(
         self,
@@ -55,15 +60,11 @@ class LocalTeacher:
                 student = load_student(path, bf16=bf16, device=device, trust_remote_code=trust_remote_code)
             except InputError as exc:
                 raise TeacherConfigError(f"local teacher {path!r}: {exc}") from None
+        super().__init__(f"local:{path}", price=Price(0.0, 0.0))
         self.student = student
-        self.model = f"local:{path}"
         self.default_params = dict(default_params or {})
         self.batch_size = max(1, int(batch_size))
         self.apply_task_prefix = apply_task_prefix
-        self.stats = TeacherStats()
-        self.price = Price(0.0, 0.0)
-        self.budget_exhausted = False
-        self.stats_requests = 0
         self.batches = 0
 
     @classmethod
@@ -148,7 +149,6 @@ class LocalTeacher:
                     key = (*sorted(self._params(r).items()), ("raw", r.prompt is not None))
                     groups.setdefault(key, []).append(r)
                 self.stats.in_flight += len(batch)
-                self.stats_requests += len(batch)
                 if self.stats.first_request_at is None:
                     self.stats.first_request_at = time.monotonic()
                 for key, reqs in groups.items():

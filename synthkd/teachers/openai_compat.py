@@ -32,7 +32,6 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from dataclasses import dataclass, field
 from typing import Any, AsyncIterable, AsyncIterator, Protocol
 
 import aiohttp
@@ -40,6 +39,8 @@ import orjson
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, wait_exponential, wait_random
 
 from synthkd.teachers.base import (
+    Teacher,
+    TeacherCapabilities,
     TeacherConfigError,
     TeacherFatalError,
     TeacherRequest,
@@ -63,6 +64,9 @@ from synthkd.teachers.errors import (
 from synthkd.teachers.latency import LatencyTracker
 from synthkd.teachers.pricing import PriceTable
 from synthkd.teachers.ratelimit import RateLimiter, retry_after_seconds
+from synthkd.teachers.stats import TeacherStats
+
+__all__ = ["DEFAULT_BASE_URL", "Journal", "OpenAICompatibleTeacher", "TeacherStats"]  # TeacherStats: its old home
 
 log = logging.getLogger("synthkd.teacher")
 
@@ -82,29 +86,14 @@ class Journal(Protocol):
     def answered(self, key: str, usage: Usage, cost_usd: float | None) -> None: ...
 
 
-@dataclass
-class TeacherStats:
-    """Counters for progress bars and summaries; updated in place, read by anyone."""
+class OpenAICompatibleTeacher(Teacher):
+    """Streams requests to ``{base_url}/chat/completions`` (or ``/completions`` for plain prompts).
 
-    total: int | None = None
-    done: int = 0
-    cached: int = 0
-    failed: int = 0
-    attempts: int = 0
-    retries: int = 0
-    rate_limited: int = 0
-    timeouts: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float = 0.0  # spent in this run (cache hits cost nothing)
-    started_at: float = field(default_factory=time.monotonic)
-    first_request_at: float | None = None
-    last_result_at: float | None = None
-    in_flight: int = 0
+    Capabilities today: one completion per request (only ``choices[0]`` is read, so no ``n``), no
+    structured outputs, no batch jobs, no separate reasoning trace.
+    """
 
-
-class OpenAICompatibleTeacher:
-    """Streams requests to ``{base_url}/chat/completions`` (or ``/completions`` for plain prompts)."""
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
 
     def __init__(
         self,
@@ -129,7 +118,8 @@ class OpenAICompatibleTeacher:
             raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
             raise ValueError("max_retries must be >= 0")
-        self.model = model
+        prices = prices or PriceTable.default()
+        super().__init__(model, price=prices.lookup(model))
         self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
         self._secrets = (self._api_key, urllib.parse.urlsplit(self.base_url).password)
@@ -137,9 +127,8 @@ class OpenAICompatibleTeacher:
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.cache = cache
-        self.journal: Journal | None = None  # set by the pipeline: see point 6 of the module docstring
-        self.prices = prices or PriceTable.default()
-        self.price = self.prices.lookup(model)
+        self.journal = None  # set by the pipeline: see point 6 of the module docstring
+        self.prices = prices
         self.max_cost = max_cost
         if max_cost is not None and self.price is None:
             raise TeacherConfigError(
@@ -153,8 +142,6 @@ class OpenAICompatibleTeacher:
         )
         if not adaptive_timeout:
             self.latency.min_samples = 1 << 62
-        self.stats = TeacherStats()
-        self.budget_exhausted = False
         self._preflight_wanted = preflight
         self._preflight_lock: asyncio.Lock | None = None
         self._preflight_done = False
@@ -314,7 +301,7 @@ class OpenAICompatibleTeacher:
         if isinstance(exc, OSError) and exc.filename:  # the journal (ledger) names its file
             what = f"{exc.filename}: {exc.strerror or exc}"
         else:
-            what = f"the request cache {getattr(self.cache, 'path', '')}: {type(exc).__name__}: {exc}"
+            what = f"the request cache {self.cache.path if self.cache is not None else ''}: {type(exc).__name__}: {exc}"
         err = TeacherStorageError(
             f"cannot write {what}; stopped sending requests "
             "(every answer received was still passed on, so the rows written are complete)"

@@ -10,11 +10,13 @@ An unmatched prompt is a clear error, never an empty answer.
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any, AsyncIterable, AsyncIterator
 
 from synthkd.jsonl_io import InputError, iter_jsonl
-from synthkd.teachers.base import TeacherFatalError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.base import Teacher, TeacherCapabilities, TeacherFatalError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.pricing import Price
 
 _WS = re.compile(r"\s+")
 
@@ -23,8 +25,15 @@ def _norm(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
-class ReplayTeacher:
-    """Recorded question -> completion(s), matched inside each prompt."""
+class ReplayTeacher(Teacher):
+    """Recorded question -> completion(s), matched inside each prompt.
+
+    Costs nothing (price 0) and calls no model: ``stats`` counts each request as one attempt, its
+    tokens as the whitespace-separated words of prompt and answer (what its results report).
+    """
+
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
+    calls_model = False
 
     def __init__(
         self,
@@ -36,7 +45,7 @@ class ReplayTeacher:
     ) -> None:
         if not records:
             raise InputError([f"{name}: no recorded outputs"])
-        self.model = name
+        super().__init__(name, price=Price(0.0, 0.0))
         self.strict = strict
         self._by_question: dict[str, list[str]] = {}
         for q, comps in records:
@@ -45,7 +54,6 @@ class ReplayTeacher:
         self._by_prefix: dict[str, list[str]] = {}
         for q in self._by_question:
             self._by_prefix.setdefault(q[: self._k], []).append(q)
-        self.stats_requests = 0
 
     @classmethod
     def from_jsonl(
@@ -85,26 +93,29 @@ class ReplayTeacher:
         return best[1] if best else None
 
     async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
+        st = self.stats
         async for req in requests:
-            self.stats_requests += 1
+            st.attempts += 1
+            if st.first_request_at is None:
+                st.first_request_at = time.monotonic()
             prompt = req.prompt if req.prompt is not None else _messages_text(req.messages or [])
             comps = self.match(prompt)
-            if comps is None:
-                msg = f"replay: no recorded output matches this prompt: {prompt[-160:]!r}"
-                if self.strict:
-                    raise TeacherFatalError(msg)
-                yield TeacherResult(request=req, text=None, error=msg, model=self.model)
-                continue
-            if req.sample_index >= len(comps):
-                msg = f"replay: sample {req.sample_index} asked, only {len(comps)} recorded for this question"
+            st.done += 1
+            st.last_result_at = time.monotonic()
+            if comps is None or req.sample_index >= len(comps):
+                msg = (f"replay: no recorded output matches this prompt: {prompt[-160:]!r}" if comps is None else
+                       f"replay: sample {req.sample_index} asked, only {len(comps)} recorded for this question")
+                st.failed += 1
                 if self.strict:
                     raise TeacherFatalError(msg)
                 yield TeacherResult(request=req, text=None, error=msg, model=self.model)
                 continue
             text = comps[req.sample_index]
+            usage = Usage(len(prompt.split()), len(text.split()))
+            st.prompt_tokens += usage.prompt_tokens
+            st.completion_tokens += usage.completion_tokens
             yield TeacherResult(
-                request=req, text=text, finish_reason="stop",
-                usage=Usage(len(prompt.split()), len(text.split())), cost_usd=0.0, model=self.model,
+                request=req, text=text, finish_reason="stop", usage=usage, cost_usd=0.0, model=self.model,
             )
 
     async def aclose(self) -> None:

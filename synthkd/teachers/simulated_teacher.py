@@ -30,10 +30,10 @@ PREFIX = "simulated:"
 
 
 def _arithmetic_responder(s: "SimulatedSettings") -> Callable[[str, dict], Any]:
-    from synthkd.testing.simulated import SimulatedTeacher
+    from synthkd.testing.simulated import SimulatedResponder
 
     salt = "sim" if s.seed == 0 else f"sim{s.seed}"
-    return SimulatedTeacher([], error_rate=s.error_rate, noise_rate=s.noise_rate, copy_rate=s.copy_rate, salt=salt)
+    return SimulatedResponder([], error_rate=s.error_rate, noise_rate=s.noise_rate, copy_rate=s.copy_rate, salt=salt)
 
 
 #: task name -> responder factory (imported lazily)

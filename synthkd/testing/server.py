@@ -1059,7 +1059,7 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
 
 
 def _banking77_responder() -> "Responder":
-    from synthkd.testing.banking77_teacher import banking77_responder
+    from synthkd.testing.banking77_responder import banking77_responder
 
     return banking77_responder()
 

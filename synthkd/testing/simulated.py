@@ -228,7 +228,7 @@ _MAX_EXERCISES = 50
 _HINT = re.compile(r"(?:correct|gold|right) answer is\s*\**(-?\d+)", re.I)
 
 
-class SimulatedTeacher:
+class SimulatedResponder:
     """A TestServer responder that answers the problem found in the prompt (rightmost question).
 
     Two kinds of prompt are understood:
@@ -344,6 +344,18 @@ class SimulatedTeacher:
         return self.answer(problem, seed, hint=hint)
 
 
+def __getattr__(name: str) -> Any:
+    """``SimulatedTeacher``: the old name of :class:`SimulatedResponder` (documented in data/arithmetic/),
+    kept as a deprecated alias: it is a TestServer responder, not a :class:`synthkd.teachers.base.Teacher`."""
+    if name == "SimulatedTeacher":
+        import warnings
+
+        warnings.warn("synthkd.testing.simulated.SimulatedTeacher is renamed SimulatedResponder",
+                      DeprecationWarning, stacklevel=2)
+        return SimulatedResponder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def write_problems(problems: list[Problem], path: Path) -> None:
     with open(path, "w") as f:
         for p in problems:
@@ -367,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     problems = make_problems(args.n, args.seed)
     if args.write_problems:
         write_problems(problems, args.write_problems)
-    teacher = SimulatedTeacher(problems, error_rate=args.error_rate, noise_rate=args.noise_rate)
+    teacher = SimulatedResponder(problems, error_rate=args.error_rate, noise_rate=args.noise_rate)
     import signal
     import threading
 

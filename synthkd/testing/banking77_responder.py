@@ -1,4 +1,5 @@
-"""A scripted Banking77 teacher: answers synthkd's own prompts with *real* Banking77 texts, offline.
+"""A scripted Banking77 responder (the teacher side of the TestServer): answers synthkd's own prompts with
+*real* Banking77 texts, offline.
 
 Why: the intent pipeline (``pipelines/intent_from_prompts.yaml``) must run end to end without an API
 key, and its filters must meet the trouble a real model causes (near-duplicates, seed copies, numbering
@@ -22,7 +23,7 @@ Every answer is a pure function of the request body (prompt, seed, temperature),
 run gets the same text.  The logic is moved from the test fixtures ``tests/fixtures/tasks/
 tasks_responders.py`` and ``tests/fixtures/promptmix/scripted_teacher.py``.
 
-Use: ``TestServer(responder=Banking77Teacher.from_dir())`` or ``synthkd serve-test --responder banking77``.
+Use: ``TestServer(responder=Banking77Responder.from_dir())`` or ``synthkd serve-test --responder banking77``.
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ def _near_copy(text: str, rng: random.Random) -> str:
     return text.lower().rstrip("?.!") + "!!"
 
 
-class Banking77Teacher:
+class Banking77Responder:
     """``responder(endpoint, body) -> str`` for :class:`synthkd.testing.server.TestServer`."""
 
     def __init__(self, pools: dict[str, list[str]], seeds: dict[str, list[str]] | None = None, *,
@@ -98,7 +99,7 @@ class Banking77Teacher:
         self.calls: dict[str, int] = {"tasks": 0, "promptmix": 0, "classify": 0, "other": 0}
 
     @classmethod
-    def from_dir(cls, path: str | Path = DEFAULT_DIR, **kw: Any) -> "Banking77Teacher":
+    def from_dir(cls, path: str | Path = DEFAULT_DIR, **kw: Any) -> "Banking77Responder":
         """Pools from ``train_pool.jsonl`` ({text, label}), seeds from ``labels.yaml`` (for gold labels)."""
         path = Path(path)
         pools: dict[str, list[str]] = {}
@@ -214,9 +215,9 @@ class Banking77Teacher:
         return forms[(r // 7) % 6]
 
 
-def banking77_responder(**kw: Any) -> Banking77Teacher:
+def banking77_responder(**kw: Any) -> Banking77Responder:
     """The named built-in responder ``banking77`` of ``synthkd serve-test --responder``."""
-    return Banking77Teacher.from_dir(**kw)
+    return Banking77Responder.from_dir(**kw)
 
 
-__all__ = ["Banking77Teacher", "banking77_responder", "DEFAULT_DIR"]
+__all__ = ["Banking77Responder", "banking77_responder", "DEFAULT_DIR"]

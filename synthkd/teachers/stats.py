@@ -1,0 +1,52 @@
+"""What every teacher counts, and the one line every command prints about it.
+
+Why its own module: the counters are the same for every backend (an API, a local model, recorded
+answers), and the progress bar, the pipeline ledger and every command's summary read them; before,
+each command formatted them itself and probed for them with ``getattr``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass
+class TeacherStats:
+    """Counters for progress bars and summaries; updated in place by the teacher, read by anyone.
+
+    ``attempts`` counts every request sent (a retry is another attempt; a cache hit is none),
+    ``done`` every request finished (answered, failed for good, or from the cache).  Tokens and
+    ``cost_usd`` are what this run sent and paid for: cache hits cost nothing.  ``model`` and
+    ``price_known`` are set by the teacher so that :meth:`summary` can say which model has no price.
+    """
+
+    total: int | None = None
+    done: int = 0
+    cached: int = 0
+    failed: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    timeouts: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0  # spent in this run (cache hits cost nothing)
+    started_at: float = field(default_factory=time.monotonic)
+    first_request_at: float | None = None
+    last_result_at: float | None = None
+    in_flight: int = 0
+    model: str = ""
+    price_known: bool = True
+
+    def cost_line(self) -> str:
+        """``cost this run $X``, or why there is no figure (no price for the model)."""
+        if self.price_known:
+            return f"cost this run ${self.cost_usd:.6f}"
+        return f"cost unknown (no price for {self.model!r}; see --prices)"
+
+    def summary(self) -> str:
+        """One line for a command's final report: requests sent (and what they became), tokens, cost."""
+        return (f"requests sent {self.attempts} ({self.cached} from cache, {self.failed} failed, {self.retries} retries, "
+                f"{self.rate_limited} rate-limited, {self.timeouts} timed out); "
+                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; {self.cost_line()}")
