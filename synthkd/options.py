@@ -185,11 +185,15 @@ def typer_params(cls: type, *, exclude: typing.Iterable[str] = (), required: typ
         help_text = m.help
         if m.choices and "one of" not in help_text:
             help_text += " (one of: " + ", ".join(map(str, m.choices)) + ")"
+        late = req and bool(m.aliases)  # required, but under either spelling: checked by from_cli
+        if late:
+            help_text += " [required]"
+            tp = Optional[inner]
         option = typer.Option(*names, help=help_text, rich_help_panel=panel, metavar=m.metavar,
                               show_default=not req and default is not None)
         param_default = ... if req else (default if not isinstance(default, list) else list(default))
         if req:
-            param_default = inspect.Parameter.empty
+            param_default = None if late else inspect.Parameter.empty
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,
                                         default=param_default, annotation=Annotated[tp, option]))
         for alias in m.aliases:  # old spelling: same value, hidden from --help
@@ -205,12 +209,17 @@ def _alias_param(field: str, alias: str) -> str:
     return f"_alias__{field}__{alias.lstrip('-').replace('-', '_')}"
 
 
-def from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str] = (), **extra: Any) -> Any:
+def from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str] = (),
+             required: typing.Iterable[str] = (), **extra: Any) -> Any:
     """Build the config from typer's keyword values: old spellings folded in, CLI strings parsed,
-    bounds checked (an :class:`~synthkd.errors.InputError` naming each bad flag)."""
+    bounds checked (an :class:`~synthkd.errors.InputError` naming each bad flag).
+
+    A required option that has an old spelling is optional to typer (either spelling may give it):
+    its absence is reported here."""
     from synthkd.jsonl_io import InputError
 
     values = dict(values)
+    must = set(required)
     problems: list[str] = []
     for f in cli_fields(cls, exclude):
         m = meta_of(f)
@@ -221,10 +230,16 @@ def from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str]
             if values.get(f.name) not in (None, default_of(f)):
                 problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both")
             values[f.name] = v
+        if m.aliases and (default_of(f) is MISSING or f.name in must) and values.get(f.name) is None:
+            problems.append(f"missing option {flag_of(f.name)}")
+            values.pop(f.name, None)
         if m.cli_parse is not None and f.name in values and values[f.name] is not None:
             values[f.name] = m.cli_parse(values[f.name])
         if isinstance(values.get(f.name), list) and isinstance(default_of(f), tuple):
             values[f.name] = tuple(values[f.name])
+    if problems and any(default_of(f) is MISSING and f.name not in values for f in dataclasses.fields(cls)
+                        if f.init and f.name not in extra):
+        raise InputError(problems)  # a required option missing: no config to check the rest of
     cfg = cls(**{k: v for k, v in values.items() if not k.startswith("_alias__")}, **extra)
     problems += check_bounds(cfg, style="cli", exclude=exclude)
     if problems:
@@ -252,7 +267,7 @@ def config_command(cls: type, *, exclude: typing.Iterable[str] = (), required: t
 
             rest = {n: kw.pop(n) for n in extra_names if n in kw}
             try:
-                cfg = from_cli(cls, kw, exclude=exclude)
+                cfg = from_cli(cls, kw, exclude=exclude, required=required)
             except InputError as exc:  # a bad flag value: one message, exit 2, before anything runs
                 print(f"error: {exc}", file=sys.stderr, flush=True)
                 raise typer.Exit(2) from None

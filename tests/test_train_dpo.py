@@ -92,3 +92,16 @@ def test_bad_preference_rows_and_options(label_student, tmp_path):
         _dpo(tmp_path / "no-student", bad, tmp_path / "x")  # the rows are checked before the student is loaded
     with pytest.raises(InputError, match="--ref explicit needs --ref-model"):
         _dpo(label_student, bad, tmp_path / "y", ref="explicit")
+
+
+def test_config_with_student_tiny_builds_one_and_runs(prefs, tmp_path):
+    # the flat DPOConfig is the Python API too: student "tiny" is built from the rows' texts next to the
+    # output (as `synthkd train dpo --student tiny` does), DPO's own defaults apply unless given
+    from synthkd.train.dpo import DPOConfig
+
+    cfg = DPOConfig(student="tiny", input=prefs, output=tmp_path / "d", max_steps=1, batch_size=4, max_length=128,
+                    learning_rate=1e-3, save_steps=0, logging_steps=1)
+    assert DPOConfig(student="x", input=prefs, output=tmp_path).epochs == 1.0
+    rec = run_dpo(cfg)
+    assert rec["metrics"]["global_steps"] == 1
+    assert (tmp_path / "d.tiny-student" / "config.json").exists() and (tmp_path / "d" / TRAIN_RECORD).exists()

@@ -23,7 +23,7 @@ def _run(tmp_path, *args: str) -> subprocess.CompletedProcess:
 COMMANDS = {
     "sft": ["train", "sft", "-s", "no-student-dir", "-i", "in.jsonl", "--output"],
     "dpo": ["train", "dpo", "-s", "no-student-dir", "-i", "in.jsonl", "--output"],
-    "eval": ["eval", "-s", "no-student-dir", "-i", "in.jsonl", "--out"],
+    "eval": ["eval", "-s", "no-student-dir", "-i", "in.jsonl", "--output"],
 }
 
 

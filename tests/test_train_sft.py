@@ -161,3 +161,26 @@ def test_bad_options_are_input_errors(tiny_student, tmp_path):
     with pytest.raises(InputError, match="--qlora needs a CUDA GPU"):
         run_sft(SFTOptions(student=str(tiny_student), input=TRAIN_ROWS, output=tmp_path,
                            settings=quiet_settings(qlora=True)))
+
+
+def test_cli_student_tiny_builds_the_stage_s_tiny_student(tmp_path, train_env):
+    # issue 12: `student: tiny` worked in a pipeline stage but `synthkd train sft --student tiny` looked
+    # for a model called "tiny"; now the command builds the same tiny student the stage builds (the
+    # stage's default shape, its tokenizer trained on the input's texts) next to OUTPUT, then trains it
+    from synthkd.stages.train_stages import TinyStudent
+
+    out = tmp_path / "o"
+    p = subprocess.run([sys.executable, "-m", "synthkd.commands.train", "train", "sft", "--student", "tiny",
+                        "-i", str(TRAIN_ROWS), "-o", str(out), "--max-steps", "2", "--batch-size", "4",
+                        "--learning-rate", "3e-3", "--max-length", "128", "--save-steps", "0", "--skip-invalid"],
+                       env=train_env, capture_output=True, text=True, timeout=180)
+    assert p.returncode == 0, p.stderr[-2000:]
+    built = tmp_path / "o.tiny-student"
+    shape = TinyStudent()
+    cfg = json.loads((built / "config.json").read_text())
+    assert (cfg["hidden_size"], cfg["num_hidden_layers"], cfg["num_attention_heads"]) == (
+        shape.hidden_size, shape.layers, shape.heads)
+    rec = json.loads((out / TRAIN_RECORD).read_text())
+    assert rec["student"] == str(built) and rec["metrics"]["global_steps"] == 2
+    assert rec["training"]["learning_rate"] == 3e-3 and rec["training"]["max_length"] == 128
+    assert "done: sft" in p.stderr

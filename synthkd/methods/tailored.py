@@ -70,10 +70,11 @@ from synthkd.methods.tasks_spec import split_rationale
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
+from synthkd.options import opt, register_feature
 from synthkd.train.common import TrainSettings
-from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, answer_text, rationale_target, write_jsonl
+from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, MODES, answer_text, rationale_target, write_jsonl
 
-__all__ = ["TailorOptions", "correction_rows", "pairs_from_rows", "plot_rounds", "run_tailored"]
+__all__ = ["TailorConfig", "TailorOptions", "correction_rows", "pairs_from_rows", "plot_rounds", "run_tailored"]
 
 FINISHED = "metrics.json"
 TRAIN_RECORD = "synthkd_train.json"
@@ -118,6 +119,72 @@ class TailorOptions:
 
 
 DPO_MODES = ("off", "each", "final")
+
+
+@dataclass(kw_only=True)
+class TailorConfig(TrainSettings):
+    """Every option of the tailored loop, flat, declared once: ``synthkd tailor``'s flags, the ``tailor``
+    stage's keys and the Python API (``TailorConfig(...).to_options()`` -> :class:`TailorOptions`).
+    The trainer settings are :class:`~synthkd.train.common.TrainSettings`'; two differ in the loop."""
+
+    # the loop's own defaults for two trainer settings: a correction without a usable answer is skipped
+    # (counted), not a stop; the student generation batch also sets the trainer's eval batch
+    skip_invalid: bool = opt(True, help="Skip rows without a usable answer (counted) instead of stopping.")
+    eval_batch_size: int = opt(32, help="Student generation batch (pool and held-out).", ge=1)
+    student: str = opt(help="Base student (Hub name or path) for round 0.", flags=("-s",),
+                       stage=False)  # a stage may name 'tiny' or an earlier train stage: declared in the stage
+    pool: Path = opt(help="Training pool jsonl: id, question, gold answer.", stage=False)  # a stage's input
+    initial: Path = opt(help="Initial distilled rows (input, rationale, answer) for round 0.",
+                        stage=False)  # a stage may name an earlier stage: declared in the stage
+    heldout: Path | None = opt(None, help="Held-out jsonl (required): id, question, gold.",
+                               stage=False)  # relative to the pipeline: declared in the stage
+    output: Path = opt(help="Run directory (round_<r>/..., rounds.json, accuracy.png).", flags=("-o",),
+                       aliases=("--out",), stage=False)  # a stage writes runs/<name>/<stage>
+    rounds: int = opt(3, help="Tailored rounds after round 0.", flags=("-R",), ge=0)
+    patience: int = opt(1, help="Stop after this many rounds without held-out gain.", ge=1)
+    mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=MODES)
+    accumulate: bool = opt(True, help="Train each round on all rows so far (--no-accumulate or --replace: on its "
+                                      "new rows only).", flags=(" /--replace",))
+    pool_gold_field: str = opt("answer", help="Pool field with the gold answer (or the teacher's, for a pool "
+                                              "without gold) that mistakes are judged against.")
+    heldout_gold_field: str = opt("gold", help="Held-out field with the gold answer.")
+    template: str | Path = opt("tailored/correct", help="Correction prompt template (a name or a .j2 file).",
+                               cli_type=str)
+    max_tokens: int | None = opt(256, help="Teacher completion limit.", ge=1)
+    temperature: float | None = opt(None, help="Teacher sampling temperature (default: the teacher's).", ge=0)
+    chat: bool = opt(True, help="Send the teacher chat messages (else a plain completion prompt).")
+    max_new_tokens: int | None = opt(None, help="Student answer length (default: from its training record).", ge=1)
+    samples: int = opt(1, help="Student answers per pool question (greedy + k-1 sampled); any wrong one is a "
+                               "mistake.", flags=("-k",), ge=1)
+    sample_temperature: float = opt(0.8, help="Temperature of the sampled student answers (--samples > 1).", ge=0)
+    max_mistakes: int | None = opt(None, help="At most this many mistakes per round go to the teacher (cost cap).",
+                                   ge=1)
+    similar: int = opt(0, help="LLM2LLM: new exercises per mistake, solved and filtered (0: off).", ge=0)
+    similar_template: str | Path = opt("tailored/similar", help="Similar-exercises prompt template.", cli_type=str)
+    dpo: str = opt("off", help="Self-reflection DPO: off, each (SFT then DPO every round), final (after the loop).",
+                   choices=DPO_MODES)
+    dpo_beta: float = opt(0.1, help="DPO beta of the self-reflection step.", gt=0)
+    dpo_loss_type: list[str] = opt(default_factory=lambda: ["sigmoid", "sft"],
+                                   help="DPO loss(es) of the self-reflection step; repeat to combine.")
+    dpo_learning_rate: float | None = opt(None, help="DPO learning rate (default: the SFT one / 20).",
+                                          aliases=("--dpo-lr",), gt=0)
+    dpo_epochs: float = opt(1.0, help="DPO epochs of the self-reflection step.", gt=0)
+
+    def to_options(self) -> TailorOptions:
+        return TailorOptions(
+            student=self.student, pool=Path(self.pool), initial=Path(self.initial),
+            heldout=Path(self.heldout) if self.heldout is not None else None, out=Path(self.output),
+            rounds=self.rounds, patience=self.patience, mode=self.mode, accumulate=self.accumulate,
+            pool_gold_field=self.pool_gold_field, heldout_gold_field=self.heldout_gold_field,
+            template=self.template, max_tokens=self.max_tokens, temperature=self.temperature, chat=self.chat,
+            eval_batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens,
+            settings=self.train_settings(), samples=self.samples, sample_temperature=self.sample_temperature,
+            max_mistakes=self.max_mistakes, similar=self.similar, similar_template=self.similar_template,
+            dpo=self.dpo, dpo_beta=self.dpo_beta, dpo_loss_type=list(self.dpo_loss_type),
+            dpo_learning_rate=self.dpo_learning_rate, dpo_epochs=self.dpo_epochs)
+
+
+register_feature("tailor", TailorConfig, command=("tailor",), stage="tailor")
 
 
 @dataclass

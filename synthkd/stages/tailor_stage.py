@@ -6,12 +6,12 @@ Input: the training pool (rows with the question and the gold answer).  Options:
   file; ``heldout``: the held-out file (required; the stopping rule and per-round accuracy use it);
 * ``student``: ``tiny`` (a small Llama built from the initial rows and the pool's questions, shaped by
   the ``tiny:`` block as in ``train.sft``), an earlier train stage, a model directory or a hub id;
-* every other :class:`~synthkd.methods.tailored.TailorOptions` field (``rounds``, ``patience``, ``mode``,
-  ``accumulate``, ``template``, ``max_new_tokens``...) and every
-  :class:`~synthkd.train.common.TrainSettings` field (``epochs``, ``learning_rate``, ``batch_size``...).
-  Why generated from the two dataclasses rather than listed: the loop grows options, and a new
-  ``TailorOptions`` field must work in a pipeline without touching this file, while a typo is still
-  an "unknown key" naming its line.  A name both dataclasses have (``eval_batch_size``) sets both.
+* every other :class:`~synthkd.methods.tailored.TailorConfig` field: the loop's (``rounds``,
+  ``patience``, ``mode``, ``accumulate``, ``template``, ``max_new_tokens``...) and the trainer's
+  (:class:`~synthkd.train.common.TrainSettings`: ``epochs``, ``learning_rate``, ``batch_size``...).
+  Why generated from that one declaration (:func:`synthkd.options.stage_model`) rather than listed: the
+  loop grows options, and a new field must work in a pipeline and in ``synthkd tailor`` alike, with the
+  same default, while a typo is still an "unknown key" naming its line.
 
 Output: ``runs/<name>/<stage>/`` is the loop's directory (``round_<r>/``, ``rounds.json``,
 ``accuracy.png``); ``<stage>/model`` links to the best round's student, and the model's files are linked
@@ -28,86 +28,52 @@ changes the fingerprint and the loop starts over (the old directory is moved to 
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 import typing
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
+from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.config import ConfigError
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods import tailored
-from synthkd.methods.tailored import TailorOptions
+from synthkd.methods.tailored import TailorConfig, TailorOptions
+from synthkd.options import stage_fields, stage_model
 from synthkd.pipeline import Estimate, StageContext, register_stage
 from synthkd.stages.generate_stages import _check_budget
-from synthkd.stages.train_stages import TinyStudent
+from synthkd.stages.train_stages import TinyStudent, feature_config
 from synthkd.teachers.base import BudgetExceeded
-from synthkd.train.common import TrainSettings
 
-#: TailorOptions fields the stage fills in itself (from its input, its directory and its own options).
-_MANAGED = {"student", "pool", "initial", "heldout", "out", "settings", "dpo_settings"}
-#: TrainSettings defaults that differ in a pipeline: no intermediate checkpoints (a round is the unit of
-#: resume) and corrections without a usable answer are skipped, as ``synthkd tailor`` does.
-_SETTINGS_DEFAULTS = {"save_steps": 0, "skip_invalid": True}
 #: Stage kinds whose ``runs/<name>/<stage>`` directory is a model.
 _MODEL_KINDS = ("train.sft", "train.dpo", "tailor")
 _FLAG = re.compile(r"(?<![\w-])--([a-z][a-z-]*)")
 
 
-def _pydantic_field(tp: Any, f: dataclasses.Field, default: Any = dataclasses.MISSING) -> tuple[Any, Any]:
-    """(type, default) for pydantic; a type pydantic cannot validate is taken as-is (Any)."""
-    try:
-        TypeAdapter(tp)
-    except Exception:  # noqa: BLE001  (an arbitrary class without a schema)
-        tp = Any
-    if default is not dataclasses.MISSING:
-        return tp, default
-    if f.default is not dataclasses.MISSING:
-        return tp, f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return tp, Field(default_factory=f.default_factory)  # type: ignore[misc]
-    return tp, ...
-
-
-def _generated_fields() -> tuple[dict[str, tuple[Any, Any]], list[str], list[str]]:
-    """Pydantic fields from TailorOptions (minus the managed ones) and TrainSettings; and the two name lists."""
-    out: dict[str, tuple[Any, Any]] = {}
-    t_hints = typing.get_type_hints(TailorOptions)
-    tailor_names = []
-    for f in dataclasses.fields(TailorOptions):
-        if f.name in _MANAGED:
-            continue
-        tailor_names.append(f.name)
-        out[f.name] = _pydantic_field(t_hints[f.name], f)
-    s_hints = typing.get_type_hints(TrainSettings)
-    settings_names = []
-    for f in dataclasses.fields(TrainSettings):
-        settings_names.append(f.name)
-        if f.name not in out:  # a shared name keeps the loop's type and default, and sets both
-            out[f.name] = _pydantic_field(s_hints[f.name], f, _SETTINGS_DEFAULTS.get(f.name, dataclasses.MISSING))
-    return out, tailor_names, settings_names
-
-
 class _Base(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """The stage's own options (the rest is generated from TailorConfig)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     student: str = Field(description="'tiny', an earlier train stage, a model directory or a hub id")
-    tiny: TinyStudent = Field(default_factory=TinyStudent)
+    tiny: TinyStudent = Field(default_factory=TinyStudent, description="with student 'tiny': its shape")  # type: ignore[valid-type]
     initial: str | None = Field(None, description="an earlier stage's name (its rows) or a jsonl file")
     heldout: str | None = Field(None, description="held-out jsonl: id, question, gold (required)")
 
 
-_FIELDS, _TAILOR_NAMES, _SETTINGS_NAMES = _generated_fields()
-TailorStageOptions = create_model("TailorStageOptions", __base__=_Base, **_FIELDS)  # type: ignore[call-overload]
+# Every TailorConfig stage field (the loop's and the trainer's, TrainSettings): the same defaults,
+# bounds and help as ``synthkd tailor``.  Not here (TrainSettings' stage=False): save_steps -- a round is
+# the unit of resume, so no intermediate checkpoints (0) -- save_total_limit and resume.
+TailorStageOptions = stage_model(TailorConfig, name="TailorStageOptions", base=_Base)
 
 
 def _mentions_path(tp: Any) -> bool:
     return tp is Path or any(_mentions_path(a) for a in typing.get_args(tp))
 
 
-_PATH_FIELDS = {n for n, tp in typing.get_type_hints(TailorOptions).items() if _mentions_path(tp)} - _MANAGED
+#: Template fields (a name, or a .j2 file next to the pipeline).
+_PATH_FIELDS = {f.name for f in stage_fields(TailorConfig)
+                if _mentions_path(typing.get_type_hints(TailorConfig)[f.name]) and f.name != "provenance"}
 
 
 @register_stage("tailor")
@@ -130,19 +96,20 @@ class TailorStage:
         p = ctx.resolve(o.student)
         return str(p) if p.exists() else o.student
 
-    def _settings(self, o: Any) -> TrainSettings:
-        return TrainSettings(**{n: getattr(o, n) for n in _SETTINGS_NAMES})
+    def _config(self, ctx: StageContext, o: Any, student: str) -> TailorConfig:
+        given: dict[str, Any] = {}
+        for n in _PATH_FIELDS:
+            v = getattr(o, n)
+            if isinstance(v, (str, Path)) and not Path(v).is_absolute() and ctx.resolve(str(v)).exists():
+                given[n] = ctx.resolve(str(v))  # a file next to the pipeline (a template.j2); a name stays a name
+        return feature_config(TailorConfig, ctx, o, student=student, pool=ctx.input,
+                              initial=self._initial_path(ctx, o), heldout=ctx.resolve(o.heldout),
+                              output=ctx.run_dir / ctx.stage.name,
+                              save_steps=0,  # a round is the unit of resume: no intermediate checkpoints
+                              **given)
 
     def _tailor_options(self, ctx: StageContext, o: Any, student: str) -> TailorOptions:
-        kw: dict[str, Any] = {}
-        for n in _TAILOR_NAMES:
-            v = getattr(o, n)
-            if n in _PATH_FIELDS and isinstance(v, (str, Path)) and not Path(v).is_absolute() and ctx.resolve(str(v)).exists():
-                v = ctx.resolve(str(v))  # a file next to the pipeline (a template.j2); a name stays a name
-            kw[n] = v
-        return TailorOptions(student=student, pool=ctx.input, initial=self._initial_path(ctx, o),
-                             heldout=ctx.resolve(o.heldout), out=ctx.run_dir / ctx.stage.name,
-                             settings=self._settings(o), **kw)
+        return self._config(ctx, o, student).to_options()
 
     # ------------------------------------------------------------------ checks (before anything runs)
     def check(self, ctx: StageContext, o: Any) -> None:

@@ -12,51 +12,66 @@ import json
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterator
 
 from synthkd.jsonl_io import InputError
+from synthkd.options import opt
 from synthkd.train.model_card import write_card
 from synthkd.train.student import TRAIN_RECORD, resolve_bf16
 
 
 @dataclass
 class TrainSettings:
-    """Hyper-parameters common to SFT and DPO (CLI flags map 1:1)."""
+    """Hyper-parameters common to SFT and DPO, declared once: each field's help text, bounds and CLI
+    spelling feed ``synthkd train sft|dpo``, ``synthkd tailor`` and the ``train.*`` / ``tailor`` pipeline
+    stages (see :mod:`synthkd.options`).
 
-    epochs: float = 3.0
-    max_steps: int = -1
-    learning_rate: float = 2e-5
-    batch_size: int = 8
-    eval_batch_size: int | None = None
-    grad_accum: int = 1
-    max_length: int = 1024
-    bf16: bool | None = None  # None: on a GPU that supports it
-    lora: bool = False
-    qlora: bool = False
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.05
-    lora_targets: str = "all-linear"
-    merge_lora: bool = True
-    save_steps: int = 500
-    save_total_limit: int = 2
-    eval_steps: int | None = None
-    logging_steps: int = 10
-    seed: int = 0
-    resume: bool = False
-    warmup_ratio: float = 0.0
-    scheduler: str = "linear"
-    weight_decay: float = 0.0
-    gradient_checkpointing: bool = False
-    trust_remote_code: bool = False
-    tokenizer: str | None = None
-    revision: str | None = None
-    provenance: Path | None = None
-    skip_invalid: bool = False
-    report_to: str = "none"
-    dataloader_workers: int = 0
+    ``save_steps``, ``save_total_limit`` and ``resume`` are not stage options (``stage=False``): a pipeline
+    stage writes no intermediate checkpoints (``save_steps=0``; a stage that was cut short is rerun from
+    scratch, see ``synthkd.stages.train_stages.TRAIN_STAGE_RESUMABLE``), so there is nothing to keep or
+    resume from."""
+
+    epochs: float = opt(3.0, help="Training epochs.", ge=0)
+    max_steps: int = opt(-1, help="Stop after this many optimizer steps (overrides --epochs when > 0).")
+    learning_rate: float = opt(2e-5, help="Peak learning rate (random-init tiny students need ~1e-3).",
+                               aliases=("--lr",), yaml_aliases=("lr",), gt=0)
+    batch_size: int = opt(8, help="Per-device batch size.", ge=1)
+    eval_batch_size: int | None = opt(None, help="Per-device eval batch size (default: --batch-size).", ge=1)
+    grad_accum: int = opt(1, help="Gradient accumulation steps.", ge=1)
+    max_length: int = opt(1024, help="Max tokens per sequence (prompt + completion).", ge=8)
+    bf16: bool | None = opt(None, help="bf16 mixed precision (default: on a GPU that supports it; on CPU it falls "
+                                       "back to fp32 with a warning).")
+    lora: bool = opt(False, help="Train a LoRA adapter (peft) instead of all weights.")
+    qlora: bool = opt(False, help="QLoRA: 4-bit NF4 base + LoRA (CUDA + bitsandbytes).")
+    lora_r: int = opt(16, help="LoRA rank.", ge=1)
+    lora_alpha: int = opt(32, help="LoRA alpha.")
+    lora_dropout: float = opt(0.05, help="LoRA dropout.", ge=0, lt=1)
+    lora_targets: str = opt("all-linear", help="'all-linear' or comma-separated module names.")
+    merge_lora: bool = opt(True, help="Also save the LoRA-merged model in OUTPUT (adapter in OUTPUT/adapter).")
+    save_steps: int = opt(500, help="Checkpoint every N steps and at the end (OUTPUT/checkpoints); 0: no checkpoints.",
+                          ge=0, stage=False)
+    save_total_limit: int = opt(2, help="Keep at most N checkpoints.", stage=False)
+    eval_steps: int | None = opt(None, help="Evaluate every N steps (the eval set is always scored at the end).")
+    logging_steps: int = opt(10, help="Log every N steps.", ge=1)
+    seed: int = opt(0, help="Random seed (also of the eval split).")
+    resume: bool = opt(False, help="Resume from the latest checkpoint in OUTPUT/checkpoints.", stage=False)
+    warmup_ratio: float = opt(0.0, help="Linear warm-up over this fraction of the steps.", ge=0, lt=1)
+    scheduler: str = opt("linear", help="LR schedule (linear, cosine, constant, ...).")
+    weight_decay: float = opt(0.0, help="AdamW weight decay.")
+    gradient_checkpointing: bool = opt(False, help="Recompute activations to save memory.")
+    trust_remote_code: bool = opt(False, help="Allow model/tokenizer code shipped with the student (off by default).")
+    tokenizer: str | None = opt(None, help="Tokenizer directory or Hub id, if not next to the weights.")
+    revision: str | None = opt(None, help="Hub revision of the student.")
+    provenance: Path | None = opt(None, help="JSON/YAML with extra provenance for the model card.")
+    skip_invalid: bool = opt(False, help="Skip bad rows (counted in the card) instead of stopping.")
+    report_to: str = opt("none", help="Trainer loggers: none, tensorboard, wandb...")
+    dataloader_workers: int = opt(0, help="Data loader worker processes.", ge=0)
+
+    def train_settings(self) -> "TrainSettings":
+        """The plain :class:`TrainSettings` part of a feature config that extends it (``SFTConfig``...)."""
+        return TrainSettings(**{f.name: getattr(self, f.name) for f in fields(TrainSettings)})
 
     def check(self) -> None:
         problems = []
@@ -65,7 +80,7 @@ class TrainSettings:
         if self.grad_accum < 1:
             problems.append(f"--grad-accum must be >= 1, got {self.grad_accum}")
         if self.learning_rate <= 0:
-            problems.append(f"--lr must be > 0, got {self.learning_rate}")
+            problems.append(f"--learning-rate must be > 0, got {self.learning_rate}")
         if self.max_length < 8:
             problems.append(f"--max-length must be >= 8, got {self.max_length}")
         if not 0.0 <= self.warmup_ratio < 1.0:
@@ -74,6 +89,20 @@ class TrainSettings:
             problems.append("give --epochs > 0 or --max-steps > 0")
         if problems:
             raise InputError(problems)
+
+
+@dataclass(kw_only=True)
+class IdField:
+    """The row-id field option of the train/eval feature configs."""
+
+    id_field: str = opt("id", help="Row id field.")
+
+
+@dataclass(kw_only=True)
+class InputField(IdField):
+    """The row-id and input-text field options of the train/eval feature configs."""
+
+    input_field: str | None = opt(None, help="Input text field (default: first of input, question, prompt, text).")
 
 
 def on_gpu() -> bool:
@@ -291,4 +320,4 @@ def warn_once(msg: str) -> None:
     warnings.warn(msg, stacklevel=3)
 
 
-__all__ = ["TrainSettings", "field"]
+__all__ = ["TrainSettings", "IdField", "InputField", "field"]

@@ -18,18 +18,20 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 from synthkd.jsonl_io import InputError
+from synthkd.options import opt, register_feature
 from synthkd.train.common import (
-    TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
+    IdField, TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
     quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
 )
 from synthkd.train.export import (
-    Fields, build_preference_examples, in_id_order, load_json_dataset, preference_record, read_rows, split_by_id,
+    DEFAULT_ANSWER_TEMPLATE, MODES, Fields, build_preference_examples, in_id_order, load_json_dataset, preference_record, read_rows, split_by_id,
     write_jsonl,
 )
 from synthkd.train.model_card import load_extra_provenance, rows_provenance
+from synthkd.train.sft import TinyStudentShape, build_tiny_student_from, tiny_student_dir
 from synthkd.train.student import has_chat_template, load_student, read_train_record
 
 REF_MODES = ("implicit", "explicit", "lora")
@@ -56,6 +58,92 @@ class DPOOptions:
     settings: TrainSettings = field(default_factory=TrainSettings)
 
 
+# --------------------------------------------------------------------------------------------------
+# the feature: ``synthkd train dpo`` and the ``train.dpo`` stage, declared once (see synthkd.options)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class PreferenceRowFields(IdField):
+    """Which fields of a preference row hold the prompt, the preferred and the dispreferred answer."""
+
+    prompt_field: str | None = opt(None, help="Prompt field (default: first of prompt, input, question, text).")
+    chosen_field: str = opt("chosen", help="Preferred answer field.")
+    rejected_field: str = opt("rejected", help="Dispreferred answer field.")
+
+    def preference_fields(self) -> Fields:
+        return Fields(id=self.id_field, prompt=self.prompt_field, chosen=self.chosen_field,
+                      rejected=self.rejected_field)
+
+
+def _sft_stage_help(what: str) -> str:
+    return f"{what} of the SFT stage (default: --{what.lower().replace(' ', '-')})."
+
+
+@dataclass(kw_only=True)
+class DPOConfig(TrainSettings, PreferenceRowFields):
+    """Every option of a DPO run, flat: ``synthkd train dpo``'s flags, the ``train.dpo`` stage's keys and
+    the Python API (``run_dpo(DPOConfig(student=..., input=..., output=...))``)."""
+
+    # DPO's own defaults for two trainer settings (a pretrained policy moves little and slowly)
+    epochs: float = opt(1.0, help="Training epochs.", ge=0)
+    learning_rate: float = opt(5e-7, help="Peak learning rate (random-init tiny students need ~1e-4).",
+                               aliases=("--lr",), yaml_aliases=("lr",), gt=0)
+    student: str = opt(help="Student (the policy): a model directory, a Hub id (org/name), or 'tiny' (a small "
+                            "random-init Llama built from the rows' texts into OUTPUT.tiny-student).", flags=("-s",),
+                       stage=False)  # a stage may name an earlier train stage: declared in the stage
+    input: Path = opt(help="Preference rows jsonl: {id, prompt|input|question, chosen, rejected}.", flags=("-i",),
+                      stage=False)  # a stage's input is its ``input:``
+    output: Path = opt(help="Output directory (model, checkpoints/, data/, README.md).", flags=("-o",),
+                       stage=False)  # a stage writes runs/<name>/<stage>
+    ref: str = opt("implicit", help="Reference model: implicit (frozen copy of the policy), explicit (--ref-model), "
+                                    "lora (adapters disabled).", choices=REF_MODES)
+    ref_model: str | None = opt(None, help="Reference model directory or Hub id (with --ref explicit).")
+    beta: float = opt(0.1, help="DPO beta (higher: stay closer to the reference).", gt=0)
+    loss_type: Union[str, list[str]] = opt(default_factory=lambda: ["sigmoid"], cli_type=list[str],
+                                           help="DPO loss (sigmoid, ipo, hinge, robust, ...); repeat to combine.")
+    precompute_ref: bool = opt(False, help="Compute reference log-probs once before training (saves memory).")
+    eval_input: Path | None = opt(None, help="Eval preference rows.", stage=False)
+    eval_fraction: float = opt(0.0, help="Hold out this fraction of rows (by id) as the eval split.", ge=0, lt=1)
+    # SFT first, then DPO from the SFT model (CLI / Python; a pipeline has a train.sft stage for that)
+    sft_input: Path | None = opt(None, help="Run SFT on these method rows first (into OUTPUT/sft), then DPO from it.",
+                                 stage=False)
+    sft_mode: str = opt("label", help="SFT mode of the first stage.", choices=MODES, stage=False)
+    sft_epochs: float | None = opt(None, help=_sft_stage_help("Epochs"), stage=False)
+    sft_learning_rate: float | None = opt(None, help=_sft_stage_help("Learning rate"), aliases=("--sft-lr",),
+                                          gt=0, stage=False)
+    sft_max_steps: int | None = opt(None, help=_sft_stage_help("Max steps"), stage=False)
+    tiny: TinyStudentShape = opt(default_factory=TinyStudentShape, help="The tiny student's shape (student 'tiny').",
+                                 cli=False,  # the CLI builds the default shape
+                                 stage=False)  # the stage's ``tiny:`` block is a pydantic model (train_stages.py)
+
+    def to_options(self) -> DPOOptions:
+        """The trainer's options.  With ``student='tiny'`` the tiny student is built here first (into
+        ``<output>.tiny-student``, from the preference rows' and the SFT rows' texts)."""
+        student = self.student
+        if student == "tiny":
+            paths = [Path(self.input)] + ([Path(self.sft_input)] if self.sft_input is not None else [])
+            student = str(build_tiny_student_from(paths, tiny_student_dir(self.output), self.tiny,
+                                                  extra_texts=(DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789"),)))
+        s = self.train_settings()
+        sft_s = None
+        if self.sft_input is not None:
+            sft_s = replace(s, lora=False, qlora=False,
+                            epochs=self.sft_epochs if self.sft_epochs is not None else s.epochs,
+                            learning_rate=self.sft_learning_rate if self.sft_learning_rate is not None
+                            else s.learning_rate,
+                            max_steps=self.sft_max_steps if self.sft_max_steps is not None else s.max_steps)
+        loss_type = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
+        return DPOOptions(student=student, input=Path(self.input), output=Path(self.output), ref=self.ref,
+                          ref_model=self.ref_model, beta=self.beta, loss_type=loss_type,
+                          precompute_ref_log_probs=self.precompute_ref, eval_input=self.eval_input,
+                          eval_fraction=self.eval_fraction, sft_input=self.sft_input, sft_mode=self.sft_mode,
+                          sft_settings=sft_s, fields=self.preference_fields(), settings=s)
+
+
+register_feature("train.dpo", DPOConfig, command=("train", "dpo"), stage="train.dpo")
+
+
 def _check(opts: DPOOptions) -> None:
     problems = []
     if opts.ref not in REF_MODES:
@@ -74,15 +162,18 @@ def _check(opts: DPOOptions) -> None:
         raise InputError(problems)
 
 
-def run_dpo(opts: DPOOptions) -> dict[str, Any]:
+def run_dpo(opts: DPOOptions | DPOConfig) -> dict[str, Any]:
     """Optionally SFT, then DPO; returns the record written to ``OUT/synthkd_train.json``."""
     return train_dpo(opts)[0]
 
 
-def train_dpo(opts: DPOOptions) -> tuple[dict[str, Any], Any]:
+def train_dpo(opts: DPOOptions | DPOConfig) -> tuple[dict[str, Any], Any]:
     """Like :func:`run_dpo`, also returning the trainer (its log history feeds a pipeline's loss curve)."""
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOConfig as TRLDPOConfig
+    from trl import DPOTrainer
 
+    if isinstance(opts, DPOConfig):
+        opts = opts.to_options()
     _check(opts)
     s = opts.settings
     s.check()
@@ -136,7 +227,7 @@ def train_dpo(opts: DPOOptions) -> tuple[dict[str, Any], Any]:
 
     bf16 = precision(s)
     ckpt_dir = out / "checkpoints"
-    cfg = DPOConfig(
+    cfg = TRLDPOConfig(
         **trainer_args(s, ckpt_dir, has_eval=eval_ds is not None, bf16=bf16),
         beta=opts.beta,
         loss_type=list(opts.loss_type),

@@ -9,7 +9,7 @@ Why this shape:
 * every mistake is written as a row (the original row plus the student's output), which is the input
   of the tailored loop; a student whose outputs never match the label set is *reported*, not a crash.
 
-Outputs (``--out DIR``): ``metrics.json``, ``report.md``, ``predictions.jsonl``, ``mistakes.jsonl``.
+Outputs (``--output DIR``): ``metrics.json``, ``report.md``, ``predictions.jsonl``, ``mistakes.jsonl``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
+from synthkd.options import opt, register_feature
+from synthkd.train.common import InputField
 from synthkd.train.export import Fields, read_rows
 
 KINDS = ("number", "choice", "label")
@@ -53,6 +55,60 @@ class EvalOptions:
     trust_remote_code: bool = False
     bf16: bool | None = False
     record_in_card: bool = False
+
+
+def _label_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+@dataclass(kw_only=True)
+class EvalConfig(InputField):
+    """Every option of an evaluation, flat: ``synthkd eval``'s flags, the ``eval`` stage's keys and the
+    Python API (``run_eval(EvalConfig(student=..., input=...))``)."""
+
+    student: str = opt(help="Student: a model directory or a Hub id (org/name).", flags=("-s",),
+                       stage=False)  # a stage may name an earlier train stage: declared in the stage
+    input: Path = opt(help="Held-out rows jsonl: {id, input|question, gold, [teacher answer], [choices]}.",
+                      flags=("-i",), stage=False)  # a stage's input is its ``input:``
+    kind: str = opt("number", help="number, choice or label.", flags=("-k",), choices=KINDS)
+    labels: list[str] | None = opt(None, help="label kind: comma-separated label set, or 'nli'.",
+                                   cli_type=Optional[str], cli_parse=_label_list)
+    gold_field: str = opt("gold", help="Gold answer field.")
+    teacher_field: str | None = opt(None, help="Field with the teacher's answer on the same rows (adds the "
+                                               "comparison line).")
+    choices_field: str = opt("choices", help="choice kind: field with the options.")
+    output: Path | None = opt(None, help="Write metrics.json, report.md, predictions.jsonl, mistakes.jsonl here.",
+                              flags=("-o",), aliases=("--out",),
+                              stage=False)  # a stage writes runs/<name>/<stage>
+    batch_size: int = opt(32, help="Generation batch size.", ge=1)
+    max_new_tokens: int | None = opt(None, help="Default: 32 for label/multitask students, 256 for rationale ones.",
+                                     ge=1)
+    temperature: float = opt(0.0, help="0 = greedy (default).", ge=0)
+    seed: int = opt(0, help="Sampling seed (with --temperature > 0).")
+    limit: int | None = opt(None, help="Only the first N rows.", ge=1)
+    prefix: str | None = opt(None, help="Override the student's inference prefix (e.g. 'predict: ').")
+    system: str | None = opt(None, help="System message for every prompt.")
+    bf16: bool = opt(False, help="Load the student in bf16 (falls back to fp32 on CPU).")
+    tokenizer: str | None = opt(None, help="Tokenizer directory or Hub id, if not next to the weights.")
+    trust_remote_code: bool = opt(False, help="Allow model/tokenizer code shipped with the student (off by default).")
+    record_in_card: bool = opt(False, help="Append the result to the student's model card.",
+                               stage=False)  # a stage does not edit an earlier stage's model
+    synonyms: dict[str, list[str]] | None = opt(None, help="label kind: extra spellings of each label.",
+                                                cli=False, stage=False)  # Python only
+
+    def to_options(self) -> EvalOptions:
+        return EvalOptions(student=self.student, input=Path(self.input), kind=self.kind,
+                           fields=Fields(id=self.id_field, input=self.input_field), gold_field=self.gold_field,
+                           teacher_field=self.teacher_field, choices_field=self.choices_field,
+                           labels=list(self.labels) if self.labels else None, synonyms=self.synonyms,
+                           batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
+                           temperature=self.temperature, seed=self.seed, limit=self.limit, out_dir=self.output,
+                           prefix=self.prefix, system=self.system, tokenizer=self.tokenizer,
+                           trust_remote_code=self.trust_remote_code, bf16=self.bf16,
+                           record_in_card=self.record_in_card)
+
+
+register_feature("eval", EvalConfig, command=("eval",), stage="eval")
 
 
 @dataclass
@@ -299,10 +355,12 @@ def check_options(opts: EvalOptions) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def run_eval(opts: EvalOptions, student: Any = None) -> dict[str, Any]:
+def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, Any]:
     """Generate, extract, score, and write the outputs; returns the report (also ``metrics.json``)."""
     from synthkd.train.student import load_student
 
+    if isinstance(opts, EvalConfig):
+        opts = opts.to_options()
     if opts.labels and [x.lower() for x in opts.labels] == ["nli"]:
         opts.labels, opts.synonyms = list(NLI_LABELS), opts.synonyms or NLI_SYNONYMS
     check_options(opts)

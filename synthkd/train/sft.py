@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import InputError, iter_jsonl
+from synthkd.options import opt, register_feature
 from synthkd.train.common import (
-    TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
+    InputField, TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
     quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
 )
 from synthkd.train.export import (
@@ -48,6 +49,101 @@ class SFTOptions:
     eval_fraction: float = 0.0
     packing: bool | None = None  # None: on a GPU, except in multitask mode
     settings: TrainSettings = field(default_factory=TrainSettings)
+
+
+# --------------------------------------------------------------------------------------------------
+# the feature: ``synthkd train sft`` and the ``train.sft`` stage, declared once (see synthkd.options)
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(kw_only=True)
+class TinyStudentShape:
+    """The shape of the student ``student='tiny'`` builds (:func:`synthkd.train.tiny.build_tiny_student`)."""
+
+    vocab_size: int = opt(800, help="Tokenizer vocabulary (a byte-level BPE trained on the input's texts).", ge=1)
+    hidden_size: int = opt(64, help="Hidden size.", ge=1)
+    layers: int = opt(2, help="Decoder layers.", ge=1)
+    heads: int = opt(4, help="Attention heads (dividing the hidden size).", ge=1)
+    seed: int = opt(0, help="Initialisation seed.")
+
+
+def tiny_student_dir(output: Path) -> Path:
+    """Where ``student='tiny'`` builds the student for a run writing ``output``: its sibling
+    ``<output>.tiny-student`` (the model trained from it goes to ``output`` itself)."""
+    output = Path(output)
+    return output.parent / f"{output.name}.tiny-student"
+
+
+def build_tiny_student_from(paths: list[Path], where: Path, shape: TinyStudentShape | None = None,
+                            extra_texts: tuple[str, ...] = ()) -> Path:
+    """A tiny random-init Llama whose tokenizer is trained on the rows' texts (every string or number
+    value of every row of ``paths``), built offline into ``where``."""
+    from synthkd.train.tiny import build_tiny_student
+
+    texts = list(extra_texts)
+    for path in paths:
+        for _, row in iter_jsonl(path):  # the shared reader (a BOM accepted, bad lines named)
+            texts.extend(str(v) for v in row.values() if isinstance(v, (str, int, float)))
+    t = shape or TinyStudentShape()
+    return build_tiny_student(texts, where, vocab_size=t.vocab_size, hidden_size=t.hidden_size, layers=t.layers,
+                              heads=t.heads, seed=t.seed)
+
+
+@dataclass(kw_only=True)
+class SFTRowFields(InputField):
+    """Which fields of a method row hold the rationale and the answer (and the id and input)."""
+
+    rationale_field: str = opt("rationale", help="Rationale field.")
+    answer_field: str = opt("answer", help="Answer field (the teacher's answer; 'gold' to train on gold labels).")
+
+    def row_fields(self) -> Fields:
+        return Fields(id=self.id_field, input=self.input_field, rationale=self.rationale_field,
+                      answer=self.answer_field)
+
+
+@dataclass(kw_only=True)
+class SFTTargets:
+    """What an SFT example's completion is (shared by ``train sft`` and ``train export``)."""
+
+    mode: str = opt("label", help="label (input -> answer), rationale (input -> rationale + answer), multitask "
+                                  "(predict:/explain:, Distilling step-by-step).", choices=MODES)
+    rationale_weight: float = opt(0.5, help="multitask: loss = (1-w) L_predict + w L_explain.", ge=0, le=1)
+    answer_template: str = opt(DEFAULT_ANSWER_TEMPLATE, help="rationale mode: sentence after the rationale.")
+
+
+@dataclass(kw_only=True)
+class SFTConfig(TrainSettings, SFTTargets, SFTRowFields):
+    """Every option of an SFT run, flat: ``synthkd train sft``'s flags, the ``train.sft`` stage's keys and
+    the Python API (``run_sft(SFTConfig(student=..., input=..., output=...))``)."""
+
+    student: str = opt(help="Student: a model directory, a Hub id (org/name), or 'tiny' (a small random-init "
+                            "Llama built from the input's texts into OUTPUT.tiny-student, for offline runs).",
+                       flags=("-s",))
+    input: Path = opt(help="Method rows jsonl: {id, input|question, rationale, answer, ...}.", flags=("-i",),
+                      stage=False)  # a stage's input is its ``input:``
+    output: Path = opt(help="Output directory (model, checkpoints/, data/, README.md).", flags=("-o",),
+                       stage=False)  # a stage writes runs/<name>/<stage>
+    eval_input: Path | None = opt(None, help="Eval rows jsonl (else --eval-fraction of the input).", stage=False)
+    eval_fraction: float = opt(0.0, help="Hold out this fraction of rows (by id) as the eval split.", ge=0, lt=1)
+    packing: bool | None = opt(None, help="Pack sequences, padding-free (default: on a GPU with flash-attn; never in "
+                                          "multitask mode).")
+    tiny: TinyStudentShape = opt(default_factory=TinyStudentShape, help="The tiny student's shape (student 'tiny').",
+                                 cli=False,  # the CLI builds the default shape
+                                 stage=False)  # the stage's ``tiny:`` block is a pydantic model (train_stages.py)
+
+    def to_options(self) -> SFTOptions:
+        """The trainer's options.  With ``student='tiny'`` the tiny student is built here first (into
+        :func:`tiny_student_dir` of the output, from the input's texts)."""
+        student = self.student
+        if student == "tiny":
+            student = str(build_tiny_student_from([Path(self.input)], tiny_student_dir(self.output), self.tiny))
+        return SFTOptions(student=student, input=Path(self.input), output=Path(self.output), mode=self.mode,
+                          fields=self.row_fields(), rationale_weight=self.rationale_weight,
+                          answer_template=self.answer_template, eval_input=self.eval_input,
+                          eval_fraction=self.eval_fraction, packing=self.packing, settings=self.train_settings())
+
+
+register_feature("train.sft", SFTConfig, command=("train", "sft"), stage="train.sft")
 
 
 def _packing(opts: SFTOptions, *, warn: bool = False) -> bool:
@@ -107,12 +203,13 @@ def prepare_sft_data(opts: SFTOptions, chat: bool, data_dir: Path, rows: dict[st
 
 def build_sft_trainer(opts: SFTOptions, student: Any, data: dict[str, Any], ckpt_dir: Path) -> Any:
     """The SFTTrainer (or its weighted subclass in multitask mode), ready to ``train()``."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig as TRLSFTConfig
+    from trl import SFTTrainer
 
     s = opts.settings
     bf16 = precision(s)
     packing = _packing(opts, warn=True)
-    cfg = SFTConfig(
+    cfg = TRLSFTConfig(
         **trainer_args(s, ckpt_dir, has_eval=data["eval"] is not None, bf16=bf16),
         completion_only_loss=True,
         packing=packing,
@@ -131,13 +228,15 @@ def build_sft_trainer(opts: SFTOptions, student: Any, data: dict[str, Any], ckpt
     return SFTTrainer(**kwargs)
 
 
-def run_sft(opts: SFTOptions) -> dict[str, Any]:
+def run_sft(opts: SFTOptions | SFTConfig) -> dict[str, Any]:
     """Train; returns the record written to ``OUT/synthkd_train.json``."""
     return train_sft(opts)[0]
 
 
-def train_sft(opts: SFTOptions) -> tuple[dict[str, Any], Any, Any]:
+def train_sft(opts: SFTOptions | SFTConfig) -> tuple[dict[str, Any], Any, Any]:
     """Train; returns (record, trainer, student) so callers can keep using the trained model in memory."""
+    if isinstance(opts, SFTConfig):
+        opts = opts.to_options()
     if opts.mode not in MODES:
         raise InputError([f"--mode: unknown SFT mode {opts.mode!r} (choose from {', '.join(MODES)})"])
     if not 0.0 <= opts.eval_fraction < 1.0:
