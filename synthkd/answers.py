@@ -210,6 +210,7 @@ _SENTENCE_END_RE = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(])|;\s")
 _TRAIL_STRIP = " \t\r\n.,;:!?\"'`*_\u201c\u201d\u2018\u2019"
 _LEAD_STRIP = " \t\r\n:\"'`*_\u201c\u201d\u2018\u2019"
 _MARKDOWN_RE = re.compile(r"__|`")
+_CUE_LINE_BLANK = " \t\r*_"  # what may follow a cue on its line when the answer is on the next line
 # "**" is markdown bold only when it wraps text ("**42**", "**Total:** 8"); between digits or
 # spaced out it is the power operator ("2**64", "3 ** 2") and must reach the evaluator (F12)
 _BOLD_RE = re.compile(r"(?<![\w*])\*\*(?=[^\s*])(.+?)(?<=[^\s*])\*\*(?![\w*])")
@@ -256,7 +257,9 @@ def _span_after(text: str, end: int) -> str:
     Reads at most _SPAN_MAX_CHARS characters of either line, so the cost per cue is bounded.
     """
     line, nl = _line_from(text, end)
-    if not line.strip() and nl >= 0:
+    # a cue line that holds only the markdown that closes the cue ("**Answer:**" then the answer on the
+    # next line) ends its line too
+    if not line.strip(_CUE_LINE_BLANK) and nl >= 0:
         nxt = nl + 1
         while nxt < len(text) and text[nxt] == "\n":
             nxt += 1
