@@ -61,6 +61,7 @@ from pydantic import BaseModel, ValidationError
 
 import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConfig, stage_line
+from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.teachers.base import Teacher
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
@@ -210,14 +211,6 @@ def _versions() -> dict[str, str]:
         if m is not None and hasattr(m, "__version__"):
             out[mod] = m.__version__
     return out
-
-
-class StageFailed(RuntimeError):
-    """A stage finished but some rows were rejected for good (``synthkd run`` exits 1, as ``complete`` does)."""
-
-
-class RunDirError(ConfigError):
-    """The run directory cannot be used safely (not ours, busy, or a path outside it): exit 2."""
 
 
 def inside_run_dir(run_dir: Path, path: Path) -> Path:
