@@ -232,17 +232,16 @@ def report_error(exc: BaseException, *, interrupted: str = "interrupted: rerun t
         return code
     level = logging.WARNING if code is ExitCode.BUDGET else logging.ERROR
     log.log(level, error_line(exc))
-    if isinstance(exc, TeacherConfigError):
-        return code
     after: str | None = None
-    for cls, hint in (hints or {}).items():
-        if isinstance(exc, cls):
-            after = hint(exc) if callable(hint) else hint
-            break
-    else:
-        if isinstance(exc, TeacherFatalError):
-            after = RESUME_HINT
+    if not isinstance(exc, TeacherConfigError):
+        for cls, hint in (hints or {}).items():
+            if isinstance(exc, cls):
+                after = hint(exc) if callable(hint) else hint
+                break
+        else:
+            after = RESUME_HINT if isinstance(exc, TeacherFatalError) else None
     if after:
         log.log(level, after)
+    log.debug("(--verbose) where it was raised:", exc_info=exc)
     return code
 

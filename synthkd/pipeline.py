@@ -48,6 +48,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -66,6 +67,8 @@ from synthkd.teachers.base import Teacher
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.templates import TemplateError
+
+logger = logging.getLogger(__name__)
 
 
 def counts_line(counts: dict[str, Any], limit: int = 400) -> str:
@@ -109,7 +112,7 @@ class StageContext:
     _progress: Any = None
     _ledger: "Ledger | None" = None
     teacher_config: TeacherConfig | None = None
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+    log: Callable[[str], None] = logger.info  # run_pipeline(log=...) replaces it
 
     @property
     def input(self) -> Path:
@@ -635,7 +638,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         versions=_versions(), updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     manifest.save()
-    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    say = log or logger.info
     result = RunResult(run_dir=run_dir)
     forcing = False
     for p in planned:

@@ -13,21 +13,23 @@ Also runnable without the top-level CLI: ``python -m synthkd.commands.train trai
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from synthkd.commands.common import shared_options
+from synthkd.commands.common import exit_on_error, shared_options
+from synthkd.errors import ExitCode
+from synthkd.log import setup_cli_logging
 
 train_app = typer.Typer(help="Train a student on generated rows (TRL SFT / DPO), or export them as TRL datasets.",
                         no_args_is_help=True)
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+#: named, not __name__: run as ``python -m synthkd.commands.train`` this module is ``__main__``
+log = logging.getLogger("synthkd.commands.train")
 
 
 def _quiet() -> None:
@@ -45,23 +47,14 @@ def _quiet() -> None:
 
 
 def _guard(job: Callable[[], int]) -> None:
-    """Run a job; bad input -> one clear message and exit 2; the training extra missing -> exit 2 too."""
-    from synthkd.jsonl_io import InputError
-
-    try:
+    """Run a job; bad input -> one clear message and exit 2; the training extra missing -> exit 2 too
+    (the one rule of :func:`synthkd.errors.exit_code_for`)."""
+    setup_cli_logging()  # also under `python -m synthkd.commands.train` and accelerate launch
+    with exit_on_error(
+        interrupted="interrupted: checkpoints written so far are kept; rerun with --resume to continue",
+        hints={ImportError: "training needs the extra: pip install torch==2.13.0 'synthkd[train]'"},
+    ):
         code = job()
-    except InputError as exc:
-        say(f"error: {exc}")
-        code = 2
-    except ValueError as exc:
-        say(f"error: {exc}")
-        code = 2
-    except ImportError as exc:
-        say(f"error: {exc}\ntraining needs the extra: pip install torch==2.13.0 'synthkd[train]'")
-        code = 2
-    except KeyboardInterrupt:
-        say("interrupted: checkpoints written so far are kept; rerun with --resume to continue")
-        code = 130
     raise typer.Exit(code)
 
 
@@ -226,8 +219,8 @@ def sft_command(
             eval_input=eval_input, eval_fraction=eval_fraction, packing=packing, settings=_settings(**settings),
         ))
         if _main_process():
-            say(_summary(record))
-        return 0
+            log.info(_summary(record))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -286,8 +279,8 @@ def dpo_command(
             settings=s,
         ))
         if _main_process():
-            say(_summary(record))
-        return 0
+            log.info(_summary(record))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -327,8 +320,8 @@ def export_command(
                                             chosen_field, rejected_field),
                              rationale_weight=rationale_weight, answer_template=answer_template,
                              conversational=not plain, skip_invalid=skip_invalid)
-        say(f"done: {output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        return 0
+        log.info(f"done: {output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -385,12 +378,12 @@ def eval_command(
         line = (f"done: {m['rows']} rows, accuracy {100 * m['accuracy']:.1f}%"
                 + (f", macro-F1 {m['macro_f1']:.3f}" if "macro_f1" in m else "")
                 + f", {rep['mistakes']} mistakes" + (f" -> {out}/mistakes.jsonl" if out else ""))
-        say(line)
+        log.info(line)
         if rep.get("comparison"):
-            say(rep["comparison"])
+            log.info(rep["comparison"])
         for w in rep["warnings"]:
-            say(f"warning: {w}")
-        return 0
+            log.warning(f"warning: {w}")
+        return ExitCode.OK
 
     _guard(job)
 

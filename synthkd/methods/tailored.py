@@ -48,6 +48,7 @@ the teacher's own answer (point the field at it, e.g. ``answer`` of the rational
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -72,6 +73,8 @@ from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 from synthkd.train.common import TrainSettings
 from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, answer_text, rationale_target, write_jsonl
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TailorOptions", "correction_rows", "pairs_from_rows", "plot_rounds", "run_tailored"]
 
@@ -124,12 +127,6 @@ DPO_MODES = ("off", "each", "final")
 class Templates:
     correct: PromptTemplate
     similar: PromptTemplate | None
-
-
-def _say_default(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -595,7 +592,7 @@ def _check_budget(teacher: Teacher, r: int, what: str) -> None:
         raise BudgetExceeded(f"spent during round {r}'s {what}")
 
 
-async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[str], None] = _say_default
+async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[str], None] = log.info
                        ) -> dict[str, Any]:
     """Run (or resume) the loop; returns ``rounds.json``'s content.
 
