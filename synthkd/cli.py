@@ -1,7 +1,13 @@
-"""The ``synthkd`` command: one entry point, a subcommand per job, ``--help`` on each."""
+"""The ``synthkd`` command: one entry point, a subcommand per job, ``--help`` on each.
+
+Messages go to stderr through one logging handler (:func:`synthkd.log.setup_cli_logging`), set up when
+a command starts: the text is the message alone; ``--quiet`` keeps warnings and errors only,
+``--verbose`` adds the debug messages (the traceback of an error reported in one line, too).
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Optional
 
@@ -13,6 +19,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _setup(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Also debug messages (an error's traceback)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors on stderr."),
+) -> None:
+    from synthkd.log import setup_cli_logging
+
+    setup_cli_logging(logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO)
 
 
 def _use_uvloop() -> None:

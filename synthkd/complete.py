@@ -12,40 +12,37 @@ The simplest job, and the contract the benchmarks rely on.  Its guarantees:
   unwritable or directory path, or two options naming one file, is exit 2 and costs nothing;
 * the exit code is 0 only when every row is in the output.  A write that fails mid-run (disk full,
   read-only file system) stops the run with one line naming the file, the rows kept and "rerun the same
-  command to resume", and exit 2 (EXIT_BAD_INPUT: the environment needs fixing before a rerun; 1 stays
+  command to resume", and exit 2 (ExitCode.BAD_INPUT: the environment needs fixing before a rerun; 1 stays
   reserved for rejected rows).  SIGTERM stops like Ctrl-C: rows kept, exit 130, rerun to resume.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
-import sys
 import time
 from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from synthkd.errors import (
+    ExitCode, OutputWriteError, TeacherFatalError, TeacherStorageError, exit_code_for, report_error,
+)
 from synthkd.jsonl_io import (
-    AppendWriter, InputError, OutputLock, OutputWriteError, RejectsWriter, check_paths, index_output, iter_jsonl,
-    scan_prompt_file, write_summary,
+    AppendWriter, OutputLock, RejectsWriter, check_paths, index_output, iter_jsonl, scan_prompt_file, write_summary,
 )
 from synthkd.progress import ProgressReporter
-from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest, TeacherStorageError
+from synthkd.teachers.base import TeacherRequest
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.factory import default_cache_path
 from synthkd.methods.runner import rejects_path_for
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
-from synthkd.teachers.pricing import PriceTable, PriceTableError
+from synthkd.teachers.pricing import PriceTable
 
-EXIT_OK = 0
-EXIT_REJECTS = 1
-EXIT_BAD_INPUT = 2
-EXIT_BUDGET = 3
-EXIT_FATAL = 4
-EXIT_INTERRUPTED = 130
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -73,32 +70,6 @@ class CompleteOptions:
     summary_json: Path | None = None
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-#: What a generic fatal stop keeps (a refused key, an exhausted quota, an unreachable server).
-RESUME_HINT = "nothing paid for is lost: rerun the same command to resume"
-
-
-def teacher_stop(exc: TeacherFatalError, kept: str = RESUME_HINT) -> int:
-    """Print why a teacher error stopped a command; return its exit code.  The one mapping for
-    ``complete``, every ``generate``/``clean`` command (``run_job``) and ``synthkd run``.
-
-    A :class:`TeacherConfigError` was found before any request (a local model that does not load, a key
-    with a control character, credentials in ``base_url``...): exit 2 with the message alone, since
-    nothing was sent and "rerun to resume" would send the user the wrong way (F13, F16).  A
-    :class:`TeacherStorageError` (the cache or a ledger could not be written: disk full) is exit 2 like
-    any output that cannot be written, then ``kept``.  Any other fatal error stopped a run under way
-    (bad key, quota, unreachable): exit 4, then ``kept``, the line saying what is kept.
-    """
-    _say(f"error: {exc}")
-    if isinstance(exc, TeacherConfigError):
-        return EXIT_BAD_INPUT
-    _say(kept)
-    return EXIT_BAD_INPUT if isinstance(exc, TeacherStorageError) else EXIT_FATAL
-
-
 def _validate_options(o: CompleteOptions) -> list[str]:
     problems = []
     if o.concurrency < 1:
@@ -115,12 +86,19 @@ def _validate_options(o: CompleteOptions) -> list[str]:
     return problems
 
 
-def run_complete(o: CompleteOptions) -> int:
-    """Run the job; returns the process exit code (see EXIT_*)."""
+def run_complete(o: CompleteOptions) -> ExitCode:
+    """Run the job; returns the process exit code (an error that stops it is said once, with its code:
+    :func:`synthkd.errors.report_error`)."""
     problems = _validate_options(o)
     if problems:
-        _say("error: " + "\n       ".join(problems))
-        return EXIT_BAD_INPUT
+        log.error("error: " + "\n       ".join(problems))
+        return ExitCode.BAD_INPUT
+    params: dict[str, Any] = {}
+    if o.max_tokens is not None:
+        params["max_tokens"] = o.max_tokens
+    if o.temperature is not None:
+        params["temperature"] = o.temperature
+    cache: RequestCache | None = None
     try:
         check_paths(
             {"--input": o.input},
@@ -131,15 +109,6 @@ def run_complete(o: CompleteOptions) -> int:
         scan = scan_prompt_file(o.input)
         prices = PriceTable.default(o.prices)
         cache = None if o.no_cache else RequestCache(o.cache or default_cache_path())
-    except (InputError, PriceTableError) as exc:
-        _say(f"error: {exc}")
-        return EXIT_BAD_INPUT
-    params: dict[str, Any] = {}
-    if o.max_tokens is not None:
-        params["max_tokens"] = o.max_tokens
-    if o.temperature is not None:
-        params["temperature"] = o.temperature
-    try:
         teacher = OpenAICompatibleTeacher(
             o.model,
             base_url=o.base_url,
@@ -154,19 +123,15 @@ def run_complete(o: CompleteOptions) -> int:
             max_cost=o.max_cost,
             default_params=params,
             adaptive_timeout=o.adaptive_timeout,
-        )
-    except TeacherFatalError as exc:  # a TeacherConfigError: found before any request, exit 2
-        return teacher_stop(exc)
-    try:
-        with OutputLock(o.output):
+        )  # a TeacherConfigError here was found before any request: exit 2
+        with OutputLock(o.output):  # a busy output, or one that cannot be opened: exit 2
             done = index_output(o.output)
             return asyncio.run(_run(o, teacher, scan.rows, done))
-    except (InputError, OutputWriteError) as exc:  # a busy output, or one that cannot be opened
-        _say(f"error: {exc}")
-        return EXIT_BAD_INPUT
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        _say(f"interrupted: rows written so far are kept in {o.output}; rerun the same command to resume")
-        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        if exit_code_for(exc) is None:
+            raise
+        return report_error(
+            exc, interrupted=f"interrupted: rows written so far are kept in {o.output}; rerun the same command to resume")
     finally:
         if cache is not None:
             cache.close()
@@ -177,7 +142,7 @@ def _rejects_path(o: CompleteOptions) -> Path:
 
 
 async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any, *,
-               reraise_fatal: bool = False) -> int:
+               reraise_fatal: bool = False) -> ExitCode:
     """The job itself; returns the exit code.  ``reraise_fatal``: a fatal teacher error is raised again
     (after the summary) instead of reported, for a caller that reports it itself (a pipeline stage)."""
     _install_sigterm()
@@ -211,7 +176,7 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
         raise
     reporter = ProgressReporter(teacher.stats, todo_rows * S, enabled=o.progress)
     reporter.start()
-    code = EXIT_OK
+    code = ExitCode.OK
     stopped: dict[str, str] | None = None  # why the run stopped before its end, for --summary-json
 
     def summary() -> dict[str, Any]:
@@ -248,21 +213,20 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
         # the cache itself could not be written: an output failure, like OutputWriteError below
         stopped = {"stopped": "output" if isinstance(exc, TeacherStorageError) else "teacher", "error": str(exc)}
         if reraise_fatal:
-            code = EXIT_BAD_INPUT if isinstance(exc, TeacherStorageError) else EXIT_FATAL
+            code = exit_code_for(exc) or ExitCode.TEACHER
             _write_summary(o, summary())
             raise
-        code = teacher_stop(exc, _kept_after_fatal(o, teacher, written + len(done)))
+        code = report_error(exc, hints={TeacherFatalError: _kept_after_fatal(o, teacher, written + len(done))})
     except OutputWriteError as exc:
         await reporter.stop()
-        _say(f"error: {exc}")
-        _say(f"stopped: the {written + len(done)} rows already in {o.output} are kept (each whole); "
-             + ("free some space, then " if exc.disk_full else "fix that, then ")
-             + "rerun the same command to resume"
-             + ("" if o.no_cache else " (answers already paid for come from the cache)"))
+        code = report_error(exc, hints={OutputWriteError: (
+            f"stopped: the {written + len(done)} rows already in {o.output} are kept (each whole); "
+            + ("free some space, then " if exc.disk_full else "fix that, then ")
+            + "rerun the same command to resume"
+            + ("" if o.no_cache else " (answers already paid for come from the cache)"))})
         stopped = {"stopped": "output", "error": str(exc)}
-        code = EXIT_BAD_INPUT
     except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM: run_complete says the rest
-        stopped, code = {"stopped": "interrupted"}, EXIT_INTERRUPTED
+        stopped, code = {"stopped": "interrupted"}, ExitCode.INTERRUPTED
         _write_summary(o, summary())
         raise
     finally:
@@ -275,40 +239,40 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     missing = todo_rows - written - rejected
     st = teacher.stats
     elapsed = time.monotonic() - t0
-    _say(
+    log.info(
         f"done: {written} rows written to {o.output} ({cached_rows} from cache, {len(done)} already there), "
         f"{rejected} rejected"
         + (f" -> {rejects_path}" if rejected else "")
         + f"; {st.summary()}; {elapsed:.1f}s"
     )
     if teacher.budget_exhausted:
-        _say(
+        log.warning(
             f"budget reached: ${st.cost_usd:.4f} spent of --max-cost ${o.max_cost}; {missing} rows not started. "
             "Rerun with a larger --max-cost to finish (nothing is paid twice)."
         )
         stopped = {"stopped": "budget"}
-        code = EXIT_BUDGET
+        code = ExitCode.BUDGET
     elif rejected:
-        code = EXIT_REJECTS
+        code = ExitCode.REJECTED
     elif missing:
-        _say(f"error: {missing} rows were neither written nor rejected")
-        code = EXIT_REJECTS
+        log.error(f"error: {missing} rows were neither written nor rejected")
+        code = ExitCode.REJECTED
     return _write_summary(o, summary()) or code
 
 
-def _write_summary(o: CompleteOptions, summary: dict[str, Any]) -> int:
+def _write_summary(o: CompleteOptions, summary: dict[str, Any]) -> ExitCode:
     """Write ``--summary-json`` (atomically, whole or not at all), however the run ended: ``"stopped"``
     says why it ended early (``teacher``, ``output``, ``budget``, ``interrupted``; null when it went
-    through) and ``"error"`` the message, so a script need not parse stderr.  Returns 0, or
-    EXIT_BAD_INPUT when the summary itself could not be written."""
+    through) and ``"error"`` the message, so a script need not parse stderr.  Returns OK (0), or
+    BAD_INPUT when the summary itself could not be written."""
     if not o.summary_json:
-        return 0
+        return ExitCode.OK
     try:
         write_summary(o.summary_json, summary)
     except OutputWriteError as exc:
-        _say(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
-        return EXIT_BAD_INPUT
-    return 0
+        log.error(f"error: {exc}; the run itself is over and its rows are kept (see the line above)")
+        return ExitCode.BAD_INPUT
+    return ExitCode.OK
 
 
 def _kept_after_fatal(o: CompleteOptions, teacher: OpenAICompatibleTeacher, rows: int) -> str:

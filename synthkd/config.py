@@ -18,9 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
-
-class ConfigError(ValueError):
-    pass
+from synthkd.errors import ConfigError  # noqa: F401 (re-exported: their home was here)
 
 
 class _Strict(BaseModel):

@@ -20,15 +20,13 @@ import re
 from pathlib import Path
 from typing import Any
 
+from synthkd.errors import HubError, UnknownStageError  # noqa: F401 (re-exported: their home was here)
+
 #: files of a student directory that are not uploaded (training leftovers, the tailored loop's rounds)
 STUDENT_IGNORE = ["checkpoints/*", "data/*", "*.bin", "round_*/*", "reflection/*", "model/*", "base-student/*",
                   ".*", "*/.*"]
 #: text files of a student directory rewritten without absolute paths before upload
 _STUDENT_TEXT = ("README.md", "synthkd_train.json")
-
-
-class HubError(RuntimeError):
-    """The hub could not be reached or refused the push (``synthkd push`` exits 4, one line)."""
 
 
 def dataset_card(run_dir: Path, stage: str, manifest: dict[str, Any] | None = None) -> str:
@@ -39,7 +37,7 @@ def dataset_card(run_dir: Path, stage: str, manifest: dict[str, Any] | None = No
     stages = manifest.get("stages", {})
     st = stages.get(stage)
     if st is None:
-        raise KeyError(f"{run_dir}: no stage {stage!r} in the manifest")
+        raise UnknownStageError(f"{run_dir}: no stage {stage!r} in the manifest")
     cfg = manifest.get("config", {})
     # the model that answered (recorded by the stage), not the config's possibly ${VAR} spelling
     teacher = ((st.get("teacher") or {}).get("model")

@@ -16,7 +16,6 @@ Why this shape:
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
@@ -29,49 +28,7 @@ from typing import Any, BinaryIO, Iterator, Mapping
 import numpy as np
 import orjson
 
-MAX_REPORTED_ERRORS = 20
-
-
-class InputError(ValueError):
-    """Bad input, with every problem found (each naming file, line and field)."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        more = "" if len(problems) < MAX_REPORTED_ERRORS else f"\n  (stopped after {MAX_REPORTED_ERRORS} problems)"
-        super().__init__("invalid input:\n  " + "\n  ".join(problems) + more)
-
-
-class PathError(InputError):
-    """An unusable path or a busy output (exit 2 like bad input), worded without the "invalid input" heading:
-    the rows are fine, the command line or the file system is not."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        ValueError.__init__(self, "\n       ".join(problems))
-
-
-class OutputWriteError(OSError):
-    """A write to an output failed mid-run (disk full, file size limit, read-only file system...).
-
-    ``str()`` is one line naming the file and the cause; ``errno`` is kept so callers can tell disk-full
-    (``disk_full``) from other failures.  What was written before is whole (see :meth:`AppendWriter.write`).
-    """
-
-    DISK_FULL = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
-
-    def __init__(self, path: Path, exc: OSError) -> None:
-        super().__init__(exc.errno, exc.strerror)
-        self.path = path
-        self.message = (f"{path}: cannot write: disk full ({exc.strerror})" if self.disk_full
-                        else f"{path}: cannot write: {exc.strerror or exc}")
-
-    @property
-    def disk_full(self) -> bool:
-        return self.errno in self.DISK_FULL
-
-    def __str__(self) -> str:
-        return self.message
-
+from synthkd.errors import MAX_REPORTED_ERRORS, InputError, OutputWriteError, PathError  # noqa: F401 (re-exported: their home was here)
 
 def check_id(row_id: Any) -> str | None:
     """Why ``row_id`` cannot be an id (strings and 64-bit integers can), or None.

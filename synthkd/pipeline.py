@@ -48,6 +48,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import shutil
@@ -61,10 +62,13 @@ from pydantic import BaseModel, ValidationError
 
 import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConfig, stage_line
+from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.teachers.base import Teacher
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.templates import TemplateError
+
+logger = logging.getLogger(__name__)
 
 
 def counts_line(counts: dict[str, Any], limit: int = 400) -> str:
@@ -108,7 +112,7 @@ class StageContext:
     _progress: Any = None
     _ledger: "Ledger | None" = None
     teacher_config: TeacherConfig | None = None
-    log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
+    log: Callable[[str], None] = logger.info  # run_pipeline(log=...) replaces it
 
     @property
     def input(self) -> Path:
@@ -208,14 +212,6 @@ def _versions() -> dict[str, str]:
         if m is not None and hasattr(m, "__version__"):
             out[mod] = m.__version__
     return out
-
-
-class StageFailed(RuntimeError):
-    """A stage finished but some rows were rejected for good (``synthkd run`` exits 1, as ``complete`` does)."""
-
-
-class RunDirError(ConfigError):
-    """The run directory cannot be used safely (not ours, busy, or a path outside it): exit 2."""
 
 
 def inside_run_dir(run_dir: Path, path: Path) -> Path:
@@ -639,7 +635,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         versions=_versions(), updated=time.strftime("%Y-%m-%dT%H:%M:%S"),
     )
     manifest.save()
-    say = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    say = log or logger.info
     result = RunResult(run_dir=run_dir)
     forcing = False
     for p in planned:

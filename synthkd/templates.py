@@ -29,12 +29,10 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from synthkd.errors import TemplateError  # noqa: F401 (re-exported: their home was here)
+
 REPO_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2")
-
-
-class TemplateError(ValueError):
-    pass
 
 
 def prompt_dirs() -> list[Path]:

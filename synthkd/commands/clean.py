@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import typing
 from pathlib import Path
 from typing import Annotated, Any, List, Optional
@@ -17,8 +18,10 @@ from typing import Annotated, Any, List, Optional
 import typer
 
 from synthkd.commands.common import (
-    make_teacher, run_job, say, teacher_spec, with_connection_options,
+    exit_on_error, make_teacher, run_job, teacher_spec, with_connection_options,
 )
+
+log = logging.getLogger(__name__)
 
 clean_app = typer.Typer(
     help="Clean training data: dedup, near-dup, answer consistency, relabel, judge, format/length/refusal/"
@@ -58,7 +61,7 @@ def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_
         funnel = await clean_file(input, configs, paths, strict=strict, teacher_factory=factory,
                                   progress=progress, meta=meta)
         drops = ", ".join(f"{s.name} {s.dropped:,}" for s in funnel.stages if s.dropped) or "none"
-        say(f"clean: {funnel.rows_in:,} rows in -> {funnel.rows_out:,} out, {funnel.rejected:,} rejected ({drops}) "
+        log.info(f"clean: {funnel.rows_in:,} rows in -> {funnel.rows_out:,} out, {funnel.rejected:,} rejected ({drops}) "
             f"in {funnel.wall_s:.1f} s\n  output {paths.output}\n  rejects {paths.rejects}\n  report {paths.report_md}")
         return 0
 
@@ -79,15 +82,12 @@ def run_cmd(
     conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Run the operators of a config file over INPUT, in order, streaming."""
-    from synthkd.filters.config import ConfigError, load_config
-    from synthkd.jsonl_io import InputError, check_paths
+    from synthkd.filters.config import load_config
+    from synthkd.jsonl_io import check_paths
 
-    try:
+    with exit_on_error():
         check_paths({"--config": config})
         configs = load_config(config)
-    except (ConfigError, InputError) as exc:
-        say(f"error: {exc}")
-        raise typer.Exit(2)
     factory = _teacher_factory(teacher, **conn)
     _run(input, configs, output, rejects, report_dir, strict, progress, factory,
          {"config": str(config), **({"teacher": teacher} if teacher else {})},
@@ -158,7 +158,7 @@ def _op_command(op_cls: type) -> None:
         params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann))
 
     def command(**kw: Any) -> None:
-        from synthkd.filters.config import ConfigError, parse_ops
+        from synthkd.filters.config import parse_ops
 
         item: dict[str, Any] = {"op": op_cls.op}
         for fname in cfg_cls.model_fields:
@@ -173,11 +173,8 @@ def _op_command(op_cls: type) -> None:
                 except json.JSONDecodeError:
                     pass
             item[fname] = v
-        try:
+        with exit_on_error():
             configs = parse_ops([item], f"synthkd clean {op_cls.op}")
-        except ConfigError as exc:
-            say(f"error: {exc}")
-            raise typer.Exit(2)
         factory = None
         if op_cls.uses_teacher:
             factory = _teacher_factory(kw["teacher"], **{k: kw[k] for k in _TEACHER if k != "teacher"})

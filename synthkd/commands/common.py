@@ -9,19 +9,18 @@ from __future__ import annotations
 import asyncio
 import functools
 import inspect
-import sys
 import typing
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Optional
+from typing import Annotated, Any, Awaitable, Callable, Iterator, Optional
 
 import typer
 
-from synthkd.jsonl_io import InputError, OutputWriteError, check_paths
+from synthkd.errors import OutputWriteError, exit_code_for, report_error
+from synthkd.jsonl_io import check_paths
+from synthkd.log import setup_cli_logging
 from synthkd.methods.runner import rejects_path_for
-from synthkd.teachers.base import TeacherFatalError
 from synthkd.teachers.factory import TeacherSpec, make_teacher
-from synthkd.teachers.pricing import PriceTableError
-from synthkd.templates import TemplateError
 
 TeacherOpt = Annotated[str, typer.Option("--teacher", "--model", "-m", help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, local:PATH, or simulated:arithmetic (offline).")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")]
@@ -112,42 +111,47 @@ def check_job_paths(inputs: dict[str, Path | None], output: Path, summary_json: 
                 cache=None if not conn or conn.get("no_cache") else conn.get("cache"))
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+@contextmanager
+def exit_on_error(**report: Any) -> Iterator[None]:
+    """Inside, an error a command reports (:func:`synthkd.errors.exit_code_for`) ends the command with
+    its message and exit code (:func:`synthkd.errors.report_error`, given ``report``: ``interrupted``,
+    ``hints``) instead of a traceback; anything else (a bug) keeps its traceback."""
+    try:
+        yield
+    except BaseException as exc:
+        if exit_code_for(exc) is None:
+            raise
+        raise typer.Exit(report_error(exc, **report)) from None
+
+
+def _output_write_hint(exc: BaseException) -> str:
+    return ("rows written before are kept (each whole); "
+            + ("free some space, then " if getattr(exc, "disk_full", False) else "fix that, then ")
+            + "rerun the same command to resume (answers already paid for come from the cache)")
 
 
 def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
-    """Run an async job; turn known errors into one clear message and an exit code (2 input, unusable
-    path, a write that failed mid-run such as disk full, or a teacher setting found wrong before any
-    request; 4 teacher refused or unreachable; 130 interrupted by Ctrl-C or
-    SIGTERM, rows kept).
+    """Run an async job; end with its exit code, or with the one message and exit code of the error that
+    stopped it (:func:`exit_on_error`): 2 bad input, an unusable path, a write that failed mid-run such
+    as disk full, or a teacher setting found wrong before any request; 3 budget; 4 teacher refused or
+    unreachable; 130 interrupted by Ctrl-C or SIGTERM, rows kept.
 
     ``sigterm=False`` keeps the default SIGTERM (die at once) for a job that blocks the event loop for
     long stretches (training): a handler on the loop would only run once that stretch is over.
     """
-    from synthkd.complete import _install_sigterm, teacher_stop  # one SIGTERM rule, one exit-code rule
+    from synthkd.complete import _install_sigterm  # one SIGTERM rule
+
+    setup_cli_logging()  # messages reach stderr even when the command is mounted outside synthkd's app
 
     async def main() -> int:
         if sigterm:
             _install_sigterm()
         return await job()
 
-    try:
+    with exit_on_error(interrupted="interrupted: rows written so far are kept; rerun the same command to resume",
+                       hints={OutputWriteError: _output_write_hint}):
         code = asyncio.run(main())
-    except (InputError, TemplateError, PriceTableError, ValueError) as exc:
-        say(f"error: {exc}")
-        code = 2
-    except OutputWriteError as exc:
-        say(f"error: {exc}\nrows written before are kept (each whole); "
-            + ("free some space, then " if exc.disk_full else "fix that, then ")
-            + "rerun the same command to resume (answers already paid for come from the cache)")
-        code = 2
-    except TeacherFatalError as exc:  # 2 for a setting found wrong before any request, else 4
-        code = teacher_stop(exc)
-    except (KeyboardInterrupt, asyncio.CancelledError):  # Ctrl-C or SIGTERM
-        say("interrupted: rows written so far are kept; rerun the same command to resume")
-        code = 130
     raise typer.Exit(code)
 
 
-__all__ = ["make_teacher", "teacher_spec", "run_job", "say", "check_job_paths"]
+__all__ = ["make_teacher", "teacher_spec", "run_job", "exit_on_error", "check_job_paths"]

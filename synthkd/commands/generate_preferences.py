@@ -9,6 +9,7 @@ Exit codes: 0 done (rejected rows are an expected outcome here, not a failure); 
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -16,11 +17,14 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
+from synthkd.errors import ExitCode
 from synthkd.jsonl_io import InputError, index_output, load_rows, write_summary
 from synthkd.methods.tasks_spec import KINDS, FieldNames
+
+log = logging.getLogger(__name__)
 
 MODES = ("student", "judge")
 
@@ -121,18 +125,18 @@ def preferences(
         sent = sum(t.stats.attempts for t in teachers)
         reasons = {k: v for k, v in counts.reasons.items() if not k.startswith("answer null")}
         rejects = rejects_path_for(output)
-        say(
+        log.info(
             f"preferences ({mode}): {counts.written} pairs written to {output} ({len(done)} already there), "
             f"{counts.rejected} rows without a pair" + (f" -> {rejects}" if counts.rejected else "")
             + ("" if not reasons else " (" + ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items())) + ")")
             + f"; {time.monotonic() - t0:.1f}s"
         )
         for role, t in zip(roles, teachers):
-            say(f"  {role} {t.model}: {t.stats.summary()}")
-        code = 0
+            log.info(f"  {role} {t.model}: {t.stats.summary()}")
+        code = ExitCode.OK
         if any(t.budget_exhausted for t in teachers):
-            say("budget reached: some rows not started; rerun with a larger --max-cost (nothing is paid twice)")
-            code = 3
+            log.warning("budget reached: some rows not started; rerun with a larger --max-cost (nothing is paid twice)")
+            code = ExitCode.BUDGET
         if summary_json:
             write_summary(summary_json, {
                 "exit_code": code, "mode": mode, "pairs_written": counts.written, "rows_rejected": counts.rejected,

@@ -8,6 +8,7 @@ them); 2 bad input (before any request); 3 budget reached; 4 the teacher refused
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter
 from pathlib import Path
@@ -16,15 +17,16 @@ from typing import Annotated, Any, AsyncIterator, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
+from synthkd.errors import ExitCode
 from synthkd.jsonl_io import OutputLock
 from synthkd.jsonl_io import InputError, check_id, id_hash, index_output, iter_jsonl, write_summary
 from synthkd.methods.runner import rejects_path_for, write_rows
 from synthkd.teachers.base import Teacher
 
-EXIT_OK, EXIT_REJECTS, EXIT_BUDGET = 0, 1, 3
+log = logging.getLogger(__name__)
 
 LabelsOpt = Annotated[Path, typer.Option("--labels", "-l", help="Label space YAML/JSON: labels (a list, or name: description), examples per label (a list of texts), optional task.")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="Output jsonl (appended; ids already there are skipped).")]
@@ -161,19 +163,19 @@ def relabel_cmd(
             (_intended_of(r, label_field), r.get("relabeled_label")) for _, r in iter_jsonl(output)
         ) if output.exists() else confusion_summary([])
         rej = rejects_path_for(output)
-        say(f"done: {counts.written} rows written to {output} ({len(done)} already there), {counts.rejected} rejected"
+        log.info(f"done: {counts.written} rows written to {output} ({len(done)} already there), {counts.rejected} rejected"
             + (f" -> {rej} ({_reasons(counts.reasons)})" if counts.rejected else "")
             + f"; {t.stats.summary()}; {time.monotonic() - t0:.1f}s")
-        say(format_confusion(summary, f"intended vs relabeled (all {summary['rows']} rows of {output.name})"))
-        code = EXIT_OK
+        log.info(format_confusion(summary, f"intended vs relabeled (all {summary['rows']} rows of {output.name})"))
+        code = ExitCode.OK
         if t.budget_exhausted:
-            say(f"budget reached: {missing} rows not started. Rerun with a larger --max-cost to finish (nothing is paid twice).")
-            code = EXIT_BUDGET
+            log.warning(f"budget reached: {missing} rows not started. Rerun with a larger --max-cost to finish (nothing is paid twice).")
+            code = ExitCode.BUDGET
         elif counts.rejected:
-            code = EXIT_REJECTS
+            code = ExitCode.REJECTED
         elif missing > 0:
-            say(f"error: {missing} rows were neither written nor rejected")
-            code = EXIT_REJECTS
+            log.error(f"error: {missing} rows were neither written nor rejected")
+            code = ExitCode.REJECTED
         if summary_json:
             write_summary(summary_json, {"exit_code": code, **counts.as_dict(), "rows_already_done": len(done),
                                          "confusion": summary})
@@ -253,22 +255,22 @@ def promptmix_cmd(
             await _close(t)
         summary = confusion_summary(pairs)
         rej = rejects_path_for(output)
-        say(f"done: {counts.written} rows written to {output} ({counts.already_there} already there), "
+        log.info(f"done: {counts.written} rows written to {output} ({counts.already_there} already there), "
             f"{counts.rejected} rejected" + (f" -> {rej} ({_reasons(counts.reasons)})" if counts.rejected else "")
             + f"; generation calls {stats.calls}/{n_calls} answered ({stats.failed_calls} failed), "
             f"{stats.parsed} examples parsed, {stats.kept} kept after dedup; "
             f"{t.stats.summary()}; {time.monotonic() - t0:.1f}s")
         if alphas:
-            say(f"alpha: mean {sum(alphas) / len(alphas):.3f}, min {min(alphas):.2f}, max {max(alphas):.2f}; "
+            log.info(f"alpha: mean {sum(alphas) / len(alphas):.3f}, min {min(alphas):.2f}, max {max(alphas):.2f}; "
                 f"rows per label ({policy}): " + ", ".join(f"{k} {v}" for k, v in sorted(by_class.items())))
-        say(format_confusion(summary))
+        log.info(format_confusion(summary))
         failed = stats.failed_calls + counts.reasons.get("teacher error", 0)
-        code = EXIT_OK
+        code = ExitCode.OK
         if t.budget_exhausted:
-            say("budget reached: some calls not sent. Rerun with a larger --max-cost to finish (nothing is paid twice).")
-            code = EXIT_BUDGET
+            log.warning("budget reached: some calls not sent. Rerun with a larger --max-cost to finish (nothing is paid twice).")
+            code = ExitCode.BUDGET
         elif failed:
-            code = EXIT_REJECTS
+            code = ExitCode.REJECTED
         if summary_json:
             write_summary(summary_json, {
                 "exit_code": code, **counts.as_dict(), "calls_planned": n_calls, "calls_answered": stats.calls,

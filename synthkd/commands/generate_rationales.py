@@ -10,6 +10,7 @@ Exit codes as ``synthkd complete``: 0 every row written; 1 some rows rejected; 2
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,13 +18,14 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
+from synthkd.errors import ExitCode
 from synthkd.jsonl_io import InputError, index_output, load_rows, write_summary
 from synthkd.methods.tasks_spec import KINDS, FieldNames
 
-EXIT_OK, EXIT_REJECTS, EXIT_BUDGET, EXIT_FATAL = 0, 1, 3, 4
+log = logging.getLogger(__name__)
 
 
 def load_labels(labels: str | None, labels_file: Path | None) -> list[str] | None:
@@ -118,21 +120,21 @@ def rationales(
             await t.aclose()
         sent = t.stats.attempts
         rejects = rejects_path_for(output)
-        say(
+        log.info(
             f"rationales: {counts.written} rows written to {output} ({len(done)} already there), "
             f"{counts.rejected} rejected" + (f" -> {rejects}" if counts.rejected else "") + "; "
             + tally.line() + f"; {t.stats.summary()}; {time.monotonic() - t0:.1f}s"
         )
         missing = todo - counts.written - counts.rejected
-        code = EXIT_OK
+        code = ExitCode.OK
         if t.budget_exhausted:
-            say(f"budget reached: {missing} rows not started; rerun with a larger --max-cost (nothing is paid twice)")
-            code = EXIT_BUDGET
+            log.warning(f"budget reached: {missing} rows not started; rerun with a larger --max-cost (nothing is paid twice)")
+            code = ExitCode.BUDGET
         elif counts.rejected:
-            code = EXIT_REJECTS
+            code = ExitCode.REJECTED
         elif missing:
-            say(f"error: {missing} rows were neither written nor rejected")
-            code = EXIT_REJECTS
+            log.error(f"error: {missing} rows were neither written nor rejected")
+            code = ExitCode.REJECTED
         if summary_json:
             write_summary(summary_json, {
                 "exit_code": code, "rows_written": counts.written, "rows_rejected": counts.rejected,

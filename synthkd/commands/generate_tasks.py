@@ -11,6 +11,7 @@ ids already in the output are skipped.  Exit codes as ``synthkd complete``: 0 th
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any, AsyncIterator, Callable, Optional
@@ -18,13 +19,14 @@ from typing import Annotated, Any, AsyncIterator, Callable, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, check_job_paths, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
 )
 from synthkd.commands.generate import generate_app
+from synthkd.errors import ExitCode, report_error
 from synthkd.jsonl_io import OutputLock, write_summary
 from synthkd.teachers.base import Teacher, TeacherFatalError
 
-EXIT_OK, EXIT_SHORT, EXIT_BUDGET = 0, 1, 3
+log = logging.getLogger(__name__)
 
 SummaryOpt = Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed of every random choice (attribute combos, few-shot pools).")]
@@ -65,24 +67,22 @@ async def _run(
     finally:
         await teacher.aclose()
     attempts = teacher.stats.attempts
-    say(
+    log.info(
         f"{name}: {counts.written} rows written to {output} ({counts.already_there} already there; {target()}); "
         f"{sum(stats.drops.values())} dropped ({_fmt_reasons(dict(stats.drops))})"
         + (f" -> {rejects_path_for(output)}" if counts.rejected else "")
         + f"; {teacher.stats.summary()}; {time.monotonic() - t0:.1f}s"
     )
     for what, why in sorted(stats.short.items()):
-        say(f"  short: {what}: {why}")
-    code = EXIT_OK
+        log.info(f"  short: {what}: {why}")
+    code = ExitCode.OK
     if fatal is not None:
-        from synthkd.complete import teacher_stop
-
-        code = teacher_stop(fatal)  # the one mapping (4 here: the teacher was built, requests went out)
+        code = report_error(fatal)  # the one mapping (4 here: the teacher was built, requests went out)
     elif stats.budget_stopped:
-        say("budget reached: rerun with a larger --max-cost to finish (nothing is paid twice)")
-        code = EXIT_BUDGET
+        log.warning("budget reached: rerun with a larger --max-cost to finish (nothing is paid twice)")
+        code = ExitCode.BUDGET
     elif stats.short:
-        code = EXIT_SHORT
+        code = ExitCode.REJECTED
     if summary_json:
         write_summary(summary_json, {
             "exit_code": code, "rows_written": counts.written, "rows_already_there": counts.already_there,

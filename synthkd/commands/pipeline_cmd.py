@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from synthkd.commands.common import exit_on_error
 from synthkd.config import ConfigError, _line_for, load_pipeline, stage_line
-from synthkd.jsonl_io import InputError
-from synthkd.teachers.base import BudgetExceeded, TeacherFatalError
+from synthkd.errors import ExitCode, os_error_line  # noqa: F401 (os_error_line: its home was here)
 from synthkd.teachers.pricing import PriceTable, PriceTableError
 
 # (synthkd.config pulls in pydantic: fine here, this module is imported only for run/validate help)
@@ -19,14 +20,7 @@ from synthkd.teachers.pricing import PriceTable, PriceTableError
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a config value: KEY.PATH=VALUE (repeatable).")]
 
 
-def _say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-def os_error_line(exc: OSError) -> str:
-    """One line for a runtime environment failure (read-only file system, disk full, permissions)."""
-    where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
-    return f"error: {exc.strerror or exc}{where}"
+log = logging.getLogger(__name__)
 
 
 def _estimate_table(cfg, planned) -> tuple[str, float | None]:
@@ -70,16 +64,10 @@ def validate(
     """Check a pipeline file and estimate its teacher calls, tokens and cost; spends nothing."""
     from synthkd.pipeline import plan
 
-    try:
+    with exit_on_error():
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
         table, _ = _estimate_table(cfg, planned)
-    except (ConfigError, InputError) as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(2)
-    except OSError as exc:
-        _say(os_error_line(exc))
-        raise typer.Exit(2)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
     print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
@@ -92,43 +80,25 @@ def run(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask when the estimate exceeds the teacher's max_cost."),
 ) -> None:
     """Carry out a pipeline into runs/<name>/: resumable, skipping unchanged stages, with a report."""
-    from synthkd.pipeline import StageFailed, plan, run_pipeline
+    from synthkd.pipeline import plan, run_pipeline
 
-    try:
+    # rows rejected for good (StageFailed): exit 1, the code README reserves for that; a read-only run_dir
+    # or a full disk: nothing written is lost, the manifest is intact
+    with exit_on_error(hints={OSError: "nothing already written is lost: fix this and rerun the same command to resume"}):
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
         table, grand = _estimate_table(cfg, planned)
         budget = cfg.teacher.max_cost if cfg.teacher else None
         if budget is not None and grand is not None and grand > budget and not yes:
-            _say(table)
+            log.warning(table)
             if not sys.stdin.isatty() or not typer.confirm(
                 f"estimated cost ${grand:.4f} exceeds max_cost ${budget}; continue (stops at the budget)?"
             ):
-                _say(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
-                raise typer.Exit(2)
+                log.error(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
+                raise typer.Exit(ExitCode.BAD_INPUT)
         result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage))
-    except (ConfigError, InputError) as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(2)
-    except BudgetExceeded as exc:
-        _say(f"stopped: {exc}")
-        raise typer.Exit(3)
-    except TeacherFatalError as exc:  # 2 for a setting found wrong before any request or a cache/ledger
-        # that cannot be written (disk full), else 4: one rule for every command (teacher_stop)
-        from synthkd.complete import teacher_stop
-
-        raise typer.Exit(teacher_stop(exc))
-    except StageFailed as exc:  # rows rejected for good: exit 1, the code README reserves for that
-        _say(f"error: {exc}")
-        raise typer.Exit(1)
-    except OSError as exc:  # read-only run_dir, disk full: nothing written is lost, the manifest is intact
-        _say(os_error_line(exc) + "\nnothing already written is lost: fix this and rerun the same command to resume")
-        raise typer.Exit(2)
-    except KeyboardInterrupt:
-        _say("interrupted: rerun the same command to resume")
-        raise typer.Exit(130)
-    _say(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
-         f"skipped: {', '.join(result.skipped) or 'nothing'})")
+    log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
+             f"skipped: {', '.join(result.skipped) or 'nothing'})")
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
@@ -137,16 +107,10 @@ def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name
     from synthkd.report import write_report
 
     if not (run_dir / "manifest.json").is_file():
-        _say(f"error: {run_dir}: no manifest.json (not a run directory)")
-        raise typer.Exit(2)
-    try:
+        log.error(f"error: {run_dir}: no manifest.json (not a run directory)")
+        raise typer.Exit(ExitCode.BAD_INPUT)
+    with exit_on_error():
         print(write_report(run_dir, read_manifest(run_dir / "manifest.json")))  # only into a run dir of ours
-    except ConfigError as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(2)
-    except OSError as exc:
-        _say(os_error_line(exc))
-        raise typer.Exit(2)
 
 
 def push(
@@ -157,16 +121,11 @@ def push(
 ) -> None:
     """Push a stage to the Hugging Face Hub (needs HF_TOKEN): a training stage's student as a model repo,
     any other stage's rows as a dataset repo, each with a card recording provenance."""
-    from synthkd.hub import HubError, push_stage_dataset, push_student
+    from synthkd.hub import push_stage_dataset, push_student
 
-    try:
+    # a missing stage or file: exit 2; a HubError (offline, unreachable, refused): exit 4, like a teacher
+    with exit_on_error():
         if (run_dir / stage / "config.json").exists():
             print(push_student(run_dir, stage, repo_id, private=not public))
         else:
             print(push_stage_dataset(run_dir, stage, repo_id, private=not public))
-    except (FileNotFoundError, KeyError, ValueError) as exc:
-        _say(f"error: {exc}")
-        raise typer.Exit(2)
-    except HubError as exc:  # offline, unreachable or refused: like a teacher that cannot be reached
-        _say(f"error: {exc}")
-        raise typer.Exit(4)

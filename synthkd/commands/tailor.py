@@ -12,13 +12,17 @@ Register in ``synthkd/cli.py`` with::
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Optional
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, say, teacher_spec, with_connection_options,
+    TeacherOpt, make_teacher, run_job, teacher_spec, with_connection_options,
 )
+from synthkd.errors import ExitCode
 from synthkd.methods.tailored import TailorConfig
 from synthkd.options import config_command
+
+log = logging.getLogger(__name__)
 
 _EXTRA = [inspect.Parameter("teacher", inspect.Parameter.KEYWORD_ONLY, annotation=TeacherOpt),
           # the connection options, filled in by with_connection_options
@@ -42,14 +46,14 @@ def tailor_command(cfg: TailorConfig, teacher: str, conn: Optional[dict] = None)
         check_options(opts)  # before the teacher is built: a missing held-out set costs nothing
         t = make_teacher(teacher_spec(teacher, **conn))
         try:
-            result = await run_tailored(opts, t, say=say)
+            result = await run_tailored(opts, t, say=log.info)
         finally:
             await t.aclose()
         accs = ", ".join(f"r{h['round']} {h['accuracy']:.4f}" for h in result["rounds"] if h.get("accuracy") is not None)
         if result.get("reflection"):
             accs += f", after DPO self-reflection {result['reflection']['accuracy']:.4f}"
-        say(f"tailor: held-out accuracy per round: {accs}; best round {result['best_round']}; "
+        log.info(f"tailor: held-out accuracy per round: {accs}; best round {result['best_round']}; "
             f"{out / 'rounds.json'}, {out / 'accuracy.png'}")
-        return 3 if result["budget_exhausted"] else 0
+        return ExitCode.BUDGET if result["budget_exhausted"] else ExitCode.OK
 
     run_job(job, sigterm=False)  # training blocks the loop: SIGTERM keeps its default

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable
 
 import typer
 
+from synthkd.commands.common import exit_on_error
+from synthkd.errors import ExitCode
+from synthkd.log import setup_cli_logging
 from synthkd.options import config_command, opt, register_feature
 from synthkd.train.dpo import DPOConfig, PreferenceRowFields
 from synthkd.train.evaluate import EvalConfig
@@ -32,8 +35,8 @@ train_app = typer.Typer(help="Train a student on generated rows (TRL SFT / DPO),
                         no_args_is_help=True)
 
 
-def say(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+#: named, not __name__: run as ``python -m synthkd.commands.train`` this module is ``__main__``
+log = logging.getLogger("synthkd.commands.train")
 
 
 def _quiet() -> None:
@@ -51,23 +54,14 @@ def _quiet() -> None:
 
 
 def _guard(job: Callable[[], int]) -> None:
-    """Run a job; bad input -> one clear message and exit 2; the training extra missing -> exit 2 too."""
-    from synthkd.jsonl_io import InputError
-
-    try:
+    """Run a job; bad input -> one clear message and exit 2; the training extra missing -> exit 2 too
+    (the one rule of :func:`synthkd.errors.exit_code_for`)."""
+    setup_cli_logging()  # also under `python -m synthkd.commands.train` and accelerate launch
+    with exit_on_error(
+        interrupted="interrupted: checkpoints written so far are kept; rerun with --resume to continue",
+        hints={ImportError: "training needs the extra: pip install torch==2.13.0 'synthkd[train]'"},
+    ):
         code = job()
-    except InputError as exc:
-        say(f"error: {exc}")
-        code = 2
-    except ValueError as exc:
-        say(f"error: {exc}")
-        code = 2
-    except ImportError as exc:
-        say(f"error: {exc}\ntraining needs the extra: pip install torch==2.13.0 'synthkd[train]'")
-        code = 2
-    except KeyboardInterrupt:
-        say("interrupted: checkpoints written so far are kept; rerun with --resume to continue")
-        code = 130
     raise typer.Exit(code)
 
 
@@ -122,8 +116,8 @@ def sft_command(cfg: SFTConfig) -> None:
 
         record = run_sft(cfg)
         if _main_process():
-            say(_summary(record))
-        return 0
+            log.info(_summary(record))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -146,8 +140,8 @@ def dpo_command(cfg: DPOConfig) -> None:
 
         record = run_dpo(cfg)
         if _main_process():
-            say(_summary(record))
-        return 0
+            log.info(_summary(record))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -188,8 +182,8 @@ def export_command(cfg: ExportConfig) -> None:
         counts = export_rows(cfg.input, cfg.output, cfg.format, mode=cfg.mode, fields=fields,
                              rationale_weight=cfg.rationale_weight, answer_template=cfg.answer_template,
                              conversational=not cfg.plain, skip_invalid=cfg.skip_invalid)
-        say(f"done: {cfg.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
-        return 0
+        log.info(f"done: {cfg.output}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        return ExitCode.OK
 
     _guard(job)
 
@@ -223,12 +217,12 @@ def eval_command(cfg: EvalConfig, json_out: bool = False) -> None:
         line = (f"done: {m['rows']} rows, accuracy {100 * m['accuracy']:.1f}%"
                 + (f", macro-F1 {m['macro_f1']:.3f}" if "macro_f1" in m else "")
                 + f", {rep['mistakes']} mistakes" + (f" -> {out}/mistakes.jsonl" if out else ""))
-        say(line)
+        log.info(line)
         if rep.get("comparison"):
-            say(rep["comparison"])
+            log.info(rep["comparison"])
         for w in rep["warnings"]:
-            say(f"warning: {w}")
-        return 0
+            log.warning(f"warning: {w}")
+        return ExitCode.OK
 
     _guard(job)
 

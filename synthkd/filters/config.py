@@ -14,19 +14,15 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+#: A bad operator list is a ConfigError like any other (a pipeline's ``clean`` stage reports it so).
+from synthkd.errors import ConfigError
 from synthkd.filters.base import OpConfig, Operator, RunContext
 
 #: One module per operator; each defines one Operator subclass (found by its ``op`` attribute).
-from synthkd.config import ConfigError as PipelineConfigError  # noqa: E402
-
 OPERATOR_MODULES = (
     "exact_dedup", "near_dup", "consistency", "relabel", "judge", "format", "refusal", "language",
     "decontaminate", "balance",
 )
-
-
-class ConfigError(PipelineConfigError):
-    """A bad operator list (a pipeline's ``clean`` stage reports it like any other config error)."""
 
 
 _REGISTRY: dict[str, type[Operator]] = {}

@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import Field
 
 from synthkd.filters.base import BatchOperator, OpConfig, Reject
-from synthkd.filters.config import ConfigError
+from synthkd.errors import ConfigError
 from synthkd.filters.text import FieldProblem, clip, text_of, words
 from synthkd.jsonl_io import InputError
 

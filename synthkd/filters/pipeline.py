@@ -23,7 +23,8 @@ from typing import Any, AsyncIterator, Callable
 import orjson
 
 from synthkd.filters.base import Operator, RunContext
-from synthkd.filters.config import ConfigError, build
+from synthkd.errors import ConfigError
+from synthkd.filters.config import build
 from synthkd.filters.funnel import Funnel, Stage
 from synthkd.jsonl_io import InputError, iter_lines, scan_jsonl
 

@@ -68,7 +68,7 @@ class Relabel(Operator):
         self.space = LabelSpace.from_file(self.cfg.label_space)
         load_template(self.cfg.template).check({"classes", "text", "numbered", "task"}, where=f"operator {self.label!r}")
         if self.cfg.samples > 1 and not (self.cfg.temperature and self.cfg.temperature > 0):
-            from synthkd.filters.config import ConfigError
+            from synthkd.errors import ConfigError
 
             raise ConfigError(f"operator {self.label!r}: samples > 1 needs temperature > 0")
 

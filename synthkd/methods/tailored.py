@@ -48,6 +48,7 @@ the teacher's own answer (point the field at it, e.g. ``answer`` of the rational
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -73,6 +74,8 @@ from synthkd.templates import PromptTemplate, load_template
 from synthkd.options import opt, register_feature
 from synthkd.train.common import TrainSettings
 from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, MODES, answer_text, rationale_target, write_jsonl
+
+log = logging.getLogger(__name__)
 
 __all__ = ["TailorConfig", "TailorOptions", "correction_rows", "pairs_from_rows", "plot_rounds", "run_tailored"]
 
@@ -191,12 +194,6 @@ register_feature("tailor", TailorConfig, command=("tailor",), stage="tailor")
 class Templates:
     correct: PromptTemplate
     similar: PromptTemplate | None
-
-
-def _say_default(msg: str) -> None:
-    import sys
-
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -662,7 +659,7 @@ def _check_budget(teacher: Teacher, r: int, what: str) -> None:
         raise BudgetExceeded(f"spent during round {r}'s {what}")
 
 
-async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[str], None] = _say_default
+async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[str], None] = log.info
                        ) -> dict[str, Any]:
     """Run (or resume) the loop; returns ``rounds.json``'s content.
 

@@ -34,6 +34,7 @@ from synthkd.answers import (
     strip_continuation,
 )
 from synthkd.jsonl_io import check_id
+from synthkd.errors import GoldError  # noqa: F401 (re-exported: their home was here)
 
 KINDS: tuple[str, ...] = ("math", "choice", "nli", "classification")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
@@ -69,10 +70,6 @@ class FieldNames:
     premise: str = "premise"
     hypothesis: str = "hypothesis"
     rationale: str = "rationale"
-
-
-class GoldError(ValueError):
-    """A gold label that cannot be read (the message names the field, not the location)."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from synthkd.complete import EXIT_BUDGET, EXIT_OK, CompleteOptions, _run
+from synthkd.complete import CompleteOptions, _run
+from synthkd.errors import ExitCode
 from synthkd.jsonl_io import index_output, iter_jsonl, scan_prompt_file
 from synthkd.pipeline import Estimate, StageContext, StageFailed, count_rows, register_stage  # noqa: F401 (StageFailed re-exported)
 from synthkd.teachers.base import BudgetExceeded
@@ -30,9 +31,9 @@ class CompleteStage:
         # a fatal teacher error goes up to `synthkd run` as such (exit 4, or 2 for a setting), not as
         # "some rows failed for good" (exit 1)
         code = await _run(o, teacher, scan.rows, done, reraise_fatal=True)  # type: ignore[arg-type]
-        if code == EXIT_BUDGET:
+        if code == ExitCode.BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
-        if code != EXIT_OK:
+        if code != ExitCode.OK:
             raise StageFailed(f"[{ctx.stage.name}] some rows failed for good: see {ctx.output.name.replace('.jsonl', '.rejects.jsonl')}")
         return {"rows_in": scan.rows, "rows_out": count_rows(ctx.output)}
 

@@ -161,29 +161,6 @@ class Teacher(ABC):
         ...
 
 
-class TeacherFatalError(RuntimeError):
-    """An error that must stop the whole run at once (bad key, unreachable server, no price for a budget)."""
-
-
-class TeacherConfigError(TeacherFatalError):
-    """A teacher setting that cannot work, found before any request was sent: a local model directory
-    that does not load, a key with a control character, credentials in ``base_url``, no price for
-    ``--max-cost``, a bad ``simulated:`` spec.
-
-    Why its own class: nothing was sent, so it is a configuration error (exit 2, "fix the setting"),
-    not a teacher that refused mid-run (exit 4, "rerun to resume").  It stays a TeacherFatalError so
-    code that stops on any fatal teacher error keeps doing so (F13, F16).
-    """
-
-
-class TeacherStorageError(TeacherFatalError):
-    """The teacher's own records (the request cache, a pipeline stage's ledger) could not be written:
-    disk full, read-only, a file-size limit.
-
-    Why its own class: like any output that cannot be written, it is the machine's problem, not the
-    teacher's and not the rows' (exit 2 everywhere, with what is kept and "rerun to resume"), and
-    every command maps it the same way through :func:`synthkd.complete.teacher_stop`.
-    """
-
-class BudgetExceeded(RuntimeError):
-    """Raised after the stream stops issuing requests because ``max_cost`` was reached."""
+from synthkd.errors import (  # noqa: E402,F401 (their home was here)
+    BudgetExceeded, TeacherConfigError, TeacherFatalError, TeacherStorageError,
+)

@@ -7,8 +7,10 @@ transient (retry with backoff); other 4xx are the request's own fault (fail the 
 
 from __future__ import annotations
 
+from synthkd.errors import SynthkdError
 
-class RetryableError(Exception):
+
+class RetryableError(SynthkdError):
     """A transient failure: the same request may succeed if sent again."""
 
 
@@ -38,7 +40,7 @@ class Stopping(RetryableError):
     """The run is stopping (a fatal error elsewhere): this attempt is not sent, and not retried."""
 
 
-class RequestRejected(Exception):
+class RequestRejected(SynthkdError):
     """The server refused this request for good (400, 404, 422...): retrying cannot help."""
 
 

@@ -15,6 +15,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from synthkd.errors import PriceTableError  # noqa: F401 (re-exported: their home was here)
+
 
 @dataclass(frozen=True)
 class Price:
@@ -23,10 +25,6 @@ class Price:
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
-
-
-class PriceTableError(ValueError):
-    pass
 
 
 def _parse_entries(data: Any, source: str) -> dict[str, Price]:
