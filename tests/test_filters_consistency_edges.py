@@ -388,3 +388,61 @@ def test_report_empty_when_no_row_had_samples():
     o.check(gold_row(1, 1))
     o.check(gold_row(1, 2, answers=[1]))  # wrong answer: rejected before the agreement is counted
     assert o.report() == {}
+
+
+def test_keys_round_numbers_to_six_decimals():
+    # 1e-7 apart: one answer (rounded to 6 decimals), as numbers and as labels; 1e-5 apart: two
+    for cfg in ({}, {"kind": "number"}, {"kind": "label", "labels": ["x"]}):
+        row = {"answers": [1.0000001, 1.0, 2]}
+        assert op(mode="majority", **cfg).check(row) is None, cfg
+        assert row["consistency"] == {"answer": 1.0000001, "majority": 1.0000001, "agreement": 0.6667}
+        assert op(mode="majority", **cfg).check({"answers": [1.00001, 1.0, 2]}) == Reject(
+            "low agreement", "majority 1.00001 has 33% of 3 samples"), cfg
+
+
+def test_gold_histogram_counts_rows_per_bucket():
+    o = op()
+    for answers in ([1, 1, 2], [1, 1, 3], [1, 2, 3, 4, 5], [1]):
+        assert o.check(gold_row(1, 1, answers=answers)) is None
+    assert o.report() == {"agreement_histogram": {"0.2": 1, "0.7": 2, "1.0": 1}}
+
+
+def test_rows_agreement_threshold_is_met_within_1e9():
+    assert op(min_agreement=0.250000001).check(gold_row(1, 1, agreement=0.25)) is None
+    assert op(min_agreement=0.250000003).check(gold_row(1, 1, agreement=0.25)) == Reject(
+        "low agreement", "agreement 25%")
+
+
+def test_majority_is_the_most_common_not_the_first_readable():
+    row = {"answers": [None, 7, 5, 5, "x"]}
+    assert op(mode="majority", min_agreement=0.4).check(row) is None
+    assert row["consistency"] == {"answer": 5, "majority": 5, "agreement": 0.4}
+    row = {"answers": ["b", "a", "A"]}
+    assert op(mode="majority").check(row) is None
+    assert row["consistency"] == {"answer": "a", "majority": "a", "agreement": 0.6667}
+
+
+def test_commas_in_numeric_text_are_removed_before_reading():
+    # "12,5" reads as 125 (commas are dropped), not as 12
+    assert op().check(gold_row(125, "12,5")) is None
+    assert op().check(gold_row(12, "12,5")) == Reject("wrong answer", "answer 12, gold '12,5'")
+
+
+def test_streaming_run_turns_field_problems_into_rejects_when_lenient():
+    import asyncio
+
+    async def go(strict: bool):
+        o = Consistency(ConsistencyConfig(), RunContext(strict=strict, source="in.jsonl"))
+
+        async def src():
+            yield gold_row(1, 1)
+            yield {"id": "g", "answer": 1}
+            yield gold_row(2, 1)
+        return [rej async for _, rej in o.run(src())]
+
+    assert asyncio.run(go(False)) == [None, Reject("field 'gold' missing"), Reject("wrong answer", "answer 2, gold 1")]
+    from synthkd.jsonl_io import InputError
+    with pytest.raises(InputError) as ei:
+        asyncio.run(go(True))
+    assert ei.value.problems == [("in.jsonl: row id 'g': field 'gold': missing (needed by operator 'consistency'; "
+                                  "use --lenient to reject such rows instead)")]

@@ -165,3 +165,17 @@ def test_streaming_run_uses_the_batch_size_and_keeps_order():
         out = run_all(o, [dict(r) for r in rows])
         assert out[:4] == [None] * 4
         assert out[4:] == [Reject("near duplicate", f"J≈1.00 with id {i % 4}") for i in range(4, 11)]
+
+
+def test_report_megabytes_are_10_6_bytes():
+    # 450,000 bytes are 0.45 MB, reported as 0.5 (a divisor even 1 byte larger gives 0.4)
+    o = op(num_perm=54, bands=18, rows=3)
+    o.check_batch([{"id": "x" * 449_990, "text": text(i)} for i in range(53)][:1]
+                  + [{"id": None, "text": text(i)} for i in range(1, 53)])
+    assert o.index.nbytes == 16384 * 27 + 8 * 18 * 53 == 450_000
+    assert o.ids.nbytes == 449_992 + 4 * 52 + 8 * 53
+    rep = o.report()
+    assert rep["index_and_sketches_mb"] == 0.5
+    o2 = op()
+    o2.check_batch([{"id": "x" * 449_990, "text": text(0)}])
+    assert o2.ids.nbytes == 450_000 and o2.report()["ids_mb"] == 0.5

@@ -378,6 +378,9 @@ def test_bbit_jaccard_formula():
         assert bbit_jaccard(a, np.array([b], dtype=np.uint8)).tolist() == [pytest.approx(want, abs=1e-12)], b
     # below the chance level: clipped to 0
     assert bbit_jaccard(a, np.full((1, 4), 0x11, dtype=np.uint8)).tolist() == [0.0]
+    # one sketch each (1-D): a scalar estimate
+    one = bbit_jaccard(np.zeros(4, dtype=np.uint8), np.array([0x10, 0, 0, 0], dtype=np.uint8))
+    assert one.shape == () and float(one) == pytest.approx((7 / 8 - c) / (1 - c))
     # rows at once
     got = bbit_jaccard(np.zeros((2, 4), dtype=np.uint8), np.array([[0, 0, 0, 0], [0x10, 0, 0, 0]], dtype=np.uint8))
     assert got.tolist() == [1.0, pytest.approx((7 / 8 - c) / (1 - c))]
