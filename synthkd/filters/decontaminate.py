@@ -23,7 +23,7 @@ from pydantic import Field
 from synthkd.filters.base import BatchOperator, OpConfig, Reject
 from synthkd.errors import ConfigError
 from synthkd.filters.text import FieldProblem, clip, text_of, words
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 
 
 class DecontaminateConfig(OpConfig):
@@ -95,6 +95,8 @@ class Decontaminate(BatchOperator):
         problems: list[str] = []
         word_lists: list[list[str]] = []
         for pos, item in items:
+            if len(problems) >= MAX_REPORTED_ERRORS:  # checked before each item: a run of bad items stops too
+                break
             if isinstance(item, str):
                 text = item
             elif isinstance(item, dict):
@@ -116,8 +118,6 @@ class Decontaminate(BatchOperator):
             for h, _ in self._grams(ws):
                 self.grams.setdefault(h, k)
             word_lists.append(ws)
-            if len(problems) >= 20:
-                break
         if problems:
             raise InputError(problems)
         if not self.eval_ids:
