@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+import time
 
 import pytest
 
@@ -109,6 +110,18 @@ def test_put_get_roundtrip_and_replace(tmp_path):
         assert c.write_error is None
 
 
+def test_one_cache_is_shared_by_threads(tmp_path):
+    import threading
+
+    with RequestCache(tmp_path / "c.sqlite") as c:
+        workers = [threading.Thread(target=c.put, args=(f"k{i}", "m", {"text": str(i)})) for i in range(4)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert len(c) == 4 and c.get("k3") == {"text": "3"}
+
+
 def test_rows_record_the_model_and_the_time(tmp_path):
     path = tmp_path / "c.sqlite"
     with RequestCache(path) as c:
@@ -192,10 +205,13 @@ def test_opening_waits_for_another_process_that_holds_the_lock_briefly(tmp_path)
     other.execute("CREATE TABLE t (x)")
     other.execute("BEGIN EXCLUSIVE")
     release = threading.Timer(0.2, lambda: (other.execute("ROLLBACK"), other.close()))
+    t0 = time.monotonic()
     release.start()
     try:
         with RequestCache(path, timeout_s=30) as c:
+            waited = time.monotonic() - t0
             c.put("k", "m", {"text": "x"})
             assert c.get("k") == {"text": "x"}
     finally:
         release.join()
+    assert waited < 1.0  # short retries (10 ms, doubling), not a long sleep

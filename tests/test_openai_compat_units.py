@@ -39,7 +39,7 @@ class ScriptedServer(TestServer):
         self.script: list[tuple[int, bytes, dict[str, str]]] = []
         self.seen: list[tuple[str, dict[str, str], dict]] = []
 
-    def push(self, status: int, body: object, headers: dict[str, str] | None = None) -> "ScriptedServer":
+    def push(self, status: int, body: object, headers: dict[str, str] | None = None) -> ScriptedServer:
         raw = body if isinstance(body, bytes) else orjson.dumps(body)
         self.script.append((status, raw, {"Content-Type": "application/json", **(headers or {})}))
         return self

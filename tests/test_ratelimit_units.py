@@ -122,6 +122,11 @@ def test_rpm_1200_bursts_ten_then_paces_at_rpm_over_60_per_second():
     assert stamps == pytest.approx([0.0] * 10 + [0.05, 0.10, 0.15], abs=EXACT)
 
 
+def test_rpm_240_bursts_two():
+    # 240 RPM = 4/s, burst 2: two at once, then one per 250 ms.
+    assert _gaps(RateLimiter(rpm=240), 4) == pytest.approx([0.0, 0.0, 0.25, 0.5], abs=EXACT)
+
+
 def test_rpm_pacing_ignores_the_token_estimate():
     assert _gaps(RateLimiter(rpm=60), 3, est=1_000_000) == pytest.approx([0.0, 1.0, 2.0], abs=EXACT)
 
@@ -323,9 +328,16 @@ def test_acquire_waits_out_a_pause_then_its_pacing_slot():
         lim.pause(0.05)
         t1 = time.monotonic()
         await asyncio.wait_for(lim.acquire(1), 2)
-        return first, second, time.monotonic() - t1
+        paused = time.monotonic() - t1
+        # After the pause the request still took its pacing slot: one per second at 60 RPM.
+        slow = RateLimiter(rpm=60)
+        slow.pause(0.02)
+        await asyncio.wait_for(slow.acquire(1), 2)
+        next_wait = slow.reserve(1, time.monotonic())
+        return first, second, paused, next_wait
 
-    first, second, paused = asyncio.run(go())
+    first, second, paused, next_wait = asyncio.run(go())
     assert first < 0.05
     assert 0.09 <= second < 0.5
     assert 0.045 <= paused < 0.5
+    assert 0.5 < next_wait <= 1.0

@@ -79,6 +79,21 @@ def test_scrub_prefix_rule_needs_a_secret_longer_than_eight_characters():
     assert scrub("x Abcd1234 y", (nine,)) == "x *** y"  # its first 8 are a secret
 
 
+def test_scrub_finds_cut_off_keys_at_the_very_start_and_end_of_the_text():
+    assert scrub(f"{OPENAI_KEY[:10]}!", (OPENAI_KEY,)) == "***!"
+    assert scrub(f"tail {OPENAI_KEY[:20]}", (OPENAI_KEY,)) == "tail ***"
+    assert scrub(OPENAI_KEY[:8], (OPENAI_KEY,)) == "***"
+
+
+def test_scrub_checks_every_secret_whatever_comes_before_it():
+    password = "hunter2-proxy-password"
+    # The client's secrets are (API key, proxy password): either may be missing or short.
+    assert scrub(f"u:{password}@host", (None, password)) == "u:***@host"
+    assert scrub(f"u:{password}@host", ("", password)) == "u:***@host"
+    assert scrub(f"k={OPENAI_KEY} short=Abcd1234", ("Abcd1234", OPENAI_KEY)) == "k=*** short=***"
+    assert scrub(f"k={OPENAI_KEY[:12]} p={password[:9]}", (OPENAI_KEY, password)) == "k=*** p=***"
+
+
 def test_scrub_ignores_missing_and_very_short_secrets():
     text = "the password is abc and the key is abcd"
     assert scrub(text, (None, "", "abc")) == text  # shorter than 4: would blank ordinary words
