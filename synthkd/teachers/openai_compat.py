@@ -353,13 +353,18 @@ class OpenAICompatibleTeacher(Teacher):
     _backoff = wait_exponential(multiplier=0.5, max=20.0) + wait_random(0, 0.5)
 
     def _wait(self, state: RetryCallState) -> float:
+        # No counting here: tenacity computes the wait before it asks ``_stop``, so this also runs after
+        # the last attempt of a request that then fails for good (``_count_retry`` counts real retries).
         exc = state.outcome.exception() if state.outcome else None
-        self.stats.retries += 1
         if isinstance(exc, RateLimitedError) and exc.retry_after is not None:
             return exc.retry_after * (1.0 + 0.1 * (hash(state) % 10) / 10)
         if isinstance(exc, AttemptTimeout):
             return 0.05  # the attempt already waited its deadline
         return self._backoff(state)  # exponential backoff + jitter
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        """tenacity's ``before_sleep``: called only when another attempt of the request will follow."""
+        self.stats.retries += 1
 
     async def _complete_uncached(self, req: TeacherRequest, key: str) -> TeacherResult:
         params = {**self.default_params, **req.params}
@@ -379,6 +384,7 @@ class OpenAICompatibleTeacher(Teacher):
                 retry=retry_if_exception_type(RetryableError),
                 stop=self._stop,
                 wait=self._wait,
+                before_sleep=self._count_retry,
                 reraise=True,
             ):
                 with attempt:
