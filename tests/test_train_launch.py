@@ -14,6 +14,8 @@ from synthkd.train.student import TRAIN_RECORD, load_student
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TRAIN_ROWS
 
+pytestmark = pytest.mark.train  # accelerate launch of training
+
 CONFIGS = package_dir("accelerate_configs")  # shipped in the package (synthkd/accelerate_configs)
 
 
