@@ -1,7 +1,8 @@
 """Prompt templates as files: Jinja2 with strict variables, found by name or path, hashed for provenance.
 
-Why files and strictness: a prompt is part of the experiment, so it lives in ``prompts/`` under version
-control, every output row records the template's name and a hash of its text, and a variable with no
+Why files and strictness: a prompt is part of the experiment, so it lives in ``synthkd/prompts/`` under
+version control (shipped in the wheel as package data; the repository's top-level ``prompts`` is a symlink
+to it), every output row records the template's name and a hash of its text, and a variable with no
 value is an error *before* any request (Jinja2's default would silently render an empty string and
 you would pay for thousands of broken prompts).
 
@@ -29,16 +30,18 @@ import jinja2
 from jinja2 import meta, nodes
 from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
 
+from synthkd.assets import prompts_dir
 from synthkd.errors import TemplateError  # noqa: F401 (re-exported: their home was here)
 
-REPO_PROMPTS = Path(__file__).resolve().parents[1] / "prompts"
 TEMPLATE_SUFFIXES = (".j2", ".jinja", ".jinja2")
 
 
 def prompt_dirs() -> list[Path]:
-    """Where template names are looked up: $SYNTHKD_PROMPTS (colon-separated), then the repo's prompts/."""
+    """Where template names are looked up: $SYNTHKD_PROMPTS (colon-separated), then the shipped templates
+    (``synthkd/prompts``, found with importlib.resources, so an installed wheel finds them too)."""
     dirs = [Path(p) for p in os.environ.get("SYNTHKD_PROMPTS", "").split(os.pathsep) if p]
-    return [*dirs, REPO_PROMPTS]
+    shipped = prompts_dir()
+    return [*dirs, shipped] if shipped is not None else dirs
 
 
 _ENV = ImmutableSandboxedEnvironment(

@@ -180,3 +180,15 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
     return subprocess.run(
         synthkd_cmd(*args), env=env or cli_env(), capture_output=True, text=True, timeout=timeout
     )
+
+
+# The session fixtures of train_fixtures.py build or train students (torch): a test that uses one is a
+# `train` test even where its module does not say so, so `pytest -m "not train"` never needs torch.
+_TRAIN_FIXTURES = frozenset({"tiny_student", "tiny_student_plain", "varied_student", "label_student", "train_env"})
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _TRAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.train)

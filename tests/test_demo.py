@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from conftest import eval_accuracy
 
 from synthkd.answers import numbers_equal
 from synthkd.demo import run_demo
+
+pytestmark = pytest.mark.train  # the demo trains five tiny students
 
 
 def test_demo_runs_the_whole_loop_offline(tmp_path):

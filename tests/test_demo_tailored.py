@@ -5,9 +5,13 @@ from __future__ import annotations
 import json
 import random
 
+import pytest
+
 from conftest import read_jsonl
 
 from synthkd.demo_tailored import run_tailored_demo
+
+pytestmark = pytest.mark.train  # the demo trains tiny students
 
 
 def test_tailored_demo_compares_at_equal_teacher_calls(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ import subprocess
 import sys
 
 
+import pytest
+
 from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
 from synthkd.teachers import TeacherFatalError, TeacherRequest
 from synthkd.teachers.cache import RequestCache
@@ -242,6 +244,7 @@ def _config_error(res, needle: str) -> None:
     assert "Traceback" not in res.stderr, res.stderr
 
 
+@pytest.mark.train  # --teacher local:DIR loads torch (without it: a traceback, not exit 2)
 def test_generate_commands_give_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
     # F13 + F16 regression: run_job ended every such error with "nothing paid for is lost: rerun the
     # same command to resume" (exit 4), also for --teacher local:DIR that does not load and a bad key.

@@ -9,7 +9,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from huggingface_hub.errors import OfflineModeIsEnabled
 
 from conftest import cli_env, read_jsonl, synthkd_cmd
 from synthkd.hub import HubError, dataset_card, dataset_files, push_stage_dataset, push_student
@@ -74,7 +73,10 @@ def test_dataset_push_files_are_the_stage_rows_rejects_funnel_report_and_card(tm
         dataset_files(run, "../r1/gen")
 
 
+@pytest.mark.train  # huggingface_hub comes with the [train] extra
 def test_push_stops_at_the_hub_client_with_a_typed_error(tmp_path, make_server):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     # weak-test fix: the exact error, not any Exception
     run, _ = _real_run(tmp_path, make_server)
     with pytest.raises(HubError) as ei:
@@ -87,7 +89,10 @@ def test_push_stops_at_the_hub_client_with_a_typed_error(tmp_path, make_server):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.train  # huggingface_hub comes with the [train] extra
 def test_push_student_needs_a_trained_model_and_stops_at_the_hub(tmp_path):
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
     run = tmp_path / "runs" / "r1"
     run.mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="clean: not a trained student"):

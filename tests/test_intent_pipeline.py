@@ -7,6 +7,8 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
 from synthkd.testing.banking77_responder import Banking77Responder
 from synthkd.testing.server import FaultConfig, TestServer
@@ -40,6 +42,7 @@ def _run(args: list[str], url: str) -> subprocess.CompletedProcess:
                           text=True, timeout=120)
 
 
+@pytest.mark.train
 def test_intent_pipeline_runs_offline_and_reruns_for_free(tmp_path):
     teacher = Banking77Responder.from_dir()
     srv = TestServer(FaultConfig(), responder=teacher).start()

@@ -439,6 +439,7 @@ def test_unwritable_run_dir_and_full_disk_are_one_clear_line(tmp_path):
     assert len(read_jsonl(tmp_path / "runs/p/m.jsonl")) == 3000
 
 
+@pytest.mark.train  # huggingface_hub comes with the [train] extra
 def test_push_offline_is_one_clear_message(tmp_path):
     # F14 regression: push with the hub offline gave an OfflineModeIsEnabled traceback
     _rows(tmp_path / "in.jsonl", 3)

@@ -9,6 +9,8 @@ import math
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
 from synthkd.answers import numbers_equal, strip_continuation
 
@@ -46,6 +48,7 @@ def _small(tmp: Path) -> list[str]:
     return [a for s in sets for a in ("--set", s)]
 
 
+@pytest.mark.train
 def test_preference_pipeline_end_to_end_and_rerun_skips(tmp_path):
     args = ["run", str(PIPELINE), *_small(tmp_path)]
     first = _run(*args)

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import subprocess
 
+import pytest
+
 from conftest import REPO, cli_env, synthkd_cmd, write_prompts
 
 
+@pytest.mark.train
 def test_svamp_step_by_step_pipeline_offline(tmp_path):
     runs = tmp_path / "runs"
     small = ["--set", f"run_dir={runs}",

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
 
 from synthkd.answers import numbers_equal
@@ -82,6 +84,7 @@ def _model_stamps(run: Path) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sorted(run.glob("tailor/round_*/model/model.safetensors"))}
 
 
+@pytest.mark.train
 def test_tailor_stage_two_rounds_metrics_report_and_rerun_skips(tmp_path, make_server):
     srv = _server(make_server)
     args = _args(tmp_path, srv.base_url)
@@ -174,6 +177,7 @@ def test_tailor_stage_two_rounds_metrics_report_and_rerun_skips(tmp_path, make_s
     assert (run / "tailor" / "model" / "config.json").exists()
 
 
+@pytest.mark.train
 def test_sigkill_in_round_2_resumes_round_2_without_retraining_or_asking_again(tmp_path, make_server):
     srv = _server(make_server)
     args = _args(tmp_path, srv.base_url)

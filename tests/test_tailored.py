@@ -77,6 +77,7 @@ def _teacher(srv, base: Path) -> OpenAICompatibleTeacher:
                                    cache=RequestCache(base / "cache.sqlite"), max_retries=1, preflight=False)
 
 
+@pytest.mark.train
 def test_tailored_loop_two_rounds_then_resume(setup, make_server):
     base, student, pool, heldout = setup
     srv = make_server(FaultConfig(), responder=_responder())
@@ -179,6 +180,7 @@ def test_tailored_loop_two_rounds_then_resume(setup, make_server):
         assert p.stat().st_mtime_ns == stamps[p]
 
 
+@pytest.mark.train
 def test_no_heldout_is_a_clear_error_before_anything(setup, make_server, tmp_path):
     _base, student, pool, _ = setup
     srv = make_server(FaultConfig(), responder=_responder())
@@ -198,6 +200,7 @@ def test_no_heldout_is_a_clear_error_before_anything(setup, make_server, tmp_pat
     assert not (tmp_path / "run" / "round_0").exists()
 
 
+@pytest.mark.train
 def test_cli_no_heldout_exits_2_with_the_reason(setup, tmp_path):
     import typer
     from typer.testing import CliRunner
@@ -222,6 +225,7 @@ def _sloppy_responder():
     return SimulatedResponder(PROBLEMS, error_rate=0.15, noise_rate=0.1, salt="tailor-llm2llm")
 
 
+@pytest.mark.train
 def test_k_samples_similar_exercises_and_final_dpo(setup, make_server, tmp_path):
     from synthkd.testing.simulated import parse_problem
 
@@ -300,6 +304,7 @@ def normalize(q: str) -> str:
     return normalize_question(q)
 
 
+@pytest.mark.train
 def test_budget_spent_mid_round_stops_cleanly_then_resumes_without_paying_twice(setup, make_server, tmp_path):
     from synthkd.teachers.pricing import PriceTable
 
@@ -342,6 +347,7 @@ def test_budget_spent_mid_round_stops_cleanly_then_resumes_without_paying_twice(
     assert (run / "round_0" / "model" / "model.safetensors").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.train
 def test_cli_sigkill_mid_round_resumes_without_retraining_or_repaying(setup, make_server, tmp_path):
     """``synthkd tailor`` killed (SIGKILL) while round 2's corrections are in flight, then rerun."""
     import signal
@@ -388,6 +394,7 @@ def test_cli_sigkill_mid_round_resumes_without_retraining_or_repaying(setup, mak
     assert sum(c - 1 for c in counts) <= 4, sorted(counts)[-6:]
 
 
+@pytest.mark.train
 def test_a_student_with_no_mistakes_stops_the_loop_with_a_clear_message(setup, make_server, tmp_path):
     from synthkd.train.evaluate import EvalOptions, run_eval
 
@@ -446,6 +453,7 @@ def _fake_round(run: Path, r: int, accuracy: float) -> None:
                                                 "mistakes": 3, "new_rows": 3, "teacher_requests": 0}))
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("patience, rounds_run, stop", [
     (1, [0, 1], "held-out accuracy has not improved for 1 round(s) (best 0.5000); stopping"),
     (2, [0, 1, 2], "held-out accuracy has not improved for 2 round(s) (best 0.5000); stopping"),
@@ -479,6 +487,7 @@ def test_patience_stops_after_that_many_rounds_without_a_heldout_gain(setup, mak
     assert srv.stats()["requests_total"] == 0
 
 
+@pytest.mark.train
 def test_max_mistakes_samples_seeded_and_replace_trains_on_this_rounds_rows_only(setup, make_server, tmp_path):
     """--max-mistakes 5: the kept mistakes are the seeded sample ``Random(f"{seed}:{round}")`` of the
     round's mistakes (in pool order), not the first 5; --replace (accumulate=False): each round trains on

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -98,3 +99,64 @@ def test_cli_refuses_evil_template_before_any_request(tmp_path, make_server):
     assert r.returncode == 2, r.stderr
     assert "evil.j2:1: unsafe template" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists() and server.stats()["requests_total"] == 0
+
+
+# ------------------------------------------------------------------ shipped templates (issue 12)
+
+
+def test_shipped_templates_are_package_data_and_the_repo_prompts_link_cannot_diverge():
+    import glob
+    import tomllib
+    from pathlib import Path
+
+    from synthkd.assets import prompts_dir
+    from tests.conftest import REPO
+
+    shipped = prompts_dir()
+    assert shipped is not None and shipped.resolve() == (REPO / "synthkd" / "prompts").resolve()
+    # the documented top-level prompts/ is a relative symlink to the package's, not a second copy
+    top = REPO / "prompts"
+    assert top.is_symlink() and os.readlink(top) == os.path.join("synthkd", "prompts"), (
+        "prompts/ must be the symlink prompts -> synthkd/prompts (the templates live in the package)")
+    assert top.resolve() == shipped.resolve()
+    # every template file is declared package data (expanded as setuptools does: glob, recursive) and loads
+    globs = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["synthkd"]
+    declared = {Path(f).resolve() for g in globs for f in glob.glob(str(REPO / "synthkd" / g), recursive=True)}
+    files = sorted(p for p in shipped.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    assert len(files) >= 15
+    for f in files:
+        assert f.resolve() in declared, f"{f} is not package data in pyproject.toml"
+        name = f.relative_to(shipped).with_suffix("").as_posix()
+        assert load_template(name).path.resolve() == f.resolve()
+
+
+def test_a_user_template_file_or_directory_is_used_before_the_shipped_ones(tmp_path, monkeypatch):
+    from tests.conftest import REPO
+
+    mine = tmp_path / "mine"
+    (mine / "rationale").mkdir(parents=True)
+    (mine / "rationale" / "cot_math.j2").write_text("Mine: {{ query }}")
+    monkeypatch.chdir(tmp_path)
+    # a .j2 path, relative to the cwd, is used as given
+    assert load_template("mine/rationale/cot_math.j2").render(query="q") == "Mine: q"
+    # $SYNTHKD_PROMPTS shadows a shipped name; the shipped one is found when it is unset
+    monkeypatch.setenv("SYNTHKD_PROMPTS", str(mine))
+    assert load_template("rationale/cot_math").render(query="q") == "Mine: q"
+    monkeypatch.delenv("SYNTHKD_PROMPTS")
+    shipped = load_template("rationale/cot_math")
+    assert shipped.path.resolve() == REPO / "synthkd" / "prompts" / "rationale" / "cot_math.j2"
+    assert "Answer the last question." in shipped.render(query="q", demos=[], hint=None)
+
+
+def test_shipped_accelerate_configs_are_found_by_name(capsys):
+    from synthkd.assets import accelerate_config, accelerate_configs, main
+    from tests.conftest import REPO
+
+    assert sorted(accelerate_configs()) == ["ddp", "deepspeed_zero2", "deepspeed_zero3", "fsdp"]
+    ddp = accelerate_config("ddp.yaml")
+    assert ddp == accelerate_config("ddp") and ddp.resolve() == REPO / "synthkd" / "accelerate_configs" / "ddp.yaml"
+    with pytest.raises(KeyError, match="no shipped accelerate config 'zero9'"):
+        accelerate_config("zero9")
+    assert main(["accelerate", "fsdp"]) == 0 and capsys.readouterr().out.strip() == str(accelerate_config("fsdp"))
+    assert main(["accelerate", "nope"]) == 1 and "there are: ddp, deepspeed_zero2" in capsys.readouterr().err
+    assert main([]) == 2

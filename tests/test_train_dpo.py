@@ -6,13 +6,17 @@ import json
 import math
 
 import pytest
-import torch
+
+# a [train] module (torch at module level): skipped whole where the extra is not installed
+torch = pytest.importorskip("torch")
 
 from synthkd.jsonl_io import InputError
 from synthkd.train.dpo import DPOOptions, run_dpo
 from synthkd.train.student import TRAIN_RECORD, load_student
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TRAIN_ROWS, quiet_settings, read_rows
+
+pytestmark = pytest.mark.train  # trains DPO students
 
 LN2 = math.log(2)
 

@@ -51,6 +51,7 @@ def _eval_rows(tmp_path, flipped=None):
     ])
 
 
+@pytest.mark.train
 def test_accuracy_on_a_set_with_known_answers(memorised, tmp_path):
     rep = run_eval(EvalOptions(student=str(memorised), input=_eval_rows(tmp_path), kind="label", labels=LABELS,
                                fields=_fields("text")))
@@ -58,6 +59,7 @@ def test_accuracy_on_a_set_with_known_answers(memorised, tmp_path):
     assert rep["prompt"]["decoding"] == "greedy" and rep["prompt"]["max_new_tokens"] == 32  # label-mode default
 
 
+@pytest.mark.train
 def test_flipped_golds_give_the_expected_scores_mistakes_and_teacher_line(memorised, tmp_path):
     out = tmp_path / "out"
     rep = run_eval(EvalOptions(student=str(memorised), input=_eval_rows(tmp_path, FLIPPED), kind="label",
@@ -95,6 +97,7 @@ def test_flipped_golds_give_the_expected_scores_mistakes_and_teacher_line(memori
     assert (memorised / "synthkd_train.json").read_bytes() == shared_record
 
 
+@pytest.mark.train
 def test_labels_the_student_never_produces_are_reported_not_a_crash(memorised, tmp_path):
     rows = _write(tmp_path / "e.jsonl", [{"id": i, "input": t, "gold": "yes" if i % 2 else "no"} for i, (t, _) in enumerate(ROWS)])
     rep = run_eval(EvalOptions(student=str(memorised), input=rows, kind="label", labels=["yes", "no"]))
@@ -104,6 +107,7 @@ def test_labels_the_student_never_produces_are_reported_not_a_crash(memorised, t
     assert "> warning: none of the 8" in rep["markdown"]
 
 
+@pytest.mark.train
 def test_number_kind_on_svamp_with_equation_golds(label_student, tmp_path):
     rows = read_rows(TEST_ROWS)
     src = _write(tmp_path / "svamp.jsonl", [{**r, "gold": g["label"]} for r, g in
@@ -142,6 +146,7 @@ def test_score_and_gold_parsing_units():
     assert c["macro_f1"] == pytest.approx((1 + 2 / 3 + 0) / 3)
 
 
+@pytest.mark.train
 def test_bad_eval_input(memorised, tmp_path):
     src = _write(tmp_path / "bad.jsonl", [{"id": 1, "input": "x"}, {"id": 2, "gold": "positive"},
                                           {"id": 3, "input": "y", "gold": "great"}])
@@ -155,6 +160,7 @@ def test_bad_eval_input(memorised, tmp_path):
         run_eval(EvalOptions(student=str(memorised), input=src, kind="label"))
 
 
+@pytest.mark.train
 def test_eval_cli(memorised, tmp_path, train_env):
     rows = _eval_rows(tmp_path, FLIPPED)
     cmd = [sys.executable, "-m", "synthkd.commands.train", "eval", "-s", str(memorised), "-i", str(rows),

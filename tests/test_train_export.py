@@ -23,6 +23,7 @@ def _write(path, rows):
     return path
 
 
+@pytest.mark.train
 @pytest.mark.parametrize("fmt", ["prompt-completion", "conversational", "messages"])
 def test_each_sft_format_reads_back_with_load_dataset(tmp_path, fmt):
     out = tmp_path / f"{fmt}.jsonl"
@@ -44,6 +45,7 @@ def test_each_sft_format_reads_back_with_load_dataset(tmp_path, fmt):
         assert [m["role"] for m in first["messages"]] == ["user", "assistant"]
 
 
+@pytest.mark.train
 def test_preference_format_standard_and_conversational(tmp_path):
     rows = [{"id": i, "question": f"What is {i} + 1?", "good": str(i + 1), "bad": str(i + 2)} for i in range(5)]
     src = _write(tmp_path / "prefs.jsonl", rows)
@@ -70,6 +72,7 @@ def test_field_names_are_configurable(tmp_path):
     assert build_sft_examples(src2, "label")[0][0].prompt == "Q?"
 
 
+@pytest.mark.train
 def test_multitask_weights_follow_the_rationale_weight(tmp_path):
     assert task_weights(0.5) == {"predict": 1.0, "explain": 1.0}
     assert task_weights(0.3) == pytest.approx({"predict": 1.4, "explain": 0.6})
@@ -143,6 +146,7 @@ def test_answer_text_and_split():
     assert split_by_id(exs, 0.25, seed=0)[1] == held  # deterministic
 
 
+@pytest.mark.train
 def test_export_cli(tmp_path, train_env):
     out = tmp_path / "x.jsonl"
     cmd = [sys.executable, "-m", "synthkd.commands.train", "train", "export", "-i", str(TRAIN_ROWS), "-o", str(out),

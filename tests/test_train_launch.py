@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
+from synthkd.assets import package_dir
 from synthkd.train.student import TRAIN_RECORD, load_student
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TRAIN_ROWS
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+pytestmark = pytest.mark.train  # accelerate launch of training
+
+CONFIGS = package_dir("accelerate_configs")  # shipped in the package (synthkd/accelerate_configs)
 
 
 def test_shipped_accelerate_configs_are_valid():

@@ -14,6 +14,8 @@ from synthkd.train.student import load_student
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TEST_ROWS, read_rows
 
+pytestmark = pytest.mark.train  # a local student as the teacher
+
 
 def _run(teacher, reqs):
     async def go():

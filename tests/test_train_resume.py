@@ -17,9 +17,13 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import cli_env, synthkd_cmd
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TRAIN_ROWS, quiet_settings, read_rows
+
+pytestmark = pytest.mark.train  # trains and resumes students
 
 
 def _weights(model_dir: Path) -> dict:

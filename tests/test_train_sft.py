@@ -8,7 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
+
+# a [train] module (torch at module level): skipped whole where the extra is not installed
+torch = pytest.importorskip("torch")
 
 from synthkd.jsonl_io import InputError
 from synthkd.train.export import load_json_dataset
@@ -17,6 +19,8 @@ from synthkd.train.student import TRAIN_RECORD, load_student
 from synthkd.train.weighted import TASK_COLUMN, WEIGHT_COLUMN, example_losses
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TEST_ROWS, TRAIN_ROWS, quiet_settings, read_rows
+
+pytestmark = pytest.mark.train  # trains SFT students
 
 LN_VOCAB = math.log(800)
 

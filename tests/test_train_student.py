@@ -7,7 +7,9 @@ import shutil
 import warnings
 
 import pytest
-import torch
+
+# a [train] module (torch at module level): skipped whole where the extra is not installed
+torch = pytest.importorskip("torch")
 
 from synthkd.jsonl_io import InputError
 from synthkd.train.student import (
@@ -15,6 +17,8 @@ from synthkd.train.student import (
 )
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TEST_ROWS, read_rows
+
+pytestmark = pytest.mark.train  # loads and runs tiny students
 
 
 def test_load_local_student_with_chat_template(tiny_student):
