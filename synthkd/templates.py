@@ -104,12 +104,15 @@ def _unsafe_attribute(tree: nodes.Template) -> tuple[int, str] | None:
     the template is loaded, before the first request, even for branches a dry render would not take.
     """
     for node in tree.find_all((nodes.Getattr, nodes.Getitem, nodes.Filter)):
+        attr: Any
         if isinstance(node, nodes.Getattr):
             attr = node.attr
         elif isinstance(node, nodes.Getitem):
             attr = node.arg.value if isinstance(node.arg, nodes.Const) else None
-        else:
+        elif isinstance(node, nodes.Filter):
             attr = node.args[0].value if node.name == "attr" and node.args and isinstance(node.args[0], nodes.Const) else None
+        else:  # find_all yields only the three kinds asked for
+            continue
         if isinstance(attr, str) and attr.startswith("_"):
             return node.lineno, attr
     return None

@@ -77,7 +77,7 @@ class Consistency(RowOperator):
         if k != "auto":
             return k
         rk = row.get("kind")
-        return {"math": "number", "choice": "choice", "nli": "label", "classification": "label"}.get(rk, "number")
+        return {"math": "number", "choice": "choice", "nli": "label", "classification": "label"}.get(str(rk), "number")
 
     def _parse(self, text: Any, row: dict[str, Any]) -> tuple[Any, str | None]:
         from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer

@@ -74,7 +74,7 @@ class Decontaminate(BatchOperator):
         self.grams: dict[int, int] = {}  # n-gram hash -> eval item number
         self.eval_ids: list[Any] = []
         self.eval_previews: list[str] = []
-        self.near = None
+        self.near: Any = None  # a NearDupIndex once setup() ran with near_dup_threshold
         self.hit_items: set[int] = set()
         self.batch_size = 1024
 

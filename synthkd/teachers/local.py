@@ -89,10 +89,11 @@ class LocalTeacher(Teacher):
     def _params(self, req: TeacherRequest) -> dict[str, Any]:
         p = {**self.default_params, **(req.params or {})}
         stop = p.get("stop")
+        top_p = p.get("top_p")
         return {
             "max_new_tokens": int(p.get("max_tokens") or p.get("max_new_tokens") or DEFAULT_MAX_TOKENS),
             "temperature": float(p.get("temperature") or 0.0),
-            "top_p": float(p.get("top_p") if p.get("top_p") is not None else 1.0),
+            "top_p": float(top_p if top_p is not None else 1.0),
             "stop": tuple([stop] if isinstance(stop, str) else (stop or [])),
             "seed": int(p.get("seed") or 0),
         }

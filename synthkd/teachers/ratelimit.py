@@ -49,11 +49,11 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
             return max(0.0, float(ra))
         except ValueError:
             pass  # an HTTP date: rare for APIs; fall through
-    resets = [
+    parsed = [
         parse_duration(headers.get("x-ratelimit-reset-requests")),
         parse_duration(headers.get("x-ratelimit-reset-tokens")),
     ]
-    resets = [r for r in resets if r is not None]
+    resets = [r for r in parsed if r is not None]
     return max(resets) if resets else None
 
 

@@ -995,7 +995,7 @@ class TestServer:
         headers["Content-Type"] = "application/json"
         if variant == "empty_body":
             return web.Response(body=b"", status=200, headers=headers)
-        partial = {
+        partial: dict[str, Any] = {
             "id": self._next_id(is_chat),
             "object": "chat.completion" if is_chat else "text_completion",
             "created": int(time.time()),

@@ -14,6 +14,8 @@ Outputs (``--output DIR``): ``metrics.json``, ``report.md``, ``predictions.jsonl
 
 from __future__ import annotations
 
+import typing
+
 import json
 import math
 import time
@@ -22,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer, numbers_equal, safe_eval_arithmetic
+from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.options import opt, register_feature
 from synthkd.train.common import InputField
@@ -173,7 +175,7 @@ def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None
             return None, "no answer"
         g, why = gold_value(text, kind, choices=choices, labels=labels)
         return g, why and "unusable answer"
-    ans = extract_answer(text, kind, choices=list(choices) if choices else None,
+    ans = extract_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
                          labels=list(labels) if labels else None, synonyms=synonyms)
     return ans.value, ans.reason
 

@@ -65,7 +65,7 @@ class WeightedSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is the weighted mean of per-example losses (see the module docstring)."""
 
     # The loss below is a per-micro-batch mean: let Trainer divide it by the accumulation steps.
-    loss_is_scaled_for_ga = False
+    loss_is_scaled_for_ga = False  # type: ignore[assignment]  (TRL declares it None in its base class)
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,7 +89,7 @@ class WeightedSFTTrainer(SFTTrainer):
         per_example = example_losses(model, inputs)
         weights = weights.to(per_example.device, per_example.dtype)
         loss = (weights * per_example).mean()
-        mode = "train" if self.model.training else "eval"
+        mode = "train" if model.training else "eval"
         if codes is not None:
             for name in ("predict", "explain"):
                 sel = codes.to(per_example.device) == TASK_CODES[name]
