@@ -28,7 +28,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 __all__ = [
     "opt", "typer_params", "config_command", "stage_model", "from_cli", "check_bounds", "Feature",
-    "FEATURES", "register_feature", "help_of", "cli_fields", "stage_fields",
+    "FEATURES", "register_feature", "help_of", "cli_fields", "stage_fields", "from_stage", "comma_list",
 ]
 
 _META = "synthkd"  # the key of our entry in a dataclass field's metadata
@@ -338,6 +338,22 @@ def stage_model(cls: type, *, name: str | None = None, exclude: typing.Iterable[
         model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
     return create_model(name or f"{cls.__name__}Stage", __base__=base or _Strict, **fields)  # type: ignore[call-overload]
+
+
+def comma_list(text: str | list[str] | None) -> list[str] | None:
+    """A ``--labels a,b,c`` string as a list (a list is kept); the ``cli_parse`` of list fields that the
+    CLI takes as one comma-separated value."""
+    if text is None or isinstance(text, list):
+        return text
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def from_stage(cls: type, options: Any, **extra: Any) -> Any:
+    """The config from a stage's validated options (a :func:`stage_model` instance): its fields that
+    are ``cls``'s, plus ``extra`` (what the pipeline gives the stage: input, output...)."""
+    names = {f.name for f in dataclasses.fields(cls) if f.init}
+    values = {k: getattr(options, k) for k in type(options).model_fields if k in names}
+    return cls(**values, **extra)
 
 
 # --------------------------------------------------------------------------------------------------

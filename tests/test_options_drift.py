@@ -44,7 +44,8 @@ FEATURE_NAMES = sorted(FEATURES)
 def test_the_features_are_declared():
     # every command that takes options from a config, and every stage kind, is a feature: a feature
     # missing from the registry would escape this test
-    assert {"train.sft", "train.dpo", "eval", "tailor", "train.export"} <= set(FEATURES)
+    assert {"train.sft", "train.dpo", "eval", "tailor", "train.export", "generate.rationales", "generate.tasks",
+            "generate.self-instruct", "generate.promptmix", "generate.relabel", "generate.preferences"} <= set(FEATURES)
     stages_covered = {f.stage for f in FEATURES.values() if f.stage}
     assert stages_covered <= set(STAGES)
 

@@ -35,11 +35,12 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Generic, TypeVar
+from typing import Any, AsyncIterator, Generic, Optional, TypeVar
 
 import yaml
 
 from synthkd.jsonl_io import InputError
+from synthkd.options import comma_list, opt, register_feature
 from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
@@ -554,20 +555,44 @@ def _str_list(value: Any, err: Any, fpath: tuple[Any, ...]) -> list[str]:
 # ==================================================================================================
 
 
-@dataclass
-class LabelTaskConfig:
-    """Run settings.  ``params`` are sampling parameters sent with every request (temperature...)."""
+def _params(**values: Any) -> dict[str, Any]:
+    """Sampling parameters sent with a request: those that are set."""
+    return {k: v for k, v in values.items() if v is not None}
 
-    per_label: int
-    batch_size: int = 10
-    template: str | Path = "tasks/examples"
-    max_requests_per_label: int | None = None  # default: max(4, ceil(4 * per_label / batch_size))
-    seed: int = 0
-    params: dict[str, Any] = field(default_factory=lambda: {"temperature": 1.0})
-    threshold: float = 0.7
-    min_words: int = 3
-    seeds_per_prompt: int = 3
-    labels: list[str] | None = None  # only these labels (default: all)
+
+@dataclass(kw_only=True)
+class LabelTaskConfig:
+    """The options of labelled examples from a task spec, declared once: ``synthkd generate tasks``, the
+    pipeline stage ``generate.tasks`` and the Python API (:func:`plan_label_tasks` takes it) are built
+    from them.  :attr:`params`: the sampling parameters sent with every request."""
+
+    spec: Optional[Path] = opt(None, help="Task spec (YAML/JSON): task, labels (+ descriptions, seed examples), "
+                               "attributes.", flags=("-s",))
+    output: Optional[Path] = opt(None, help="jsonl output; rerun to resume.", flags=("-o",), stage=False)
+    per_label: int = opt(help="Examples to keep per label.", flags=("-n",), ge=1)
+    batch_size: int = opt(10, help="Examples asked for per request.", ge=1)
+    max_requests_per_label: Optional[int] = opt(None, help="Cap on requests per label (default max(4, 4*N/batch)).",
+                                                ge=1)
+    template: str = opt("tasks/examples", help="Template name or .j2 file (tasks/examples needs label descriptions; "
+                        "tasks/examples_names does not).")
+    labels: Optional[list[str]] = opt(None, help="Only these labels (comma-separated).", cli_type=Optional[str],
+                                      cli_parse=comma_list)
+    seeds_per_prompt: int = opt(3, help="Seed examples of the label shown per prompt.", ge=0)
+    min_words: int = opt(3, help="Drop items with fewer whitespace-separated words.", ge=0)
+    temperature: Optional[float] = opt(1.0, help="Sampling temperature.", ge=0)
+    max_tokens: Optional[int] = opt(None, help="max_tokens per request.", ge=1)
+    seed: int = opt(0, help="Seed of every random choice (attribute combos, few-shot pools).")
+    threshold: float = opt(0.7, help="Drop a candidate whose ROUGE-L F with a kept text or seed is above this.",
+                           gt=0, lt=1)
+    extra_params: dict[str, Any] = opt(default_factory=dict, help="More sampling parameters sent with every "
+                                       "request (top_p...).", cli=False, stage=False)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return {**_params(temperature=self.temperature, max_tokens=self.max_tokens), **self.extra_params}
+
+
+register_feature("generate.tasks", LabelTaskConfig, command=("generate", "tasks"), stage="generate.tasks")
 
 
 @dataclass

@@ -31,13 +31,14 @@ import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from synthkd.answers import parse_off_loop, strip_continuation
 from synthkd.filters.judge import parse_score
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, check_id
 from synthkd.methods.rationales import RationalePlan, plan_rationales
-from synthkd.methods.tasks_spec import FieldNames, TaskSpec
+from synthkd.methods.tasks_spec import KINDS, FieldNames, TaskSpec
+from synthkd.options import comma_list, opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
@@ -455,3 +456,93 @@ async def judge_ranked_pairs(
     plan = plan_judge_pairs(rows, n_samplers=len(samplers), **plan_kw)
     async for out in plan.run(samplers, judge, skip_ids=skip_ids):
         yield out
+
+
+# --------------------------------------------------------------------------------------------------
+# the options, declared once
+# --------------------------------------------------------------------------------------------------
+
+MODES = ("student", "judge")
+
+
+@dataclass(kw_only=True)
+class PreferencesConfig:
+    """The options of preference-pair generation, declared once: ``synthkd generate preferences``, the
+    pipeline stage ``generate.preferences`` and the Python API (:meth:`plan`) are built from them."""
+
+    input: Optional[Path] = opt(None, help="jsonl rows with 'id' and the task's fields (student mode: with gold).",
+                                flags=("-i",), stage=False)
+    output: Optional[Path] = opt(None, help="jsonl pairs {id, prompt, chosen, rejected, ...}; rerun to resume.",
+                                 flags=("-o",), stage=False)
+    mode: str = opt("student", help="student: teacher right vs student wrong; judge: best vs worst of k samples.",
+                    choices=MODES)
+    student: Optional[str] = opt(None, help="Student model (student mode): API model name, local:PATH or "
+                                 "replay:FILE; in a pipeline also an earlier train stage or a model directory.")
+    student_base_url: Optional[str] = opt(None, help="Base URL of the student (default --base-url).")
+    teacher2: Optional[str] = opt(None, help="Second sampler (judge mode), also --samples per prompt.")
+    teacher2_base_url: Optional[str] = opt(None, help="Base URL of --teacher2 (default --base-url).")
+    judge: Optional[str] = opt(None, help="Judge model (judge mode; default --teacher).")
+    judge_base_url: Optional[str] = opt(None, help="Base URL of the judge (default --base-url).")
+    kind: Optional[str] = opt(None, help="Task kind (student mode): math | choice | nli | classification.",
+                              choices=KINDS)
+    template: Optional[str] = opt(None, help="Student mode: CoT template (default rationale/cot_<kind>); judge "
+                                  "mode: judge template (default judge/score).")
+    student_template: Optional[str] = opt(None, help="Template for the student's prompt (default: the teacher's).")
+    demos: Optional[Path] = opt(None, help="jsonl demonstrations for the CoT prompt (student mode).")
+    n_demos: int = opt(0, help="Demonstrations per prompt (student mode; 0 = zero-shot).", ge=0)
+    seed: int = opt(0, help="Demonstration order seed (student) / first sample seed (judge).")
+    samples: int = opt(4, help="Samples per prompt per sampler (judge mode).", ge=1)
+    temperature: Optional[float] = opt(None, help="Sampling temperature (judge mode default 1.0).", ge=0)
+    max_tokens: Optional[int] = opt(None, help="max_tokens per answer.", ge=1)
+    min_margin: float = opt(2.0, help="Judge mode: keep best vs worst only when their scores differ by this much.",
+                            ge=0, le=9)
+    rubric: Optional[str] = opt(None, help="Judge mode: rubric text replacing the template's default.")
+    rubric_file: Optional[Path] = opt(None, help="Judge mode: a file with the rubric text (instead of --rubric).")
+    judge_max_tokens: int = opt(256, help="Judge answer length.", ge=1)
+    prompt_field: Optional[str] = opt(None, help="Judge mode: field with the prompt (default first of "
+                                      "prompt/input/question).")
+    input_field: str = opt("question", help="Student mode: field with the question.")
+    label_field: str = opt("answer", help="Student mode: field with the gold answer (required per row).")
+    choices_field: str = opt("choices", help="Options field (choice).")
+    labels: Optional[list[str]] = opt(None, help="Label set, comma-separated (classification / nli).",
+                                      cli_type=Optional[str], cli_parse=comma_list)
+
+    @property
+    def n_samplers(self) -> int:
+        return 2 if (self.mode == "judge" and self.teacher2) else 1
+
+    def rubric_text(self) -> str | None:
+        if self.rubric is not None and self.rubric_file is not None:
+            raise InputError(["give --rubric or --rubric-file, not both"])
+        if self.rubric_file is not None:
+            if not self.rubric_file.is_file():
+                raise InputError([f"{self.rubric_file}: rubric file not found"])
+            return self.rubric_file.read_text(encoding="utf-8").strip()
+        return self.rubric
+
+    def plan(self, rows: Iterable[dict[str, Any]], *, demos: Iterable[dict[str, Any]] | None = None,
+             row_where: Callable[[int], str] | None = None,
+             demo_where: Callable[[int], str] | None = None) -> TeacherStudentPlan | JudgePlan:
+        """:func:`plan_teacher_student` (student mode) or :func:`plan_judge_pairs` (judge mode) with these
+        options; ``demos``: the rows of :attr:`demos`, read by the caller."""
+        if self.mode == "student":
+            if self.kind not in KINDS:
+                raise InputError([f"--kind {self.kind!r}: use one of {', '.join(KINDS)}"])
+            return plan_teacher_student(
+                rows, kind=self.kind, template=self.template, student_template=self.student_template, demos=demos,
+                n_demos=self.n_demos, labels=self.labels,
+                fields=FieldNames(input=self.input_field, label=self.label_field, choices=self.choices_field),
+                seed=self.seed, temperature=self.temperature, max_tokens=self.max_tokens, row_where=row_where,
+                demo_where=demo_where,
+            )
+        return plan_judge_pairs(
+            rows, prompt_field=self.prompt_field, template=self.template, rubric=self.rubric_text(),
+            samples=self.samples, n_samplers=self.n_samplers,
+            temperature=1.0 if self.temperature is None else self.temperature, seed=self.seed,
+            max_tokens=self.max_tokens, judge_max_tokens=self.judge_max_tokens, min_margin=self.min_margin,
+            row_where=row_where,
+        )
+
+
+register_feature("generate.preferences", PreferencesConfig, command=("generate", "preferences"),
+                 stage="generate.preferences")

@@ -29,11 +29,13 @@ import math
 import random
 import re
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from pathlib import Path
+from typing import Any, AsyncIterator, Optional
 
 import numpy as np
 
-from synthkd.methods.relabel import LabelSpace, classify, norm_text
+from synthkd.methods.relabel import LABEL_SPACE_HELP, LabelSpace, classify, norm_text
+from synthkd.options import comma_list, opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import load_template
@@ -42,24 +44,43 @@ POLICIES = ("overwrite", "keep", "drop-disagreeing")
 GROUPINGS = ("similar", "random")
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PromptMixConfig:
-    per_class: int
-    group_size: int = 4
-    examples_per_call: int = 4
-    grouping: str = "similar"
-    policy: str = "overwrite"
-    seed: int = 0
-    alpha_beta: tuple[float, float] = (2.0, 1.0)  # α = 0.5 + 0.5·Beta(a, b); (2, 1): mean α ≈ 0.83
-    k_shot: int = 3  # seed examples shown per class in the generation prompt
-    relabel_k_shot: int = 2
-    relabel_candidates: int | None = 10
-    template: str = "promptmix/generate"
-    relabel_template: str = "relabel/classify"
-    temperature: float | None = 1.0
-    max_tokens: int | None = None
-    relabel_temperature: float | None = 0.0
-    classes: list[str] | None = None  # generate for these classes only (all by default)
+    """The options of PromptMix, declared once: ``synthkd generate promptmix``, the pipeline stage
+    ``generate.promptmix`` and the Python API (:func:`promptmix` takes it) are built from them."""
+
+    labels: Optional[Path] = opt(None, help=LABEL_SPACE_HELP, flags=("-l",))
+    output: Optional[Path] = opt(None, help="Output jsonl (appended; ids already there are skipped).",
+                                 flags=("-o",), stage=False)
+    per_class: int = opt(help="Examples to generate per class (before drops).", flags=("-n",), ge=1)
+    group_size: int = opt(4, help="Classes per group; each class mixes with the others of its group.", ge=2)
+    examples_per_call: int = opt(4, help="Examples asked for in one generation call.", ge=1)
+    grouping: str = opt("similar", help="similar (TF-IDF nearest classes) or random (seeded).", choices=GROUPINGS)
+    policy: str = opt("overwrite", help="label = relabeled (overwrite), intended (keep), or drop rows where they "
+                      "differ (drop-disagreeing).", choices=POLICIES)
+    seed: int = opt(0, help="Seed for groups, partners and alpha.")
+    alpha_a: float = opt(2.0, help="alpha = 0.5 + 0.5*Beta(a, b): a.", gt=0)
+    alpha_b: float = opt(1.0, help="alpha = 0.5 + 0.5*Beta(a, b): b.", gt=0)
+    k_shot: int = opt(3, help="Seed examples per class in the generation prompt.", ge=0)
+    relabel_k_shot: int = opt(2, help="Examples per class in the relabel prompt.", ge=0)
+    relabel_candidates: Optional[int] = opt(10, help="Classes offered when relabeling (most similar + the pair); "
+                                            "0 = all.", ge=0)
+    template: str = opt("promptmix/generate", help="Generation prompt template.")
+    relabel_template: str = opt("relabel/classify", help="Relabel prompt template.")
+    temperature: Optional[float] = opt(1.0, help="Generation temperature.", ge=0)
+    max_tokens: Optional[int] = opt(None, help="max_tokens for each generation call.", ge=1)
+    relabel_temperature: Optional[float] = opt(0.0, help="Temperature of the relabel (classification) calls.", ge=0)
+    classes: Optional[list[str]] = opt(None, help="Comma-separated classes to generate for (default all).",
+                                       cli_type=Optional[str], cli_parse=comma_list)
+
+    def __post_init__(self) -> None:
+        if self.relabel_candidates == 0:  # 0 = offer every class
+            self.relabel_candidates = None
+
+    @property
+    def alpha_beta(self) -> tuple[float, float]:
+        """α = 0.5 + 0.5·Beta(a, b); (2, 1): mean α ≈ 0.83."""
+        return (self.alpha_a, self.alpha_b)
 
     def problems(self, space: LabelSpace) -> list[str]:
         out = []
@@ -84,6 +105,9 @@ class PromptMixConfig:
             if c not in space.labels:
                 out.append(f"--classes: {c!r} is not in the label space")
         return out
+
+
+register_feature("generate.promptmix", PromptMixConfig, command=("generate", "promptmix"), stage="generate.promptmix")
 
 
 @dataclass(frozen=True)

@@ -39,18 +39,21 @@ import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from synthkd.answers import parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
-from synthkd.methods.tasks_spec import FieldNames, TaskSpec, split_rationale
+from synthkd.methods.tasks_spec import KINDS, FieldNames, TaskSpec, split_rationale
+from synthkd.options import comma_list, opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, TemplateError, load_template
 
-__all__ = ["Demo", "RationalePlan", "RationaleTally", "generate_rationales", "plan_rationales"]
+__all__ = ["Demo", "RationalePlan", "RationaleTally", "RationalesConfig", "generate_rationales", "load_labels",
+           "plan_rationales"]
 
 _WS = re.compile(r"\s+")
 
@@ -426,6 +429,79 @@ def _demo(spec: TaskSpec, row: dict[str, Any]) -> Demo:
     v["answer"] = spec.answer_text(spec.gold(row), row)
     v["id"] = row.get("id")
     return Demo(id=row.get("id"), vars=v, norm_query=_norm_query(v["query"]))
+
+
+def load_labels(labels: str | Sequence[str] | None, labels_file: Path | None) -> list[str] | None:
+    """``--labels a,b,c`` (or a list) or ``--labels-file`` (a JSON list, or one label per line)."""
+    if labels and labels_file:
+        raise InputError(["give --labels or --labels-file, not both"])
+    if labels:
+        return comma_list(labels) if isinstance(labels, str) else list(labels)
+    if labels_file:
+        if not labels_file.exists():
+            raise InputError([f"{labels_file}: file not found"])
+        text = labels_file.read_text(encoding="utf-8")
+        if text.lstrip().startswith("["):
+            try:
+                out = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError([f"{labels_file}:{exc.lineno}: not valid JSON ({exc.msg})"]) from None
+            if not isinstance(out, list) or not all(isinstance(x, str) for x in out):
+                raise InputError([f"{labels_file}: expected a JSON list of label strings"])
+            return out
+        return [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    return None
+
+
+@dataclass(kw_only=True)
+class RationalesConfig:
+    """The options of step-by-step rationales, declared once: ``synthkd generate rationales``, the
+    pipeline stage ``generate.rationales`` and the Python API (:meth:`plan`) are built from them."""
+
+    input: Optional[Path] = opt(None, help="jsonl rows with 'id' and the task's fields.", flags=("-i",), stage=False)
+    output: Optional[Path] = opt(None, help="jsonl output (one row per input id); rerun to resume.", flags=("-o",),
+                                 stage=False)
+    kind: str = opt(help="Task kind: math | choice | nli | classification.", choices=KINDS)
+    template: Optional[str] = opt(None, help="Template name or .j2 file (default rationale/cot_<kind>).")
+    demos: Optional[Path] = opt(None, help="jsonl demonstrations: task fields + gold label + rationale (default: "
+                                "labelled input rows that carry a rationale).")
+    n_demos: int = opt(4, help="Demonstrations per prompt (0 = zero-shot).", ge=0)
+    seed: int = opt(0, help="Seed of the demonstration order.")
+    samples: int = opt(1, help="Rationales per row (self-consistency; needs --temperature > 0).", ge=1)
+    temperature: Optional[float] = opt(None, help="Sampling temperature.", ge=0)
+    max_tokens: Optional[int] = opt(None, help="max_tokens per request.", ge=1)
+    rationalize: bool = opt(False, help="Wrong labelled rows get a second call with the gold answer as a hint (STaR).")
+    completion_api: bool = opt(False, help="Send plain prompts (/completions) instead of chat messages.")
+    input_field: str = opt("question", help="Field with the question / input text.")
+    label_field: str = opt("answer", help="Field with the gold answer (optional per row).")
+    choices_field: str = opt("choices", help="Field with the list of options (choice).")
+    premise_field: str = opt("premise", help="Premise field (nli).")
+    hypothesis_field: str = opt("hypothesis", help="Hypothesis field (nli).")
+    rationale_field: str = opt("rationale", help="Rationale field of demonstrations.")
+    labels: Optional[list[str]] = opt(None, help="Label set, comma-separated (classification; nli default "
+                                      "entailment,neutral,contradiction).", cli_type=Optional[str],
+                                      cli_parse=comma_list)
+    labels_file: Optional[Path] = opt(None, help="Label set file: JSON list or one label per line.")
+
+    def fields(self) -> FieldNames:
+        return FieldNames(input=self.input_field, label=self.label_field, choices=self.choices_field,
+                          premise=self.premise_field, hypothesis=self.hypothesis_field,
+                          rationale=self.rationale_field)
+
+    def plan(self, rows: Iterable[dict[str, Any]], *, demos: Iterable[dict[str, Any]] | None = None,
+             row_where: Callable[[int], str] | None = None,
+             demo_where: Callable[[int], str] | None = None) -> RationalePlan:
+        """:func:`plan_rationales` with these options (``demos``: the rows of :attr:`demos`, read by the caller)."""
+        return plan_rationales(
+            rows, kind=self.kind, template=self.template, demos=demos, n_demos=self.n_demos, samples=self.samples,
+            temperature=self.temperature, rationalize=self.rationalize,
+            labels=load_labels(self.labels, self.labels_file), fields=self.fields(), seed=self.seed,
+            max_tokens=self.max_tokens, chat=not self.completion_api, row_where=row_where, demo_where=demo_where,
+        )
+
+
+register_feature("generate.rationales", RationalesConfig, command=("generate", "rationales"),
+                 stage="generate.rationales")
 
 
 async def generate_rationales(

@@ -23,13 +23,14 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import yaml
 
 from synthkd.answers import extract_answer, extract_label, parse_off_loop
-from synthkd.jsonl_io import InputError
+from synthkd.jsonl_io import InputError, check_id, id_hash, iter_jsonl
+from synthkd.options import opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
 from synthkd.templates import load_template
@@ -38,6 +39,7 @@ __all__ = [
     "LabelSpace",
     "LexicalIndex",
     "Relabel",
+    "RelabelConfig",
     "classify",
     "map_answer",
     "confusion_summary",
@@ -547,6 +549,108 @@ async def classify(
 # --------------------------------------------------------------------------------------------------
 # confusion summary
 # --------------------------------------------------------------------------------------------------
+
+
+LABEL_SPACE_HELP = ("Label space YAML/JSON: labels (a list, or name: description), examples per label (a list of "
+                    "texts), optional task.")
+
+
+@dataclass(kw_only=True)
+class RelabelConfig:
+    """The options of relabeling (the teacher as a k-shot classifier over existing rows), declared
+    once: ``synthkd generate relabel``, the pipeline stage ``generate.relabel`` and the Python API
+    (:meth:`run`) are built from them."""
+
+    input: Optional[Path] = opt(None, help="Input jsonl with an id and a text field per row.", flags=("-i",),
+                                stage=False)
+    labels: Optional[Path] = opt(None, help=LABEL_SPACE_HELP, flags=("-l",))
+    output: Optional[Path] = opt(None, help="Output jsonl (appended; ids already there are skipped).",
+                                 flags=("-o",), stage=False)
+    text_field: str = opt("text", help="Field holding the text to classify.")
+    label_field: Optional[str] = opt(None, help="Field holding the intended label (default: intended_label, else "
+                                     "label).")
+    k_shot: int = opt(2, help="Examples per class shown in the prompt.", ge=0)
+    candidates: Optional[int] = opt(None, help="Offer only the N lexically most similar classes (+ the intended "
+                                    "one); default all.", ge=1)
+    samples: int = opt(1, help="Answers per row, majority vote (needs --temperature > 0).", ge=1)
+    temperature: Optional[float] = opt(0.0, help="Sampling temperature for the classifier.", ge=0)
+    seed: int = opt(0, help="Seed of the first sample when --samples > 1.")
+    template: str = opt("relabel/classify", help="Classification prompt template (name or path).")
+    max_tokens: Optional[int] = opt(32, help="max_tokens for each answer.", ge=1)
+
+    def intended(self, row: dict[str, Any]) -> Any:
+        """The row's intended label (``label_field``, default ``intended_label`` then ``label``)."""
+        if self.label_field:
+            return row.get(self.label_field)
+        return row.get("intended_label", row.get("label"))
+
+    def check(self) -> None:
+        if self.samples > 1 and not (self.temperature and self.temperature > 0):
+            raise InputError(["--samples > 1 draws distinct answers: set --temperature above 0"])
+
+    def check_input(self, path: Path, space: LabelSpace) -> int:
+        """Check the whole input file before any request (ids, texts, intended labels); the row count."""
+        if not path.is_file():
+            raise InputError([f"{path}: file not found"])
+        labels = set(space.labels)
+        problems: list[str] = []
+        seen: dict[int, int] = {}
+        n = 0
+        for lineno, row in iter_jsonl(path):
+            n += 1
+            where = f"{path}:{lineno}"
+            if not isinstance(row, dict):
+                problems.append(f"{where}: expected a JSON object")
+            else:
+                rid = row.get("id")
+                if "id" not in row:
+                    problems.append(f"{where}: field 'id': missing")
+                elif why := check_id(rid):  # the one id rule (64-bit integers named, F16)
+                    problems.append(f"{where}: {why}")
+                else:
+                    h = id_hash(rid)
+                    if h in seen:
+                        problems.append(f"{where}: field 'id': duplicate id {rid!r} (first on line {seen[h]})")
+                    seen.setdefault(h, lineno)
+                t = row.get(self.text_field)
+                if not isinstance(t, str) or not t.strip():
+                    problems.append(f"{where}: field '{self.text_field}': missing or not a non-empty string")
+                lab = self.intended(row)
+                fname = self.label_field or ("intended_label" if "intended_label" in row else "label")
+                if lab is not None and not isinstance(lab, str):
+                    problems.append(f"{where}: field '{fname}': must be a class name string, got {lab!r}")
+                elif lab is not None and lab not in labels:
+                    problems.append(f"{where}: field '{fname}': {lab!r} is not a class of the label space")
+            if len(problems) >= 20:
+                break
+        if not problems and n == 0:
+            problems.append(f"{path}: no rows (the file is empty)")
+        if problems:
+            raise InputError(problems)
+        return n
+
+    async def run(self, rows: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]], teacher: Teacher,
+                  space: LabelSpace) -> AsyncIterator[dict[str, Any]]:
+        """Each row with ``relabeled_label``, ``relabel_raw``, ``relabel_reason`` and provenance added, in
+        completion order; a row whose request failed for good gets ``reject_reason``."""
+        async for row, rel in classify(
+            rows, teacher, space, text_field=self.text_field, k_shot=self.k_shot, candidates=self.candidates,
+            template=self.template, samples=self.samples, temperature=self.temperature, seed=self.seed,
+            intended_field=self.label_field, max_tokens=self.max_tokens,
+        ):
+            out = {**row, "relabeled_label": rel.label, "relabel_raw": rel.raw, "relabel_reason": rel.reason}
+            if self.candidates is not None:
+                out["relabel_candidates"] = rel.candidates
+            if self.samples > 1:
+                out["relabel_votes"] = rel.votes
+            out.update(relabel_template=rel.template, relabel_model=rel.model, relabel_cost_usd=rel.cost_usd,
+                       relabel_cached=rel.cached)
+            if rel.teacher_error:
+                out["reject_reason"] = rel.reason
+            yield out
+
+
+register_feature("generate.relabel", RelabelConfig, command=("generate", "relabel"), stage="generate.relabel")
 
 
 def confusion_summary(pairs: Iterable[tuple[str | None, str | None]], top: int = 10) -> dict[str, Any]:

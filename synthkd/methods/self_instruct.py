@@ -31,10 +31,11 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Optional
 
 from synthkd.jsonl_io import InputError, check_id, iter_jsonl
-from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
+from synthkd.methods.label_tasks import JobFeed, MethodStats, _params, parse_list_items, request_provenance, stable_rng
+from synthkd.options import opt, register_feature
 from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
@@ -222,27 +223,51 @@ _YES_NO = re.compile(r"\b(yes|no)\b", re.I)
 # ==================================================================================================
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SelfInstructConfig:
-    num_instructions: int
-    requests_per_round: int = 8
-    prompt_instructions: int = 8
-    prompt_machine: int = 2
-    max_new_per_request: int = 8
-    max_rounds: int | None = None  # default: enough rounds for 4x the needed answers
-    seed: int = 0
-    threshold: float = 0.7
-    classify: bool = True
-    demos: int = 3  # seed tasks shown as demonstrations in an instance prompt
-    clf_demos: int = 12  # seed tasks shown in the "is it classification?" prompt
-    min_words: int = 4
-    max_words: int = 150
-    params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.7, "top_p": 0.5})
-    instance_params: dict[str, Any] = field(default_factory=lambda: {"temperature": 0.0})
-    instructions_template: str | Path = "self_instruct/new_instructions"
-    clf_template: str | Path = "self_instruct/is_classification"
-    input_first_template: str | Path = "self_instruct/instances_input_first"
-    output_first_template: str | Path = "self_instruct/instances_output_first"
+    """The options of Self-Instruct, declared once: ``synthkd generate self-instruct`` and the Python API
+    (:func:`plan_self_instruct` takes it) are built from them.  :attr:`params` / :attr:`instance_params`:
+    the sampling parameters of the generation requests / of the classification and instance requests."""
+
+    seeds: Optional[Path] = opt(None, help="Seed tasks jsonl in the Self-Instruct format.", stage=False)
+    output: Optional[Path] = opt(None, help="jsonl output; rerun to resume.", flags=("-o",), stage=False)
+    num_instructions: int = opt(help="New instructions to generate.", flags=("-n",), ge=1)
+    requests_per_round: int = opt(8, help="Generation requests per round (in parallel).", ge=1)
+    prompt_instructions: int = opt(8, help="Instructions shown per generation prompt.", ge=1)
+    prompt_machine: int = opt(2, help="How many of those are generated ones (once available).", ge=0)
+    max_new_per_request: int = opt(8, help="New instructions taken from one answer.", ge=1)
+    max_rounds: Optional[int] = opt(None, help="Cap on generation rounds (default: enough rounds for 4x the needed "
+                                    "answers).", ge=1)
+    classify: bool = opt(True, help="Ask whether each task is classification (output-first instances).")
+    demos: int = opt(3, help="Seed tasks shown as demonstrations in an instance prompt.", ge=0)
+    clf_demos: int = opt(12, help="Seed tasks shown in the \"is it classification?\" prompt.", ge=0)
+    min_words: int = opt(4, help="Drop instructions with fewer words.", ge=0)
+    max_words: int = opt(150, help="Drop instructions with more words.", ge=1)
+    temperature: Optional[float] = opt(0.7, help="Temperature of instruction generation.", ge=0)
+    top_p: Optional[float] = opt(0.5, help="top_p of instruction generation (paper: 0.5).", gt=0, le=1)
+    instance_temperature: Optional[float] = opt(0.0, help="Temperature of classification and instance requests.",
+                                                ge=0)
+    max_tokens: Optional[int] = opt(None, help="max_tokens per request.", ge=1)
+    seed: int = opt(0, help="Seed of every random choice (attribute combos, few-shot pools).")
+    threshold: float = opt(0.7, help="Drop a candidate whose ROUGE-L F with a kept text or seed is above this.",
+                           gt=0, lt=1)
+    instructions_template: str = opt("self_instruct/new_instructions", help="Template of the generation prompt.")
+    clf_template: str = opt("self_instruct/is_classification", help="Template of the classification prompt.")
+    input_first_template: str = opt("self_instruct/instances_input_first",
+                                    help="Template of an instance prompt (input first).")
+    output_first_template: str = opt("self_instruct/instances_output_first",
+                                     help="Template of an instance prompt (output first: classification tasks).")
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return _params(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+
+    @property
+    def instance_params(self) -> dict[str, Any]:
+        return _params(temperature=self.instance_temperature, max_tokens=self.max_tokens)
+
+
+register_feature("generate.self-instruct", SelfInstructConfig, command=("generate", "self-instruct"), stage=None)
 
 
 @dataclass

@@ -42,7 +42,7 @@ from synthkd.methods import tailored
 from synthkd.methods.tailored import TailorConfig, TailorOptions
 from synthkd.options import stage_fields, stage_model
 from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_stages import _check_budget
+from synthkd.stages.generate_common import _check_budget
 from synthkd.stages.train_stages import TinyStudent, feature_config
 from synthkd.teachers.base import BudgetExceeded
 

@@ -1,0 +1,234 @@
+"""One runner for every ``synthkd generate <method>`` job.
+
+Every generate command does the same things around its method, in the same order, so they are
+written once here (:class:`GenerateJob`) and each command is a thin adapter that says only what is
+its own (what to read and plan, which rows to stream, what its summary adds):
+
+1. check every path the job reads or writes (inputs, output, rejects file, ``--summary-json``,
+   ``--cache``) before anything is read or paid for;
+2. read, validate and plan (:meth:`GenerateJob.prepare`): a bad row or template is exit 2 and no
+   teacher is built;
+3. build the teacher(s), lock the output, note the ids already in it (resume = rerun: with the
+   request cache a rerun pays only for what was in flight), write rows as they complete;
+4. close the teachers, print one summary line (rows written, already there, dropped/rejected by
+   reason, the method's own counts, the teacher's :meth:`TeacherStats.summary`, the time), and
+   choose the exit code: 0 done; 1 some rows rejected / a target not reached; 2 bad input;
+   3 budget reached; 4 the teacher failed fatally; 130 interrupted (as ``synthkd complete``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, AsyncIterator, Callable, Optional
+
+import typer
+
+from synthkd.commands.common import (
+    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
+)
+from synthkd.commands.generate import generate_app
+from synthkd.errors import ExitCode, report_error
+from synthkd.jsonl_io import OutputLock, index_output, write_summary
+from synthkd.methods.runner import RunCounts, rejects_path_for, write_rows
+from synthkd.options import config_command
+from synthkd.teachers.base import Teacher, TeacherFatalError
+
+#: the codes a generate job ends with on its own (errors are mapped by run_job / report_error)
+EXIT_OK, EXIT_SHORT, EXIT_BUDGET = ExitCode.OK, ExitCode.REJECTED, ExitCode.BUDGET
+
+log = logging.getLogger(__name__)
+
+_KW = inspect.Parameter.KEYWORD_ONLY
+#: the parameters every generate command takes besides its config: the teacher, --summary-json, and the
+#: connection options (added by :func:`with_connection_options`, received as one ``conn`` dict)
+TEACHER_PARAM = inspect.Parameter("teacher", _KW, annotation=TeacherOpt)
+SUMMARY_PARAM = inspect.Parameter(
+    "summary_json", _KW, default=None,
+    annotation=Annotated[Optional[Path], typer.Option("--summary-json", help="Also write the summary as JSON.")])
+CONN_PARAM = inspect.Parameter("conn", _KW, default=None, annotation=Optional[dict])
+
+
+def generate_command(name: str, config: type, *, required: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``synthkd generate <name>``: its options are ``config``'s CLI fields (see
+    :func:`synthkd.options.config_command`), plus ``--teacher``, ``--summary-json`` and the connection
+    options.  The function receives ``(cfg, teacher=, summary_json=, conn=)``."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        cmd = config_command(config, required=required, extra=[TEACHER_PARAM, SUMMARY_PARAM, CONN_PARAM])(fn)
+        cmd = with_connection_options(cmd)
+        generate_app.command(name)(cmd)
+        return cmd
+
+    return decorate
+
+
+def fmt_reasons(reasons: dict[str, int], sep: str = " ") -> str:
+    """``reason n`` pairs, most frequent first."""
+    return ", ".join(f"{k}{sep}{v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+@dataclass
+class Outcome:
+    """What a run did: the writer's counts, the ids already in the output when it started, the
+    teachers (their stats), the time, and the fatal teacher error that stopped it, if any."""
+
+    counts: RunCounts
+    done: int
+    teachers: list[Teacher]
+    elapsed: float
+    fatal: TeacherFatalError | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class GenerateJob:
+    """A generate job: subclasses fill in the hooks; :meth:`run` does the rest (see module docstring)."""
+
+    #: the summary line's first word
+    name = "generate"
+    #: what a written row is called in the summary line ("rows", "pairs")
+    unit = "rows"
+    #: what a row sent to the rejects file is called ("rejected", "dropped")
+    rejected_word = "rejected"
+
+    def __init__(self, cfg: Any, *, teacher: str, conn: dict[str, Any] | None = None,
+                 summary_json: Path | None = None) -> None:
+        self.cfg = cfg
+        self.teacher_name = teacher
+        self.conn: dict[str, Any] = dict(conn or {})
+        self.summary_json = summary_json
+        self.output = Path(cfg.output)
+
+    # ------------------------------------------------------------------ hooks
+    def inputs(self) -> dict[str, Path | None]:
+        """The files the job reads, by flag (checked before anything is read)."""
+        return {}
+
+    def prepare(self) -> None:
+        """Read, validate and plan; raise InputError (exit 2) before any teacher is built."""
+
+    def teacher_specs(self) -> list[tuple[str, str, str | None]]:
+        """(role, model, base_url) of each teacher to build; the first is the main one."""
+        return [("teacher", self.teacher_name, self.conn.get("base_url"))]
+
+    def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
+        """The rows to write; ``done``: ids already in the output."""
+        raise NotImplementedError
+
+    def already(self, out: Outcome) -> int:
+        """Rows already there, for the summary (default: ids in the output when the run started)."""
+        return out.done
+
+    def target(self, out: Outcome) -> str:
+        """The method's target, shown after "already there" (e.g. "50/50 kept over 5 labels")."""
+        return ""
+
+    def drops(self, out: Outcome) -> tuple[int, dict[str, int]]:
+        """Rows sent to the rejects file this run, and their reasons (a kept row's null answer is a note,
+        not a drop)."""
+        return out.counts.rejected, {k: v for k, v in out.counts.reasons.items() if not k.startswith("answer null")}
+
+    def reason_sep(self) -> str:
+        return " "
+
+    def details(self, out: Outcome) -> str:
+        """The method's own counts, for the summary line."""
+        return ""
+
+    def report(self, out: Outcome) -> None:
+        """More lines after the summary line (confusions, short labels...)."""
+
+    def expected(self) -> int | None:
+        """Rows this run should decide (written or rejected), when known: the rest are "not started"."""
+        return None
+
+    def budget_reached(self, out: Outcome) -> bool:
+        return any(t.budget_exhausted for t in out.teachers)
+
+    def result_code(self, out: Outcome) -> int:
+        """0 or 1 once the run ended normally (default: 1 when a row was rejected or not decided)."""
+        missing = self._missing(out)
+        if out.counts.rejected:
+            return EXIT_SHORT
+        if missing:
+            log.error(f"error: {missing} rows were neither written nor rejected")
+            return EXIT_SHORT
+        return EXIT_OK
+
+    def summary(self, out: Outcome) -> dict[str, Any]:
+        """The ``--summary-json`` fields besides ``exit_code``."""
+        return {**out.counts.as_dict(), "rows_already_done": out.done}
+
+    # ------------------------------------------------------------------ the runner
+    def _missing(self, out: Outcome) -> int:
+        exp = self.expected()
+        if exp is None:
+            return 0
+        return max(0, exp - out.counts.written - out.counts.rejected - out.counts.already_there)
+
+    def line(self, out: Outcome) -> str:
+        c = out.counts
+        target = self.target(out)
+        n_drop, reasons = self.drops(out)
+        line = (f"{self.name}: {c.written} {self.unit} written to {self.output} "
+                f"({self.already(out)} already there{'; ' + target if target else ''}), {n_drop} {self.rejected_word}")
+        if reasons:
+            line += f" ({fmt_reasons(reasons, self.reason_sep())})"
+        if c.rejected:
+            line += f" -> {rejects_path_for(self.output)}"
+        details = self.details(out)
+        if details:
+            line += f"; {details}"
+        if len(out.teachers) == 1:
+            line += f"; {out.teachers[0].stats.summary()}"
+        return line + f"; {out.elapsed:.1f}s"
+
+    def exit_code(self, out: Outcome) -> int:
+        if out.fatal is not None:
+            return report_error(out.fatal)  # the one mapping (4 here: the teacher was built)
+        if self.budget_reached(out):
+            missing = self._missing(out)
+            what = f"{missing} rows not started" if self.expected() is not None else "some rows not started"
+            log.warning(f"budget reached: {what}; rerun with a larger --max-cost to finish (nothing is paid twice)")
+            return EXIT_BUDGET
+        return self.result_code(out)
+
+    async def main(self) -> int:
+        check_job_paths(self.inputs(), self.output, self.summary_json, self.conn)
+        self.prepare()
+        teachers: list[Teacher] = []
+        t0 = time.monotonic()
+        counts = RunCounts()
+        done: Any = ()
+        fatal: TeacherFatalError | None = None
+        try:
+            for _role, model, url in self.teacher_specs():
+                teachers.append(make_teacher(teacher_spec(model, **{**self.conn, "base_url": url})))
+            with OutputLock(self.output):  # two processes never append to the same output
+                done = index_output(self.output)
+                try:
+                    counts = await write_rows(self.rows(teachers, done), self.output)
+                except TeacherFatalError as exc:  # the summary still says what was written
+                    fatal = exc
+        finally:
+            for t in teachers:
+                await t.aclose()
+                if t.cache is not None:
+                    t.cache.close()
+        out = Outcome(counts, len(done), teachers, time.monotonic() - t0, fatal)
+        log.info(self.line(out))
+        if len(teachers) > 1:
+            for (role, _m, _u), t in zip(self.teacher_specs(), teachers):
+                log.info(f"  {role} {t.model}: {t.stats.summary()}")
+        self.report(out)
+        code = self.exit_code(out)
+        if self.summary_json:
+            write_summary(self.summary_json, {"exit_code": code, **self.summary(out)})
+        return code
+
+    def run(self) -> None:
+        """Run the job and exit with its code (errors mapped by :func:`synthkd.commands.common.run_job`)."""
+        run_job(self.main)

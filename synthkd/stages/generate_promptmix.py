@@ -1,0 +1,54 @@
+"""Pipeline stage ``generate.promptmix``: its options are
+:class:`synthkd.methods.promptmix.PromptMixConfig`'s stage fields (the same defaults, bounds and help
+as ``synthkd generate promptmix``); rows are written with :func:`synthkd.methods.runner.write_rows`
+(so a rerun resumes and pays nothing twice)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from synthkd.jsonl_io import InputError
+from synthkd.methods.promptmix import PromptMixConfig
+from synthkd.methods.runner import write_rows
+from synthkd.options import from_stage, stage_model
+from synthkd.pipeline import Estimate, StageContext, register_stage
+from synthkd.stages.generate_common import _check_budget, _funnel, resolved
+
+
+@register_stage("generate.promptmix")
+class PromptMixStage:
+    Options = stage_model(PromptMixConfig, name="PromptMixOptions", defaults={"labels": ...})
+    options_model = Options
+
+    def check(self, ctx: StageContext, o: Any) -> None:
+        self._cfg(ctx, o)
+
+    def _cfg(self, ctx: StageContext, o: Any):
+        from synthkd.methods.relabel import LabelSpace
+
+        cfg = resolved(ctx, from_stage(PromptMixConfig, o, output=ctx.output), files=("labels",),
+                       templates=("template", "relabel_template"))
+        space = LabelSpace.from_file(cfg.labels)
+        problems = cfg.problems(space)
+        if problems:
+            raise InputError([f"{ctx.stage.name}: {p}" for p in problems])
+        return space, cfg
+
+    async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
+        from synthkd.methods.promptmix import PromptMixStats, promptmix
+
+        space, cfg = self._cfg(ctx, o)
+        stats = PromptMixStats()
+        counts = await write_rows(promptmix(space, ctx.teacher(), cfg, stats), ctx.output)
+        _check_budget(ctx)
+        return _funnel(stats.parsed, counts, {"generation_calls": stats.calls})
+
+    def estimate(self, ctx: StageContext, o: Any) -> Estimate:
+        from synthkd.methods.promptmix import plan_calls
+
+        space, cfg = self._cfg(ctx, o)
+        calls = plan_calls(space, cfg)
+        n_items = len(calls) * o.examples_per_call
+        gen_prompt = sum(len(c.prompt) for c in calls) // 4
+        return Estimate(len(calls) + n_items, gen_prompt + n_items * 300,
+                        len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * 32)
