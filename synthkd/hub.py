@@ -20,7 +20,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from synthkd.errors import HubError, UnknownStageError  # noqa: F401 (re-exported: their home was here)
+from synthkd.errors import HubError, InputError, UnknownStageError  # noqa: F401 (re-exported: their home was here)
 
 #: files of a student directory that are not uploaded (training leftovers, the tailored loop's rounds)
 STUDENT_IGNORE = ["checkpoints/*", "data/*", "*.bin", "round_*/*", "reflection/*", "model/*", "base-student/*",
@@ -131,7 +131,10 @@ def _transport_errors() -> tuple[type[BaseException], ...]:
 
 def _commit(files: dict[str, bytes | Path], repo_id: str, repo_type: str, message: str, *, private: bool,
             token: str | None, endpoint: str | None) -> str:
-    from huggingface_hub import CommitOperationAdd, HfApi
+    try:
+        from huggingface_hub import CommitOperationAdd, HfApi
+    except ImportError as exc:  # a setup problem, said in one line (exit 2), not a traceback
+        raise InputError([f"synthkd push needs huggingface_hub ({exc}): pip install 'synthkd[train]'"]) from None
 
     api = HfApi(token=token, endpoint=endpoint)  # endpoint: a self-hosted hub, if any
     ops = [CommitOperationAdd(path_in_repo=k, path_or_fileobj=v if isinstance(v, bytes) else str(v))

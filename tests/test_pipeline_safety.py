@@ -5,6 +5,8 @@ Every test runs the real CLI against a real loopback test server (or no teacher 
 
 from __future__ import annotations
 
+import os
+
 import json
 import resource
 import signal
@@ -449,6 +451,21 @@ def test_push_offline_is_one_clear_message(tmp_path):
     assert res.returncode == 4 and "Traceback" not in res.stderr, res.stderr
     assert res.stderr.startswith("error: could not push to someone/x on the Hugging Face Hub: OfflineModeIsEnabled")
     assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_push_without_huggingface_hub_is_one_clear_message(tmp_path):
+    # without the [train] extra, push died with a ModuleNotFoundError traceback: now one line, exit 2
+    _rows(tmp_path / "in.jsonl", 3)
+    _merge_pipeline(tmp_path)
+    assert _run(tmp_path, "run", "p.yaml").returncode == 0
+    blocker = tmp_path / "no_hub" / "huggingface_hub"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('huggingface_hub is not installed (test)')\n")
+    env = cli_env(HF_TOKEN="hf_fake")
+    env["PYTHONPATH"] = f"{blocker.parent}{os.pathsep}{env['PYTHONPATH']}"
+    res = _run(tmp_path, "push", "runs/p", "m", "someone/x", env=env)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    assert res.stderr.startswith("error: ") and "pip install 'synthkd[train]'" in res.stderr, res.stderr
 
 
 def test_validate_reads_a_bom_input_with_the_shared_reader(tmp_path):
