@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.answers import parse_off_loop, strip_continuation
-from synthkd.filters.judge import parse_score
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, check_id
 from synthkd.methods.rationales import RationalePlan, plan_rationales
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec
+from synthkd.scores import parse_score
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
