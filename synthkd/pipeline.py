@@ -518,14 +518,14 @@ def estimate_all(planned: list[PlannedStage]) -> Estimate:
     return total
 
 
-def _referenced_stages(value: Any, names: set[str]) -> set[str]:
+def referenced_stages(value: Any, names: set[str]) -> set[str]:
     """Earlier stages an option names (e.g. ``student: sft``): their results are inputs too."""
     if isinstance(value, str):
         return {value} & names
     if isinstance(value, dict):
-        return set().union(*(_referenced_stages(v, names) for v in value.values())) if value else set()
+        return set().union(*(referenced_stages(v, names) for v in value.values())) if value else set()
     if isinstance(value, list):
-        return set().union(*(_referenced_stages(v, names) for v in value)) if value else set()
+        return set().union(*(referenced_stages(v, names) for v in value)) if value else set()
     return set()
 
 
@@ -572,7 +572,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         input_hashes = {k: file_sha(v) for k, v in p.ctx.inputs.items()}
         earlier = {q.cfg.name for q in planned[: planned.index(p)]}
         upstream = {n: manifest.stage(n).get("fingerprint", "") for n in
-                    sorted(_referenced_stages(p.options.model_dump(mode="json"), earlier))}
+                    sorted(referenced_stages(p.options.model_dump(mode="json"), earlier))}
         fp = _fingerprint(p, input_hashes, upstream)
         known = name in manifest.data["stages"]
         rec = manifest.stage(name)
