@@ -114,7 +114,7 @@ def test_rows_from_generate_rationales_replayed_on_palm(tmp_path):
     (layout / "llm").mkdir(parents=True)
     shutil.copy(FIX / "svamp_test.json", layout / "svamp_test.json")
     shutil.copy(FIX / "svamp_test_palm_CoT.json", layout / "llm" / "test_CoT_0.json")
-    conv = subprocess.run([sys.executable, "-m", "synthkd.methods.rationales_replay", "--dataset", "svamp", "--split",
+    conv = subprocess.run([sys.executable, "-m", "synthkd.data_tools.rationales_replay", "--dataset", "svamp", "--split",
                            "test", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)],
                           capture_output=True, text=True, env=cli_env())  # the repo's synthkd, not another one
     assert conv.returncode == 0, conv.stderr

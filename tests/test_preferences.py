@@ -14,7 +14,7 @@ from pathlib import Path
 
 from conftest import cli_env, read_jsonl, run_cli
 from synthkd.methods.preferences import judge_ranked_pairs, pair_id
-from synthkd.methods.rationales_replay import convert
+from synthkd.data_tools.rationales_replay import convert
 from synthkd.methods.tasks_spec import TaskSpec
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import prompt_text_of

@@ -21,7 +21,7 @@ from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd
 from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.jsonl_io import InputError
 from synthkd.methods.rationales import generate_rationales, plan_rationales
-from synthkd.methods.rationales_replay import convert, main as replay_main, make_demos
+from synthkd.data_tools.rationales_replay import convert, main as replay_main, make_demos
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec, split_rationale
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig, prompt_text_of

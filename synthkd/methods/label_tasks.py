@@ -40,7 +40,7 @@ from typing import Any, AsyncIterator, Generic, TypeVar
 import yaml
 
 from synthkd.jsonl_io import InputError
-from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
+from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template

@@ -35,7 +35,7 @@ from typing import Any, AsyncIterator
 
 from synthkd.jsonl_io import InputError, check_id, iter_jsonl
 from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
-from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
+from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.grouping import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template

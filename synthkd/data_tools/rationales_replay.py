@@ -18,7 +18,7 @@ when concatenated in ``n`` order.  For each dataset and split this writes:
 
 Usage::
 
-    python -m synthkd.methods.rationales_replay --dataset svamp --split test \\
+    python -m synthkd.data_tools.rationales_replay --dataset svamp --split test \\
         --data-dir ../shared/data --out data/dss [--demos-split train --n-demos 8] [--limit N]
 """
 
