@@ -32,7 +32,7 @@ import yaml
 from synthkd.answers import extract_answer, extract_label, parse_off_loop
 from synthkd.jsonl_io import InputError
 from synthkd.teachers.base import Teacher, TeacherRequest
-from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
+from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import load_template
 
 __all__ = [

@@ -147,7 +147,7 @@ class Judge(Operator):
             async for x in self._run_top(rows):
                 yield x
             return
-        from synthkd.teachers.grouping import Job, stream_jobs
+        from synthkd.teachers.jobs import Job, stream_jobs
 
         order = InOrder()
         thr = self.cfg.threshold
@@ -178,7 +178,7 @@ class Judge(Operator):
 
     async def _run_top(self, rows: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Outcome]:
         from synthkd.filters.spill import Spill
-        from synthkd.teachers.grouping import Job, stream_jobs
+        from synthkd.teachers.jobs import Job, stream_jobs
 
         spill = Spill(self.ctx.workdir, "judge")
         got: dict[int, tuple[float | None, list[float]]] = {}

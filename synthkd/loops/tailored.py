@@ -69,7 +69,7 @@ from synthkd.methods.similar_exercises import (
 )
 from synthkd.methods.tasks_spec import split_rationale
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, aiter_any, stream_jobs
+from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 from synthkd.options import opt, register_feature
 from synthkd.train.common import TrainSettings

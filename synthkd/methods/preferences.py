@@ -39,7 +39,7 @@ from synthkd.methods.rationales import RationalePlan, plan_rationales
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec
 from synthkd.scores import parse_score
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 
 __all__ = [

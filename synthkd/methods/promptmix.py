@@ -35,7 +35,7 @@ import numpy as np
 
 from synthkd.labels import LabelSpace, classify, norm_text
 from synthkd.teachers.base import Teacher, TeacherRequest
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import load_template
 
 POLICIES = ("overwrite", "keep", "drop-disagreeing")

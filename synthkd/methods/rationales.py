@@ -47,7 +47,7 @@ from synthkd.answers import parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.methods.tasks_spec import FieldNames, TaskSpec, split_rationale
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate, TemplateError, load_template
 
 __all__ = ["Demo", "RationalePlan", "RationaleTally", "generate_rationales", "plan_rationales"]

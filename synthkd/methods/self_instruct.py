@@ -34,10 +34,10 @@ from pathlib import Path
 from typing import Any, AsyncIterator
 
 from synthkd.jsonl_io import InputError, check_id, iter_jsonl
-from synthkd.methods.label_tasks import JobFeed, MethodStats, parse_list_items, request_provenance, stable_rng
+from synthkd.teacher_lists import parse_list_items
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 
 #: Words that make an instruction unfit for a text-only model (Self-Instruct + Alpaca).
