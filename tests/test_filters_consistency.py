@@ -14,8 +14,8 @@ import pytest
 
 from conftest import cli_env, read_jsonl, run_cli
 from synthkd.answers import extract_answer, numbers_equal, safe_eval_arithmetic
-from synthkd.filters.config import parse_ops
-from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.filters.op_config import parse_ops
+from synthkd.filters.chain import CleanPaths, clean_file
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"

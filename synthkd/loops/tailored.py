@@ -67,7 +67,7 @@ from synthkd.methods.similar_exercises import (
     similar_request,
     solve_exercises,
 )
-from synthkd.methods.tasks_spec import split_rationale
+from synthkd.methods.task_kinds import split_rationale
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template

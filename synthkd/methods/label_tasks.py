@@ -87,7 +87,7 @@ class LabelSpec:
 
 
 @dataclass
-class TaskSpec:
+class TaskDescription:
     """A classification task to generate examples for (see :func:`load_task_spec`)."""
 
     task: str
@@ -104,7 +104,7 @@ class TaskSpec:
         return next(lab for lab in self.labels if lab.name == name)
 
 
-def load_task_spec(path: str | Path) -> TaskSpec:
+def load_task_spec(path: str | Path) -> TaskDescription:
     """Read and validate a task spec; raise InputError naming file, line and field of every problem.
 
     Format (YAML or JSON)::
@@ -266,7 +266,7 @@ def load_task_spec(path: str | Path) -> TaskSpec:
                 attributes[name] = vals
     if problems:
         raise InputError(problems)
-    return TaskSpec(task=task.strip(), labels=labels, attributes=attributes, text_name=text_name.strip(), path=path)
+    return TaskDescription(task=task.strip(), labels=labels, attributes=attributes, text_name=text_name.strip(), path=path)
 
 
 def _str_list(value: Any, err: Any, fpath: tuple[Any, ...]) -> list[str]:
@@ -307,7 +307,7 @@ class LabelTaskConfig:
 
 @dataclass
 class LabelTaskPlan:
-    spec: TaskSpec
+    spec: TaskDescription
     config: LabelTaskConfig
     template: PromptTemplate
     labels: list[str]
@@ -360,7 +360,7 @@ class LabelTaskPlan:
 _MAX_LISTED_COMBOS = 100_000
 
 
-def plan_label_tasks(spec: TaskSpec, config: LabelTaskConfig) -> LabelTaskPlan:
+def plan_label_tasks(spec: TaskDescription, config: LabelTaskConfig) -> LabelTaskPlan:
     """Check settings, template and spec together; raise InputError/TemplateError before any call."""
     c = config
     problems = []
@@ -540,6 +540,6 @@ async def generate_label_examples(
 
 
 __all__ = [
-    "TaskSpec", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "generate_label_examples", "load_task_spec",
+    "TaskDescription", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "generate_label_examples", "load_task_spec",
     "plan_label_tasks",
 ]
