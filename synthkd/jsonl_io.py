@@ -107,6 +107,17 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
             raise InputError([f"{path}:{lineno}: not valid JSON ({exc})"]) from None
 
 
+def count_rows(path: Path) -> int:
+    """Rows (non-blank lines) in a jsonl file (0 when there is no file): what a stage's manifest counts."""
+    if not path.is_file():
+        return 0
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    return n
+
+
 def load_rows(path: Path) -> tuple[list[Any], list[int]]:
     """All rows of a jsonl file with their line numbers (for file:line errors); an empty file is an error."""
     path = Path(path)

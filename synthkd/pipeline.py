@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -56,17 +57,19 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import TYPE_CHECKING, Any, Callable
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 import synthkd
-from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConfig, stage_line
+from synthkd.config import ConfigError, PipelineConfig, StageConfig, stage_line
 from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
+from synthkd.jsonl_io import InputError, count_rows  # noqa: F401  (count_rows: stage modules import it from here)
 from synthkd.teachers.base import Teacher
-from synthkd.jsonl_io import InputError
-from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.templates import TemplateError
+
+if TYPE_CHECKING:
+    from synthkd.stages.base import Estimate, Stage, StageContext
 
 logger = logging.getLogger(__name__)
 
@@ -87,106 +90,31 @@ def counts_line(counts: dict[str, Any], limit: int = 400) -> str:
     return json.dumps(short, default=str) + " (all counts in manifest.json)"
 
 
-# ----------------------------------------------------------------------------- stage registry
-@dataclass
-class Estimate:
-    calls: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-    def __add__(self, other: "Estimate") -> "Estimate":
-        return Estimate(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
-                        self.completion_tokens + other.completion_tokens)
+# ----------------------------------------------------------------------------- stage kinds
+# The stage vocabulary lives in synthkd.stages.base; the runner imports the stage package only when it
+# plans a run (never at module level), so stages and runner do not import each other on import.
+#: names the stage modules used to import from here; served lazily from synthkd.stages.base
+_STAGE_NAMES = frozenset({"Estimate", "StageContext", "Stage", "STAGES", "register_stage", "teacher_spec_from",
+                          "check_budget", "funnel_counts"})
 
 
-@dataclass
-class StageContext:
-    pipeline: PipelineConfig
-    stage: StageConfig
-    index: int
-    run_dir: Path
-    inputs: dict[str, Path]
-    output: Path
-    base_dir: Path
-    _teacher: Teacher | None = None
-    _progress: Any = None
-    _ledger: "Ledger | None" = None
-    teacher_config: TeacherConfig | None = None
-    log: Callable[[str], None] = logger.info  # run_pipeline(log=...) replaces it
+def __getattr__(name: str) -> Any:
+    if name in _STAGE_NAMES:
+        from synthkd.stages import base
 
-    @property
-    def input(self) -> Path:
-        if "input" not in self.inputs:
-            raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs an 'input'")
-        return self.inputs["input"]
-
-    def teacher(self) -> Teacher:
-        """The stage's teacher, built on first use (a stage that needs none never builds one)."""
-        if self._teacher is None:
-            tc = self.teacher_config
-            if tc is None:
-                raise ConfigError(f"{stage_line(self.pipeline, self.index)}: stage {self.stage.name!r} needs a 'teacher'")
-            self._teacher = make_teacher(teacher_spec_from(tc, self.base_dir, self.run_dir))
-            if self._teacher.calls_model:  # not a replay of recorded answers: its requests count (and may cost)
-                self._ledger = Ledger(inside_run_dir(self.run_dir, ledger_path(self.output)))
-                self._teacher.journal = self._ledger  # an HTTP teacher reports each request sent, failed or answered
-                from synthkd.progress import ProgressReporter
-
-                # a bar on a terminal (requests done, tok/s, cost, retries, errors); silent otherwise
-                self._progress = ProgressReporter(self._teacher.stats, total=None, desc=self.stage.name)
-                self._progress.start()
-        return self._teacher
-
-    def resolve(self, value: str) -> Path:
-        p = Path(value)
-        return p if p.is_absolute() else (self.base_dir / p)
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-class Stage(Protocol):
-    options_model: type[BaseModel]
-
-    async def run(self, ctx: StageContext, options: Any) -> dict[str, Any]:
-        """Do the work, write ``ctx.output``; return counts for the manifest."""
-
-    def estimate(self, ctx: StageContext, options: Any) -> Estimate | None:
-        """Teacher calls and tokens this stage would spend (None: no teacher)."""
-
-
-STAGES: dict[str, Stage] = {}
-
-
-def register_stage(kind: str) -> Callable[[type], type]:
-    def deco(cls: type) -> type:
-        STAGES[kind] = cls()
-        return cls
-
-    return deco
-
-
-def _load_builtin_stages() -> None:
+def load_builtin_stages() -> dict[str, Stage]:
+    """Register every built-in stage kind (importing the stage package does it) and return the registry."""
     import synthkd.stages  # noqa: F401  (registers every stage kind)
+    from synthkd.stages.base import STAGES
+
+    return STAGES
 
 
 # ----------------------------------------------------------------------------- helpers
-def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> TeacherSpec:
-    def rel(p: str | None) -> Path | None:
-        if p is None:
-            return None
-        q = Path(p)
-        return q if q.is_absolute() else base_dir / q
-
-    model = tc.model
-    for prefix in ("replay:", "local:"):
-        if model.startswith(prefix):
-            model = prefix + str(rel(model[len(prefix):]))
-    params = {k: v for k, v in {"temperature": tc.temperature, "max_tokens": tc.max_tokens}.items() if v is not None}
-    return TeacherSpec(
-        teacher=model, base_url=tc.base_url, concurrency=tc.concurrency, rpm=tc.rpm, tpm=tc.tpm,
-        timeout=tc.timeout, max_retries=tc.max_retries, cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite",
-        max_cost=tc.max_cost, prices=rel(tc.prices), default_params=params,
-    )
-
-
 def file_sha(path: Path) -> str:
     h = hashlib.sha256()
     if path.is_dir():
@@ -361,6 +289,11 @@ def ledger_path(output: Path) -> Path:
     return output.with_name(output.name.removesuffix(".jsonl") + ".ledger.jsonl")
 
 
+def _open_ledger(run_dir: Path, output: Path) -> "Ledger":
+    """The ledger of the stage writing ``output`` (a :class:`StageContext`'s ``open_ledger``)."""
+    return Ledger(inside_run_dir(run_dir, ledger_path(output)))
+
+
 class Ledger:
     """Append-only per-stage record of teacher usage (the rule is in the module docstring).
 
@@ -494,17 +427,6 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
     return tot
 
 
-def count_rows(path: Path) -> int:
-    """Rows (non-blank lines) in a jsonl file: what a stage's manifest counts, over all attempts."""
-    if not path.is_file():
-        return 0
-    n = 0
-    with open(path, "rb") as f:
-        for line in f:
-            n += bool(line.strip())
-    return n
-
-
 # ----------------------------------------------------------------------------- the runner
 @dataclass
 class PlannedStage:
@@ -526,7 +448,9 @@ class RunResult:
 
 def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage]:
     """Validate every stage (kind, options, inputs) before anything runs or is paid for."""
-    _load_builtin_stages()
+    from synthkd.stages.base import StageContext
+
+    STAGES = load_builtin_stages()
     base_dir = base_dir or Path.cwd()
     run_dir = (base_dir / cfg.run_dir / cfg.name).resolve()  # the name is a plain identifier (config.check_name)
     outputs: dict[str, Path] = {}
@@ -565,7 +489,8 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
         output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
         outputs[st.name] = output
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
-                           base_dir=base_dir, teacher_config=st.teacher or cfg.teacher)
+                           base_dir=base_dir, teacher_config=st.teacher or cfg.teacher,
+                           open_ledger=functools.partial(_open_ledger, run_dir, output))
         check = getattr(impl, "check", None)
         if check is not None:  # stage-specific checks that need no input rows (files, templates, operators)
             try:
@@ -580,6 +505,8 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
 
 
 def estimate_all(planned: list[PlannedStage]) -> Estimate:
+    from synthkd.stages.base import Estimate
+
     total = Estimate()
     for p in planned:
         try:
@@ -591,14 +518,14 @@ def estimate_all(planned: list[PlannedStage]) -> Estimate:
     return total
 
 
-def _referenced_stages(value: Any, names: set[str]) -> set[str]:
+def referenced_stages(value: Any, names: set[str]) -> set[str]:
     """Earlier stages an option names (e.g. ``student: sft``): their results are inputs too."""
     if isinstance(value, str):
         return {value} & names
     if isinstance(value, dict):
-        return set().union(*(_referenced_stages(v, names) for v in value.values())) if value else set()
+        return set().union(*(referenced_stages(v, names) for v in value.values())) if value else set()
     if isinstance(value, list):
-        return set().union(*(_referenced_stages(v, names) for v in value)) if value else set()
+        return set().union(*(referenced_stages(v, names) for v in value)) if value else set()
     return set()
 
 
@@ -645,7 +572,7 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         input_hashes = {k: file_sha(v) for k, v in p.ctx.inputs.items()}
         earlier = {q.cfg.name for q in planned[: planned.index(p)]}
         upstream = {n: manifest.stage(n).get("fingerprint", "") for n in
-                    sorted(_referenced_stages(p.options.model_dump(mode="json"), earlier))}
+                    sorted(referenced_stages(p.options.model_dump(mode="json"), earlier))}
         fp = _fingerprint(p, input_hashes, upstream)
         known = name in manifest.data["stages"]
         rec = manifest.stage(name)

@@ -186,7 +186,7 @@ def _rounds_plot(run_dir: Path, name: str, rounds: list[dict[str, Any]], best: A
                  reflection: dict[str, Any] | None) -> str | None:
     """Held-out (and pool) accuracy per round, drawn from the manifest; None without matplotlib."""
     try:
-        from synthkd.methods.tailored import plot_rounds
+        from synthkd.loops.tailored import plot_rounds
     except ImportError:
         return None
     _inside(run_dir, "plots").mkdir(exist_ok=True)

@@ -14,8 +14,8 @@ import pytest
 
 from conftest import cli_env, read_jsonl, run_cli
 from synthkd.answers import extract_answer, numbers_equal, safe_eval_arithmetic
-from synthkd.filters.config import parse_ops
-from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.filters.op_config import parse_ops
+from synthkd.filters.chain import CleanPaths, clean_file
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"
@@ -114,7 +114,7 @@ def test_rows_from_generate_rationales_replayed_on_palm(tmp_path):
     (layout / "llm").mkdir(parents=True)
     shutil.copy(FIX / "svamp_test.json", layout / "svamp_test.json")
     shutil.copy(FIX / "svamp_test_palm_CoT.json", layout / "llm" / "test_CoT_0.json")
-    conv = subprocess.run([sys.executable, "-m", "synthkd.methods.rationales_replay", "--dataset", "svamp", "--split",
+    conv = subprocess.run([sys.executable, "-m", "synthkd.data_tools.rationales_replay", "--dataset", "svamp", "--split",
                            "test", "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path)],
                           capture_output=True, text=True, env=cli_env())  # the repo's synthkd, not another one
     assert conv.returncode == 0, conv.stderr

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl, run_cli
-from synthkd.filters.config import ConfigError, parse_ops
-from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.filters.op_config import ConfigError, parse_ops
+from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.jsonl_io import InputError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"

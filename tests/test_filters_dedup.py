@@ -15,9 +15,9 @@ import pytest
 from datasketch import MinHash
 
 from conftest import REPO, read_jsonl, run_cli
-from synthkd.filters.config import parse_ops
+from synthkd.filters.op_config import parse_ops
 from synthkd.filters.minhash import MinHasher, NearDupIndex, affine32_permutations, ngram_hashes
-from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.filters.text import words
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"

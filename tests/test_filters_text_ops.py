@@ -9,8 +9,8 @@ import re
 from pathlib import Path
 
 from conftest import read_jsonl
-from synthkd.filters.config import parse_ops
-from synthkd.filters.pipeline import CleanPaths, clean_file
+from synthkd.filters.op_config import parse_ops
+from synthkd.filters.chain import CleanPaths, clean_file
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 

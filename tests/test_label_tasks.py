@@ -18,9 +18,9 @@ from rouge_score import rouge_scorer
 
 from conftest import cli_env, read_jsonl, run_cli, sigkill_after_first_row, synthkd_cmd
 from synthkd.jsonl_io import InputError
-from synthkd.methods.label_tasks import (
-    LabelTaskConfig, MethodStats, generate_label_examples, load_task_spec, parse_list_items, plan_label_tasks,
-)
+from synthkd.methods.label_tasks import LabelTaskConfig, generate_label_examples, load_task_spec, plan_label_tasks
+from synthkd.teacher_lists import parse_list_items
+from synthkd.teachers.jobs import MethodStats
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.templates import TemplateError
 from synthkd.testing.server import FaultConfig, TestServer

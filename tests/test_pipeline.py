@@ -150,7 +150,7 @@ def test_sigkill_mid_stage_resumes_without_paying_twice(tmp_path, make_server):
 
 def test_stage_naming_an_earlier_stage_reruns_when_that_stage_changes():
     """An option that names an earlier stage (``student: sft``) makes that stage's result an input."""
-    from synthkd.pipeline import _referenced_stages
+    from synthkd.pipeline import referenced_stages as _referenced_stages
 
     assert _referenced_stages({"student": "sft", "kind": "number", "x": ["a", {"y": "gen"}]},
                               {"sft", "gen", "other"}) == {"sft", "gen"}

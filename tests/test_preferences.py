@@ -14,14 +14,14 @@ from pathlib import Path
 
 from conftest import cli_env, read_jsonl, run_cli
 from synthkd.methods.preferences import judge_ranked_pairs, pair_id
-from synthkd.methods.rationales_replay import convert
-from synthkd.methods.tasks_spec import TaskSpec
+from synthkd.data_tools.rationales_replay import convert
+from synthkd.methods.task_kinds import TaskKind
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import prompt_text_of
 from synthkd.train.export import build_preference_examples
 
 REC = Path(__file__).parent / "fixtures" / "recorded" / "svamp_test_head100"
-SPEC = TaskSpec("math")
+SPEC = TaskKind("math")
 
 
 def _svamp(n: int) -> tuple[list[dict], dict[str, str]]:

@@ -17,7 +17,7 @@ from conftest import read_jsonl, run_cli
 from synthkd.methods.promptmix import (
     PromptMixConfig, clean_item, draw_alpha, make_groups, parse_items, plan_calls, promptmix,
 )
-from synthkd.methods.relabel import LabelSpace, confusion_summary, norm_text
+from synthkd.labels import LabelSpace, confusion_summary, norm_text
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
 

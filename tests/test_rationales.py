@@ -21,8 +21,8 @@ from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd
 from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.jsonl_io import InputError
 from synthkd.methods.rationales import generate_rationales, plan_rationales
-from synthkd.methods.rationales_replay import convert, main as replay_main, make_demos
-from synthkd.methods.tasks_spec import FieldNames, TaskSpec, split_rationale
+from synthkd.data_tools.rationales_replay import convert, main as replay_main, make_demos
+from synthkd.methods.task_kinds import FieldNames, TaskKind, split_rationale
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig, prompt_text_of
 from synthkd.templates import TemplateError
@@ -190,7 +190,7 @@ def test_demos_exclude_the_row_itself_and_are_seeded(make_server):
     srv = make_server(responder=script)
     out = {r["id"]: r for r in _api(srv, rows, kind="choice", n_demos=4, seed=3)}
     prompts = {script.target(prompt_text_of(b)): prompt_text_of(b) for b in script.bodies}
-    spec = TaskSpec("choice")
+    spec = TaskKind("choice")
     used_as_demo = set()
     for row in rows:
         q = spec.query(row)
@@ -214,7 +214,7 @@ def test_demos_exclude_the_row_itself_and_are_seeded(make_server):
 
 def test_self_consistency_majority(make_server):
     rows, table = _dataset("svamp", 30)
-    spec = TaskSpec("math")
+    spec = TaskKind("math")
     comp = {r["id"]: table[spec.query(r)] for r in rows}
     val = {r["id"]: extract_answer(comp[r["id"]], "number").value for r in rows}
     # three rows with readable answers that differ from each other
@@ -253,7 +253,7 @@ def test_self_consistency_majority(make_server):
 
 def test_rationalize_second_call_is_marked(make_server):
     rows, table = _dataset("cqa", 12)
-    spec = TaskSpec("choice")
+    spec = TaskKind("choice")
     wrong = [r for r in rows if not spec.same(spec.parse(table[spec.query(r)], r).value, spec.gold(r))]
     assert len(wrong) == 2  # rows 7 and 11 of the real PaLM outputs
     fixed, stubborn = wrong
@@ -424,7 +424,7 @@ def test_sigkill_then_rerun_pays_only_in_flight(tmp_path, make_server):
     assert 0 <= extra <= concurrency, f"{extra} requests paid twice"
     assert f"({len(before)} already there)" in res.stderr
     # the rows are what the real completions say, however the run was cut
-    spec = TaskSpec("choice")
+    spec = TaskKind("choice")
     for o, r in zip(sorted(out, key=lambda o: o["id"]), sorted(rows, key=lambda r: r["id"])):
         assert o["samples"][0]["text"] == table[spec.query(r)]
 
@@ -471,9 +471,9 @@ def test_replay_converter_cli_layout(tmp_path, capsys):
     recorded = _jsonl(tmp_path / "o" / "cqa_test.recorded.jsonl")
     demos = _jsonl(tmp_path / "o" / "cqa_train.demos.jsonl")
     assert [r["id"] for r in inputs] == [r["id"] for r in raw] and [r["completion"] for r in recorded] == comps
-    assert recorded[0]["question"] == TaskSpec("choice").query(inputs[0])
+    assert recorded[0]["question"] == TaskKind("choice").query(inputs[0])
     assert len(demos) == 5 and all(d["rationale"] and "So the answer is" not in d["rationale"] for d in demos)
-    spec = TaskSpec("choice")
+    spec = TaskKind("choice")
     for d in demos:  # only rationales whose PaLM answer was right
         comp = train_comps[[r["id"] for r in train_raw].index(d["id"])]
         assert spec.same(spec.parse(comp, d).value, spec.gold(d))
@@ -485,14 +485,14 @@ def test_replay_converter_cli_layout(tmp_path, capsys):
 
 
 def test_gold_forms_and_errors():
-    math = TaskSpec("math")
+    math = TaskKind("math")
     assert math.gold({"answer": "( 10.0 * 45.0 )"}) == 450.0
     assert math.gold({"answer": "Natalia sold 48/2 = 24 clips.\n#### 72"}) == 72.0
     assert math.gold({"answer": 3}) == 3.0 and math.gold({}) is None
-    choice = TaskSpec("choice")
+    choice = TaskKind("choice")
     ch = {"choices": ["park", "coloring book", "math problem"]}
     assert [choice.gold({**ch, "answer": a}) for a in ("math problem", "B", "(c)", 0, "Coloring Book")] == [2, 1, 2, 0, 1]
-    nli = TaskSpec("nli")
+    nli = TaskKind("nli")
     assert nli.gold({"answer": 2}) == "contradiction" and nli.gold({"answer": "Neutral"}) == "neutral"
     for spec, row, msg in [
         (math, {"id": 1, "question": "q", "answer": "lots"}, "not a number"),
@@ -501,7 +501,7 @@ def test_gold_forms_and_errors():
     ]:
         assert any(msg in p for p in spec.check_row(row)), spec.check_row(row)
     with pytest.raises(ValueError, match="needs a label set"):
-        TaskSpec("classification")
+        TaskKind("classification")
     with pytest.raises(InputError, match=r"rows\[1\]: field 'id': duplicate id"):
         plan_rationales([{"id": 1, "question": "a"}, {"id": 1, "question": "b"}], kind="math", n_demos=0)
 
@@ -528,7 +528,7 @@ def test_label_set_from_flag_or_file(tmp_path):
     with pytest.raises(InputError, match="not both"):
         load_labels("a", tmp_path / "l.txt")
     with pytest.raises(ValueError, match="'A' and 'a' are the same label"):
-        TaskSpec("classification", labels=("A", "a"))
+        TaskKind("classification", labels=("A", "a"))
 
 
 # F11 regression: a 1 MB degenerate reply is parsed off the event loop, in linear time, while the
@@ -540,7 +540,7 @@ def test_one_megabyte_reply_does_not_stall_the_event_loop(make_server, monkeypat
     from synthkd.methods.rationales import RationalePlan
 
     rows, table = _dataset("svamp", 24)
-    huge_q = TaskSpec("math").query(rows[0])
+    huge_q = TaskKind("math").query(rows[0])
     huge = "The answer is " + "answer is " * 100_000 + str(rows[0]["answer"]) + "."
     table = dict(table)
     table[huge_q] = huge

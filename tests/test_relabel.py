@@ -14,7 +14,7 @@ import pytest
 
 from conftest import read_jsonl, run_cli
 from synthkd.jsonl_io import InputError
-from synthkd.methods.relabel import LabelSpace, classify, confusion_summary, map_answer, offered_classes
+from synthkd.labels import LabelSpace, classify, confusion_summary, map_answer, offered_classes
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
 

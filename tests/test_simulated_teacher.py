@@ -12,7 +12,7 @@ import pytest
 from synthkd.answers import extract_answer, safe_eval_arithmetic, strip_continuation
 from synthkd.config import TeacherConfig
 from synthkd.methods.similar_exercises import parse_exercises
-from synthkd.pipeline import teacher_spec_from
+from synthkd.stages.base import teacher_spec_from
 from synthkd.teachers import TeacherFatalError, TeacherRequest
 from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher

@@ -18,7 +18,7 @@ from conftest import eval_accuracy, read_jsonl
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.jsonl_io import InputError
 from synthkd.methods.rationales import plan_rationales
-from synthkd.methods.tailored import TailorOptions, run_tailored
+from synthkd.loops.tailored import TailorOptions, run_tailored
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
@@ -431,7 +431,7 @@ def test_a_student_with_no_mistakes_stops_the_loop_with_a_clear_message(setup, m
 
 def test_pairs_one_per_distinct_wrong_output():  # audit mutant 15
     """pairs_from_rows: every distinct wrong output (stripped, not equal to the correction) is one pair."""
-    from synthkd.methods.tailored import pairs_from_rows
+    from synthkd.loops.tailored import pairs_from_rows
 
     chosen = rationale_target("3 + 4 = 7.", "7")
     two = {"id": "a#r1", "source_id": "a", "round": 1, "input": "qa", "rationale": "3 + 4 = 7.", "answer": "7",

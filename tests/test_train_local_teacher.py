@@ -8,7 +8,7 @@ import pytest
 
 from synthkd.teachers import TeacherFatalError, TeacherRequest
 from synthkd.teachers.factory import TeacherSpec, make_teacher
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.teachers.local import LocalTeacher
 from synthkd.train.student import load_student
 from train_fixtures import *  # noqa: F401,F403

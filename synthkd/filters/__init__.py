@@ -1,8 +1,8 @@
 """The cleaning stage: operators over row streams, each drop accounted for with its operator and reason.
 
 * :mod:`.base` — the operator contract (one outcome per row, in order) and helper bases;
-* :mod:`.config` — the operator registry and the YAML/JSON config (validated, unknown keys are errors);
-* :mod:`.pipeline` — runs a chain over a jsonl file: output, rejects, funnel report;
+* :mod:`.op_config` — the operator registry and the YAML/JSON config (validated, unknown keys are errors);
+* :mod:`.chain` — runs a chain of operators over a jsonl file: output, rejects, funnel report;
 * :mod:`.funnel` — the report (JSON + Markdown);
 * one module per operator: exact_dedup, near_dup, consistency, relabel, judge, format, refusal,
   language, decontaminate, balance;
@@ -11,7 +11,7 @@
 
 Use from Python::
 
-    from synthkd.filters.config import load_config
-    from synthkd.filters.pipeline import CleanPaths, clean_file
+    from synthkd.filters.op_config import load_config
+    from synthkd.filters.chain import CleanPaths, clean_file
     funnel = await clean_file(Path("in.jsonl"), load_config("clean.yaml"), CleanPaths(...))
 """

@@ -4,7 +4,8 @@
 The prompt is ``prompts/judge/score.j2`` (variables ``input``, ``output``, ``rubric``, ``row``), or
 any template given by name or path.  The score is read from the answer's *last* "Score: N" (also
 "score of N", "N/10", "N out of 10", "Rating: N", or a bare number): judges often restate the scale
-("on a 1-10 scale…") before their verdict.  Scores outside 1–10 count as unreadable.
+("on a 1-10 scale…") before their verdict.  Scores outside 1–10 count as unreadable
+(:func:`synthkd.scores.parse_score`).
 
 ``top_fraction`` needs every score before any row can be kept: rows are parked on disk while their
 scores come in (memory holds only position → score), then a second pass keeps the best
@@ -16,7 +17,6 @@ dropped (``on_unparsed: drop``) or kept unscored (``keep``); a teacher error alw
 from __future__ import annotations
 
 import math
-import re
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -27,30 +27,7 @@ from pydantic import Field, model_validator
 from synthkd.filters.base import OpConfig, Operator, Outcome, Reject
 from synthkd.filters.teacher_ops import InOrder
 from synthkd.filters.text import FieldProblem
-
-_NUM = r"(\d+(?:\.\d+)?)"
-_SCORE_RES = [
-    re.compile(r"\bscore\b\s*(?:\(\s*1\s*-\s*10\s*\))?\s*(?:[:=]|is|of)?\s*[*_]*\s*" + _NUM + r"(?!\s*-)", re.IGNORECASE),
-    re.compile(r"\brating\b\s*(?:[:=]|is|of)?\s*[*_]*\s*" + _NUM, re.IGNORECASE),
-    re.compile(_NUM + r"\s*(?:/|out\s+of)\s*10\b", re.IGNORECASE),
-]
-_BARE = re.compile(r"^\s*[*_]*" + _NUM + r"[*_.]*\s*$")
-
-
-def parse_score(text: str | None) -> tuple[float | None, str | None]:
-    """(score in 1..10, None) or (None, why)."""
-    if not text or not text.strip():
-        return None, "empty answer"
-    for rx in _SCORE_RES:
-        found = rx.findall(text)
-        if found:
-            v = float(found[-1])
-            return (v, None) if 1 <= v <= 10 else (None, f"score {v:g} outside 1-10")
-    m = _BARE.match(text)
-    if m:
-        v = float(m.group(1))
-        return (v, None) if 1 <= v <= 10 else (None, f"score {v:g} outside 1-10")
-    return None, "no score found"
+from synthkd.scores import parse_score
 
 
 class JudgeConfig(OpConfig):
@@ -170,7 +147,7 @@ class Judge(Operator):
             async for x in self._run_top(rows):
                 yield x
             return
-        from synthkd.teachers.grouping import Job, stream_jobs
+        from synthkd.teachers.jobs import Job, stream_jobs
 
         order = InOrder()
         thr = self.cfg.threshold
@@ -201,7 +178,7 @@ class Judge(Operator):
 
     async def _run_top(self, rows: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Outcome]:
         from synthkd.filters.spill import Spill
-        from synthkd.teachers.grouping import Job, stream_jobs
+        from synthkd.teachers.jobs import Job, stream_jobs
 
         spill = Spill(self.ctx.workdir, "judge")
         got: dict[int, tuple[float | None, list[float]]] = {}

@@ -2,8 +2,8 @@
 then keep, overwrite or drop per ``policy``, record both labels, and report the confusion between
 intended and relabeled labels.
 
-The classifier is the project's shared one (:func:`synthkd.methods.relabel.classify` with a
-:class:`~synthkd.methods.relabel.LabelSpace` read from ``label_space``), so PromptMix and cleaning ask
+The classifier is the project's shared one (:func:`synthkd.labels.classify` with a
+:class:`~synthkd.labels.LabelSpace` read from ``label_space``), so PromptMix and cleaning ask
 the same question the same way.  Each row gets ``relabel: {intended, teacher, agree, action, votes,
 raw, template, template_sha}``.
 
@@ -62,7 +62,7 @@ class Relabel(Operator):
         return [(self.cfg.text_field,)]
 
     async def setup(self) -> None:
-        from synthkd.methods.relabel import LabelSpace
+        from synthkd.labels import LabelSpace
         from synthkd.templates import load_template
 
         self.space = LabelSpace.from_file(self.cfg.label_space)
@@ -116,7 +116,7 @@ class Relabel(Operator):
         return None
 
     async def run(self, rows: AsyncIterator[dict[str, Any]]) -> AsyncIterator[Outcome]:
-        from synthkd.methods.relabel import classify
+        from synthkd.labels import classify
 
         c = self.cfg
         order = InOrder()
@@ -151,7 +151,7 @@ class Relabel(Operator):
         assert order.finished()
 
     def _summary(self) -> dict[str, Any]:
-        from synthkd.methods.relabel import confusion_summary
+        from synthkd.labels import confusion_summary
 
         def pairs():
             for (a, b), n in self.pairs.items():
@@ -170,7 +170,7 @@ class Relabel(Operator):
     def report_markdown(self) -> str:
         if not self.pairs:
             return ""
-        from synthkd.methods.relabel import format_confusion
+        from synthkd.labels import format_confusion
 
         lines = [format_confusion(self._summary()), "",
                  "Actions: " + ", ".join(f"{k} {v:,}" for k, v in self.actions.most_common()), ""]

@@ -19,295 +19,30 @@ Why the processing is shaped like this (resume = rerun, nothing paid twice):
   later answers of that label wait for the next run, instead of taking ids that the failed
   request's texts would have had.  So the output is always a prefix of the failure-free run.
 
-Also here, because Self-Instruct shares them: :func:`parse_list_items` (robust numbered / bulleted /
-JSON-lines parsing of teacher lists), :class:`JobFeed` (jobs added while the stream runs) and
-:class:`MethodStats` (requests, tokens, cost and drops by reason, for the summary).
+Shared with Self-Instruct, and kept elsewhere: :func:`synthkd.teacher_lists.parse_list_items` (robust
+numbered / bulleted / JSON-lines parsing of teacher lists), :class:`synthkd.teachers.jobs.JobFeed`
+(jobs added while the stream runs) and :class:`synthkd.teachers.jobs.MethodStats` (requests, tokens,
+cost and drops by reason, for the summary).
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import math
-import random
-import re
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Generic, Optional, TypeVar
+from typing import Any, AsyncIterator, Optional
 
 import yaml
 
 from synthkd.jsonl_io import InputError
+from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import comma_list, opt, register_feature
-from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
-from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teacher_lists import parse_list_items
+from synthkd.teachers.base import Teacher, TeacherRequest
+from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
-
-T = TypeVar("T")
-
-# ==================================================================================================
-# Shared plumbing: a job source that grows while the stream runs, and run statistics
-# ==================================================================================================
-
-
-class JobFeed(Generic[T]):
-    """Jobs for :func:`stream_jobs` that the consumer keeps adding while results come back.
-
-    Why: the next requests of a multi-round method depend on earlier answers, yet one teacher stream
-    should carry all of them (so concurrency, rate limits and the budget apply across rounds, and
-    instance requests of round t overlap with round t+1).  The consumer calls :meth:`finished` for
-    every job it gets back, :meth:`put` for follow-ups, and the feed ends itself when nothing is
-    outstanding — which is what ends the stream.
-    """
-
-    def __init__(self) -> None:
-        self._q: asyncio.Queue[Job[T] | None] = asyncio.Queue()
-        self.outstanding = 0
-        self.closed = False
-
-    def put(self, job: Job[T]) -> None:
-        if self.closed:
-            raise RuntimeError("JobFeed is closed")
-        self.outstanding += 1
-        self._q.put_nowait(job)
-
-    def finished(self) -> None:
-        """One job came back; end the feed when it was the last one and nothing new was put."""
-        self.outstanding -= 1
-
-    def close_if_idle(self) -> None:
-        if self.outstanding == 0 and not self.closed:
-            self.closed = True
-            self._q.put_nowait(None)
-
-    async def __aiter__(self) -> AsyncIterator[Job[T]]:
-        while True:
-            job = await self._q.get()
-            if job is None:
-                return
-            yield job
-
-
-@dataclass
-class MethodStats:
-    """What a run did, for the CLI summary: requests, tokens, cost, and every drop by reason."""
-
-    requests: int = 0  # results received (answers + failures), cached ones included
-    cached: int = 0
-    failed: int = 0
-    prompt_tokens: int = 0  # sent in this run (cache hits excluded)
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0  # paid in this run; None once a price is unknown
-    dataset_cost_usd: float | None = 0.0  # what every answer used cost, cached ones included
-    kept: int = 0
-    drops: Counter = field(default_factory=Counter)  # reason -> candidates dropped
-    notes: Counter = field(default_factory=Counter)  # things worth knowing that are not drops
-    per_label: dict[str, int] = field(default_factory=dict)
-    short: dict[str, str] = field(default_factory=dict)  # target not reached: what -> why
-    budget_stopped: bool = False
-
-    def record(self, res: TeacherResult) -> None:
-        self.requests += 1
-        if not res.ok:
-            self.failed += 1
-            return
-        if res.cost_usd is None:
-            self.dataset_cost_usd = None
-        elif self.dataset_cost_usd is not None:
-            self.dataset_cost_usd += res.cost_usd
-        if res.cached:
-            self.cached += 1
-            return
-        self.prompt_tokens += res.usage.prompt_tokens
-        self.completion_tokens += res.usage.completion_tokens
-        if res.cost_usd is None:
-            self.cost_usd = None
-        elif self.cost_usd is not None:
-            self.cost_usd += res.cost_usd
-
-    @property
-    def sent(self) -> int:
-        return self.requests - self.cached
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "kept": self.kept, "drops": dict(sorted(self.drops.items())), "notes": dict(sorted(self.notes.items())),
-            "per_label": dict(self.per_label), "short": dict(self.short), "requests": self.requests,
-            "requests_sent": self.sent, "requests_cached": self.cached, "requests_failed": self.failed,
-            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
-            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
-            "dataset_cost_usd": None if self.dataset_cost_usd is None else round(self.dataset_cost_usd, 8),
-            "budget_stopped": self.budget_stopped,
-        }
-
-
-def request_provenance(teacher: Teacher, req: TeacherRequest, res: TeacherResult) -> dict[str, Any]:
-    """Usage, cost and cache key of the request a row came from (shared by all rows of that request)."""
-    out: dict[str, Any] = {
-        "request_usage": res.usage.as_dict(),
-        "request_cost_usd": None if res.cost_usd is None else round(res.cost_usd, 10),
-        "cached": res.cached,
-    }
-    key = teacher.cache_key(req)
-    if key is not None:
-        out["request_cache_key"] = key
-    return out
-
-
-def stable_rng(*parts: Any) -> random.Random:
-    """A Random seeded from its parts (str seeding is sha512-based: the same in every process)."""
-    return random.Random("\x1f".join(str(p) for p in parts))
-
-
-# ==================================================================================================
-# Parsing lists out of teacher text
-# ==================================================================================================
-
-_FENCE = re.compile(r"^\s*```[\w-]*\s*$")
-_ITEM_START = re.compile(
-    r"""^\s*(?:
-        \*{0,2}(?:example|item|text|sample|query|message|utterance|sentence|instruction|task)\s*\#?\s*\d{1,3}\*{0,2}\s*[:.)\-\u2013\u2014]?\*{0,2}
-      | \(\s*\d{1,3}\s*\)
-      | \[\s*\d{1,3}\s*\]
-      | \#?\d{1,3}\s*(?:[.](?!\d)|[):\]]|\s[-\u2013\u2014](?=\s))
-      | [-*\u2022\u25cf\u25aa\u2023\u25e6+]\s
-    )\s*""",
-    re.I | re.X,
-)
-_CHATTER = re.compile(
-    r"^\s*(?:sure|certainly|of course|okay|ok|here\s+(?:are|is)|below\s+(?:are|is)|i\s+hope|let\s+me\s+know|"
-    r"these\s+(?:examples|are)|note\s*:|i've|i\s+have)\b",
-    re.I,
-)
-_FIELD_PREFIX = re.compile(
-    r"^\s*\**(?:text|example|query|message|utterance|sentence|instruction|task|input|customer)\**\s*:\s*", re.I
-)
-_LABEL_SUFFIX = re.compile(
-    r"\s*(?:[\(\[]|\s[-|\u2013\u2014\u2192]\s|\|)\s*(?:label|intent|category|class)\s*[:=][^\n]*$", re.I
-)
-_QUOTES = [('"', '"'), ("'", "'"), ("\u201c", "\u201d"), ("\u2018", "\u2019"), ("\u00ab", "\u00bb"), ("`", "`")]
-_TEXT_KEYS = ("text", "example", "instruction", "query", "input", "sentence", "message", "utterance", "content")
-
-
-def clean_item(text: str) -> str:
-    """One list item without numbering, field labels, wrapping quotes or markdown emphasis."""
-    s = " ".join(text.split())
-    for _ in range(3):
-        before = s
-        m = _ITEM_START.match(s)
-        if m and m.end() < len(s):
-            s = s[m.end():]
-        s = _FIELD_PREFIX.sub("", s)
-        s = _LABEL_SUFFIX.sub("", s).strip()
-        if len(s) >= 4 and s.startswith("**") and s.endswith("**"):
-            s = s[2:-2].strip()
-        for a, b in _QUOTES:
-            # a double quote inside may close the first and open another ("x" and "y"): leave those
-            if len(s) >= 2 and s.startswith(a) and s.endswith(b) and (a != '"' or s.count('"') == 2):
-                s = s[1:-1].strip()
-                break
-        if s == before:
-            break
-    return s
-
-
-def _json_item(value: Any) -> str | None:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, dict):
-        for k in _TEXT_KEYS:
-            if isinstance(value.get(k), str):
-                return value[k]
-        strings = [v for v in value.values() if isinstance(v, str)]
-        if len(strings) == 1:
-            return strings[0]
-    return None
-
-
-def _parse_json_items(lines: list[str]) -> list[str] | None:
-    body = "\n".join(lines).strip()
-    if body.startswith("["):
-        try:
-            data = json.loads(body)
-        except json.JSONDecodeError:
-            data = None
-        if isinstance(data, list):
-            items = [_json_item(v) for v in data]
-            return [i for i in items if i is not None]
-    parsed: list[str] = []
-    nonblank = [ln.strip().rstrip(",") for ln in lines if ln.strip()]
-    if not nonblank or not nonblank[0].startswith(("{", '"')):
-        return None
-    ok = 0
-    for ln in nonblank:
-        try:
-            item = _json_item(json.loads(ln))
-        except json.JSONDecodeError:
-            continue
-        if item is not None:
-            parsed.append(item)
-            ok += 1
-    return parsed if ok * 2 > len(nonblank) else None
-
-
-def parse_list_items(text: str | None, *, leading_item: bool = False) -> list[str]:
-    """The items of a list a teacher wrote, cleaned (see :func:`clean_item`), empties removed.
-
-    Accepts numbered lists (``1.``, ``2)``, ``(3)``, ``#4``, ``Example 5:``), bullets, a JSON array,
-    JSON lines (strings or objects with a ``text``-like field) and, failing all that, one item per
-    line.  A preamble ("Here are 5 examples:") and closing chatter are not items.  A line that is not
-    numbered continues the item above it unless a blank line separates them.  ``leading_item``: text
-    before the first number is an item (a completion that continues a prompt ending in ``"9."``),
-    unless it reads like a preamble.
-    """
-    if not text:
-        return []
-    lines = [ln for ln in text.replace("\r\n", "\n").split("\n") if not _FENCE.match(ln)]
-    js = _parse_json_items(lines)
-    if js is not None:
-        return [c for c in (clean_item(i) for i in js) if c]
-    items: list[list[str]] = []  # numbered items (lines)
-    loose: list[list[str]] = []  # unnumbered paragraphs
-    lead: list[str] = []  # text before the first numbered item, no blank line
-    current: list[str] | None = None
-    gap = True
-    seen_item = False
-    for ln in lines:
-        if not ln.strip():
-            gap = True
-            continue
-        m = _ITEM_START.match(ln)
-        if m:
-            current = [ln[m.end():]]
-            items.append(current)
-            seen_item = True
-        elif current is not None and not gap:
-            current.append(ln)
-        elif not seen_item and not loose and (not lead or not gap):
-            lead.append(ln)
-        else:
-            current = None
-            loose.append([ln])
-        gap = False
-    if not items:
-        # no numbering: one item per line, without chatter or "...:" headers
-        flat = [ln for ln in lines if ln.strip()]
-        return [c for c in (clean_item(ln) for ln in flat if not _is_chatter(ln)) if c]
-    out = []
-    lead_text = " ".join(lead).strip()
-    if leading_item and lead_text and not _is_chatter(lead_text):
-        out.append(lead_text)
-    out.extend(" ".join(it) for it in items)
-    return [c for c in (clean_item(i) for i in out) if c]
-
-
-def _is_chatter(line: str) -> bool:
-    s = line.strip()
-    return bool(_CHATTER.match(s)) or s.endswith(":")
-
 
 # ==================================================================================================
 # The task spec
@@ -353,7 +88,7 @@ class LabelSpec:
 
 
 @dataclass
-class TaskSpec:
+class TaskDescription:
     """A classification task to generate examples for (see :func:`load_task_spec`)."""
 
     task: str
@@ -370,7 +105,7 @@ class TaskSpec:
         return next(lab for lab in self.labels if lab.name == name)
 
 
-def load_task_spec(path: str | Path) -> TaskSpec:
+def load_task_spec(path: str | Path) -> TaskDescription:
     """Read and validate a task spec; raise InputError naming file, line and field of every problem.
 
     Format (YAML or JSON)::
@@ -532,7 +267,7 @@ def load_task_spec(path: str | Path) -> TaskSpec:
                 attributes[name] = vals
     if problems:
         raise InputError(problems)
-    return TaskSpec(task=task.strip(), labels=labels, attributes=attributes, text_name=text_name.strip(), path=path)
+    return TaskDescription(task=task.strip(), labels=labels, attributes=attributes, text_name=text_name.strip(), path=path)
 
 
 def _str_list(value: Any, err: Any, fpath: tuple[Any, ...]) -> list[str]:
@@ -555,7 +290,7 @@ def _str_list(value: Any, err: Any, fpath: tuple[Any, ...]) -> list[str]:
 # ==================================================================================================
 
 
-def _params(**values: Any) -> dict[str, Any]:
+def sampling_params(**values: Any) -> dict[str, Any]:
     """Sampling parameters sent with a request: those that are set."""
     return {k: v for k, v in values.items() if v is not None}
 
@@ -589,7 +324,7 @@ class LabelTaskConfig:
 
     @property
     def params(self) -> dict[str, Any]:
-        return {**_params(temperature=self.temperature, max_tokens=self.max_tokens), **self.extra_params}
+        return {**sampling_params(temperature=self.temperature, max_tokens=self.max_tokens), **self.extra_params}
 
 
 register_feature("generate.tasks", LabelTaskConfig, command=("generate", "tasks"), stage="generate.tasks")
@@ -597,7 +332,7 @@ register_feature("generate.tasks", LabelTaskConfig, command=("generate", "tasks"
 
 @dataclass
 class LabelTaskPlan:
-    spec: TaskSpec
+    spec: TaskDescription
     config: LabelTaskConfig
     template: PromptTemplate
     labels: list[str]
@@ -650,7 +385,7 @@ class LabelTaskPlan:
 _MAX_LISTED_COMBOS = 100_000
 
 
-def plan_label_tasks(spec: TaskSpec, config: LabelTaskConfig) -> LabelTaskPlan:
+def plan_label_tasks(spec: TaskDescription, config: LabelTaskConfig) -> LabelTaskPlan:
     """Check settings, template and spec together; raise InputError/TemplateError before any call."""
     c = config
     problems = []
@@ -830,7 +565,6 @@ async def generate_label_examples(
 
 
 __all__ = [
-    "JobFeed", "MethodStats", "TaskSpec", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "clean_item",
-    "generate_label_examples", "load_task_spec", "parse_list_items", "plan_label_tasks", "request_provenance",
-    "stable_rng",
+    "TaskDescription", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "generate_label_examples", "load_task_spec",
+    "plan_label_tasks",
 ]

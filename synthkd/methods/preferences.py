@@ -19,7 +19,7 @@ stream (so its concurrency, rate limits, cache and budget cover all its calls) a
 they complete.  Output ids are ``<source id>#pair`` and every prompt depends only on its row, so a
 rerun is free: ids already written are skipped and the calls of rejected rows come from the cache.
 
-Pair rows carry ``prompt`` (the question block the student is trained on: ``TaskSpec.query`` in
+Pair rows carry ``prompt`` (the question block the student is trained on: ``TaskKind.query`` in
 teacher-vs-student mode, the row's prompt text in judge mode), ``chosen`` and ``rejected`` -- the
 field names :func:`synthkd.train.export.build_preference_examples` reads.  Completions are cleaned
 with :func:`synthkd.answers.strip_continuation` (few-shot completions run on into a next "Q:").
@@ -34,13 +34,13 @@ from pathlib import Path
 from typing import Any, Optional
 
 from synthkd.answers import parse_off_loop, strip_continuation
-from synthkd.filters.judge import parse_score
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, check_id
 from synthkd.methods.rationales import RationalePlan, plan_rationales
-from synthkd.methods.tasks_spec import KINDS, FieldNames, TaskSpec
+from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind
 from synthkd.options import comma_list, opt, register_feature
+from synthkd.scores import parse_score
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 
 __all__ = [
@@ -168,7 +168,7 @@ class TeacherStudentPlan:
         return self.teacher_plan.rows
 
     @property
-    def spec(self) -> TaskSpec:
+    def spec(self) -> TaskKind:
         return self.teacher_plan.spec
 
     def _decide(self, row: dict[str, Any], t: TeacherResult, s: TeacherResult, names: tuple[str, str]) -> dict[str, Any]:
@@ -232,7 +232,7 @@ def _with_stage(req: TeacherRequest, stage: str) -> TeacherRequest:
 
 
 def plan_teacher_student(
-    rows: Iterable[dict[str, Any]], *, kind: str | TaskSpec, template: str | Path | PromptTemplate | None = None,
+    rows: Iterable[dict[str, Any]], *, kind: str | TaskKind, template: str | Path | PromptTemplate | None = None,
     student_template: str | Path | PromptTemplate | None = None, demos: Iterable[dict[str, Any]] | None = None,
     n_demos: int = 0, labels: Sequence[str] | None = None, fields: FieldNames | None = None, seed: int = 0,
     temperature: float | None = None, max_tokens: int | None = None, chat: bool = True,

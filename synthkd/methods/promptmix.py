@@ -15,7 +15,7 @@ same prompts, gets every answer from the cache and writes no row twice):
 3. The generation calls are answered (one teacher stream); :func:`parse_items` strips numbering and
    "(80% A, 20% B)"-style annotations.  Items are then deduplicated in the plan's order (not in
    completion order), dropping copies of the seed examples and exact repeats.
-4. Every kept item goes through :func:`synthkd.methods.relabel.classify` (k-shot, descriptions,
+4. Every kept item goes through :func:`synthkd.labels.classify` (k-shot, descriptions,
    candidates = the most similar classes plus A and B), and ``policy`` decides its ``label``.
 
 Generation finishes before relabeling starts: that keeps step 3's dedup independent of completion
@@ -34,10 +34,10 @@ from typing import Any, AsyncIterator, Optional
 
 import numpy as np
 
-from synthkd.methods.relabel import LABEL_SPACE_HELP, LabelSpace, classify, norm_text
+from synthkd.labels import LABEL_SPACE_HELP, LabelSpace, classify, norm_text
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import load_template
 
 POLICIES = ("overwrite", "keep", "drop-disagreeing")

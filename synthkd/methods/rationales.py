@@ -46,10 +46,10 @@ from typing import Any, Optional
 
 from synthkd.answers import parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
-from synthkd.methods.tasks_spec import KINDS, FieldNames, TaskSpec, split_rationale
+from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind, split_rationale
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate, TemplateError, load_template
 
 __all__ = ["Demo", "RationalePlan", "RationaleTally", "RationalesConfig", "generate_rationales", "load_labels",
@@ -76,7 +76,7 @@ class RationalePlan:
     """A validated job: rows, task spec, template and demonstration pool.  Build with :func:`plan_rationales`."""
 
     rows: list[dict[str, Any]]
-    spec: TaskSpec
+    spec: TaskKind
     template: PromptTemplate
     pool: list[Demo]
     n_demos: int = 4
@@ -316,7 +316,7 @@ def _reject(row: dict[str, Any], reason: str, errors: list[Any], stage: str) -> 
 def plan_rationales(
     rows: Iterable[dict[str, Any]],
     *,
-    kind: str | TaskSpec,
+    kind: str | TaskKind,
     template: str | Path | PromptTemplate | None = None,
     demos: Iterable[dict[str, Any]] | None = None,
     n_demos: int = 4,
@@ -350,7 +350,7 @@ def plan_rationales(
         problems.append("--max-tokens must be at least 1")
     if problems:
         raise ValueError("; ".join(problems))
-    spec = kind if isinstance(kind, TaskSpec) else TaskSpec(kind, fields or FieldNames(), tuple(labels) if labels else None)
+    spec = kind if isinstance(kind, TaskKind) else TaskKind(kind, fields or FieldNames(), tuple(labels) if labels else None)
     tpl = template if isinstance(template, PromptTemplate) else load_template(template or f"rationale/cot_{spec.kind}")
     tpl.check(spec.template_variables(), where=f"kind {spec.kind!r}")
     if rationalize and "hint" not in tpl.variables:
@@ -423,7 +423,7 @@ def plan_rationales(
     return plan
 
 
-def _demo(spec: TaskSpec, row: dict[str, Any]) -> Demo:
+def _demo(spec: TaskKind, row: dict[str, Any]) -> Demo:
     v = spec.variables(row)
     v["rationale"] = split_rationale(row[spec.fields.rationale]) or row[spec.fields.rationale].strip()
     v["answer"] = spec.answer_text(spec.gold(row), row)
@@ -508,7 +508,7 @@ async def generate_rationales(
     rows: Iterable[dict[str, Any]] | AsyncIterable[dict[str, Any]],
     teacher: Teacher,
     *,
-    kind: str | TaskSpec,
+    kind: str | TaskKind,
     template: str | Path | PromptTemplate | None = None,
     demos: Iterable[dict[str, Any]] | None = None,
     n_demos: int = 4,

@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any, AsyncIterator, Optional
 
 from synthkd.jsonl_io import InputError, check_id, iter_jsonl
-from synthkd.methods.label_tasks import JobFeed, MethodStats, _params, parse_list_items, request_provenance, stable_rng
+from synthkd.methods.label_tasks import sampling_params
+from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import opt, register_feature
-from synthkd.methods.pool_dedup import NearDupPool, duplicate_reason
+from synthkd.teacher_lists import parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 
 #: Words that make an instruction unfit for a text-only model (Self-Instruct + Alpaca).
@@ -260,11 +261,11 @@ class SelfInstructConfig:
 
     @property
     def params(self) -> dict[str, Any]:
-        return _params(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
+        return sampling_params(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens)
 
     @property
     def instance_params(self) -> dict[str, Any]:
-        return _params(temperature=self.instance_temperature, max_tokens=self.max_tokens)
+        return sampling_params(temperature=self.instance_temperature, max_tokens=self.max_tokens)
 
 
 register_feature("generate.self-instruct", SelfInstructConfig, command=("generate", "self-instruct"), stage=None)

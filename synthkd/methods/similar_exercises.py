@@ -27,7 +27,7 @@ from typing import Any
 
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
-from synthkd.teachers.grouping import Job, stream_jobs
+from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate
 
 __all__ = [

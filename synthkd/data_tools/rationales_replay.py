@@ -12,13 +12,13 @@ when concatenated in ``n`` order.  For each dataset and split this writes:
 
 * ``<ds>_<split>.input.jsonl``    -- rows with ``id`` and the method's default field names;
 * ``<ds>_<split>.recorded.jsonl`` -- ``{question, completion}`` where ``question`` is exactly the text
-  the built-in template inserts for the row (:meth:`TaskSpec.query`), so the replay teacher finds it;
+  the built-in template inserts for the row (:meth:`TaskKind.query`), so the replay teacher finds it;
 * optionally ``<ds>_<demo split>.demos.jsonl`` -- demonstrations: rows of another split whose PaLM
   answer is correct, with the PaLM rationale (answer sentence and continuation cut off).
 
 Usage::
 
-    python -m synthkd.methods.rationales_replay --dataset svamp --split test \\
+    python -m synthkd.data_tools.rationales_replay --dataset svamp --split test \\
         --data-dir ../shared/data --out data/dss [--demos-split train --n-demos 8] [--limit N]
 """
 
@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.answers import NLI_LABELS, safe_eval_arithmetic
-from synthkd.methods.tasks_spec import TaskSpec, json_number, split_rationale
+from synthkd.methods.task_kinds import TaskKind, json_number, split_rationale
 
 #: dataset -> task kind
 DATASETS: dict[str, str] = {"svamp": "math", "cqa": "choice", "esnli": "nli", "anli1": "nli"}
@@ -83,7 +83,7 @@ def convert(
     dataset: str, split: str, raw_rows: list[dict[str, Any]], completions: list[str]
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """(input rows, recorded {question, completion} rows) for one split."""
-    spec = TaskSpec(DATASETS[dataset])
+    spec = TaskKind(DATASETS[dataset])
     inputs = [input_row(dataset, split, i, r) for i, r in enumerate(raw_rows)]
     recorded = [{"question": spec.query(row), "completion": c} for row, c in zip(inputs, completions)]
     return inputs, recorded
@@ -93,7 +93,7 @@ def make_demos(
     dataset: str, split: str, raw_rows: list[dict[str, Any]], completions: list[str], n: int
 ) -> list[dict[str, Any]]:
     """The first ``n`` rows whose PaLM answer equals gold and whose rationale is non-empty, with that rationale."""
-    spec = TaskSpec(DATASETS[dataset])
+    spec = TaskKind(DATASETS[dataset])
     out = []
     for i, (raw, comp) in enumerate(zip(raw_rows, completions)):
         row = input_row(dataset, split, i, raw)

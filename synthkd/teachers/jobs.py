@@ -1,0 +1,197 @@
+"""Feeding jobs to a teacher: fan a stream of items out to several teacher requests each, gather the
+answers back per item, let a consumer add jobs while the stream runs, and count what a run did.
+
+Almost every job asks the teacher more than once per row (k samples, a label from each of several
+prompts...).  This does the bookkeeping once: items are pulled lazily (so memory is bounded by what is
+in flight), every request goes through one ``Teacher.stream`` (so concurrency, rate limits, cache and
+budget apply across all of them), and an item is yielded as soon as its last answer arrives.
+
+* :class:`Job`, :func:`stream_jobs` — one item and its requests; the stream that answers them;
+* :class:`JobFeed` — jobs a multi-round method adds while results come back (one stream for all rounds);
+* :class:`MethodStats`, :func:`request_provenance` — requests, tokens, cost and drops of a run; the
+  usage and cache key a row came from;
+* :func:`stable_rng` — a Random seeded the same in every process (prompts must not change on a rerun).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from contextlib import aclosing
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterable, AsyncIterator, Generic, Iterable, TypeVar
+
+from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
+
+T = TypeVar("T")
+
+
+class Job(Generic[T]):
+    """One item and the requests it needs; ``results`` is filled in request order."""
+
+    __slots__ = ("item", "requests", "results", "left")
+
+    def __init__(self, item: T, requests: list[TeacherRequest]) -> None:
+        if not requests:
+            raise ValueError("a job needs at least one request")
+        self.item = item
+        self.requests = requests
+        self.results: list[TeacherResult | None] = [None] * len(requests)
+        self.left = len(requests)
+
+
+async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
+    if hasattr(items, "__aiter__"):
+        async for x in items:  # type: ignore[union-attr]
+            yield x
+    else:
+        for x in items:  # type: ignore[union-attr]
+            yield x
+
+
+async def stream_jobs(teacher: Teacher, jobs: Iterable[Job[T]] | AsyncIterable[Job[T]]) -> AsyncIterator[Job[T]]:
+    """Yield each job once all its requests have a result (failed ones carry ``error``)."""
+    pending: dict[str, tuple[Job[T], int]] = {}
+    counter = 0
+
+    async def requests() -> AsyncIterator[TeacherRequest]:
+        nonlocal counter
+        async for job in aiter_any(jobs):
+            for i, req in enumerate(job.requests):
+                internal = f"{counter}"
+                counter += 1
+                pending[internal] = (job, i)
+                # The internal key routes the answer back; the caller's key is kept in meta.
+                yield TeacherRequest(
+                    key=internal,
+                    messages=req.messages,
+                    prompt=req.prompt,
+                    params=req.params,
+                    sample_index=req.sample_index,
+                    meta={**req.meta, "key": req.key},
+                )
+
+    # aclosing: when our caller stops early (e.g. its output write failed), the teacher's stream is closed
+    # here, cancelling its requests in flight, before the caller closes the teacher's HTTP session.
+    async with aclosing(teacher.stream(requests())) as results:
+        async for res in results:
+            job, i = pending.pop(res.key)
+            job.results[i] = res
+            job.left -= 1
+            if job.left == 0:
+                yield job
+
+
+# ==================================================================================================
+# A job source that grows while the stream runs, and run statistics
+# ==================================================================================================
+
+
+class JobFeed(Generic[T]):
+    """Jobs for :func:`stream_jobs` that the consumer keeps adding while results come back.
+
+    Why: the next requests of a multi-round method depend on earlier answers, yet one teacher stream
+    should carry all of them (so concurrency, rate limits and the budget apply across rounds, and
+    instance requests of round t overlap with round t+1).  The consumer calls :meth:`finished` for
+    every job it gets back, :meth:`put` for follow-ups, and the feed ends itself when nothing is
+    outstanding — which is what ends the stream.
+    """
+
+    def __init__(self) -> None:
+        self._q: asyncio.Queue[Job[T] | None] = asyncio.Queue()
+        self.outstanding = 0
+        self.closed = False
+
+    def put(self, job: Job[T]) -> None:
+        if self.closed:
+            raise RuntimeError("JobFeed is closed")
+        self.outstanding += 1
+        self._q.put_nowait(job)
+
+    def finished(self) -> None:
+        """One job came back; end the feed when it was the last one and nothing new was put."""
+        self.outstanding -= 1
+
+    def close_if_idle(self) -> None:
+        if self.outstanding == 0 and not self.closed:
+            self.closed = True
+            self._q.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[Job[T]]:
+        while True:
+            job = await self._q.get()
+            if job is None:
+                return
+            yield job
+
+
+@dataclass
+class MethodStats:
+    """What a run did, for the CLI summary: requests, tokens, cost, and every drop by reason."""
+
+    requests: int = 0  # results received (answers + failures), cached ones included
+    cached: int = 0
+    failed: int = 0
+    prompt_tokens: int = 0  # sent in this run (cache hits excluded)
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0  # paid in this run; None once a price is unknown
+    dataset_cost_usd: float | None = 0.0  # what every answer used cost, cached ones included
+    kept: int = 0
+    drops: Counter = field(default_factory=Counter)  # reason -> candidates dropped
+    notes: Counter = field(default_factory=Counter)  # things worth knowing that are not drops
+    per_label: dict[str, int] = field(default_factory=dict)
+    short: dict[str, str] = field(default_factory=dict)  # target not reached: what -> why
+    budget_stopped: bool = False
+
+    def record(self, res: TeacherResult) -> None:
+        self.requests += 1
+        if not res.ok:
+            self.failed += 1
+            return
+        if res.cost_usd is None:
+            self.dataset_cost_usd = None
+        elif self.dataset_cost_usd is not None:
+            self.dataset_cost_usd += res.cost_usd
+        if res.cached:
+            self.cached += 1
+            return
+        self.prompt_tokens += res.usage.prompt_tokens
+        self.completion_tokens += res.usage.completion_tokens
+        if res.cost_usd is None:
+            self.cost_usd = None
+        elif self.cost_usd is not None:
+            self.cost_usd += res.cost_usd
+
+    @property
+    def sent(self) -> int:
+        return self.requests - self.cached
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kept": self.kept, "drops": dict(sorted(self.drops.items())), "notes": dict(sorted(self.notes.items())),
+            "per_label": dict(self.per_label), "short": dict(self.short), "requests": self.requests,
+            "requests_sent": self.sent, "requests_cached": self.cached, "requests_failed": self.failed,
+            "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+            "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
+            "dataset_cost_usd": None if self.dataset_cost_usd is None else round(self.dataset_cost_usd, 8),
+            "budget_stopped": self.budget_stopped,
+        }
+
+
+def request_provenance(teacher: Teacher, req: TeacherRequest, res: TeacherResult) -> dict[str, Any]:
+    """Usage, cost and cache key of the request a row came from (shared by all rows of that request)."""
+    out: dict[str, Any] = {
+        "request_usage": res.usage.as_dict(),
+        "request_cost_usd": None if res.cost_usd is None else round(res.cost_usd, 10),
+        "cached": res.cached,
+    }
+    key = teacher.cache_key(req)
+    if key is not None:
+        out["request_cache_key"] = key
+    return out
+
+
+def stable_rng(*parts: Any) -> random.Random:
+    """A Random seeded from its parts (str seeding is sha512-based: the same in every process)."""
+    return random.Random("\x1f".join(str(p) for p in parts))
