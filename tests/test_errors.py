@@ -46,7 +46,7 @@ def test_every_error_class_is_a_synthkd_error():
     ("synthkd.teachers.base", ["TeacherFatalError", "TeacherConfigError", "TeacherStorageError", "BudgetExceeded"]),
     ("synthkd.teachers", ["TeacherFatalError", "TeacherConfigError", "BudgetExceeded"]),
     ("synthkd.hub", ["HubError"]),
-    ("synthkd.methods.tasks_spec", ["GoldError"]),
+    ("synthkd.methods.task_kinds", ["GoldError"]),
 ])
 def test_the_old_import_paths_give_the_same_classes(module, names):
     mod = importlib.import_module(module)

@@ -46,11 +46,6 @@ AUTOLOADING = {"synthkd.stages"}
 
 #: old module path -> the module it now aliases (same module object), kept while these modules import it
 SHIMS: dict[str, tuple[str, set[str]]] = {
-    "synthkd.methods.relabel": ("synthkd.labels", {"synthkd.stages.generate_stages", "synthkd.commands.generate_promptmix"}),
-    "synthkd.methods.tailored": ("synthkd.loops.tailored", {"synthkd.stages.tailor_stage", "synthkd.commands.tailor"}),
-    "synthkd.methods.tasks_spec": ("synthkd.methods.task_kinds", {
-        "synthkd.stages.generate_stages", "synthkd.stages.preference_stages", "synthkd.commands.generate_rationales",
-        "synthkd.commands.generate_preferences"}),
     "synthkd.filters.config": ("synthkd.filters.op_config", {"synthkd.stages.clean_stage", "synthkd.commands.clean"}),
     "synthkd.filters.pipeline": ("synthkd.filters.chain", {"synthkd.stages.clean_stage", "synthkd.commands.clean"}),
     "synthkd.teachers.grouping": ("synthkd.teachers.jobs", {"synthkd.complete"}),
@@ -61,21 +56,10 @@ PENDING_PRIVATE = {
     ("synthkd.commands.common", "synthkd.complete", "_install_sigterm"),
     ("synthkd.commands.pipeline_cmd", "synthkd.config", "_line_for"),
     ("synthkd.stages.complete_stage", "synthkd.complete", "_run"),
-    ("synthkd.stages.preference_stages", "synthkd.stages.generate_stages", "_check_budget"),  # -> stages.base.check_budget
-    ("synthkd.stages.preference_stages", "synthkd.stages.generate_stages", "_funnel"),  # -> stages.base.funnel_counts
-    ("synthkd.stages.preference_stages", "synthkd.stages.train_stages", "_earlier_train_stage"),
-    ("synthkd.stages.preference_stages", "synthkd.stages.train_stages", "_later_or_untrained_stage"),
-    ("synthkd.stages.tailor_stage", "synthkd.stages.generate_stages", "_check_budget"),
-    ("synthkd.stages.tasks_stage", "synthkd.stages.generate_stages", "_check_budget"),
-    ("synthkd.stages.tasks_stage", "synthkd.stages.generate_stages", "_funnel"),
 }
 
 #: stage modules that still import their vocabulary from the runner instead of synthkd.stages.base
-PENDING_STAGES_FROM_PIPELINE = {
-    "synthkd.stages.clean_stage", "synthkd.stages.complete_stage", "synthkd.stages.generate_stages",
-    "synthkd.stages.merge_stage", "synthkd.stages.preference_stages", "synthkd.stages.tailor_stage",
-    "synthkd.stages.tasks_stage", "synthkd.stages.train_stages",
-}
+PENDING_STAGES_FROM_PIPELINE = {"synthkd.stages.clean_stage", "synthkd.stages.complete_stage"}
 
 
 def _resolve(module: str, node: ast.Import | ast.ImportFrom) -> list[tuple[str, str | None]]:
@@ -227,7 +211,7 @@ def test_filters_never_import_methods():
 def test_methods_never_import_filters_loops_stages_or_the_runner():
     forbidden = ("synthkd.filters", "synthkd.loops", "synthkd.stages", "synthkd.commands", "synthkd.pipeline",
                  "synthkd.cli")
-    assert _violations("synthkd.methods", forbidden, except_modules={"synthkd.methods.tailored"}) == []
+    assert _violations("synthkd.methods", forbidden) == []
 
 
 def test_teachers_import_no_room_above_them():

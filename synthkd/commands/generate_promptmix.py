@@ -32,7 +32,7 @@ class PromptMixJob(GenerateJob):
 
     def prepare(self) -> None:
         from synthkd.methods.promptmix import PromptMixStats, plan_calls
-        from synthkd.methods.relabel import LabelSpace
+        from synthkd.labels import LabelSpace
 
         self.space = LabelSpace.from_file(self.cfg.labels)
         problems = self.cfg.problems(self.space)
@@ -64,7 +64,7 @@ class PromptMixJob(GenerateJob):
                 f"{s.parsed} examples parsed, {s.kept} kept after dedup")
 
     def report(self, out: Outcome) -> None:
-        from synthkd.methods.relabel import confusion_summary, format_confusion
+        from synthkd.labels import confusion_summary, format_confusion
 
         a = self.alphas
         if a:

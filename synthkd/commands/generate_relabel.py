@@ -1,6 +1,6 @@
 """``synthkd generate relabel``: the teacher as a k-shot classifier over existing rows.
 
-The options are :class:`synthkd.methods.relabel.RelabelConfig`'s; the job is run by
+The options are :class:`synthkd.labels.RelabelConfig`'s; the job is run by
 :class:`synthkd.commands.job.GenerateJob`.  Prints one ``done:`` line (rows, rejects, requests,
 tokens, cost) and an "intended vs relabeled" agreement line with the top confusions (over the whole
 output file), and uses ``synthkd complete``'s exit codes: 0 every row done; 1 some rows failed
@@ -17,7 +17,7 @@ from typing import Any, AsyncIterator
 
 from synthkd.commands.job import GenerateJob, Outcome, generate_command
 from synthkd.jsonl_io import iter_jsonl
-from synthkd.methods.relabel import RelabelConfig
+from synthkd.labels import RelabelConfig
 from synthkd.teachers.base import Teacher
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ class RelabelJob(GenerateJob):
         return {"--input": self.cfg.input, "--labels": self.cfg.labels}
 
     def prepare(self) -> None:
-        from synthkd.methods.relabel import LabelSpace
+        from synthkd.labels import LabelSpace
 
         self.space = LabelSpace.from_file(self.cfg.labels)
         self.n_rows = self.cfg.check_input(self.cfg.input, self.space)
@@ -45,7 +45,7 @@ class RelabelJob(GenerateJob):
         return getattr(self, "todo", None)
 
     def report(self, out: Outcome) -> None:
-        from synthkd.methods.relabel import confusion_summary, format_confusion
+        from synthkd.labels import confusion_summary, format_confusion
 
         self.confusion = confusion_summary(
             (self.cfg.intended(r), r.get("relabeled_label")) for _, r in iter_jsonl(self.output)

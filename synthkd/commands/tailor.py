@@ -1,6 +1,6 @@
-"""``synthkd tailor``: the tailored multi-round distillation loop (see :mod:`synthkd.methods.tailored`).
+"""``synthkd tailor``: the tailored multi-round distillation loop (see :mod:`synthkd.loops.tailored`).
 
-Its options are :class:`~synthkd.methods.tailored.TailorConfig`'s fields (declared once, with the
+Its options are :class:`~synthkd.loops.tailored.TailorConfig`'s fields (declared once, with the
 ``tailor`` pipeline stage's keys; see :mod:`synthkd.options`), plus the teacher and its connection.
 
 Register in ``synthkd/cli.py`` with::
@@ -19,7 +19,7 @@ from synthkd.commands.common import (
     TeacherOpt, make_teacher, run_job, teacher_spec, with_connection_options,
 )
 from synthkd.errors import ExitCode
-from synthkd.methods.tailored import TailorConfig
+from synthkd.loops.tailored import TailorConfig
 from synthkd.options import config_command
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ _EXTRA = [inspect.Parameter("teacher", inspect.Parameter.KEYWORD_ONLY, annotatio
 def tailor_command(cfg: TailorConfig, teacher: str, conn: Optional[dict] = None) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""
     from synthkd.jsonl_io import check_paths
-    from synthkd.methods.tailored import check_options, run_tailored
+    from synthkd.loops.tailored import check_options, run_tailored
 
     conn = conn or {}
     out = cfg.output

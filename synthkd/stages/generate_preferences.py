@@ -21,13 +21,13 @@ from __future__ import annotations
 from typing import Any, Optional
 
 from synthkd.config import TeacherConfig
-from synthkd.jsonl_io import InputError, index_output, load_rows
+from synthkd.jsonl_io import InputError, count_rows, index_output, load_rows
 from synthkd.methods.preferences import PreferencesConfig
 from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
-from synthkd.pipeline import Estimate, StageContext, count_rows, register_stage, teacher_spec_from
-from synthkd.stages.generate_common import _check_budget, _funnel, resolved
-from synthkd.stages.train_stages import _earlier_train_stage, _later_or_untrained_stage
+from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage, teacher_spec_from
+from synthkd.stages.generate_common import resolved
+from synthkd.stages.train_stages import earlier_train_stage, later_or_untrained_stage
 from synthkd.teachers.factory import make_teacher
 
 
@@ -41,7 +41,7 @@ class PreferencesStage:
         return resolved(ctx, cfg, files=("demos", "rubric_file"), templates=("template", "student_template"))
 
     def check(self, ctx: StageContext, o: Any) -> None:
-        from synthkd.methods.tasks_spec import KINDS
+        from synthkd.methods.task_kinds import KINDS
         from synthkd.templates import load_template
 
         cfg = self._cfg(ctx, o)
@@ -49,7 +49,7 @@ class PreferencesStage:
         if cfg.mode == "student":
             if not cfg.student:
                 problems.append("mode student needs 'student' (an earlier train stage, a model dir or a model)")
-            elif (why := _later_or_untrained_stage(ctx, cfg.student)) is not None:
+            elif (why := later_or_untrained_stage(ctx, cfg.student)) is not None:
                 problems.append(f"student: {why}")
             if cfg.kind not in KINDS:
                 problems.append(f"kind {cfg.kind!r}: use one of {', '.join(KINDS)}")
@@ -64,7 +64,7 @@ class PreferencesStage:
 
     def _student_name(self, ctx: StageContext, o: Any) -> str:
         s = o.student or ""
-        if _earlier_train_stage(ctx, s):
+        if earlier_train_stage(ctx, s):
             return f"local:{ctx.run_dir / s}"
         if not s.startswith(("local:", "replay:")) and ctx.resolve(s).is_dir():
             return f"local:{ctx.resolve(s)}"
@@ -107,12 +107,12 @@ class PreferencesStage:
                                (("teacher2",) if o.teacher2 else ()) + ("judge",), others):
                 sides[role] = {"model": t.model, "requests": t.stats.attempts}
                 await t.aclose()
-        _check_budget(ctx)
+        check_budget(ctx)
         if any(t.budget_exhausted for t in others):
             from synthkd.teachers.base import BudgetExceeded
 
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
-        return _funnel(len(rows), counts, {"mode": o.mode, "pairs": count_rows(ctx.output),
+        return funnel_counts(len(rows), counts, {"mode": o.mode, "pairs": count_rows(ctx.output),
                                           "models": sides})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:

@@ -11,8 +11,8 @@ from synthkd.jsonl_io import InputError
 from synthkd.methods.promptmix import PromptMixConfig
 from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
-from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_common import _check_budget, _funnel, resolved
+from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage
+from synthkd.stages.generate_common import resolved
 
 
 @register_stage("generate.promptmix")
@@ -24,7 +24,7 @@ class PromptMixStage:
         self._cfg(ctx, o)
 
     def _cfg(self, ctx: StageContext, o: Any):
-        from synthkd.methods.relabel import LabelSpace
+        from synthkd.labels import LabelSpace
 
         cfg = resolved(ctx, from_stage(PromptMixConfig, o, output=ctx.output), files=("labels",),
                        templates=("template", "relabel_template"))
@@ -40,8 +40,8 @@ class PromptMixStage:
         space, cfg = self._cfg(ctx, o)
         stats = PromptMixStats()
         counts = await write_rows(promptmix(space, ctx.teacher(), cfg, stats), ctx.output)
-        _check_budget(ctx)
-        return _funnel(stats.parsed, counts, {"generation_calls": stats.calls})
+        check_budget(ctx)
+        return funnel_counts(stats.parsed, counts, {"generation_calls": stats.calls})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         from synthkd.methods.promptmix import plan_calls

@@ -11,8 +11,8 @@ from synthkd.jsonl_io import InputError, index_output, load_rows
 from synthkd.methods.rationales import RationalesConfig
 from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
-from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_common import _check_budget, _funnel, resolved
+from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage
+from synthkd.stages.generate_common import resolved
 
 
 @register_stage("generate.rationales")
@@ -57,8 +57,8 @@ class RationalesStage:
                 yield row
 
         counts = await write_rows(tallied(), ctx.output)
-        _check_budget(ctx)
-        return _funnel(len(rows), counts, {"teacher_scores": tally.as_dict()})
+        check_budget(ctx)
+        return funnel_counts(len(rows), counts, {"teacher_scores": tally.as_dict()})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         rows, plan = self._plan(ctx, o)

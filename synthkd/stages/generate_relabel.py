@@ -1,5 +1,5 @@
 """Pipeline stage ``generate.relabel``: its options are
-:class:`synthkd.methods.relabel.RelabelConfig`'s stage fields (the same defaults, bounds and help as
+:class:`synthkd.labels.RelabelConfig`'s stage fields (the same defaults, bounds and help as
 ``synthkd generate relabel``); rows are written with :func:`synthkd.methods.runner.write_rows` (so a
 rerun resumes and pays nothing twice)."""
 
@@ -8,11 +8,11 @@ from __future__ import annotations
 from typing import Any
 
 from synthkd.jsonl_io import index_output, iter_jsonl
-from synthkd.methods.relabel import RelabelConfig
+from synthkd.labels import RelabelConfig
 from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
-from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_common import _check_budget, _funnel, resolved
+from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage
+from synthkd.stages.generate_common import resolved
 
 
 @register_stage("generate.relabel")
@@ -25,14 +25,14 @@ class RelabelStage:
         return resolved(ctx, cfg, files=("labels",), templates=("template",))
 
     def check(self, ctx: StageContext, o: Any) -> None:
-        from synthkd.methods.relabel import LabelSpace
+        from synthkd.labels import LabelSpace
 
         cfg = self._cfg(ctx, o)
         LabelSpace.from_file(cfg.labels)
         cfg.check()
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.methods.relabel import LabelSpace, confusion_summary
+        from synthkd.labels import LabelSpace, confusion_summary
 
         cfg = self._cfg(ctx, o)
         space = LabelSpace.from_file(cfg.labels)
@@ -40,9 +40,9 @@ class RelabelStage:
         done = index_output(ctx.output)
         todo = (r for _, r in iter_jsonl(ctx.input) if r["id"] not in done)
         counts = await write_rows(cfg.run(todo, ctx.teacher(), space), ctx.output)
-        _check_budget(ctx)
+        check_budget(ctx)
         summary = confusion_summary((cfg.intended(r), r.get("relabeled_label")) for _, r in iter_jsonl(ctx.output))
-        return _funnel(n, counts, {"relabel": {k: v for k, v in summary.items() if k != "matrix"}})
+        return funnel_counts(n, counts, {"relabel": {k: v for k, v in summary.items() if k != "matrix"}})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         n = sum(1 for _ in iter_jsonl(ctx.input))

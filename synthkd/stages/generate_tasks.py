@@ -16,8 +16,8 @@ from typing import Any
 
 from synthkd.methods.label_tasks import LabelTaskConfig
 from synthkd.options import from_stage, stage_model
-from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_common import _check_budget, _funnel, resolved
+from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage
+from synthkd.stages.generate_common import resolved
 
 
 @register_stage("generate.tasks")
@@ -42,12 +42,12 @@ class TasksStage:
         plan = self._plan(ctx, o)
         stats = MethodStats()
         counts = await write_rows(generate_label_examples(ctx.teacher(), plan, stats=stats), ctx.output)
-        _check_budget(ctx)
+        check_budget(ctx)
         for what, why in sorted(stats.short.items()):
             ctx.log(f"[{ctx.stage.name}] short: {what}: {why}")
         # rows_in: candidates the teacher produced (kept + every dropped one), so rows_in - rows_out = drops
         candidates = stats.kept + sum(stats.drops.values())
-        return _funnel(candidates, counts, {
+        return funnel_counts(candidates, counts, {
             "per_label": dict(stats.per_label), "short": dict(stats.short),
             "requests": stats.requests, "requests_cached": stats.cached,
         })

@@ -22,7 +22,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict
 
 from synthkd.jsonl_io import InputError, id_hash, iter_jsonl
-from synthkd.pipeline import StageContext, register_stage
+from synthkd.stages.base import StageContext, register_stage
 
 
 @register_stage("merge")

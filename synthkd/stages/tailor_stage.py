@@ -1,4 +1,4 @@
-"""Pipeline stage ``tailor``: the tailored multi-round loop (:mod:`synthkd.methods.tailored`) as a stage.
+"""Pipeline stage ``tailor``: the tailored multi-round loop (:mod:`synthkd.loops.tailored`) as a stage.
 
 Input: the training pool (rows with the question and the gold answer).  Options:
 
@@ -6,7 +6,7 @@ Input: the training pool (rows with the question and the gold answer).  Options:
   file; ``heldout``: the held-out file (required; the stopping rule and per-round accuracy use it);
 * ``student``: ``tiny`` (a small Llama built from the initial rows and the pool's questions, shaped by
   the ``tiny:`` block as in ``train.sft``), an earlier train stage, a model directory or a hub id;
-* every other :class:`~synthkd.methods.tailored.TailorConfig` field: the loop's (``rounds``,
+* every other :class:`~synthkd.loops.tailored.TailorConfig` field: the loop's (``rounds``,
   ``patience``, ``mode``, ``accumulate``, ``template``, ``max_new_tokens``...) and the trainer's
   (:class:`~synthkd.train.common.TrainSettings`: ``epochs``, ``learning_rate``, ``batch_size``...).
   Why generated from that one declaration (:func:`synthkd.options.stage_model`) rather than listed: the
@@ -38,11 +38,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.config import ConfigError
 from synthkd.jsonl_io import InputError, iter_jsonl
-from synthkd.methods import tailored
-from synthkd.methods.tailored import TailorConfig, TailorOptions
+from synthkd.loops import tailored
+from synthkd.loops.tailored import TailorConfig, TailorOptions
 from synthkd.options import stage_fields, stage_model
-from synthkd.pipeline import Estimate, StageContext, register_stage
-from synthkd.stages.generate_common import _check_budget
+from synthkd.stages.base import Estimate, StageContext, check_budget, register_stage
 from synthkd.stages.train_stages import TinyStudent, feature_config
 from synthkd.teachers.base import BudgetExceeded
 
@@ -168,7 +167,7 @@ class TailorStage:
         pairs = _write_pairs(out, result, ctx.output)
         if result.get("budget_exhausted"):  # the stage stays "running": a rerun with a larger budget resumes
             raise BudgetExceeded(f"[{name}] budget reached: {result.get('stopped')}")
-        _check_budget(ctx)
+        check_budget(ctx)
         return _counts(ctx, result, model, made_by, pairs, out)
 
     def _base_student(self, ctx: StageContext, o: Any, out: Path) -> str:

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from synthkd.jsonl_io import InputError
 from synthkd.options import stage_model
-from synthkd.pipeline import StageContext, register_stage
+from synthkd.stages.base import StageContext, register_stage
 from synthkd.train.dpo import DPOConfig
 from synthkd.train.evaluate import EvalConfig
 from synthkd.train.sft import SFTConfig, TinyStudentShape
@@ -71,12 +71,12 @@ TRAIN_STAGE_RESUMABLE = False
 TRAIN_KINDS = ("train.sft", "train.dpo", "tailor")
 
 
-def _earlier_train_stage(ctx: StageContext, name: str) -> bool:
+def earlier_train_stage(ctx: StageContext, name: str) -> bool:
     """Whether ``name`` is a train stage before this one (a later one would not exist yet)."""
     return any(s.name == name and s.kind in TRAIN_KINDS for s in ctx.pipeline.stages[: ctx.index])
 
 
-def _later_or_untrained_stage(ctx: StageContext, name: str) -> str | None:
+def later_or_untrained_stage(ctx: StageContext, name: str) -> str | None:
     for i, s in enumerate(ctx.pipeline.stages):
         if s.name == name and not (i < ctx.index and s.kind in TRAIN_KINDS):
             where = "a later stage" if i >= ctx.index else f"a {s.kind!r} stage, not a train stage"
@@ -87,7 +87,7 @@ def _later_or_untrained_stage(ctx: StageContext, name: str) -> str | None:
 def resolve_model_dir(ctx: StageContext, name: str) -> str:
     """An earlier train stage's model directory, an existing directory (relative to the pipeline's base),
     or ``name`` unchanged (a hub id)."""
-    if _earlier_train_stage(ctx, name):
+    if earlier_train_stage(ctx, name):
         return str(ctx.run_dir / name)
     p = ctx.resolve(name)
     return str(p) if p.exists() else name
@@ -155,7 +155,7 @@ class DPOStage:
         if (o.ref == "explicit") != bool(o.ref_model):
             problems.append("ref_model goes with ref: explicit (and ref: explicit needs ref_model)")
         for key, name in (("student", o.student), ("ref_model", o.ref_model)):
-            if name and (why := _later_or_untrained_stage(ctx, name)) is not None:
+            if name and (why := later_or_untrained_stage(ctx, name)) is not None:
                 problems.append(f"{key}: {why}")
         if problems:
             raise InputError(problems)
