@@ -11,14 +11,17 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Optional
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from synthkd.errors import ConfigError  # noqa: F401 (re-exported: their home was here)
+from synthkd.options import help_of, stage_model
+from synthkd.teachers.factory import SamplingParams, TeacherSpec
 
 
 class _Strict(BaseModel):
@@ -38,19 +41,24 @@ def check_name(value: str) -> str:
     return value
 
 
-class TeacherConfig(_Strict):
-    model: str = Field(description="model name, replay:FILE, local:PATH or simulated:arithmetic")
-    base_url: str | None = None
-    concurrency: int = Field(32, ge=1)
-    rpm: float | None = Field(None, gt=0)
-    tpm: float | None = Field(None, gt=0)
-    timeout: float = Field(600.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    max_cost: float | None = Field(None, gt=0)
-    prices: str | None = None
-    cache: str | None = None
-    temperature: float | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
+class _TeacherName(_Strict):
+    model: str = Field(description=help_of(next(f for f in fields(TeacherSpec) if f.name == "teacher")))
+
+
+_TeacherBlock: Any = stage_model(
+    SamplingParams, name="TeacherBlock",
+    base=stage_model(TeacherSpec, name="TeacherConnection", exclude=("teacher",), base=_TeacherName,
+                     types={"cache": Optional[str], "prices": Optional[str]}),
+)
+
+
+class TeacherConfig(_TeacherBlock):
+    """A pipeline's ``teacher:`` block (and a stage's override), generated from the one declaration of
+    the teacher settings, :class:`synthkd.teachers.factory.TeacherSpec` (same names, defaults, bounds
+    and help as the CLI's connection options), with the teacher's name under the key ``model`` and
+    the sampling parameters ``temperature``/``max_tokens`` (:class:`~synthkd.teachers.factory.
+    SamplingParams`).  Paths (``cache``, ``prices``) stay strings as written: they are resolved
+    against the pipeline file (:func:`synthkd.pipeline.teacher_spec_from`)."""
 
 
 class StageConfig(_Strict):

@@ -54,7 +54,7 @@ import platform
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -65,7 +65,7 @@ from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConf
 from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.teachers.base import Teacher
 from synthkd.jsonl_io import InputError
-from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.teachers.factory import CONNECTION_FIELDS, SamplingParams, TeacherSpec, make_teacher
 from synthkd.templates import TemplateError
 
 logger = logging.getLogger(__name__)
@@ -169,6 +169,9 @@ def _load_builtin_stages() -> None:
 
 # ----------------------------------------------------------------------------- helpers
 def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> TeacherSpec:
+    """The TeacherSpec of a ``teacher:`` block: every connection key as it is (the block is generated
+    from TeacherSpec), paths resolved against the pipeline file, the cache shared by the pipeline's runs
+    unless ``cache`` says otherwise, ``temperature``/``max_tokens`` as default sampling parameters."""
     def rel(p: str | None) -> Path | None:
         if p is None:
             return None
@@ -179,12 +182,10 @@ def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> Teach
     for prefix in ("replay:", "local:"):
         if model.startswith(prefix):
             model = prefix + str(rel(model[len(prefix):]))
-    params = {k: v for k, v in {"temperature": tc.temperature, "max_tokens": tc.max_tokens}.items() if v is not None}
-    return TeacherSpec(
-        teacher=model, base_url=tc.base_url, concurrency=tc.concurrency, rpm=tc.rpm, tpm=tc.tpm,
-        timeout=tc.timeout, max_retries=tc.max_retries, cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite",
-        max_cost=tc.max_cost, prices=rel(tc.prices), default_params=params,
-    )
+    conn = {name: getattr(tc, name) for name in CONNECTION_FIELDS if name in type(tc).model_fields}
+    conn.update(cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite", prices=rel(tc.prices))
+    params = {f.name: getattr(tc, f.name) for f in fields(SamplingParams) if getattr(tc, f.name) is not None}
+    return TeacherSpec(teacher=model, **conn, default_params=params)
 
 
 def file_sha(path: Path) -> str:
@@ -608,7 +609,10 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
         "upstream": upstream or {},
         "stage": p.cfg.model_dump(exclude={"teacher"}),
         "options": p.options.model_dump(mode="json"),
-        "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost"}) if tc else None,
+        # how the teacher is reached changes no answer: not part of the fingerprint (a rerun with more
+        # concurrency or a larger budget resumes instead of starting over)
+        "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost",
+                                          "adaptive_timeout"}) if tc else None,
         "inputs": input_hashes,
         "seed": p.ctx.pipeline.seed,
     })
