@@ -72,6 +72,11 @@ def spec_of(obj: Any, **override: Any) -> TeacherSpec:
     return TeacherSpec(**{**{f.name: getattr(obj, f.name) for f in fields(TeacherSpec)}, **override})
 
 
+#: checked by tests/test_options_drift.py against ``synthkd complete``'s options (and, there, against every
+#: teacher command and the pipeline's ``teacher:`` block)
+register_feature("teacher", TeacherSpec, command=("complete",), stage=None)
+
+
 def make_teacher(spec: TeacherSpec) -> Teacher:
     """The Teacher for ``spec.teacher``; raises TeacherConfigError/InputError on bad settings."""
     name = spec.teacher
