@@ -33,9 +33,9 @@ from synthkd.errors import (
 from synthkd.jsonl_io import (
     AppendWriter, OutputLock, RejectsWriter, check_paths, index_output, iter_jsonl, scan_prompt_file, write_summary,
 )
-from synthkd.progress import ProgressReporter
 from synthkd.methods.runner import rejects_path_for
 from synthkd.options import check_bounds, opt, register_feature
+from synthkd.progress import ProgressReporter
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.factory import SamplingParams, TeacherSpec, make_teacher, spec_of
 from synthkd.teachers.grouping import Job, stream_jobs

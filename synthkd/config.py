@@ -13,7 +13,7 @@ import os
 import re
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
@@ -48,7 +48,7 @@ class _TeacherName(_Strict):
 _TeacherBlock: Any = stage_model(
     SamplingParams, name="TeacherBlock",
     base=stage_model(TeacherSpec, name="TeacherConnection", exclude=("teacher",), base=_TeacherName,
-                     types={"cache": Optional[str], "prices": Optional[str]}),
+                     types={"cache": str | None, "prices": str | None}),
 )
 
 

@@ -455,7 +455,7 @@ def _loose_cli_type(annotation: Any) -> tuple[Any, str]:
         return str, " (JSON)"
     if origin is Literal:
         return str, " (one of: " + ", ".join(str(a) for a in args) + ")"
-    if origin in (list, typing.List):
+    if origin is list:
         if args and args[0] in (str, int, float):
             return list[args[0]], " (repeat the option for several)"  # type: ignore[index]
         return str, " (JSON list)"
