@@ -8,7 +8,6 @@ a command starts: the text is the message alone; ``--quiet`` keeps warnings and 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from typing import Optional
 
 import typer
@@ -40,46 +39,25 @@ def _use_uvloop() -> None:
         pass
 
 
-@app.command()
-def complete(
-    input: Path = typer.Option(..., "--input", "-i", help="jsonl rows {id, prompt} or {id, messages}; other fields pass through."),
-    output: Path = typer.Option(..., "--output", "-o", help="jsonl output, appended as rows complete; rerun to resume."),
-    model: str = typer.Option(..., "--model", "-m", help="Model name as the provider spells it."),
-    base_url: Optional[str] = typer.Option(None, "--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI)."),
-    concurrency: int = typer.Option(32, "--concurrency", "-c", help="Requests in flight at once."),
-    rpm: Optional[float] = typer.Option(None, "--rpm", help="Client-side requests-per-minute limit."),
-    tpm: Optional[float] = typer.Option(None, "--tpm", help="Client-side tokens-per-minute limit."),
-    timeout: float = typer.Option(600.0, "--timeout", help="Hard per-attempt timeout in seconds (attempts adapt below it to observed latency)."),
-    max_retries: int = typer.Option(6, "--max-retries", help="Retries per request for 5xx, timeouts, malformed bodies (429s get more)."),
-    max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="max_tokens sent with each request."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (server default if unset)."),
-    samples: int = typer.Option(1, "--samples", help="Samples per prompt (needs --temperature > 0); output gets 'completions'."),
-    cache: Optional[Path] = typer.Option(None, "--cache", help="SQLite request cache (default $SYNTHKD_CACHE or ~/.cache/synthkd/teacher-cache.sqlite)."),
-    no_cache: bool = typer.Option(False, "--no-cache", help="Do not read or write the request cache."),
-    max_cost: Optional[float] = typer.Option(None, "--max-cost", help="Stop sending new requests once this many USD are spent (resumable)."),
-    prices: Optional[Path] = typer.Option(None, "--prices", help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens."),
-    rejects: Optional[Path] = typer.Option(None, "--rejects", help="Where failed rows go (default OUTPUT.rejects.jsonl)."),
-    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Progress bar (default: only on a terminal)."),
-    adaptive_timeout: bool = typer.Option(True, "--adaptive-timeout/--fixed-timeout", help="Cut hung attempts at 8x the observed p95 latency."),
-    summary_json: Optional[Path] = typer.Option(None, "--summary-json", help="Also write the final counts, tokens, cost and timings as JSON."),
-) -> None:
-    """Complete every prompt of a jsonl file with an OpenAI-compatible teacher.
+def _complete_command() -> None:
+    """``synthkd complete``: its options generated from :class:`synthkd.complete.CompleteConfig` (the
+    teacher's from TeacherSpec, as on every command and in a pipeline's ``teacher:`` block)."""
+    from synthkd.complete import CompleteConfig, run_complete
+    from synthkd.options import config_command
 
-    Exit codes: 0 every row done; 1 some rows rejected; 2 bad input; 3 budget reached;
-    4 the teacher refused us (bad key, unreachable); 130 interrupted. Every non-zero run is resumable.
-    """
-    from synthkd.complete import CompleteOptions, run_complete
+    @app.command()
+    @config_command(CompleteConfig)
+    def complete(cfg: CompleteConfig) -> None:
+        """Complete every prompt of a jsonl file with a teacher (API model, replay:, local: or simulated:).
 
-    _use_uvloop()
-    code = run_complete(
-        CompleteOptions(
-            input=input, output=output, model=model, base_url=base_url, concurrency=concurrency, rpm=rpm,
-            tpm=tpm, timeout=timeout, max_retries=max_retries, max_tokens=max_tokens, temperature=temperature,
-            samples=samples, cache=cache, no_cache=no_cache, max_cost=max_cost, prices=prices, rejects=rejects,
-            progress=progress, adaptive_timeout=adaptive_timeout, summary_json=summary_json,
-        )
-    )
-    raise typer.Exit(code)
+        Exit codes: 0 every row done; 1 some rows rejected; 2 bad input; 3 budget reached;
+        4 the teacher refused us (bad key, unreachable); 130 interrupted. Every non-zero run is resumable.
+        """
+        _use_uvloop()
+        raise typer.Exit(run_complete(cfg))
+
+
+_complete_command()
 
 
 @app.command(

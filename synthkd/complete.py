@@ -33,72 +33,66 @@ from synthkd.errors import (
 from synthkd.jsonl_io import (
     AppendWriter, OutputLock, RejectsWriter, check_paths, index_output, iter_jsonl, scan_prompt_file, write_summary,
 )
-from synthkd.progress import ProgressReporter
-from synthkd.teachers.base import TeacherRequest
-from synthkd.teachers.cache import RequestCache
-from synthkd.teachers.factory import default_cache_path
 from synthkd.methods.runner import rejects_path_for
-from synthkd.teachers.grouping import Job, stream_jobs
-from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
-from synthkd.teachers.pricing import PriceTable
+from synthkd.options import check_bounds, opt, register_feature
+from synthkd.progress import ProgressReporter
+from synthkd.teachers.base import Teacher, TeacherRequest
+from synthkd.teachers.factory import SamplingParams, TeacherSpec, make_teacher, spec_of
+from synthkd.teachers.jobs import Job, stream_jobs
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(kw_only=True)
+class CompleteJob:
+    """What ``synthkd complete`` adds to a teacher: its files and samples.  In a pipeline only
+    ``samples`` is a stage option (the stage's files are the pipeline's, its teacher the ``teacher:`` block)."""
+
+    input: Path = opt(help="jsonl rows {id, prompt} or {id, messages}; other fields pass through.", flags=("-i",),
+                      stage=False)
+    output: Path = opt(help="jsonl output, appended as rows complete; rerun to resume.", flags=("-o",), stage=False)
+    samples: int = opt(1, help="Samples per prompt (needs --temperature > 0); output gets 'completions'.", ge=1)
+    rejects: Path | None = opt(None, help="Where failed rows go (default OUTPUT.rejects.jsonl).", stage=False)
+    progress: bool | None = opt(None, help="Progress bar (default: only on a terminal).", stage=False)
+    summary_json: Path | None = opt(None, help="Also write the final counts, tokens, cost and timings as JSON.",
+                                    stage=False)
+
+
 @dataclass
-class CompleteOptions:
-    input: Path
-    output: Path
-    model: str
-    base_url: str | None = None
-    api_key: str | None = None
-    concurrency: int = 32
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 600.0
-    max_retries: int = 6
-    max_tokens: int | None = None
-    temperature: float | None = None
-    samples: int = 1
-    cache: Path | None = None
-    no_cache: bool = False
-    max_cost: float | None = None
-    prices: Path | None = None
-    rejects: Path | None = None
-    progress: bool | None = None
-    adaptive_timeout: bool = True
-    summary_json: Path | None = None
+class CompleteConfig(CompleteJob, SamplingParams, TeacherSpec):
+    """Every setting of ``synthkd complete``: the teacher's (:class:`TeacherSpec`, declared once for every
+    command and the pipeline's ``teacher:`` block), the sampling parameters and the job's own.  The
+    command's options are generated from it; the Python API builds it directly."""
+
+    def teacher_spec(self) -> TeacherSpec:
+        """The teacher part, with the sampling parameters as default request parameters."""
+        return spec_of(self, default_params={**self.default_params, **self.sampling_params()})
 
 
-def _validate_options(o: CompleteOptions) -> list[str]:
-    problems = []
-    if o.concurrency < 1:
-        problems.append("--concurrency must be at least 1")
-    if o.samples < 1:
-        problems.append("--samples must be at least 1")
+#: the name the Python API had
+CompleteOptions = CompleteConfig
+
+register_feature("complete", CompleteJob, command=("complete",), stage="complete")
+
+
+def _validate_options(o: CompleteConfig) -> list[str]:
+    """The declared bounds (the same check the CLI made), and what no single option can say."""
+    problems = check_bounds(o)
     if o.samples > 1 and not (o.temperature and o.temperature > 0):
         problems.append("--samples > 1 draws distinct samples: set --temperature above 0")
-    if o.max_cost is not None and o.max_cost <= 0:
-        problems.append("--max-cost must be positive")
-    for name, v in (("--rpm", o.rpm), ("--tpm", o.tpm), ("--timeout", o.timeout)):
-        if v is not None and v <= 0:
-            problems.append(f"{name} must be positive")
     return problems
 
 
-def run_complete(o: CompleteOptions) -> ExitCode:
+def run_complete(o: CompleteConfig) -> ExitCode:
     """Run the job; returns the process exit code (an error that stops it is said once, with its code:
-    :func:`synthkd.errors.report_error`)."""
+    :func:`synthkd.errors.report_error`).  The teacher is built by the factory every command uses
+    (:func:`synthkd.teachers.factory.make_teacher`): a model behind an OpenAI-compatible API,
+    ``replay:FILE``, ``local:PATH`` or ``simulated:TASK``."""
     problems = _validate_options(o)
     if problems:
         log.error("error: " + "\n       ".join(problems))
         return ExitCode.BAD_INPUT
-    params: dict[str, Any] = {}
-    if o.max_tokens is not None:
-        params["max_tokens"] = o.max_tokens
-    if o.temperature is not None:
-        params["temperature"] = o.temperature
-    cache: RequestCache | None = None
+    teacher: Teacher | None = None
     try:
         check_paths(
             {"--input": o.input},
@@ -107,45 +101,39 @@ def run_complete(o: CompleteOptions) -> ExitCode:
             cache=None if o.no_cache else o.cache,
         )
         scan = scan_prompt_file(o.input)
-        prices = PriceTable.default(o.prices)
-        cache = None if o.no_cache else RequestCache(o.cache or default_cache_path())
-        teacher = OpenAICompatibleTeacher(
-            o.model,
-            base_url=o.base_url,
-            api_key=o.api_key,
-            concurrency=o.concurrency,
-            rpm=o.rpm,
-            tpm=o.tpm,
-            timeout_s=o.timeout,
-            max_retries=o.max_retries,
-            cache=cache,
-            prices=prices,
-            max_cost=o.max_cost,
-            default_params=params,
-            adaptive_timeout=o.adaptive_timeout,
-        )  # a TeacherConfigError here was found before any request: exit 2
+        teacher = make_teacher(o.teacher_spec())  # a TeacherConfigError here was found before any request: exit 2
         with OutputLock(o.output):  # a busy output, or one that cannot be opened: exit 2
             done = index_output(o.output)
-            return asyncio.run(_run(o, teacher, scan.rows, done))
+            return asyncio.run(run_completions(o, teacher, scan.rows, done))
     except BaseException as exc:
         if exit_code_for(exc) is None:
             raise
         return report_error(
             exc, interrupted=f"interrupted: rows written so far are kept in {o.output}; rerun the same command to resume")
     finally:
-        if cache is not None:
-            cache.close()
+        if teacher is not None:
+            _close(teacher)
 
 
-def _rejects_path(o: CompleteOptions) -> Path:
+def _close(teacher: Teacher) -> None:
+    """Close what the teacher holds, whether or not the run got as far as closing it (``aclose`` is
+    idempotent: a busy output stops before the run, a simulated teacher's server must stop all the same)."""
+    try:
+        asyncio.run(teacher.aclose())
+    finally:
+        if teacher.cache is not None:  # the cache is closed by whoever built the teacher: us
+            teacher.cache.close()
+
+
+def _rejects_path(o: CompleteConfig) -> Path:
     return o.rejects or rejects_path_for(o.output)
 
 
-async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int, done: Any, *,
+async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done: Any, *,
                reraise_fatal: bool = False) -> ExitCode:
     """The job itself; returns the exit code.  ``reraise_fatal``: a fatal teacher error is raised again
     (after the summary) instead of reported, for a caller that reports it itself (a pipeline stage)."""
-    _install_sigterm()
+    install_sigterm()
     rejects_path = _rejects_path(o)
     todo_rows = n_rows - len(done)
     S = o.samples
@@ -260,7 +248,7 @@ async def _run(o: CompleteOptions, teacher: OpenAICompatibleTeacher, n_rows: int
     return _write_summary(o, summary()) or code
 
 
-def _write_summary(o: CompleteOptions, summary: dict[str, Any]) -> ExitCode:
+def _write_summary(o: CompleteConfig, summary: dict[str, Any]) -> ExitCode:
     """Write ``--summary-json`` (atomically, whole or not at all), however the run ended: ``"stopped"``
     says why it ended early (``teacher``, ``output``, ``budget``, ``interrupted``; null when it went
     through) and ``"error"`` the message, so a script need not parse stderr.  Returns OK (0), or
@@ -275,7 +263,7 @@ def _write_summary(o: CompleteOptions, summary: dict[str, Any]) -> ExitCode:
     return ExitCode.OK
 
 
-def _kept_after_fatal(o: CompleteOptions, teacher: OpenAICompatibleTeacher, rows: int) -> str:
+def _kept_after_fatal(o: CompleteConfig, teacher: Teacher, rows: int) -> str:
     """What a fatal stop keeps, said truthfully: the rows in the output always; the answers not yet in
     a row only when the cache holds them -- not with ``--no-cache``, and not once a cache write failed
     (disk full on the cache, F1), where "nothing paid for is lost" used to be printed all the same."""
@@ -312,7 +300,7 @@ def _output_row(row: dict[str, Any], results: list[Any], model: str) -> dict[str
     return out
 
 
-def _install_sigterm() -> None:
+def install_sigterm() -> None:
     """SIGTERM behaves like Ctrl-C: stop, keep what is written, print how to resume."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +20,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator
 
 from synthkd.errors import ConfigError  # noqa: F401 (re-exported: their home was here)
+from synthkd.options import help_of, stage_model
+from synthkd.teachers.factory import SamplingParams, TeacherSpec
 
 
 class _Strict(BaseModel):
@@ -38,19 +41,24 @@ def check_name(value: str) -> str:
     return value
 
 
-class TeacherConfig(_Strict):
-    model: str = Field(description="model name, replay:FILE, local:PATH or simulated:arithmetic")
-    base_url: str | None = None
-    concurrency: int = Field(32, ge=1)
-    rpm: float | None = Field(None, gt=0)
-    tpm: float | None = Field(None, gt=0)
-    timeout: float = Field(600.0, gt=0)
-    max_retries: int = Field(6, ge=0)
-    max_cost: float | None = Field(None, gt=0)
-    prices: str | None = None
-    cache: str | None = None
-    temperature: float | None = Field(None, ge=0)
-    max_tokens: int | None = Field(None, ge=1)
+class _TeacherName(_Strict):
+    model: str = Field(description=help_of(next(f for f in fields(TeacherSpec) if f.name == "teacher")))
+
+
+_TeacherBlock: Any = stage_model(
+    SamplingParams, name="TeacherBlock",
+    base=stage_model(TeacherSpec, name="TeacherConnection", exclude=("teacher",), base=_TeacherName,
+                     types={"cache": str | None, "prices": str | None}),
+)
+
+
+class TeacherConfig(_TeacherBlock):
+    """A pipeline's ``teacher:`` block (and a stage's override), generated from the one declaration of
+    the teacher settings, :class:`synthkd.teachers.factory.TeacherSpec` (same names, defaults, bounds
+    and help as the CLI's connection options), with the teacher's name under the key ``model`` and
+    the sampling parameters ``temperature``/``max_tokens`` (:class:`~synthkd.teachers.factory.
+    SamplingParams`).  Paths (``cache``, ``prices``) stay strings as written: they are resolved
+    against the pipeline file (:func:`synthkd.pipeline.teacher_spec_from`)."""
 
 
 class StageConfig(_Strict):
@@ -164,7 +172,7 @@ def _fmt_path(path: tuple[Any, ...]) -> str:
     return out or "(top)"
 
 
-def _line_for(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int | None:
+def line_for(lines: dict[tuple[Any, ...], int], path: tuple[Any, ...]) -> int | None:
     while path:
         if path in lines:
             return lines[path]
@@ -269,7 +277,7 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
         problems = []
         for err in exc.errors():
             loc = tuple(err["loc"])
-            line = _line_for(lines, loc)
+            line = line_for(lines, loc)
             msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"].removeprefix("Value error, ")
             problems.append(f"{path}:{line if line else '?'}: {_fmt_path(loc)}: {msg}")
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems)) from None
@@ -286,5 +294,5 @@ def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> Pipel
 def stage_line(cfg: PipelineConfig, index: int, *keys: Any) -> str:
     """``file:line`` of a stage's key, for errors raised later by stage validation."""
     lines = getattr(cfg, "_lines", {})
-    line = _line_for(lines, ("stages", index, *keys))
+    line = line_for(lines, ("stages", index, *keys))
     return f"{getattr(cfg, '_source', 'pipeline')}:{line if line else '?'}"

@@ -29,6 +29,7 @@ from typing import Annotated, Any, Callable, Literal, Optional, Union
 __all__ = [
     "opt", "typer_params", "config_command", "stage_model", "from_cli", "check_bounds", "Feature",
     "FEATURES", "register_feature", "help_of", "cli_fields", "stage_fields", "from_stage", "comma_list",
+    "option_group", "group_from_cli", "pydantic_typer_params", "pydantic_cli_values",
 ]
 
 _META = "synthkd"  # the key of our entry in a dataclass field's metadata
@@ -37,7 +38,8 @@ _META = "synthkd"  # the key of our entry in a dataclass field's metadata
 @dataclasses.dataclass(frozen=True)
 class OptMeta:
     help: str
-    flags: tuple[str, ...] = ()  # extra CLI names shown in help, e.g. ("-i",)
+    flags: tuple[str, ...] = ()  # extra CLI names shown in help, e.g. ("-i",); for a bool, a long name
+    #                               here is its whole spelling: ("--strict/--lenient",), ("--no-cache",)
     aliases: tuple[str, ...] = ()  # old CLI spellings, accepted but hidden (one release)
     yaml_aliases: tuple[str, ...] = ()  # old YAML keys, accepted
     ge: float | None = None
@@ -103,6 +105,16 @@ def stage_fields(cls: type, exclude: typing.Iterable[str] = ()) -> list[dataclas
 
 def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def option_names(name: str, flags: typing.Sequence[str], is_bool: bool) -> list[str]:
+    """The CLI names of a field: ``--max-length`` plus ``flags``; a bool gets ``--x/--no-x`` unless
+    ``flags`` spells it out (``--strict/--lenient``, or ``--no-cache`` for an on-switch alone)."""
+    if is_bool:
+        if any(f.startswith("--") for f in flags):
+            return list(flags)
+        return [f"{flag_of(name)}/--no-{name.replace('_', '-')}", *flags]
+    return [flag_of(name), *flags]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,10 +190,8 @@ def typer_params(cls: type, *, exclude: typing.Iterable[str] = (), required: typ
         tp = m.cli_type if m.cli_type is not None else _typer_type(hints[f.name])
         default = default_of(f)
         req = default is MISSING or f.name in must
-        names = [flag_of(f.name), *m.flags]
         inner, _ = _unwrap_optional(tp)
-        if inner is bool:
-            names = [f"{flag_of(f.name)}/--no-{f.name.replace('_', '-')}", *m.flags]
+        names = option_names(f.name, m.flags, inner is bool)
         help_text = m.help
         if m.choices and "one of" not in help_text:
             help_text += " (one of: " + ", ".join(map(str, m.choices)) + ")"
@@ -247,6 +257,31 @@ def from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str]
     return cfg
 
 
+def group_from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """:func:`from_cli` for an option group (some of ``cls``'s fields; the others are given elsewhere,
+    so no config is built): the values as field name -> value, old spellings folded in, CLI strings
+    parsed, bounds checked (an InputError naming each bad flag)."""
+    from synthkd.jsonl_io import InputError
+
+    values = dict(values)
+    problems: list[str] = []
+    for f in cli_fields(cls, exclude):
+        m = meta_of(f)
+        for alias in m.aliases:
+            v = values.pop(_alias_param(f.name, alias), None)
+            if v is not None:
+                if values.get(f.name) not in (None, default_of(f)):
+                    problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both")
+                values[f.name] = v
+        if m.cli_parse is not None and values.get(f.name) is not None:
+            values[f.name] = m.cli_parse(values[f.name])
+        if f.name in values:
+            problems += _bound_problems(flag_of(f.name), values[f.name], m)
+    if problems:
+        raise InputError(problems)
+    return values
+
+
 def config_command(cls: type, *, exclude: typing.Iterable[str] = (), required: typing.Iterable[str] = (),
                    extra: typing.Sequence[inspect.Parameter] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator: a typer command whose options are ``cls``'s CLI fields; the function receives the
@@ -283,6 +318,54 @@ def config_command(cls: type, *, exclude: typing.Iterable[str] = (), required: t
     return decorate
 
 
+def option_group(cls: type, into: str, *, exclude: typing.Iterable[str] = (),
+                 panel: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Decorator: add ``cls``'s CLI fields (less ``exclude``) to a typer command as one option group
+    (a teacher's connection...); the command declares ``<into>: Optional[dict] = None`` and receives the
+    checked values there (:func:`group_from_cli`: old spellings folded in, bounds checked, exit 2
+    naming the flag).  Use it below ``@app.command``.  The group's defaults are ``cls``'s: a command
+    cannot change them (a shared option with a per-command default is drift)."""
+    exclude = tuple(exclude)
+    group = typer_params(cls, exclude=exclude, panel=panel)
+    names = [p.name for p in group]
+
+    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
+        sig = inspect.signature(f)
+        if into not in sig.parameters:
+            raise TypeError(f"{f.__name__} must take a {into!r} parameter to receive its option group")
+        try:  # typer reads the annotations from the signature: resolve ``from __future__`` strings
+            hints = typing.get_type_hints(f, include_extras=True)
+        except (NameError, TypeError):
+            hints = {}
+        own = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values() if p.name != into]
+        clash = {p.name for p in own} & set(names)
+        if clash:
+            raise TypeError(f"{f.__name__}: {sorted(clash)} are options of the {cls.__name__} group already")
+
+        @functools.wraps(f)
+        def command(*args: Any, **kw: Any) -> Any:
+            import sys
+
+            import typer
+
+            from synthkd.jsonl_io import InputError
+
+            values = {n: kw.pop(n) for n in names if n in kw}
+            try:
+                checked = group_from_cli(cls, values, exclude=exclude)
+            except InputError as exc:  # a bad flag value: one message, exit 2, before anything runs
+                print(f"error: {exc}", file=sys.stderr, flush=True)
+                raise typer.Exit(2) from None
+            return f(*args, **kw, **{into: checked})
+
+        params = [*own, *group]
+        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
 # --------------------------------------------------------------------------------------------------
 # dataclass -> pydantic (a pipeline stage's options)
 # --------------------------------------------------------------------------------------------------
@@ -298,11 +381,14 @@ def _pydantic_type(tp: Any) -> Any:
 
 
 def stage_model(cls: type, *, name: str | None = None, exclude: typing.Iterable[str] = (),
-                base: type | None = None, defaults: dict[str, Any] | None = None) -> type:
+                base: type | None = None, defaults: dict[str, Any] | None = None,
+                types: dict[str, Any] | None = None) -> type:
     """The pydantic model of ``cls``'s stage fields: ``extra="forbid"``, the declared bounds, help as
     descriptions, old YAML keys accepted as aliases.  ``base`` adds stage-only fields (declared there).
     ``defaults`` is for a field that must be given in YAML although the Python API has a default
-    (pass ``...``); any other value is refused: a stage may not change a default (no drift)."""
+    (pass ``...``); any other value is refused: a stage may not change a default (no drift).
+    ``types``: a field's YAML type where it differs from the Python one (a path kept as written, a
+    ``str``, for the stage to resolve against the pipeline file)."""
     from pydantic import AliasChoices, BaseModel, ConfigDict, Field, create_model
 
     hints = typing.get_type_hints(cls)
@@ -327,7 +413,7 @@ def stage_model(cls: type, *, name: str | None = None, exclude: typing.Iterable[
             fi = Field(default_factory=f.default_factory, **kw)  # type: ignore[misc]
         else:
             fi = Field(default, **kw)
-        tp = hints[f.name]
+        tp = (types or {}).get(f.name, hints[f.name])
         if m.choices is not None:
             inner, optional = _unwrap_optional(tp)
             lit = Literal[m.choices]  # type: ignore[valid-type]
@@ -354,6 +440,78 @@ def from_stage(cls: type, options: Any, **extra: Any) -> Any:
     names = {f.name for f in dataclasses.fields(cls) if f.init}
     values = {k: getattr(options, k) for k in type(options).model_fields if k in names}
     return cls(**values, **extra)
+
+
+# --------------------------------------------------------------------------------------------------
+# pydantic model -> typer (a config that already is a pydantic model: a cleaning operator's Config)
+# --------------------------------------------------------------------------------------------------
+
+def _loose_cli_type(annotation: Any) -> tuple[Any, str]:
+    """A type typer can parse for any annotation, and a note for the help text: what typer cannot
+    parse directly (a union, a dict, a list of models) is taken as JSON text."""
+    inner, _ = _unwrap_optional(annotation)
+    origin, args = typing.get_origin(inner), typing.get_args(inner)
+    if origin is Union or str(origin) == "<class 'types.UnionType'>":
+        return str, " (JSON)"
+    if origin is Literal:
+        return str, " (one of: " + ", ".join(str(a) for a in args) + ")"
+    if origin is list:
+        if args and args[0] in (str, int, float):
+            return list[args[0]], " (repeat the option for several)"  # type: ignore[index]
+        return str, " (JSON list)"
+    if origin is dict or inner is dict:
+        return str, " (JSON object)"
+    if inner in (str, int, float, bool, Path):
+        return inner, ""
+    return str, " (JSON)"
+
+
+def pydantic_typer_params(model: type, *, exclude: typing.Iterable[str] = (),
+                          panel: str | None = None) -> list[inspect.Parameter]:
+    """Keyword-only typer parameters for a pydantic model's fields, each defaulting to None so that a
+    field not given keeps the model's own default (shown in the help); the model validates the values
+    (see :func:`pydantic_cli_values`).  Names, bool switches and help are made as for a dataclass."""
+    import json
+
+    import typer
+
+    skip = set(exclude)
+    params: list[inspect.Parameter] = []
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        if name in skip:
+            continue
+        tp, note = _loose_cli_type(info.annotation)
+        if info.is_required():
+            default_txt = " (required)"
+        else:
+            d = info.get_default(call_default_factory=True)
+            d = "none" if d is None else json.dumps(d, default=str)
+            default_txt = f" (default: {d if len(d) <= 60 else d[:57] + '...'})"
+        option = typer.Option(*option_names(name, (), tp is bool), help=(info.description or "") + note + default_txt,
+                              show_default=False, rich_help_panel=panel)
+        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Annotated[Optional[tp], option]))
+    return params
+
+
+def pydantic_cli_values(model: type, values: dict[str, Any], *, exclude: typing.Iterable[str] = ()) -> dict[str, Any]:
+    """The fields given on the CLI (None and an empty list mean "not given"), JSON text decoded where
+    the field is JSON on the CLI (left as text when it is not JSON: the model then says what is wrong)."""
+    import json
+
+    skip = set(exclude)
+    out: dict[str, Any] = {}
+    for name, info in model.model_fields.items():  # type: ignore[attr-defined]
+        v = values.get(name)
+        if name in skip or v is None or v == []:
+            continue
+        if _loose_cli_type(info.annotation)[1].startswith(" (JSON") and isinstance(v, str):
+            try:
+                v = json.loads(v)
+            except json.JSONDecodeError:
+                pass
+        out[name] = v
+    return out
 
 
 # --------------------------------------------------------------------------------------------------

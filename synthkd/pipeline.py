@@ -535,7 +535,10 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
         "upstream": upstream or {},
         "stage": p.cfg.model_dump(exclude={"teacher"}),
         "options": p.options.model_dump(mode="json"),
-        "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost"}) if tc else None,
+        # how the teacher is reached changes no answer: not part of the fingerprint (a rerun with more
+        # concurrency or a larger budget resumes instead of starting over)
+        "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost",
+                                          "adaptive_timeout"}) if tc else None,
         "inputs": input_hashes,
         "seed": p.ctx.pipeline.seed,
     })

@@ -282,3 +282,43 @@ def test_row_failing_for_good_goes_to_rejects_after_retries(tmp_path, make_serve
     rej = read_jsonl(tmp_path / "out.rejects.jsonl")
     assert [r["id"] for r in rej] == ["q3"] and rej[0]["attempts"] == 3 and "HTTP 500" in rej[0]["error"]
     assert len(read_jsonl(tmp_path / "out.jsonl")) == 5
+
+
+# ------------------------------------------------------------------ every teacher the factory builds:
+# `complete` builds its teacher as every `generate` command does (it used to refuse all but an API model)
+
+def test_complete_with_a_simulated_teacher_answers_offline_and_resumes(tmp_path):
+    from synthkd.answers import extract_answer
+    from synthkd.testing.simulated import make_problems
+
+    ps = make_problems(12, seed=4)
+    inp, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_text("".join(json.dumps({"id": p.id, "prompt": p.question}) + "\n" for p in ps))
+    args = ["complete", "-i", str(inp), "-o", str(out), "--cache", str(tmp_path / "c.sqlite"),
+            "--teacher", "simulated:arithmetic?error_rate=0&noise_rate=0&copy_rate=0"]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    assert set(rows) == {p.id for p in ps}
+    for p in ps:  # a careful simulated teacher: every answer right
+        assert extract_answer(rows[p.id]["completion"], "number").value == p.answer
+        assert rows[p.id]["model"].startswith("simulated-arithmetic") and rows[p.id]["cached"] is False
+    again = run_cli(*args)
+    assert again.returncode == 0 and "0 rows written" in again.stderr and "12 already there" in again.stderr
+    assert len(read_jsonl(out)) == len(ps)
+
+
+def test_complete_with_a_replay_teacher_gives_the_recorded_answers(tmp_path):
+    rec, inp, out = tmp_path / "recorded.jsonl", tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rec.write_text(json.dumps({"question": "What is the capital of France?", "completion": "Paris."}) + "\n"
+                   + json.dumps({"question": "Name a prime number above ten.", "completion": "Eleven."}) + "\n")
+    inp.write_text(json.dumps({"id": "a", "prompt": "Answer briefly. What is the capital of France?"}) + "\n"
+                   + json.dumps({"id": "b", "messages": [{"role": "user", "content": "Name a prime number above ten."}]})
+                   + "\n")
+    res = run_cli("complete", "-i", str(inp), "-o", str(out), "--model", f"replay:{rec}", "--no-cache")  # old spelling
+    assert res.returncode == 0, res.stderr
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    assert {k: (r["completion"], r["model"], r["cost_usd"]) for k, r in rows.items()} == {
+        "a": ("Paris.", "replay:recorded.jsonl", 0.0), "b": ("Eleven.", "replay:recorded.jsonl", 0.0)}
+    missing = run_cli("complete", "-i", str(inp), "-o", str(tmp_path / "o2.jsonl"), "-m", f"replay:{tmp_path / 'nope.jsonl'}")
+    assert missing.returncode == 2 and "recorded outputs file not found" in missing.stderr

@@ -39,7 +39,7 @@ def test_every_error_class_is_a_synthkd_error():
 @pytest.mark.parametrize("module, names", [
     ("synthkd.jsonl_io", ["InputError", "PathError", "OutputWriteError", "MAX_REPORTED_ERRORS"]),
     ("synthkd.config", ["ConfigError"]),
-    ("synthkd.filters.config", ["ConfigError"]),
+    ("synthkd.filters.op_config", ["ConfigError"]),
     ("synthkd.pipeline", ["RunDirError", "StageFailed"]),
     ("synthkd.templates", ["TemplateError"]),
     ("synthkd.teachers.pricing", ["PriceTableError"]),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from synthkd.filters.base import Reject, RunContext
-from synthkd.filters.config import ConfigError
+from synthkd.filters.op_config import ConfigError
 from synthkd.filters.decontaminate import Decontaminate, DecontaminateConfig, _read_eval
 from synthkd.jsonl_io import InputError
 

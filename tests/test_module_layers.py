@@ -45,21 +45,13 @@ TREES: dict[str, ast.Module] = {m: ast.parse(p.read_text(encoding="utf-8"), str(
 AUTOLOADING = {"synthkd.stages"}
 
 #: old module path -> the module it now aliases (same module object), kept while these modules import it
-SHIMS: dict[str, tuple[str, set[str]]] = {
-    "synthkd.filters.config": ("synthkd.filters.op_config", {"synthkd.stages.clean_stage", "synthkd.commands.clean"}),
-    "synthkd.filters.pipeline": ("synthkd.filters.chain", {"synthkd.stages.clean_stage", "synthkd.commands.clean"}),
-    "synthkd.teachers.grouping": ("synthkd.teachers.jobs", {"synthkd.complete"}),
-}
+SHIMS: dict[str, tuple[str, set[str]]] = {}
 
 #: (importing module, imported module, private name) still to be made public by the module's owner
-PENDING_PRIVATE = {
-    ("synthkd.commands.common", "synthkd.complete", "_install_sigterm"),
-    ("synthkd.commands.pipeline_cmd", "synthkd.config", "_line_for"),
-    ("synthkd.stages.complete_stage", "synthkd.complete", "_run"),
-}
+PENDING_PRIVATE: set[tuple[str, str, str]] = set()
 
 #: stage modules that still import their vocabulary from the runner instead of synthkd.stages.base
-PENDING_STAGES_FROM_PIPELINE = {"synthkd.stages.clean_stage", "synthkd.stages.complete_stage"}
+PENDING_STAGES_FROM_PIPELINE: set[str] = set()
 
 
 def _resolve(module: str, node: ast.Import | ast.ImportFrom) -> list[tuple[str, str | None]]:

@@ -171,3 +171,157 @@ def test_stage_adapter_same_defaults_bounds_and_old_keys():
     assert "epochs" in text and "mode" in text and "bogus" in text
     with pytest.raises(TypeError):
         stage_model(_Cfg, defaults={"epochs": 1.0})  # a stage may not change a default
+
+
+# --------------------------------------------------------------------------------------------------
+# the teacher settings: declared once (TeacherSpec), offered by every teacher-using command and by a
+# pipeline's ``teacher:`` block.  They had drifted: --timeout/--max-retries help differed between
+# `complete` and `generate`, `tailor` defaulted --concurrency to 16 (its stage: 32), --adaptive-timeout
+# was on `complete` only, `clean --teacher` did not mention local:/simulated:.
+# --------------------------------------------------------------------------------------------------
+
+from synthkd.config import TeacherConfig  # noqa: E402
+from synthkd.jsonl_io import InputError  # noqa: E402
+from synthkd.options import group_from_cli, option_group, pydantic_cli_values, pydantic_typer_params  # noqa: E402
+from synthkd.teachers.factory import SamplingParams, TeacherSpec  # noqa: E402
+
+TEACHER_COMMANDS = [("complete",), ("generate", "rationales"), ("generate", "preferences"), ("clean", "judge"),
+                    ("clean", "run"), ("tailor",)]
+
+
+def _bad_value(f: dataclasses.Field) -> object | None:
+    """A value just outside the field's declared bound (None when it has none)."""
+    m = meta_of(f)
+    if m.ge is not None:
+        return type(default_of(f) if default_of(f) is not None else 1.0)(m.ge - 1)
+    if m.gt is not None:
+        return m.gt
+    return None
+
+
+@pytest.mark.parametrize("command", TEACHER_COMMANDS, ids=" ".join)
+def test_teacher_options_are_the_same_on_every_command(command):
+    params = {p.name: p for p in _click_command(command).params}
+    for f in cli_fields(TeacherSpec):
+        p = params[f.name]
+        assert flag_of(f.name) in p.opts, f"{command}: {f.name} is spelled {p.opts}"
+        if f.name == "teacher":  # old spellings kept
+            assert {"--model", "-m"} <= set(p.opts)
+            continue
+        assert _same(p.default, default_of(f)), f"{command}: {flag_of(f.name)} defaults to {p.default!r}"
+        assert p.help.startswith(meta_of(f).help), f"{command}: {flag_of(f.name)} help differs"
+    # the spellings the commands had: an on-switch alone, and a named off-switch
+    assert params["no_cache"].opts == ["--no-cache"] and not params["no_cache"].secondary_opts
+    assert params["concurrency"].opts == ["--concurrency", "-c"]
+    assert params["adaptive_timeout"].secondary_opts == ["--fixed-timeout"]
+
+
+def test_the_yaml_teacher_block_is_generated_from_the_same_declaration():
+    yaml = TeacherConfig.model_fields
+    spec_fields = stage_fields(TeacherSpec) + stage_fields(SamplingParams)
+    # every key: a TeacherSpec or SamplingParams field (the teacher's name under its YAML key "model")
+    assert set(yaml) == {"model" if f.name == "teacher" else f.name for f in spec_fields}
+    for f in spec_fields:
+        key = "model" if f.name == "teacher" else f.name
+        mf = yaml[key]
+        assert mf.description == meta_of(f).help, key
+        if default_of(f) is MISSING:
+            assert mf.is_required()
+            continue
+        assert _same(mf.get_default(call_default_factory=True), default_of(f)), key
+        bad = _bad_value(f)
+        if bad is not None:  # the same bound on both surfaces
+            with pytest.raises(Exception, match=key):
+                TeacherConfig.model_validate({"model": "x", key: bad})
+            if f.name in {g.name for g in cli_fields(TeacherSpec)}:
+                with pytest.raises(InputError, match=flag_of(f.name)):
+                    group_from_cli(TeacherSpec, {f.name: bad}, exclude=("teacher",))
+    # ``complete``'s sampling options are the YAML block's temperature/max_tokens
+    params = {p.name: p for p in _click_command(("complete",)).params}
+    for f in cli_fields(SamplingParams):
+        assert _same(params[f.name].default, yaml[f.name].get_default()) and params[f.name].help == meta_of(f).help
+
+
+def test_a_command_cannot_change_a_shared_teacher_default():
+    from synthkd.commands.common import with_connection_options
+
+    with pytest.raises(TypeError, match="concurrency"):
+        with_connection_options(concurrency=16)
+
+
+def test_a_bad_connection_option_is_refused_before_the_command_runs():
+    r = CliRunner().invoke(synthkd.cli.app, ["clean", "judge", "-i", "in.jsonl", "-o", "out.jsonl", "-m", "x",
+                                             "-c", "0", "--max-cost", "-1"])
+    assert r.exit_code == 2
+    assert "--concurrency must be >= 1, got 0" in r.output and "--max-cost must be > 0, got -1" in r.output
+
+
+def test_option_group_adapter_folds_old_spellings_and_checks_bounds():
+    seen: list = []
+    app = typer.Typer()
+
+    @app.command("x")
+    @option_group(_Cfg, "group", exclude=("input",))
+    def x(name: str = typer.Option(..., "--name"), group: Optional[dict] = None) -> None:
+        seen.append((name, group))
+
+    @app.command("y")
+    def y() -> None:
+        pass
+
+    r = CliRunner().invoke(app, ["x", "--name", "n", "--lr", "0.5", "--no-bf16"])
+    assert r.exit_code == 0, r.output
+    assert seen == [("n", {"epochs": 3.0, "learning_rate": 0.5, "bf16": False, "loss_type": ["sigmoid"],
+                           "mode": "label"})]
+    r = CliRunner().invoke(app, ["x", "--name", "n", "--epochs", "0", "--mode", "q"])
+    assert r.exit_code == 2 and "--epochs must be > 0" in r.output and "--mode must be one of" in r.output
+    assert len(seen) == 1
+
+
+def test_pydantic_adapter_gives_only_what_was_given():
+    from typing import Literal
+
+    from pydantic import BaseModel, Field
+
+    class Op(BaseModel):
+        fields: list[str] = Field(["text"], description="Fields.")
+        weights: dict[str, float] = Field(default_factory=dict, description="Weights.")
+        normalize: Literal["none", "words"] = Field("none", description="How.")
+        keep: bool = Field(False, description="Keep.")
+        threshold: float = Field(description="Cut.")
+
+    seen: list = []
+    app = typer.Typer()
+
+    def x(**kw) -> None:
+        seen.append(pydantic_cli_values(Op, kw))
+
+    import inspect
+
+    x.__signature__ = inspect.Signature(pydantic_typer_params(Op))  # type: ignore[attr-defined]
+    app.command("x")(x)
+    app.command("y")(lambda: None)
+    r = CliRunner().invoke(app, ["x", "--threshold", "0.5", "--fields", "a", "--fields", "b",
+                                 "--weights", '{"a": 2}', "--keep"])
+    assert r.exit_code == 0, r.output
+    assert seen == [{"threshold": 0.5, "fields": ["a", "b"], "weights": {"a": 2}, "keep": True}]
+    r = CliRunner().invoke(app, ["x", "--no-keep"])
+    assert seen[-1] == {"keep": False}  # "required" is the model's to say (it names the field)
+    help_text = CliRunner().invoke(app, ["x", "--help"]).output
+    assert "(one of: none, words)" in help_text and "(JSON object)" in help_text and "(required)" in help_text
+
+
+def test_the_http_client_defaults_are_the_teacher_spec_defaults():
+    """The client class keeps its own keyword defaults (the Python API below the factory): they must be
+    TeacherSpec's, or ``OpenAICompatibleTeacher(model)`` and ``make_teacher(TeacherSpec(model))`` differ."""
+    import inspect
+
+    from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+
+    sig = inspect.signature(OpenAICompatibleTeacher.__init__).parameters
+    spec = {f.name: default_of(f) for f in dataclasses.fields(TeacherSpec)}
+    for client_name, spec_name in [("base_url", "base_url"), ("api_key", "api_key"), ("concurrency", "concurrency"),
+                                   ("rpm", "rpm"), ("tpm", "tpm"), ("timeout_s", "timeout"),
+                                   ("max_retries", "max_retries"), ("max_cost", "max_cost"),
+                                   ("adaptive_timeout", "adaptive_timeout")]:
+        assert sig[client_name].default == spec[spec_name], client_name

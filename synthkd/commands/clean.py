@@ -8,18 +8,21 @@ config (nothing written); 4 the teacher refused us (bad key, unreachable).
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import logging
 import typing
 from pathlib import Path
-from typing import Annotated, Any, List, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
 from synthkd.commands.common import (
     exit_on_error, make_teacher, run_job, teacher_spec, with_connection_options,
 )
+from synthkd.options import help_of, pydantic_cli_values, pydantic_typer_params
+from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +39,8 @@ RejectsOpt = Annotated[Optional[Path], typer.Option("--rejects", help="Dropped r
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Where funnel.json and funnel.md go (default OUTPUT.funnel.json/.md).")]
 StrictOpt = Annotated[bool, typer.Option("--strict/--lenient", help="Strict: a row missing a field an operator needs is an error (file, line, row id, field) before any work; lenient: such rows are rejected with that reason.")]
 ProgressOpt = Annotated[Optional[bool], typer.Option("--progress/--no-progress", help="Progress bar (default: only on a terminal).")]
-TeacherOptional = Annotated[Optional[str], typer.Option("--teacher", "--model", "-m", help="Teacher for relabel/judge: model name (OpenAI-compatible API) or replay:RECORDED.jsonl.")]
+_TEACHER_HELP = help_of(next(f for f in dataclasses.fields(TeacherSpec) if f.name == "teacher"))
+TeacherOptional = Annotated[Optional[str], typer.Option("--teacher", "--model", "-m", help="Teacher for relabel/judge: " + _TEACHER_HELP[0].lower() + _TEACHER_HELP[1:])]
 
 
 def _teacher_factory(teacher: str | None, **kw: Any):
@@ -48,7 +52,7 @@ def _teacher_factory(teacher: str | None, **kw: Any):
 
 def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_dir: Path | None, strict: bool,
          progress: bool | None, factory, meta: dict[str, Any], cache: Path | None = None) -> None:
-    from synthkd.filters.pipeline import CleanPaths, clean_file, default_rejects, default_report_paths
+    from synthkd.filters.chain import CleanPaths, clean_file, default_rejects, default_report_paths
     from synthkd.jsonl_io import check_paths
 
     rj, rm = default_report_paths(output, report_dir)
@@ -82,7 +86,7 @@ def run_cmd(
     conn: Optional[dict] = None,  # the connection options (with_connection_options)
 ) -> None:
     """Run the operators of a config file over INPUT, in order, streaming."""
-    from synthkd.filters.config import load_config
+    from synthkd.filters.op_config import load_config
     from synthkd.jsonl_io import check_paths
 
     with exit_on_error():
@@ -99,99 +103,48 @@ def run_cmd(
 # ---------------------------------------------------------------------------------------------------
 
 _COMMON = ["input", "output", "rejects", "report_dir", "strict", "progress"]
-_TEACHER = ["teacher", "base_url", "concurrency", "rpm", "tpm", "cache", "no_cache", "max_cost", "prices", "timeout",
-            "max_retries"]
-
-
-def _cli_type(annotation: Any) -> tuple[Any, str]:
-    """A typer-friendly type for a pydantic field annotation, and a note for the help text."""
-    origin = typing.get_origin(annotation)
-    args = typing.get_args(annotation)
-    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _cli_type(inner[0])
-        return str, " (JSON)"
-    if origin is typing.Literal:
-        return str, " (one of: " + ", ".join(str(a) for a in args) + ")"
-    if origin in (list, List):
-        if args and args[0] in (str, int, float):
-            return List[args[0]], " (repeat the option for several)"
-        return str, " (JSON list)"
-    if origin is dict or annotation is dict:
-        return str, " (JSON object)"
-    if annotation in (str, int, float, bool, Path):
-        return annotation, ""
-    return str, " (JSON)"
 
 
 def _op_command(op_cls: type) -> None:
+    """``synthkd clean <op>``: the shared options of ``clean run`` (and the teacher's, for an operator
+    that uses one), then one option per field of the operator's Config (synthkd.options's pydantic
+    adapter: the same names, switches and help as every other generated command)."""
     cfg_cls = op_cls.Config
-    params: list[inspect.Parameter] = []
     hints = typing.get_type_hints(run_cmd, include_extras=True)
     run_sig = inspect.signature(run_cmd)
-    common = _COMMON + (_TEACHER if op_cls.uses_teacher else [])
-    for name in common:
-        p = run_sig.parameters[name]
-        params.append(inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=p.default, annotation=hints[name]))
-    json_fields: set[str] = set()
-    for fname, finfo in cfg_cls.model_fields.items():
-        if fname == "op" or fname in common:
-            continue
-        typ, note = _cli_type(finfo.annotation)
-        if note.startswith(" (JSON"):
-            json_fields.add(fname)
-        flag = "--" + fname.replace("_", "-")
-        if finfo.is_required():
-            default_txt = ""
-        else:
-            d = finfo.get_default(call_default_factory=True)
-            d = "none" if d is None else json.dumps(d, default=str)
-            default_txt = f" (default: {d if len(d) <= 60 else d[:57] + '...'})"
-        help_txt = (finfo.description or "") + note + ("" if not finfo.is_required() else " (required)") + default_txt
-        if typ is bool:
-            opt = typer.Option(f"{flag}/--no-{fname.replace('_', '-')}", help=help_txt, show_default=False)
-            ann = Annotated[Optional[bool], opt]
-        else:
-            opt = typer.Option(flag, help=help_txt, show_default=False)
-            ann = Annotated[Optional[typ], opt]
-        params.append(inspect.Parameter(fname, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=ann))
+    common = _COMMON + (["teacher"] if op_cls.uses_teacher else [])
+    params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=run_sig.parameters[name].default,
+                                annotation=hints[name]) for name in common]
+    own = ["op", *common, *(CONNECTION_FIELDS if op_cls.uses_teacher else ())]
+    params += pydantic_typer_params(cfg_cls, exclude=own)
+    if op_cls.uses_teacher:  # the connection options: with_connection_options adds them below
+        params.append(inspect.Parameter("conn", inspect.Parameter.KEYWORD_ONLY, default=None,
+                                        annotation=Optional[dict]))
 
     def command(**kw: Any) -> None:
-        from synthkd.filters.config import parse_ops
+        from synthkd.filters.op_config import parse_ops
 
-        item: dict[str, Any] = {"op": op_cls.op}
-        for fname in cfg_cls.model_fields:
-            if fname in common or fname == "op":
-                continue
-            v = kw.get(fname)
-            if v is None or v == []:
-                continue
-            if fname in json_fields and isinstance(v, str):
-                try:
-                    v = json.loads(v)
-                except json.JSONDecodeError:
-                    pass
-            item[fname] = v
+        item: dict[str, Any] = {"op": op_cls.op, **pydantic_cli_values(cfg_cls, kw, exclude=own)}
         with exit_on_error():
             configs = parse_ops([item], f"synthkd clean {op_cls.op}")
-        factory = None
-        if op_cls.uses_teacher:
-            factory = _teacher_factory(kw["teacher"], **{k: kw[k] for k in _TEACHER if k != "teacher"})
+        conn = kw.get("conn")
+        factory = _teacher_factory(kw["teacher"], **conn) if conn is not None else None
         _run(kw["input"], configs, kw["output"], kw["rejects"], kw["report_dir"], kw["strict"], kw["progress"],
              factory, {"config": json.dumps(item, default=str)},
-             cache=None if not op_cls.uses_teacher or kw["no_cache"] else kw["cache"])
+             cache=None if conn is None or conn["no_cache"] else conn["cache"])
 
     command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in params}
     command.__name__ = op_cls.op
     command.__doc__ = (op_cls.summary or op_cls.op) + "\n\n" + (inspect.getdoc(op_cls.__module__ and __import__(op_cls.__module__, fromlist=["x"])) or "").split("\n\n")[0]
-    clean_app.command(op_cls.op)(command)
+    cmd = with_connection_options(command) if op_cls.uses_teacher else command
+    clean_app.command(op_cls.op)(cmd)
     if "_" in op_cls.op:  # `synthkd clean near-dup` works too
-        clean_app.command(op_cls.op.replace("_", "-"), hidden=True)(command)
+        clean_app.command(op_cls.op.replace("_", "-"), hidden=True)(cmd)
 
 
 def _register_ops() -> None:
-    from synthkd.filters.config import registry
+    from synthkd.filters.op_config import registry
 
     for op_cls in registry().values():
         _op_command(op_cls)

@@ -12,7 +12,7 @@ import inspect
 import typing
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Awaitable, Callable, Iterator, Optional
+from typing import Any, Awaitable, Callable, Iterator
 
 import typer
 
@@ -20,28 +20,11 @@ from synthkd.errors import OutputWriteError, exit_code_for, report_error
 from synthkd.jsonl_io import check_paths
 from synthkd.log import setup_cli_logging
 from synthkd.methods.runner import rejects_path_for
-from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.options import option_group, typer_params
+from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec, make_teacher
 
-TeacherOpt = Annotated[str, typer.Option("--teacher", "--model", "-m", help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, local:PATH, or simulated:arithmetic (offline).")]
-BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")]
-ConcurrencyOpt = Annotated[int, typer.Option("--concurrency", "-c", help="Requests in flight at once.")]
-RpmOpt = Annotated[Optional[float], typer.Option("--rpm", help="Client-side requests-per-minute limit.")]
-TpmOpt = Annotated[Optional[float], typer.Option("--tpm", help="Client-side tokens-per-minute limit.")]
-CacheOpt = Annotated[Optional[Path], typer.Option("--cache", help="SQLite request cache (default $SYNTHKD_CACHE or ~/.cache/synthkd/teacher-cache.sqlite).")]
-NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Do not read or write the request cache.")]
-MaxCostOpt = Annotated[Optional[float], typer.Option("--max-cost", help="Stop sending new requests once this many USD are spent (resumable).")]
-PricesOpt = Annotated[Optional[Path], typer.Option("--prices", help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")]
-TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Hard per-attempt timeout in seconds.")]
-MaxRetriesOpt = Annotated[int, typer.Option("--max-retries", help="Retries per request for transient errors.")]
-
-
-#: The connection options every teacher-using command takes: name -> (annotated type, default).
-CONNECTION_OPTIONS: dict[str, tuple[Any, Any]] = {
-    "base_url": (BaseUrlOpt, None), "concurrency": (ConcurrencyOpt, 32), "rpm": (RpmOpt, None),
-    "tpm": (TpmOpt, None), "cache": (CacheOpt, None), "no_cache": (NoCacheOpt, False),
-    "max_cost": (MaxCostOpt, None), "prices": (PricesOpt, None), "timeout": (TimeoutOpt, 600.0),
-    "max_retries": (MaxRetriesOpt, 6),
-}
+#: ``--teacher/--model/-m`` (required), as declared on :class:`synthkd.teachers.factory.TeacherSpec`
+TeacherOpt = next(p for p in typer_params(TeacherSpec) if p.name == "teacher").annotation
 
 
 def shared_options(options: dict[str, tuple[Any, Any]], into: str, **defaults: Any) -> Callable[..., Any]:
@@ -83,23 +66,24 @@ def shared_options(options: dict[str, tuple[Any, Any]], into: str, **defaults: A
 
 
 def with_connection_options(func: Callable[..., Any] | None = None, **defaults: Any) -> Any:
-    """The teacher connection options (``--base-url`` ... ``--max-retries``) as one ``conn`` dict of
-    :func:`teacher_spec` keyword arguments: ``teacher_spec(teacher, **conn)`` builds the teacher.
-    Plain (``@with_connection_options``) or with changed defaults (``(concurrency=16)``)."""
-    decorate = shared_options(CONNECTION_OPTIONS, "conn", **defaults)
+    """The teacher connection options (``--base-url`` ... ``--max-retries``, generated from
+    :class:`~synthkd.teachers.factory.TeacherSpec`) as one ``conn`` dict of :func:`teacher_spec`
+    keyword arguments, checked (bounds: exit 2 naming the flag): ``teacher_spec(teacher, **conn)``
+    builds the teacher.  Use it below ``@app.command``; the command declares ``conn: Optional[dict] =
+    None``.  No per-command defaults: the same option with another default on one command is the
+    drift this declaration exists to prevent (``tailor`` had ``--concurrency`` 16, its pipeline stage 32)."""
+    if defaults:
+        raise TypeError(f"with_connection_options: a command may not change the shared defaults {sorted(defaults)}: "
+                        "change TeacherSpec (every command and the pipeline follow), or give the option")
+    decorate = option_group(TeacherSpec, "conn", exclude=("teacher",))
     return decorate(func) if func is not None else decorate
 
 
-def teacher_spec(
-    teacher: str, base_url: str | None = None, concurrency: int = 32, rpm: float | None = None,
-    tpm: float | None = None, cache: Path | None = None, no_cache: bool = False, max_cost: float | None = None,
-    prices: Path | None = None, timeout: float = 600.0, max_retries: int = 6, **default_params: Any,
-) -> TeacherSpec:
-    return TeacherSpec(
-        teacher=teacher, base_url=base_url, concurrency=concurrency, rpm=rpm, tpm=tpm, cache=cache,
-        no_cache=no_cache, max_cost=max_cost, prices=prices, timeout=timeout, max_retries=max_retries,
-        default_params={k: v for k, v in default_params.items() if v is not None},
-    )
+def teacher_spec(teacher: str, **kw: Any) -> TeacherSpec:
+    """A TeacherSpec from a command's ``teacher`` and ``conn`` options; other keyword arguments not None
+    (``temperature=...``, ``max_tokens=...``) become its default sampling parameters."""
+    conn = {k: kw.pop(k) for k in list(kw) if k in CONNECTION_FIELDS}
+    return TeacherSpec(teacher=teacher, **conn, default_params={k: v for k, v in kw.items() if v is not None})
 
 
 def check_job_paths(inputs: dict[str, Path | None], output: Path, summary_json: Path | None = None,
@@ -139,13 +123,13 @@ def run_job(job: Callable[[], Awaitable[int]], *, sigterm: bool = True) -> None:
     ``sigterm=False`` keeps the default SIGTERM (die at once) for a job that blocks the event loop for
     long stretches (training): a handler on the loop would only run once that stretch is over.
     """
-    from synthkd.complete import _install_sigterm  # one SIGTERM rule
+    from synthkd.complete import install_sigterm  # one SIGTERM rule
 
     setup_cli_logging()  # messages reach stderr even when the command is mounted outside synthkd's app
 
     async def main() -> int:
         if sigterm:
-            _install_sigterm()
+            install_sigterm()
         return await job()
 
     with exit_on_error(interrupted="interrupted: rows written so far are kept; rerun the same command to resume",

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import exit_on_error
-from synthkd.config import ConfigError, _line_for, load_pipeline, stage_line
+from synthkd.config import ConfigError, line_for, load_pipeline, stage_line
 from synthkd.errors import ExitCode, os_error_line  # noqa: F401 (os_error_line: its home was here)
 from synthkd.teachers.pricing import PriceTable, PriceTableError
 
@@ -40,7 +40,7 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
                 price = PriceTable.default(prices).lookup(tc.model)
             except PriceTableError as exc:  # a config error (a file that is not UTF-8 too), not a traceback
                 where = (stage_line(cfg, p.index, "teacher", "prices") if p.cfg.teacher is not None
-                         else f"{cfg._source}:{_line_for(cfg._lines, ('teacher', 'prices')) or '?'}")
+                         else f"{cfg._source}:{line_for(cfg._lines, ('teacher', 'prices')) or '?'}")
                 raise ConfigError(f"{where}: teacher.prices: {exc}") from None  # exc names the file
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)

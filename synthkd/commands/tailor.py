@@ -29,7 +29,7 @@ _EXTRA = [inspect.Parameter("teacher", inspect.Parameter.KEYWORD_ONLY, annotatio
           inspect.Parameter("conn", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Optional[dict])]
 
 
-@with_connection_options(concurrency=16)
+@with_connection_options  # the shared default --concurrency 32, as the tailor pipeline stage has it (was 16 here: drift)
 @config_command(TailorConfig, extra=_EXTRA)
 def tailor_command(cfg: TailorConfig, teacher: str, conn: Optional[dict] = None) -> None:
     """Train, find the student's mistakes on the pool, have the teacher correct them, train further; repeat."""

@@ -10,7 +10,7 @@ stage's teacher ledger (``open_ledger``), so the run-directory rules stay in the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, TeacherConfig, stage_line
 from synthkd.teachers.base import BudgetExceeded, Teacher
-from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.teachers.factory import CONNECTION_FIELDS, SamplingParams, TeacherSpec, make_teacher
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +109,9 @@ def register_stage(kind: str) -> Callable[[type], type]:
 
 # ----------------------------------------------------------------------------- helpers for stages
 def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> TeacherSpec:
+    """The TeacherSpec of a ``teacher:`` block: every connection key as it is (the block is generated
+    from TeacherSpec), paths resolved against the pipeline file, the cache shared by the pipeline's runs
+    unless ``cache`` says otherwise, ``temperature``/``max_tokens`` as default sampling parameters."""
     def rel(p: str | None) -> Path | None:
         if p is None:
             return None
@@ -119,12 +122,10 @@ def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> Teach
     for prefix in ("replay:", "local:"):
         if model.startswith(prefix):
             model = prefix + str(rel(model[len(prefix):]))
-    params = {k: v for k, v in {"temperature": tc.temperature, "max_tokens": tc.max_tokens}.items() if v is not None}
-    return TeacherSpec(
-        teacher=model, base_url=tc.base_url, concurrency=tc.concurrency, rpm=tc.rpm, tpm=tc.tpm,
-        timeout=tc.timeout, max_retries=tc.max_retries, cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite",
-        max_cost=tc.max_cost, prices=rel(tc.prices), default_params=params,
-    )
+    conn = {name: getattr(tc, name) for name in CONNECTION_FIELDS if name in type(tc).model_fields}
+    conn.update(cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite", prices=rel(tc.prices))
+    params = {f.name: getattr(tc, f.name) for f in fields(SamplingParams) if getattr(tc, f.name) is not None}
+    return TeacherSpec(teacher=model, **conn, default_params=params)
 
 
 def check_budget(ctx: StageContext) -> None:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from synthkd.jsonl_io import iter_jsonl
-from synthkd.pipeline import Estimate, StageContext, register_stage
+from synthkd.stages.base import Estimate, StageContext, register_stage
 
 
 @register_stage("clean")
@@ -32,7 +32,7 @@ class CleanStage:
     options_model = Options
 
     def _configs(self, ctx: StageContext, o: Options) -> list:
-        from synthkd.filters.config import load_config, parse_ops
+        from synthkd.filters.op_config import load_config, parse_ops
 
         if o.config:
             return load_config(ctx.resolve(o.config))
@@ -42,7 +42,7 @@ class CleanStage:
         self._configs(ctx, o)  # unknown operators or options fail before anything runs
 
     async def run(self, ctx: StageContext, o: Options) -> dict[str, Any]:
-        from synthkd.filters.pipeline import CleanPaths, clean_file
+        from synthkd.filters.chain import CleanPaths, clean_file
 
         out = ctx.output
         paths = CleanPaths(output=out, rejects=out.with_name(out.stem + ".rejects.jsonl"),

@@ -4,21 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from synthkd.complete import CompleteOptions, _run
-from synthkd.errors import ExitCode
-from synthkd.jsonl_io import index_output, iter_jsonl, scan_prompt_file
-from synthkd.pipeline import Estimate, StageContext, StageFailed, count_rows, register_stage  # noqa: F401 (StageFailed re-exported)
+from synthkd.complete import CompleteConfig, CompleteJob, run_completions
+from synthkd.errors import ExitCode, StageFailed
+from synthkd.jsonl_io import count_rows, index_output, iter_jsonl, scan_prompt_file
+from synthkd.options import stage_model
+from synthkd.stages.base import Estimate, StageContext, register_stage
 from synthkd.teachers.base import BudgetExceeded
 
 
 @register_stage("complete")
 class CompleteStage:
-    class Options(BaseModel):
-        model_config = ConfigDict(extra="forbid")
-        samples: int = Field(1, ge=1)
-
+    #: the stage options of CompleteJob (``samples``); the teacher and sampling come from the ``teacher:`` block
+    Options: Any = stage_model(CompleteJob, name="CompleteStageOptions")
     options_model = Options
 
     async def run(self, ctx: StageContext, opts: Options) -> dict[str, Any]:
@@ -26,11 +23,11 @@ class CompleteStage:
         done = index_output(ctx.output)
         teacher = ctx.teacher()
         tc = ctx.teacher_config
-        o = CompleteOptions(input=ctx.input, output=ctx.output, model=teacher.model, samples=opts.samples,
-                            temperature=tc.temperature if tc else None, progress=False)  # the pipeline shows its own bar
+        o = CompleteConfig(teacher=teacher.model, input=ctx.input, output=ctx.output, samples=opts.samples,
+                           temperature=tc.temperature if tc else None, progress=False)  # the pipeline shows its own bar
         # a fatal teacher error goes up to `synthkd run` as such (exit 4, or 2 for a setting), not as
         # "some rows failed for good" (exit 1)
-        code = await _run(o, teacher, scan.rows, done, reraise_fatal=True)  # type: ignore[arg-type]
+        code = await run_completions(o, teacher, scan.rows, done, reraise_fatal=True)
         if code == ExitCode.BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         if code != ExitCode.OK:

@@ -5,10 +5,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from synthkd.options import opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherConfigError
 from synthkd.teachers.cache import RequestCache
 
@@ -23,19 +24,57 @@ def default_cache_path() -> Path:
 
 @dataclass
 class TeacherSpec:
-    teacher: str
-    base_url: str | None = None
-    api_key: str | None = None
-    concurrency: int = 32
-    rpm: float | None = None
-    tpm: float | None = None
-    timeout: float = 600.0
-    max_retries: int = 6
-    cache: Path | None = None
-    no_cache: bool = False
-    max_cost: float | None = None
-    prices: Path | None = None
-    default_params: dict[str, Any] = field(default_factory=dict)
+    """How to reach a teacher: declared once, here.  ``synthkd complete``, every ``generate`` command,
+    ``clean`` and ``tailor`` take these fields as CLI options (:func:`synthkd.commands.common.
+    with_connection_options`), a pipeline's ``teacher:`` block as YAML keys (``teacher`` spelled
+    ``model`` there; :class:`synthkd.config.TeacherConfig`), and the Python API as this dataclass."""
+
+    teacher: str = opt(help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, local:PATH, or "
+                            "simulated:arithmetic (offline).", flags=("--model", "-m"))
+    base_url: str | None = opt(None, help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")
+    api_key: str | None = opt(None, help="API key (default $OPENAI_API_KEY); never a CLI option or a YAML key, "
+                                         "so that it stays out of shell history and run records.", cli=False, stage=False)
+    concurrency: int = opt(32, help="Requests in flight at once.", flags=("-c",), ge=1)
+    rpm: float | None = opt(None, help="Client-side requests-per-minute limit.", gt=0)
+    tpm: float | None = opt(None, help="Client-side tokens-per-minute limit.", gt=0)
+    timeout: float = opt(600.0, help="Hard per-attempt timeout in seconds (attempts adapt below it to observed "
+                                     "latency).", gt=0)
+    max_retries: int = opt(6, help="Retries per request for 5xx, timeouts, malformed bodies (429s get more).", ge=0)
+    cache: Path | None = opt(None, help="SQLite request cache (default $SYNTHKD_CACHE or "
+                                        "~/.cache/synthkd/teacher-cache.sqlite; in a pipeline RUN_DIR/teacher-cache.sqlite).")
+    no_cache: bool = opt(False, help="Do not read or write the request cache.", flags=("--no-cache",), stage=False)
+    max_cost: float | None = opt(None, help="Stop sending new requests once this many USD are spent (resumable).", gt=0)
+    prices: Path | None = opt(None, help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")
+    adaptive_timeout: bool = opt(True, help="Cut hung attempts at 8x the observed p95 latency.",
+                                 flags=("--adaptive-timeout/--fixed-timeout",))
+    default_params: dict[str, Any] = opt(default_factory=dict, help="Sampling parameters sent with every request "
+                                         "(temperature, max_tokens...).", cli=False, stage=False)
+
+
+@dataclass(kw_only=True)
+class SamplingParams:
+    """The sampling parameters a job sends with every request, where the job has no say of its own:
+    ``synthkd complete``'s options and a pipeline ``teacher:`` block's keys (into ``default_params``)."""
+
+    temperature: float | None = opt(None, help="Sampling temperature (server default if unset).", ge=0)
+    max_tokens: int | None = opt(None, help="max_tokens sent with each request.", ge=1)
+
+    def sampling_params(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(SamplingParams) if getattr(self, f.name) is not None}
+
+
+#: The fields of TeacherSpec that say how to connect (all but the teacher's name and the sampling params).
+CONNECTION_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(TeacherSpec) if f.name not in ("teacher", "default_params"))
+
+
+def spec_of(obj: Any, **override: Any) -> TeacherSpec:
+    """The TeacherSpec part of a config that extends it (``synthkd complete``'s), as a plain TeacherSpec."""
+    return TeacherSpec(**{**{f.name: getattr(obj, f.name) for f in fields(TeacherSpec)}, **override})
+
+
+#: checked by tests/test_options_drift.py against ``synthkd complete``'s options (and, there, against every
+#: teacher command and the pipeline's ``teacher:`` block)
+register_feature("teacher", TeacherSpec, command=("complete",), stage=None)
 
 
 def make_teacher(spec: TeacherSpec) -> Teacher:
@@ -69,7 +108,7 @@ def client_options(spec: TeacherSpec) -> dict[str, Any]:
 
     return {
         "concurrency": spec.concurrency, "rpm": spec.rpm, "tpm": spec.tpm, "timeout_s": spec.timeout,
-        "max_retries": spec.max_retries,
+        "max_retries": spec.max_retries, "adaptive_timeout": spec.adaptive_timeout,
         "cache": None if spec.no_cache else RequestCache(spec.cache or default_cache_path()),
         "prices": PriceTable.default(spec.prices), "max_cost": spec.max_cost, "default_params": spec.default_params,
     }
