@@ -7,6 +7,8 @@ a file size limit set on the child process, real key-echoing bodies), nothing in
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 import json
 import logging
@@ -244,7 +246,6 @@ def _config_error(res, needle: str) -> None:
     assert "Traceback" not in res.stderr, res.stderr
 
 
-@pytest.mark.train  # --teacher local:DIR loads torch (without it: a traceback, not exit 2)
 def test_generate_commands_give_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):
     # F13 + F16 regression: run_job ended every such error with "nothing paid for is lost: rerun the
     # same command to resume" (exit 4), also for --teacher local:DIR that does not load and a bad key.
@@ -259,6 +260,20 @@ def test_generate_commands_give_teacher_config_errors_exit_2_without_the_resume_
     res = run_cli(*args, "-m", "simulated:no-such-task")
     _config_error(res, "unknown simulated teacher task")
     assert srv.stats()["requests_total"] == 0 and not (tmp_path / "out.jsonl").exists()
+
+
+def test_local_teacher_without_torch_is_one_line_exit_2(tmp_path):
+    # without the [train] extra, --teacher local:DIR died with a ModuleNotFoundError traceback
+    (tmp_path / "in.jsonl").write_text('{"id": 1, "question": "1+1?", "answer": "2"}\n')
+    blocker = tmp_path / "no_torch" / "torch"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('torch is not installed (test)')\n")
+    env = cli_env()
+    env["PYTHONPATH"] = f"{blocker.parent}{os.pathsep}{env['PYTHONPATH']}"
+    res = run_cli("generate", "rationales", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "out.jsonl"),
+                  "--kind", "math", "--no-cache", "--n-demos", "0", "-m", f"local:{tmp_path / 'student'}", env=env)
+    _config_error(res, "needs the training extra")
+    assert "pip install torch==2.13.0 'synthkd[train]'" in res.stderr
 
 
 def test_pipeline_gives_teacher_config_errors_exit_2_without_the_resume_hint(make_server, tmp_path):

@@ -54,12 +54,16 @@ class LocalTeacher(Teacher):
     ) -> None:
         if student is None:
             from synthkd.jsonl_io import InputError
-            from synthkd.train.student import load_student
 
             try:
+                from synthkd.train.student import load_student
+
                 student = load_student(path, bf16=bf16, device=device, trust_remote_code=trust_remote_code)
             except InputError as exc:
                 raise TeacherConfigError(f"local teacher {path!r}: {exc}") from None
+            except ImportError as exc:  # torch/transformers missing: a setup problem, one line, exit 2
+                raise TeacherConfigError(f"local teacher {path!r} needs the training extra ({exc}): "
+                                         "pip install torch==2.13.0 'synthkd[train]'") from None
         super().__init__(f"local:{path}", price=Price(0.0, 0.0))
         self.student = student
         self.default_params = dict(default_params or {})
