@@ -325,3 +325,30 @@ def test_the_http_client_defaults_are_the_teacher_spec_defaults():
                                    ("max_retries", "max_retries"), ("max_cost", "max_cost"),
                                    ("adaptive_timeout", "adaptive_timeout")]:
         assert sig[client_name].default == spec[spec_name], client_name
+
+
+# --------------------------------------------------------------------------------------------------
+# clean: each operator's Config (pydantic, the YAML `ops:` item) is its single declaration; the
+# `synthkd clean <op>` command is generated from it
+# --------------------------------------------------------------------------------------------------
+
+def _clean_ops() -> list[str]:
+    from synthkd.filters.op_config import registry
+
+    return sorted(registry())
+
+
+@pytest.mark.parametrize("op", _clean_ops())
+def test_clean_operator_commands_follow_their_config(op):
+    from synthkd.filters.op_config import registry
+
+    cfg = registry()[op].Config
+    params = {p.name: p for p in _click_command(("clean", op)).params}
+    for name, field in cfg.model_fields.items():
+        if name == "op":
+            continue
+        assert name in params, f"clean {op}: {name} is not an option"
+        assert (field.description or "").strip(), f"clean {op}: {name} has no help text"
+        # the command's own default is None: "not given", so the Config's default applies (one place)
+        assert params[name].default in (None, []), f"clean {op}: --{name} has its own default {params[name].default!r}"
+        assert (params[name].help or "").startswith(field.description.strip()[:20]), f"clean {op}: --{name} help differs"
