@@ -16,7 +16,6 @@ import subprocess
 import sys
 
 
-import pytest
 
 from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
 from synthkd.teachers import TeacherFatalError, TeacherRequest

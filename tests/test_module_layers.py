@@ -233,7 +233,7 @@ def test_no_module_imports_another_modules_private_name():
 
 
 def test_old_module_paths_are_only_aliases_and_only_pending_modules_use_them():
-    for old, (new, pending) in SHIMS.items():
+    for old, (_new, pending) in SHIMS.items():
         assert old in MODULES, old
         assert ["sys.modules[__name__] = _moved"] == [ast.unparse(s) for s in TREES[old].body
                                                       if isinstance(s, ast.Assign)], old

@@ -117,7 +117,7 @@ class Balance(Operator):
                 cutoff[lab_i] = rs[min(len(rs), cap) - 1] if cap else -1  # type: ignore[arg-type]
             del per_label
             inv = {v: k for k, v in names.items()}
-            for lab, i in names.items():
+            for lab in names:
                 self.caps[lab] = cap  # type: ignore[assignment]
             for pos, row in enumerate(spill.read()):
                 if pos in bad:

@@ -185,8 +185,8 @@ def find_problem(text: str) -> Problem | None:
 def _rightmost(pattern: re.Pattern[str] | None, text: str) -> re.Match[str] | None:
     last = None
     if pattern is not None:
-        for last in pattern.finditer(text):
-            pass
+        for m in pattern.finditer(text):
+            last = m
     return last
 
 

@@ -141,7 +141,8 @@ def prepare_tokenizer(tok: Any, *, padding_side: str = "left") -> Any:
         fallback = tok.eos_token if tok.eos_token is not None else tok.unk_token
         if fallback is None:
             tok.add_special_tokens({"pad_token": "<|pad|>"})
-            warnings.warn("the tokenizer had no pad, eos or unk token: added '<|pad|>' (the embeddings are resized)")
+            warnings.warn("the tokenizer had no pad, eos or unk token: added '<|pad|>' (the embeddings are resized)",
+                          stacklevel=2)
         else:
             tok.pad_token = fallback
     tok.padding_side = padding_side
