@@ -243,7 +243,7 @@ def test_old_module_paths_are_only_aliases_and_only_pending_modules_use_them():
 
 # ----------------------------------------------------------------------------- fresh interpreters
 # Each import in a new interpreter: what a cycle would break depends on which module comes first.
-FRESH = ["synthkd.stages.base", "synthkd.pipeline", "synthkd.stages.clean_stage", "synthkd.labels",
+FRESH = ["synthkd.stages.base", "synthkd.pipeline", "synthkd.stages.clean", "synthkd.labels",
          "synthkd.filters.relabel", "synthkd.methods.label_tasks", "synthkd.loops.tailored"]
 
 

@@ -171,7 +171,7 @@ def test_cli_student_tiny_builds_the_stage_s_tiny_student(tmp_path, train_env):
     # issue 12: `student: tiny` worked in a pipeline stage but `synthkd train sft --student tiny` looked
     # for a model called "tiny"; now the command builds the same tiny student the stage builds (the
     # stage's default shape, its tokenizer trained on the input's texts) next to OUTPUT, then trains it
-    from synthkd.stages.train_stages import TinyStudent
+    from synthkd.stages.train import TinyStudent
 
     out = tmp_path / "o"
     p = subprocess.run([sys.executable, "-m", "synthkd.commands.train", "train", "sft", "--student", "tiny",

@@ -1,6 +1,6 @@
 """Pipeline stage kinds: thin adapters from a YAML stage to the library function that does the work.
 
-Each module registers its kinds with :func:`synthkd.pipeline.register_stage`; importing this package
+Each module registers its kinds with :func:`synthkd.stages.base.register_stage`; importing this package
 registers them all.  A module whose optional dependencies are missing (training without the
 ``[train]`` extra) is skipped, so its kinds are reported as unknown with the known ones listed.
 """

@@ -27,7 +27,7 @@ from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
 from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage, teacher_spec_from
 from synthkd.stages.generate_common import resolved
-from synthkd.stages.train_stages import earlier_train_stage, later_or_untrained_stage
+from synthkd.stages.train import earlier_train_stage, later_or_untrained_stage
 from synthkd.teachers.factory import make_teacher
 
 

@@ -30,7 +30,7 @@ class TrainSettings:
 
     ``save_steps``, ``save_total_limit`` and ``resume`` are not stage options (``stage=False``): a pipeline
     stage writes no intermediate checkpoints (``save_steps=0``; a stage that was cut short is rerun from
-    scratch, see ``synthkd.stages.train_stages.TRAIN_STAGE_RESUMABLE``), so there is nothing to keep or
+    scratch, see ``synthkd.stages.train.TRAIN_STAGE_RESUMABLE``), so there is nothing to keep or
     resume from."""
 
     epochs: float = opt(3.0, help="Training epochs.", ge=0)

@@ -42,7 +42,7 @@ from synthkd.loops import tailored
 from synthkd.loops.tailored import TailorConfig, TailorOptions
 from synthkd.options import stage_fields, stage_model
 from synthkd.stages.base import Estimate, StageContext, check_budget, register_stage
-from synthkd.stages.train_stages import TinyStudent, feature_config
+from synthkd.stages.train import TinyStudent, feature_config
 from synthkd.teachers.base import BudgetExceeded
 
 #: Stage kinds whose ``runs/<name>/<stage>`` directory is a model.
