@@ -19,19 +19,18 @@ from synthkd.errors import ConfigError
 from synthkd.filters.base import OpConfig, Operator, RunContext
 
 #: One module per operator; each defines one Operator subclass (found by its ``op`` attribute).
-OPERATOR_MODULES = (
-    "exact_dedup", "near_dup", "consistency", "relabel", "judge", "format", "refusal", "language",
-    "decontaminate", "balance",
-)
-
-
 _REGISTRY: dict[str, type[Operator]] = {}
 
 
 def registry() -> dict[str, type[Operator]]:
     if not _REGISTRY:
-        for mod_name in OPERATOR_MODULES:
-            mod = importlib.import_module(f"synthkd.filters.{mod_name}")
+        # every module of the package: a new operator is found where it is written (one place)
+        import pkgutil
+
+        import synthkd.filters as pkg
+
+        for info in pkgutil.iter_modules(pkg.__path__):
+            mod = importlib.import_module(f"synthkd.filters.{info.name}")
             for obj in vars(mod).values():
                 if isinstance(obj, type) and issubclass(obj, Operator) and obj.__module__ == mod.__name__ \
                         and getattr(obj, "op", None):
