@@ -192,3 +192,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if _TRAIN_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.train)
+
+
+def clean_rows(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
+    """Run the cleaning chain (ops as in a YAML `ops:` list) over rows in tmp_path: (funnel, kept, rejects)."""
+    import asyncio
+
+    from synthkd.filters.chain import CleanPaths, clean_file
+    from synthkd.filters.op_config import parse_ops
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
+    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
+    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)

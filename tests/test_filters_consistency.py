@@ -3,7 +3,6 @@ checked against an independent computation; majority / agreement rules on ration
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import subprocess
@@ -12,21 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, read_jsonl, run_cli
+from conftest import cli_env, read_jsonl, run_cli, clean_rows as clean
 from synthkd.answers import extract_answer, numbers_equal, safe_eval_arithmetic
-from synthkd.filters.op_config import parse_ops
-from synthkd.filters.chain import CleanPaths, clean_file
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 RECORDED = Path(__file__).resolve().parent / "fixtures" / "recorded"
-
-
-def clean(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
-    inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
-    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
-    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)
 
 
 def svamp_palm_rows() -> list[dict]:

@@ -3,7 +3,6 @@ independently, plus the MinHash near-duplicate check), and label balancing on e-
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from collections import Counter
@@ -11,21 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import read_jsonl, run_cli
+from conftest import run_cli, clean_rows as clean
 from synthkd.filters.op_config import ConfigError, parse_ops
-from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.jsonl_io import InputError
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 EVAL = FIX / "svamp_test.json"
-
-
-def clean(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
-    inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
-    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
-    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)
 
 
 def train_rows() -> list[dict]:

@@ -4,7 +4,6 @@ MinHash being bit-identical to datasketch's."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import sys
@@ -14,21 +13,11 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from conftest import REPO, read_jsonl, run_cli
-from synthkd.filters.op_config import parse_ops
+from conftest import REPO, read_jsonl, run_cli, clean_rows as clean
 from synthkd.filters.minhash import MinHasher, NearDupIndex, affine32_permutations, ngram_hashes
-from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.filters.text import words
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
-
-
-def clean(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
-    inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
-    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
-    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)
 
 
 def svamp_rows() -> list[dict]:

@@ -3,24 +3,13 @@ from AlpacaEval, PaLM rationales for SVAMP)."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 from pathlib import Path
 
-from conftest import read_jsonl
-from synthkd.filters.op_config import parse_ops
-from synthkd.filters.chain import CleanPaths, clean_file
+from conftest import read_jsonl, clean_rows as clean
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
-
-
-def clean(tmp_path: Path, rows: list[dict], ops: list[dict], **kw):
-    inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
-    funnel = asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, **kw))
-    return funnel, read_jsonl(paths.output), read_jsonl(paths.rejects)
 
 
 def alpaca() -> list[dict]:
