@@ -849,7 +849,7 @@ def extract_label(text: str, labels: Sequence[str], synonyms: Mapping[str, Itera
 
 
 def extract_answer(
-    text: str,
+    text: str | None,
     kind: AnswerKind,
     choices: Sequence[str] | None = None,
     labels: Sequence[str] | None = None,

@@ -185,7 +185,7 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
     try:
         async with aclosing(stream_jobs(teacher, jobs())) as stream:
             async for job in stream:
-                (lineno, row), results = job.item, job.results
+                (lineno, row), results = job.item, job.done_results()
                 errors = [r.error for r in results if not r.ok]
                 if errors:
                     rej.write({"id": row["id"], "line": lineno, "error": errors[0], "errors": errors,

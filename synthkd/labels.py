@@ -533,6 +533,7 @@ async def classify(
         if label is None:
             reason = f"teacher error: {errors[0]}" if errors and not reasons else (reasons[0] if reasons else "unmappable answer")
         costs = [r.cost_usd for r in results]
+        known_costs = [c for c in costs if c is not None]
         raws = [r.text for r in results]
         yield row, Relabel(
             label=label,
@@ -540,7 +541,7 @@ async def classify(
             candidates=offered,
             reason=reason,
             votes=dict(votes) if samples > 1 else ({label: 1} if label else {}),
-            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10),
+            cost_usd=None if len(known_costs) < len(costs) else round(sum(known_costs), 10),
             cached=all(r.cached for r in results),
             model=next((r.model for r in results if r.model), teacher.model),
             template=prov,

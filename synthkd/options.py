@@ -24,6 +24,7 @@ import inspect
 import typing
 from dataclasses import MISSING
 from pathlib import Path
+from types import GenericAlias
 from typing import Annotated, Any, Callable, Literal, Optional, Union
 
 __all__ = [
@@ -167,7 +168,7 @@ def _typer_type(tp: Any) -> Any:
     if origin is Literal:
         base: Any = str
     elif origin in (list, tuple) and typing.get_args(inner) and typing.get_args(inner)[0] in (str, int, float, Path):
-        base = list[typing.get_args(inner)[0]]  # type: ignore[index]
+        base = GenericAlias(list, (typing.get_args(inner)[0],))  # list[X] for an X known only at runtime
     elif inner in (str, int, float, bool, Path):
         base = inner
     else:
@@ -311,8 +312,7 @@ def config_command(cls: type, *, exclude: typing.Iterable[str] = (), required: t
         all_params = sorted([*params, *extra], key=lambda p: p.default is not inspect.Parameter.empty)
         command.__signature__ = inspect.Signature(all_params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in all_params}
-        command.__wrapped__ = None  # type: ignore[attr-defined]  (typer must read our signature, not fn's)
-        del command.__wrapped__
+        del command.__wrapped__  # typer must read our signature, not fn's (functools.wraps always sets it)
         return command
 
     return decorate
@@ -416,7 +416,7 @@ def stage_model(cls: type, *, name: str | None = None, exclude: typing.Iterable[
         tp = (types or {}).get(f.name, hints[f.name])
         if m.choices is not None:
             inner, optional = _unwrap_optional(tp)
-            lit = Literal[m.choices]  # type: ignore[valid-type]
+            lit = typing.cast(Any, Literal)[m.choices]  # a Literal built at runtime from the field's choices
             tp = Optional[lit] if optional else lit
         fields[f.name] = (_pydantic_type(tp), fi)
 
@@ -457,7 +457,7 @@ def _loose_cli_type(annotation: Any) -> tuple[Any, str]:
         return str, " (one of: " + ", ".join(str(a) for a in args) + ")"
     if origin is list:
         if args and args[0] in (str, int, float):
-            return list[args[0]], " (repeat the option for several)"  # type: ignore[index]
+            return GenericAlias(list, (args[0],)), " (repeat the option for several)"  # list[X], X known at runtime
         return str, " (JSON list)"
     if origin is dict or inner is dict:
         return str, " (JSON object)"

@@ -531,3 +531,12 @@ def test_max_mistakes_samples_seeded_and_replace_trains_on_this_rounds_rows_only
         assert not set(trained) & (initial_ids | earlier)
         assert {x.split("#")[0] for x in trained} <= set(expected)
         earlier |= set(new_ids)
+
+
+def test_mistake_without_a_usable_gold_answer_is_an_input_error():
+    from synthkd.loops.tailored import mistake_variables
+
+    row = {"id": "m1", "question": "2+2?", "student_output": "5"}
+    assert mistake_variables({**row, "gold_answer": 4.0})["answer"] == "4"
+    with pytest.raises(InputError, match="no usable gold_answer"):
+        mistake_variables({**row, "gold_answer": None})

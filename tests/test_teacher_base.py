@@ -228,3 +228,18 @@ def test_test_server_responders_are_not_teachers():
         from synthkd.testing.simulated import SimulatedTeacher  # the deprecated old name
     assert SimulatedTeacher is SimulatedResponder
     assert any(issubclass(w.category, DeprecationWarning) and "SimulatedResponder" in str(w.message) for w in caught)
+
+
+def test_job_done_results_only_once_every_request_has_a_result():
+    from synthkd.teachers.base import TeacherResult
+    from synthkd.teachers.jobs import Job
+
+    reqs = [TeacherRequest.user(f"k{i}", "hi") for i in range(2)]
+    job = Job("item", reqs)
+    first = TeacherResult(request=reqs[0], text="a")
+    job.results[0] = first
+    with pytest.raises(RuntimeError, match="1 result"):
+        job.done_results()
+    second = TeacherResult(request=reqs[1], text="b")
+    job.results[1] = second
+    assert job.done_results() == [first, second]

@@ -14,7 +14,7 @@ import json
 import logging
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
@@ -23,6 +23,9 @@ from synthkd.commands.common import (
 )
 from synthkd.options import help_of, pydantic_cli_values, pydantic_typer_params
 from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec
+
+if TYPE_CHECKING:
+    from synthkd.filters.base import Operator
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +92,8 @@ def run_cmd(
     from synthkd.filters.op_config import load_config
     from synthkd.jsonl_io import check_paths
 
+    if conn is None:  # with_connection_options always passes it
+        raise TypeError("run_cmd needs the connection options (conn)")
     with exit_on_error():
         check_paths({"--config": config})
         configs = load_config(config)
@@ -105,7 +110,7 @@ def run_cmd(
 _COMMON = ["input", "output", "rejects", "report_dir", "strict", "progress"]
 
 
-def _op_command(op_cls: type) -> None:
+def _op_command(op_cls: type[Operator]) -> None:
     """``synthkd clean <op>``: the shared options of ``clean run`` (and the teacher's, for an operator
     that uses one), then one option per field of the operator's Config (synthkd.options's pydantic
     adapter: the same names, switches and help as every other generated command)."""

@@ -115,7 +115,8 @@ async def _read_input(path: Path, ctx: RunContext, funnel: Funnel, rejects: _Wri
         st.rows_in += 1
         if tick is not None and st.rows_in % 1024 == 0:
             tick(1024)
-        reason = None
+        reason: str | None = None
+        detail: str | None = None
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:

@@ -20,7 +20,7 @@ import math
 import statistics
 from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Literal
 
 from pydantic import Field, model_validator
 
@@ -28,6 +28,9 @@ from synthkd.filters.base import OpConfig, Operator, Outcome, Reject
 from synthkd.filters.teacher_ops import InOrder
 from synthkd.filters.text import FieldProblem
 from synthkd.scores import parse_score
+
+if TYPE_CHECKING:
+    from synthkd.templates import PromptTemplate
 
 
 class JudgeConfig(OpConfig):
@@ -74,7 +77,7 @@ class Judge(Operator):
         self.cached = 0
         self.calls = 0
         self.cutoff: float | None = None
-        self.template = None
+        self.template: PromptTemplate | None = None  # loaded in setup()
         self.rubric = config.rubric or ""
 
     def needs(self) -> list[tuple[str, ...]]:
@@ -134,7 +137,9 @@ class Judge(Operator):
         if not scores:
             self.unparsed += 1
             return None, [], (Reject("unparsed score", why) if self.cfg.on_unparsed == "drop" else None)
-        agg = {"mean": statistics.fmean, "median": statistics.median, "min": min}[self.cfg.aggregate](scores)
+        aggregate: dict[str, Callable[[list[float]], float]] = {
+            "mean": statistics.fmean, "median": statistics.median, "min": min}
+        agg = aggregate[self.cfg.aggregate](scores)
         self.hist[int(round(agg))] += 1
         return round(agg, 3), scores, None
 

@@ -17,13 +17,16 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
-from typing import Any, AsyncIterator, Literal
+from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
 
 from pydantic import Field
 
 from synthkd.filters.base import OpConfig, Operator, Outcome, Reject
 from synthkd.filters.teacher_ops import InOrder
 from synthkd.filters.text import FieldProblem
+
+if TYPE_CHECKING:
+    from synthkd.labels import LabelSpace
 
 
 class RelabelConfig(OpConfig):
@@ -51,7 +54,7 @@ class Relabel(Operator):
     def __init__(self, config: RelabelConfig, ctx) -> None:
         super().__init__(config, ctx)
         self.cfg = config
-        self.space = None
+        self.space: LabelSpace | None = None  # loaded in setup()
         self.pairs: Counter = Counter()
         self.actions: Counter = Counter()
         self.cost = 0.0
@@ -138,7 +141,8 @@ class Relabel(Operator):
                 pos_of[id(row)] = pos
                 yield row
 
-        async for row, rl in classify(feed(), self.ctx.teacher, self.space, text_field=c.text_field,  # type: ignore[arg-type]
+        assert self.space is not None  # setup() runs before run()
+        async for row, rl in classify(feed(), self.ctx.teacher, self.space, text_field=c.text_field,
                                       k_shot=c.k_shot, candidates=c.candidates, template=c.template,
                                       samples=c.samples, temperature=c.temperature, seed=c.seed,
                                       intended_field=c.label_field, max_tokens=c.max_tokens):

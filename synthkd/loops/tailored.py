@@ -207,7 +207,7 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)  # atomic: a crash never leaves a half-written "finished" marker
 
 
-def check_options(opts: TailorOptions) -> PromptTemplate:
+def check_options(opts: TailorOptions) -> Templates:
     """Everything that can be wrong before any training or teacher call."""
     problems = []
     if opts.heldout is None:
@@ -259,7 +259,10 @@ def _question(row: dict[str, Any]) -> str:
 
 def mistake_variables(mistake: dict[str, Any]) -> dict[str, str]:
     """The template variables of a mistake: the question, the student's wrong output and the gold answer."""
-    return {"question": _question(mistake), "answer": answer_text(mistake.get("gold_answer")),
+    answer = answer_text(mistake.get("gold_answer"))
+    if answer is None:  # evaluate only reports rows with a usable gold answer as mistakes
+        raise InputError([f"mistake row {mistake.get('id')!r}: no usable gold_answer"])
+    return {"question": _question(mistake), "answer": answer,
             "student_rationale": (mistake.get("student_output") or "").strip() or "(no answer)"}
 
 

@@ -133,8 +133,8 @@ def load_task_spec(path: str | Path) -> TaskDescription:
         raise InputError([f"{path}:{exc.lineno}: not valid JSON ({exc.msg})"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
-        raise InputError([f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
+        at = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+        raise InputError([f"{at}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
     lines = _Lines(text)
     problems: list[str] = []
 
@@ -465,9 +465,9 @@ async def generate_label_examples(
     c = plan.config
     N, m = c.per_label, c.batch_size
     seed_pool = NearDupPool(c.threshold)
-    for lab in plan.spec.labels:
-        for i, ex in enumerate(lab.examples):
-            seed_pool.add(ex, f"seed:{lab.name}:{i}")
+    for spec in plan.spec.labels:
+        for i, ex in enumerate(spec.examples):
+            seed_pool.add(ex, f"seed:{spec.name}:{i}")
     pool = NearDupPool(c.threshold)
     states = {lab: _LabelState(lab) for lab in plan.labels}
     for lab in plan.labels:

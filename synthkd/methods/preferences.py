@@ -91,7 +91,7 @@ class _Feed:
 
 async def merge_job_streams(
     streams: Sequence[tuple[Teacher, Iterable[Job[Any]] | AsyncIterable[Job[Any]]]],
-) -> AsyncIterator[tuple[int, Job[Any]]]:
+) -> AsyncIterator[tuple[int, Job[Any] | None]]:
     """``(stream index, finished job)`` from several ``stream_jobs`` running concurrently, and
     ``(stream index, None)`` once that stream has ended (a budget stop can leave jobs unanswered).
 
@@ -371,17 +371,19 @@ class JudgePlan:
                 row = job.item
                 got = gathered.setdefault(row["id"], [None] * n)
                 got[side] = job
-                if any(g is None for g in got):
+                jobs = [g for g in got if g is not None]
+                if len(jobs) < n:  # another sampler's job for this row is still out
                     continue
                 del gathered[row["id"]]
-                sampled = [r for g in got for r in g.results]  # type: ignore[union-attr]
+                sampled = [r for g in jobs for r in g.done_results()]
                 bad = next((r for r in sampled if not r.ok), None)
                 if bad is not None:
                     yield {"id": pair_id(row["id"]), "source_id": row["id"],
                            "reject_reason": f"sampler error: {bad.error}"}
                 else:
-                    cands = [{"model": sampled[i].model or names[i // self.samples], "sample_index": r.request.sample_index,
-                              "text": clean_completion(r.text)} for i, r in enumerate(sampled)]
+                    cands: list[dict[str, Any]] = [
+                        {"model": sampled[i].model or names[i // self.samples], "sample_index": r.request.sample_index,
+                         "text": clean_completion(r.text)} for i, r in enumerate(sampled)]
                     cands = [c for c in cands if c["text"]]
                     texts = list(dict.fromkeys(c["text"] for c in cands))  # judge each distinct text once
                     if len(texts) < 2:
@@ -393,7 +395,7 @@ class JudgePlan:
             else:
                 _, row, texts = job.item
                 cands, sampled = pending.pop(row["id"])
-                yield self._rank(row, cands, texts, job.results, sampled, judge_name)  # type: ignore[arg-type]
+                yield self._rank(row, cands, texts, job.done_results(), sampled, judge_name)
 
 
 def plan_judge_pairs(

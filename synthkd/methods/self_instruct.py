@@ -395,7 +395,7 @@ async def generate_self_instruct(
     kept: dict[int, _Kept] = {}
     feed: JobFeed[tuple[str, Any]] = JobFeed()
     held: dict[int, Job[tuple[str, Any]]] = {}
-    state = {"round": 0, "next_j": 0, "stalled": None}
+    state: dict[str, Any] = {"round": 0, "next_j": 0, "stalled": None}
     prov_new = plan.t_new.provenance()
 
     def start_round(rnd: int) -> None:
@@ -457,6 +457,7 @@ async def generate_self_instruct(
                  "completion_tokens": sum(r.usage.completion_tokens for r in ok_results)}
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         costs = [r.cost_usd for r in ok_results]
+        known_costs = [x for x in costs if x is not None]
         row: dict[str, Any] = {
             "id": f"si-{kp.k}", "instruction": kp.instruction, "instances": [], "is_classification": kp.is_clf,
             "round": kp.round, "generation_request_id": kp.request_id, **tmpl.provenance(),
@@ -465,7 +466,7 @@ async def generate_self_instruct(
             "teacher": teacher.model,
             **request_provenance(teacher, req, res),
             "request_usage": usage,
-            "request_cost_usd": None if any(x is None for x in costs) else round(sum(costs), 10),
+            "request_cost_usd": None if len(known_costs) < len(costs) else round(sum(known_costs), 10),
             "cached": all(r.cached for r in ok_results),
         }
         if not res.ok:

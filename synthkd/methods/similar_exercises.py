@@ -43,13 +43,14 @@ _BLOCK = re.compile(r"^\s*(?:\*\*)?\s*(?:Exercise|Problem|Question)\s*(\d+)\s*[:
 _ANSWER = re.compile(r"^\s*(?:\*\*)?\s*(?:Answer|Solution)\s*(?:\*\*)?\s*[:=]\s*(?:\*\*)?(.*)$", re.IGNORECASE | re.MULTILINE)
 
 
-def parse_exercises(text: str) -> list[dict[str, Any]]:
+def parse_exercises(text: str | None) -> list[dict[str, Any]]:
     """``[{"index", "question", "answer_text"}]`` from a numbered ``Exercise k:`` / ``Answer:`` reply.
 
     ``answer_text`` is the raw text after ``Answer:`` (None when the block has no answer line); the
     question is everything between the block's header and its answer line, whitespace-collapsed.
     """
-    heads = list(_BLOCK.finditer(text or ""))
+    text = text or ""  # a reply without text (None) has no exercise
+    heads = list(_BLOCK.finditer(text))
     out = []
     for i, h in enumerate(heads):
         body = text[h.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]

@@ -5,7 +5,7 @@ rerun resumes and pays nothing twice)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from synthkd.jsonl_io import index_output, iter_jsonl
 from synthkd.labels import RelabelConfig
@@ -13,6 +13,9 @@ from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
 from synthkd.stages.base import Estimate, StageContext, check_budget, funnel_counts, register_stage
 from synthkd.stages.generate_common import resolved
+
+if TYPE_CHECKING:
+    from synthkd.labels import LabelSpace
 
 
 @register_stage("generate.relabel")
@@ -24,18 +27,23 @@ class RelabelStage:
         cfg = from_stage(RelabelConfig, o, input=ctx.input, output=ctx.output)
         return resolved(ctx, cfg, files=("labels",), templates=("template",))
 
-    def check(self, ctx: StageContext, o: Any) -> None:
+    @staticmethod
+    def _space(cfg: RelabelConfig) -> LabelSpace:
         from synthkd.labels import LabelSpace
 
+        assert cfg.labels is not None  # Options makes labels required
+        return LabelSpace.from_file(cfg.labels)
+
+    def check(self, ctx: StageContext, o: Any) -> None:
         cfg = self._cfg(ctx, o)
-        LabelSpace.from_file(cfg.labels)
+        self._space(cfg)
         cfg.check()
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.labels import LabelSpace, confusion_summary
+        from synthkd.labels import confusion_summary
 
         cfg = self._cfg(ctx, o)
-        space = LabelSpace.from_file(cfg.labels)
+        space = self._space(cfg)
         n = cfg.check_input(ctx.input, space)  # every row checked before any request
         done = index_output(ctx.output)
         todo = (r for _, r in iter_jsonl(ctx.input) if r["id"] not in done)

@@ -199,8 +199,8 @@ class TailorStage:
         opts = self._tailor_options(ctx, o, o.student)
         mistakes = len(rows) if opts.max_mistakes is None else min(len(rows), opts.max_mistakes)
         per_mistake = tailored.calls_per_mistake(opts)
-        tpl = opts.template
-        tpl = load_template(ctx.resolve(tpl) if isinstance(tpl, str) and tpl.endswith(".j2") else tpl)
+        name = opts.template
+        tpl = load_template(ctx.resolve(name) if isinstance(name, str) and name.endswith(".j2") else name)
         quoted = opts.max_new_tokens or 256  # the student's wrong solution is quoted in the correction prompt
         chars = 0
         for r in rows[:mistakes]:
@@ -221,7 +221,7 @@ def _final_model(out: Path, result: dict[str, Any]) -> tuple[Path | None, str | 
     cands: list[tuple[Any, str, str | None]] = []
     best = result.get("best_round")
     if best is not None:
-        h = next((h for h in result["rounds"] if h.get("round") == best), {})
+        h: dict[str, Any] = next((h for h in result["rounds"] if h.get("round") == best), {})
         cands.append((result.get("best_accuracy"), f"round {best}",
                       result.get("best_model") or h.get("model") or str(out / f"round_{best}" / "model")))
     refl = result.get("reflection") or {}
@@ -266,7 +266,7 @@ def _link_final_model(out: Path, result: dict[str, Any]) -> tuple[Path | None, s
 
 def _write_pairs(out: Path, result: dict[str, Any], dest: Path) -> int:
     """All rounds' self-reflection pairs, in round order, as the stage's rows (a DPO input)."""
-    rows = []
+    rows: list[str] = []
     for h in result["rounds"]:
         f = out / f"round_{h['round']}" / "pairs.jsonl"
         if h.get("round") and f.exists():

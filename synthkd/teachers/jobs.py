@@ -20,7 +20,7 @@ import random
 from collections import Counter
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterable, AsyncIterator, Generic, Iterable, TypeVar
+from typing import Any, AsyncGenerator, AsyncIterable, AsyncIterator, Generic, Iterable, TypeVar
 
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 
@@ -40,6 +40,13 @@ class Job(Generic[T]):
         self.results: list[TeacherResult | None] = [None] * len(requests)
         self.left = len(requests)
 
+    def done_results(self) -> list[TeacherResult]:
+        """``results`` once every request has one, as :func:`stream_jobs` yields the job."""
+        done = [r for r in self.results if r is not None]
+        if len(done) != len(self.results):
+            raise RuntimeError(f"job still waits for {len(self.results) - len(done)} result(s)")
+        return done
+
 
 async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[Any]:
     if hasattr(items, "__aiter__"):
@@ -50,7 +57,8 @@ async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
             yield x
 
 
-async def stream_jobs(teacher: Teacher, jobs: Iterable[Job[T]] | AsyncIterable[Job[T]]) -> AsyncIterator[Job[T]]:
+async def stream_jobs(teacher: Teacher,
+                      jobs: Iterable[Job[T]] | AsyncIterable[Job[T]]) -> AsyncGenerator[Job[T], None]:
     """Yield each job once all its requests have a result (failed ones carry ``error``)."""
     pending: dict[str, tuple[Job[T], int]] = {}
     counter = 0

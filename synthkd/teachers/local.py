@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from typing import Any, AsyncIterable, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterable
 
 from synthkd.teachers.base import Teacher, TeacherCapabilities, TeacherConfigError, TeacherRequest, TeacherResult, Usage
 from synthkd.teachers.pricing import Price
@@ -122,7 +122,7 @@ class LocalTeacher(Teacher):
             for r, g in zip(reqs, gens)
         ]
 
-    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
+    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:
         queue: asyncio.Queue = asyncio.Queue()
         reader_error: list[BaseException] = []
 

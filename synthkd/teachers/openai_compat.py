@@ -32,7 +32,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from typing import Any, AsyncIterable, AsyncIterator, Protocol
+from typing import Any, AsyncGenerator, AsyncIterable, Protocol
 
 import aiohttp
 import orjson
@@ -192,7 +192,7 @@ class OpenAICompatibleTeacher(Teacher):
         return self.stats.cost_usd + self.stats.in_flight * avg >= self.max_cost
 
     # ------------------------------------------------------------------ the stream
-    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
+    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:
         """Yield one result per request as it completes; raises TeacherFatalError on bad key etc.
 
         On a fatal error no further request is sent; the ones already in flight finish their current

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator
+from typing import Any, AsyncGenerator, AsyncIterable
 
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.teachers.base import Teacher, TeacherCapabilities, TeacherFatalError, TeacherRequest, TeacherResult, Usage
@@ -92,7 +92,7 @@ class ReplayTeacher(Teacher):
                         best_end, best = i + len(q), (q, self._by_question[q])
         return best[1] if best else None
 
-    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
+    async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:
         st = self.stats
         async for req in requests:
             st.attempts += 1

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from dataclasses import dataclass
-from typing import Any, AsyncIterable, AsyncIterator, Callable
+from typing import Any, AsyncGenerator, AsyncIterable, Callable
 
 from synthkd.teachers.base import TeacherConfigError, TeacherRequest, TeacherResult
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
@@ -118,7 +118,7 @@ class ServedTeacher(OpenAICompatibleTeacher):
         self._stop_server = weakref.finalize(self, self.server.stop)
         self.base_url = self.server.base_url
 
-    def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncIterator[TeacherResult]:
+    def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:
         self._ensure_server()  # before the parent builds any URL
         return super().stream(requests)
 

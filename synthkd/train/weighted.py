@@ -65,7 +65,7 @@ class WeightedSFTTrainer(SFTTrainer):
     """SFTTrainer whose loss is the weighted mean of per-example losses (see the module docstring)."""
 
     # The loss below is a per-micro-batch mean: let Trainer divide it by the accumulation steps.
-    loss_is_scaled_for_ga = False  # type: ignore[assignment]  (TRL declares it None in its base class)
+    loss_is_scaled_for_ga = False  # type: ignore[assignment]  # TRL's base class declares it as None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
