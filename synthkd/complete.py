@@ -28,10 +28,22 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from synthkd.errors import (
-    ExitCode, OutputWriteError, TeacherFatalError, TeacherStorageError, exit_code_for, report_error,
+    ExitCode,
+    OutputWriteError,
+    TeacherFatalError,
+    TeacherStorageError,
+    exit_code_for,
+    report_error,
 )
 from synthkd.jsonl_io import (
-    AppendWriter, OutputLock, RejectsWriter, check_paths, index_output, iter_jsonl, scan_prompt_file, write_summary,
+    AppendWriter,
+    OutputLock,
+    RejectsWriter,
+    check_paths,
+    index_output,
+    iter_jsonl,
+    scan_prompt_file,
+    write_summary,
 )
 from synthkd.methods.runner import rejects_path_for
 from synthkd.options import check_bounds, opt, register_feature

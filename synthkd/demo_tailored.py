@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from synthkd.demo import run_spec, stage_accuracy
 from synthkd.testing.simulated import SimulatedResponder, make_problems
 from synthkd.train.export import write_jsonl

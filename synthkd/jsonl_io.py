@@ -30,6 +30,7 @@ import orjson
 
 from synthkd.errors import MAX_REPORTED_ERRORS, InputError, OutputWriteError, PathError  # noqa: F401 (re-exported: their home was here)
 
+
 def check_id(row_id: Any) -> str | None:
     """Why ``row_id`` cannot be an id (strings and 64-bit integers can), or None.
 

@@ -7,7 +7,6 @@ import json
 import pytest
 
 from conftest import eval_accuracy
-
 from synthkd.answers import numbers_equal
 from synthkd.demo import run_demo
 

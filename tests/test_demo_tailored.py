@@ -8,7 +8,6 @@ import random
 import pytest
 
 from conftest import read_jsonl
-
 from synthkd.demo_tailored import run_tailored_demo
 
 pytestmark = pytest.mark.train  # the demo trains tiny students

@@ -7,15 +7,12 @@ a file size limit set on the child process, real key-echoing bodies), nothing in
 
 from __future__ import annotations
 
-import os
-
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
-
-
 
 from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd, write_prompts
 from synthkd.teachers import TeacherFatalError, TeacherRequest

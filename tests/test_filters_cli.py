@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from conftest import read_jsonl, run_cli
-from synthkd.filters.op_config import parse_ops
 from synthkd.filters.chain import CleanPaths, clean_file
+from synthkd.filters.op_config import parse_ops
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, read_jsonl, run_cli, clean_rows as clean
+from conftest import clean_rows as clean
+from conftest import cli_env, read_jsonl, run_cli
 from synthkd.answers import extract_answer, numbers_equal, safe_eval_arithmetic
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli, clean_rows as clean
+from conftest import clean_rows as clean
+from conftest import run_cli
 from synthkd.filters.op_config import ConfigError, parse_ops
 from synthkd.jsonl_io import InputError
 

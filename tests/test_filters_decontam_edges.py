@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from synthkd.filters.base import Reject, RunContext
-from synthkd.filters.op_config import ConfigError
 from synthkd.filters.decontaminate import Decontaminate, DecontaminateConfig, _read_eval
+from synthkd.filters.op_config import ConfigError
 from synthkd.jsonl_io import InputError
 
 LONG_Q = "a train leaves the station at nine and travels at sixty miles per hour toward the coast"  # 17 words

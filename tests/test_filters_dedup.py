@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 from datasketch import MinHash
 
-from conftest import REPO, read_jsonl, run_cli, clean_rows as clean
+from conftest import REPO, read_jsonl, run_cli
+from conftest import clean_rows as clean
 from synthkd.filters.minhash import MinHasher, NearDupIndex, affine32_permutations, ngram_hashes
 from synthkd.filters.text import words
 

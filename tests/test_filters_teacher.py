@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from conftest import read_jsonl, run_cli
+from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.filters.op_config import parse_ops
 from synthkd.scores import parse_score
-from synthkd.filters.chain import CleanPaths, clean_file
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig, prompt_text_of
 

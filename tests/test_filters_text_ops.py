@@ -7,7 +7,8 @@ import json
 import re
 from pathlib import Path
 
-from conftest import read_jsonl, clean_rows as clean
+from conftest import clean_rows as clean
+from conftest import read_jsonl
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "filters"
 

@@ -17,7 +17,17 @@ from typer.testing import CliRunner
 
 import synthkd.cli  # noqa: F401  (registers every command and, through them, every feature)
 import synthkd.stages  # noqa: F401  (registers every stage)
-from synthkd.options import FEATURES, cli_fields, config_command, default_of, flag_of, meta_of, opt, stage_fields, stage_model
+from synthkd.options import (
+    FEATURES,
+    cli_fields,
+    config_command,
+    default_of,
+    flag_of,
+    meta_of,
+    opt,
+    stage_fields,
+    stage_model,
+)
 from synthkd.stages.base import STAGES
 
 

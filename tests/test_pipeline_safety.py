@@ -5,9 +5,8 @@ Every test runs the real CLI against a real loopback test server (or no teacher 
 
 from __future__ import annotations
 
-import os
-
 import json
+import os
 import resource
 import signal
 import subprocess

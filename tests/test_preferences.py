@@ -13,8 +13,8 @@ import re
 from pathlib import Path
 
 from conftest import cli_env, read_jsonl, run_cli
-from synthkd.methods.preferences import judge_ranked_pairs, pair_id
 from synthkd.data_tools.rationales_replay import convert
+from synthkd.methods.preferences import judge_ranked_pairs, pair_id
 from synthkd.methods.task_kinds import TaskKind
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import prompt_text_of

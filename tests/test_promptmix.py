@@ -12,12 +12,17 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-
 from conftest import read_jsonl, run_cli
-from synthkd.methods.promptmix import (
-    PromptMixConfig, clean_item, draw_alpha, make_groups, parse_items, plan_calls, promptmix,
-)
 from synthkd.labels import LabelSpace, confusion_summary, norm_text
+from synthkd.methods.promptmix import (
+    PromptMixConfig,
+    clean_item,
+    draw_alpha,
+    make_groups,
+    parse_items,
+    plan_calls,
+    promptmix,
+)
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig
 

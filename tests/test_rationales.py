@@ -19,13 +19,14 @@ import pytest
 
 from conftest import cli_env, read_jsonl, run_cli, synthkd_cmd
 from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, extract_answer, numbers_equal, safe_eval_arithmetic
+from synthkd.data_tools.rationales_replay import convert, make_demos
+from synthkd.data_tools.rationales_replay import main as replay_main
 from synthkd.jsonl_io import InputError
 from synthkd.methods.rationales import generate_rationales, plan_rationales
-from synthkd.data_tools.rationales_replay import convert, main as replay_main, make_demos
 from synthkd.methods.task_kinds import FieldNames, TaskKind, split_rationale
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
-from synthkd.testing.server import FaultConfig, prompt_text_of
 from synthkd.templates import TemplateError
+from synthkd.testing.server import FaultConfig, prompt_text_of
 
 FX = Path(__file__).parent / "fixtures"
 REC = FX / "recorded"

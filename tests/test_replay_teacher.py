@@ -12,6 +12,7 @@ from synthkd.teachers import TeacherFatalError, TeacherRequest
 from synthkd.teachers.factory import TeacherSpec, make_teacher
 from synthkd.teachers.replay import ReplayTeacher
 
+
 def _svamp_records(n=30):
     """Real SVAMP questions and PaLM-540B completions (fixture copied from ../shared/data)."""
     from pathlib import Path

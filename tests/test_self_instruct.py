@@ -19,13 +19,19 @@ from rouge_score import rouge_scorer
 
 from conftest import cli_env, read_jsonl, run_cli, sigkill_after_first_row, synthkd_cmd
 from synthkd.jsonl_io import InputError
-from synthkd.near_dup_pool import NearDupPool, rouge_l_f
-from synthkd.teachers.jobs import MethodStats
 from synthkd.methods.self_instruct import (
-    BAD_KEYWORDS, SelfInstructConfig, generate_self_instruct, instruction_filter, load_seed_tasks, parse_instances,
-    parse_instructions, plan_self_instruct,
+    BAD_KEYWORDS,
+    SelfInstructConfig,
+    generate_self_instruct,
+    instruction_filter,
+    load_seed_tasks,
+    parse_instances,
+    parse_instructions,
+    plan_self_instruct,
 )
+from synthkd.near_dup_pool import NearDupPool, rouge_l_f
 from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.jobs import MethodStats
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig, TestServer
 

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, cli_env, eval_accuracy, read_jsonl, synthkd_cmd
-
 from synthkd.answers import numbers_equal
 from synthkd.testing.server import FaultConfig
 from synthkd.testing.simulated import SimulatedResponder, make_problems

@@ -14,11 +14,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from conftest import eval_accuracy, read_jsonl
-
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.jsonl_io import InputError
-from synthkd.methods.rationales import plan_rationales
 from synthkd.loops.tailored import TailorOptions, run_tailored
+from synthkd.methods.rationales import plan_rationales
 from synthkd.teachers.cache import RequestCache
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.testing.server import FaultConfig

@@ -11,8 +11,16 @@ import pytest
 
 from synthkd.jsonl_io import InputError
 from synthkd.train.export import (
-    EXPLAIN_PREFIX, PREDICT_PREFIX, Fields, answer_text, build_preference_examples, build_sft_examples,
-    export_rows, load_json_dataset, split_by_id, task_weights,
+    EXPLAIN_PREFIX,
+    PREDICT_PREFIX,
+    Fields,
+    answer_text,
+    build_preference_examples,
+    build_sft_examples,
+    export_rows,
+    load_json_dataset,
+    split_by_id,
+    task_weights,
 )
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TRAIN_ROWS, read_rows

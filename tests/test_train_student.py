@@ -13,7 +13,12 @@ torch = pytest.importorskip("torch")
 
 from synthkd.jsonl_io import InputError
 from synthkd.train.student import (
-    PLAIN_HEADERS, load_student, plain_prompt, prepare_tokenizer, resolve_bf16, resolve_source,
+    PLAIN_HEADERS,
+    load_student,
+    plain_prompt,
+    prepare_tokenizer,
+    resolve_bf16,
+    resolve_source,
 )
 from train_fixtures import *  # noqa: F401,F403
 from train_fixtures import TEST_ROWS, read_rows

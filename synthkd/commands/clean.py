@@ -19,7 +19,11 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 import typer
 
 from synthkd.commands.common import (
-    exit_on_error, make_teacher, run_job, teacher_spec, with_connection_options,
+    exit_on_error,
+    make_teacher,
+    run_job,
+    teacher_spec,
+    with_connection_options,
 )
 from synthkd.options import help_of, pydantic_cli_values, pydantic_typer_params
 from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec

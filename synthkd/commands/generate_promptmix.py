@@ -11,7 +11,6 @@ reached; 4 the teacher refused us; 130 interrupted.
 from __future__ import annotations
 
 import logging
-
 from collections import Counter
 from pathlib import Path
 from typing import Any, AsyncIterator
@@ -31,8 +30,8 @@ class PromptMixJob(GenerateJob):
         return {"--labels": self.cfg.labels}
 
     def prepare(self) -> None:
-        from synthkd.methods.promptmix import PromptMixStats, plan_calls
         from synthkd.labels import LabelSpace
+        from synthkd.methods.promptmix import PromptMixStats, plan_calls
 
         self.space = LabelSpace.from_file(self.cfg.labels)
         problems = self.cfg.problems(self.space)

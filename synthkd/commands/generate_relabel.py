@@ -11,7 +11,6 @@ output file), and uses ``synthkd complete``'s exit codes: 0 every row done; 1 so
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 from typing import Any, AsyncIterator
 

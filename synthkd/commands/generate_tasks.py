@@ -13,7 +13,6 @@ those already paid for, ids already in the output are skipped.  Exit codes as ``
 from __future__ import annotations
 
 import logging
-
 from pathlib import Path
 from typing import Any, AsyncIterator
 

@@ -28,7 +28,12 @@ from typing import Annotated, Any, AsyncIterator, Callable, Optional
 import typer
 
 from synthkd.commands.common import (
-    TeacherOpt, check_job_paths, make_teacher, run_job, teacher_spec, with_connection_options,
+    TeacherOpt,
+    check_job_paths,
+    make_teacher,
+    run_job,
+    teacher_spec,
+    with_connection_options,
 )
 from synthkd.commands.generate import generate_app
 from synthkd.errors import ExitCode, report_error

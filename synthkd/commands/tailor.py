@@ -16,7 +16,11 @@ import logging
 from typing import Optional
 
 from synthkd.commands.common import (
-    TeacherOpt, make_teacher, run_job, teacher_spec, with_connection_options,
+    TeacherOpt,
+    make_teacher,
+    run_job,
+    teacher_spec,
+    with_connection_options,
 )
 from synthkd.errors import ExitCode
 from synthkd.loops.tailored import TailorConfig

@@ -22,10 +22,10 @@ from typing import Any, AsyncIterator, Callable
 
 import orjson
 
-from synthkd.filters.base import Operator, RunContext
 from synthkd.errors import ConfigError
-from synthkd.filters.op_config import build
+from synthkd.filters.base import Operator, RunContext
 from synthkd.filters.funnel import Funnel, Stage
+from synthkd.filters.op_config import build
 from synthkd.jsonl_io import InputError, iter_lines, scan_jsonl
 
 INPUT_STAGE = "input"

@@ -20,8 +20,8 @@ from typing import Any
 
 from pydantic import Field
 
-from synthkd.filters.base import BatchOperator, OpConfig, Reject
 from synthkd.errors import ConfigError
+from synthkd.filters.base import BatchOperator, OpConfig, Reject
 from synthkd.filters.text import FieldProblem, clip, text_of, words
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 

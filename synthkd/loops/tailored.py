@@ -68,10 +68,10 @@ from synthkd.methods.similar_exercises import (
     solve_exercises,
 )
 from synthkd.methods.task_kinds import split_rationale
+from synthkd.options import opt, register_feature
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
-from synthkd.options import opt, register_feature
 from synthkd.train.common import TrainSettings
 from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, MODES, answer_text, rationale_target, write_jsonl
 

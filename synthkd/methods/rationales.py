@@ -35,11 +35,11 @@ A row whose request failed for good is ``{id, reject_reason, ...}`` (routed to t
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import re
 from collections import Counter
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Container, Iterable, Sequence
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional

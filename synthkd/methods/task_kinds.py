@@ -33,8 +33,8 @@ from synthkd.answers import (
     safe_eval_arithmetic,
     strip_continuation,
 )
-from synthkd.jsonl_io import check_id
 from synthkd.errors import GoldError  # noqa: F401 (re-exported: their home was here)
+from synthkd.jsonl_io import check_id
 
 KINDS: tuple[str, ...] = ("math", "choice", "nli", "classification")
 LETTERS = "abcdefghijklmnopqrstuvwxyz"

@@ -162,5 +162,8 @@ class Teacher(ABC):
 
 
 from synthkd.errors import (  # noqa: E402,F401 (their home was here)
-    BudgetExceeded, TeacherConfigError, TeacherFatalError, TeacherStorageError,
+    BudgetExceeded,
+    TeacherConfigError,
+    TeacherFatalError,
+    TeacherStorageError,
 )

@@ -24,7 +24,14 @@ import hashlib
 import time
 from typing import Any, AsyncGenerator, AsyncIterable
 
-from synthkd.teachers.base import Teacher, TeacherCapabilities, TeacherConfigError, TeacherRequest, TeacherResult, Usage
+from synthkd.teachers.base import (
+    Teacher,
+    TeacherCapabilities,
+    TeacherConfigError,
+    TeacherRequest,
+    TeacherResult,
+    Usage,
+)
 from synthkd.teachers.pricing import Price
 
 DEFAULT_MAX_TOKENS = 256

@@ -23,11 +23,31 @@ from typing import Any, Union
 from synthkd.jsonl_io import InputError
 from synthkd.options import opt, register_feature
 from synthkd.train.common import (
-    IdField, TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
-    quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
+    IdField,
+    TrainSettings,
+    latest_checkpoint,
+    log_metrics,
+    lora_config,
+    main_process_first,
+    on_gpu,
+    precision,
+    quantization_config,
+    save_trained,
+    settings_summary,
+    trainer_args,
+    world_size,
+    write_record,
 )
 from synthkd.train.export import (
-    DEFAULT_ANSWER_TEMPLATE, MODES, Fields, build_preference_examples, in_id_order, load_json_dataset, preference_record, read_rows, split_by_id,
+    DEFAULT_ANSWER_TEMPLATE,
+    MODES,
+    Fields,
+    build_preference_examples,
+    in_id_order,
+    load_json_dataset,
+    preference_record,
+    read_rows,
+    split_by_id,
     write_jsonl,
 )
 from synthkd.train.model_card import load_extra_provenance, rows_provenance

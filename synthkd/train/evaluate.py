@@ -14,11 +14,10 @@ Outputs (``--output DIR``): ``metrics.json``, ``report.md``, ``predictions.jsonl
 
 from __future__ import annotations
 
-import typing
-
 import json
 import math
 import time
+import typing
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path

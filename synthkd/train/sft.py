@@ -25,12 +25,33 @@ from typing import Any
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.options import opt, register_feature
 from synthkd.train.common import (
-    InputField, TrainSettings, latest_checkpoint, log_metrics, lora_config, main_process_first, on_gpu, precision,
-    quantization_config, save_trained, settings_summary, trainer_args, world_size, write_record,
+    InputField,
+    TrainSettings,
+    latest_checkpoint,
+    log_metrics,
+    lora_config,
+    main_process_first,
+    on_gpu,
+    precision,
+    quantization_config,
+    save_trained,
+    settings_summary,
+    trainer_args,
+    world_size,
+    write_record,
 )
 from synthkd.train.export import (
-    DEFAULT_ANSWER_TEMPLATE, MODES, Fields, build_sft_examples, in_id_order, inference_prefix, load_json_dataset,
-    sft_record, split_by_id, task_weights, write_jsonl,
+    DEFAULT_ANSWER_TEMPLATE,
+    MODES,
+    Fields,
+    build_sft_examples,
+    in_id_order,
+    inference_prefix,
+    load_json_dataset,
+    sft_record,
+    split_by_id,
+    task_weights,
+    write_jsonl,
 )
 from synthkd.train.model_card import load_extra_provenance, rows_provenance
 from synthkd.train.student import flash_attention_available, has_chat_template, load_student

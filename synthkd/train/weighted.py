@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-
 from trl import SFTTrainer
 
 WEIGHT_COLUMN = "loss_weight"
