@@ -36,7 +36,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from rouge_score.tokenize import tokenize as _rouge_tokenize
 
 #: Frequent English words: ordered last so that prefixes consist of selective tokens.  Any fixed
 #: order keeps the filter exact; this one only makes it fast.
@@ -51,7 +50,9 @@ _COMMON_RANK = {w: i for i, w in enumerate(reversed(list(dict.fromkeys(_COMMON))
 
 def rouge_tokens(text: str) -> list[str]:
     """rouge-score's tokenization (no stemming), the unit of every score here."""
-    return _rouge_tokenize(text, None)
+    from rouge_score.tokenize import tokenize  # here, not at import: every CLI start would pay for it
+
+    return tokenize(text, None)
 
 
 def lcs_length(a: list[str], b: list[str]) -> int:
