@@ -6,6 +6,7 @@ whole runs of ``run_pipeline`` (a merge stage offline; a complete stage against 
 from __future__ import annotations
 
 import asyncio
+import errno
 import hashlib
 import json
 import os
@@ -767,3 +768,18 @@ def test_run_pipeline_complete_stage_resumes_and_records_its_ledger(tmp_path, ma
     assert rec["counts"]["rows_out"] == 6  # counted in the file, not "written this time"
     assert rec["teacher"]["attempts"] == 2
     assert srv.stats()["by_endpoint"]["/v1/completions"] - sent <= 2
+
+
+def test_a_ledger_that_cannot_be_written_names_its_file(tmp_path):
+    # the teacher's stop message and the CLI's one line say where the disk was full: the ledger's path
+    if not os.path.exists("/dev/full"):
+        pytest.skip("needs /dev/full (Linux)")
+    led = Ledger(Path("/dev/full"))
+    try:
+        with pytest.raises(OSError) as e:
+            led.sent("k1")
+    finally:
+        led.close()
+    assert e.value.errno == errno.ENOSPC and e.value.filename == "/dev/full"
+    assert led._fd == -1
+    led.close()  # closing twice is harmless
