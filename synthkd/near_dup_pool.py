@@ -36,7 +36,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-
 #: Frequent English words: ordered last so that prefixes consist of selective tokens.  Any fixed
 #: order keeps the filter exact; this one only makes it fast.
 _COMMON = (

@@ -7,9 +7,6 @@ options once keeps their names, defaults and help identical everywhere.
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
-import typing
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterator
@@ -25,44 +22,6 @@ from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec, make_teache
 
 #: ``--teacher/--model/-m`` (required), as declared on :class:`synthkd.teachers.factory.TeacherSpec`
 TeacherOpt = next(p for p in typer_params(TeacherSpec) if p.name == "teacher").annotation
-
-
-def shared_options(options: dict[str, tuple[Any, Any]], into: str, **defaults: Any) -> Callable[..., Any]:
-    """Decorator: add a group of typer options to a command, which receives them as one dict ``into``.
-
-    Why: option groups (a teacher's connection, a trainer's settings) are the same on several commands;
-    declared once, their names, help and defaults cannot drift, and each command's signature keeps only
-    what is its own.  ``options``: name -> (annotated type, default); ``defaults`` changes a default for
-    this command.  Use it as the innermost decorator (below ``@app.command``); the command declares
-    ``<into>: Optional[dict] = None`` as its last parameter.
-    """
-    unknown = set(defaults) - set(options)
-    if unknown:
-        raise TypeError(f"unknown option(s): {sorted(unknown)}")
-    group = {n: (ann, defaults.get(n, d)) for n, (ann, d) in options.items()}
-
-    def decorate(f: Callable[..., Any]) -> Callable[..., Any]:
-        sig = inspect.signature(f)
-        if into not in sig.parameters:
-            raise TypeError(f"{f.__name__} must take a {into!r} parameter to receive its shared options")
-        # typer reads the annotations from the signature: resolve ``from __future__`` strings to objects
-        hints = typing.get_type_hints(f, include_extras=True)
-        params = [p.replace(annotation=hints.get(p.name, p.annotation)) for p in sig.parameters.values()
-                  if p.name != into]
-        params += [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=d, annotation=ann)
-                   for n, (ann, d) in group.items()]
-
-        @functools.wraps(f)
-        def command(*args: Any, **kw: Any) -> Any:
-            values = {n: kw.pop(n, d) for n, (_, d) in group.items()}
-            return f(*args, **kw, **{into: values})
-
-        command.__signature__ = sig.replace(parameters=params)  # type: ignore[attr-defined]
-        command.__annotations__ = {**{k: v for k, v in hints.items() if k != into},
-                                   **{n: ann for n, (ann, _) in group.items()}}
-        return command
-
-    return decorate
 
 
 def with_connection_options(func: Callable[..., Any] | None = None, **defaults: Any) -> Any:
