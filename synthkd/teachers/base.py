@@ -9,6 +9,7 @@ so generation methods and filters never sleep, retry or cache themselves.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterable, ClassVar
 
@@ -28,6 +29,10 @@ class TeacherRequest:
     back.  ``messages`` are OpenAI chat messages; ``prompt`` (plain text completion) may be used
     instead.  ``params`` are sampling parameters (temperature, max_tokens, top_p, stop, seed...).
     ``sample_index`` makes the k-th sample of the same prompt a distinct, reproducible cache entry.
+    ``samples`` asks for that many samples of the prompt at once: the teacher yields one result per
+    sample, the i-th carrying this request with ``sample_index + i`` and ``samples=1`` (so each sample
+    has the same cache entry as when it is asked for alone).  An API teacher that supports the API's
+    ``n`` sends one request for all of them, so the prompt is billed once, not ``samples`` times.
     """
 
     key: str
@@ -36,10 +41,17 @@ class TeacherRequest:
     params: dict[str, Any] = field(default_factory=dict)
     sample_index: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
+    samples: int = 1
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
             raise ValueError(f"request {self.key!r}: give exactly one of 'messages' or 'prompt'")
+        if self.samples < 1:
+            raise ValueError(f"request {self.key!r}: samples must be at least 1")
+
+    def sample(self, i: int) -> "TeacherRequest":
+        """The ``i``-th of this request's samples, as a one-sample request (its own cache entry)."""
+        return dataclasses.replace(self, sample_index=self.sample_index + i, samples=1)
 
     @classmethod
     def user(cls, key: str, prompt: str, *, chat: bool = True, **kw: Any) -> "TeacherRequest":
@@ -51,24 +63,52 @@ class TeacherRequest:
 
 @dataclass
 class Usage:
+    """Billed tokens of one answer, the same for every provider.
+
+    ``prompt_tokens`` is all input (Anthropic's ``input_tokens + cache_creation_input_tokens +
+    cache_read_input_tokens``); ``cached_tokens`` (read from the provider's prompt cache, billed at a
+    discount) and ``cache_write_tokens`` (written to it; Anthropic bills them at a premium) are parts of
+    it.  ``completion_tokens`` is all output, billed as output; ``reasoning_tokens`` (the hidden or
+    returned reasoning trace) is part of it.
+    """
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
 
     def as_dict(self) -> dict[str, int]:
-        return {
+        d = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "total_tokens": self.total_tokens,
         }
+        for name in ("cached_tokens", "cache_write_tokens", "reasoning_tokens"):
+            if getattr(self, name):
+                d[name] = getattr(self, name)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> "Usage":
+        """The inverse of :meth:`as_dict` (a cache entry); missing fields are 0."""
+        d = d or {}
+        return cls(*(int(d.get(n) or 0) for n in
+                     ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "reasoning_tokens")))
 
 
 @dataclass
 class TeacherResult:
-    """The outcome of one request.  ``error`` is set (and ``text`` is None) when it failed for good."""
+    """The outcome of one request.  ``error`` is set (and ``text`` is None) when it failed for good.
+
+    ``reasoning`` is the model's reasoning trace when the teacher returned one (DeepSeek/vLLM
+    ``reasoning_content``, OpenRouter/vLLM ``reasoning``, Anthropic ``thinking`` blocks, or an inline
+    ``<think>...</think>`` split off the answer); ``text`` is then the answer alone.
+    """
 
     request: TeacherRequest
     text: str | None
@@ -80,6 +120,7 @@ class TeacherResult:
     attempts: int = 0
     latency_s: float = 0.0
     error: str | None = None
+    reasoning: str | None = None
 
     @property
     def key(self) -> str:
