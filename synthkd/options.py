@@ -203,6 +203,8 @@ def typer_params(cls: type, *, exclude: typing.Iterable[str] = (), required: typ
         option = typer.Option(*names, help=help_text, rich_help_panel=panel, metavar=m.metavar,
                               show_default=not req and default is not None)
         param_default = ... if req else (default if not isinstance(default, list) else list(default))
+        if isinstance(default, dict):  # a mapping parsed from repeated KEY=VALUE options: none given = empty
+            param_default = []
         if req:
             param_default = None if late else inspect.Parameter.empty
         params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY,

@@ -264,8 +264,10 @@ def test_budget_counts_what_requests_in_flight_will_probably_cost():
 
 
 def _parse(raw: object, chat: bool = True):
+    """(text, finish_reason, usage, model) of the first sample of a reply."""
     t = _teacher(None)
-    return t._parse(raw if isinstance(raw, bytes) else orjson.dumps(raw), chat)
+    reply = t._parse(raw if isinstance(raw, bytes) else orjson.dumps(raw), chat, {})
+    return reply.choices[0].text, reply.choices[0].finish_reason, reply.usage, reply.model
 
 
 def test_parse_reads_text_finish_reason_usage_and_model():
@@ -289,10 +291,12 @@ def test_parse_without_usage_counts_zero_tokens():
     assert _parse(body)[3] is None
 
 
-def test_parse_only_reads_the_first_choice():
+def test_parse_reads_every_choice_in_index_order():
     body = _ok_body("first")
-    body["choices"].append({"index": 1, "message": {"content": "second"}, "finish_reason": "length"})
+    body["choices"].insert(0, {"index": 1, "message": {"content": "second"}, "finish_reason": "length"})
     assert _parse(body)[:2] == ("first", "stop")
+    reply = _teacher(None)._parse(orjson.dumps(body), True, {})
+    assert [(c.text, c.finish_reason) for c in reply.choices] == [("first", "stop"), ("second", "length")]
 
 
 def test_parse_content_filter_without_text_is_an_empty_answer():
@@ -312,7 +316,6 @@ def test_parse_content_filter_without_text_is_an_empty_answer():
         ({"choices": {"0": {}}}, "body has no 'choices'"),
         ({"choices": ["text"]}, "body has no 'choices'"),
         (_ok_body(None), "choice has no text"),
-        (_ok_body(None, finish="length"), "choice has no text"),
         ({"choices": [{"message": "not an object", "finish_reason": "stop"}]}, "choice has no text"),
         (_ok_body(42), "choice text is not a string"),
         (_ok_body(["a"]), "choice text is not a string"),

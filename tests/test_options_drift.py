@@ -48,6 +48,13 @@ def _same(a: object, b: object) -> bool:
     return a == b
 
 
+def _cli_default(f, p) -> object:
+    """The value a CLI option's default becomes in the config (repeated KEY=VALUE options -> a mapping)."""
+    if meta_of(f).cli_parse is not None and isinstance(default_of(f), dict):
+        return meta_of(f).cli_parse(p.default)
+    return p.default
+
+
 FEATURE_NAMES = sorted(FEATURES)
 WITH_COMMAND = [n for n in FEATURE_NAMES if FEATURES[n].command is not None]
 WITH_STAGE = [n for n in FEATURE_NAMES if FEATURES[n].stage is not None]
@@ -82,7 +89,7 @@ def test_cli_defaults_equal_the_config_defaults(name):
         want = default_of(f)
         if want is MISSING or p.required:
             continue  # required on the CLI: no default to compare
-        assert _same(p.default, want), f"{name}: {flag_of(f.name)} defaults to {p.default!r}, the config to {want!r}"
+        assert _same(_cli_default(f, p), want), f"{name}: {flag_of(f.name)} defaults to {p.default!r}, the config to {want!r}"
         assert (p.help or "").startswith(meta_of(f).help[:20]), f"{name}: {flag_of(f.name)} help differs"
 
 
@@ -215,7 +222,7 @@ def test_teacher_options_are_the_same_on_every_command(command):
         if f.name == "teacher":  # old spellings kept
             assert {"--model", "-m"} <= set(p.opts)
             continue
-        assert _same(p.default, default_of(f)), f"{command}: {flag_of(f.name)} defaults to {p.default!r}"
+        assert _same(_cli_default(f, p), default_of(f)), f"{command}: {flag_of(f.name)} defaults to {p.default!r}"
         assert p.help.startswith(meta_of(f).help), f"{command}: {flag_of(f.name)} help differs"
     # the spellings the commands had: an on-switch alone, and a named off-switch
     assert params["no_cache"].opts == ["--no-cache"] and not params["no_cache"].secondary_opts

@@ -47,8 +47,13 @@ def test_price_is_immutable():
 
 def test_builtin_table_has_exact_list_prices():
     t = PriceTable.default()
-    assert t.lookup("gpt-4o-mini") == Price(0.15, 0.60)
-    assert t.lookup("gpt-4o") == Price(2.50, 10.00)
+    assert t.lookup("gpt-4o-mini") == Price(0.15, 0.60, 0.075)
+    assert t.lookup("gpt-4o") == Price(2.50, 10.00, 1.25)
+    assert t.lookup("claude-sonnet-4-5-20250929") == Price(3.00, 15.00, 0.30, 3.75)
+    assert t.lookup("o3-mini-2025-01-31") == Price(1.10, 4.40, 0.55)
+    assert t.lookup("o3-pro") == Price(20.0, 80.0)  # not o3's price by prefix
+    assert t.lookup("deepseek-reasoner") == Price(0.28, 0.42, 0.028)
+    assert t.lookup("gemini-2.5-flash-lite") == Price(0.10, 0.40, 0.025)
     assert t.cost("gpt-4o-mini", 2_000_000, 500_000) == pytest.approx(0.3 + 0.3, **TIGHT)
     assert t.lookup("_comment") is None  # the file's comment is not a model
 
@@ -102,7 +107,7 @@ def test_user_json_file_adds_and_overrides_builtin_prices(tmp_path):
     t = PriceTable.default(f)
     assert t.lookup("gpt-4o") == Price(1.0, 2.0)
     assert t.lookup("llama-3-8b") == Price(0.05, 0.1)  # numbers given as strings are accepted
-    assert t.lookup("gpt-4o-mini") == Price(0.15, 0.60)  # the rest of the built-in table stays
+    assert t.lookup("gpt-4o-mini") == Price(0.15, 0.60, 0.075)  # the rest of the built-in table stays
     assert t.lookup("_note") is None
 
 
@@ -184,5 +189,17 @@ def test_bad_entries_are_named_with_file_and_model(tmp_path, data, message):
 
 def test_extra_fields_are_allowed(tmp_path):
     f = tmp_path / "p.json"
-    f.write_text(json.dumps({"m": {"input": 1, "output": 2, "cached_input": 0.5}}))
-    assert PriceTable.default(f).lookup("m") == Price(1, 2)
+    f.write_text(json.dumps({"m": {"input": 1, "output": 2, "cached_input": 0.5, "as_of": "2026-01-01",
+                                   "notes": "x"}}))
+    assert PriceTable.default(f).lookup("m") == Price(1, 2, 0.5)
+    f.write_text(json.dumps({"m": {"input": 1, "output": 2, "cache_write": "dear"}}))
+    with pytest.raises(PriceTableError, match="'cached_input' and 'cache_write' must be numbers"):
+        PriceTable.default(f)
+
+
+def test_cached_and_cache_write_tokens_are_priced_at_their_own_rates():
+    p = Price(2.0, 8.0, cached_input_per_mtok=0.5, cache_write_per_mtok=2.5)
+    # 1M prompt tokens of which 400k read from the cache and 100k written to it; 1M output tokens
+    assert p.cost(1_000_000, 1_000_000, cached_tokens=400_000, cache_write_tokens=100_000) == pytest.approx(
+        (500_000 * 2.0 + 400_000 * 0.5 + 100_000 * 2.5 + 1_000_000 * 8.0) / 1e6, **TIGHT)
+    assert Price(2.0, 8.0).cost(1_000_000, 0, cached_tokens=400_000) == pytest.approx(2.0, **TIGHT)  # no rate: full

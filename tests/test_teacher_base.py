@@ -69,10 +69,11 @@ def test_teacher_is_abstract_stream_and_aclose_must_be_implemented():
 
 
 def test_capabilities_say_what_each_teacher_supports_today():
-    # one completion per request, free text, live requests, no reasoning trace: the next issues add them
+    # API teachers: n samples in one request and reasoning traces; no structured outputs or batch yet
+    api = TeacherCapabilities(n_samples=True, json_schema=False, batch=False, reasoning_trace=True)
+    assert OpenAICompatibleTeacher.capabilities == api
+    assert ServedTeacher.capabilities == api
     none = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
-    assert OpenAICompatibleTeacher.capabilities == none
-    assert ServedTeacher.capabilities == none
     assert ReplayTeacher.capabilities == none
 
 

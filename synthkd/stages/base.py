@@ -123,7 +123,8 @@ def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> Teach
         if model.startswith(prefix):
             model = prefix + str(rel(model[len(prefix):]))
     conn = {name: getattr(tc, name) for name in CONNECTION_FIELDS if name in type(tc).model_fields}
-    conn.update(cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite", prices=rel(tc.prices))
+    conn.update(cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite", prices=rel(tc.prices),
+                families=rel(tc.families))
     params = {f.name: getattr(tc, f.name) for f in fields(SamplingParams) if getattr(tc, f.name) is not None}
     return TeacherSpec(teacher=model, **conn, default_params=params)
 

@@ -8,8 +8,8 @@ so generation methods and filters never sleep, retry or cache themselves.
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 import dataclasses
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterable, ClassVar
 

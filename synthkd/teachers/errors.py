@@ -33,7 +33,12 @@ class ConnectionFailed(RetryableError):
 
 
 class MalformedResponse(RetryableError):
-    pass
+    """A body the client cannot read.  ``billed`` is its usage when the body still said what it cost
+    (a 200 with usage but no readable answer): the provider bills that attempt, so it is costed."""
+
+    def __init__(self, message: str, billed: object | None = None) -> None:
+        super().__init__(message)
+        self.billed = billed
 
 
 class Stopping(RetryableError):
@@ -42,6 +47,11 @@ class Stopping(RetryableError):
 
 class RequestRejected(SynthkdError):
     """The server refused this request for good (400, 404, 422...): retrying cannot help."""
+
+
+class Reshape(RequestRejected):
+    """A 400 "unsupported parameter/value" the request shaper learned from: the same request, re-sent
+    once in the shape the model accepts, is expected to succeed (not a failed row)."""
 
 
 # A key's prefix this long is still a secret: an error body cut short (by us or by a proxy) can end

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from synthkd.options import opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherConfigError
@@ -29,8 +29,12 @@ class TeacherSpec:
     with_connection_options`), a pipeline's ``teacher:`` block as YAML keys (``teacher`` spelled
     ``model`` there; :class:`synthkd.config.TeacherConfig`), and the Python API as this dataclass."""
 
-    teacher: str = opt(help="Model name (OpenAI-compatible API), replay:RECORDED.jsonl, local:PATH, or "
-                            "simulated:arithmetic (offline).", flags=("--model", "-m"))
+    teacher: str = opt(help="Model name (OpenAI-compatible API), anthropic:MODEL (Anthropic Messages API), "
+                            "replay:RECORDED.jsonl, local:PATH, or simulated:arithmetic (offline).",
+                       flags=("--model", "-m"))
+    provider: str = opt("auto", help="API dialect: auto (anthropic: prefix -> Anthropic, else OpenAI-compatible), "
+                                     "openai, or anthropic (Messages API; key $ANTHROPIC_API_KEY).",
+                        choices=("auto", "openai", "anthropic"))
     base_url: str | None = opt(None, help="OpenAI-compatible base URL (default $OPENAI_BASE_URL or OpenAI).")
     api_key: str | None = opt(None, help="API key (default $OPENAI_API_KEY); never a CLI option or a YAML key, "
                                          "so that it stays out of shell history and run records.", cli=False, stage=False)
@@ -45,6 +49,17 @@ class TeacherSpec:
     no_cache: bool = opt(False, help="Do not read or write the request cache.", flags=("--no-cache",), stage=False)
     max_cost: float | None = opt(None, help="Stop sending new requests once this many USD are spent (resumable).", gt=0)
     prices: Path | None = opt(None, help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")
+    families: Path | None = opt(None, help="JSON/YAML model-family table {model-prefix: family} added to the "
+                                           "built-in one (how requests are shaped: see README, Reasoning teachers).")
+    reasoning_effort: str | None = opt(None, help="reasoning_effort sent with every request (OpenAI o-series/GPT-5, "
+                                                  "DeepSeek, Gemini: e.g. low|medium|high); passed as given, the "
+                                                  "provider decides.")
+    thinking_budget: int | None = opt(None, help="Anthropic extended thinking: budget_tokens per request (>= 1024); "
+                                                 "the trace becomes the rows' reasoning field.", ge=1024)
+    extra_body: dict[str, Any] = opt(default_factory=dict, help="Provider-specific request fields passed through "
+                                     "as given, KEY=VALUE (VALUE read as JSON when it parses, else a string); "
+                                     "repeat for several.  YAML: extra_body: {KEY: VALUE}.", flags=("--param",),
+                                     cli_type=Optional[list[str]], cli_parse=lambda v: parse_params(v), metavar="KEY=VALUE")
     adaptive_timeout: bool = opt(True, help="Cut hung attempts at 8x the observed p95 latency.",
                                  flags=("--adaptive-timeout/--fixed-timeout",))
     default_params: dict[str, Any] = opt(default_factory=dict, help="Sampling parameters sent with every request "
@@ -77,6 +92,27 @@ def spec_of(obj: Any, **override: Any) -> TeacherSpec:
 register_feature("teacher", TeacherSpec, command=("complete",), stage=None)
 
 
+def parse_params(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
+    """``--param KEY=VALUE`` (repeated) as a dict; VALUE is JSON when it parses (numbers, true, objects)."""
+    import json
+
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise TeacherConfigError(f"--param {item!r}: expected KEY=VALUE")
+        if key in out:
+            raise TeacherConfigError(f"--param {key} is given twice")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            out[key] = value
+    return out
+
+
 def make_teacher(spec: TeacherSpec) -> Teacher:
     """The Teacher for ``spec.teacher``; raises TeacherConfigError/InputError on bad settings."""
     name = spec.teacher
@@ -96,14 +132,25 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
                 "local teachers need the training extra: pip install torch==2.13.0 'synthkd[train]'"
             ) from None
         return LocalTeacher(name[len("local:"):], default_params=spec.default_params)
+    if name.startswith("anthropic:") or spec.provider == "anthropic":
+        from synthkd.teachers.anthropic import AnthropicTeacher
+
+        return AnthropicTeacher(name.removeprefix("anthropic:"), base_url=spec.base_url, api_key=spec.api_key,
+                                thinking_budget=spec.thinking_budget, reasoning_effort=spec.reasoning_effort,
+                                **client_options(spec))
+    if spec.thinking_budget is not None:
+        raise TeacherConfigError("--thinking-budget is for Anthropic teachers (anthropic:MODEL); OpenAI-style "
+                                 "reasoning models take --reasoning-effort")
     from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 
-    return OpenAICompatibleTeacher(name, base_url=spec.base_url, api_key=spec.api_key, **client_options(spec))
+    return OpenAICompatibleTeacher(name, base_url=spec.base_url, api_key=spec.api_key,
+                                   reasoning_effort=spec.reasoning_effort, **client_options(spec))
 
 
 def client_options(spec: TeacherSpec) -> dict[str, Any]:
     """The :class:`OpenAICompatibleTeacher` keyword arguments a spec sets, endpoint and key aside
     (concurrency, rate limits, timeouts, retries, cache, prices, budget, default sampling parameters)."""
+    from synthkd.teachers.families import FamilyTable
     from synthkd.teachers.pricing import PriceTable
 
     return {
@@ -111,4 +158,5 @@ def client_options(spec: TeacherSpec) -> dict[str, Any]:
         "max_retries": spec.max_retries, "adaptive_timeout": spec.adaptive_timeout,
         "cache": None if spec.no_cache else RequestCache(spec.cache or default_cache_path()),
         "prices": PriceTable.default(spec.prices), "max_cost": spec.max_cost, "default_params": spec.default_params,
+        "families": FamilyTable.default(spec.families), "extra_body": spec.extra_body,
     }

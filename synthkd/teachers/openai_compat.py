@@ -55,15 +55,18 @@ from synthkd.teachers.errors import (
     MalformedResponse,
     RateLimitedError,
     RequestRejected,
+    Reshape,
     RetryableError,
     ServerError,
     Stopping,
     scrub,
     scrub_cut,
 )
+from synthkd.teachers.families import FamilyTable, RequestShaper
 from synthkd.teachers.latency import LatencyTracker
 from synthkd.teachers.pricing import PriceTable
 from synthkd.teachers.ratelimit import RateLimiter, retry_after_seconds
+from synthkd.teachers.replies import Reply, parse_openai, share_usage
 from synthkd.teachers.stats import TeacherStats
 
 __all__ = ["DEFAULT_BASE_URL", "Journal", "OpenAICompatibleTeacher", "TeacherStats"]  # TeacherStats: its old home
@@ -89,11 +92,17 @@ class Journal(Protocol):
 class OpenAICompatibleTeacher(Teacher):
     """Streams requests to ``{base_url}/chat/completions`` (or ``/completions`` for plain prompts).
 
-    Capabilities today: one completion per request (only ``choices[0]`` is read, so no ``n``), no
-    structured outputs, no batch jobs, no separate reasoning trace.
+    Requests are shaped for the model's family (:mod:`synthkd.teachers.families`); a request with
+    ``samples=k`` is sent as one request with ``n=k`` where the endpoint takes it (the prompt is billed
+    once), else as k requests; reasoning traces are returned apart from the answer
+    (:mod:`synthkd.teachers.replies`).  No structured outputs or batch jobs yet.
     """
 
-    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
+    capabilities = TeacherCapabilities(n_samples=True, json_schema=False, batch=False, reasoning_trace=True)
+    #: where the key and the endpoint come from when not given (the Anthropic teacher has its own)
+    KEY_ENV = "OPENAI_API_KEY"
+    URL_ENV = "OPENAI_BASE_URL"
+    DEFAULT_URL = DEFAULT_BASE_URL
 
     def __init__(
         self,
@@ -113,6 +122,9 @@ class OpenAICompatibleTeacher(Teacher):
         adaptive_timeout: bool = True,
         timeout_floor_s: float = 3.0,
         preflight: bool = True,
+        families: FamilyTable | None = None,
+        extra_body: dict[str, Any] | None = None,
+        reasoning_effort: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -120,10 +132,10 @@ class OpenAICompatibleTeacher(Teacher):
             raise ValueError("max_retries must be >= 0")
         prices = prices or PriceTable.default()
         super().__init__(model, price=prices.lookup(model))
-        self.base_url = (base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
-        self._api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        self.base_url = self._normalise_base_url(base_url or os.environ.get(self.URL_ENV) or self.DEFAULT_URL)
+        self._api_key = api_key if api_key is not None else os.environ.get(self.KEY_ENV)
         self._secrets = (self._api_key, urllib.parse.urlsplit(self.base_url).password)
-        _check_credentials(self._api_key, self.base_url)
+        _check_credentials(self._api_key, self.base_url, self.KEY_ENV)
         self.concurrency = concurrency
         self.max_retries = max_retries
         self.cache = cache
@@ -136,6 +148,12 @@ class OpenAICompatibleTeacher(Teacher):
                 '(JSON: {"' + model + '": {"input": USD_per_1M, "output": USD_per_1M}})'
             )
         self.default_params = dict(default_params or {})
+        if reasoning_effort is not None:
+            self.default_params["reasoning_effort"] = reasoning_effort
+        self.extra_body = dict(extra_body or {})
+        check_passthrough(self.extra_body, self.default_params)
+        self.family = (families or FamilyTable.default()).lookup(model)
+        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body))
         self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
         self.latency = LatencyTracker(
             timeout_s, floor_s=timeout_floor_s, factor=8.0 if adaptive_timeout else float("inf")
@@ -146,14 +164,19 @@ class OpenAICompatibleTeacher(Teacher):
         self._preflight_lock: asyncio.Lock | None = None
         self._preflight_done = False
         self._session: aiohttp.ClientSession | None = None
-        self._headers = {"Content-Type": "application/json"}
-        if self._api_key:
-            self._headers["Authorization"] = f"Bearer {self._api_key}"
+        self._headers = {"Content-Type": "application/json", **self._auth_headers(self._api_key)}
         self._fatal: BaseException | None = None
         self._cache_error: BaseException | None = None
         self._attempts_in_flight: dict[int, tuple[asyncio.Timeout, float, int]] = {}
 
     # ------------------------------------------------------------------ plumbing
+    @staticmethod
+    def _normalise_base_url(url: str) -> str:
+        return url.rstrip("/")
+
+    def _auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
     def _scrub(self, text: str) -> str:
         return scrub(text, self._secrets)
 
@@ -179,7 +202,7 @@ class OpenAICompatibleTeacher(Teacher):
         await self.aclose()
 
     def cache_key(self, req: TeacherRequest) -> str:
-        params = {**self.default_params, **req.params}
+        params = {**self.default_params, **req.params, **self.extra_body}
         return request_cache_key(
             self.model, messages=req.messages, prompt=req.prompt, params=params, sample_index=req.sample_index
         )
@@ -213,9 +236,9 @@ class OpenAICompatibleTeacher(Teacher):
             if self._fatal is None:
                 self._fatal = exc
 
-        async def run_one(req: TeacherRequest, key: str) -> None:
+        async def run_one(reqs: list[TeacherRequest], keys: list[str]) -> None:
             try:
-                result = await self._complete_uncached(req, key)
+                results = await self._complete_uncached(reqs, keys)
             except TeacherFatalError as exc:
                 stop(exc)
                 return
@@ -226,38 +249,53 @@ class OpenAICompatibleTeacher(Teacher):
                 stop(self._unexpected(exc))
                 return
             finally:
-                self.stats.in_flight -= 1
+                self.stats.in_flight -= len(reqs)
                 sem.release()
             if self._cache_error is not None:  # before the await below: not one more request is sent
                 stop(self._cache_failure(self._cache_error))
-            if self._fatal is not None and not result.ok:
-                return  # cut short because the run is stopping: not a reject, a rerun sends it again
-            await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
+            for result in results:
+                if self._fatal is not None and not result.ok and not result.usage.total_tokens:
+                    continue  # cut short because the run is stopping: not a reject, a rerun sends it again
+                await out.put(result)  # a paid answer reaches the caller even when the cache failed (F1)
 
         async def produce() -> None:
             try:
                 async for req in requests:
                     if self._fatal is not None:
                         break
-                    key = self.cache_key(req)
-                    hit = self.cache.get(key) if self.cache is not None else None
-                    if hit is not None:
-                        self.stats.done += 1
-                        self.stats.cached += 1
-                        await out.put(self._result_from_cache(req, hit))
-                        continue
-                    if self._budget_reached():
-                        self.budget_exhausted = True
+                    missing: list[TeacherRequest] = []
+                    keys: list[str] = []
+                    for one in (req.sample(i) for i in range(req.samples)) if req.samples > 1 else (req,):
+                        key = self.cache_key(one)
+                        hit = self.cache.get(key) if self.cache is not None else None
+                        if hit is not None:
+                            self.stats.done += 1
+                            self.stats.cached += 1
+                            if hit.get("error"):
+                                self.stats.failed += 1
+                            await out.put(self._result_from_cache(one, hit))
+                        else:
+                            missing.append(one)
+                            keys.append(key)
+                    # one request for all missing samples where the endpoint takes n, else one each
+                    groups = [(missing, keys)] if self.shaper.n_samples else [([m], [k]) for m, k in zip(missing, keys)]
+                    for group, group_keys in groups:
+                        if not group:
+                            continue
+                        if self._budget_reached():
+                            self.budget_exhausted = True
+                            break
+                        await sem.acquire()
+                        if self._fatal is not None or self._budget_reached():
+                            sem.release()
+                            self.budget_exhausted = self._fatal is None
+                            break
+                        self.stats.in_flight += len(group)
+                        task = asyncio.create_task(run_one(group, group_keys))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if self.budget_exhausted or self._fatal is not None:
                         break
-                    await sem.acquire()
-                    if self._fatal is not None or self._budget_reached():
-                        sem.release()
-                        self.budget_exhausted = self._fatal is None
-                        break
-                    self.stats.in_flight += 1
-                    task = asyncio.create_task(run_one(req, key))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:  # an error in the caller's request iterator
@@ -324,15 +362,16 @@ class OpenAICompatibleTeacher(Teacher):
 
     # ------------------------------------------------------------------ one request
     def _result_from_cache(self, req: TeacherRequest, hit: dict[str, Any]) -> TeacherResult:
-        u = hit.get("usage") or {}
         return TeacherResult(
             request=req,
             text=hit.get("text"),
             finish_reason=hit.get("finish_reason"),
-            usage=Usage(u.get("prompt_tokens", 0), u.get("completion_tokens", 0)),
+            usage=Usage.from_dict(hit.get("usage")),
             cost_usd=hit.get("cost_usd"),
             cached=True,
             model=hit.get("model"),
+            error=hit.get("error"),
+            reasoning=hit.get("reasoning"),
         )
 
     def _estimate_tokens(self, req: TeacherRequest, params: dict[str, Any]) -> int:
@@ -366,97 +405,160 @@ class OpenAICompatibleTeacher(Teacher):
         """tenacity's ``before_sleep``: called only when another attempt of the request will follow."""
         self.stats.retries += 1
 
-    async def _complete_uncached(self, req: TeacherRequest, key: str) -> TeacherResult:
-        params = {**self.default_params, **req.params}
+    def _request_body(self, req: TeacherRequest, params: dict[str, Any], n: int) -> tuple[str, dict[str, Any]]:
+        """URL and JSON body of one request for ``n`` samples, shaped for the model's family."""
+        shaped = self.shaper.shape(params)
         if req.messages is not None:
             url = f"{self.base_url}/chat/completions"
-            body = {"model": self.model, "messages": req.messages, **params}
+            body = {"model": self.model, "messages": req.messages, **shaped}
         else:
             url = f"{self.base_url}/completions"
-            body = {"model": self.model, "prompt": req.prompt, **params}
-        payload = orjson.dumps(body)
-        est = self._estimate_tokens(req, params)
-        await self._preflight()
-        attempts = 0
-        started = time.monotonic()
-        try:
-            async for attempt in AsyncRetrying(
-                retry=retry_if_exception_type(RetryableError),
-                stop=self._stop,
-                wait=self._wait,
-                before_sleep=self._count_retry,
-                reraise=True,
-            ):
-                with attempt:
-                    attempts = attempt.retry_state.attempt_number
-                    try:
-                        data = await self._attempt(url, payload, est, attempts, key, chat=req.messages is not None)
-                    except (RetryableError, RequestRejected, TeacherFatalError) as exc:
-                        # sent (all but Stopping, raised before sending) and not billed
-                        if self.journal is not None and not isinstance(exc, Stopping):
-                            self.journal.failed(key)
-                        raise
-        except (RetryableError, RequestRejected) as exc:
-            self.stats.done += 1
-            self.stats.failed += 1
-            self.stats.last_result_at = time.monotonic()
-            kind = type(exc).__name__
-            return TeacherResult(
-                request=req,
-                text=None,
-                attempts=attempts,
-                latency_s=time.monotonic() - started,
-                error=self._scrub(f"{kind}: {exc}"),
-            )
-        text, finish_reason, usage, model = data
-        cost = self.price.cost(usage.prompt_tokens, usage.completion_tokens) if self.price else None
+            body = {"model": self.model, "prompt": req.prompt, **shaped}
+        if n > 1:
+            body["n"] = n
+        body.update(self.extra_body)
+        return url, body
+
+    def _parse_reply(self, data: Any, chat: bool, body: dict[str, Any]) -> Reply:
+        """The reply in a decoded 200 body (the Anthropic teacher reads its own shape)."""
+        limit = body.get("max_completion_tokens", body.get("max_tokens"))
+        return parse_openai(data, chat, limit)
+
+    def _cost(self, usage: Usage) -> float | None:
+        return self.price.cost_of(usage) if self.price else None
+
+    def _bill(self, key: str, usage: Usage) -> float | None:
+        """Count one billed answer (or the billed part of a failed attempt): journal, then stats."""
+        cost = self._cost(usage)
         if self.journal is not None:  # before the cache: a kill in between cannot hide a billed answer
             try:
                 self.journal.answered(key, usage, cost)
             except OSError as exc:  # disk full: the answer is still kept and yielded; the run stops
                 if self._cache_error is None:
                     self._cache_error = exc
-        if self.cache is not None:
-            # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
-            try:
-                self.cache.put(
-                    key,
-                    self.model,
-                    {
-                        "text": text,
-                        "finish_reason": finish_reason,
-                        "usage": usage.as_dict(),
-                        "cost_usd": cost,
-                        "model": model,
-                    },
-                )
-            except (sqlite3.Error, OSError) as exc:
-                # Disk full, read-only file...: the answer is paid for, so it is still returned (the
-                # caller writes it); stream() then stops the run instead of paying for more (F1).
-                if self._cache_error is None:
-                    self._cache_error = exc
         st = self.stats
-        st.done += 1
         st.prompt_tokens += usage.prompt_tokens
         st.completion_tokens += usage.completion_tokens
+        st.cached_tokens += usage.cached_tokens
+        st.reasoning_tokens += usage.reasoning_tokens
         if cost:
             st.cost_usd += cost
+        return cost
+
+    async def _complete_uncached(self, reqs: list[TeacherRequest], keys: list[str]) -> list[TeacherResult]:
+        """Send one request for ``reqs`` (the samples of one prompt: ``n=len(reqs)``), retrying what is
+        transient and re-shaping once per parameter the server says the model does not take."""
+        req, key, n = reqs[0], keys[0], len(reqs)
+        params = {**self.default_params, **req.params}
+        clash = sorted(set(self.extra_body) & set(req.params))
+        if clash:
+            raise TeacherConfigError(
+                f"--param {clash[0]}={self.extra_body[clash[0]]!r} collides with the {clash[0]}={req.params[clash[0]]!r} "
+                "that this job sends itself: drop the --param (or the extra_body key), or set it with the job's own option")
+        chat = req.messages is not None
+        est = self._estimate_tokens(req, params)  # the limiter's guess; corrected by the reply's usage
+        await self._preflight()
+        attempts = 0
+        started = time.monotonic()
+        reshaped: set[str] = set()
+        while True:
+            url, body = self._request_body(req, params, n)
+            payload = orjson.dumps(body)
+            try:
+                async for attempt in AsyncRetrying(
+                    retry=retry_if_exception_type(RetryableError),
+                    stop=self._stop,
+                    wait=self._wait,
+                    before_sleep=self._count_retry,
+                    reraise=True,
+                ):
+                    with attempt:
+                        attempts += 1
+                        number = attempt.retry_state.attempt_number
+                        try:
+                            reply = await self._attempt(url, payload, est, number, key, chat=chat, body=body)
+                        except MalformedResponse as exc:
+                            if exc.billed is not None:  # billed although unreadable: costed, then retried
+                                self._bill(key, exc.billed)  # type: ignore[arg-type]
+                            elif self.journal is not None:
+                                self.journal.failed(key)
+                            raise
+                        except (RetryableError, RequestRejected, TeacherFatalError) as exc:
+                            # sent (all but Stopping, raised before sending) and not billed
+                            if self.journal is not None and not isinstance(exc, Stopping):
+                                self.journal.failed(key)
+                            raise
+                break
+            except Reshape as exc:
+                what = str(exc)
+                if what in reshaped:  # the same refusal after re-shaping: the model really refuses it
+                    return self._failed(reqs, attempts, started, f"RequestRejected: {exc}")
+                reshaped.add(what)
+                self.stats.reshaped += 1
+                if n > 1 and not self.shaper.n_samples:  # the server refused n: one request per sample
+                    results: list[TeacherResult] = []
+                    for one, one_key in zip(reqs, keys):
+                        results += await self._complete_uncached([one], [one_key])
+                    return results
+                continue
+            except (RetryableError, RequestRejected) as exc:
+                return self._failed(reqs, attempts, started, f"{type(exc).__name__}: {exc}")
+        return self._answered(reqs, keys, reply, attempts, started)
+
+    def _failed(self, reqs: list[TeacherRequest], attempts: int, started: float, error: str) -> list[TeacherResult]:
+        st = self.stats
+        st.done += len(reqs)
+        st.failed += len(reqs)
         st.last_result_at = time.monotonic()
-        return TeacherResult(
-            request=req,
-            text=text,
-            finish_reason=finish_reason,
-            usage=usage,
-            cost_usd=cost,
-            cached=False,
-            model=model,
-            attempts=attempts,
-            latency_s=st.last_result_at - started,
-        )
+        return [TeacherResult(request=r, text=None, attempts=attempts, latency_s=st.last_result_at - started,
+                              error=self._scrub(error)) for r in reqs]
+
+    def _answered(self, reqs: list[TeacherRequest], keys: list[str], reply: Reply, attempts: int,
+                  started: float) -> list[TeacherResult]:
+        """Bill, cache and count a reply's samples; samples the server did not return fail (retryable
+        by a rerun: nothing is cached for them)."""
+        n = len(reqs)
+        choices = reply.choices[:n]
+        if len(choices) < n and n > 1:  # the server ignored n: what came is kept, the rest is not paid for
+            self.shaper.n_samples = False
+        usages = share_usage(reply.usage, len(choices))
+        cost_total = self._bill(keys[0], reply.usage)
+        st = self.stats
+        results: list[TeacherResult] = []
+        for r, k, choice, usage in zip(reqs, keys, choices, usages):
+            cost = self._cost(usage) if cost_total is not None else None
+            if self.cache is not None:
+                # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
+                entry = {"text": choice.text, "finish_reason": choice.finish_reason, "usage": usage.as_dict(),
+                         "cost_usd": cost, "model": reply.model}
+                if choice.reasoning is not None:
+                    entry["reasoning"] = choice.reasoning
+                if choice.error is not None:
+                    entry["error"] = choice.error
+                try:
+                    self.cache.put(k, self.model, entry)
+                except (sqlite3.Error, OSError) as exc:
+                    # Disk full, read-only file...: the answer is paid for, so it is still returned (the
+                    # caller writes it); stream() then stops the run instead of paying for more (F1).
+                    if self._cache_error is None:
+                        self._cache_error = exc
+            st.done += 1
+            if choice.error is not None:
+                st.failed += 1
+            results.append(TeacherResult(
+                request=r, text=choice.text, finish_reason=choice.finish_reason, usage=usage, cost_usd=cost,
+                cached=False, model=reply.model, attempts=attempts, latency_s=time.monotonic() - started,
+                error=choice.error, reasoning=choice.reasoning))
+        st.last_result_at = time.monotonic()
+        if len(choices) < n:
+            results += self._failed(reqs[len(choices):], attempts, started,
+                                    f"MalformedResponse: asked for {n} samples (n), the server returned {len(choices)}")
+        return results
 
     async def _attempt(
-        self, url: str, payload: bytes, est_tokens: int, attempt: int, key: str, *, chat: bool
-    ) -> tuple[str, str | None, Usage, str | None]:
+        self, url: str, payload: bytes, est_tokens: int, attempt: int, key: str, *, chat: bool,
+        body: dict[str, Any],
+    ) -> Reply:
         await self.limiter.acquire(est_tokens)
         if self._fatal is not None:
             raise Stopping("the run is stopping")  # sends nothing more once the run must stop
@@ -485,13 +587,22 @@ class OpenAICompatibleTeacher(Teacher):
         finally:
             self._attempts_in_flight.pop(token, None)
         if status == 200:
-            parsed = self._parse(raw, chat)
+            reply = self._parse(raw, chat, body)
             self.latency.observe(loop.time() - started)
-            actual = parsed[2].total_tokens
+            actual = reply.usage.total_tokens
             self.limiter.correct_tokens(est_tokens, actual if actual else est_tokens)
             self.limiter.on_success(headers)
-            return parsed
+            return reply
         message = self._error_message(raw)
+        self._classify_error(status, raw, headers, message, body)
+        raise RequestRejected(f"HTTP {status}: {message}")
+
+    def _classify_error(self, status: int, raw: bytes, headers: Any, message: str, body: dict[str, Any]) -> None:
+        """Raise what a non-200 means: retry (429, 5xx), stop the run (key, quota), re-shape (an
+        unsupported parameter); returns for a plain rejection of this request."""
+        st = self.stats
+        if headers.get("x-should-retry", "").lower() == "false" and status != 401 and status != 403:
+            raise RequestRejected(f"HTTP {status} (the server says not to retry): {message}")
         if status == 429:
             if "insufficient_quota" in message:
                 raise TeacherFatalError(
@@ -501,14 +612,17 @@ class OpenAICompatibleTeacher(Teacher):
             wait = retry_after_seconds(headers)
             self.limiter.on_rate_limited(wait)
             raise RateLimitedError(f"429 rate limited: {message}", wait)
-        if status in (401, 403):
+        if status in (401, 403) or (status == 400 and "API key not valid" in message):  # Gemini: a 400
             raise TeacherFatalError(
                 self._scrub(f"{self.base_url} refused the API key (HTTP {status}): {message}. "
-                            "Check OPENAI_API_KEY (and OPENAI_BASE_URL).")
+                            f"Check {self.KEY_ENV} (and {self.URL_ENV}).")
             )
         if status in (408, 409) or status >= 500:
             raise ServerError(f"HTTP {status}: {message}")
-        raise RequestRejected(f"HTTP {status}: {message}")
+        if status == 400:
+            param = _error_param(raw)
+            if self.shaper.learn(param, message, body, self.model):
+                raise Reshape(f"HTTP 400: {message}")
 
     def _error_message(self, raw: bytes) -> str:
         try:
@@ -525,39 +639,13 @@ class OpenAICompatibleTeacher(Teacher):
         # Scrubbed whole, then cut: cutting first can leave part of a key behind (F7).
         return scrub_cut(raw.decode("utf-8", "replace").strip(), self._secrets, 200) or "(empty body)"
 
-    def _parse(self, raw: bytes, chat: bool) -> tuple[str, str | None, Usage, str | None]:
+    def _parse(self, raw: bytes, chat: bool, body: dict[str, Any]) -> Reply:
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError:
             head = scrub_cut(raw.decode("utf-8", "replace"), self._secrets, 80)  # scrub, then cut (F7)
             raise MalformedResponse(f"body is not JSON ({len(raw)} bytes): {head!r}") from None
-        if not isinstance(data, dict):
-            raise MalformedResponse("body is not a JSON object")
-        choices = data.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            raise MalformedResponse("body has no 'choices'")
-        choice = choices[0]
-        finish_reason = choice.get("finish_reason")
-        if chat:
-            message = choice.get("message")
-            text = message.get("content") if isinstance(message, dict) else None
-        else:
-            text = choice.get("text")
-        if text is None:
-            if finish_reason == "content_filter":
-                text = ""
-            else:
-                raise MalformedResponse("choice has no text")
-        if not isinstance(text, str):
-            raise MalformedResponse("choice text is not a string")
-        u = data.get("usage") or {}
-        if not isinstance(u, dict):
-            raise MalformedResponse("usage is not an object")
-        try:
-            usage = Usage(int(u.get("prompt_tokens") or 0), int(u.get("completion_tokens") or 0))
-        except (TypeError, ValueError):
-            raise MalformedResponse("usage is not numeric") from None
-        return text, finish_reason, usage, data.get("model")
+        return self._parse_reply(data, chat, body)
 
     async def _preflight(self) -> None:
         """Before the first paid request: is the server there, and does it accept the key?
@@ -586,12 +674,39 @@ class OpenAICompatibleTeacher(Teacher):
             if status in (401, 403):
                 raise TeacherFatalError(
                     f"{self.base_url} refused the API key (HTTP {status}): {self._error_message(raw)}. "
-                    "Check OPENAI_API_KEY (and OPENAI_BASE_URL)."
+                    f"Check {self.KEY_ENV} (and {self.URL_ENV})."
                 )
             self._preflight_done = True
 
 
-def _check_credentials(api_key: str | None, base_url: str) -> None:
+#: body fields synthkd always sets itself: a --param may not replace them
+RESERVED_BODY_FIELDS = ("model", "messages", "prompt", "n", "stream", "stream_options")
+
+
+def check_passthrough(extra_body: dict[str, Any], params: dict[str, Any]) -> None:
+    """Refuse, before any request, a passthrough field (``--param``/``extra_body``) that collides with
+    one synthkd sets, naming both."""
+    for k in extra_body:
+        if k in RESERVED_BODY_FIELDS:
+            raise TeacherConfigError(f"--param {k}: synthkd sets {k!r} itself; it cannot be passed through")
+        if k in params:
+            raise TeacherConfigError(
+                f"--param {k}={extra_body[k]!r} collides with {k}={params[k]!r} that synthkd already sends "
+                f"(from the teacher's sampling options, e.g. --{k.replace('_', '-')}): give it once")
+
+
+def _error_param(raw: bytes) -> str | None:
+    """``error.param`` of an OpenAI-style error body, if any."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    err = data.get("error") if isinstance(data, dict) else None
+    param = err.get("param") if isinstance(err, dict) else None
+    return param if isinstance(param, str) else None
+
+
+def _check_credentials(api_key: str | None, base_url: str, key_env: str = "OPENAI_API_KEY") -> None:
     """Refuse, before any request, credentials that aiohttp would reject in every request task (F13).
 
     Both mistakes are common (a key copied with its CRLF line end; a proxy URL with ``user:pass@``) and
@@ -599,7 +714,7 @@ def _check_credentials(api_key: str | None, base_url: str) -> None:
     """
     if api_key and any(ord(c) < 32 or ord(c) == 127 for c in api_key):
         raise TeacherConfigError(
-            "OPENAI_API_KEY contains a control character (often a trailing \\r or \\n copied from a file "
+            f"{key_env} contains a control character (often a trailing \\r or \\n copied from a file "
             "with Windows line endings): remove it"
         )
     parts = urllib.parse.urlsplit(base_url)
@@ -609,5 +724,5 @@ def _check_credentials(api_key: str | None, base_url: str) -> None:
             host += f":{parts.port}"
         shown = urllib.parse.urlunsplit((parts.scheme, "***@" + host, parts.path, "", ""))
         raise TeacherConfigError(
-            f"base_url must not carry credentials (user:password@) when OPENAI_API_KEY is set: {shown}"
+            f"base_url must not carry credentials (user:password@) when {key_env} is set: {shown}"
         )

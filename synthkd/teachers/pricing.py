@@ -2,8 +2,13 @@
 
 Costs are computed from integer token counts reported by the server (``usage``), never from estimates,
 so the total a run reports is what the provider bills.  Users extend the table with a JSON or YAML file
-(``--prices FILE`` or ``$SYNTHKD_PRICES``) mapping model name -> {"input": USD/1M, "output": USD/1M};
-local servers (vLLM, Ollama) can be priced at 0.
+(``--prices FILE`` or ``$SYNTHKD_PRICES``) mapping model name -> {"input": USD/1M, "output": USD/1M},
+optionally with ``"cached_input"`` (prompt tokens read from the provider's prompt cache: OpenAI's
+``cached_tokens``, DeepSeek's ``prompt_cache_hit_tokens``, Anthropic's ``cache_read_input_tokens``) and
+``"cache_write"`` (Anthropic's ``cache_creation_input_tokens``), both defaulting to ``input``, and
+``"as_of"`` (the date the price was read).  Reasoning tokens are output tokens and priced as such
+(every provider counts them in ``completion_tokens``/``output_tokens``).  Local servers (vLLM, Ollama)
+can be priced at 0.
 """
 
 from __future__ import annotations
@@ -20,11 +25,30 @@ from synthkd.errors import PriceTableError  # noqa: F401 (re-exported: their hom
 
 @dataclass(frozen=True)
 class Price:
+    """USD per 1M tokens of each billed class; ``None`` for the cache classes means the input price."""
+
     input_per_mtok: float
     output_per_mtok: float
+    cached_input_per_mtok: float | None = None
+    cache_write_per_mtok: float | None = None
 
-    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_mtok + completion_tokens * self.output_per_mtok) / 1_000_000
+    def cost(self, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0,
+             cache_write_tokens: int = 0) -> float:
+        """The bill for one answer; ``cached_tokens`` and ``cache_write_tokens`` are parts of ``prompt_tokens``."""
+        cached_rate = self.input_per_mtok if self.cached_input_per_mtok is None else self.cached_input_per_mtok
+        write_rate = self.input_per_mtok if self.cache_write_per_mtok is None else self.cache_write_per_mtok
+        plain = max(0, prompt_tokens - cached_tokens - cache_write_tokens)
+        return (plain * self.input_per_mtok + cached_tokens * cached_rate + cache_write_tokens * write_rate
+                + completion_tokens * self.output_per_mtok) / 1_000_000
+
+    def cost_of(self, usage: Any) -> float:
+        """The bill for a :class:`synthkd.teachers.base.Usage` (cached and cache-write tokens at their rates)."""
+        return self.cost(usage.prompt_tokens, usage.completion_tokens, cached_tokens=usage.cached_tokens,
+                         cache_write_tokens=usage.cache_write_tokens)
+
+
+#: the optional prompt-cache prices of an entry (USD per 1M tokens; default: the input price)
+_CACHE_FIELDS = ("cached_input", "cache_write")
 
 
 def _parse_entries(data: Any, source: str) -> dict[str, Price]:
@@ -37,9 +61,15 @@ def _parse_entries(data: Any, source: str) -> dict[str, Price]:
         if not isinstance(entry, dict) or not {"input", "output"} <= set(entry):
             raise PriceTableError(f"{source}: model {model!r}: needs fields 'input' and 'output' (USD per 1M tokens)")
         try:
-            table[model] = Price(float(entry["input"]), float(entry["output"]))
+            base = (float(entry["input"]), float(entry["output"]))
         except (TypeError, ValueError):
             raise PriceTableError(f"{source}: model {model!r}: 'input' and 'output' must be numbers") from None
+        try:
+            optional = [None if entry.get(k) is None else float(entry[k]) for k in _CACHE_FIELDS]
+        except (TypeError, ValueError):
+            raise PriceTableError(f"{source}: model {model!r}: 'cached_input' and 'cache_write' must be numbers "
+                                  "when given") from None
+        table[model] = Price(*base, *optional)  # other fields (as_of, notes) are for people
     return table
 
 

@@ -12,6 +12,7 @@ pace is lowered a little, then recovers as requests succeed.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import re
 import time
 from typing import Mapping
@@ -33,6 +34,19 @@ def parse_duration(text: str | None) -> float | None:
     if not parts:
         return None
     return sum(float(n) * _UNIT_S[u] for n, u in parts)
+
+
+def seconds_until(stamp: str | None) -> float | None:
+    """Seconds from now until an RFC 3339 time (Anthropic's ``-reset`` headers); None if unreadable."""
+    if not stamp:
+        return None
+    try:
+        when = datetime.datetime.fromisoformat(stamp.strip().replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.timezone.utc)
+    return max(0.0, (when - datetime.datetime.now(datetime.timezone.utc)).total_seconds())
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -144,6 +158,14 @@ class RateLimiter:
                 reset = parse_duration(headers.get(f"x-ratelimit-reset-{kind}"))
                 if reset:
                     self.pause(reset)
+        # Anthropic: the same idea, with the reset as an RFC 3339 time (a token bucket: it overstates
+        # the wait, which is the safe side)
+        for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
+            remaining = headers.get(f"anthropic-ratelimit-{kind}-remaining")
+            if remaining is not None and remaining.strip() in {"0", "0.0"}:
+                reset = seconds_until(headers.get(f"anthropic-ratelimit-{kind}-reset"))
+                if reset:
+                    self.pause(min(reset, 60.0))
 
     def on_rate_limited(self, retry_after: float | None) -> None:
         self.rate_limited += 1

@@ -29,8 +29,11 @@ class TeacherStats:
     retries: int = 0
     rate_limited: int = 0
     timeouts: int = 0
+    reshaped: int = 0  # requests re-sent in the shape the model accepts after an "unsupported parameter" 400
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    cached_tokens: int = 0  # part of prompt_tokens read from the provider's prompt cache
+    reasoning_tokens: int = 0  # part of completion_tokens spent on reasoning
     cost_usd: float = 0.0  # spent in this run (cache hits cost nothing)
     started_at: float = field(default_factory=time.monotonic)
     first_request_at: float | None = None
@@ -48,5 +51,8 @@ class TeacherStats:
     def summary(self) -> str:
         """One line for a command's final report: requests sent (and what they became), tokens, cost."""
         return (f"requests sent {self.attempts} ({self.cached} from cache, {self.failed} failed, {self.retries} retries, "
-                f"{self.rate_limited} rate-limited, {self.timeouts} timed out); "
-                f"tokens {self.prompt_tokens} in / {self.completion_tokens} out; {self.cost_line()}")
+                f"{self.rate_limited} rate-limited, {self.timeouts} timed out"
+                f"{f', {self.reshaped} reshaped' if self.reshaped else ''}); "
+                f"tokens {self.prompt_tokens} in{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} / "
+                f"{self.completion_tokens} out{f' ({self.reasoning_tokens} reasoning)' if self.reasoning_tokens else ''}; "
+                f"{self.cost_line()}")
