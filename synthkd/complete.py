@@ -159,7 +159,7 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
                     key=str(row["id"]),
                     messages=row.get("messages"),
                     prompt=row.get("prompt") if "messages" not in row else None,
-                    params={"seed": s} if S > 1 else {},
+                    params={},  # samples differ by sample_index only: sent as one request with n=S
                     sample_index=s,
                 )
                 for s in range(S)

@@ -499,9 +499,11 @@ async def classify(
             params["max_tokens"] = max_tokens
         reqs = []
         for s in range(samples):
+            # the same params for every sample: k samples go as one request with n=k (prompt billed once);
+            # sent one by one (a server without n), sample s gets seed + s
             p = dict(params)
             if samples > 1:
-                p["seed"] = seed + s
+                p["seed"] = seed
             reqs.append(TeacherRequest(key=f"relabel:{key}#{s}", messages=[{"role": "user", "content": prompt}],
                                        params=p, sample_index=s))
         return Job((row, offered), reqs)

@@ -109,11 +109,9 @@ class Judge(Operator):
             params["temperature"] = c.temperature
         reqs = []
         for s in range(c.samples):
-            p = dict(params)
-            if c.samples > 1:
-                p["seed"] = s
+            # the same params for every sample: k samples go as one request with n=k (prompt billed once)
             reqs.append(TeacherRequest(key=f"judge:{self.row_id(row)}#{s}", messages=[{"role": "user", "content": prompt}],
-                                       params=p, sample_index=s))
+                                       params=dict(params), sample_index=s))
         return reqs
 
     def _score(self, results: list) -> tuple[float | None, list[float], Reject | None]:

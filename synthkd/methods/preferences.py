@@ -299,7 +299,7 @@ class JudgePlan:
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         msgs = [{"role": "user", "content": self.prompt_of(row)}]
-        reqs = [TeacherRequest(key=f"{row['id']}#s{s}", messages=msgs, params={**params, "seed": self.seed + s},
+        reqs = [TeacherRequest(key=f"{row['id']}#s{s}", messages=msgs, params={**params, "seed": self.seed},
                                sample_index=s, meta={"stage": "sample"}) for s in range(self.samples)]
         return Job(row, reqs)
 

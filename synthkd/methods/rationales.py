@@ -117,8 +117,6 @@ class RationalePlan:
         params: dict[str, Any] = {}
         if self.temperature is not None:
             params["temperature"] = self.temperature
-        if self.samples > 1:
-            params["seed"] = sample
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         return TeacherRequest.user(key, prompt, chat=self.chat, params=params, sample_index=sample,

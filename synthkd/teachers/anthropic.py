@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from synthkd.teachers.base import TeacherConfigError, TeacherFatalError, TeacherRequest, Usage
+from synthkd.teachers.base import TeacherCapabilities, TeacherConfigError, TeacherFatalError, TeacherRequest, Usage
 from synthkd.teachers.errors import MalformedResponse
 from synthkd.teachers.families import FAMILIES, FamilyTable, RequestShaper
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
@@ -37,6 +37,7 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", 
 class AnthropicTeacher(OpenAICompatibleTeacher):
     """Claude through ``POST {base_url}/v1/messages`` with ``x-api-key`` (default ``$ANTHROPIC_API_KEY``)."""
 
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=True)
     KEY_ENV = "ANTHROPIC_API_KEY"
     URL_ENV = "ANTHROPIC_BASE_URL"
     DEFAULT_URL = "https://api.anthropic.com/v1"

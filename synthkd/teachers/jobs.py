@@ -16,6 +16,7 @@ budget apply across all of them), and an item is yielded as soon as its last ans
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from collections import Counter
 from contextlib import aclosing
@@ -57,35 +58,62 @@ async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
             yield x
 
 
+def _same_prompt(a: TeacherRequest, b: TeacherRequest) -> bool:
+    return a.messages == b.messages and a.prompt == b.prompt and a.params == b.params
+
+
 async def stream_jobs(teacher: Teacher,
                       jobs: Iterable[Job[T]] | AsyncIterable[Job[T]]) -> AsyncGenerator[Job[T], None]:
-    """Yield each job once all its requests have a result (failed ones carry ``error``)."""
-    pending: dict[str, tuple[Job[T], int]] = {}
+    """Yield each job once all its requests have a result (failed ones carry ``error``).
+
+    A job's consecutive requests that differ only in ``sample_index`` (k samples of one prompt) go to
+    the teacher as one request with ``samples=k``: an API teacher sends them as one call with ``n=k``,
+    so the prompt is billed once (each sample keeps its own cache entry, so reruns stay free).  Only
+    for teachers whose ``capabilities.n_samples`` say they take such requests.
+    """
+    coalesce = teacher.capabilities.n_samples
+    # internal key -> (job, the job's request index of each sample, the per-sample internal requests)
+    pending: dict[str, tuple[Job[T], list[int], list[TeacherRequest]]] = {}
+    left: dict[str, int] = {}
     counter = 0
+
+    def internal_request(key: str, req: TeacherRequest) -> TeacherRequest:
+        # The internal key routes the answer back; the caller's key is kept in meta.
+        return TeacherRequest(key=key, messages=req.messages, prompt=req.prompt, params=req.params,
+                              sample_index=req.sample_index, meta={**req.meta, "key": req.key})
 
     async def requests() -> AsyncIterator[TeacherRequest]:
         nonlocal counter
         async for job in aiter_any(jobs):
-            for i, req in enumerate(job.requests):
+            reqs = job.requests
+            i = 0
+            while i < len(reqs):
+                j = i + 1
+                while (coalesce and j < len(reqs) and reqs[j].samples == 1 and reqs[i].samples == 1
+                       and reqs[j].sample_index == reqs[j - 1].sample_index + 1 and _same_prompt(reqs[j], reqs[i])):
+                    j += 1
                 internal = f"{counter}"
                 counter += 1
-                pending[internal] = (job, i)
-                # The internal key routes the answer back; the caller's key is kept in meta.
-                yield TeacherRequest(
-                    key=internal,
-                    messages=req.messages,
-                    prompt=req.prompt,
-                    params=req.params,
-                    sample_index=req.sample_index,
-                    meta={**req.meta, "key": req.key},
-                )
+                pending[internal] = (job, list(range(i, j)), [internal_request(internal, r) for r in reqs[i:j]])
+                left[internal] = j - i
+                first = internal_request(internal, reqs[i])
+                yield first if j - i == 1 else dataclasses.replace(first, samples=j - i)
+                i = j
 
     # aclosing: when our caller stops early (e.g. its output write failed), the teacher's stream is closed
     # here, cancelling its requests in flight, before the caller closes the teacher's HTTP session.
     async with aclosing(teacher.stream(requests())) as results:
         async for res in results:
-            job, i = pending.pop(res.key)
-            job.results[i] = res
+            job, idx, originals = pending[res.key]
+            pos = res.request.sample_index - originals[0].sample_index
+            if not 0 <= pos < len(idx):
+                raise RuntimeError(f"teacher answered sample {res.request.sample_index} of request {res.key!r}, "
+                                   f"which asked for samples {originals[0].sample_index}..{originals[-1].sample_index}")
+            res.request = originals[pos]
+            left[res.key] -= 1
+            if left[res.key] == 0:
+                del pending[res.key], left[res.key]
+            job.results[idx[pos]] = res
             job.left -= 1
             if job.left == 0:
                 yield job

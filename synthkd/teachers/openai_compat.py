@@ -27,6 +27,7 @@ What this class guarantees, in order of importance:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import sqlite3
@@ -278,7 +279,8 @@ class OpenAICompatibleTeacher(Teacher):
                             missing.append(one)
                             keys.append(key)
                     # one request for all missing samples where the endpoint takes n, else one each
-                    groups = [(missing, keys)] if self.shaper.n_samples else [([m], [k]) for m, k in zip(missing, keys)]
+                    groups = ([(missing, keys)] if self.shaper.n_samples
+                              else [([one_by_one(m, m.sample_index - req.sample_index)], [k]) for m, k in zip(missing, keys)])
                     for group, group_keys in groups:
                         if not group:
                             continue
@@ -498,7 +500,8 @@ class OpenAICompatibleTeacher(Teacher):
                 if n > 1 and not self.shaper.n_samples:  # the server refused n: one request per sample
                     results: list[TeacherResult] = []
                     for one, one_key in zip(reqs, keys):
-                        results += await self._complete_uncached([one], [one_key])
+                        results += await self._complete_uncached([one_by_one(one, one.sample_index - req.sample_index)],
+                                                                 [one_key])
                     return results
                 continue
             except (RetryableError, RequestRejected) as exc:
@@ -677,6 +680,15 @@ class OpenAICompatibleTeacher(Teacher):
                     f"Check {self.KEY_ENV} (and {self.URL_ENV})."
                 )
             self._preflight_done = True
+
+
+def one_by_one(sample: TeacherRequest, offset: int) -> TeacherRequest:
+    """A sample of a k-sample request sent on its own (a server without ``n``): the ``offset``-th one
+    gets ``seed + offset`` (``seed`` = offset when there is none), so servers that honour seeds still
+    return k different samples.  Its cache key is computed before, from the request as asked."""
+    if offset == 0 and "seed" not in sample.params:
+        return sample
+    return dataclasses.replace(sample, params={**sample.params, "seed": int(sample.params.get("seed") or 0) + offset})
 
 
 #: body fields synthkd always sets itself: a --param may not replace them
