@@ -20,6 +20,31 @@ Pieces:
 
 Control endpoints (not counted in the stats): ``GET /_stats``, ``POST /_reset``,
 ``POST /_config`` (JSON object of :class:`FaultConfig` fields).
+
+Flavors (``TestServer(flavor=...)``, ``--flavor``): which teacher family the server emulates, per
+the offline API reference (section in brackets); the shaping lives in :mod:`.flavors` and
+:mod:`.anthropic_api`.
+
+* ``openai`` (default): today's OpenAI chat/completions, plus ``prompt_tokens_details.cached_tokens``
+  when a long prompt prefix repeats [§1.3].
+* ``openai-reasoning``: an o-series / GPT-5 model -- ``max_tokens``, ``temperature`` != 1, ``top_p``,
+  penalties, logprobs, ``logit_bias`` and unknown ``reasoning_effort`` values get the verbatim 400s;
+  hidden reasoning tokens in ``completion_tokens_details``; a budget spent in reasoning answers
+  ``content ""`` (or null) with ``finish_reason "length"`` [§1.3-§1.7].
+* ``deepseek``: ``reasoning_content``, ``prompt_cache_hit/miss_tokens``; logprobs and ``n > 1``
+  rejected (the latter an assumption) [§4.1].
+* ``vllm`` / ``vllm-old``: ``reasoning`` / ``reasoning_content``, no usage details, ``content null``
+  when cut off in reasoning, the new / old vLLM error envelope [§4.2].
+* ``openrouter``: ``reasoning`` plus ``reasoning_details`` [§4.3].
+* ``think-inline``: the trace inside ``content`` between ``<think>`` tags, or with only the closing
+  tag for a share of prompts [§4.4].
+* ``anthropic``: the Messages API at ``/v1/messages`` (``x-api-key``, ``anthropic-version``,
+  thinking blocks, ``cache_control`` caching, ``anthropic-ratelimit-*`` headers, 529) [§3, §6.2, §6.5].
+* ``gemini``: the OpenAI-compatible endpoint under ``/v1beta/openai``; a bad key is a Google-style
+  400 [§5].
+
+Every flavor keeps a provider's bill of what it answered (``stats()["billed"]``, ``billed_usd``),
+priced from ``prices=`` / ``--prices`` (default synthkd/data/prices.json): see :mod:`.billing`.
 """
 
 from __future__ import annotations
@@ -403,6 +428,11 @@ class TestServer:
     ``finish_reason="length"``.  For ``n > 1`` the responder is called once per choice; the 2nd..
     calls get a shallow copy of the body with an extra ``"choice_index"`` key.  An exception in
     the responder becomes a 500 (outcome ``responder_error``).
+
+    ``flavor`` picks the emulated teacher family (see the module docstring; fixed for the server's
+    life because it decides the routes) and ``prices`` the price table of the billed ledger (a
+    mapping, a JSON file path or a :class:`~synthkd.testing.billing.PriceTable`; default
+    synthkd/data/prices.json).
 
     ``stats()``, ``reset_stats()`` and ``configure(**fields)`` are safe to call from any thread.
     """
