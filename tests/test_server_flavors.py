@@ -8,7 +8,9 @@ tests pin the emulator, the client tests then rely on it.
 
 from __future__ import annotations
 
+import json
 import re
+from pathlib import Path
 
 import httpx
 import pytest
@@ -509,3 +511,33 @@ def test_unknown_flavor_and_cli_help():
         TestServer(flavor="bard")
     out = run_cli("serve-test", "--help").stdout
     assert "--flavor" in out and "--prices" in out and "anthropic" in out
+
+
+# --------------------------------------------------------------------------- recorded shapes
+
+RECORDED = json.loads((Path(__file__).parent / "fixtures" / "api_shapes" / "recorded_shapes.json").read_text())
+
+
+def test_anthropic_replies_carry_every_recorded_field():
+    recorded = RECORDED["anthropic_message"]
+    with serve("anthropic", rpm_limit=4000, tpm_limit=480000) as srv:
+        _, headers, plain = messages(srv, **recorded["request"])
+        thinking = messages(srv, max_tokens=4096, thinking={"type": "enabled", "budget_tokens": 2048})[2]
+    assert set(recorded["response"]) <= set(plain)
+    assert set(recorded["response"]["usage"]) <= set(plain["usage"])
+    assert plain["content"][0].keys() == recorded["response"]["content"][0].keys()
+    assert {k.lower() for k in recorded["rate_limit_headers"]} <= {k.lower() for k in headers}
+    rec_blocks = RECORDED["anthropic_thinking_message"]["response"]["content"]
+    assert [b.keys() for b in thinking["content"]] == [b.keys() for b in rec_blocks]
+
+
+def test_openai_reply_carries_every_recorded_field():
+    recorded = RECORDED["openai_chat_completion"]["response"]
+    with serve("openai-reasoning") as srv:
+        body = chat(srv)[1]
+    assert set(recorded) - {"service_tier"} <= set(body)
+    assert set(recorded["choices"][0]) == set(body["choices"][0])
+    assert set(recorded["choices"][0]["message"]) <= set(body["choices"][0]["message"])
+    assert set(recorded["usage"]) <= set(body["usage"])
+    for key in ("prompt_tokens_details", "completion_tokens_details"):
+        assert set(recorded["usage"][key]) <= set(body["usage"][key])
