@@ -147,10 +147,7 @@ def validate_chat(flavor: str, body: dict, n: int) -> Rejection | None:
         if n > 1:
             return Rejection(400, "Param `n` > 1 is not supported by this model.", param="n",
                              code="invalid_request_error")
-    elif flavor == "gemini" or flavor in ("vllm", "vllm-old", "openrouter", "think-inline"):
-        effort = body.get("reasoning_effort")
-        if effort is not None and effort not in EFFORT_SCALE:
-            return Rejection(400, f"Invalid reasoning_effort {_json_value(effort)!r}.", param="reasoning_effort")
+    # The other flavors accept every parameter (an unknown reasoning_effort counts as medium).
     return None
 
 
