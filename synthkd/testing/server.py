@@ -20,6 +20,31 @@ Pieces:
 
 Control endpoints (not counted in the stats): ``GET /_stats``, ``POST /_reset``,
 ``POST /_config`` (JSON object of :class:`FaultConfig` fields).
+
+Flavors (``TestServer(flavor=...)``, ``--flavor``): which teacher family the server emulates, per
+the offline API reference (section in brackets); the shaping lives in :mod:`.flavors` and
+:mod:`.anthropic_api`.
+
+* ``openai`` (default): today's OpenAI chat/completions, plus ``prompt_tokens_details.cached_tokens``
+  when a long prompt prefix repeats [§1.3].
+* ``openai-reasoning``: an o-series / GPT-5 model -- ``max_tokens``, ``temperature`` != 1, ``top_p``,
+  penalties, logprobs, ``logit_bias`` and unknown ``reasoning_effort`` values get the verbatim 400s;
+  hidden reasoning tokens in ``completion_tokens_details``; a budget spent in reasoning answers
+  ``content ""`` (or null) with ``finish_reason "length"`` [§1.3-§1.7].
+* ``deepseek``: ``reasoning_content``, ``prompt_cache_hit/miss_tokens``; logprobs and ``n > 1``
+  rejected (the latter an assumption) [§4.1].
+* ``vllm`` / ``vllm-old``: ``reasoning`` / ``reasoning_content``, no usage details, ``content null``
+  when cut off in reasoning, the new / old vLLM error envelope [§4.2].
+* ``openrouter``: ``reasoning`` plus ``reasoning_details`` [§4.3].
+* ``think-inline``: the trace inside ``content`` between ``<think>`` tags, or with only the closing
+  tag for a share of prompts [§4.4].
+* ``anthropic``: the Messages API at ``/v1/messages`` (``x-api-key``, ``anthropic-version``,
+  thinking blocks, ``cache_control`` caching, ``anthropic-ratelimit-*`` headers, 529) [§3, §6.2, §6.5].
+* ``gemini``: the OpenAI-compatible endpoint under ``/v1beta/openai``; a bad key is a Google-style
+  400 [§5].
+
+Every flavor keeps a provider's bill of what it answered (``stats()["billed"]``, ``billed_usd``),
+priced from ``prices=`` / ``--prices`` (default synthkd/data/prices.json): see :mod:`.billing`.
 """
 
 from __future__ import annotations
@@ -40,6 +65,10 @@ from typing import Any, Awaitable, Callable, Union
 import orjson
 from aiohttp import web
 
+from synthkd.testing import anthropic_api, flavors
+from synthkd.testing.billing import Ledger, PriceTable
+from synthkd.testing.prompt_cache import AutoPrefixCache, BlockCache
+
 __all__ = [
     "FaultConfig",
     "TestServer",
@@ -57,6 +86,7 @@ __all__ = [
 CHAT_ENDPOINT = "/v1/chat/completions"
 COMPLETIONS_ENDPOINT = "/v1/completions"
 MODELS_ENDPOINT = "/v1/models"
+GEMINI_PREFIX = "/v1beta/openai"
 DEFAULT_MODEL = "test-model"
 
 #: Outcomes counted in ``stats()["by_outcome"]``.  Every ``/v1/*`` request gets exactly one, decided
@@ -71,6 +101,8 @@ OUTCOMES = (
     "bad_request",
     "responder_error",
     "quota_exhausted",
+    "truncated",
+    "overloaded",
 )
 
 #: The malformed-body variants, served in this order (cycling) whenever a malformed fault fires.
@@ -109,6 +141,19 @@ class FaultConfig:
       body with the ``Authorization`` header inside.  For testing that a client scrubs keys everywhere.
     * ``quota_after``: once this many requests were answered ``ok``, every generation request gets
       OpenAI's ``429 insufficient_quota`` (checked after auth, before the rate limits).
+    * ``truncate_rate``: answers cut as if the length limit was hit (``finish_reason "length"``;
+      reasoning flavors spend it all on reasoning and return no answer).  Billed like any 200.
+    * ``overloaded_rate``: Anthropic's ``529 overloaded_error`` with ``x-should-retry: true``; an
+      OpenAI-shaped flavor answers ``503`` "That model is currently overloaded ...".
+    * ``reasoning_tokens``: the medium-effort base of the hidden reasoning of reasoning flavors
+      (scaled by ``reasoning_effort``, plus 0..7 by prompt hash; see ``flavors.reasoning_tokens``).
+    * ``prompt_cache_min_tokens``: the shortest prompt that prefix caching reports (OpenAI: 1024).
+    * ``length_content``: ``"empty"`` or ``"null"`` -- the ``content`` of an ``openai-reasoning``
+      answer whose budget ran out inside the reasoning.
+    * ``think_closing_only_share``: for ``think-inline``, the share of prompts (by hash) answered
+      with only the closing ``</think>`` tag.
+
+    The fault draw's order is hang -> 500 -> malformed -> truncate -> overloaded.
     """
 
     latency_ms: float = 0
@@ -123,6 +168,12 @@ class FaultConfig:
     api_key: str | None = None
     echo_key: bool = False
     quota_after: int | None = None
+    truncate_rate: float = 0
+    overloaded_rate: float = 0
+    reasoning_tokens: int = 64
+    prompt_cache_min_tokens: int = 1024
+    length_content: str = "empty"
+    think_closing_only_share: float = 0.5
 
     def __post_init__(self) -> None:
         self.validate()
@@ -132,7 +183,8 @@ class FaultConfig:
         for name in ("latency_ms", "latency_jitter_ms", "hang_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("error_rate", "hang_rate", "malformed_rate"):
+        for name in ("error_rate", "hang_rate", "malformed_rate", "truncate_rate", "overloaded_rate",
+                     "think_closing_only_share"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -142,9 +194,18 @@ class FaultConfig:
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
         if self.quota_after is not None and self.quota_after < 0:
             raise ValueError(f"quota_after must be >= 0 or None, got {self.quota_after!r}")
+        for name in ("reasoning_tokens", "prompt_cache_min_tokens"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.length_content not in ("empty", "null"):
+            raise ValueError(f"length_content must be 'empty' or 'null', got {self.length_content!r}")
 
 
-_FLOAT_FIELDS = {"latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate"}
+_FLOAT_FIELDS = {
+    "latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate",
+    "truncate_rate", "overloaded_rate", "think_closing_only_share",
+}
+_INT_FIELDS = {"seed", "reasoning_tokens", "prompt_cache_min_tokens"}
 _OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit"}
 _CONFIG_FIELDS = {f.name for f in fields(FaultConfig)}
 
@@ -159,9 +220,13 @@ def _coerce_config_value(name: str, value: Any) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
         return float(value)
-    if name == "seed":
+    if name in _INT_FIELDS:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"seed must be an integer, got {value!r}")
+            raise ValueError(f"{name} must be an integer, got {value!r}")
+        return value
+    if name == "length_content":
+        if value not in ("empty", "null"):
+            raise ValueError(f"length_content must be 'empty' or 'null', got {value!r}")
         return value
     if name == "echo_key":
         if not isinstance(value, bool):
@@ -331,6 +396,19 @@ def _fmt_number(value: float) -> str:
 # --------------------------------------------------------------------------------------------
 
 
+def _responder_text(out: Any) -> tuple[str, str]:
+    """A responder's answer as ``(text, finish_reason)`` (it may return a str or a dict)."""
+    finish_reason = "stop"
+    if isinstance(out, dict):
+        text = out.get("text", "")
+        finish_reason = out.get("finish_reason") or "stop"
+    else:
+        text = out
+    if not isinstance(text, str):
+        text = "" if text is None else str(text)
+    return text, finish_reason
+
+
 def _error_body(message: str, type_: str, code: str | None = None, param: str | None = None) -> dict:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -351,6 +429,11 @@ class TestServer:
     calls get a shallow copy of the body with an extra ``"choice_index"`` key.  An exception in
     the responder becomes a 500 (outcome ``responder_error``).
 
+    ``flavor`` picks the emulated teacher family (see the module docstring; fixed for the server's
+    life because it decides the routes) and ``prices`` the price table of the billed ledger (a
+    mapping, a JSON file path or a :class:`~synthkd.testing.billing.PriceTable`; default
+    synthkd/data/prices.json).
+
     ``stats()``, ``reset_stats()`` and ``configure(**fields)`` are safe to call from any thread.
     """
 
@@ -362,7 +445,13 @@ class TestServer:
         responder: Responder | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        flavor: str = "openai",
+        prices: "PriceTable | dict | str | None" = None,
     ) -> None:
+        self.flavor = flavors.check_flavor(flavor)
+        self.ledger = Ledger(PriceTable.load(prices))
+        self._auto_cache = AutoPrefixCache()
+        self._block_cache = BlockCache()
         self.config = config if config is not None else FaultConfig()
         self.config.validate()
         self.responder: Responder = responder if responder is not None else default_responder
@@ -393,8 +482,34 @@ class TestServer:
 
     @property
     def base_url(self) -> str:
-        """``http://<host>:<port>/v1`` -- the OpenAI ``base_url``."""
+        """What a client of this flavor takes as ``base_url``.
+
+        ``http://<host>:<port>/v1`` (OpenAI shapes), the root for ``anthropic`` (the client appends
+        ``/v1/messages``), ``.../v1beta/openai`` for ``gemini``.
+        """
+        if self.flavor == "anthropic":
+            return self.url
+        if self.flavor == "gemini":
+            return f"{self.url}{GEMINI_PREFIX}"
         return f"{self.url}/v1"
+
+    def _routes(self) -> dict[str, tuple[str, Any]]:
+        """path -> (method, handler) for this flavor's API."""
+        if self.flavor == "anthropic":
+            return {
+                anthropic_api.MESSAGES_ENDPOINT: ("POST", self._handle_messages),
+                anthropic_api.ANTHROPIC_MODELS_ENDPOINT: ("GET", self._handle_models),
+            }
+        if self.flavor == "gemini":
+            return {
+                GEMINI_PREFIX + "/chat/completions": ("POST", self._handle_chat),
+                GEMINI_PREFIX + "/models": ("GET", self._handle_models),
+            }
+        return {
+            CHAT_ENDPOINT: ("POST", self._handle_chat),
+            COMPLETIONS_ENDPOINT: ("POST", self._handle_completions),
+            MODELS_ENDPOINT: ("GET", self._handle_models),
+        }
 
     @property
     def url(self) -> str:
@@ -462,9 +577,8 @@ class TestServer:
         self._loop_thread_id = threading.get_ident()
         self._stop_event = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
-        app.router.add_post(CHAT_ENDPOINT, self._handle_chat)
-        app.router.add_post(COMPLETIONS_ENDPOINT, self._handle_completions)
-        app.router.add_get(MODELS_ENDPOINT, self._handle_models)
+        for path, (method, handler) in self._routes().items():
+            app.router.add_route(method, path, handler)
         app.router.add_get("/_stats", self._handle_stats)
         app.router.add_post("/_reset", self._handle_reset)
         app.router.add_post("/_config", self._handle_config)
@@ -516,6 +630,11 @@ class TestServer:
         well-formed requests for that prompt, whatever their outcome -- retries and cache misses
         show up as counts > 1.  ``usage`` sums the tokens of the answers actually produced.
         ``in_flight`` / ``max_in_flight`` count generation requests being handled concurrently.
+        ``billed`` / ``billed_usd`` are the provider's bill (see :mod:`synthkd.testing.billing`):
+        ``{"requests", "input_tokens" (uncached), "cached_input_tokens", "cache_write_tokens",
+        "output_tokens" (reasoning included), "reasoning_tokens"}``, priced with the server's table;
+        ``billed_unpriced_models`` lists models that had no price.  A reset also empties the
+        prompt caches.
         """
         return self._call_in_loop(self._stats_now)
 
@@ -564,7 +683,7 @@ class TestServer:
 
     def _reset_counters(self) -> None:
         self._requests_total = 0
-        self._by_endpoint = {CHAT_ENDPOINT: 0, COMPLETIONS_ENDPOINT: 0, MODELS_ENDPOINT: 0}
+        self._by_endpoint = dict.fromkeys(self._routes(), 0)
         self._by_outcome = dict.fromkeys(OUTCOMES, 0)
         self._rate_limited_by = {"requests": 0, "tokens": 0}
         self._malformed_by_variant = dict.fromkeys(MALFORMED_VARIANTS, 0)
@@ -574,6 +693,9 @@ class TestServer:
         self._prompt_counts: dict[str, int] = {}
         self._prompt_counts_truncated = False
         self._models_seen: dict[str, None] = {}
+        self.ledger.reset()
+        self._auto_cache.clear()
+        self._block_cache.clear()
 
     def _reset_now(self) -> None:
         self._reset_counters()
@@ -601,6 +723,8 @@ class TestServer:
             "repeated_prompts": sum(1 for c in counts.values() if c > 1),
             "prompt_counts_truncated": self._prompt_counts_truncated,
             "models_seen": list(self._models_seen),
+            "flavor": self.flavor,
+            **self.ledger.snapshot(),
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
             "config": self._public_config(),
         }
@@ -640,12 +764,31 @@ class TestServer:
             hdrs.update(headers)
         return web.Response(body=orjson.dumps(obj), status=status, headers=hdrs)
 
-    def _count(self, endpoint: str) -> None:
+    def _count(self, path: str) -> None:
         self._requests_total += 1
-        self._by_endpoint[endpoint] += 1
+        self._by_endpoint[path] = self._by_endpoint.get(path, 0) + 1
+
+    def _err(
+        self,
+        status: int,
+        message: str,
+        type_: str,
+        code: str | None = None,
+        param: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> web.Response:
+        """An error response in this flavor's envelope (see ``flavors.error_body``)."""
+        body = flavors.error_body(self.flavor, status, message, type_, code, param)
+        return self._json(body, status=status, headers=headers)
 
     def _unauthorized(self, request: web.Request) -> web.Response:
         self._by_outcome["unauthorized"] += 1
+        if self.flavor == "gemini":
+            # §5: third-party reports (unverified) say Gemini's compat endpoint answers a bad key
+            # with HTTP 400 and a Google-style body, not OpenAI's 401.
+            body = {"error": {"code": 400, "message": "API key not valid. Please pass a valid API key.",
+                              "status": "INVALID_ARGUMENT"}}
+            return self._json(body, status=400)
         given = request.headers.get("Authorization")
         message = (
             "You didn't provide an API key. You need to provide your API key in an Authorization "
@@ -654,7 +797,7 @@ class TestServer:
             else f"Incorrect API key provided{self._echo(request, ': {key}')}. You can find your API key at "
             "https://platform.openai.com/account/api-keys."
         )
-        return self._json(_error_body(message, "invalid_request_error", "invalid_api_key"), status=401)
+        return self._err(401, message, "invalid_request_error", "invalid_api_key")
 
     def _echo(self, request: web.Request, fmt: str = " (sent with key: {key})") -> str:
         """``fmt`` filled with the presented key, for error bodies, when ``echo_key`` is on (else "")."""
@@ -663,10 +806,17 @@ class TestServer:
             return ""
         return fmt.format(key=given[7:] if given.startswith("Bearer ") else given)
 
-    def _bad_request(self, request: web.Request, message: str, param: str | None = None) -> web.Response:
+    def _bad_request(
+        self,
+        request: web.Request,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        status: int = 400,
+    ) -> web.Response:
         self._by_outcome["bad_request"] += 1
         message += self._echo(request)
-        return self._json(_error_body(message, "invalid_request_error", None, param), status=400)
+        return self._err(status, message, "invalid_request_error", code, param)
 
     def _quota_exhausted(self) -> web.Response:
         self._by_outcome["quota_exhausted"] += 1
@@ -674,14 +824,22 @@ class TestServer:
             "You exceeded your current quota, please check your plan and billing details. For more information "
             "on this error, read the docs: https://platform.openai.com/docs/guides/error-codes/api-errors."
         )
-        return self._json(_error_body(message, "insufficient_quota", "insufficient_quota"), status=429)
+        return self._err(429, message, "insufficient_quota", "insufficient_quota")
 
     async def _handle_models(self, request: web.Request) -> web.Response:
-        self._count(MODELS_ENDPOINT)
+        self._count(request.path)
+        if self.flavor == "anthropic":
+            request_id = self._next_request_id()
+            denied = self._anthropic_denied(request, request_id)
+            if denied is not None:
+                return denied
+            self._by_outcome["ok"] += 1
+            names = list(dict.fromkeys([*self._models_seen, DEFAULT_MODEL]))
+            return self._json(anthropic_api.models_body(names), headers={"request-id": request_id})
         if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
             return self._unauthorized(request)
         self._by_outcome["ok"] += 1
-        names = dict.fromkeys([*self._models_seen, DEFAULT_MODEL])
+        names = list(dict.fromkeys([*self._models_seen, DEFAULT_MODEL]))
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "synthkd"} for name in names]
         return self._json({"object": "list", "data": data})
 
@@ -691,16 +849,45 @@ class TestServer:
     async def _handle_completions(self, request: web.Request) -> web.Response:
         return await self._handle_generation(request, COMPLETIONS_ENDPOINT)
 
+    async def _handle_messages(self, request: web.Request) -> web.Response:
+        return await self._handle_generation(request, anthropic_api.MESSAGES_ENDPOINT)
+
     async def _handle_generation(self, request: web.Request, endpoint: str) -> web.Response:
+        """Count, track concurrency, dispatch.  ``endpoint`` is the canonical one the responder sees."""
         arrived = asyncio.get_running_loop().time()
-        self._count(endpoint)
+        self._count(request.path)
         self._in_flight += 1
         if self._in_flight > self._max_in_flight:
             self._max_in_flight = self._in_flight
         try:
+            if endpoint == anthropic_api.MESSAGES_ENDPOINT:
+                return await self._generate_anthropic(request, arrived)
             return await self._generate(request, endpoint, arrived)
         finally:
             self._in_flight -= 1
+
+    def _draw_fault(self, cfg: FaultConfig) -> tuple[str | None, float]:
+        """One draw against cumulative thresholds (hang, 500, malformed, truncate, overloaded), and
+        one for latency jitter: the fault's outcome name (or None) and the jitter draw."""
+        rng = self._rng
+        draw = rng.random()
+        jitter_draw = rng.random()
+        threshold = 0.0
+        for name, rate in (
+            ("hang", cfg.hang_rate),
+            ("error_500", cfg.error_rate),
+            ("malformed", cfg.malformed_rate),
+            ("truncated", cfg.truncate_rate),
+            ("overloaded", cfg.overloaded_rate),
+        ):
+            threshold += rate
+            if draw < threshold:
+                return name, jitter_draw
+        return None, jitter_draw
+
+    def _bill(self, model: str, charge: dict | None) -> None:
+        if charge is not None:
+            self.ledger.charge(model, **charge)
 
     async def _generate(self, request: web.Request, endpoint: str, arrived: float) -> web.Response:
         cfg = self.config
@@ -732,6 +919,10 @@ class TestServer:
         model = body.get("model") or DEFAULT_MODEL
         if not isinstance(model, str):
             return self._bad_request(request, "'model' must be a string.", "model")
+        if is_chat:
+            rejection = flavors.validate_chat(self.flavor, body, n)
+            if rejection is not None:
+                return self._bad_request(request, rejection.message, rejection.param, rejection.code, rejection.status)
         self._models_seen[model] = None
         # Every well-formed request counts towards its prompt, whatever its fate (so retries and
         # cache misses are visible); list prompts count each element.
@@ -755,37 +946,43 @@ class TestServer:
             if limited is not None:
                 return limited
 
-        # 3..5. faults: one draw against cumulative thresholds, one draw for latency jitter
-        rng = self._rng
-        draw = rng.random()
-        jitter_draw = rng.random()
-        threshold = cfg.hang_rate
-        if draw < threshold:
+        # 3..7. faults: one draw against cumulative thresholds, one draw for latency jitter
+        fault, jitter_draw = self._draw_fault(cfg)
+        if fault == "hang":
             self._by_outcome["hang"] += 1
             await self._hang(cfg.hang_seconds)
-            return await self._answer(body, endpoint, is_chat, model, n, prompts)
-        threshold += cfg.error_rate
-        if draw < threshold:
+            response, charge = await self._answer(body, endpoint, is_chat, model, n, prompts)
+            self._bill(model, charge)
+            return response
+        if fault == "error_500":
             self._by_outcome["error_500"] += 1
             await self._latency(cfg, jitter_draw, arrived)
-            return self._json(
-                _error_body(
-                    "The server had an error while processing your request. Sorry about that!"
-                    + self._echo(request),
-                    "server_error",
-                ),
-                status=500,
+            return self._err(
+                500,
+                "The server had an error while processing your request. Sorry about that!" + self._echo(request),
+                "server_error",
                 headers=self._rate_headers(),
             )
-        threshold += cfg.malformed_rate
-        if draw < threshold:
+        if fault == "malformed":
             self._by_outcome["malformed"] += 1
             return self._malformed(body, is_chat, model, self._echo(request, "Bearer {key}"))
+        if fault == "overloaded":
+            self._by_outcome["overloaded"] += 1
+            await self._latency(cfg, jitter_draw, arrived)
+            return self._err(
+                503,
+                "That model is currently overloaded with other requests. You can retry your request, or contact "
+                "us through our help center at help.openai.com if the error persists.",
+                "server_error",
+                headers=self._rate_headers(),
+            )
 
-        # 6. normal answer
-        self._by_outcome["ok"] += 1
-        response = await self._answer(body, endpoint, is_chat, model, n, prompts)
+        # 8. normal (or truncated) answer
+        truncate = fault == "truncated"
+        self._by_outcome["truncated" if truncate else "ok"] += 1
+        response, charge = await self._answer(body, endpoint, is_chat, model, n, prompts, truncate=truncate)
         await self._latency(cfg, jitter_draw, arrived)
+        self._bill(model, charge)  # after the latency: a client that gave up earlier got nothing
         return response
 
     async def _latency(self, cfg: FaultConfig, jitter_draw: float, arrived: float) -> None:
@@ -825,9 +1022,10 @@ class TestServer:
             content_type="application/json",
         )
 
-    def _check_rate_limits(
-        self, rb: _TokenBucket | None, tb: _TokenBucket | None, model: str
-    ) -> web.Response | None:
+    def _rate_block(
+        self, rb: _TokenBucket | None, tb: _TokenBucket | None
+    ) -> tuple[str, float, _TokenBucket] | None:
+        """Admit (take one request) or say which bucket blocks and for how long (and count it)."""
         now = time.monotonic()
         blocked = None
         wait = 0.0
@@ -847,17 +1045,27 @@ class TestServer:
             return None
         self._by_outcome["rate_limited"] += 1
         self._rate_limited_by[blocked] += 1
+        bucket = rb if blocked == "requests" else tb
+        assert bucket is not None
+        return blocked, wait, bucket
+
+    def _check_rate_limits(
+        self, rb: _TokenBucket | None, tb: _TokenBucket | None, model: str
+    ) -> web.Response | None:
+        block = self._rate_block(rb, tb)
+        if block is None:
+            return None
+        blocked, wait, bucket = block
         headers = self._rate_headers()
         headers["retry-after"] = str(max(1, math.ceil(wait)))
         headers["retry-after-ms"] = str(max(1, math.ceil(wait * 1000)))
-        bucket = rb if blocked == "requests" else tb
-        limit = _fmt_number(bucket.limit)  # type: ignore[union-attr]
+        limit = _fmt_number(bucket.limit)
         unit = "RPM" if blocked == "requests" else "TPM"
         message = (
             f"Rate limit reached for {model} on {blocked} per min ({unit}): Limit {limit}. "
             f"Please try again in {_fmt_duration(wait)}."
         )
-        return self._json(_error_body(message, blocked, "rate_limit_exceeded"), status=429, headers=headers)
+        return self._err(429, message, blocked, "rate_limit_exceeded", headers=headers)
 
     def _rate_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
@@ -890,14 +1098,7 @@ class TestServer:
         out = self.responder(endpoint, body)
         if inspect.isawaitable(out):
             out = await out
-        finish_reason = "stop"
-        if isinstance(out, dict):
-            text = out.get("text", "")
-            finish_reason = out.get("finish_reason") or "stop"
-        else:
-            text = out
-        if not isinstance(text, str):
-            text = "" if text is None else str(text)
+        text, finish_reason = _responder_text(out)
         if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0:
             words = text.split()
             if len(words) > max_tokens:
@@ -906,33 +1107,57 @@ class TestServer:
         return text, finish_reason
 
     async def _answer(
-        self, body: dict, endpoint: str, is_chat: bool, model: str, n: int, prompts: list[str]
-    ) -> web.Response:
-        """Build the OpenAI-shaped success response (and charge its tokens to the TPM bucket).
+        self,
+        body: dict,
+        endpoint: str,
+        is_chat: bool,
+        model: str,
+        n: int,
+        prompts: list[str],
+        truncate: bool = False,
+    ) -> tuple[web.Response, dict | None]:
+        """Build the success response (and charge its tokens to the TPM bucket).
 
-        ``prompts`` is ``[prompt text]`` for chat, the prompt(s) for completions.
+        ``prompts`` is ``[prompt text]`` for chat, the prompt(s) for completions.  Returns the
+        response and the ledger charge for it (None when nothing is billable).
         """
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
             max_tokens = body.get("max_tokens")
+        budget = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0 else None
+        flavor = self.flavor
+        cfg = self.config
         choices: list[dict] = []
         completion_tokens = 0
+        reasoning_total = 0
+        cached = 0
         try:
             if is_chat:
-                prompt_tokens = count_tokens(prompts[0])
+                prompt = prompts[0]
+                prompt_tokens = count_tokens(prompt)
+                # A sample of n > 1 with no temperature uses the provider default (1) so the choices
+                # differ; the default flavor keeps its historical greedy behaviour.
+                base = body
+                if flavor != "openai" and n > 1 and body.get("temperature") is None:
+                    base = {**body, "temperature": 1}
+                reasoning = flavor in flavors.REASONING_FLAVORS
+                effort = body.get("reasoning_effort")
+                closing_only = flavor == "think-inline" and flavors.closing_tag_only(prompt, cfg.think_closing_only_share)
                 for i in range(n):
                     text, finish = await self._respond_once(
-                        endpoint, body if i == 0 else {**body, "choice_index": i}, max_tokens
+                        endpoint, base if i == 0 else {**base, "choice_index": i}, None
                     )
-                    completion_tokens += count_tokens(text)
-                    choices.append(
-                        {
-                            "index": i,
-                            "message": {"role": "assistant", "content": text},
-                            "logprobs": None,
-                            "finish_reason": finish,
-                        }
+                    spent = flavors.reasoning_tokens(prompt, i, effort, cfg.reasoning_tokens) if reasoning else 0
+                    plan = flavors.plan_choice(text, finish, spent, budget, truncate)
+                    trace = flavors.reasoning_text(prompt, i, plan.reasoning_tokens)
+                    completion_tokens += plan.completion_tokens
+                    reasoning_total += plan.reasoning_tokens
+                    message = flavors.message_of(
+                        flavor, plan, trace, null_content=cfg.length_content == "null", closing_only=closing_only
                     )
+                    choices.append({"index": i, "message": message, "logprobs": None, "finish_reason": plan.finish_reason})
+                if flavor in flavors.CACHING_FLAVORS:
+                    cached = self._auto_cache.lookup_and_store(model, prompt.split(), cfg.prompt_cache_min_tokens)
             else:
                 prompt_tokens = 0
                 for p in prompts:
@@ -940,19 +1165,19 @@ class TestServer:
                     sub = body if len(prompts) == 1 else {**body, "prompt": p}
                     for i in range(n):
                         text, finish = await self._respond_once(
-                            endpoint, sub if i == 0 else {**sub, "choice_index": i}, max_tokens
+                            endpoint, sub if i == 0 else {**sub, "choice_index": i}, None
                         )
-                        completion_tokens += count_tokens(text)
+                        plan = flavors.plan_choice(text, finish, 0, budget, truncate)
+                        completion_tokens += plan.completion_tokens
                         choices.append(
-                            {"text": text, "index": len(choices), "logprobs": None, "finish_reason": finish}
+                            {"text": plan.answer, "index": len(choices), "logprobs": None,
+                             "finish_reason": plan.finish_reason}
                         )
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - a broken responder is reported, not fatal
             self._by_outcome["responder_error"] += 1
-            return self._json(
-                _error_body(f"responder failed: {type(exc).__name__}: {exc}", "server_error"), status=500
-            )
+            return self._err(500, f"responder failed: {type(exc).__name__}: {exc}", "server_error"), None
 
         total = prompt_tokens + completion_tokens
         self._prompt_tokens += prompt_tokens
@@ -960,17 +1185,209 @@ class TestServer:
         if self._tok_bucket is not None:
             self._tok_bucket.refill(time.monotonic())
             self._tok_bucket.level -= total
-        result = {
+        if is_chat:
+            usage = flavors.usage_of(flavor, prompt_tokens, completion_tokens, reasoning_total, cached)
+        else:
+            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total}
+        result: dict[str, Any] = {
             "id": self._next_id(is_chat),
             "object": "chat.completion" if is_chat else "text_completion",
             "created": int(time.time()),
             "model": model,
             "system_fingerprint": "fp_synthkd_test",
             "choices": choices,
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": total},
+            "usage": usage,
         }
+        if flavor == "openai-reasoning":
+            result["service_tier"] = "default"
         headers = self._rate_headers() if (self._req_bucket is not None or self._tok_bucket is not None) else None
-        return self._json(result, headers=headers)
+        charge = {
+            "input_tokens": prompt_tokens - cached,
+            "cached_input_tokens": cached,
+            "output_tokens": completion_tokens,
+            "reasoning_tokens": reasoning_total,
+        }
+        return self._json(result, headers=headers), charge
+
+    # ---------------------------------------------------------------- Anthropic Messages API
+
+    def _next_request_id(self) -> str:
+        self._id_counter += 1
+        return f"req_synthkd{self._id_counter:016d}"
+
+    def _anthropic_error(
+        self, status: int, type_: str, message: str, request_id: str, headers: dict[str, str] | None = None
+    ) -> web.Response:
+        return self._json(
+            anthropic_api.error_body(type_, message, request_id),
+            status=status,
+            headers={"request-id": request_id, **(headers or {})},
+        )
+
+    def _anthropic_denied(self, request: web.Request, request_id: str) -> web.Response | None:
+        """401 for a wrong/missing ``x-api-key`` (when a key is set), 400 without ``anthropic-version``."""
+        key = self.config.api_key
+        if key is not None and request.headers.get("x-api-key") != key:
+            self._by_outcome["unauthorized"] += 1
+            return self._anthropic_error(401, "authentication_error", "invalid x-api-key", request_id)
+        if not request.headers.get("anthropic-version"):
+            self._by_outcome["bad_request"] += 1
+            return self._anthropic_error(400, "invalid_request_error", "anthropic-version: header is required",
+                                         request_id)
+        return None
+
+    def _anthropic_rate_headers(self) -> dict[str, str]:
+        rb, tb = self._req_bucket, self._tok_bucket
+        return anthropic_api.rate_headers(
+            None if rb is None else (rb.limit, rb.level, rb.reset_s()),
+            None if tb is None else (tb.limit, tb.level, tb.reset_s()),
+        )
+
+    async def _generate_anthropic(self, request: web.Request, arrived: float) -> web.Response:
+        """``POST /v1/messages``: the same fault pipeline as :meth:`_generate`, in Anthropic's shapes."""
+        cfg = self.config
+        request_id = self._next_request_id()
+        denied = self._anthropic_denied(request, request_id)
+        if denied is not None:
+            return denied
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        problem = anthropic_api.validate(body)
+        if problem is not None:
+            self._by_outcome["bad_request"] += 1
+            return self._anthropic_error(400, "invalid_request_error", problem, request_id)
+        assert isinstance(body, dict)
+        model = body["model"]
+        self._models_seen[model] = None
+        view = anthropic_api.openai_view(body)
+        prompt = prompt_text_of(view)
+        self._track_prompt(prompt)
+
+        if cfg.quota_after is not None and self._by_outcome["ok"] >= cfg.quota_after:
+            self._by_outcome["quota_exhausted"] += 1
+            return self._anthropic_error(
+                400, "invalid_request_error",
+                "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to "
+                "upgrade or purchase credits.", request_id)
+
+        rb, tb = self._req_bucket, self._tok_bucket
+        if rb is not None or tb is not None:
+            block = self._rate_block(rb, tb)
+            if block is not None:
+                blocked, wait, bucket = block
+                headers = self._anthropic_rate_headers()
+                headers["retry-after"] = str(max(1, math.ceil(wait)))
+                return self._anthropic_error(429, "rate_limit_error",
+                                             anthropic_api.rate_limit_message(blocked, bucket.limit), request_id,
+                                             headers)
+
+        fault, jitter_draw = self._draw_fault(cfg)
+        if fault == "hang":
+            self._by_outcome["hang"] += 1
+            await self._hang(cfg.hang_seconds)
+            response, charge = await self._anthropic_answer(body, view, prompt, model, request_id, False)
+            self._bill(model, charge)
+            return response
+        if fault == "error_500":
+            self._by_outcome["error_500"] += 1
+            await self._latency(cfg, jitter_draw, arrived)
+            return self._anthropic_error(500, "api_error", "Internal server error", request_id)
+        if fault == "overloaded":
+            self._by_outcome["overloaded"] += 1
+            await self._latency(cfg, jitter_draw, arrived)
+            # §6.5: the 529 body as documented (no request_id), and §6.3's x-should-retry.
+            return self._json(
+                {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}},
+                status=529,
+                headers={"request-id": request_id, "x-should-retry": "true"},
+            )
+        if fault == "malformed":
+            self._by_outcome["malformed"] += 1
+            return self._anthropic_malformed(model, request_id)
+        truncate = fault == "truncated"
+        self._by_outcome["truncated" if truncate else "ok"] += 1
+        response, charge = await self._anthropic_answer(body, view, prompt, model, request_id, truncate)
+        await self._latency(cfg, jitter_draw, arrived)
+        self._bill(model, charge)
+        return response
+
+    async def _anthropic_answer(
+        self, body: dict, view: dict, prompt: str, model: str, request_id: str, truncate: bool
+    ) -> tuple[web.Response, dict | None]:
+        """A Messages response: thinking (when enabled) then text, within ``max_tokens`` (§3.2)."""
+        cfg = self.config
+        try:
+            out = self.responder(anthropic_api.MESSAGES_ENDPOINT, view)
+            if inspect.isawaitable(out):
+                out = await out
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a broken responder is reported, not fatal
+            self._by_outcome["responder_error"] += 1
+            return self._anthropic_error(500, "api_error", f"responder failed: {type(exc).__name__}: {exc}",
+                                         request_id), None
+        text, finish = _responder_text(out)
+        budget = anthropic_api.thinking_budget(body)
+        spent = 0
+        if budget is not None:
+            spent = min(budget, flavors.reasoning_tokens(prompt, 0, "medium", cfg.reasoning_tokens))
+        plan = flavors.plan_choice(text, finish, spent, int(body["max_tokens"]), truncate)
+        thinking = flavors.reasoning_text(prompt, 0, plan.reasoning_tokens) if budget is not None else None
+        answer = None if plan.cut_in_reasoning else plan.answer
+        stop_reason = "max_tokens" if plan.finish_reason == "length" else "end_turn"
+
+        blocks = anthropic_api.prompt_blocks(body)
+        prompt_tokens = sum(count_tokens(t) for t, _ in blocks)
+        cache_write = cache_read = 0
+        marks = [i for i, (_, marked) in enumerate(blocks) if marked]
+        if marks:
+            prefix = [t for t, _ in blocks[: marks[-1] + 1]]
+            prefix_tokens = sum(count_tokens(t) for t in prefix)
+            if prefix_tokens >= cfg.prompt_cache_min_tokens:
+                cache_write, cache_read = self._block_cache.lookup_and_store(model, prefix, prefix_tokens)
+        input_tokens = prompt_tokens - cache_write - cache_read
+        output_tokens = plan.completion_tokens
+        self._prompt_tokens += prompt_tokens
+        self._completion_tokens += output_tokens
+        if self._tok_bucket is not None:
+            self._tok_bucket.refill(time.monotonic())
+            self._tok_bucket.level -= prompt_tokens + output_tokens
+        usage = anthropic_api.usage_body(input_tokens, output_tokens, plan.reasoning_tokens, cache_write, cache_read)
+        self._id_counter += 1
+        message = anthropic_api.message_body(
+            f"msg_synthkd{self._id_counter:016d}", model, thinking, answer, stop_reason, usage
+        )
+        headers = {"request-id": request_id, **self._anthropic_rate_headers()}
+        charge = {
+            "input_tokens": input_tokens,
+            "cached_input_tokens": cache_read,
+            "cache_write_tokens": cache_write,
+            "output_tokens": output_tokens,
+            "reasoning_tokens": plan.reasoning_tokens,
+        }
+        return self._json(message, headers=headers), charge
+
+    def _anthropic_malformed(self, model: str, request_id: str) -> web.Response:
+        """The malformed-body variants of :meth:`_malformed`, in Anthropic's shapes."""
+        variant = MALFORMED_VARIANTS[self._malformed_index % len(MALFORMED_VARIANTS)]
+        self._malformed_index += 1
+        self._malformed_by_variant[variant] += 1
+        headers = {"request-id": request_id, "Content-Type": "application/json"}
+        if variant == "html_page":
+            headers["Content-Type"] = "text/html"
+            return web.Response(body=b"<html><body><h1>502 Bad Gateway</h1></body></html>\n", headers=headers)
+        if variant == "empty_body":
+            return web.Response(body=b"", headers=headers)
+        usage = anthropic_api.usage_body(0, 0, 0, 0, 0)
+        message = anthropic_api.message_body(f"msg_synthkd{self._id_counter:016d}", model, None,
+                                             "answer truncated", "end_turn", usage)
+        if variant == "missing_choices":
+            del message["content"]
+            return web.Response(body=orjson.dumps(message), headers=headers)
+        raw = orjson.dumps(message)
+        return web.Response(body=raw[: len(raw) // 2], headers=headers)
 
     def _malformed(self, body: dict, is_chat: bool, model: str, echo: str = "") -> web.Response:
         """Broken 200 responses, cycling through :data:`MALFORMED_VARIANTS`.
@@ -1051,6 +1468,24 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
                    "(to test that a client scrubs it)")
     p.add_argument("--quota-after", type=int, default=None,
                    help="after this many answers, reply 429 insufficient_quota to every request")
+    p.add_argument("--flavor", choices=flavors.FLAVORS, default="openai",
+                   help="which teacher family to emulate (openai, openai-reasoning, deepseek, vllm, vllm-old, "
+                   "openrouter, think-inline, anthropic, gemini; default openai)")
+    p.add_argument("--prices", default=None, metavar="FILE",
+                   help="price table (JSON: model -> {input, output, cached_input?, cache_write?} in USD per 1M "
+                   "tokens) for the server's own bill in /_stats; default synthkd/data/prices.json")
+    p.add_argument("--truncate-rate", type=float, default=0.0,
+                   help="fraction of answers cut as if the length limit was hit (finish_reason length)")
+    p.add_argument("--overloaded-rate", type=float, default=0.0,
+                   help="fraction of 529 overloaded_error (anthropic) / 503 overloaded (OpenAI shapes)")
+    p.add_argument("--reasoning-tokens", type=int, default=64,
+                   help="medium-effort base of the hidden reasoning tokens of reasoning flavors")
+    p.add_argument("--prompt-cache-min-tokens", type=int, default=1024,
+                   help="shortest prompt that prefix caching reports as cached")
+    p.add_argument("--length-content", choices=("empty", "null"), default="empty",
+                   help="openai-reasoning: content of an answer cut off inside its reasoning")
+    p.add_argument("--think-closing-only-share", type=float, default=0.5,
+                   help="think-inline: share of prompts answered with only the closing </think> tag")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1096,12 +1531,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             api_key=args.api_key,
             echo_key=args.echo_key,
             quota_after=args.quota_after,
+            truncate_rate=args.truncate_rate,
+            overloaded_rate=args.overloaded_rate,
+            reasoning_tokens=args.reasoning_tokens,
+            prompt_cache_min_tokens=args.prompt_cache_min_tokens,
+            length_content=args.length_content,
+            think_closing_only_share=args.think_closing_only_share,
         )
-    except ValueError as exc:
+        prices = PriceTable.load(args.prices)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     responder = _NAMED_RESPONDERS[args.responder]() if args.responder else None
-    server = TestServer(config, host=args.host, port=args.port, responder=responder)
+    server = TestServer(
+        config, host=args.host, port=args.port, responder=responder, flavor=args.flavor, prices=prices
+    )
 
     async def serve(loop: asyncio.AbstractEventLoop) -> None:
         stop = asyncio.Event()
