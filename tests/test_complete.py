@@ -225,14 +225,16 @@ def test_samples_are_distinct_cached_and_reproducible(tmp_path, make_server):
     base = ["complete", "-i", str(tmp_path / "in.jsonl"), "-m", "test-model", "--base-url", srv.base_url,
             "--cache", str(tmp_path / "c.sqlite"), "--samples", "3", "--temperature", "0.8"]
     assert run_cli(*base, "-o", str(tmp_path / "a.jsonl")).returncode == 0
-    assert _completion_requests(srv) == 30
+    assert _completion_requests(srv) == 10  # one request with n=3 per row: the prompt is billed once
+    billed = srv.stats()["billed"]
+    assert billed["requests"] == 10
     a = {r["id"]: r for r in read_jsonl(tmp_path / "a.jsonl")}
     by_id = {r["id"]: r for r in rows}
     for rid, r in a.items():
         assert len(set(r["completions"])) == 3
         assert r["completions"] == [expected_text(prompt_of(by_id[rid]), 0.8, s) for s in range(3)]
     assert run_cli(*base, "-o", str(tmp_path / "b.jsonl")).returncode == 0
-    assert _completion_requests(srv) == 30  # all 30 samples came from the cache
+    assert _completion_requests(srv) == 10  # all 30 samples came from the cache
     b = {r["id"]: r for r in read_jsonl(tmp_path / "b.jsonl")}
     assert {k: v["completions"] for k, v in a.items()} == {k: v["completions"] for k, v in b.items()}
     res = run_cli("complete", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / "c.jsonl"), "-m", "x",

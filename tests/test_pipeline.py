@@ -95,20 +95,20 @@ def test_run_skips_unchanged_stages_and_from_reruns(tmp_path, make_server):
                                     capture_output=True, text=True, timeout=120)
     res = run()
     assert res.returncode == 0, res.stderr
-    assert _completion_requests(srv) == 12 + 24
+    assert _completion_requests(srv) == 12 + 12  # stage 2's two samples per row go as one request (n=2)
     man = json.loads((tmp_path / "runs/t/manifest.json").read_text())
     assert man["stages"]["first"]["status"] == "done" and man["stages"]["second"]["counts"]["rows_out"] == 12
     assert man["config_hash"] and man["versions"]["synthkd"]
     res = run()
-    assert "unchanged since its last run: skipped" in res.stderr and _completion_requests(srv) == 36
+    assert "unchanged since its last run: skipped" in res.stderr and _completion_requests(srv) == 24
     res = run("--from", "second")
     assert res.returncode == 0 and "[first] unchanged" in res.stderr and "[second] running" in res.stderr
-    assert _completion_requests(srv) == 36  # re-run from the cache: nothing paid twice
+    assert _completion_requests(srv) == 24  # re-run from the cache: nothing paid twice
     assert len(read_jsonl(tmp_path / "runs/t/second.jsonl")) == 12
     # a changed option re-runs that stage only, with its stale output moved aside
     res = run("--set", "stages.second.options.samples=3")
     assert res.returncode == 0 and "[first] unchanged" in res.stderr
-    assert _completion_requests(srv) == 36 + 12  # only the third sample of each row is new
+    assert _completion_requests(srv) == 24 + 12  # only the third sample of each row is new (one request each)
     assert all(len(r["completions"]) == 3 for r in read_jsonl(tmp_path / "runs/t/second.jsonl"))
     assert (tmp_path / "runs/t/second.jsonl.prev").exists()
     assert (tmp_path / "runs/t/report.md").exists() and (tmp_path / "runs/t/plots/funnel.png").exists()
@@ -144,7 +144,7 @@ def test_sigkill_mid_stage_resumes_without_paying_twice(tmp_path, make_server):
     assert final.startswith(partial)  # the rows of the killed attempt were kept, byte for byte
     rows = read_jsonl(tmp_path / "runs/t/second.jsonl")
     assert len(rows) == len({r["id"] for r in rows}) == 200
-    extra = _completion_requests(srv) - 600
+    extra = _completion_requests(srv) - 400  # 200 rows, then 200 with n=2
     assert 0 <= extra <= 4, f"{extra} requests paid twice"
 
 

@@ -17,6 +17,7 @@ from synthkd.data_tools.rationales_replay import convert
 from synthkd.methods.preferences import judge_ranked_pairs, pair_id
 from synthkd.methods.task_kinds import TaskKind
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+from synthkd.testing.sampling import sample_seed
 from synthkd.testing.server import prompt_text_of
 from synthkd.train.export import build_preference_examples
 
@@ -60,9 +61,9 @@ class Roles:
             ans = row["answer"] if row["id"] in self.student_right else row["answer"] + 1
             return f"Let me add things up quickly. The answer is {ans}.\n\nQ: something else\nA: 3"
         if model == "sampler":
-            return f"Reply {body['seed']} to <{text}>"
+            return f"Reply {sample_seed(body)} to <{text}>"
         if model == "sampler2":
-            return f"Other reply {body['seed']} to <{text}>"
+            return f"Other reply {sample_seed(body)} to <{text}>"
         if model == "judge-model":
             m = re.search(r"(Reply|Other reply) (\d+) to <([^>]*)>", text)
             score = self.scores[(m.group(3), m.group(1), int(m.group(2)))]
@@ -209,7 +210,7 @@ def test_judge_ranked_async_api_dedups_identical_samples(make_server):
             return "Score: 8" if "same-answer" in text else ("Score: 2" if "bad answer" in text else "Score: 9")
         if "echo" in text:
             return "same-answer"
-        return "good answer" if body["seed"] == 0 else "bad answer"
+        return "good answer" if sample_seed(body) == 0 else "bad answer"
 
     srv = make_server(responder=responder)
     rows = [{"id": 1, "input": "echo this"}, {"id": 2, "input": "answer this"}]
@@ -228,7 +229,7 @@ def test_judge_ranked_async_api_dedups_identical_samples(make_server):
     assert got["2#pair"]["chosen"] == "good answer" and got["2#pair"]["rejected"] == "bad answer"
     assert got["2#pair"]["margin"] == 7
     sent = srv.stats()["by_endpoint"]
-    assert sent["/v1/chat/completions"] == 8 + 2, sent  # 8 samples, then only 2 distinct texts judged
+    assert sent["/v1/chat/completions"] == 2 + 2, sent  # 8 samples as 2 requests (n=4), then only 2 distinct texts judged
 
 
 def test_ids_follow_the_one_id_rule_in_both_modes(tmp_path, make_server):

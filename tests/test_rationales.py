@@ -26,6 +26,7 @@ from synthkd.methods.rationales import generate_rationales, plan_rationales
 from synthkd.methods.task_kinds import FieldNames, TaskKind, split_rationale
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.templates import TemplateError
+from synthkd.testing.sampling import sample_seed
 from synthkd.testing.server import FaultConfig, prompt_text_of
 
 FX = Path(__file__).parent / "fixtures"
@@ -231,8 +232,8 @@ def test_self_consistency_majority(make_server):
 
     def answer_for(rid):
         def f(body, text):
-            seeds.append((rid, body.get("seed"), body.get("temperature")))
-            return plan[rid][body["seed"]]
+            seeds.append((rid, sample_seed(body), body.get("temperature")))
+            return plan[rid][sample_seed(body)]
         return f
 
     script = Script({spec.query(r): answer_for(r["id"]) for r in (a, b, c)})

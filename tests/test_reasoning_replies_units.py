@@ -203,7 +203,7 @@ def test_samples_sent_one_by_one_get_distinct_seeds_but_keep_their_keys():
     parts = [req.sample(i) for i in range(3)]
     assert [p.sample_index for p in parts] == [0, 1, 2] and all(p.samples == 1 for p in parts)
     sent = [one_by_one(p, i) for i, p in enumerate(parts)]
-    assert [s.params.get("seed") for s in sent] == [None, 1, 2]
+    assert [s.params.get("seed") for s in sent] == [0, 1, 2]  # as choice i of one n=3 request would sample
     seeded = TeacherRequest.user("k", "p", params={"seed": 10}, samples=2)
     assert [one_by_one(seeded.sample(i), i).params["seed"] for i in range(2)] == [10, 11]
     with pytest.raises(ValueError, match="samples must be at least 1"):

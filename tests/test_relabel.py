@@ -16,6 +16,7 @@ from conftest import read_jsonl, run_cli
 from synthkd.jsonl_io import InputError
 from synthkd.labels import LabelSpace, classify, confusion_summary, map_answer, offered_classes
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
+from synthkd.testing.sampling import sample_seed
 from synthkd.testing.server import FaultConfig
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "promptmix"
@@ -176,11 +177,11 @@ def test_classify_samples_vote_and_teacher_errors(make_server):
 
     def responder(endpoint, body):
         text = re.search(r'\nText: "(.*)"\n', body["messages"][0]["content"]).group(1)
-        return "card_linking" if body.get("seed") == 11 else f"Intent: {gold[text]}"
+        return "card_linking" if sample_seed(body) == 11 else f"Intent: {gold[text]}"
 
     srv = make_server(responder=responder)
     got = _run(_classify_all(srv, rows, space, samples=3, temperature=0.7, seed=10))
-    assert _requests(srv) == 18
+    assert _requests(srv) == 6  # 6 rows x 3 samples, one request (n=3) per row
     for row, rel in got:
         if row["label"] == "card_linking":
             assert rel.votes == {"card_linking": 3}

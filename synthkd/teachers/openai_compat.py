@@ -279,8 +279,12 @@ class OpenAICompatibleTeacher(Teacher):
                             missing.append(one)
                             keys.append(key)
                     # one request for all missing samples where the endpoint takes n, else one each
-                    groups = ([(missing, keys)] if self.shaper.n_samples
-                              else [([one_by_one(m, m.sample_index - req.sample_index)], [k]) for m, k in zip(missing, keys)])
+                    if self.shaper.n_samples:
+                        groups = [(missing, keys)]
+                    elif req.samples > 1:
+                        groups = [([one_by_one(m, m.sample_index - req.sample_index)], [k]) for m, k in zip(missing, keys)]
+                    else:
+                        groups = [([m], [k]) for m, k in zip(missing, keys)]
                     for group, group_keys in groups:
                         if not group:
                             continue
@@ -686,8 +690,6 @@ def one_by_one(sample: TeacherRequest, offset: int) -> TeacherRequest:
     """A sample of a k-sample request sent on its own (a server without ``n``): the ``offset``-th one
     gets ``seed + offset`` (``seed`` = offset when there is none), so servers that honour seeds still
     return k different samples.  Its cache key is computed before, from the request as asked."""
-    if offset == 0 and "seed" not in sample.params:
-        return sample
     return dataclasses.replace(sample, params={**sample.params, "seed": int(sample.params.get("seed") or 0) + offset})
 
 

@@ -38,6 +38,7 @@ from typing import Any
 
 import yaml
 
+from synthkd.testing.sampling import sample_seed
 from synthkd.testing.server import prompt_text_of
 
 DEFAULT_DIR = Path(__file__).resolve().parents[2] / "data" / "banking77"
@@ -62,7 +63,7 @@ def _h(*parts: Any) -> int:
 
 
 def _rng(prompt: str, body: dict) -> random.Random:
-    return random.Random(hashlib.sha256(f"{prompt}\x1f{body.get('seed')}".encode()).hexdigest())
+    return random.Random(hashlib.sha256(f"{prompt}\x1f{sample_seed(body)}".encode()).hexdigest())
 
 
 def _near_copy(text: str, rng: random.Random) -> str:
@@ -156,7 +157,7 @@ class Banking77Responder:
 
     # ------------------------------------------------------------------ PromptMix generation
     def mix(self, prompt: str, body: dict, m: int, pct_a: int, a: str, b: str) -> str:
-        salt = (prompt, body.get("seed"), body.get("temperature"))
+        salt = (prompt, sample_seed(body), body.get("temperature"))
         seeds = EXAMPLE_RE.findall(prompt)
         lines = [f"Here are {m} examples:", ""]
         prev = None

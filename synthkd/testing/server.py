@@ -68,6 +68,7 @@ from aiohttp import web
 from synthkd.testing import anthropic_api, flavors
 from synthkd.testing.billing import Ledger, PriceTable
 from synthkd.testing.prompt_cache import AutoPrefixCache, BlockCache
+from synthkd.testing.sampling import sample_seed
 
 __all__ = [
     "FaultConfig",
@@ -333,8 +334,7 @@ def default_responder(endpoint: str, body: dict) -> str:
     return expected_text(
         prompt_text_of(body),
         temperature=temperature,
-        seed=body.get("seed"),
-        choice_index=body.get("choice_index", 0) or 0,
+        seed=sample_seed(body),
     )
 
 

@@ -33,6 +33,8 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from synthkd.testing.sampling import sample_seed
+
 NAMES = ["Mia", "Noah", "Ava", "Liam", "Zoe", "Omar", "Lena", "Ravi", "Sara", "Tom", "Ines", "Kai"]
 THINGS = ["pens", "apples", "stickers", "marbles", "cookies", "books", "shells", "cards", "coins", "plums"]
 HOLDERS = ["boxes", "bags", "jars", "baskets", "packs", "trays"]
@@ -331,7 +333,7 @@ class SimulatedResponder:
             self.unmatched += 1
             return "I am not sure what is being asked."
         temperature = body.get("temperature") or 0
-        seed = body.get("seed") if temperature else None
+        seed = sample_seed(body) if temperature else None
         ask = _SIMILAR_ASK.search(prompt)
         if ask:
             self.exercise_replies += 1
