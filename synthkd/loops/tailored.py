@@ -74,7 +74,7 @@ from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, Teach
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 from synthkd.train.common import TrainSettings
-from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, MODES, answer_text, rationale_target, write_jsonl
+from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, TRACE_FREE_MODES, answer_text, rationale_target, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ class TailorConfig(TrainSettings):
                        aliases=("--out",), stage=False)  # a stage writes runs/<name>/<stage>
     rounds: int = opt(3, help="Tailored rounds after round 0.", flags=("-R",), ge=0)
     patience: int = opt(1, help="Stop after this many rounds without held-out gain.", ge=1)
-    mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=MODES)
+    mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=TRACE_FREE_MODES)
     accumulate: bool = opt(True, help="Train each round on all rows so far (--no-accumulate or --replace: on its "
                                       "new rows only).", flags=(" /--replace",))
     pool_gold_field: str = opt("answer", help="Pool field with the gold answer (or the teacher's, for a pool "
