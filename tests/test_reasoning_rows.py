@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -18,6 +20,8 @@ from synthkd.data_tools.rationales_replay import convert
 from synthkd.jsonl_io import InputError
 from synthkd.methods.rationales import NO_TRACE, generate_rationales
 from synthkd.teachers import TeacherRequest
+from synthkd.teachers.base import Teacher
+from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.teachers.replay import ReplayTeacher
 
 FX = Path(__file__).parent / "fixtures"
@@ -198,3 +202,218 @@ def test_cli_rationale_source_reasoning_over_replay(tmp_path):
     bad = run_cli("generate", "rationales", "-i", str(inp), "-o", str(tmp_path / "o2.jsonl"), "--kind", "math",
                   "--teacher", f"replay:{R1}", "--rationale-source", "trace")
     assert bad.returncode == 2 and "rationale-source" in bad.stderr
+
+
+# ------------------------------------------------------------------ the other methods' rows
+
+
+class Tracing(Teacher):
+    """A reasoning teacher made of any teacher: each answer gets its own trace ``trace <n>`` (and 5
+    reasoning tokens), as a client that splits ``reasoning_content`` off the answer returns it.
+    ``log[trace]`` is (prompt, answer text) of the result that carried it; a prompt containing ``skip``
+    gets no trace (a teacher that returned none)."""
+
+    def __init__(self, inner: Teacher, skip: str | None = None) -> None:
+        super().__init__(inner.model, price=inner.price)
+        self.inner, self.skip = inner, skip
+        self.stats = inner.stats
+        self.log: dict[str, tuple[str, str]] = {}
+
+    def cache_key(self, req):
+        return self.inner.cache_key(req)
+
+    async def stream(self, requests):
+        async for res in self.inner.stream(requests):
+            prompt = "\n".join(m["content"] for m in res.request.messages or []) or res.request.prompt or ""
+            if res.ok and not (self.skip and self.skip in prompt):
+                res.reasoning = f"trace {len(self.log)}"
+                res.usage.reasoning_tokens = 5
+                self.log[res.reasoning] = (prompt, res.text)
+            yield res
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+def _traced(srv, fn, skip=None):
+    """(rows, the Tracing teacher) of ``fn(teacher)`` over the server."""
+    async def go():
+        t = Tracing(OpenAICompatibleTeacher("test-model", base_url=srv.base_url, concurrency=8), skip)
+        try:
+            return await fn(t), t
+        finally:
+            await t.aclose()
+
+    return asyncio.run(go())
+
+
+def test_task_dataset_rows_keep_the_trace_of_their_request(make_server):
+    sys.path.insert(0, str(FX / "tasks"))
+    from tasks_responders import BankingResponder, load_banking
+
+    from synthkd.methods.label_tasks import LabelTaskConfig, generate_label_examples, load_task_spec, plan_label_tasks
+
+    srv = make_server(responder=BankingResponder(load_banking()))
+    plan = plan_label_tasks(load_task_spec(FX / "tasks" / "banking77_spec.yaml"), LabelTaskConfig(per_label=3,
+                                                                                                   batch_size=5))
+
+    async def fn(t):
+        return [r async for r in generate_label_examples(t, plan)]
+
+    rows, t = _traced(srv, fn)
+    kept = [r for r in rows if "reject_reason" not in r]
+    assert kept and all(r["reasoning"] in t.log for r in rows)
+    # the trace of the very answer the row's text was read from
+    assert all(r["text"] in t.log[r["reasoning"]][1] for r in kept)
+    assert len({r["reasoning"] for r in kept}) > 1
+    assert all(r["request_usage"]["reasoning_tokens"] == 5 for r in kept)
+
+
+def test_self_instruct_rows_keep_the_trace_of_their_instances(make_server):
+    sys.path.insert(0, str(FX / "tasks"))
+    from tasks_responders import SelfInstructResponder, load_user_oriented
+
+    from synthkd.methods.self_instruct import (
+        SelfInstructConfig,
+        generate_self_instruct,
+        load_seed_tasks,
+        plan_self_instruct,
+    )
+
+    srv = make_server(responder=SelfInstructResponder(load_user_oriented()))
+    plan = plan_self_instruct(load_seed_tasks(FX / "tasks" / "seed_tasks.jsonl"),
+                              SelfInstructConfig(num_instructions=4, requests_per_round=2))
+
+    async def fn(t):
+        return [r async for r in generate_self_instruct(t, plan)]
+
+    rows, t = _traced(srv, fn)
+    kept = [r for r in rows if "reject_reason" not in r]
+    assert kept and all(r["reasoning"] in t.log for r in kept)
+    for r in kept:  # the trace of the instances' answer (its prompt shows the instruction), not the generation's
+        prompt, answer = t.log[r["reasoning"]]
+        assert r["instruction"] in prompt and not prompt.startswith("Come up with a series of tasks")
+        assert all(x["output"] in answer for x in r["instances"])
+    gen_rejects = [r for r in rows if "reject_reason" in r and str(r["id"]).startswith("gen/")]
+    assert gen_rejects and all(t.log[r["reasoning"]][0].startswith("Come up with") for r in gen_rejects)
+
+
+def test_promptmix_rows_keep_the_generation_and_the_relabel_traces(make_server):
+    sys.path.insert(0, str(FX / "promptmix"))
+    from scripted_teacher import from_pool_file
+
+    from synthkd.labels import LabelSpace
+    from synthkd.methods.promptmix import PromptMixConfig, promptmix
+
+    pm = FX / "promptmix"
+    srv = make_server(responder=from_pool_file(pm / "banking77_8_pool.jsonl", [pm / "banking77_8_test.jsonl"]))
+    space = LabelSpace.from_file(pm / "banking77_8.yaml")
+    cfg = PromptMixConfig(per_class=2, examples_per_call=2, group_size=4, relabel_candidates=3)
+
+    async def fn(t):
+        return [r async for r in promptmix(space, t, cfg)]
+
+    rows, t = _traced(srv, fn)
+    relabeled = [r for r in rows if "relabeled_label" in r]
+    assert relabeled
+    for r in relabeled:
+        gen_prompt, gen_answer = t.log[r["reasoning"]]
+        assert r["text"] in gen_answer  # the generation's trace
+        rel_prompt, rel_answer = t.log[r["relabel_reasoning"]]
+        assert r["text"] in rel_prompt and rel_answer == r["relabel_raw"]  # the relabel call's trace
+
+
+def test_relabel_rows_keep_the_trace(make_server):
+    sys.path.insert(0, str(FX / "promptmix"))
+    from scripted_teacher import from_pool_file
+
+    from synthkd.labels import LabelSpace, RelabelConfig
+
+    pm = FX / "promptmix"
+    responder = from_pool_file(pm / "banking77_8_pool.jsonl", [pm / "banking77_8_test.jsonl"])
+    srv = make_server(responder=responder)
+    space = LabelSpace.from_file(pm / "banking77_8.yaml")
+    rows_in = [{"id": f"r{i}", "text": r["text"]} for i, r in enumerate(read_jsonl(pm / "banking77_8_test.jsonl")[:3])]
+    cfg = RelabelConfig(labels=pm / "banking77_8.yaml")
+
+    async def fn(t):
+        return [r async for r in cfg.run(rows_in, t, space)]
+
+    rows, t = _traced(srv, fn, skip=rows_in[2]["text"])
+    rows = sorted(rows, key=lambda r: r["id"])
+    for r in rows[:2]:
+        prompt, answer = t.log[r["relabel_reasoning"]]
+        assert r["text"] in prompt and answer == r["relabel_raw"]
+    assert "relabel_reasoning" not in rows[2]  # no trace returned: no field
+
+
+def test_tailored_correction_rows_keep_the_trace():
+    from synthkd.loops.tailored import correction_row
+    from synthkd.teachers.base import TeacherResult, Usage
+    from synthkd.templates import load_template
+
+    tpl = load_template("tailored/correct")
+    mistake = {"id": "m1", "input": "2 + 3?", "question": "2 + 3?", "gold_answer": 5, "student_output": "6"}
+    req = TeacherRequest.user("m1#r1", "p")
+    ok = TeacherResult(req, "2 + 3 = 5. The answer is 5.", usage=Usage(3, 9, reasoning_tokens=4),
+                       reasoning="add two and three")
+    row = correction_row(mistake, ok, 1, tpl)
+    assert row["rationale"] == "2 + 3 = 5." and row["reasoning"] == "add two and three"
+    wrong = TeacherResult(req, "The answer is 6.", reasoning="hmm, six")
+    assert correction_row(mistake, wrong, 1, tpl)["reasoning"] == "hmm, six"
+    plain = correction_row(mistake, TeacherResult(req, "2 + 3 = 5. The answer is 5."), 1, tpl)
+    assert "reasoning" not in plain
+
+
+def test_teacher_vs_student_preferences_keep_both_traces(tmp_path):
+    from synthkd.methods.preferences import plan_teacher_student
+
+    q = _svamp_inputs(1)[0]
+    student_rec = tmp_path / "student.jsonl"
+    student_rec.write_text(json.dumps({"question": q["question"], "completion": "10 + 45 = 55. The answer is 55.",
+                                       "reasoning": "maybe add them"}) + "\n")
+    plan = plan_teacher_student([q], kind="math")
+
+    async def go():
+        return [r async for r in plan.run(ReplayTeacher.from_jsonl(R1), ReplayTeacher.from_jsonl(student_rec))]
+
+    (row,) = asyncio.run(go())
+    assert "reject_reason" not in row, row
+    assert row["chosen_reasoning"] == RECORDED[0]["reasoning"] and row["rejected_reasoning"] == "maybe add them"
+    assert row["chosen"].startswith("They planted 10 seeds")
+
+
+# ------------------------------------------------------------------ synthkd complete rows
+
+
+def _res(text, reasoning=None, rt=0):
+    return SimpleNamespace(text=text, finish_reason="stop", reasoning=reasoning, cost_usd=0.0, cached=False, model="m",
+                           usage=SimpleNamespace(prompt_tokens=2, completion_tokens=10, reasoning_tokens=rt))
+
+
+def test_complete_rows_keep_the_trace_and_reasoning_tokens():
+    from synthkd.complete import _output_row
+
+    out = _output_row({"id": "a", "prompt": "p"}, [_res("42", "six times seven", 6)], "m")
+    assert out["completion"] == "42" and out["reasoning"] == "six times seven"
+    assert out["usage"] == {"prompt_tokens": 2, "completion_tokens": 10, "total_tokens": 12, "reasoning_tokens": 6}
+    several = _output_row({"id": "b"}, [_res("1", "t1", 3), _res("2", None, 0)], "m")
+    assert several["reasonings"] == ["t1", None] and "reasoning" not in several
+    assert several["usage"]["reasoning_tokens"] == 3
+    hidden = _output_row({"id": "c"}, [_res("x", None, 7)], "m")  # o-series: tokens billed, no trace returned
+    assert "reasoning" not in hidden and hidden["usage"]["reasoning_tokens"] == 7
+    plain = _output_row({"id": "d"}, [_res("x")], "m")
+    assert "reasoning" not in plain and "reasoning_tokens" not in plain["usage"]
+
+
+def test_complete_cli_over_a_replayed_reasoning_teacher(tmp_path):
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"Q: {r['question']}\nA:"}) + "\n"
+                               for i, r in enumerate(RECORDED)))
+    out = tmp_path / "out.jsonl"
+    res = run_cli("complete", "-i", str(prompts), "-o", str(out), "--teacher", f"replay:{R1}")
+    assert res.returncode == 0, res.stderr
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    assert rows[0]["reasoning"] == RECORDED[0]["reasoning"] and rows[0]["completion"] == RECORDED[0]["completion"]
+    assert rows[0]["usage"]["reasoning_tokens"] == 41
+    assert "reasoning" not in rows[4] and "reasoning_tokens" not in rows[4]["usage"]
