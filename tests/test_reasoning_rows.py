@@ -417,3 +417,21 @@ def test_complete_cli_over_a_replayed_reasoning_teacher(tmp_path):
     assert rows[0]["reasoning"] == RECORDED[0]["reasoning"] and rows[0]["completion"] == RECORDED[0]["completion"]
     assert rows[0]["usage"]["reasoning_tokens"] == 41
     assert "reasoning" not in rows[4] and "reasoning_tokens" not in rows[4]["usage"]
+
+
+def test_relabel_operator_records_the_trace_in_its_info():
+    from synthkd.filters.relabel import Relabel as RelabelOp
+    from synthkd.filters.relabel import RelabelConfig as RelabelOpConfig
+    from synthkd.labels import Relabel
+
+    op = RelabelOp(RelabelOpConfig(label_space="x.yaml"), None)
+
+    def rel(reasoning):
+        return Relabel(label="a", raw="a", candidates=["a", "b"], reason=None, votes={}, reasoning=reasoning)
+
+    row: dict = {"id": 1, "text": "t", "label": "a"}
+    assert op._decide(row, rel("because a")) is None
+    assert row["relabel"]["reasoning"] == "because a" and row["relabel"]["action"] == "kept"
+    row2: dict = {"id": 2, "text": "t", "label": "a"}
+    op._decide(row2, rel(None))
+    assert "reasoning" not in row2["relabel"]
