@@ -435,3 +435,11 @@ def test_relabel_operator_records_the_trace_in_its_info():
     row2: dict = {"id": 2, "text": "t", "label": "a"}
     op._decide(row2, rel(None))
     assert "reasoning" not in row2["relabel"]
+
+
+def test_eval_reads_a_think_students_answer_after_its_trace():
+    from synthkd.train.evaluate import default_max_new_tokens, predicted_value
+
+    assert predicted_value("<think>\nmaybe 7, or 5\n</think>\n\n12", "number") == (12, None)
+    assert predicted_value("the answer is 7", "number")[0] == 7  # no think block: unchanged
+    assert default_max_new_tokens({"mode": "think"}) == 512
