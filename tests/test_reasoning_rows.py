@@ -440,6 +440,8 @@ def test_relabel_operator_records_the_trace_in_its_info():
 def test_eval_reads_a_think_students_answer_after_its_trace():
     from synthkd.train.evaluate import default_max_new_tokens, predicted_value
 
-    assert predicted_value("<think>\nmaybe 7, or 5\n</think>\n\n12", "number") == (12, None)
+    think = "<think>\nThe answer is 7? Let me check again.\n</think>\n\n12"
+    assert predicted_value(think, "number") == (12, None)
+    assert predicted_value(think.replace("</think>", "</thought>"), "number")[0] != 12  # what stripping prevents
     assert predicted_value("the answer is 7", "number")[0] == 7  # no think block: unchanged
     assert default_max_new_tokens({"mode": "think"}) == 512
