@@ -48,6 +48,7 @@ from synthkd.jsonl_io import (
 from synthkd.methods.runner import rejects_path_for
 from synthkd.options import check_bounds, opt, register_feature
 from synthkd.progress import ProgressReporter
+from synthkd.reasoning import reasoning_tokens, trace_of
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.factory import SamplingParams, TeacherSpec, make_teacher, spec_of
 from synthkd.teachers.jobs import Job, stream_jobs
@@ -294,17 +295,25 @@ def _output_row(row: dict[str, Any], results: list[Any], model: str) -> dict[str
     out = dict(row)
     prompt_tokens = sum(r.usage.prompt_tokens for r in results)
     completion_tokens = sum(r.usage.completion_tokens for r in results)
+    traces = [trace_of(r) for r in results]
     if len(results) == 1:
         out["completion"] = results[0].text
+        if traces[0] is not None:  # a reasoning teacher's trace (``completion`` is then the answer alone)
+            out["reasoning"] = traces[0]
         out["finish_reason"] = results[0].finish_reason
     else:
         out["completions"] = [r.text for r in results]
+        if any(t is not None for t in traces):  # one per completion, null where a sample has none
+            out["reasonings"] = traces
         out["finish_reason"] = [r.finish_reason for r in results]
     out["usage"] = {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
         "total_tokens": prompt_tokens + completion_tokens,
     }
+    thought = reasoning_tokens(results)
+    if thought:  # part of completion_tokens (a reasoning model's trace, returned or hidden)
+        out["usage"]["reasoning_tokens"] = thought
     costs = [r.cost_usd for r in results]
     out["cost_usd"] = None if any(c is None for c in costs) else round(sum(costs), 10)
     out["cached"] = all(r.cached for r in results)

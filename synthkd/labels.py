@@ -32,6 +32,7 @@ import yaml
 from synthkd.answers import extract_answer, extract_label, parse_off_loop
 from synthkd.jsonl_io import InputError, check_id, id_hash, iter_jsonl
 from synthkd.options import opt, register_feature
+from synthkd.reasoning import trace_of
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import load_template
@@ -396,6 +397,8 @@ class Relabel:
     cached: bool = False
     model: str | None = None
     template: dict[str, str] = field(default_factory=dict)
+    #: the teacher's reasoning trace (a list, one per sample, when samples > 1); None when it returned none
+    reasoning: str | list[str | None] | None = None
 
     @property
     def teacher_error(self) -> bool:
@@ -537,6 +540,7 @@ async def classify(
         costs = [r.cost_usd for r in results]
         known_costs = [c for c in costs if c is not None]
         raws = [r.text for r in results]
+        traces = [trace_of(r) for r in results]
         yield row, Relabel(
             label=label,
             raw=raws[0] if len(raws) == 1 else json.dumps(raws, ensure_ascii=False),
@@ -547,6 +551,7 @@ async def classify(
             cached=all(r.cached for r in results),
             model=next((r.model for r in results if r.model), teacher.model),
             template=prov,
+            reasoning=(None if not any(traces) else traces[0] if len(traces) == 1 else traces),
         )
 
 
@@ -643,6 +648,8 @@ class RelabelConfig:
             intended_field=self.label_field, max_tokens=self.max_tokens,
         ):
             out = {**row, "relabeled_label": rel.label, "relabel_raw": rel.raw, "relabel_reason": rel.reason}
+            if rel.reasoning is not None:
+                out["relabel_reasoning"] = rel.reasoning
             if self.candidates is not None:
                 out["relabel_candidates"] = rel.candidates
             if self.samples > 1:

@@ -188,3 +188,55 @@ def test_cli_student_tiny_builds_the_stage_s_tiny_student(tmp_path, train_env):
     assert rec["student"] == str(built) and rec["metrics"]["global_steps"] == 2
     assert rec["training"]["learning_rate"] == 3e-3 and rec["training"]["max_length"] == 128
     assert "done: sft" in p.stderr
+
+
+def test_think_mode_trains_on_the_teachers_trace(tiny_student, tmp_path):
+    """Rows from a replayed reasoning teacher (generate rationales --rationale-source reasoning) train a
+    student on ``<think>\\n{trace}\\n</think>\\n\\n{answer}``: checked in the exported data and in the
+    completion tokens the trainer computes its loss on."""
+    import asyncio
+
+    from synthkd.methods.rationales import generate_rationales
+    from synthkd.teachers.replay import ReplayTeacher
+    from test_reasoning_rows import R1, RECORDED, _svamp_inputs
+
+    async def gen():
+        teacher = ReplayTeacher.from_jsonl(R1)
+        return [r async for r in generate_rationales(_svamp_inputs(4), teacher, kind="math", n_demos=0,
+                                                     rationale_source="reasoning")]
+
+    rows = sorted(asyncio.run(gen()), key=lambda r: r["id"])
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    rec, trainer, st = train_sft(SFTOptions(student=str(tiny_student), input=inp, output=tmp_path / "think",
+                                            mode="think", settings=quiet_settings(max_steps=4, batch_size=2,
+                                                                                  max_length=512)))
+    want = {r["id"]: f"<think>\n{RECORDED[i]['reasoning']}\n</think>\n\n{r['answer']}" for i, r in enumerate(rows)}
+    assert want["svamp-test-0"].endswith("Yes, 450 seeds.\n</think>\n\n450")
+    exported = [json.loads(line) for line in (tmp_path / "think" / "data" / "train.jsonl").read_text().splitlines()]
+    assert st.chat and len(exported) == 4
+    got = {}
+    for e, r in zip(exported, rows):  # in id order
+        assert e["prompt"] == [{"role": "user", "content": r["input"]}]
+        got[r["id"]] = e["completion"][0]["content"]
+    assert got == want
+    assert rec["mode"] == "think" and rec["fields"]["reasoning"] == "reasoning"
+    # what the loss is on: the completion tokens of each example decode to the think-formatted target
+    ds = trainer.train_dataset
+    tok = st.tokenizer
+    decoded = set()
+    for ex in ds:  # TRL builds the labels: -100 on the prompt, the completion's ids on the rest
+        ids = [t for t in ex["labels"] if t != -100]
+        decoded.add(tok.decode(ids, skip_special_tokens=True).strip())
+    assert all(any(text.startswith(w) for text in decoded) for w in want.values()), decoded
+
+
+def test_think_mode_without_a_trace_is_an_error_before_training(tiny_student, tmp_path):
+    inp = tmp_path / "rows.jsonl"
+    inp.write_text(json.dumps({"id": "a", "input": "1 + 1?", "answer": 2, "reasoning": "one and one is two"}) + "\n"
+                   + json.dumps({"id": "b", "input": "2 + 2?", "answer": 4}) + "\n")
+    out = tmp_path / "never"
+    with pytest.raises(InputError, match=r"rows.jsonl:2: field 'reasoning': the reasoning trace missing"):
+        run_sft(SFTOptions(student=str(tiny_student), input=inp, output=out, mode="think",
+                           settings=quiet_settings(skip_invalid=False)))
+    assert not out.exists()  # nothing loaded, nothing written

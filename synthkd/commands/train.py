@@ -177,7 +177,7 @@ def export_command(cfg: ExportConfig) -> None:
 
         check_paths({"--input": cfg.input}, {"--output": cfg.output})
         fields = Fields(id=cfg.id_field, input=cfg.input_field, rationale=cfg.rationale_field,
-                        answer=cfg.answer_field, prompt=cfg.prompt_field, chosen=cfg.chosen_field,
+                        answer=cfg.answer_field, reasoning=cfg.reasoning_field, prompt=cfg.prompt_field, chosen=cfg.chosen_field,
                         rejected=cfg.rejected_field)
         counts = export_rows(cfg.input, cfg.output, cfg.format, mode=cfg.mode, fields=fields,
                              rationale_weight=cfg.rationale_weight, answer_template=cfg.answer_template,

@@ -86,6 +86,8 @@ class Relabel(Operator):
         self.cached += bool(rl.cached)
         info: dict[str, Any] = {"intended": intended, "teacher": rl.label, "agree": rl.label is not None and rl.label == intended_s,
                                 "votes": rl.votes, "raw": rl.raw, **(rl.template or {})}
+        if getattr(rl, "reasoning", None) is not None:
+            info["reasoning"] = rl.reasoning
         row["relabel"] = info
         if rl.label is None:
             self.pairs[(intended_s, None)] += 1

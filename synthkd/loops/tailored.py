@@ -69,11 +69,12 @@ from synthkd.methods.similar_exercises import (
 )
 from synthkd.methods.task_kinds import split_rationale
 from synthkd.options import opt, register_feature
+from synthkd.reasoning import reasoning_field
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
 from synthkd.train.common import TrainSettings
-from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, MODES, answer_text, rationale_target, write_jsonl
+from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE, TRACE_FREE_MODES, answer_text, rationale_target, write_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,7 @@ class TailorConfig(TrainSettings):
                        aliases=("--out",), stage=False)  # a stage writes runs/<name>/<stage>
     rounds: int = opt(3, help="Tailored rounds after round 0.", flags=("-R",), ge=0)
     patience: int = opt(1, help="Stop after this many rounds without held-out gain.", ge=1)
-    mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=MODES)
+    mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=TRACE_FREE_MODES)
     accumulate: bool = opt(True, help="Train each round on all rows so far (--no-accumulate or --replace: on its "
                                       "new rows only).", flags=(" /--replace",))
     pool_gold_field: str = opt("answer", help="Pool field with the gold answer (or the teacher's, for a pool "
@@ -289,20 +290,21 @@ def correction_row(mistake: dict[str, Any], res: TeacherResult, r: int, tpl: Pro
     ex = extract_answer(res.text, "number")
     gold = mistake.get("gold_answer")
     usage = {"prompt_tokens": res.usage.prompt_tokens, "completion_tokens": res.usage.completion_tokens}
+    trace = reasoning_field(res)  # the teacher's reasoning trace beside ``text``, when it returned one
     if ex.value is None:
         return {**base, "reject_reason": f"no answer in the teacher's correction: {ex.reason}", "text": res.text,
-                "usage": usage, "cost_usd": res.cost_usd}
+                **trace, "usage": usage, "cost_usd": res.cost_usd}
     if not numbers_equal(ex.value, gold):
         return {**base, "reject_reason": f"the teacher's correction does not reach the gold answer "
                                          f"({answer_text(ex.value)} != {answer_text(gold)})",
-                "text": res.text, "usage": usage, "cost_usd": res.cost_usd}
+                "text": res.text, **trace, "usage": usage, "cost_usd": res.cost_usd}
     rationale = split_rationale(res.text)
     return {
         **base, "input": _question(mistake), "rationale": rationale, "answer": answer_text(gold),
         "gold": mistake.get("gold_answer"), "student_output": mistake.get("student_output"),
         "student_answer": mistake.get("student_answer"), "mistake": mistake.get("mistake"),
         "wrong_outputs": mistake.get("wrong_outputs") or [mistake.get("student_output") or ""],
-        "text": res.text, **tpl.provenance(), "teacher": res.model, "usage": usage, "cost_usd": res.cost_usd,
+        "text": res.text, **trace, **tpl.provenance(), "teacher": res.model, "usage": usage, "cost_usd": res.cost_usd,
         "cached": res.cached,
     }
 

@@ -39,6 +39,7 @@ import yaml
 from synthkd.jsonl_io import InputError
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import comma_list, opt, register_feature
+from synthkd.reasoning import reasoning_field
 from synthkd.teacher_lists import parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
@@ -509,14 +510,15 @@ async def generate_label_examples(
             return [{"id": f"{label}/{r}", **base(label, r, attrs), "reject_reason": f"teacher_error: {res.error}"}]
         rows = []
         meta = request_provenance(teacher, job.requests[0], res)
+        trace = reasoning_field(res)  # the teacher's trace of this request, on each of its rows
         items = parse_list_items(res.text)
         if not items:
             st.drops["unparseable_response"] += 1
-            rows.append({"id": f"{label}/{r}", **base(label, r, attrs), "completion": res.text,
+            rows.append({"id": f"{label}/{r}", **base(label, r, attrs), "completion": res.text, **trace,
                          "reject_reason": "unparseable_response: no list items found"})
         truncated = res.finish_reason == "length"
         for j, text in enumerate(items):
-            cand = {"id": f"{label}/{r}/{j}", "text": text, **base(label, r, attrs), "item_index": j}
+            cand = {"id": f"{label}/{r}/{j}", "text": text, **base(label, r, attrs), "item_index": j, **trace}
             reason = None
             if s.kept >= N:
                 reason = "surplus: label already has enough examples"

@@ -38,6 +38,7 @@ from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, check_id
 from synthkd.methods.rationales import RationalePlan, plan_rationales
 from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind
 from synthkd.options import comma_list, opt, register_feature
+from synthkd.reasoning import reasoning_field, trace_of
 from synthkd.scores import parse_score
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, stream_jobs
@@ -199,6 +200,8 @@ class TeacherStudentPlan:
             "rejected_answer_reason": se.reason, "gold": base["gold"], "method": "teacher-vs-student",
             "teacher": t.model or names[0], "student": s.model or names[1],
         }
+        out.update(reasoning_field(t, "chosen_reasoning"))  # the traces of the two answers, when returned
+        out.update(reasoning_field(s, "rejected_reasoning"))
         out.update(self.teacher_plan.template.provenance())
         out.update(_usage([t, s]))
         out["source"] = row
@@ -344,6 +347,9 @@ class JudgePlan:
             "chosen_sample": b["sample_index"], "rejected_sample": w["sample_index"],
             "method": "judge-ranked", "judge": judge_name, "candidates": record,
         }
+        for side, c in (("chosen", b), ("rejected", w)):  # the sampled answers' traces, when returned
+            if c.get("reasoning") is not None:
+                out[f"{side}_reasoning"] = c["reasoning"]
         out.update(self.template.provenance())
         out.update(_usage([*sampled, *judged]))
         out["source"] = row
@@ -383,7 +389,7 @@ class JudgePlan:
                 else:
                     cands: list[dict[str, Any]] = [
                         {"model": sampled[i].model or names[i // self.samples], "sample_index": r.request.sample_index,
-                         "text": clean_completion(r.text)} for i, r in enumerate(sampled)]
+                         "text": clean_completion(r.text), "reasoning": trace_of(r)} for i, r in enumerate(sampled)]
                     cands = [c for c in cands if c["text"]]
                     texts = list(dict.fromkeys(c["text"] for c in cands))  # judge each distinct text once
                     if len(texts) < 2:

@@ -36,6 +36,7 @@ import numpy as np
 
 from synthkd.labels import LABEL_SPACE_HELP, LabelSpace, classify, norm_text
 from synthkd.options import comma_list, opt, register_feature
+from synthkd.reasoning import reasoning_field
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import load_template
@@ -350,7 +351,8 @@ async def promptmix(
         for i, text in enumerate(items):
             rid = f"{base_id}-{i:02d}"
             n = norm_text(text)
-            row = {"id": rid, "text": text, **common, "gen_cost_usd": share, "gen_cached": res.cached}
+            row = {"id": rid, "text": text, **common, "gen_cost_usd": share, "gen_cached": res.cached,
+                   **reasoning_field(res)}
             why = None
             if n in seeds:
                 why = "seed copy: the text repeats a seed example"
@@ -378,6 +380,8 @@ async def promptmix(
             "relabel_candidates": rel.candidates,
             "relabel_template": rel.template,
         }
+        if rel.reasoning is not None:
+            out["relabel_reasoning"] = rel.reasoning
         gen_cost = row.get("gen_cost_usd")
         out["relabel_cost_usd"] = rel.cost_usd
         out["cost_usd"] = None if gen_cost is None or rel.cost_usd is None else round(gen_cost + rel.cost_usd, 10)

@@ -14,6 +14,11 @@ Options and why they exist:
 * ``rationalize=True`` (STaR, Zelikman et al. 2022): a labelled row the teacher got wrong gets one
   more call that shows the gold answer as a hint and asks for a rationale reaching it, so hard rows
   still yield a rationale instead of being dropped.  The original wrong attempt is kept.
+* ``rationale_source`` (a reasoning teacher returns its trace beside the answer): ``text`` (default)
+  parses the rationale out of the answer text, as for any teacher; ``reasoning`` takes the teacher's
+  trace as the rationale; ``both`` joins the trace and the text's rationale (a blank line between).
+  The answer is always read from the answer text, so voting and the gold check are unchanged.  Under
+  ``reasoning``/``both`` a row whose teacher returned no trace is a reject row (``no reasoning trace``).
 
 Determinism (what makes resume-by-rerun free): the demonstrations are one seeded shuffle of the
 pool, taken in order for every row and skipping the row itself, so a row's prompt depends only on
@@ -24,7 +29,9 @@ Output row fields: ``id, kind, input`` (the question block the student sees), ``
 ``answer`` (number / option text / label, ``null`` when none could be read), ``answer_index``
 (choice only), ``answer_reason`` (why ``answer`` is null), ``gold``, ``correct`` (the teacher's own
 majority answer equals gold), ``agreement``, ``votes``, ``samples`` ([{sample_index, rationale,
-answer, answer_reason, text, finish_reason}]), ``rationalized`` / ``first_attempt`` /
+answer, answer_reason, text, finish_reason[, reasoning]}]), ``reasoning`` (the teacher's trace of the
+sample whose rationale the row keeps; present only when the teacher returned one), ``rationalized`` /
+``first_attempt`` /
 ``rationalization`` (see above), ``demo_ids``, ``template``, ``template_sha``, ``teacher``, ``usage``,
 ``cost_usd``, ``cached``, ``source`` (the input row, unchanged).  When ``rationalized`` and
 ``rationalization.reached_gold``, ``rationale``/``answer`` are the rationalization's and
@@ -48,11 +55,15 @@ from synthkd.answers import parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind, split_rationale
 from synthkd.options import comma_list, opt, register_feature
+from synthkd.reasoning import reasoning_tokens, trace_of
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, stream_jobs
 from synthkd.templates import PromptTemplate, TemplateError, load_template
 
-__all__ = ["Demo", "RationalePlan", "RationaleTally", "RationalesConfig", "generate_rationales", "load_labels",
+RATIONALE_SOURCES: tuple[str, ...] = ("text", "reasoning", "both")
+NO_TRACE = "no reasoning trace: the teacher returned none; use --rationale-source text"
+
+__all__ = ["RATIONALE_SOURCES", "Demo", "RationalePlan", "RationaleTally", "RationalesConfig", "generate_rationales", "load_labels",
            "plan_rationales"]
 
 _WS = re.compile(r"\s+")
@@ -86,6 +97,7 @@ class RationalePlan:
     seed: int = 0
     max_tokens: int | None = None
     chat: bool = True
+    rationale_source: str = "text"
     _order: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -135,11 +147,25 @@ class RationalePlan:
         return Job(("rationalize", row, out), [self._request(f"{row['id']}#rationalize", prompt, 0, "rationalize")])
 
     # ------------------------------------------------------------------ answers
+    def _rationale(self, res: TeacherResult) -> str:
+        """The sample's rationale from the source chosen (see ``rationale_source``)."""
+        trace = (trace_of(res) or "").strip()
+        if self.rationale_source == "reasoning":
+            return trace
+        text = split_rationale(res.text)
+        if self.rationale_source == "both":
+            return "\n\n".join(x for x in (trace, text) if x)
+        return text
+
+    def _missing_trace(self, results: Sequence[TeacherResult]) -> bool:
+        """The rationale must come from a trace and some result has none."""
+        return self.rationale_source != "text" and any(trace_of(r) is None for r in results)
+
     def _sample(self, res: TeacherResult, row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
         ex = self.spec.parse(res.text, row)
         s: dict[str, Any] = {
             "sample_index": res.request.sample_index,
-            "rationale": split_rationale(res.text),
+            "rationale": self._rationale(res),
             "answer": self.spec.to_json(ex.value, row),
             "answer_reason": ex.reason,
         }
@@ -147,6 +173,9 @@ class RationalePlan:
             s["answer_alternatives"] = [self.spec.to_json(a, row) for a in ex.alternatives]
         s["text"] = res.text
         s["finish_reason"] = res.finish_reason
+        trace = trace_of(res)
+        if trace is not None:
+            s["reasoning"] = trace
         return s, ex.value
 
     def _finish_first(self, job: Job[Any], model: str) -> tuple[dict[str, Any], Job[Any] | None]:
@@ -155,6 +184,9 @@ class RationalePlan:
         errors = [r.error for r in results if not r.ok]
         if errors:
             return _reject(row, "teacher error: " + str(errors[0]), errors, "sample"), None
+        if self._missing_trace(results):
+            missing = [r.request.sample_index for r in results if trace_of(r) is None]
+            return _reject(row, NO_TRACE, [f"sample {i}: no reasoning trace" for i in missing], "sample"), None
         spec = self.spec
         parsed = [self._sample(r, row) for r in results]
         samples = [s for s, _ in parsed]
@@ -164,6 +196,8 @@ class RationalePlan:
         if clusters:
             best_value, count, first = clusters[0]
             out["rationale"] = samples[first]["rationale"]
+            if "reasoning" in samples[first]:
+                out["reasoning"] = samples[first]["reasoning"]
             out["answer"] = spec.to_json(best_value, row)
             if spec.kind == "choice":
                 out["answer_index"] = int(best_value)
@@ -173,6 +207,8 @@ class RationalePlan:
             best_value = None
             reasons = Counter(s["answer_reason"] for s in samples)
             out["rationale"] = samples[0]["rationale"]
+            if "reasoning" in samples[0]:
+                out["reasoning"] = samples[0]["reasoning"]
             out["answer"] = None
             if spec.kind == "choice":
                 out["answer_index"] = None
@@ -199,17 +235,26 @@ class RationalePlan:
         res: TeacherResult = job.results[0]  # type: ignore[assignment]
         if not res.ok:
             return _reject(row, "teacher error (rationalization): " + str(res.error), [res.error], "rationalize")
+        if self._missing_trace([res]):
+            return _reject(row, NO_TRACE + " (rationalization)", ["rationalization: no reasoning trace"], "rationalize")
         s, value = self._sample(res, row)
         gold = self.spec.gold(row)
         reached = self.spec.same(value, gold)
         out = dict(out)
         out["rationalized"] = True
         out["first_attempt"] = {k: out.get(k) for k in ("rationale", "answer", "answer_reason")}
+        if "reasoning" in out:
+            out["first_attempt"]["reasoning"] = out["reasoning"]
         out["rationalization"] = {
             "rationale": s["rationale"], "answer": s["answer"], "answer_reason": s["answer_reason"],
             "reached_gold": reached, "text": s["text"], "finish_reason": s["finish_reason"],
         }
+        if "reasoning" in s:
+            out["rationalization"]["reasoning"] = s["reasoning"]
         if reached:
+            out.pop("reasoning", None)
+            if "reasoning" in s:
+                out["reasoning"] = s["reasoning"]
             out["rationale"] = s["rationale"]
             out["answer"] = s["answer"]
             out["answer_reason"] = None
@@ -295,6 +340,9 @@ def _add_usage(out: dict[str, Any], results: Sequence[TeacherResult]) -> None:
     pt = prev["prompt_tokens"] + sum(r.usage.prompt_tokens for r in results)
     ct = prev["completion_tokens"] + sum(r.usage.completion_tokens for r in results)
     out["usage"] = {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct}
+    rt = prev.get("reasoning_tokens", 0) + reasoning_tokens(results)
+    if rt:  # part of completion_tokens; only shown for a teacher that reasons
+        out["usage"]["reasoning_tokens"] = rt
     costs = [r.cost_usd for r in results]
     prev_cost = out.get("cost_usd", 0.0)
     out["cost_usd"] = None if prev_cost is None or any(c is None for c in costs) else round(
@@ -326,6 +374,7 @@ def plan_rationales(
     seed: int = 0,
     max_tokens: int | None = None,
     chat: bool = True,
+    rationale_source: str = "text",
     row_where: Callable[[int], str] | None = None,
     demo_where: Callable[[int], str] | None = None,
 ) -> RationalePlan:
@@ -346,6 +395,8 @@ def plan_rationales(
         problems.append("--n-demos must be >= 0")
     if max_tokens is not None and max_tokens < 1:
         problems.append("--max-tokens must be at least 1")
+    if rationale_source not in RATIONALE_SOURCES:
+        problems.append(f"--rationale-source must be one of {', '.join(RATIONALE_SOURCES)}, got {rationale_source!r}")
     if problems:
         raise ValueError("; ".join(problems))
     spec = kind if isinstance(kind, TaskKind) else TaskKind(kind, fields or FieldNames(), tuple(labels) if labels else None)
@@ -412,6 +463,7 @@ def plan_rationales(
     plan = RationalePlan(
         rows=row_list, spec=spec, template=tpl, pool=pool, n_demos=n_demos, samples=samples,
         temperature=temperature, rationalize=rationalize, seed=seed, max_tokens=max_tokens, chat=chat,
+        rationale_source=rationale_source,
     )
     # render one prompt (and its rationalization variant) now: a template error costs nothing here
     first = row_list[0]
@@ -470,6 +522,10 @@ class RationalesConfig:
     max_tokens: Optional[int] = opt(None, help="max_tokens per request.", ge=1)
     rationalize: bool = opt(False, help="Wrong labelled rows get a second call with the gold answer as a hint (STaR).")
     completion_api: bool = opt(False, help="Send plain prompts (/completions) instead of chat messages.")
+    rationale_source: str = opt("text", help="Where the rationale comes from: text (parsed out of the answer text), "
+                                "reasoning (the reasoning teacher's trace; the answer is still read from the "
+                                "text; a row without a trace is rejected) or both (trace, then the text's "
+                                "rationale).", choices=RATIONALE_SOURCES)
     input_field: str = opt("question", help="Field with the question / input text.")
     label_field: str = opt("answer", help="Field with the gold answer (optional per row).")
     choices_field: str = opt("choices", help="Field with the list of options (choice).")
@@ -494,7 +550,8 @@ class RationalesConfig:
             rows, kind=self.kind, template=self.template, demos=demos, n_demos=self.n_demos, samples=self.samples,
             temperature=self.temperature, rationalize=self.rationalize,
             labels=load_labels(self.labels, self.labels_file), fields=self.fields(), seed=self.seed,
-            max_tokens=self.max_tokens, chat=not self.completion_api, row_where=row_where, demo_where=demo_where,
+            max_tokens=self.max_tokens, chat=not self.completion_api, rationale_source=self.rationale_source,
+            row_where=row_where, demo_where=demo_where,
         )
 
 
@@ -518,6 +575,7 @@ async def generate_rationales(
     seed: int = 0,
     max_tokens: int | None = None,
     chat: bool = True,
+    rationale_source: str = "text",
     skip_ids: Container[Any] | None = None,
 ) -> AsyncIterator[dict[str, Any]]:
     """Rows in, rationale rows out as they complete (see the module docstring for the row format).
@@ -532,7 +590,7 @@ async def generate_rationales(
     plan = plan_rationales(
         row_list, kind=kind, template=template, demos=demos, n_demos=n_demos, samples=samples,
         temperature=temperature, rationalize=rationalize, labels=labels, fields=fields, seed=seed,
-        max_tokens=max_tokens, chat=chat,
+        max_tokens=max_tokens, chat=chat, rationale_source=rationale_source,
     )
     async for out in plan.run(teacher, skip_ids=skip_ids):
         yield out

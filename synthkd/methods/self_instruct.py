@@ -37,6 +37,7 @@ from synthkd.jsonl_io import InputError, check_id, iter_jsonl
 from synthkd.methods.label_tasks import sampling_params
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import opt, register_feature
+from synthkd.reasoning import reasoning_field
 from synthkd.teacher_lists import parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
@@ -407,7 +408,7 @@ async def generate_self_instruct(
         res = job.results[0]
         assert res is not None
         rid = f"gen/{rnd}/{j}"
-        base = {"round": rnd, "request_id": rid, **prov_new, "teacher": teacher.model}
+        base = {"round": rnd, "request_id": rid, **prov_new, "teacher": teacher.model, **reasoning_field(res)}
         if not res.ok:
             state["stalled"] = f"generation request {rid} failed: {res.error}"
             st.drops["teacher_error"] += 1
@@ -475,6 +476,7 @@ async def generate_self_instruct(
             st.short[row["id"]] = f"instances request failed: {res.error} (rerun to retry)"
             return row
         row["instances"] = clean_instances(parse_instances(res.text, bool(kp.is_clf)), st.drops)
+        row.update(reasoning_field(res))  # the trace of the answer the instances were read from
         if not row["instances"]:
             row["completion"] = res.text
             row["reject_reason"] = "no_instances: no input/output pair could be parsed"

@@ -112,7 +112,7 @@ class TailorStage:
 
     # ------------------------------------------------------------------ checks (before anything runs)
     def check(self, ctx: StageContext, o: Any) -> None:
-        from synthkd.train.export import MODES
+        from synthkd.train.export import TRACE_FREE_MODES as MODES  # the loop writes rows without traces
 
         problems = []
         if not o.heldout:

@@ -27,7 +27,7 @@ from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, extract_answer
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.options import opt, register_feature
 from synthkd.train.common import InputField
-from synthkd.train.export import Fields, read_rows
+from synthkd.train.export import Fields, after_think, read_rows
 
 KINDS = ("number", "choice", "label")
 LETTERS = "abcdefghij"
@@ -82,7 +82,7 @@ class EvalConfig(InputField):
                               flags=("-o",), aliases=("--out",),
                               stage=False)  # a stage writes runs/<name>/<stage>
     batch_size: int = opt(32, help="Generation batch size.", ge=1)
-    max_new_tokens: int | None = opt(None, help="Default: 32 for label/multitask students, 256 for rationale ones.",
+    max_new_tokens: int | None = opt(None, help="Default: 32 for label/multitask students, 256 for rationale ones, 512 for think ones.",
                                      ge=1)
     temperature: float = opt(0.0, help="0 = greedy (default).", ge=0)
     seed: int = opt(0, help="Sampling seed (with --temperature > 0).")
@@ -174,6 +174,7 @@ def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None
             return None, "no answer"
         g, why = gold_value(text, kind, choices=choices, labels=labels)
         return g, why and "unusable answer"
+    text = after_think(text)  # a think-mode student's answer follows its reasoning
     ans = extract_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
                          labels=list(labels) if labels else None, synonyms=synonyms)
     return ans.value, ans.reason
@@ -336,7 +337,7 @@ def read_eval_rows(opts: EvalOptions) -> list[EvalRow]:
 
 def default_max_new_tokens(record: dict[str, Any]) -> int:
     mode = record.get("mode")
-    return {"label": 32, "multitask": 32, "rationale": 256}.get(mode or "", 128)
+    return {"label": 32, "multitask": 32, "rationale": 256, "think": 512}.get(mode or "", 128)
 
 
 def check_options(opts: EvalOptions) -> None:

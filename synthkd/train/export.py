@@ -10,7 +10,11 @@ SFT modes (see ``sft.py``):
 * ``label``      prompt = input, completion = answer;
 * ``rationale``  prompt = input, completion = rationale + "So the answer is <answer>.";
 * ``multitask``  Distilling step-by-step: each row gives a ``predict:`` example (-> answer) and an
-  ``explain:`` example (-> rationale), carrying per-example loss weights (see :func:`task_weights`).
+  ``explain:`` example (-> rationale), carrying per-example loss weights (see :func:`task_weights`);
+* ``think``      a reasoning teacher's trace as the open reasoning students' template (DeepSeek-R1
+  distills, Qwen3): completion = ``<think>\n{reasoning}\n</think>\n\n{answer}``.  Every row must carry
+  a trace (the ``reasoning`` field; a row without one is an error naming its file and line, or is
+  skipped with ``skip_invalid``): no silent fallback to a trace-less target.
 
 Formats written by :func:`export_rows`:
 
@@ -35,7 +39,10 @@ import orjson
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, iter_jsonl
 from synthkd.train.student import plain_prompt
 
-MODES = ("label", "rationale", "multitask")
+MODES = ("label", "rationale", "multitask", "think")
+#: the modes whose target needs no reasoning trace (what a loop that writes its own rows can train)
+TRACE_FREE_MODES = ("label", "rationale", "multitask")
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 SFT_FORMATS = ("prompt-completion", "conversational", "messages")
 FORMATS = (*SFT_FORMATS, "preference")
 PREDICT_PREFIX = "predict: "
@@ -52,6 +59,7 @@ class Fields:
     input_fallbacks: tuple[str, ...] = ("input", "question", "prompt", "text")
     rationale: str = "rationale"
     answer: str = "answer"
+    reasoning: str = "reasoning"  # the teacher's trace (think mode)
     # preference rows
     prompt: str | None = None
     chosen: str = "chosen"
@@ -69,7 +77,7 @@ class SFTExample:
     """One training example: the user's text, the target text, its task and its loss weight."""
 
     id: str
-    task: str  # "label" | "rationale" | "predict" | "explain"
+    task: str  # "label" | "rationale" | "predict" | "explain" | "think"
     prompt: str
     completion: str
     weight: float = 1.0
@@ -192,7 +200,7 @@ def build_sft_examples(
         if why:
             row_problems.append(why)
         ans = None
-        if mode in ("label", "multitask", "rationale"):
+        if mode in MODES:
             if fields.answer not in row:
                 row_problems.append(f"{where}: field '{fields.answer}': the answer missing")
             else:
@@ -209,6 +217,13 @@ def build_sft_examples(
             rat, why = _get_text(row, (fields.rationale,), where, "the rationale")
             if why:
                 row_problems.append(why)
+        trace = None
+        if mode == "think":
+            trace, why = _get_text(row, (fields.reasoning,), where, "the reasoning trace")
+            if why:
+                row_problems.append(why + (" (think mode trains on the teacher's trace: generate with a reasoning "
+                                           "teacher, or use --mode label/rationale)" if fields.reasoning not in row
+                                           or row[fields.reasoning] is None else ""))
         rid = _row_id(row, fields, lineno)
         if rid in seen and not row_problems:
             row_problems.append(f"{where}: field '{fields.id}': duplicate id {rid!r} (first on line {seen[rid]})")
@@ -225,6 +240,9 @@ def build_sft_examples(
         elif mode == "rationale":
             assert rat is not None
             examples.append(SFTExample(rid, "rationale", text, rationale_target(rat, ans, answer_template)))
+        elif mode == "think":
+            assert trace is not None
+            examples.append(SFTExample(rid, "think", text, think_target(trace, ans)))
         else:
             assert rat is not None
             examples.append(SFTExample(rid, "predict", PREDICT_PREFIX + text, ans, weights["predict"]))
@@ -240,6 +258,17 @@ def build_sft_examples(
 def rationale_target(rationale: str, answer: str, answer_template: str = DEFAULT_ANSWER_TEMPLATE) -> str:
     """Rationale followed by the answer sentence; one completion of the ``rationale`` mode."""
     return f"{rationale.strip()}\n{answer_template.format(answer=answer)}"
+
+
+def think_target(reasoning: str, answer: str) -> str:
+    """The trace in the open reasoning students' template, then the answer; one completion of ``think``."""
+    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n{answer}"
+
+
+def after_think(text: str) -> str:
+    """A think-mode output without its ``<think>...</think>`` block (the answer alone); unchanged without one."""
+    i = text.rfind(THINK_CLOSE)
+    return text[i + len(THINK_CLOSE):].strip() if i >= 0 else text
 
 
 def build_preference_examples(path: str | Path, fields: Fields | None = None, *,

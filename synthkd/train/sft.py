@@ -4,7 +4,9 @@
 * ``rationale``  input -> rationale then "So the answer is X." (one completion);
 * ``multitask``  Distilling step-by-step (Hsieh et al. 2023) for decoder-only students: ``predict: x`` ->
   answer and ``explain: x`` -> rationale, loss ``(1 - a) L_predict + a L_explain`` through per-example
-  loss weights (``weighted.py``); at inference only ``predict:`` is used.
+  loss weights (``weighted.py``); at inference only ``predict:`` is used;
+* ``think``      input -> ``<think>\n{reasoning}\n</think>\n\n{answer}``, a reasoning teacher's trace in the
+  template of open reasoning students (DeepSeek-R1 distills, Qwen3); a row without a trace is an error.
 
 Loss is on the completion only.  The student's chat template formats prompts when it has one; else the
 plain format of ``student.plain_prompt``.  The exact training and eval sets are exported under
@@ -116,10 +118,11 @@ class SFTRowFields(InputField):
 
     rationale_field: str = opt("rationale", help="Rationale field.")
     answer_field: str = opt("answer", help="Answer field (the teacher's answer; 'gold' to train on gold labels).")
+    reasoning_field: str = opt("reasoning", help="Reasoning trace field (think mode).")
 
     def row_fields(self) -> Fields:
         return Fields(id=self.id_field, input=self.input_field, rationale=self.rationale_field,
-                      answer=self.answer_field)
+                      answer=self.answer_field, reasoning=self.reasoning_field)
 
 
 @dataclass(kw_only=True)
@@ -127,7 +130,8 @@ class SFTTargets:
     """What an SFT example's completion is (shared by ``train sft`` and ``train export``)."""
 
     mode: str = opt("label", help="label (input -> answer), rationale (input -> rationale + answer), multitask "
-                                  "(predict:/explain:, Distilling step-by-step).", choices=MODES)
+                                  "(predict:/explain:, Distilling step-by-step), think (input -> <think> reasoning "
+                                  "trace </think> answer; every row needs a trace).", choices=MODES)
     rationale_weight: float = opt(0.5, help="multitask: loss = (1-w) L_predict + w L_explain.", ge=0, le=1)
     answer_template: str = opt(DEFAULT_ANSWER_TEMPLATE, help="rationale mode: sentence after the rationale.")
 
@@ -297,7 +301,7 @@ def train_sft(opts: SFTOptions | SFTConfig) -> tuple[dict[str, Any], Any, Any]:
         "prompt_format": "chat template" if chat else "plain",
         "answer_template": opts.answer_template,
         "fields": {"id": opts.fields.id, "input": list(opts.fields.input_names()), "rationale": opts.fields.rationale,
-                   "answer": opts.fields.answer},
+                   "answer": opts.fields.answer, **({"reasoning": opts.fields.reasoning} if opts.mode == "think" else {})},
         "rationale_weight": opts.rationale_weight if opts.mode == "multitask" else None,
         "task_weights": task_weights(opts.rationale_weight) if opts.mode == "multitask" else None,
         "weighting": ("per-example loss weights, loss = mean_i(w_i * l_i), l_i = token-mean NLL of example i"
