@@ -455,6 +455,8 @@ class OpenAICompatibleTeacher(Teacher):
         """Send one request for ``reqs`` (the samples of one prompt: ``n=len(reqs)``), retrying what is
         transient and re-shaping once per parameter the server says the model does not take."""
         req, key, n = reqs[0], keys[0], len(reqs)
+        if n > 1 and not self.shaper.n_samples:  # learned (from another request) while this one waited
+            return await self._one_by_one(reqs, keys)
         params = {**self.default_params, **req.params}
         clash = sorted(set(self.extra_body) & set(req.params))
         if clash:
@@ -502,15 +504,19 @@ class OpenAICompatibleTeacher(Teacher):
                 reshaped.add(what)
                 self.stats.reshaped += 1
                 if n > 1 and not self.shaper.n_samples:  # the server refused n: one request per sample
-                    results: list[TeacherResult] = []
-                    for one, one_key in zip(reqs, keys):
-                        results += await self._complete_uncached([one_by_one(one, one.sample_index - req.sample_index)],
-                                                                 [one_key])
-                    return results
+                    return await self._one_by_one(reqs, keys)
                 continue
             except (RetryableError, RequestRejected) as exc:
                 return self._failed(reqs, attempts, started, f"{type(exc).__name__}: {exc}")
         return self._answered(reqs, keys, reply, attempts, started)
+
+    async def _one_by_one(self, reqs: list[TeacherRequest], keys: list[str]) -> list[TeacherResult]:
+        """The samples of one prompt sent as separate requests (in this task's concurrency slot)."""
+        results: list[TeacherResult] = []
+        for one, one_key in zip(reqs, keys):
+            results += await self._complete_uncached([one_by_one(one, one.sample_index - reqs[0].sample_index)],
+                                                     [one_key])
+        return results
 
     def _failed(self, reqs: list[TeacherRequest], attempts: int, started: float, error: str) -> list[TeacherResult]:
         st = self.stats
