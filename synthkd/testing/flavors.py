@@ -178,6 +178,27 @@ def reasoning_text(prompt: str, choice_index: int, count: int) -> str:
     return " ".join(words[:count])
 
 
+def own_trace(text: str) -> tuple[str | None, str]:
+    """``(trace, answer)`` when a responder wrote its own R1-style ``<think>...</think>`` trace (the
+    reasoning flavors then return that trace, not a made-up one), else ``(None, text)``."""
+    close = text.find("</think>")
+    if close < 0:
+        return None, text
+    trace = text[:close].strip()
+    if trace.startswith("<think>"):
+        trace = trace[len("<think>"):].strip()
+    return trace, text[close + len("</think>"):].strip()
+
+
+def trace_for(own: str | None, prompt: str, choice_index: int, spent: int) -> str:
+    """The trace a choice returns: the responder's own (cut to ``spent`` words if the budget ran
+    out), else the made-up one of :func:`reasoning_text`."""
+    if own is None:
+        return reasoning_text(prompt, choice_index, spent)
+    words = own.split()
+    return own if spent >= len(words) else " ".join(words[:spent])
+
+
 def closing_tag_only(prompt: str, share: float) -> bool:
     """For ``think-inline``: does this prompt's answer lack the opening ``<think>`` (§4.4)?
 

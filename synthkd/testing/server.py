@@ -1147,9 +1147,13 @@ class TestServer:
                     text, finish = await self._respond_once(
                         endpoint, base if i == 0 else {**base, "choice_index": i}, None
                     )
-                    spent = flavors.reasoning_tokens(prompt, i, effort, cfg.reasoning_tokens) if reasoning else 0
+                    own = None
+                    if reasoning:  # a responder's own <think> trace is what a reasoning model returns
+                        own, text = flavors.own_trace(text)
+                    spent = (len(own.split()) if own is not None
+                             else flavors.reasoning_tokens(prompt, i, effort, cfg.reasoning_tokens) if reasoning else 0)
                     plan = flavors.plan_choice(text, finish, spent, budget, truncate)
-                    trace = flavors.reasoning_text(prompt, i, plan.reasoning_tokens)
+                    trace = flavors.trace_for(own, prompt, i, plan.reasoning_tokens)
                     completion_tokens += plan.completion_tokens
                     reasoning_total += plan.reasoning_tokens
                     message = flavors.message_of(
@@ -1331,10 +1335,13 @@ class TestServer:
         text, finish = _responder_text(out)
         budget = anthropic_api.thinking_budget(body)
         spent = 0
+        own = None
         if budget is not None:
-            spent = min(budget, flavors.reasoning_tokens(prompt, 0, "medium", cfg.reasoning_tokens))
+            own, text = flavors.own_trace(text)
+            made_up = flavors.reasoning_tokens(prompt, 0, "medium", cfg.reasoning_tokens)
+            spent = min(budget, len(own.split()) if own is not None else made_up)
         plan = flavors.plan_choice(text, finish, spent, int(body["max_tokens"]), truncate)
-        thinking = flavors.reasoning_text(prompt, 0, plan.reasoning_tokens) if budget is not None else None
+        thinking = flavors.trace_for(own, prompt, 0, plan.reasoning_tokens) if budget is not None else None
         answer = None if plan.cut_in_reasoning else plan.answer
         stop_reason = "max_tokens" if plan.finish_reason == "length" else "end_turn"
 
@@ -1489,7 +1496,8 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
-                   "(banking77: real Banking77 texts for the tasks/PromptMix/relabel prompts)")
+                   "(banking77: real Banking77 texts for the tasks/PromptMix/relabel prompts; arithmetic: the "
+                   "simulated arithmetic teacher; arithmetic-r1: the same, its working as an R1-style trace)")
     return p
 
 
@@ -1500,7 +1508,16 @@ def _banking77_responder() -> "Responder":
 
 
 # name -> factory (imported lazily: the default server needs none of their data)
-_NAMED_RESPONDERS = {"banking77": _banking77_responder}
+def _arithmetic_responder(think: bool) -> Callable[[], "Responder"]:
+    def make() -> "Responder":
+        from synthkd.testing.simulated import SimulatedResponder
+
+        return SimulatedResponder([], think=think)
+    return make
+
+
+_NAMED_RESPONDERS = {"banking77": _banking77_responder, "arithmetic": _arithmetic_responder(False),
+                     "arithmetic-r1": _arithmetic_responder(True)}
 
 
 def _new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:

@@ -240,12 +240,16 @@ class SimulatedResponder:
       exercises the teacher itself invented can be solved later.  When the prompt states the answer
       after the question ("The correct answer is 7", a correction / rationalization prompt) the
       solution reasons to it without slips;
+    * with ``think=True`` a solution comes R1-style, ``<think>\n{working}\n</think>\n\n{final sentence}``:
+      a reasoning flavor of the server returns the working as the trace (``reasoning_content``,
+      ``reasoning``, thinking blocks), ``think-inline`` leaves it inline;
     * ``Write <m> new exercises`` (``prompts/tailored/similar.j2``): ``m`` new problems of the same
       template as the rightmost question, see :meth:`similar_exercises`.
     """
 
     def __init__(self, problems: list[Problem], *, error_rate: float = 0.1, noise_rate: float = 0.1,
-                 salt: str = "sim", copy_rate: float = 0.1) -> None:
+                 salt: str = "sim", copy_rate: float = 0.1, think: bool = False) -> None:
+        self.think = think  # R1-style: the working inside <think>...</think>, the final sentence after it
         self.by_question = {p.question: p for p in problems}
         self.error_rate = error_rate
         self.noise_rate = noise_rate
@@ -289,6 +293,8 @@ class SimulatedResponder:
                 ending = [f" Answer: {final}", f" So the answer is **{final}**.", f" = {final}."][style]
         else:
             ending = f" The answer is {final}."
+        if self.think:
+            return f"<think>\n{text.strip()}\n</think>\n\n{ending.strip()}"
         return text + ending
 
     def similar_exercises(self, problem: Problem, m: int, seed: Any = None) -> list[tuple[Problem, int]]:
