@@ -74,7 +74,9 @@ def test_capabilities_say_what_each_teacher_supports_today():
     assert OpenAICompatibleTeacher.capabilities == api
     assert ServedTeacher.capabilities == api
     none = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
-    assert ReplayTeacher.capabilities == none
+    assert ReplayTeacher.capabilities == TeacherCapabilities(reasoning_trace=True)  # recorded traces
+    from synthkd.teachers.anthropic import AnthropicTeacher
+    assert AnthropicTeacher.capabilities == TeacherCapabilities(reasoning_trace=True)  # no n: k requests
 
 
 # ---------------------------------------------------------------------------------------- each teacher

@@ -100,3 +100,22 @@ def test_a_failing_request_stream_is_reraised(varied_student):
 
     with pytest.raises(RuntimeError, match="the method broke"):
         asyncio.run(go())
+
+
+def test_a_local_reasoning_model_has_its_inline_trace_split_off():
+    """R1 distills and Qwen3 served locally write <think>...</think> into their text: the trace goes to
+    ``reasoning``, the answer to ``text``; an unclosed <think> is a final truncated_in_reasoning row."""
+    from types import SimpleNamespace
+
+    t = object.__new__(LocalTeacher)
+    t.model = "local:r1"
+    req = TeacherRequest.user("k", "q")
+    gen = SimpleNamespace(text="<think>\n7 x 6 = 42\n</think>\n\nThe answer is 42.", finish_reason="stop",
+                          prompt_tokens=3, completion_tokens=12)
+    r = t._result(req, gen, 0.1)
+    assert (r.text, r.reasoning, r.error) == ("The answer is 42.", "7 x 6 = 42", None)
+    gen.text, gen.finish_reason = "<think>\n7 x 6 is", "length"
+    r = t._result(req, gen, 0.1)
+    assert r.text is None and r.reasoning == "7 x 6 is" and r.error.startswith("truncated_in_reasoning")
+    gen.text, gen.finish_reason = "Plain answer 42.", "stop"
+    assert t._result(req, gen, 0.1).reasoning is None and t._result(req, gen, 0.1).text == "Plain answer 42."

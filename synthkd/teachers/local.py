@@ -33,6 +33,7 @@ from synthkd.teachers.base import (
     Usage,
 )
 from synthkd.teachers.pricing import Price
+from synthkd.teachers.replies import split_think, truncated_message
 
 DEFAULT_MAX_TOKENS = 256
 _DONE = object()
@@ -45,7 +46,7 @@ class LocalTeacher(Teacher):
     live requests itself), no reasoning trace.  Costs nothing (price 0).
     """
 
-    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=True)
 
     def __init__(
         self,
@@ -122,12 +123,19 @@ class LocalTeacher(Teacher):
                                      temperature=params["temperature"], top_p=params["top_p"],
                                      stop=list(params["stop"]), seed=seed)
         dt = time.monotonic() - t0
-        return [
-            TeacherResult(request=r, text=g.text, finish_reason=g.finish_reason,
-                          usage=Usage(g.prompt_tokens, g.completion_tokens), cost_usd=0.0, model=self.model,
-                          attempts=1, latency_s=dt)
-            for r, g in zip(reqs, gens)
-        ]
+        return [self._result(r, g, dt) for r, g in zip(reqs, gens)]
+
+    def _result(self, req: TeacherRequest, g: Any, dt: float) -> TeacherResult:
+        """A local reasoning model (R1 distills, Qwen3) writes its trace inline: split it off like an
+        API teacher's (an unclosed ``<think>`` is an answer cut inside the reasoning)."""
+        usage = Usage(g.prompt_tokens, g.completion_tokens)
+        trace, answer, cut = split_think(g.text) if "think>" in g.text else (None, g.text, False)
+        if cut:
+            return TeacherResult(request=req, text=None, finish_reason=g.finish_reason, usage=usage, cost_usd=0.0,
+                                 model=self.model, attempts=1, latency_s=dt, reasoning=trace,
+                                 error=truncated_message(None, usage))
+        return TeacherResult(request=req, text=answer, finish_reason=g.finish_reason, usage=usage, cost_usd=0.0,
+                             model=self.model, attempts=1, latency_s=dt, reasoning=trace)
 
     async def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:
         queue: asyncio.Queue = asyncio.Queue()
