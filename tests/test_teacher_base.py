@@ -187,7 +187,7 @@ def test_local_teacher_fills_stats(varied_student):
     t = make_teacher(TeacherSpec(teacher=f"local:{varied_student}", default_params={"max_tokens": 10}))
     assert isinstance(t, LocalTeacher)
     _assert_teacher_shape(t, f"local:{varied_student}")
-    assert t.price_known and t.cache is None and t.capabilities == TeacherCapabilities()
+    assert t.price_known and t.cache is None and t.capabilities == TeacherCapabilities(reasoning_trace=True)
     reqs = [TeacherRequest.user(str(i), f"What is {i} plus {i}?") for i in range(3)]
     assert t.cache_key(reqs[0]) is None
     res = _run(t, reqs)
