@@ -705,3 +705,29 @@ def test_cache_hits_are_free_and_do_not_use_the_budget(server, tmp_path):
     assert [res[k].cached for k in "0123"] == [True, True, True, False]
     assert res["0"].cost_usd == 3.0  # what it cost when it was bought
     assert (t.stats.cached, t.stats.attempts, t.stats.cost_usd) == (3, 1, 3.0)
+
+
+def test_every_attempt_hung_before_the_latency_settled_is_cut_once_it_settles(make_server):
+    """Attempts sent before the teacher knew the server's latency got the hard timeout; once the p95 is
+    known the watchdog must tighten the deadline of *each* of them (not only the last one registered,
+    and without dying), so four hung requests cost about the adaptive deadline, not the hard timeout."""
+    import asyncio as aio
+
+    async def responder(endpoint, body):
+        text = body["messages"][0]["content"]
+        if text.startswith("hang"):
+            await aio.sleep(60)
+        return f"ok {text}"
+
+    srv = make_server(responder=responder)
+    t = OpenAICompatibleTeacher(MODEL, base_url=srv.base_url, api_key=KEY, prices=_prices(), timeout_s=20.0,
+                                timeout_floor_s=0.3, max_retries=0, concurrency=8)
+    reqs = [_chat(f"h{i}", f"hang {i}") for i in range(4)] + [_chat(f"f{i}", f"fast {i}") for i in range(40)]
+    started = time.monotonic()
+    res, exc = _run(t, reqs)
+    took = time.monotonic() - started
+    assert exc is None and all(res[f"f{i}"].ok for i in range(40))
+    hung = [res[f"h{i}"] for i in range(4)]
+    assert all(r.error and r.error.startswith("AttemptTimeout") for r in hung), [r.error for r in hung]
+    assert took < 8.0, f"the hung attempts waited {took:.1f}s: their deadlines were not tightened"
+    assert t.stats.timeouts == 4

@@ -187,8 +187,7 @@ class OpenAICompatibleTeacher(Teacher):
             self._session = aiohttp.ClientSession(
                 connector=connector,
                 timeout=aiohttp.ClientTimeout(total=None),  # deadlines are ours (adaptive)
-                json_serialize=lambda o: orjson.dumps(o).decode(),
-            )
+            )  # bodies are sent as bytes we serialised (orjson): no json_serialize needed
         return self._session
 
     async def aclose(self) -> None:
