@@ -76,7 +76,8 @@ for g in "${ORDER[@]}"; do
         while read -r p; do patterns+=("$p"); done < <("${REPORT[@]}" sample "$g" "$work" "$SAMPLE" "${SEED:-1}" "${only[@]}" 2>/dev/null | grep -E '^synthkd\.[^ ]*__mutmut_[0-9]+$')
         echo "mutation: $g: sample of ${#patterns[@]} mutants (SAMPLE=$SAMPLE per module, SEED=${SEED:-1})" >&2
     fi
-    echo "== $g: $(date -u +%T) mutmut run ${patterns[*]:-(all mutants)}  (log: $OUT/$tag.log)" >&2
+    if [[ -n "${SAMPLE:-}" ]]; then what="${#patterns[@]} sampled mutants"; else what="${patterns[*]:-(all mutants)}"; fi
+    echo "== $g: $(date -u +%T) mutmut run $what  (log: $OUT/$tag.log)" >&2
     start=$SECONDS
     rc=0
     # SIGINT back to default: a shell's background job ignores it, and the CLI tests that send it
