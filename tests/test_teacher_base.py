@@ -73,7 +73,6 @@ def test_capabilities_say_what_each_teacher_supports_today():
     api = TeacherCapabilities(n_samples=True, json_schema=False, batch=False, reasoning_trace=True)
     assert OpenAICompatibleTeacher.capabilities == api
     assert ServedTeacher.capabilities == api
-    none = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=False)
     assert ReplayTeacher.capabilities == TeacherCapabilities(reasoning_trace=True)  # recorded traces
     from synthkd.teachers.anthropic import AnthropicTeacher
     assert AnthropicTeacher.capabilities == TeacherCapabilities(reasoning_trace=True)  # no n: k requests

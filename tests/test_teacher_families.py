@@ -251,3 +251,30 @@ def test_cli_anthropic_teacher_with_thinking_answers(make_server, tmp_path):
     [row] = [json.loads(line) for line in (tmp_path / "o.jsonl").read_text().splitlines()]
     assert row["completion"].strip() and row["reasoning"].strip() and row["finish_reason"] == "stop"
     assert row["usage"]["completion_tokens"] > 0 and row["cost_usd"] > 0
+
+
+def test_a_pipeline_teacher_block_takes_the_reasoning_options(make_server, tmp_path):
+    """`extra_body`, `reasoning_effort` and `provider` are keys of a pipeline's `teacher:` block (generated
+    from the one TeacherSpec): an effort the model takes answers, one it does not is the provider's 400."""
+    import subprocess
+
+    from conftest import cli_env, synthkd_cmd, write_prompts
+    srv = _serve(make_server, "openai-reasoning")
+    write_prompts(tmp_path / "in.jsonl", 3)
+    (tmp_path / "p.yaml").write_text(f"""name: r
+teacher: {{model: o4-mini, base_url: "{srv.base_url}", reasoning_effort: low, provider: openai, max_tokens: 300}}
+stages:
+  - {{name: a, kind: complete, input: in.jsonl}}
+  - name: b
+    kind: complete
+    input: in.jsonl
+    teacher: {{model: o4-mini, base_url: "{srv.base_url}", extra_body: {{reasoning_effort: extreme}}}}
+""")
+    res = subprocess.run(synthkd_cmd("run", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True,
+                         timeout=120)
+    assert (tmp_path / "runs/r/a.jsonl").exists(), res.stderr
+    a = [json.loads(x) for x in (tmp_path / "runs/r/a.jsonl").read_text().splitlines()]
+    assert len(a) == 3 and all(r["completion"] for r in a)
+    assert res.returncode != 0  # stage b: every row refused by the provider
+    rejects = (tmp_path / "runs/r/b.rejects.jsonl").read_text()
+    assert "'reasoning_effort' does not support 'extreme'" in rejects

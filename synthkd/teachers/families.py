@@ -42,6 +42,7 @@ class Family:
     * ``drops``: sampling parameters the model rejects, left out of every request;
     * ``n_samples``: whether one request may ask for several samples (``n``);
     * ``reasoning``: a reasoning model (its output limit covers the hidden reasoning too);
+    * ``chat_only``: no legacy ``/completions`` endpoint: a plain prompt goes as one user message;
     * ``notes``: the quirks handled, for the README and ``--help``.
     """
 
@@ -51,6 +52,7 @@ class Family:
     drops: tuple[str, ...] = ()
     n_samples: bool = True
     reasoning: bool = False
+    chat_only: bool = False
     notes: str = ""
 
 
@@ -58,17 +60,19 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("openai-compatible", notes="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI, SGLang): "
            "parameters sent as given; `n` tried and dropped if refused."),
     Family("openai", notes="OpenAI chat models (gpt-4o, gpt-4.1...)."),
-    Family("openai-reasoning", token_param="max_completion_tokens", reasoning=True,
+    Family("openai-reasoning", token_param="max_completion_tokens", reasoning=True, chat_only=True,
            drops=("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
                   "logit_bias"),
            notes="OpenAI o-series and GPT-5: `max_tokens` sent as `max_completion_tokens` (it covers the hidden "
-                 "reasoning too), sampling parameters they reject left out, `reasoning_effort` passed."),
+                 "reasoning too), sampling parameters they reject left out, `reasoning_effort` passed; a plain "
+                 "prompt goes as chat (no /completions)."),
     Family("deepseek", n_samples=False, notes="DeepSeek chat (https://api.deepseek.com): `n` is not supported."),
-    Family("deepseek-reasoner", reasoning=True, n_samples=False, drops=("logprobs", "top_logprobs"),
+    Family("deepseek-reasoner", reasoning=True, n_samples=False, chat_only=True, drops=("logprobs", "top_logprobs"),
            notes="DeepSeek reasoner: the trace arrives as `reasoning_content`; `logprobs` is an error and "
                  "`temperature`/`top_p` are ignored; no `n`."),
-    Family("gemini", notes="Gemini's OpenAI-compatible endpoint (https://generativelanguage.googleapis.com/"
-           "v1beta/openai): `reasoning_effort` maps to its thinking budget; a bad key is a 400, not a 401."),
+    Family("gemini", chat_only=True,
+           notes="Gemini's OpenAI-compatible endpoint (https://generativelanguage.googleapis.com/v1beta/openai): "
+                 "`reasoning_effort` maps to its thinking budget; a bad key is a 400, not a 401."),
     Family("anthropic", api="anthropic", n_samples=False, reasoning=True,
            notes="Anthropic Messages API (native): `max_tokens` required, `thinking` budgets, `stop` sent as "
                  "`stop_sequences`, `seed` left out, temperature left out while thinking; no `n`."),

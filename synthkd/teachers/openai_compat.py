@@ -413,9 +413,10 @@ class OpenAICompatibleTeacher(Teacher):
     def _request_body(self, req: TeacherRequest, params: dict[str, Any], n: int) -> tuple[str, dict[str, Any]]:
         """URL and JSON body of one request for ``n`` samples, shaped for the model's family."""
         shaped = self.shaper.shape(params)
-        if req.messages is not None:
+        if req.messages is not None or self.family.chat_only:  # a chat-only model: the prompt as one message
             url = f"{self.base_url}/chat/completions"
-            body = {"model": self.model, "messages": req.messages, **shaped}
+            messages = req.messages if req.messages is not None else [{"role": "user", "content": req.prompt}]
+            body = {"model": self.model, "messages": messages, **shaped}
         else:
             url = f"{self.base_url}/completions"
             body = {"model": self.model, "prompt": req.prompt, **shaped}
@@ -462,7 +463,7 @@ class OpenAICompatibleTeacher(Teacher):
             raise TeacherConfigError(
                 f"--param {clash[0]}={self.extra_body[clash[0]]!r} collides with the {clash[0]}={req.params[clash[0]]!r} "
                 "that this job sends itself: drop the --param (or the extra_body key), or set it with the job's own option")
-        chat = req.messages is not None
+        chat = req.messages is not None or self.family.chat_only
         est = self._estimate_tokens(req, params)  # the limiter's guess; corrected by the reply's usage
         await self._preflight()
         attempts = 0
