@@ -465,6 +465,8 @@ class OpenAICompatibleTeacher(Teacher):
                 "that this job sends itself: drop the --param (or the extra_body key), or set it with the job's own option")
         chat = req.messages is not None or self.family.chat_only
         est = self._estimate_tokens(req, params)  # the limiter's guess; corrected by the reply's usage
+        if n > 1:  # n samples: the prompt once, the output n times
+            est += (n - 1) * int(params.get("max_tokens") or params.get("max_completion_tokens") or 256)
         await self._preflight()
         attempts = 0
         started = time.monotonic()
