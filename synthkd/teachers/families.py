@@ -63,7 +63,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
                   "logit_bias"),
            notes="OpenAI o-series and GPT-5: `max_tokens` sent as `max_completion_tokens` (it covers the hidden "
                  "reasoning too), sampling parameters they reject left out, `reasoning_effort` passed."),
-    Family("deepseek", notes="DeepSeek chat (https://api.deepseek.com): `n` is not supported."),
+    Family("deepseek", n_samples=False, notes="DeepSeek chat (https://api.deepseek.com): `n` is not supported."),
     Family("deepseek-reasoner", reasoning=True, n_samples=False, drops=("logprobs", "top_logprobs"),
            notes="DeepSeek reasoner: the trace arrives as `reasoning_content`; `logprobs` is an error and "
                  "`temperature`/`top_p` are ignored; no `n`."),
