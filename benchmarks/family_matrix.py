@@ -385,12 +385,16 @@ def reason_kind(row: dict) -> str:
 def fmt(r: dict) -> str:
     if "skip" in r:
         return f"skipped: {r['skip']}"
+    exit_note = ""
     if r["rc"] != 0:
         last = [ln for ln in r["stderr"].splitlines() if ln.strip()]
-        return f"**exit {r['rc']}**: {last[-1][:120] if last else ''}"
-    cost = f"${r['bill']:.4f}" + ("" if abs(r["cost"] - r["bill"]) < 5e-7 else f" (synthkd ${r['cost']:.4f})")
+        if not r["ok"] and not r["rejected"]:
+            return f"**exit {r['rc']}**: {last[-1][:120] if last else ''}"
+        exit_note = f"**exit {r['rc']}**, "
+    # synthkd prints its cost to 6 decimals per teacher: equal within that rounding, or both shown
+    cost = f"${r['bill']:.4f}" + ("" if abs(r["cost"] - r["bill"]) < 1e-5 else f" (synthkd ${r['cost']:.4f})")
     extra = f", {r['trunc']} out of tokens in reasoning" if r["trunc"] else ""
-    return (f"{r['ok']} ok / {r['rejected']} rej ({r['shape']} shape{extra}) / {cost}"
+    return (exit_note + f"{r['ok']} ok / {r['rejected']} rej ({r['shape']} shape{extra}) / {cost}"
             + (f" / **{r['400s']} HTTP 400s**" if r["400s"] else ""))
 
 
@@ -411,7 +415,8 @@ def main() -> None:
           f"{platform.system()} {platform.release()}")
     print(f"each command runs with its defaults (the WIDE variants: an answer budget of {WIDE}); anthropic runs with "
           "--thinking-budget 1024; cell: rows ok / rejected (of which caused by request shape) / emulator bill "
-          "(synthkd's printed cost when it differs) / server 400s when any\n", flush=True)
+          "(synthkd's own figure beside it when it differs by more than the 6 decimals synthkd prints) / server 400s "
+          "when any\n", flush=True)
     chosen = [c for c in all_cells if c.name in args.commands]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
