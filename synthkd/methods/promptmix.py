@@ -71,6 +71,9 @@ class PromptMixConfig:
     temperature: Optional[float] = opt(1.0, help="Generation temperature.", ge=0)
     max_tokens: Optional[int] = opt(None, help="max_tokens for each generation call.", ge=1)
     relabel_temperature: Optional[float] = opt(0.0, help="Temperature of the relabel (classification) calls.", ge=0)
+    relabel_max_tokens: int = opt(32, help="max_tokens for each relabel answer; a reasoning teacher (o-series, "
+                                  "deepseek-reasoner, Qwen3 thinking) spends it on its reasoning too: give it ~1024.",
+                                  ge=1)
     classes: Optional[list[str]] = opt(None, help="Comma-separated classes to generate for (default all).",
                                        cli_type=Optional[str], cli_parse=comma_list)
 
@@ -370,7 +373,7 @@ async def promptmix(
     async for row, rel in classify(
         pending, teacher, space, text_field="text", k_shot=cfg.relabel_k_shot, candidates=cfg.relabel_candidates,
         template=cfg.relabel_template, temperature=cfg.relabel_temperature, intended_field="intended_label",
-        always_offer=lambda r: r["pair"],
+        always_offer=lambda r: r["pair"], max_tokens=cfg.relabel_max_tokens,
     ):
         out = {
             **row,
