@@ -248,7 +248,7 @@ def test_a_row_counts_as_from_cache_only_when_every_sample_was(tmp_path, make_se
     assert run_complete(_cfg(tmp_path, srv, samples=2, temperature=0.8)) is ExitCode.OK
     # 3 samples into a new output: samples 0 and 1 come from the cache, sample 2 is new
     assert run_complete(_cfg(tmp_path, srv, samples=3, temperature=0.8, output=tmp_path / "o3.jsonl")) is ExitCode.OK
-    assert _completions(srv) == 4 + 2
+    assert _completions(srv) == 2 + 2  # one n=2 request per row, then one request for each third sample
     assert said.text()[-1].startswith(f"done: 2 rows written to {tmp_path / 'o3.jsonl'} (0 from cache, 0 already there)")
     assert [r["cached"] for r in read_jsonl(tmp_path / "o3.jsonl")] == [False, False]
     assert run_complete(_cfg(tmp_path, srv, samples=3, temperature=0.8, output=tmp_path / "o4.jsonl")) is ExitCode.OK
