@@ -278,3 +278,22 @@ stages:
     assert res.returncode != 0  # stage b: every row refused by the provider
     rejects = (tmp_path / "runs/r/b.rejects.jsonl").read_text()
     assert "'reasoning_effort' does not support 'extreme'" in rejects
+
+
+def test_a_reasoning_model_gets_room_to_reason_beyond_a_small_answer_budget(make_server, tmp_path):
+    """Methods size max_tokens for the answer (32 for a label); a reasoning model counts its reasoning in
+    it. The reasoning families get --reasoning-budget (4096 by default) on top, so a label still comes
+    back; with --reasoning-budget 0 the same request is spent inside the reasoning, and the two are
+    different cache entries (raising the budget must not serve the cached truncation)."""
+    srv = _serve(make_server, "openai-reasoning", reasoning_tokens=200)
+    cache = RequestCache(tmp_path / "c.sqlite")
+    roomy = _run(_teacher(srv, cache=cache), _reqs(3, max_tokens=32))
+    assert all(r.ok and r.text for r in roomy), [r.error for r in roomy]
+    tight = _teacher(srv, cache=cache, reasoning_budget=0)
+    cut = _run(tight, _reqs(3, max_tokens=32))
+    assert all(r.error and r.error.startswith(TRUNCATED_IN_REASONING) for r in cut)
+    assert "--reasoning-budget" in cut[0].error and tight.stats.attempts == 3  # not served from the cache
+    qwen = _serve(make_server, "vllm", reasoning_tokens=200)  # a reasoning model the table does not know
+    assert not any(r.ok for r in _run(_teacher(qwen), _reqs(2, max_tokens=32)))
+    assert all(r.ok for r in _run(_teacher(qwen, reasoning_budget=1024), _reqs(2, max_tokens=32)))
+    cache.close()

@@ -50,9 +50,12 @@ class AnthropicTeacher(OpenAICompatibleTeacher):
         if kwargs.get("reasoning_effort") is not None:
             raise TeacherConfigError("--reasoning-effort is an OpenAI-style option; Claude's reasoning is set with "
                                      "--thinking-budget TOKENS (or pass any Messages API field with --param)")
+        if kwargs.pop("reasoning_budget", None) is not None:
+            raise TeacherConfigError("--reasoning-budget is for OpenAI-style reasoning models; Claude's thinking is "
+                                     "set with --thinking-budget TOKENS")
         super().__init__(model, families=families, **kwargs)
         self.family = FAMILIES["anthropic"]  # whatever the model is called (a proxy's alias)
-        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body))
+        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body))  # thinking: its own budget
         self.thinking_budget = thinking_budget
         if thinking_budget is not None:
             # part of every cache key: the same prompt with and without thinking are different answers

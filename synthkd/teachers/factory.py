@@ -12,6 +12,7 @@ from typing import Any, Optional
 from synthkd.options import opt, register_feature
 from synthkd.teachers.base import Teacher, TeacherConfigError
 from synthkd.teachers.cache import RequestCache
+from synthkd.teachers.families import DEFAULT_REASONING_BUDGET
 
 
 def default_cache_path() -> Path:
@@ -54,6 +55,11 @@ class TeacherSpec:
     reasoning_effort: str | None = opt(None, help="reasoning_effort sent with every request (OpenAI o-series/GPT-5, "
                                                   "DeepSeek, Gemini: e.g. low|medium|high); passed as given, the "
                                                   "provider decides.")
+    reasoning_budget: int | None = opt(None, help="Output tokens a reasoning model may spend on reasoning, added to "
+                                                  "each request's max_tokens (it counts its reasoning in it). Default "
+                                                  f"{DEFAULT_REASONING_BUDGET} for the reasoning families (o-series, "
+                                                  "GPT-5, deepseek-reasoner), 0 for others: set it for a reasoning "
+                                                  "model the family table does not know (e.g. Qwen3 on vLLM).", ge=0)
     thinking_budget: int | None = opt(None, help="Anthropic extended thinking: budget_tokens per request (>= 1024); "
                                                  "the trace becomes the rows' reasoning field.", ge=1024)
     extra_body: dict[str, Any] = opt(default_factory=dict, help="Provider-specific request fields passed through "
@@ -137,14 +143,15 @@ def make_teacher(spec: TeacherSpec) -> Teacher:
 
         return AnthropicTeacher(name.removeprefix("anthropic:"), base_url=spec.base_url, api_key=spec.api_key,
                                 thinking_budget=spec.thinking_budget, reasoning_effort=spec.reasoning_effort,
-                                **client_options(spec))
+                                reasoning_budget=spec.reasoning_budget, **client_options(spec))
     if spec.thinking_budget is not None:
         raise TeacherConfigError("--thinking-budget is for Anthropic teachers (anthropic:MODEL); OpenAI-style "
                                  "reasoning models take --reasoning-effort")
     from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 
     return OpenAICompatibleTeacher(name, base_url=spec.base_url, api_key=spec.api_key,
-                                   reasoning_effort=spec.reasoning_effort, **client_options(spec))
+                                   reasoning_effort=spec.reasoning_effort, reasoning_budget=spec.reasoning_budget,
+                                   **client_options(spec))
 
 
 def client_options(spec: TeacherSpec) -> dict[str, Any]:

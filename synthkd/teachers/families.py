@@ -27,6 +27,11 @@ from synthkd.errors import TeacherConfigError
 
 log = logging.getLogger("synthkd.teacher")
 
+#: output tokens a reasoning model gets for its reasoning on top of a request's ``max_tokens``, unless
+#: ``--reasoning-budget`` says otherwise: methods size ``max_tokens`` for the answer (32 for a label),
+#: and a reasoning model counts its reasoning in it, so without room it stops before any answer
+DEFAULT_REASONING_BUDGET = 4096
+
 #: sampling parameters a server may refuse for a model and that can be left out without changing what
 #: is asked (the model then samples at its own default); never a parameter the user set with --param
 SAMPLING_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
@@ -146,6 +151,8 @@ class RequestShaper:
 
     family: Family
     protected: frozenset[str] = frozenset()
+    #: output tokens added to ``max_tokens`` for the reasoning of a reasoning model (see ``--reasoning-budget``)
+    allowance: int = 0
     renames: dict[str, str] = field(default_factory=dict)
     drops: set[str] = field(default_factory=set)
     n_samples: bool = True
@@ -161,6 +168,8 @@ class RequestShaper:
         for k, v in params.items():
             if k in self.drops:
                 continue
+            if k in ("max_tokens", "max_completion_tokens") and self.allowance and isinstance(v, int):
+                v = v + self.allowance  # the answer's budget plus room to reason
             out[self.renames.get(k, k)] = v
         return out
 

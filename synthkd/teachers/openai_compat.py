@@ -63,7 +63,7 @@ from synthkd.teachers.errors import (
     scrub,
     scrub_cut,
 )
-from synthkd.teachers.families import FamilyTable, RequestShaper
+from synthkd.teachers.families import DEFAULT_REASONING_BUDGET, FamilyTable, RequestShaper
 from synthkd.teachers.latency import LatencyTracker
 from synthkd.teachers.pricing import PriceTable
 from synthkd.teachers.ratelimit import RateLimiter, retry_after_seconds
@@ -126,6 +126,7 @@ class OpenAICompatibleTeacher(Teacher):
         families: FamilyTable | None = None,
         extra_body: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
+        reasoning_budget: int | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -154,7 +155,9 @@ class OpenAICompatibleTeacher(Teacher):
         self.extra_body = dict(extra_body or {})
         check_passthrough(self.extra_body, self.default_params)
         self.family = (families or FamilyTable.default()).lookup(model)
-        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body))
+        if reasoning_budget is None:
+            reasoning_budget = DEFAULT_REASONING_BUDGET if self.family.reasoning else 0
+        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body), allowance=reasoning_budget)
         self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
         self.latency = LatencyTracker(
             timeout_s, floor_s=timeout_floor_s, factor=8.0 if adaptive_timeout else float("inf")
@@ -203,6 +206,8 @@ class OpenAICompatibleTeacher(Teacher):
 
     def cache_key(self, req: TeacherRequest) -> str:
         params = {**self.default_params, **req.params, **self.extra_body}
+        if self.shaper.allowance:  # a bigger reasoning budget can turn a truncated answer into one
+            params["\x00reasoning_budget"] = self.shaper.allowance
         return request_cache_key(
             self.model, messages=req.messages, prompt=req.prompt, params=params, sample_index=req.sample_index
         )

@@ -91,7 +91,8 @@ def truncated_message(limit: Any, usage: Usage) -> str:
     shown = f" ({limit} tokens)" if limit else ""
     spent = f", {usage.reasoning_tokens} of them reasoning" if usage.reasoning_tokens else ""
     return (f"{TRUNCATED_IN_REASONING}: the output limit{shown} was reached before any answer "
-            f"({usage.completion_tokens} output tokens billed{spent}); raise --max-tokens or lower the reasoning effort")
+            f"({usage.completion_tokens} output tokens billed{spent}); raise --reasoning-budget (or --max-tokens), "
+            f"or lower the reasoning effort")
 
 
 def _choice(c: Any, chat: bool, usage: Usage, limit: Any) -> Choice:
