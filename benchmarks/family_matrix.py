@@ -306,13 +306,22 @@ def env(home: Path) -> dict[str, str]:
 
 def connection(cell: Cell, srv: TestServer, model: str, d: Path, prices: Path) -> list[str]:
     base = srv.url if srv.flavor == "anthropic" else srv.base_url
+    # what a user sets for a reasoning model: Claude's thinking budget; room to reason for a Qwen3 thinking
+    # model the family table cannot know by name (o-series and deepseek-reasoner get it by default)
+    extra = {"anthropic": ("thinking_budget", "1024")}.get(srv.flavor) or (
+        ("reasoning_budget", "4096") if srv.flavor in QWEN_THINKING else None)
     if cell.name.startswith("run "):
-        return ["--set", f"teacher.model={model}", "--set", f"teacher.base_url={base}",
-                "--set", f"teacher.prices={prices}", "--set", f"teacher.cache={d / 'cache.sqlite'}"]
+        flags = ["--set", f"teacher.model={model}", "--set", f"teacher.base_url={base}",
+                 "--set", f"teacher.prices={prices}", "--set", f"teacher.cache={d / 'cache.sqlite'}"]
+        return flags + (["--set", f"teacher.{extra[0]}={extra[1]}"] if extra else [])
     flags = ["-m", model, "--base-url", base, "--prices", str(prices), "--cache", str(d / "cache.sqlite")]
-    if srv.flavor == "anthropic":
-        flags += ["--thinking-budget", "1024"]
+    if extra:
+        flags += ["--" + extra[0].replace("_", "-"), extra[1]]
     return flags
+
+
+#: flavors standing in for a Qwen3 thinking model served by vLLM (trace in a field, or inline)
+QWEN_THINKING = ("vllm", "think-inline")
 
 
 def count(paths: list[Path]) -> tuple[int, list[dict]]:
@@ -414,7 +423,7 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} cores, {platform.machine()}, python {sys.version.split()[0]}, "
           f"{platform.system()} {platform.release()}")
     print(f"each command runs with its defaults (the WIDE variants: an answer budget of {WIDE}); anthropic runs with "
-          "--thinking-budget 1024; cell: rows ok / rejected (of which caused by request shape) / emulator bill "
+          "--thinking-budget 1024, the Qwen3 flavors with --reasoning-budget 4096; cell: rows ok / rejected (of which caused by request shape) / emulator bill "
           "(synthkd's own figure beside it when it differs by more than the 6 decimals synthkd prints) / server 400s "
           "when any\n", flush=True)
     chosen = [c for c in all_cells if c.name in args.commands]
