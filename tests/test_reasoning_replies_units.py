@@ -157,7 +157,7 @@ def test_users_extend_the_family_table_and_bad_files_are_named(tmp_path, monkeyp
     with pytest.raises(TeacherConfigError, match=r"fam.yaml: model 'my-r1-': unknown family 'quantum'"):
         FamilyTable.default(f)
     monkeypatch.setenv("SYNTHKD_FAMILIES", str(tmp_path / "missing.json"))
-    with pytest.raises(TeacherConfigError, match="missing.json: cannot read the model-family file"):
+    with pytest.raises(TeacherConfigError, match="missing.json: model-family file not found"):
         FamilyTable.default()
 
 

@@ -16,7 +16,6 @@ llama.cpp, TGI take ``max_tokens``).
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from synthkd.errors import TeacherConfigError
+from synthkd.teachers.table_file import read_table_file
 
 log = logging.getLogger("synthkd.teacher")
 
@@ -95,21 +95,7 @@ BUILTIN_MODELS: dict[str, str] = {
 
 
 def _load_file(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TeacherConfigError(f"{path}: cannot read the model-family file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError as exc:
-        raise TeacherConfigError(f"{path}: the model-family file is not UTF-8 (byte {exc.start})") from None
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - any parse error, named with its file
-        raise TeacherConfigError(f"{path}: cannot parse the model-family file: {exc}") from None
+    data = read_table_file(path, "model-family file", TeacherConfigError)
     if not isinstance(data, dict):
         raise TeacherConfigError(f"{path}: expected a mapping of model-name prefix -> family")
     for prefix, fam in data.items():

@@ -20,7 +20,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from synthkd.errors import PriceTableError  # noqa: F401 (re-exported: their home was here)
+from synthkd.errors import PriceTableError
+from synthkd.teachers.table_file import read_table_file  # noqa: F401 (re-exported: their home was here)
 
 
 @dataclass(frozen=True)
@@ -74,24 +75,7 @@ def _parse_entries(data: Any, source: str) -> dict[str, Price]:
 
 
 def _load_file(path: Path) -> dict[str, Price]:
-    if not path.exists():
-        raise PriceTableError(f"{path}: price file not found")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:  # F14: a clear error naming the file, not a traceback
-        raise PriceTableError(f"{path}: price file is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except OSError as exc:
-        raise PriceTableError(f"{path}: cannot read price file: {exc.strerror or exc}") from None
-    try:
-        if path.suffix in {".yaml", ".yml"}:
-            import yaml
-
-            data = yaml.safe_load(text)
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # noqa: BLE001 - report any parse error with the file name
-        raise PriceTableError(f"{path}: cannot parse price file: {exc}") from None
-    return _parse_entries(data, str(path))
+    return _parse_entries(read_table_file(path, "price file", PriceTableError), str(path))
 
 
 class PriceTable:
