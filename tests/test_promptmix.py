@@ -245,22 +245,24 @@ def test_cli_promptmix_sigkill_then_rerun_pays_only_for_in_flight(tmp_path, make
 
 
 def test_relabel_step_of_a_reasoning_teacher_gets_the_budget_the_user_gives(tmp_path, make_server):
-    """o4-mini's max_completion_tokens covers its hidden reasoning: the relabel step's 32-token default is spent
-    inside the reasoning (every row a truncated_in_reasoning reject); --relabel-max-tokens was missing, so a
-    PromptMix user of a reasoning teacher had no way out."""
+    """o4-mini's max_completion_tokens covers its hidden reasoning: with no room to reason
+    (--reasoning-budget 0) the relabel step's 32-token default is spent inside the reasoning (every row a
+    truncated_in_reasoning reject); the reasoning families' default budget, or --relabel-max-tokens, fix it."""
     from synthkd.testing.banking77_responder import Banking77Responder
 
     labels = Path(__file__).resolve().parents[1] / "data" / "banking77" / "labels.yaml"
     srv = make_server(FaultConfig(), responder=Banking77Responder.from_dir(), flavor="openai-reasoning")
     base = ["generate", "promptmix", "--labels", str(labels), "--per-class", "2", "--group-size", "4",
             "--examples-per-call", "3", "-m", "o4-mini", "--base-url", srv.base_url, "--no-cache"]
-    res = run_cli(*base, "-o", str(tmp_path / "default.jsonl"))
-    rej = read_jsonl(tmp_path / "default.rejects.jsonl")
-    assert not (tmp_path / "default.jsonl").exists() or read_jsonl(tmp_path / "default.jsonl") == [], res.stderr
+    res = run_cli(*base, "-o", str(tmp_path / "tight.jsonl"), "--reasoning-budget", "0")
+    rej = read_jsonl(tmp_path / "tight.rejects.jsonl")
+    assert not (tmp_path / "tight.jsonl").exists() or read_jsonl(tmp_path / "tight.jsonl") == [], res.stderr
     assert any("truncated_in_reasoning" in r.get("relabel_reason", "") for r in rej)
-    res = run_cli(*base, "-o", str(tmp_path / "wide.jsonl"), "--relabel-max-tokens", "1024")
-    assert res.returncode == 0, res.stderr
-    out = read_jsonl(tmp_path / "wide.jsonl")
-    assert out and all(r["relabeled_label"] for r in out)
-    assert not [r for r in read_jsonl(tmp_path / "wide.rejects.jsonl") if "teacher error" in str(r.get("relabel_reason"))]
+    for name, extra in (("default", []), ("wide", ["--reasoning-budget", "0", "--relabel-max-tokens", "1024"])):
+        res = run_cli(*base, "-o", str(tmp_path / f"{name}.jsonl"), *extra)
+        assert res.returncode == 0, res.stderr
+        out = read_jsonl(tmp_path / f"{name}.jsonl")
+        assert out and all(r["relabeled_label"] for r in out)
+        assert not [r for r in read_jsonl(tmp_path / f"{name}.rejects.jsonl")
+                    if "teacher error" in str(r.get("relabel_reason"))]
     assert srv.stats()["by_outcome"]["bad_request"] == 0
