@@ -665,22 +665,26 @@ _AFTER_RESULT_MAX_WORDS = 3  # "is 170 m." / "is 4.5 x 10^5 V": units may follow
 
 
 def _stated_after_copula(s: str, candidates: list[tuple[int, int, float]]) -> float | None:
-    """The one number a sentence with several states as its result: the last copula ("is", "=",
-    "≈", "equals") is followed by exactly one number and at most a few words (its unit) - "the
-    present value of 3 payments at 7% is $2101.66" -> 2101.66.  None when that is not so ("we
-    need 4 people for there to be 2 people with birthdays in one month" stays ambiguous)."""
-    last = None
+    """The one number a sentence with several states as its result: a copula ("is", "=", "≈",
+    "equals") directly followed by a number, only one such number in the sentence, and at most a few
+    words (its unit) after it - "the present value of 3 payments at 7% is $2101.66" -> 2101.66.
+    None otherwise ("the stress is 18 MPa and the strain is 9e-5"; "we need 4 people for there to be
+    2 people with one birthday month" leaves more than a unit after its number)."""
+    stated: list[tuple[int, int, float]] = []
     for m in _COPULA_RE.finditer(s):
-        last = m
-    if last is None:
+        nxt = next((c for c in candidates if c[0] >= m.end()), None)
+        if nxt is not None and len(_FILLER_RE.sub(" ", s[m.end() : nxt[0]]).split()) == 0 and nxt not in stated:
+            stated.append(nxt)
+    if len(stated) != 1:
         return None
-    after = [c for c in candidates if c[0] >= last.end()]
-    if len(after) != 1 or any(c[0] < last.end() < c[1] for c in candidates):
-        return None
-    tail = s[after[0][1] :]
+    tail = s[stated[0][1] :]
     if len(tail.split()) > _AFTER_RESULT_MAX_WORDS or _CONJUNCTION_RE.search(tail) or "(" in tail:
         return None
-    return after[0][2]
+    return stated[0][2]
+
+
+_FILLER_RE = re.compile(r"\b(?:approximately|about|around|roughly|nearly|exactly|only|just|a\s+total\s+of|equal\s+to)\b|[$:\s]",
+                        re.IGNORECASE)
 
 
 def extract_number(text: str) -> float | None:
@@ -991,7 +995,9 @@ _LIST_MARK_RE = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,2}[.)]|step\s+\d+\s*[:.
 _FALLBACK_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\\$*\"'])")
 _FALLBACK_HEDGE_RE = re.compile(
     r"\b(?:or|either|neither|between|unclear|cannot|can't|could\s+be|might|may|not\s+(?:sure|possible|enough|"
-    r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we)\b",
+    r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we|"
+    r"wait|hmm|please|provide|would\s+need|more\s+information|approach|try|check)\b|[<>\u2264\u2265\u2260]"
+    r"|\b(?:at|for|when|where|with|given|whenever)\s+\\?\(?\$?[A-Za-z]\s*=",  # "converges at x = 5": a condition
     re.IGNORECASE,
 )
 _FALLBACK_CHOICE_NEG_RE = re.compile(
@@ -999,6 +1005,11 @@ _FALLBACK_CHOICE_NEG_RE = re.compile(
 )
 _FALLBACK_MAX_SENT_CHARS = 400
 _RUNAWAY_RE = re.compile(r"\d{30}")  # "3.33333333333333333333333333333333...": degenerate repetition
+_EQUATION_END_RE = re.compile(r"=\s*[-\u2212]?[$\\]?\s*\d[^=,]*$")  # "... = 12 cups" (no period)
+_OPEN_TRACE_RE = re.compile(r"<\|begin_of_thought\|>|<think>|<thinking>|<reasoning>", re.IGNORECASE)
+_CLOSED_TRACE_RE = re.compile(r"<\|end_of_thought\|>|</think>|</thinking>|</reasoning>", re.IGNORECASE)
+# a digit that belongs to a name, not a number: "C_2", "n1", "x^2", "H2O"
+_NAME_DIGITS_RE = re.compile(r"(?<![\d.])[A-Za-z]+(?:_\{?|\^\{?)?\d+\}?|[A-Za-z]\^\{?\d+\}?")
 _ALINE_START_RE = re.compile(r"[>*#\s]*[AQ]\s*:")
 _FINISHED_RE = re.compile(r"[.!)\]}*$`'\"\u201d]\s*$")
 _FALLBACK_CHOICE_SENTENCES = 3  # an option named in one of the last three sentences of the last paragraph
@@ -1044,8 +1055,10 @@ def _fallback(
     final_line = body.rstrip().rsplit("\n", 1)[-1].strip()
     if _ALINE_START_RE.match(final_line):
         return None  # an "A:" line too long to be an answer: the model echoes its question
-    if not _FINISHED_RE.search(final_line) and "=" not in final_line:
+    if not _FINISHED_RE.search(final_line) and not _EQUATION_END_RE.search(final_line):
         return None  # the text stops mid-sentence: cut off, not a statement of the result
+    if _OPEN_TRACE_RE.search(body) and not _CLOSED_TRACE_RE.search(body):
+        return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
     if kind == "choice":
         for sent in sents[:_FALLBACK_CHOICE_SENTENCES]:
             if sent.endswith("?"):
@@ -1065,6 +1078,8 @@ def _fallback(
     if _FALLBACK_HEDGE_RE.search(last):
         return None
     if kind == "number":
+        if _NAME_DIGITS_RE.search(_LATEX_FRAC_RE.sub("", last)):
+            return None  # "C_2", "n1": a digit that names something, and a reader would not read it as the answer
         value, _reason, alts = _parse_number(last)
         return (value, last) if value is not None and not alts else None
     if kind == "boolean":
