@@ -599,6 +599,8 @@ _UNKNOWN_IN_EXPR_RE = re.compile(
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*\)"
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*$"
 )
+_COEF_VAR_RE = re.compile(r"\b\d+(?:\.\d+)?[xyz]\b")
+_STEP_PREFIX_RE = re.compile(r"^\s*step\s+\d+\s*[:.)]\s*", re.IGNORECASE)  # "Step 2: Kelly has 42 games"
 _UNFINISHED_RE = re.compile(r"[\d+\-*/(]\s*$")
 _CONJUNCTION_RE = re.compile(r"\b(?:or|and)\b|/|,", re.IGNORECASE)
 
@@ -610,14 +612,18 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
     s = _normalise_numeric_text(text)
     if s.count("(") > s.count(")") and _UNFINISHED_RE.search(s):
         return None, "truncated expression", ()  # "(9 + 6": the generation stopped mid-expression
-    if _UNKNOWN_IN_EXPR_RE.search(s):
-        return None, "bad expression", ()
+    s = _STEP_PREFIX_RE.sub("", s)
+    if _COEF_VAR_RE.search(s):
+        return None, "bad expression", ()  # "7x = 14": an equation still to solve
     if "=" in s:
         # an equation "5 + 3 = 8": the result is on the right of the last "=" that has a number
-        # (comparison operators like "<=" / "!=" are not equations and are left alone)
+        # (comparison operators like "<=" / "!=" are not equations and are left alone); names on
+        # its left ("m + n = 25 + 169 = 194") do not make the result unknown
         parts = [p for p in _EQUALS_RE.split(s) if _NUM_RE.search(p)]
         if parts:
             s = parts[-1]
+    if _UNKNOWN_IN_EXPR_RE.search(s):
+        return None, "bad expression", ()
     candidates: list[tuple[int, int, float]] = []  # (start, end, value)
     bad = False
     for a, b in _runs(s):
@@ -1031,6 +1037,28 @@ def _final_sentences(body: str) -> list[str]:
     return out
 
 
+_OPTION_LINE_RE = re.compile(r"^\(?([A-Ja-j])[.):]\s+(\S.*)$")
+_RESTATED_LINES = 8
+
+
+def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[int, str] | None:
+    """A line among the last few that restates one option as "C. <its text>" (the letter and the
+    option's own text agree): (index, line).  None when there is none or several options are restated."""
+    lines = [ln.strip() for ln in body[-4 * _FALLBACK_MAX_SENT_CHARS :].split("\n") if ln.strip()][-_RESTATED_LINES:]
+    found: dict[int, str] = {}
+    for line in lines:
+        m = _OPTION_LINE_RE.match(_MARKDOWN_RE.sub("", _BOLD_RE.sub(r"\1", line)).strip())
+        if not m:
+            continue
+        idx = letters.lower().find(m.group(1).lower())
+        if 0 <= idx < len(choices) and _norm(m.group(2)) and _norm(m.group(2)) == _norm(choices[idx]):
+            found[idx] = line
+    if len(found) != 1:
+        return None  # none, or a list of options (the model reciting them)
+    idx, line = next(iter(found.items()))
+    return idx, line
+
+
 def _fallback(
     body: str,
     kind: str,
@@ -1060,6 +1088,9 @@ def _fallback(
     if _OPEN_TRACE_RE.search(body) and not _CLOSED_TRACE_RE.search(body):
         return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
     if kind == "choice":
+        restated = _restated_option(body, choices or (), letters)
+        if restated is not None:
+            return restated
         for sent in sents[:_FALLBACK_CHOICE_SENTENCES]:
             if sent.endswith("?"):
                 return None
