@@ -959,6 +959,7 @@ _YES_WORDS = frozenset({"yes", "true", "correct", "right", "valid", "affirmative
 _NO_WORDS = frozenset({"no", "false", "incorrect", "wrong", "invalid", "negative"})
 _BOOL_NEGATORS = frozenset({"not", "isn", "isnt", "never"})
 _BOOL_WORD_RE = re.compile(r"[a-z]+")
+_BOOL_HEDGE_RE = re.compile(r"\b(?:yes|true)\s+or\s+(?:no|false)\b|\b(?:no|false)\s+or\s+(?:yes|true)\b", re.IGNORECASE)
 
 
 def _boolean_from(text: str) -> tuple[bool | None, str | None, tuple[bool, ...]]:
@@ -966,6 +967,8 @@ def _boolean_from(text: str) -> tuple[bool | None, str | None, tuple[bool, ...]]
     words = _BOOL_WORD_RE.findall(_unlatex(text).lower())
     if not words:
         return None, "no yes/no matched", ()
+    if _BOOL_HEDGE_RE.search(text):
+        return None, "ambiguous", ()  # "yes or no, depending on ..."
     if words[0] in ("yes", "no", "true", "false"):  # "Yes, because ...", "False."
         return words[0] in ("yes", "true"), None, ()
     said: list[bool] = []
