@@ -1006,7 +1006,8 @@ _FALLBACK_HEDGE_RE = re.compile(
     r"\b(?:or|either|neither|between|unclear|cannot|can't|could\s+be|might|may|not\s+(?:sure|possible|enough|"
     r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we|"
     r"wait|hmm|please|provide|would\s+need|more\s+information|approach|try|check)\b|[<>\u2264\u2265\u2260]"
-    r"|\b(?:at|for|when|where|with|given|whenever)\s+\\?\(?\$?[A-Za-z]\s*=",  # "converges at x = 5": a condition
+    r"|\b(?:at|for|when|where|with|given|whenever)\s+\\?\(?\$?[A-Za-z]\s*="  # "converges at x = 5": a condition
+    r"|\b(?:more|less|fewer|greater|smaller|larger|higher|lower)\s+than\s+\$?\d|\bat\s+(?:least|most)\b",  # a bound
     re.IGNORECASE,
 )
 _FALLBACK_CHOICE_NEG_RE = re.compile(
@@ -1083,6 +1084,8 @@ def _fallback(
     last = sents[0]
     if len(last) > _FALLBACK_MAX_SENT_CHARS or last.endswith("?") or _RUNAWAY_RE.search(last):
         return None
+    if body.count(last) >= 3:
+        return None  # the model repeats its last sentence over and over: degenerate, not a final statement
     final_line = body.rstrip().rsplit("\n", 1)[-1].strip()
     if _ALINE_START_RE.match(final_line):
         return None  # an "A:" line too long to be an answer: the model echoes its question

@@ -216,6 +216,8 @@ def test_fallback_number(text: str, value: float) -> None:
         "<think>\nLet me count. So far 7 apples.",  # a reasoning trace cut off before its end
         "We add them up.\n\nWe cannot tell without the value of C_2.",  # a name with a digit
         "We add them up.\n\nWait, no, n < 3.",  # second thoughts and an inequality
+        "We add them up.\n\nSo Ed lost more than 19 marbles.",  # a bound, not a value
+        "We add them up.\n" + "So Ana has 9 marbles. " * 5,  # the last sentence said over and over: degenerate
         "Q: Ana has 12 marbles.\nA: Ana has 12 marbles and gives some of them away to her two friends",  # echo
     ],
 )
