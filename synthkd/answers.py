@@ -1130,8 +1130,8 @@ def _fallback(
             return (not v if m.group(1) else v), last
         return None
     if kind == "label":
-        value, _reason, alts = _label_from(last, labels or (), synonyms)
-        return (value, last) if value is not None and not alts else None
+        lab, _why, lab_alts = _label_from(last, labels or (), synonyms)
+        return (lab, last) if lab is not None and not lab_alts else None
     return None
 
 
