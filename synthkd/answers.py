@@ -1095,8 +1095,8 @@ def _fallback(
         return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
     if kind == "choice":
         restated = _restated_option(body, choices or (), letters)
-        if restated is not None:
-            return restated
+        if restated is not None and not _FALLBACK_HEDGE_RE.search(last):
+            return restated  # "... is:\nC. An overflow error occurred." (not when the text then takes it back)
         for sent in sents[:_FALLBACK_CHOICE_SENTENCES]:
             if sent.endswith("?"):
                 return None

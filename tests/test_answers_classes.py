@@ -246,6 +246,7 @@ def test_fallback_choice(text: str, index: int) -> None:
         "Looking at them.\n\nIt is either (A) or (C).",  # a hedge
         "Looking at them.\n\nA. ten apples\nB. twelve pears\nC. nine plums",  # a list of options, no choice
         "Looking at them.\n\nNone of the options (A)-(E) matches our count of 11.",
+        "The closest is:\nD. a basket\n\nSince none of the options fit exactly, we cannot choose one.",  # taken back
     ],
 )
 def test_fallback_choice_near_misses(text: str) -> None:
