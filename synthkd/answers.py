@@ -14,8 +14,11 @@ The pipeline applied by :func:`extract_answer` is:
 2. :func:`extract_final_answer_span` - locate the *last* answer cue ("So the answer is",
    "The answer is", "Answer:", "####", ``\\boxed{...}``, a short ``A: ...`` line) and return the raw
    text it introduces, trimmed of trailing punctuation, quotes and markdown.
-3. a kind-specific parser on that span: :func:`extract_number`, :func:`extract_choice` or
-   :func:`extract_label`.
+3. a kind-specific parser on that span: :func:`extract_number`, :func:`extract_choice`,
+   :func:`extract_label` or :func:`extract_boolean` (kind ``"boolean"``: yes/no, true/false).
+4. no cue at all: the cue-less fallback reads the number, option or label that the final sentence
+   (or last equation) states, only when unambiguous, with ``cue="fallback"``; a hedge, a bound, a
+   question, a request, a cut-off text or an unfinished reasoning trace gives no answer.
 
 Every failure is reported with a short machine-readable ``reason`` (see :data:`REASONS`), so that a
 pipeline can count *why* rows were dropped.
@@ -119,7 +122,9 @@ class ExtractedAnswer:
     string from ``labels`` (kind "label"), or ``None`` when nothing could be extracted.
     ``span``: the raw answer text the value was read from (``None`` when no answer cue was found).
     ``reason``: why ``value`` is ``None`` (one of :data:`REASONS`); ``None`` on success.
-    ``cue``: which cue introduced the span ("answer is", "answer:", "####", "boxed", "A:", "bare").
+    ``cue``: which cue introduced the span ("answer is", "answer:", "json", "####", "boxed",
+    "[[verdict]]", "A:", "bare"), or "fallback" when there was no cue and the value is the one that
+    the final sentence or last equation states unambiguously (filters may choose not to trust it).
     ``alternatives``: other answers the same span also offers, when the teacher hedged
     (``"either (a) aquarium or (e) pond"`` -> value 4, alternatives ``(0,)``;
     ``"(28 - 13) and (28 - 15)"`` -> value 15.0, alternatives ``(13.0,)``).  ``value`` follows the
@@ -1148,7 +1153,7 @@ def extract_answer(
     synonyms: Mapping[str, Iterable[str]] | None = None,
     letters: str = "abcde",
 ) -> ExtractedAnswer:
-    """Extract the final answer of kind ``"number"``, ``"choice"`` or ``"label"`` from model text.
+    """Extract the final answer of kind ``"number"``, ``"choice"``, ``"label"`` or ``"boolean"`` from model text.
 
     Steps: :func:`strip_continuation`, then :func:`extract_final_answer_span`; when there is no cue
     and the remaining text is a single short line (at most 64 characters) it is taken as a bare
