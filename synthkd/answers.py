@@ -665,6 +665,8 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
         alts: tuple[float, ...] = tuple(dict.fromkeys(others)) if hedge else ()
         return first_val, None, alts
     stated = _stated_after_copula(s, candidates)
+    if stated is None:
+        stated = _main_clause_number(s, candidates)
     if stated is not None:
         return stated, None, ()
     return None, "ambiguous", ()
@@ -692,6 +694,34 @@ def _stated_after_copula(s: str, candidates: list[tuple[int, int, float]]) -> fl
     if len(tail.split()) > _AFTER_RESULT_MAX_WORDS or _CONJUNCTION_RE.search(tail) or "(" in tail:
         return None
     return stated[0][2]
+
+
+# "Kelly needs to buy 118 games so that she will have 140 left": the main clause states one number, a
+# purpose / condition / circumstance clause after it holds the others
+_CLAUSE_AFTER_RE = re.compile(
+    r"\s*(?:[A-Za-z'\u2019-]+\s+){0,3}?(?:so\s+that|in\s+order\s+to|to|with|in|if|after|before|for|from|when|by|out\s+of)\b",
+    re.IGNORECASE,
+)
+_CLAUSE_HEDGE_RE = re.compile(r"\b(?:than|which|and|or|but|more|less|fewer|either|approximately|about)\b|[,;(]",
+                              re.IGNORECASE)
+_SUBJECT_MAX_WORDS = 8
+
+
+def _main_clause_number(s: str, candidates: list[tuple[int, int, float]]) -> float | None:
+    """The number of a sentence's main clause when the other numbers sit in a clause after it
+    ("It will cost 2673 dollars to buy 33 packs" -> 2673; "Melissa scored 14929 points in 79 games"
+    -> 14929).  None when the subject holds a number ("Each of the 10 guests had 18 cookies"), when
+    two results are joined ("5 birds and 4 storks", "255 cakes, which is 184 more"), or the subject is long."""
+    first = candidates[0]
+    head = s[: first[0]]
+    if len(head.split()) > _SUBJECT_MAX_WORDS or _CLAUSE_HEDGE_RE.search(head) or "?" in s:
+        return None
+    m = _CLAUSE_AFTER_RE.match(s, first[1])
+    if m is None or _CLAUSE_HEDGE_RE.search(s, first[1], m.start() + len(m.group(0))):
+        return None
+    if _CLAUSE_HEDGE_RE.search(s[m.end() :]):
+        return None
+    return first[2]
 
 
 _FILLER_RE = re.compile(r"\b(?:approximately|about|around|roughly|nearly|exactly|only|just|a\s+total\s+of|equal\s+to)\b|[$:\s]",

@@ -280,3 +280,35 @@ def test_degenerate_inputs_are_fast(unit: str) -> None:
     for kind, kw in (("number", {}), ("choice", {"choices": OPTS5}), ("boolean", {})):
         extract_answer(text, kind, **kw)  # type: ignore[arg-type]
     assert time.perf_counter() - t0 < 3.0
+
+
+# --------------------------------------------------------------------------------------------------
+# a free-form answer sentence: the number of its main clause
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "span, value",
+    [
+        ("Answer:\nKelly needs to buy 118 games so that she will have 140 games left.", 118.0),
+        ("Answer:\nIt will cost 2673 dollars to buy 33 packs.", 2673.0),
+        ("Answer:\nMelissa scored 1492 points in 79 games.", 1492.0),
+        ("Answer:\nThe present value of the 3 payments at a 7% rate is $2101.66.", 2101.66),
+    ],
+)
+def test_main_clause_number(span: str, value: float) -> None:
+    assert _num(span).value == value
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        "Answer:\nEach of the 10 guests had 18 cookies.",  # a number in the subject
+        "Answer:\nThere are 5 birds and 4 storks on the fence.",  # two results
+        "Answer:\nBaker made 255 cakes, which is 184 more than those he sold.",  # two results
+        "Answer:\nRyan spends 4 hours on English and 6 hours on Chinese.",
+    ],
+)
+def test_main_clause_near_misses(span: str) -> None:
+    a = _num(span)
+    assert a.value is None and a.reason == "ambiguous", a
