@@ -507,6 +507,17 @@ _TRACE_OPEN_RE = re.compile(r"<\|begin_of_thought\|>|<think>")
 _TRACE_CLOSE_RE = re.compile(r"<\|end_of_thought\|>|</think>")
 
 
+_DECLINES_RE = re.compile(
+    r"\b(?:(?:is|are)\s+not\s+(?:one\s+of|among|in|listed\s+in)\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"|none\s+of\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"|not\s+(?:directly\s+)?provided\s+in\s+the\s+options"
+    r"|cannot\s+(?:be\s+)?(?:determine[d]?|provide|answer|calculate[d]?|solve[d]?)"
+    r"|let\s+me\s+know\s+if\s+you|please\s+provide|(?:need|without)\s+(?:more|additional)\s+information"
+    r"|insufficient\s+information|not\s+enough\s+information)",
+    re.IGNORECASE,
+)
+
+
 def no_answer_category(r: Row) -> str | None:
     """Why a reader finds no answer either (None: a reader would find one, or we cannot tell)."""
     body = strip_continuation(r.text).strip()
@@ -518,6 +529,8 @@ def no_answer_category(r: Row) -> str | None:
         return "no answer to find: degenerate output (repeats itself / echoes the question)"
     if not re.search(r"[.!?)\]}`*$]\s*$", body):
         return "no answer to find: cut off mid-sentence (length limit)"
+    if _DECLINES_RE.search(body[-600:]):
+        return "no answer to find: the model gives none (no option fits, cannot determine, asks for more information)"
     return None
 
 
