@@ -518,6 +518,11 @@ _DECLINES_RE = re.compile(
 )
 
 
+def _norm_bool(span: str) -> bool | None:
+    key = re.sub(r"[^a-z]", "", span.lower())
+    return {"true": True, "false": False, "yes": True, "no": False}.get(key)
+
+
 def no_answer_category(r: Row) -> str | None:
     """Why a reader finds no answer either (None: a reader would find one, or we cannot tell)."""
     body = strip_continuation(r.text).strip()
@@ -529,6 +534,8 @@ def no_answer_category(r: Row) -> str | None:
         return "no answer to find: degenerate output (repeats itself / echoes the question)"
     if not re.search(r"[.!?)\]}`*$]\s*$", body):
         return "no answer to find: cut off mid-sentence (length limit)"
+    if r.kind == "number" and r.ans.span and _norm_bool(r.ans.span) is not None:
+        return "no answer to find: the answer is of another kind (True/False for an item with a number gold)"
     if _DECLINES_RE.search(body[-600:]):
         return "no answer to find: the model gives none (no option fits, cannot determine, asks for more information)"
     return None

@@ -1050,7 +1050,8 @@ _FALLBACK_CHOICE_NEG_RE = re.compile(
 )
 _FALLBACK_MAX_SENT_CHARS = 400
 _RUNAWAY_RE = re.compile(r"\d{30}")  # "3.33333333333333333333333333333333...": degenerate repetition
-_EQUATION_END_RE = re.compile(r"=\s*[-\u2212]?[$\\]?\s*\d[^=,]*$")  # "... = 12 cups" (no period)
+# "... = 12 cups" (no period): a last equation whose right side is a whole number and perhaps its unit
+_EQUATION_END_RE = re.compile(r"=\s*[-\u2212]?\$?\s*\d[\d.,]*\s*[A-Za-z%\u00b0/ ]{0,20}\**$")
 _OPEN_TRACE_RE = re.compile(r"<\|begin_of_thought\|>|<think>|<thinking>|<reasoning>", re.IGNORECASE)
 _CLOSED_TRACE_RE = re.compile(r"<\|end_of_thought\|>|</think>|</thinking>|</reasoning>", re.IGNORECASE)
 # a digit that belongs to a name, not a number: "C_2", "n1", "x^2", "H2O"
@@ -1126,6 +1127,8 @@ def _fallback(
         return None  # an "A:" line too long to be an answer: the model echoes its question
     if not _FINISHED_RE.search(final_line) and not _EQUATION_END_RE.search(final_line):
         return None  # the text stops mid-sentence: cut off, not a statement of the result
+    if final_line.count("{") != final_line.count("}") or final_line.count("(") < final_line.count(")") - 1:
+        return None  # LaTeX or an expression cut off inside its braces
     if _OPEN_TRACE_RE.search(body) and not _CLOSED_TRACE_RE.search(body):
         return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
     if kind == "choice":
@@ -1150,9 +1153,9 @@ def _fallback(
     if _FALLBACK_HEDGE_RE.search(last):
         return None
     if kind == "number":
-        if _NAME_DIGITS_RE.search(_LATEX_FRAC_RE.sub("", last)):
-            return None  # "C_2", "n1": a digit that names something, and a reader would not read it as the answer
-        value, _reason, alts = _parse_number(last)
+        # "C_2", "n1", "m/s^2": a digit that names something or is a unit's power is not a number of the
+        # sentence ("the value of $c_0$ is 0" -> 0; "determine the value of $C_2$." -> nothing)
+        value, _reason, alts = _parse_number(_NAME_DIGITS_RE.sub(" name ", last))
         return (value, last) if value is not None and not alts else None
     if kind == "boolean":
         words = _BOOL_WORD_RE.findall(last.lower())

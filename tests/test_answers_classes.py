@@ -194,6 +194,8 @@ def test_symbol_labels_are_not_confused() -> None:
         ("Calculation:\nTotal cost = 3 + 4 = $7", 7.0),
         ("First we add.\n\nTherefore, the area of the 3-sided garden is 24.5 square metres.", 24.5),
         ("Work:\n\nm + n = 25 + 169 = **194**", 194.0),
+        ("Work:\n\nTherefore, the value of $c_0$ is 0.", 0.0),  # a name with a digit is not a number
+        ("Work:\n\nTherefore, the acceleration of the cart is 49.3 m/s^2.", 49.3),  # a unit's power neither
         ("We discount each payment.\n\nThe price of the 2-year bond is 98.5.", 98.5),
     ],
 )
@@ -213,6 +215,7 @@ def test_fallback_number(text: str, value: float) -> None:
         "We add them up.\n\nThe series converges at x = 5.",  # a condition, not a result
         "We add them up.\n\nThe total is 12 +",  # cut off
         "We add them up.\n\nThen n1 =",  # cut off after "="
+        "We integrate.\n\n$-2 \\int_0^1 (1 - u)^3 \\, du = -2 \\left[ \\frac{1",  # cut off inside LaTeX
         "<think>\nLet me count. So far 7 apples.",  # a reasoning trace cut off before its end
         "We add them up.\n\nWe cannot tell without the value of C_2.",  # a name with a digit
         "We add them up.\n\nWait, no, n < 3.",  # second thoughts and an inequality
