@@ -107,6 +107,9 @@ class Row:
     pred_show: str  # the prediction as shown in reports
     gold_show: str
     recorded_correct: bool | None = None  # GSM8K only
+    reference: object = None  # teacher_outputs: the source's own extraction, in the same value space
+    has_reference: bool = False  # the source records its own extraction
+    kind: str = ""
 
 
 @dataclass
@@ -148,7 +151,16 @@ class Result:
 # --------------------------------------------------------------------------------------------------
 
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
-_REPEATED_TAIL = re.compile(r"(.{1,80}?)(?:\s*\1){4,}\s*$", re.DOTALL)
+_SPACE_RE = re.compile(r"\s+")
+
+
+def _repeated_tail(text: str) -> bool:
+    """The text ends with one unit of 1-80 characters said 5+ times ("181818...", spaces ignored).
+
+    (A backreference regex, ``(.{1,80}?)(?:\\s*\\1){4,}\\s*$``, took minutes on some LaTeX outputs.)
+    """
+    t = _SPACE_RE.sub("", text)
+    return any(len(t) >= 5 * k and t[-5 * k :] == t[-k:] * 5 for k in range(1, 81))
 
 
 def _is_degenerate(text: str) -> bool:
@@ -157,7 +169,7 @@ def _is_degenerate(text: str) -> bool:
     sents = [s.strip() for s in _SENT_SPLIT.split(text) if len(s.strip()) > 10]
     if sents and Counter(sents).most_common(1)[0][1] >= 3:
         return True
-    if _REPEATED_TAIL.search(text[-400:]):
+    if _repeated_tail(text[-400:]):
         return True
     lines = [ln.strip() for ln in text.splitlines() if len(ln.strip()) > 10]
     if lines and Counter(lines).most_common(1)[0][1] >= 2 and len(lines) >= 6:
@@ -339,7 +351,256 @@ def run_gsm8k(data_dir: Path) -> list[Result]:
     return out
 
 
+# --------------------------------------------------------------------------------------------------
+# teacher_outputs/: published outputs of other teachers and prompt styles (see its README.md)
+# --------------------------------------------------------------------------------------------------
+
+TEACHER_SOURCES = ("zeroeval", "mmlu_pro", "rereading", "bbh", "plan_and_solve", "skythought", "theoremqa", "judgebench")
+_INLINE_OPTION_RE = re.compile(r"\(([a-j])\):?\s")
+_OPTION_TAIL_RE = re.compile(r"[\s.;,]*(?:Which (?:option|one) is correct\?)?\s*$")
+
+
+def inline_options(question: str) -> list[str]:
+    """Option texts written inline in a question, "(a) X; (b) Y. ..." (TheoremQA); four blanks when none are."""
+    marks = list(_INLINE_OPTION_RE.finditer(question))
+    if not marks:
+        return [""] * 4  # the options are in a figure: only the letters can be read
+    ends = [m.start() for m in marks[1:]] + [len(question)]
+    return [_OPTION_TAIL_RE.sub("", question[m.end() : e]).strip() for m, e in zip(marks, ends)]
+
+_BOOL_GOLD = {"yes": True, "true": True, "no": False, "false": False}
+#: JudgeBench's Arena-Hard verdicts: ``[[A>>B]]`` counts as ``A>B``.
+VERDICT_LABELS = ["A>B", "A=B", "B>A"]
+VERDICT_SYNONYMS = {"A>B": ["A>>B", "B<A", "B<<A"], "B>A": ["B>>A", "A<B", "A<<B"], "A=B": ["B=A", "tie"]}
+#: Coin flip (Plan-and-Solve): the question is always "Is the coin still heads up?"; the outputs state
+#: the coin's final side ("Therefore, the coin is tails up."), so the task is read as a two-label task
+#: whose labels are the sides, "yes"/"no" being their synonyms.
+COIN_LABELS = ["heads up", "tails up"]
+COIN_SYNONYMS = {"heads up": ["yes", "heads"], "tails up": ["no", "tails"]}
+
+
+try:  # the boolean kind (yes/no, true/false); older versions of synthkd.answers read it as a label
+    from synthkd.answers import BOOLEAN_KIND as _BK
+
+    BOOL_KIND: str = _BK
+    BOOL_KWARGS: dict = {}
+except ImportError:  # pragma: no cover - only for measuring an older synthkd.answers
+    BOOL_KIND = "label"
+    BOOL_KWARGS = {"labels": ["yes", "no"], "synonyms": {"yes": ["true"], "no": ["false"]}}
+
+
+def BOOL_GOLD(gold: str) -> object:  # noqa: N802 - a constant-like converter
+    v = _BOOL_GOLD[gold.strip().lower()]
+    return v if BOOL_KIND != "label" else ("yes" if v else "no")
+
+
+@dataclass
+class TeacherSpec:
+    """How one normalised row is read: the kind, its keyword arguments, the gold value."""
+
+    kind: str
+    kwargs: dict
+    gold: object
+
+
+def teacher_spec(r: dict) -> TeacherSpec | None:
+    """The reading of one ``normalized.jsonl.gz`` row; None for free-form golds (no kind reads them)."""
+    kind, gold = r["kind"], r["gold"]
+    if r["dataset"] == "coin_flip":
+        return TeacherSpec("label", {"labels": COIN_LABELS, "synonyms": COIN_SYNONYMS}, COIN_LABELS[0 if gold == "yes" else 1])
+    if kind == "number":
+        return TeacherSpec("number", {}, float(gold))
+    if kind == "choice":
+        choices = r.get("choices")
+        if choices is None:  # TheoremQA: options inline in the question, "(a) X; (b) Y; ..."
+            choices = inline_options(r["question"])
+        return TeacherSpec(
+            "choice", {"choices": list(choices), "letters": "abcdefghij"[: len(choices)]}, "ABCDEFGHIJ".index(gold)
+        )
+    if kind == "label":
+        if gold.lower() in _BOOL_GOLD:
+            return TeacherSpec(BOOL_KIND, BOOL_KWARGS, BOOL_GOLD(gold))
+        if gold in VERDICT_LABELS:
+            return TeacherSpec("label", {"labels": VERDICT_LABELS, "synonyms": VERDICT_SYNONYMS}, gold)
+    return None
+
+
+def _reference(spec: TeacherSpec, pred: str | None) -> object:
+    """The source's own extraction, read into the same value space (None when it found nothing)."""
+    if pred is None or not str(pred).strip() or str(pred).strip().lower() in ("none", "null"):
+        return None
+    a = extract_answer(str(pred), spec.kind, **spec.kwargs)  # type: ignore[arg-type]
+    return a.value
+
+
+def _same(a: object, b: object, kind: str) -> bool:
+    if a is None or b is None:
+        return False
+    if kind == "number":
+        # TheoremQA golds are rounded (0.02 for 0.0199...): 1 % relative tolerance
+        return numbers_equal(a, b) or numbers_equal(a, b, rel_tol=1e-2)
+    return a == b
+
+
+def load_teacher_outputs(data_dir: Path) -> list[dict]:
+    import gzip
+
+    out: list[dict] = []
+    base = data_dir / "teacher_outputs"
+    for src in TEACHER_SOURCES:
+        path = base / src / "normalized.jsonl.gz"
+        if not path.is_file():
+            NOTES.append(f"teacher_outputs/{src}: {path} missing, skipped.")
+            continue
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            out.extend(json.loads(line) for line in f if line.strip())
+    return out
+
+
+def _group(r: dict) -> str:
+    ds = r["dataset"].split("/")[-1]
+    if r["source"] in ("bbh", "plan_and_solve"):
+        return f"{r['source']} {ds}"
+    if r["source"] == "theoremqa":
+        return f"{r['source']} {r['model']}"
+    return f"{r['source']} {r['model']}" + (f" {ds}" if r["source"] == "zeroeval" else "")
+
+
+def run_teacher_outputs(data_dir: Path) -> list[Result]:
+    rows = load_teacher_outputs(data_dir)
+    groups: dict[str, Result] = {}
+    free: Counter[str] = Counter()
+    for r in rows:
+        spec = teacher_spec(r)
+        name = _group(r)
+        if spec is None:
+            free[name] += 1
+            continue
+        res = groups.setdefault(name, Result(name, categorise=teacher_category))
+        t0 = time.perf_counter()
+        a = extract_answer(r["output"], spec.kind, **spec.kwargs)  # type: ignore[arg-type]
+        res.seconds += time.perf_counter() - t0
+        row = Row(r["output"], a, spec.gold, _same(a.value, spec.gold, spec.kind), _show(a.value, spec),
+                  _show(spec.gold, spec))
+        if "source_pred" in r:
+            row.reference = _reference(spec, r["source_pred"])
+            row.has_reference = True
+        row.kind = spec.kind
+        res.rows.append(row)
+    if free:
+        NOTES.append(
+            "teacher_outputs rows with free-form golds (lists, strings, LaTeX expressions: no answer kind reads them) "
+            "are not scored: " + ", ".join(f"{k} {v}" for k, v in sorted(free.items())) + "."
+        )
+    return list(groups.values())
+
+
+def _show(v: object, spec: TeacherSpec) -> str:
+    if v is None:
+        return "None"
+    if spec.kind == "choice" and isinstance(v, int):
+        return "ABCDEFGHIJ"[v]
+    return repr(v) if spec.kind == "number" else str(v)
+
+
+_TRACE_OPEN_RE = re.compile(r"<\|begin_of_thought\|>|<think>")
+_TRACE_CLOSE_RE = re.compile(r"<\|end_of_thought\|>|</think>")
+
+
+_DECLINES_RE = re.compile(
+    r"\b(?:(?:is|are)\s+not\s+(?:one\s+of|among|in|listed\s+in)\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"|none\s+of\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"|not\s+(?:directly\s+)?provided\s+in\s+the\s+options"
+    r"|cannot\s+(?:be\s+)?(?:determine[d]?|provide|answer|calculate[d]?|solve[d]?)"
+    r"|let\s+me\s+know\s+if\s+you|please\s+provide|(?:need|without)\s+(?:more|additional)\s+information"
+    r"|insufficient\s+information|not\s+enough\s+information)",
+    re.IGNORECASE,
+)
+
+
+def _norm_bool(span: str) -> bool | None:
+    key = re.sub(r"[^a-z]", "", span.lower())
+    return {"true": True, "false": False, "yes": True, "no": False}.get(key)
+
+
+def no_answer_category(r: Row) -> str | None:
+    """Why a reader finds no answer either (None: a reader would find one, or we cannot tell)."""
+    body = strip_continuation(r.text).strip()
+    if not body:
+        return "no answer to find: empty output"
+    if _TRACE_OPEN_RE.search(body) and not _TRACE_CLOSE_RE.search(body):
+        return "no answer to find: reasoning trace cut off before its end (length limit)"
+    if _is_degenerate(body):
+        return "no answer to find: degenerate output (repeats itself / echoes the question)"
+    if not re.search(r"[.!?)\]}`*$]\s*$", body):
+        return "no answer to find: cut off mid-sentence (length limit)"
+    if r.kind == "number" and r.ans.span and _norm_bool(r.ans.span) is not None:
+        return "no answer to find: the answer is of another kind (True/False for an item with a number gold)"
+    if _DECLINES_RE.search(body[-600:]):
+        return "no answer to find: the model gives none (no option fits, cannot determine, asks for more information)"
+    return None
+
+
+def teacher_category(r: Row) -> str:
+    if r.ans.value is None:
+        why = no_answer_category(r)
+        return why or f"unparsed: {r.ans.reason}"
+    if r.ans.cue == "fallback":
+        return "disagree: cue-less fallback answer differs from gold"
+    return "disagree: answer differs from gold (model error or misread; see examples)"
+
+
+def teacher_stats(res: Result) -> dict:
+    n = res.n
+    answered = [r for r in res.rows if r.ans.value is not None]
+    no_answer = Counter(c for r in res.rows if r.ans.value is None and (c := no_answer_category(r)))
+    readable = n - sum(no_answer.values())
+    unparsed = Counter(r.ans.reason for r in res.rows if r.ans.value is None and not no_answer_category(r))
+    with_ref = [r for r in res.rows if r.has_reference]
+    ref_answered = [r for r in with_ref if r.reference is not None]
+    both = [r for r in ref_answered if r.ans.value is not None]
+    return {
+        "rows": n,
+        "answered": len(answered),
+        "fallback": sum(r.ans.cue == "fallback" for r in answered),
+        "no_answer": sum(no_answer.values()),
+        "readable_parsed": len(answered) / readable if readable else float("nan"),
+        "agree": sum(r.agree for r in res.rows),
+        "has_ref": bool(with_ref),
+        "ref_answered": len(ref_answered),
+        "ref_agree": sum(_same(r.ans.value, r.reference, r.kind) for r in both) / len(both) if both else float("nan"),
+        "ref_only": len(ref_answered) - len(both),
+        "unparsed": unparsed,
+        "no_answer_by": no_answer,
+    }
+
+
+def print_teacher_table(results: list[Result]) -> None:
+    print(
+        "| source | outputs | answered | of them fallback | no answer to find | parsed of the rest | agree w/ gold (all) "
+        "| agree w/ gold (answered) | source's extraction answered | agree w/ source's (both answered) "
+        "| source answered, we not | unparsed by reason | µs/row |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    for res in results:
+        s = teacher_stats(res)
+        n = s["rows"]
+        ref = (
+            (f"{s['ref_answered']:,}", _pct(s["ref_agree"]), f"{s['ref_only']:,}") if s["has_ref"] else ("-", "-", "-")
+        )
+        unparsed = "; ".join(f"{k} {v}" for k, v in s["unparsed"].most_common()) or "-"
+        print(
+            f"| {res.name} | {n:,} | {s['answered']:,} ({_pct(s['answered'] / n)}) | {s['fallback']:,} | {s['no_answer']:,} "
+            f"| {_pct(s['readable_parsed'])} | {_pct(s['agree'] / n)} "
+            f"| {_pct(s['agree'] / s['answered'] if s['answered'] else float('nan'))} | {ref[0]} | {ref[1]} | {ref[2]} "
+            f"| {unparsed} | {1e6 * res.seconds / max(1, n):.0f} |"
+        )
+
+
 def run_all(data_dir: Path) -> list[Result]:
+    if not (data_dir / "distilling_step_by_step").is_dir():
+        NOTES.append(f"{data_dir / 'distilling_step_by_step'} missing: the PaLM/GPT-3 datasets were skipped.")
+        return []
     results = [
         run_cqa(data_dir, "train"),
         run_cqa(data_dir, "test"),
@@ -428,14 +689,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-failures", action="store_true", help="print only the table")
     args = ap.parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
-    if not (data_dir / "distilling_step_by_step").is_dir():
-        print(f"data folder not found: {data_dir} (use --data-dir or SYNTHKD_SHARED_DATA)", file=sys.stderr)
+    if not (data_dir / "distilling_step_by_step").is_dir() and not (data_dir / "teacher_outputs").is_dir():
+        print(f"data folder not found: {data_dir} (use --data-dir or SYNTHKD_SHARED_DATA); skipped", file=sys.stderr)
         return 2
     results = run_all(data_dir)
+    teacher = run_teacher_outputs(data_dir) if (data_dir / "teacher_outputs").is_dir() else []
     print(f"# Answer extraction on recorded teacher outputs ({data_dir})\n")
-    print_table(results)
-    n = sum(r.n for r in results)
-    secs = sum(r.seconds for r in results)
+    if results:
+        print("## PaLM-540B (distilling_step_by_step) and GPT-3 (gsm8k)\n")
+        print_table(results)
+    if teacher:
+        print("\n## Other teachers and prompt styles (teacher_outputs/)\n")
+        print_teacher_table(teacher)
+        print(
+            "\n'no answer to find': empty, cut off (a reasoning trace without its end, a last sentence without its end) "
+            "or degenerate outputs; 'parsed of the rest': answered / (outputs - no answer to find). "
+            "Numbers agree within 1e-6, or 1 % (TheoremQA golds are rounded)."
+        )
+    n = sum(r.n for r in results + teacher)
+    secs = sum(r.seconds for r in results + teacher)
     print(f"\n{n:,} outputs in {secs:.2f} s ({1e6 * secs / n:.0f} µs/output, extraction only).")
     for note in NOTES:
         print(f"\n{note}")
@@ -446,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("; see 'unparsed: cue found, but ...' below for every such row." if below else ".")
     )
     if not args.no_failures:
-        failure_report(results, args.show_failures)
+        failure_report(results + teacher, args.show_failures)
     return 0
 
 

@@ -14,8 +14,11 @@ The pipeline applied by :func:`extract_answer` is:
 2. :func:`extract_final_answer_span` - locate the *last* answer cue ("So the answer is",
    "The answer is", "Answer:", "####", ``\\boxed{...}``, a short ``A: ...`` line) and return the raw
    text it introduces, trimmed of trailing punctuation, quotes and markdown.
-3. a kind-specific parser on that span: :func:`extract_number`, :func:`extract_choice` or
-   :func:`extract_label`.
+3. a kind-specific parser on that span: :func:`extract_number`, :func:`extract_choice`,
+   :func:`extract_label` or :func:`extract_boolean` (kind ``"boolean"``: yes/no, true/false).
+4. no cue at all: the cue-less fallback reads the number, option or label that the final sentence
+   (or last equation) states, only when unambiguous, with ``cue="fallback"``; a hedge, a bound, a
+   question, a request, a cut-off text or an unfinished reasoning trace gives no answer.
 
 Every failure is reported with a short machine-readable ``reason`` (see :data:`REASONS`), so that a
 pipeline can count *why* rows were dropped.
@@ -45,11 +48,14 @@ from typing import Literal, TypeVar
 
 __all__ = [
     "ANLI_LABELS",
+    "ANSWER_KINDS",
+    "BOOLEAN_KIND",
     "ExtractedAnswer",
     "NLI_LABELS",
     "NLI_SYNONYMS",
     "REASONS",
     "extract_answer",
+    "extract_boolean",
     "extract_choice",
     "extract_final_answer_span",
     "extract_label",
@@ -60,7 +66,11 @@ __all__ = [
     "strip_continuation",
 ]
 
-AnswerKind = Literal["number", "choice", "label"]
+AnswerKind = Literal["number", "choice", "label", "boolean"]
+#: The kind of yes/no and true/false answers (StrategyQA-style tasks); its values are ``True``/``False``.
+BOOLEAN_KIND: AnswerKind = "boolean"
+#: Every answer kind, in the order the docs list them.
+ANSWER_KINDS: tuple[str, ...] = ("number", "choice", "label", "boolean")
 
 #: NLI class names in the conventional SNLI/MNLI/ANLI integer order (0, 1, 2).
 NLI_LABELS: list[str] = ["entailment", "neutral", "contradiction"]
@@ -98,6 +108,7 @@ REASONS: dict[str, str] = {
     "ambiguous": "the answer span names several different answers",
     "no choice matched": "the answer span matches no option letter and no option text",
     "no label matched": "the answer span matches no class name or synonym",
+    "no yes/no matched": "the answer span says neither yes/no nor true/false (kind boolean)",
     "bad expression": "the answer span is arithmetic with unknowns ('(some - 8)', '2 * x') or cannot be evaluated",
     "truncated expression": "the answer span is an arithmetic expression cut off before its end ('(9 + 6')",
 }
@@ -111,7 +122,9 @@ class ExtractedAnswer:
     string from ``labels`` (kind "label"), or ``None`` when nothing could be extracted.
     ``span``: the raw answer text the value was read from (``None`` when no answer cue was found).
     ``reason``: why ``value`` is ``None`` (one of :data:`REASONS`); ``None`` on success.
-    ``cue``: which cue introduced the span ("answer is", "answer:", "####", "boxed", "A:", "bare").
+    ``cue``: which cue introduced the span ("answer is", "answer:", "json", "####", "boxed",
+    "[[verdict]]", "A:", "bare"), or "fallback" when there was no cue and the value is the one that
+    the final sentence or last equation states unambiguously (filters may choose not to trust it).
     ``alternatives``: other answers the same span also offers, when the teacher hedged
     (``"either (a) aquarium or (e) pond"`` -> value 4, alternatives ``(0,)``;
     ``"(28 - 13) and (28 - 15)"`` -> value 15.0, alternatives ``(13.0,)``).  ``value`` follows the
@@ -184,13 +197,25 @@ def strip_continuation(text: str) -> str:
 # 2. answer span
 # --------------------------------------------------------------------------------------------------
 
+# A qualifier between the cue word and its verb: a format hint or a range ("the final answer (in
+# dollars) is", "the answer, in cm, is", "the answer to the question is", "the answer choice is").
+_QUAL = r"""(?:\s+(?:choice|option|letter))?
+        (?:\s*\([^()\n]{0,40}\)|\s*,[^,\n]{1,40},|\s+(?:to|for|of)\s+(?:the|this|that|our|my)\s+(?:\w+\s+){0,2}?(?:question|problem|task|item|exercise))?"""
+_VERB = r"\s+(?:is|are|would\s+be|should\s+be|will\s+be|must\s+be|remains|=)(?:\s+therefore|\s+thus)?"
 _CUE_RE = re.compile(
-    r"""
-    (?P<is>\b(?:final\s+|correct\s+|right\s+|best\s+)?answer\s+(?:is|would\s+be|should\s+be|will\s+be)\b(?!\s+not\b)
-        (?:\s*:)?)                                       # "... the answer is", "Therefore, the answer is:"
-    | (?P<colon>\b(?:final\s+)?answer(?:\s*\*\*)?\s*:)      # "Answer:", "Final answer:", "**Answer:**"
+    rf"""
+    (?P<is>\b(?:(?:final|correct|right|best|only|true|most\s+(?:likely|appropriate|plausible|reasonable|suitable))\s+)?
+        answer{_QUAL}{_VERB}\b(?!\s+not\b)(?!\s+(?:that|whether|if)\b)
+        (?:\s*:)?)                                       # "... the answer is", "the final answer (in $) is"
+    | (?P<opt>\b(?:final|correct|right|best|most\s+(?:likely|appropriate|plausible|reasonable|suitable))\s+
+        (?:option|choice|response|verdict){_QUAL}{_VERB}\b(?!\s+not\b)(?!\s+(?:that|whether|if)\b)
+        (?:\s*:)?)                                       # "the correct option is (C)", "final verdict is"
+    | (?P<json>["'](?:final[ _]?)?answer["']\s*:\s*)     # JSON {{"answer": "18"}}
+    | (?P<colon>\b(?:final\s+)?(?:answer|verdict)(?:\s*\([^()\n]{{0,40}}\))?(?:\s*\*\*)?\s*:)  # "Answer:", "**Final answer:**"
+    | (?P<head>(?:^|\n)[ \t]*(?:\#{{1,6}}[ \t]*|\*\*)(?:final[ \t]+)?answer[ \t]*(?:\*\*)?[ \t]*(?=\n))  # "### Final Answer" line
     | (?P<hash>\#\#\#\#)                                    # GSM8K "#### 72"
-    | (?P<boxed>\\boxed\s*\{)                               # LaTeX \boxed{...}
+    | (?P<boxed>\\(?:boxed|fbox)\s*\{{)                      # LaTeX \boxed{{...}}
+    | (?P<verdict>\[\[)                                     # a judge's verdict "[[B>>A]]"
     | (?P<aline>(?:^|\n)[ \t]*A[ \t]*:)                     # few-shot "A: 18" (short lines only)
     """,
     re.IGNORECASE | re.VERBOSE,
@@ -289,6 +314,37 @@ def _find_span(text: str) -> tuple[str | None, str | None]:
     return None, None
 
 
+_JSON_UNESCAPE = {"n": " ", "t": " ", "r": " ", '"': '"', "/": "/", "\\": "\\"}
+
+
+def _json_value(text: str, start: int) -> str:
+    """The value after a JSON key ``"answer":`` - a string (escapes read; real outputs often hold raw
+    LaTeX backslashes, which are kept) or a bare literal up to ``,`` / ``}`` / the line end."""
+    limit = min(len(text), start + _SPAN_MAX_CHARS)
+    if start < limit and text[start] in "\"'":
+        quote = text[start]
+        out: list[str] = []
+        i = start + 1
+        while i < limit:
+            c = text[i]
+            if c == "\\" and i + 1 < limit:
+                nxt = text[i + 1]
+                if nxt in _JSON_UNESCAPE and not (nxt in "nrt" and text[i + 2 : i + 3].isalpha()):
+                    out.append(_JSON_UNESCAPE[nxt])  # "\\n" is a newline, "\\neq" / "\\times" are LaTeX
+                    i += 2
+                    continue
+                out.append(c)
+            elif c == quote:
+                return _clean_span("".join(out))
+            else:
+                out.append(c)
+            i += 1
+        return _clean_span("".join(out))
+    m = re.compile(r"[^,}\n]*").match(text, start, limit)
+    raw = m.group(0) if m else ""
+    return "" if raw.strip().lower() == "null" else _clean_span(raw)
+
+
 def _cue_span(text: str, m: re.Match[str]) -> tuple[str, str] | None:
     """(span, cue name) introduced by cue match ``m``; None for an ``A:`` line that is not an answer."""
     kind = m.lastgroup
@@ -296,6 +352,13 @@ def _cue_span(text: str, m: re.Match[str]) -> tuple[str, str] | None:
         inner = _braced(text, m.end() - 1)
         span = _clean_span(inner) if inner is not None else _span_after(text, m.end())
         cue = "boxed"
+    elif kind == "verdict":
+        close = text.find("]]", m.end(), m.end() + 80)
+        if close < 0:
+            return None
+        span, cue = _clean_span(text[m.end() : close]), "[[verdict]]"
+    elif kind == "json":
+        span, cue = _json_value(text, m.end()), "json"
     elif kind == "aline":
         span = _span_after(text, m.end())
         if not span or len(span.split()) > _A_LINE_MAX_WORDS:
@@ -303,7 +366,7 @@ def _cue_span(text: str, m: re.Match[str]) -> tuple[str, str] | None:
         cue = "A:"
     else:
         span = _span_after(text, m.end())
-        cue = {"is": "answer is", "colon": "answer:", "hash": "####"}[kind or ""]
+        cue = {"is": "answer is", "opt": "answer is", "colon": "answer:", "head": "answer:", "hash": "####"}[kind or ""]
     return span, cue
 
 
@@ -541,6 +604,8 @@ _UNKNOWN_IN_EXPR_RE = re.compile(
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*\)"
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*$"
 )
+_COEF_VAR_RE = re.compile(r"\b\d+(?:\.\d+)?[xyz]\b")
+_STEP_PREFIX_RE = re.compile(r"^\s*step\s+\d+\s*[:.)]\s*", re.IGNORECASE)  # "Step 2: Kelly has 42 games"
 _UNFINISHED_RE = re.compile(r"[\d+\-*/(]\s*$")
 _CONJUNCTION_RE = re.compile(r"\b(?:or|and)\b|/|,", re.IGNORECASE)
 
@@ -552,14 +617,18 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
     s = _normalise_numeric_text(text)
     if s.count("(") > s.count(")") and _UNFINISHED_RE.search(s):
         return None, "truncated expression", ()  # "(9 + 6": the generation stopped mid-expression
-    if _UNKNOWN_IN_EXPR_RE.search(s):
-        return None, "bad expression", ()
+    s = _STEP_PREFIX_RE.sub("", s)
+    if _COEF_VAR_RE.search(s):
+        return None, "bad expression", ()  # "7x = 14": an equation still to solve
     if "=" in s:
         # an equation "5 + 3 = 8": the result is on the right of the last "=" that has a number
-        # (comparison operators like "<=" / "!=" are not equations and are left alone)
+        # (comparison operators like "<=" / "!=" are not equations and are left alone); names on
+        # its left ("m + n = 25 + 169 = 194") do not make the result unknown
         parts = [p for p in _EQUALS_RE.split(s) if _NUM_RE.search(p)]
         if parts:
             s = parts[-1]
+    if _UNKNOWN_IN_EXPR_RE.search(s):
+        return None, "bad expression", ()
     candidates: list[tuple[int, int, float]] = []  # (start, end, value)
     bad = False
     for a, b in _runs(s):
@@ -595,7 +664,68 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
         hedge = bool(_CONJUNCTION_RE.search(s[first_end : candidates[1][0]]))
         alts: tuple[float, ...] = tuple(dict.fromkeys(others)) if hedge else ()
         return first_val, None, alts
+    stated = _stated_after_copula(s, candidates)
+    if stated is None:
+        stated = _main_clause_number(s, candidates)
+    if stated is not None:
+        return stated, None, ()
     return None, "ambiguous", ()
+
+
+# "... is 170 m", "... = $200", "... ≈ 9.615": the verb that states a result, then the result
+_COPULA_RE = re.compile(r"(?:\b(?:is|are|was|were|equals?|be|becomes?|comes\s+to|totals?)\b|=|\u2248|~)", re.IGNORECASE)
+_AFTER_RESULT_MAX_WORDS = 3  # "is 170 m." / "is 4.5 x 10^5 V": units may follow, no further clause
+
+
+def _stated_after_copula(s: str, candidates: list[tuple[int, int, float]]) -> float | None:
+    """The one number a sentence with several states as its result: a copula ("is", "=", "≈",
+    "equals") directly followed by a number, only one such number in the sentence, and at most a few
+    words (its unit) after it - "the present value of 3 payments at 7% is $2101.66" -> 2101.66.
+    None otherwise ("the stress is 18 MPa and the strain is 9e-5"; "we need 4 people for there to be
+    2 people with one birthday month" leaves more than a unit after its number)."""
+    stated: list[tuple[int, int, float]] = []
+    for m in _COPULA_RE.finditer(s):
+        nxt = next((c for c in candidates if c[0] >= m.end()), None)
+        if nxt is not None and len(_FILLER_RE.sub(" ", s[m.end() : nxt[0]]).split()) == 0 and nxt not in stated:
+            stated.append(nxt)
+    if len(stated) != 1:
+        return None
+    tail = s[stated[0][1] :]
+    if len(tail.split()) > _AFTER_RESULT_MAX_WORDS or _CONJUNCTION_RE.search(tail) or "(" in tail:
+        return None
+    return stated[0][2]
+
+
+# "Kelly needs to buy 118 games so that she will have 140 left": the main clause states one number, a
+# purpose / condition / circumstance clause after it holds the others
+_CLAUSE_AFTER_RE = re.compile(
+    r"\s*(?:[A-Za-z'\u2019-]+\s+){0,3}?(?:so\s+that|in\s+order\s+to|to|with|in|if|after|before|for|from|when|by|out\s+of)\b",
+    re.IGNORECASE,
+)
+_CLAUSE_HEDGE_RE = re.compile(r"\b(?:than|which|and|or|but|more|less|fewer|either|approximately|about)\b|[,;(]",
+                              re.IGNORECASE)
+_SUBJECT_MAX_WORDS = 8
+
+
+def _main_clause_number(s: str, candidates: list[tuple[int, int, float]]) -> float | None:
+    """The number of a sentence's main clause when the other numbers sit in a clause after it
+    ("It will cost 2673 dollars to buy 33 packs" -> 2673; "Melissa scored 14929 points in 79 games"
+    -> 14929).  None when the subject holds a number ("Each of the 10 guests had 18 cookies"), when
+    two results are joined ("5 birds and 4 storks", "255 cakes, which is 184 more"), or the subject is long."""
+    first = candidates[0]
+    head = s[: first[0]]
+    if len(head.split()) > _SUBJECT_MAX_WORDS or _CLAUSE_HEDGE_RE.search(head) or "?" in s:
+        return None
+    m = _CLAUSE_AFTER_RE.match(s, first[1])
+    if m is None or _CLAUSE_HEDGE_RE.search(s, first[1], m.start() + len(m.group(0))):
+        return None
+    if _CLAUSE_HEDGE_RE.search(s[m.end() :]):
+        return None
+    return first[2]
+
+
+_FILLER_RE = re.compile(r"\b(?:approximately|about|around|roughly|nearly|exactly|only|just|a\s+total\s+of|equal\s+to)\b|[$:\s]",
+                        re.IGNORECASE)
 
 
 def extract_number(text: str) -> float | None:
@@ -632,13 +762,25 @@ def numbers_equal(a: object, b: object, rel_tol: float = 1e-6, abs_tol: float = 
 # 3b. multiple choice
 # --------------------------------------------------------------------------------------------------
 
-_NON_ALNUM_RE = re.compile(r"[^0-9a-z]+")
+_NON_ALNUM_RE = re.compile(r"[^0-9a-z<>=]+")
 _CAMEL_RE = re.compile(r"(?<=[a-z])(?=[A-Z])")
+_SYMBOL_RE = re.compile(r"[<>=]+")
+_LATEX_TEXT_RE = re.compile(r"\\(?:text|textbf|textit|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
+_LATEX_DELIM_RE = re.compile(r"\\[()\[\]]|\$")
+
+
+def _unlatex(text: str) -> str:
+    """``\\text{city}`` -> ``city``; math delimiters ``\\( \\) \\[ \\] $`` dropped (words, not numbers)."""
+    if "\\" not in text and "$" not in text:
+        return text
+    return _LATEX_DELIM_RE.sub(" ", _LATEX_TEXT_RE.sub(r"\1", text))
 
 
 def _norm(text: str) -> str:
-    """Lower-case, split camelCase, punctuation/underscores to single spaces."""
-    return _NON_ALNUM_RE.sub(" ", _CAMEL_RE.sub(" ", text).lower()).strip()
+    """Lower-case, split camelCase, punctuation/underscores to single spaces; the comparison symbols
+    ``< > =`` are kept as words of their own (a verdict label "A>B" is not "B>A")."""
+    low = _CAMEL_RE.sub(" ", text).lower()
+    return " ".join(_NON_ALNUM_RE.sub(" ", _SYMBOL_RE.sub(lambda m: f" {m.group(0)} ", low)).split())
 
 
 def _stem_words(norm_text: str) -> str:
@@ -707,6 +849,7 @@ def _choice_from(text: str, choices: Sequence[str], letters: str) -> tuple[int |
     """(index, reason, alternatives) for :func:`extract_choice`."""
     if not text or not text.strip():
         return None, "no choice matched", ()
+    text = _unlatex(text)
     norm_choices = [_norm(c) for c in choices]
     letter_hits = [
         h for h in _find_letters(text, letters) if h[2] < len(choices) and not _NEGATED_BEFORE_RE.search(text, 0, h[0])
@@ -808,7 +951,7 @@ def _label_from(
             items.append((owner, tuple(v)))
         syn_key = tuple(items)
     phrases, owners = _label_table(tuple(labels), syn_key)
-    t = _norm(text)
+    t = _norm(_unlatex(text))
     if t in phrases:
         return owners[phrases.index(t)], None, ()
     hits: list[tuple[int, str]] = []
@@ -844,6 +987,193 @@ def extract_label(text: str, labels: Sequence[str], synonyms: Mapping[str, Itera
 
 
 # --------------------------------------------------------------------------------------------------
+# 3d. yes / no (kind "boolean")
+# --------------------------------------------------------------------------------------------------
+
+_YES_WORDS = frozenset({"yes", "true", "correct", "right", "valid", "affirmative"})
+_NO_WORDS = frozenset({"no", "false", "incorrect", "wrong", "invalid", "negative"})
+_BOOL_NEGATORS = frozenset({"not", "isn", "isnt", "never"})
+_BOOL_WORD_RE = re.compile(r"[a-z]+")
+_BOOL_HEDGE_RE = re.compile(r"\b(?:yes|true)\s+or\s+(?:no|false)\b|\b(?:no|false)\s+or\s+(?:yes|true)\b", re.IGNORECASE)
+
+
+def _boolean_from(text: str) -> tuple[bool | None, str | None, tuple[bool, ...]]:
+    """(value, reason, alternatives) for :func:`extract_boolean`."""
+    words = _BOOL_WORD_RE.findall(_unlatex(text).lower())
+    if not words:
+        return None, "no yes/no matched", ()
+    if _BOOL_HEDGE_RE.search(text):
+        return None, "ambiguous", ()  # "yes or no, depending on ..."
+    if words[0] in ("yes", "no", "true", "false"):  # "Yes, because ...", "False."
+        return words[0] in ("yes", "true"), None, ()
+    said: list[bool] = []
+    for i, w in enumerate(words):
+        if w in _YES_WORDS or w in _NO_WORDS:
+            v = w in _YES_WORDS
+            if i > 0 and words[i - 1] in _BOOL_NEGATORS:  # "not true" -> False, "not false" -> True
+                v = not v
+            said.append(v)
+    if not said:
+        return None, "no yes/no matched", ()
+    if len(set(said)) > 1:
+        return None, "ambiguous", ()
+    return said[0], None, ()
+
+
+def extract_boolean(text: str) -> bool | None:
+    """Read yes/no from an answer span: ``True`` for yes/true/correct, ``False`` for no/false/incorrect.
+
+    A span that starts with yes/no/true/false is that answer ("Yes, the coin is still heads up" ->
+    ``True``); otherwise every yes-word and no-word is collected, a directly preceding "not" turning it
+    round ("the statement is not true" -> ``False``); words that disagree give ``None`` (ambiguous).
+    LaTeX ``\\text{yes}`` is read as ``yes``.
+    """
+    return _boolean_from(text)[0]
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. cue-less fallback
+# --------------------------------------------------------------------------------------------------
+
+_LIST_MARK_RE = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,2}[.)]|step\s+\d+\s*[:.)])\s+", re.IGNORECASE)
+_FALLBACK_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\\$*\"'])")
+_FALLBACK_HEDGE_RE = re.compile(
+    r"\b(?:or|either|neither|between|unclear|cannot|can't|could\s+be|might|may|not\s+(?:sure|possible|enough|"
+    r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we|"
+    r"wait|hmm|please|provide|would\s+need|more\s+information|approach|try|check)\b|[<>\u2264\u2265\u2260]"
+    r"|\b(?:at|for|when|where|with|given|whenever)\s+\\?\(?\$?[A-Za-z]\s*="  # "converges at x = 5": a condition
+    r"|\b(?:more|less|fewer|greater|smaller|larger|higher|lower)\s+than\s+\$?\d|\bat\s+(?:least|most)\b",  # a bound
+    re.IGNORECASE,
+)
+_FALLBACK_CHOICE_NEG_RE = re.compile(
+    r"\b(?:not|n't|incorrect|wrong|eliminat\w*|rul\w*\s+out|exclud\w*|unlikely|instead)\b", re.IGNORECASE
+)
+_FALLBACK_MAX_SENT_CHARS = 400
+_RUNAWAY_RE = re.compile(r"\d{30}")  # "3.33333333333333333333333333333333...": degenerate repetition
+# "... = 12 cups" (no period): a last equation whose right side is a whole number and perhaps its unit
+_EQUATION_END_RE = re.compile(r"=\s*[-\u2212]?\$?\s*\d[\d.,]*\s*[A-Za-z%\u00b0/ ]{0,20}\**$")
+_OPEN_TRACE_RE = re.compile(r"<\|begin_of_thought\|>|<think>|<thinking>|<reasoning>", re.IGNORECASE)
+_CLOSED_TRACE_RE = re.compile(r"<\|end_of_thought\|>|</think>|</thinking>|</reasoning>", re.IGNORECASE)
+# a digit that belongs to a name, not a number: "C_2", "n1", "x^2", "H2O"
+_NAME_DIGITS_RE = re.compile(r"(?<![\d.])[A-Za-z]+(?:_\{?|\^\{?)?\d+\}?|[A-Za-z]\^\{?\d+\}?")
+_ALINE_START_RE = re.compile(r"[>*#\s]*[AQ]\s*:")
+_FINISHED_RE = re.compile(r"[.!)\]}*$`'\"\u201d]\s*$")
+_FALLBACK_CHOICE_SENTENCES = 3  # an option named in one of the last three sentences of the last paragraph
+
+
+def _final_sentences(body: str) -> list[str]:
+    """The sentences of the last non-empty paragraph, last first (markdown and list markers removed)."""
+    tail = body[-4 * _FALLBACK_MAX_SENT_CHARS :].rstrip()
+    para = re.split(r"\n[ \t]*\n", tail)[-1]
+    lines = [ln for ln in para.split("\n") if ln.strip()]
+    if not lines:
+        return []
+    out: list[str] = []
+    for line in reversed(lines):
+        line = _LIST_MARK_RE.sub("", _MARKDOWN_RE.sub("", _BOLD_RE.sub(r"\1", line))).strip(" \t*_#")
+        for sent in reversed(_FALLBACK_SENT_RE.split(line)):
+            if sent.strip():
+                out.append(sent.strip())
+    return out
+
+
+_OPTION_LINE_RE = re.compile(r"^\(?([A-Ja-j])[.):]\s+(\S.*)$")
+_RESTATED_LINES = 8
+
+
+def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[int, str] | None:
+    """A line among the last few that restates one option as "C. <its text>" (the letter and the
+    option's own text agree): (index, line).  None when there is none or several options are restated."""
+    lines = [ln.strip() for ln in body[-4 * _FALLBACK_MAX_SENT_CHARS :].split("\n") if ln.strip()][-_RESTATED_LINES:]
+    found: dict[int, str] = {}
+    for line in lines:
+        m = _OPTION_LINE_RE.match(_MARKDOWN_RE.sub("", _BOLD_RE.sub(r"\1", line)).strip())
+        if not m:
+            continue
+        idx = letters.lower().find(m.group(1).lower())
+        if 0 <= idx < len(choices) and _norm(m.group(2)) and _norm(m.group(2)) == _norm(choices[idx]):
+            found[idx] = line
+    if len(found) != 1:
+        return None  # none, or a list of options (the model reciting them)
+    idx, line = next(iter(found.items()))
+    return idx, line
+
+
+def _fallback(
+    body: str,
+    kind: str,
+    choices: Sequence[str] | None,
+    labels: Sequence[str] | None,
+    synonyms: Mapping[str, Iterable[str]] | None,
+    letters: str,
+) -> tuple[float | int | str | bool, str] | None:
+    """(value, span) stated by the final sentence of a text that has no answer cue, or None.
+
+    Used only when it is unambiguous: the final sentence (a question, a hedge or a conditional gives
+    nothing) states one number (or an equation's result, or one number after its last "is"/"="), names
+    one option letter with no negation (kind choice: also in one of the last three sentences of the
+    last paragraph), names one label, or says yes/no (kind boolean).
+    """
+    sents = _final_sentences(body)
+    if not sents:
+        return None
+    last = sents[0]
+    if len(last) > _FALLBACK_MAX_SENT_CHARS or last.endswith("?") or _RUNAWAY_RE.search(last):
+        return None
+    if body.count(last) >= 3:
+        return None  # the model repeats its last sentence over and over: degenerate, not a final statement
+    final_line = body.rstrip().rsplit("\n", 1)[-1].strip()
+    if _ALINE_START_RE.match(final_line):
+        return None  # an "A:" line too long to be an answer: the model echoes its question
+    if not _FINISHED_RE.search(final_line) and not _EQUATION_END_RE.search(final_line):
+        return None  # the text stops mid-sentence: cut off, not a statement of the result
+    if final_line.count("{") != final_line.count("}") or final_line.count("(") < final_line.count(")") - 1:
+        return None  # LaTeX or an expression cut off inside its braces
+    if _OPEN_TRACE_RE.search(body) and not _CLOSED_TRACE_RE.search(body):
+        return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
+    if kind == "choice":
+        restated = _restated_option(body, choices or (), letters)
+        if restated is not None and not _FALLBACK_HEDGE_RE.search(last):
+            return restated  # "... is:\nC. An overflow error occurred." (not when the text then takes it back)
+        for sent in sents[:_FALLBACK_CHOICE_SENTENCES]:
+            if sent.endswith("?"):
+                return None
+            hits = [
+                h for h in _find_letters(_unlatex(sent), letters)
+                if h[2] < len(choices or ()) and sent[h[0] : h[1]].strip().startswith(("(", "[", "o", "O", "c", "C"))
+            ]
+            strict = [h for h in hits if re.match(r"[(\[]|option|choice", sent[h[0] : h[1]].strip(), re.IGNORECASE)]
+            if not strict:
+                continue
+            if _FALLBACK_CHOICE_NEG_RE.search(sent) or _FALLBACK_HEDGE_RE.search(sent):
+                return None
+            named = {h[2] for h in strict}
+            return (strict[0][2], sent) if len(named) == 1 else None
+        return None
+    if _FALLBACK_HEDGE_RE.search(last):
+        return None
+    if kind == "number":
+        # "C_2", "n1", "m/s^2": a digit that names something or is a unit's power is not a number of the
+        # sentence ("the value of $c_0$ is 0" -> 0; "determine the value of $C_2$." -> nothing)
+        value, _reason, alts = _parse_number(_NAME_DIGITS_RE.sub(" name ", last))
+        return (value, last) if value is not None and not alts else None
+    if kind == "boolean":
+        words = _BOOL_WORD_RE.findall(last.lower())
+        lead = [w for w in words[:3] if w not in ("so", "thus", "therefore", "hence", "then", "overall", "in", "conclusion")]
+        if lead and lead[0] in ("yes", "no"):
+            return lead[0] == "yes", last
+        m = re.search(r"\b(?:statement|claim|assertion|it)\s+is\s+(not\s+)?(true|false|correct|incorrect)\b", last, re.I)
+        if m:
+            v = m.group(2).lower() in ("true", "correct")
+            return (not v if m.group(1) else v), last
+        return None
+    if kind == "label":
+        lab, _why, lab_alts = _label_from(last, labels or (), synonyms)
+        return (lab, last) if lab is not None and not lab_alts else None
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
 # entry point
 # --------------------------------------------------------------------------------------------------
 
@@ -856,7 +1186,7 @@ def extract_answer(
     synonyms: Mapping[str, Iterable[str]] | None = None,
     letters: str = "abcde",
 ) -> ExtractedAnswer:
-    """Extract the final answer of kind ``"number"``, ``"choice"`` or ``"label"`` from model text.
+    """Extract the final answer of kind ``"number"``, ``"choice"``, ``"label"`` or ``"boolean"`` from model text.
 
     Steps: :func:`strip_continuation`, then :func:`extract_final_answer_span`; when there is no cue
     and the remaining text is a single short line (at most 64 characters) it is taken as a bare
@@ -868,7 +1198,7 @@ def extract_answer(
         raise ValueError("kind='choice' needs choices")
     if kind == "label" and not labels:
         raise ValueError("kind='label' needs labels")
-    if kind not in ("number", "choice", "label"):
+    if kind not in ANSWER_KINDS:
         raise ValueError(f"unknown kind {kind!r}")
     if not text or not text.strip():
         return ExtractedAnswer(None, None, "empty text")
@@ -879,15 +1209,20 @@ def extract_answer(
         if bare and "\n" not in bare and len(bare) <= _BARE_MAX_CHARS:
             span, cue = _clean_span(bare), "bare"
         else:
-            return ExtractedAnswer(None, None, "no answer cue")
+            fb = _fallback(body, kind, choices, labels, synonyms, letters)
+            if fb is None:
+                return ExtractedAnswer(None, None, "no answer cue")
+            return ExtractedAnswer(fb[0], fb[1], None, "fallback")
     if not span:
         return ExtractedAnswer(None, span, "empty answer span", cue)
-    value: float | int | str | None
+    value: float | int | str | bool | None
     alts: tuple
     if kind == "number":
         value, reason, alts = _parse_number(span)
     elif kind == "choice":
         value, reason, alts = _choice_from(span, choices, letters)  # type: ignore[arg-type]
+    elif kind == "boolean":
+        value, reason, alts = _boolean_from(span)
     else:
         value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
     return ExtractedAnswer(value, span, reason, cue, alts)

@@ -130,7 +130,9 @@ def test_bare_answer_is_one_line_of_at_most_64_characters() -> None:
     assert len(line64) == 64
     ex = extract_answer(line64, "number")
     assert (ex.value, ex.cue) == (42.0, "bare")
-    assert extract_answer(line64 + "!", "number").reason == "no answer cue"  # 65 characters
+    # 65 characters: not a bare answer; the cue-less fallback reads the one number its sentence states
+    assert extract_answer(line64 + "!", "number") == ExtractedAnswer(42.0, line64 + "!", None, "fallback")
+    assert extract_answer(line64 + " or 43!", "number").reason == "no answer cue"  # a hedge: no fallback
     assert extract_answer("Let me think.\n42", "number") == ExtractedAnswer(None, None, "no answer cue")
 
 

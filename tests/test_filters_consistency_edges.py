@@ -446,3 +446,12 @@ def test_streaming_run_turns_field_problems_into_rejects_when_lenient():
         asyncio.run(go(True))
     assert ei.value.problems == [("in.jsonl: row id 'g': field 'gold': missing (needed by operator 'consistency'; "
                                   "use --lenient to reject such rows instead)")]
+
+
+@pytest.mark.parametrize("gold", ["yes", "Yes", "true", True])
+def test_boolean_kind_reads_yes_no_against_any_gold_spelling(gold) -> None:
+    # issue 14: a yes/no task (StrategyQA-style) parses "the answer is yes" / "True." alike
+    row = {"completion": "Birds can fly over rivers. So the answer is yes.", "gold": gold}
+    assert op(kind="boolean").check(row) is None
+    wrong = {"completion": "Birds cannot swim there. So the answer is False.", "gold": gold}
+    assert isinstance(op(kind="boolean").check(wrong), Reject)

@@ -178,3 +178,18 @@ def _fields(input_name):
     from synthkd.train.export import Fields
 
     return Fields(input=input_name)
+
+
+def test_boolean_kind_gold_and_student_answers_use_the_teacher_parser():
+    # issue 14 point 4: a student's yes/no answer is read by the same extract_answer as the teacher's
+    from synthkd.train.evaluate import KINDS, gold_value, predicted_value, same
+
+    assert "boolean" in KINDS
+    assert gold_value("Yes", "boolean") == (True, None) and gold_value(False, "boolean") == (False, None)
+    assert gold_value("maybe", "boolean")[0] is None
+    for text in ("So the answer is yes.", r"The answer is $\boxed{\text{yes}}$.", "**Final answer:** True"):
+        v, _ = predicted_value(text, "boolean")
+        assert same(v, True, "boolean"), text
+    # a student trained on JSON answers, scored on a plain-text teacher format and back, is read alike
+    assert predicted_value('{"reasoning": "3 + 4 = 7", "answer": "7"}', "number")[0] == 7.0
+    assert predicted_value("3 + 4 = 7. So Ana ends up with 7 apples.", "number")[0] == 7.0

@@ -30,12 +30,13 @@ from synthkd.filters.base import OpConfig, Reject, RowOperator
 from synthkd.filters.text import FieldProblem
 
 _NORM_RE = re.compile(r"[\W_]+")
+_BOOL_KEYS = {"true": "yes", "false": "no"}  # kind boolean reads both as one answer
 
 
 class ConsistencyConfig(OpConfig):
     op: str = "consistency"
     mode: Literal["gold", "majority"] = Field("gold", description="gold: answer must equal the gold label; majority: answer must be the samples' majority.")
-    kind: Literal["auto", "number", "choice", "label"] = Field("auto", description="How answers are parsed from completions and compared.")
+    kind: Literal["auto", "number", "choice", "label", "boolean"] = Field("auto", description="How answers are parsed from completions and compared (boolean: yes/no, true/false).")
     min_agreement: float | None = Field(None, ge=0, le=1, description="Minimum share of the k samples agreeing (with gold in gold mode, with the majority in majority mode; default 0.5 there).")
     answer_field: str = Field("answer", description="The row's answer (null = none could be read).")
     completion_field: str = Field("completion", description="Raw teacher text to parse when answer_field is absent.")
@@ -149,12 +150,15 @@ class Consistency(RowOperator):
         """A hashable comparison key (None: unreadable)."""
         if v is None:
             return None
+        if isinstance(v, bool) and not numeric:  # a boolean answer against a "yes"/"no"/"true" gold
+            return "yes" if v else "no"
         if numeric:
             x = self._numeric(v)
             return None if x is None else round(x, 6)
         if _is_num(v):
             return round(float(v), 6)
-        return _NORM_RE.sub(" ", str(v).casefold()).strip() or None
+        key = _NORM_RE.sub(" ", str(v).casefold()).strip() or None
+        return _BOOL_KEYS.get(key, key) if key else None
 
     def _same(self, a: Any, b: Any, numeric: bool) -> bool:
         from synthkd.answers import numbers_equal

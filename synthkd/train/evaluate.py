@@ -29,7 +29,7 @@ from synthkd.options import opt, register_feature
 from synthkd.train.common import InputField
 from synthkd.train.export import Fields, after_think, read_rows
 
-KINDS = ("number", "choice", "label")
+KINDS = ("number", "choice", "label", "boolean")
 LETTERS = "abcdefghij"
 
 
@@ -71,7 +71,7 @@ class EvalConfig(InputField):
                        stage=False)  # a stage may name an earlier train stage: declared in the stage
     input: Path = opt(help="Held-out rows jsonl: {id, input|question, gold, [teacher answer], [choices]}.",
                       flags=("-i",), stage=False)  # a stage's input is its ``input:``
-    kind: str = opt("number", help="number, choice or label.", flags=("-k",), choices=KINDS)
+    kind: str = opt("number", help="number, choice, label or boolean (yes/no, true/false).", flags=("-k",), choices=KINDS)
     labels: list[str] | None = opt(None, help="label kind: comma-separated label set, or 'nli'.",
                                    cli_type=Optional[str], cli_parse=_label_list)
     gold_field: str = opt("gold", help="Gold answer field.")
@@ -155,6 +155,15 @@ def gold_value(v: Any, kind: str, *, choices: Sequence[str] | None = None,
                 if c.strip().lower() == v.strip().lower():
                     return i, None
         return None, f"{v!r} is neither an option letter, an index nor one of the choices"
+    if kind == "boolean":
+        if isinstance(v, bool):
+            return v, None
+        key = str(v).strip().lower()
+        if key in ("yes", "true", "1"):
+            return True, None
+        if key in ("no", "false", "0"):
+            return False, None
+        return None, f"{v!r} is not yes/no or true/false"
     labs = list(labels or [])
     if isinstance(v, int) and not isinstance(v, bool):
         return (labs[v], None) if 0 <= v < len(labs) else (None, f"index {v} out of range for labels {labs}")
@@ -220,7 +229,7 @@ def score(golds: Sequence[Any], preds: Sequence[Any], kind: str, *, reasons: Seq
     }
     if reasons is not None:
         m["no_answer_reasons"] = dict(Counter(r for p, r in zip(preds, reasons) if p is None and r).most_common())
-    if kind in ("choice", "label"):
+    if kind in ("choice", "label", "boolean"):
         seen = {class_name(v, kind) for v in list(golds) + list(preds) if v is not None}
         if kind == "label" and labels:  # in the order the labels were given
             classes = [lab for lab in labels if lab in seen] + sorted(seen - set(labels))

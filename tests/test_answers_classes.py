@@ -1,0 +1,317 @@
+"""Answer extraction by phrasing class (issue 14): made-up examples of each class, and near-misses that
+must stay ``None`` with their reason.
+
+The classes were found on the published outputs of other teachers (see benchmarks/answer_extraction.py),
+but every string here is invented, so that the tests pin a class of phrasing, not one model's strings.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from synthkd.answers import ANSWER_KINDS, BOOLEAN_KIND, extract_answer, extract_boolean
+
+OPTS5 = ["ten apples", "twelve pears", "nine plums", "a basket", "nothing"]
+VERDICTS = ["A>B", "A=B", "B>A"]
+VERDICT_SYNONYMS = {"A>B": ["A>>B"], "B>A": ["B>>A"]}
+
+
+def _num(text: str):
+    return extract_answer(text, "number")
+
+
+# --------------------------------------------------------------------------------------------------
+# qualified and parenthetical cues
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("She pays 3 * 4 = 12 dollars. So the final answer (in dollars) is 12.", 12.0),
+        ("The answer, in centimetres, is 7.5.", 7.5),
+        ("Hence the answer to this question is 31.", 31.0),
+        ("Checking the sum once more, the correct answer would be 8.", 8.0),
+        ("Thus the answer is therefore 44 cookies.", 44.0),
+        ("**Final answer:** 42", 42.0),
+        ("**Final Answer**: $42$", 42.0),
+        ("### Final Answer\n\n42", 42.0),
+        ("Final answer (rounded): 0.25", 0.25),
+    ],
+)
+def test_qualified_cues_number(text: str, value: float) -> None:
+    a = _num(text)
+    assert a.value == value and a.cue in ("answer is", "answer:"), a
+
+
+@pytest.mark.parametrize(
+    "text, index",
+    [
+        ("Of the five options, the answer is B.", 1),
+        ("The correct option is (C) nine plums.", 2),
+        ("After checking each one, the best choice is D.", 3),
+        ("The most likely answer would be (A) ten apples.", 0),
+        ("The answer choice is (E).", 4),
+    ],
+)
+def test_qualified_cues_choice(text: str, index: int) -> None:
+    assert extract_answer(text, "choice", choices=OPTS5).value == index
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "The answer is not 12, since we counted twice.",  # negated
+        "We have to check whether the answer is that large.",  # "answer is that ..." is no answer
+        "We compare.\n\nOption (B) is wrong because pears are not apples.",  # named but not chosen, no cue
+    ],
+)
+def test_qualified_cue_near_misses_stay_unanswered(text: str) -> None:
+    assert extract_answer(text, "choice", choices=OPTS5).value is None
+
+
+# --------------------------------------------------------------------------------------------------
+# LaTeX and JSON
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        (r"So $x = \boxed{\frac{3}{4}}$.", 0.75),
+        (r"Thus the answer is \(\boxed{12}\).", 12.0),
+        ("Therefore:\n\\[\n\\boxed{1,250}\n\\]", 1250.0),
+        ('```json\n{"reasoning": "3 + 4 = 7", "answer": "7"}\n```', 7.0),
+        ('{"reasoning": "raw \\frac{1}{2} newline\n", "answer": 18}', 18.0),
+        ('{"reasoning": "...", "answer": "\\\\frac{1}{4}"}', 0.25),
+    ],
+)
+def test_latex_and_json_numbers(text: str, value: float) -> None:
+    assert _num(text).value == pytest.approx(value)
+
+
+def test_json_null_answer_is_an_empty_span() -> None:
+    a = _num('{"reasoning": "I could not solve it", "answer": null}')
+    assert a.value is None and a.reason == "empty answer span" and a.cue == "json"
+
+
+@pytest.mark.parametrize(
+    "text, index",
+    [
+        (r"The answer is \boxed{(C) \text{nine plums}}.", 2),
+        (r"\[\n\boxed{D}\n\]", 3),
+        (r"So the answer is $\text{(B)}$.", 1),
+    ],
+)
+def test_latex_choice(text: str, index: int) -> None:
+    assert extract_answer(text, "choice", choices=OPTS5).value == index
+
+
+# --------------------------------------------------------------------------------------------------
+# boolean kind
+# --------------------------------------------------------------------------------------------------
+
+
+def test_boolean_kind_is_listed() -> None:
+    assert BOOLEAN_KIND == "boolean" and BOOLEAN_KIND in ANSWER_KINDS
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Ana was born after 2001, so the answer is yes.", True),
+        ("So the answer is No.", False),
+        ("Therefore, the answer is True.", True),
+        ("Answer: false", False),
+        (r"The answer is $\boxed{\text{yes}}$.", True),
+        ("The answer is: the statement is not true.", False),
+        ("Yes", True),
+        ("Step 1: a bird can fly.\n\nYes, a sparrow could cross the river.", True),  # fallback: a yes/no reply
+        ("Checking each case again.\n\nTherefore, the statement is false.", False),  # fallback: "statement is"
+    ],
+)
+def test_boolean_answers(text: str, value: bool) -> None:
+    a = extract_answer(text, "boolean")
+    assert a.value is value, a
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("So the answer is yes or no, depending on the year.", "ambiguous"),
+        ("The answer is: the series converges.", "no yes/no matched"),  # a claim, not a yes/no: needs the question
+        ("We look at the series.\n\nTherefore, the series converges.", "no answer cue"),
+        ("Is the sparrow faster?\n\nMaybe it is.", "no answer cue"),
+    ],
+)
+def test_boolean_near_misses(text: str, reason: str) -> None:
+    a = extract_answer(text, "boolean")
+    assert a.value is None and a.reason == reason, a
+
+
+def test_extract_boolean_helper() -> None:
+    assert extract_boolean("not false") is True
+    assert extract_boolean("incorrect") is False
+    assert extract_boolean("perhaps") is None
+
+
+# --------------------------------------------------------------------------------------------------
+# labels with symbols and synonyms (judge verdicts)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, label",
+    [
+        ("Assistant B is much better.\n\nMy final verdict is: [[B>>A]]", "B>A"),
+        ("Both are equally good. My final verdict is tie: [[A=B]]", "A=B"),
+        ("Final verdict: [[A>B]]", "A>B"),
+    ],
+)
+def test_verdict_labels(text: str, label: str) -> None:
+    a = extract_answer(text, "label", labels=VERDICTS, synonyms=VERDICT_SYNONYMS)
+    assert a.value == label, a
+
+
+def test_symbol_labels_are_not_confused() -> None:
+    # "A>B" and "B>A" differ only in order: both must stay distinct labels
+    assert extract_answer("[[B>A]]", "label", labels=VERDICTS).value == "B>A"
+    assert extract_answer("[[A>B]]", "label", labels=VERDICTS).value == "A>B"
+
+
+# --------------------------------------------------------------------------------------------------
+# cue-less fallback: the final sentence or last equation
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("Ana has 12 marbles and gives 3 away.\n\nSo Ana ends up with 9 marbles.", 9.0),
+        ("Tom had 40 stamps.\nHe used 31.\n40 - 31 = 9 stamps left.", 9.0),
+        ("Calculation:\nTotal cost = 3 + 4 = $7", 7.0),
+        ("First we add.\n\nTherefore, the area of the 3-sided garden is 24.5 square metres.", 24.5),
+        ("Work:\n\nm + n = 25 + 169 = **194**", 194.0),
+        ("Work:\n\nTherefore, the value of $c_0$ is 0.", 0.0),  # a name with a digit is not a number
+        ("Work:\n\nTherefore, the acceleration of the cart is 49.3 m/s^2.", 49.3),  # a unit's power neither
+        ("We discount each payment.\n\nThe price of the 2-year bond is 98.5.", 98.5),
+    ],
+)
+def test_fallback_number(text: str, value: float) -> None:
+    a = _num(text)
+    assert a.value == value and a.cue == "fallback", a
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "We add them up.\n\nSo Ana has 9 or 10 marbles.",  # a hedge between two answers
+        "We add them up.\n\nSo Ana has 5 red and 4 blue marbles.",  # two answers
+        "We add them up.\n\nHow many marbles does Ana have now?",  # a question
+        "We add them up.\n\nThe stress is 18 MPa, the strain is 9 and the elongation is 0.2 mm.",  # several results
+        "We add them up.\n\nLet me know if you want me to finish the 3 remaining steps.",  # a request / offer
+        "We add them up.\n\nThe series converges at x = 5.",  # a condition, not a result
+        "We add them up.\n\nThe total is 12 +",  # cut off
+        "We add them up.\n\nThen n1 =",  # cut off after "="
+        "We integrate.\n\n$-2 \\int_0^1 (1 - u)^3 \\, du = -2 \\left[ \\frac{1",  # cut off inside LaTeX
+        "<think>\nLet me count. So far 7 apples.",  # a reasoning trace cut off before its end
+        "We add them up.\n\nWe cannot tell without the value of C_2.",  # a name with a digit
+        "We add them up.\n\nWait, no, n < 3.",  # second thoughts and an inequality
+        "We add them up.\n\nSo Ed lost more than 19 marbles.",  # a bound, not a value
+        "We add them up.\n" + "So Ana has 9 marbles. " * 5,  # the last sentence said over and over: degenerate
+        "Q: Ana has 12 marbles.\nA: Ana has 12 marbles and gives some of them away to her two friends",  # echo
+    ],
+)
+def test_fallback_near_misses_stay_unanswered(text: str) -> None:
+    a = _num(text)
+    assert a.value is None, a
+
+
+@pytest.mark.parametrize(
+    "text, index",
+    [
+        ("Pears are not apples.\n\nThe closest option to our count is (C) nine plums.", 2),
+        ("Counting again gives 12.\n\nThe false statement is (B).", 1),
+        ("Let me go through them.\n\nThe best description is:\nD. a basket\n\nIt fits all the clues.", 3),
+    ],
+)
+def test_fallback_choice(text: str, index: int) -> None:
+    a = extract_answer(text, "choice", choices=OPTS5)
+    assert a.value == index and a.cue == "fallback", a
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Looking at them.\n\n(A) is incorrect and (B) is not right either.",  # negations
+        "Looking at them.\n\nIt is either (A) or (C).",  # a hedge
+        "Looking at them.\n\nA. ten apples\nB. twelve pears\nC. nine plums",  # a list of options, no choice
+        "Looking at them.\n\nNone of the options (A)-(E) matches our count of 11.",
+        "The closest is:\nD. a basket\n\nSince none of the options fit exactly, we cannot choose one.",  # taken back
+    ],
+)
+def test_fallback_choice_near_misses(text: str) -> None:
+    assert extract_answer(text, "choice", choices=OPTS5).value is None
+
+
+def test_fallback_label_needs_one_label() -> None:
+    labels = ["heads up", "tails up"]
+    a = extract_answer("Jo flips it.\n\nTherefore, the coin is tails up.", "label", labels=labels)
+    assert (a.value, a.cue) == ("tails up", "fallback")
+    assert extract_answer("Jo flips it.\n\nIt was heads up, now tails up.", "label", labels=labels).value is None
+
+
+def test_cue_beats_fallback() -> None:
+    a = _num("The answer is 7.\n\nSo Ana ends up with 9 marbles.")
+    assert (a.value, a.cue) == (7.0, "answer is")
+
+
+# --------------------------------------------------------------------------------------------------
+# speed: new cues and the fallback stay linear
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "unit",
+    ["the answer (", '"answer": "', "[[", "### Final Answer\n", "So Ana has 9 marbles. ", "(A) ", "= 1 = "],
+)
+def test_degenerate_inputs_are_fast(unit: str) -> None:
+    text = unit * (1_000_000 // len(unit))
+    t0 = time.perf_counter()
+    for kind, kw in (("number", {}), ("choice", {"choices": OPTS5}), ("boolean", {})):
+        extract_answer(text, kind, **kw)  # type: ignore[arg-type]
+    assert time.perf_counter() - t0 < 3.0
+
+
+# --------------------------------------------------------------------------------------------------
+# a free-form answer sentence: the number of its main clause
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "span, value",
+    [
+        ("Answer:\nKelly needs to buy 118 games so that she will have 140 games left.", 118.0),
+        ("Answer:\nIt will cost 2673 dollars to buy 33 packs.", 2673.0),
+        ("Answer:\nMelissa scored 1492 points in 79 games.", 1492.0),
+        ("Answer:\nThe present value of the 3 payments at a 7% rate is $2101.66.", 2101.66),
+    ],
+)
+def test_main_clause_number(span: str, value: float) -> None:
+    assert _num(span).value == value
+
+
+@pytest.mark.parametrize(
+    "span",
+    [
+        "Answer:\nEach of the 10 guests had 18 cookies.",  # a number in the subject
+        "Answer:\nThere are 5 birds and 4 storks on the fence.",  # two results
+        "Answer:\nBaker made 255 cakes, which is 184 more than those he sold.",  # two results
+        "Answer:\nRyan spends 4 hours on English and 6 hours on Chinese.",
+    ],
+)
+def test_main_clause_near_misses(span: str) -> None:
+    a = _num(span)
+    assert a.value is None and a.reason == "ambiguous", a
