@@ -98,3 +98,157 @@ def test_anthropic_flavor_answers_a_forced_tool_call_with_a_tool_use_block():
     assert block["type"] == "tool_use" and block["name"] == "items_list"
     assert block["input"] == {"items": ["first item here", "second item here"]}
     assert thinking.status_code == 400 and "tool" in thinking.json()["error"]["message"]
+
+
+# --------------------------------------------------------------------------- the engine
+
+import asyncio  # noqa: E402
+import logging  # noqa: E402
+
+from pydantic import BaseModel  # noqa: E402
+
+from synthkd.teachers.anthropic import AnthropicTeacher  # noqa: E402
+from synthkd.teachers.base import TeacherRequest  # noqa: E402
+from synthkd.teachers.jobs import Job, MethodStats, stream_jobs  # noqa: E402
+from synthkd.teachers.openai_compat import OpenAICompatibleTeacher  # noqa: E402
+from synthkd.teachers.structured import json_schema_format, validate  # noqa: E402
+
+
+class Items(BaseModel):
+    items: list[str]
+
+
+class Scored(BaseModel):
+    score: int
+    reason: str
+
+
+def test_json_schema_format_is_strict():
+    class Outer(BaseModel):
+        inner: Scored
+        tags: list[str] = []
+
+    fmt = json_schema_format(Outer)
+    js = fmt["json_schema"]
+    assert fmt["type"] == "json_schema" and js["strict"] is True and js["name"] == "Outer"
+    schema = js["schema"]
+    assert schema["additionalProperties"] is False and schema["required"] == ["inner", "tags"]
+    assert schema["$defs"]["Scored"]["additionalProperties"] is False
+    assert "default" not in schema["properties"]["tags"]
+    assert validate(Items, '{"items": ["a"]}')[0] == Items(items=["a"])
+    assert validate(Items, '{"items": ["a"')[1].startswith("invalid JSON")
+    assert validate(Items, '{"things": []}')[1].startswith("schema mismatch: items")
+
+
+def _recording(answer):
+    seen: list[dict] = []
+
+    def responder(endpoint, body):
+        seen.append(body)
+        return answer(body) if callable(answer) else answer
+    return responder, seen
+
+
+async def _run(teacher, reqs):
+    out = []
+    try:
+        async for job in stream_jobs(teacher, [Job(i, [r]) for i, r in enumerate(reqs)]):
+            out.append(job.results[0])
+    finally:
+        await teacher.aclose()
+    return out
+
+
+def _req(i: int, schema=Items) -> TeacherRequest:
+    return TeacherRequest.user(f"r{i}", f"list things {i}", schema=schema)
+
+
+def test_engine_sends_the_strict_schema_and_marks_the_result_structured():
+    responder, seen = _recording("1. alpha one\n2. beta two")
+    with TestServer(responder=responder) as srv:
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k")
+        results = asyncio.run(_run(t, [_req(0)]))
+    assert seen[0]["response_format"] == json_schema_format(Items)
+    r = results[0]
+    assert r.structured and r.parsed == Items(items=["alpha one", "beta two"]) and r.structured_error is None
+    assert t.stats.structured == 1 and t.stats.reasks == 0
+
+
+def test_auto_asks_unknown_servers_in_text_and_on_asks_them_as_json():
+    responder, seen = _recording("1. alpha one")
+    with TestServer(responder=responder, flavor="vllm") as srv:
+        auto = asyncio.run(_run(OpenAICompatibleTeacher("served-model", base_url=srv.base_url, api_key="k"),
+                                [_req(0)]))
+        on = asyncio.run(_run(OpenAICompatibleTeacher("served-model", base_url=srv.base_url, api_key="k",
+                                                      structured="on"), [_req(1)]))
+        off = asyncio.run(_run(OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k",
+                                                       structured="off"), [_req(2)]))
+    assert "response_format" not in seen[0] and not auto[0].structured and auto[0].parsed is None
+    assert "response_format" in seen[1] and on[0].parsed == Items(items=["alpha one"])
+    assert "response_format" not in seen[2] and not off[0].structured
+
+
+def test_a_400_for_response_format_falls_back_to_text_once_per_model(caplog):
+    responder, seen = _recording("1. alpha one")
+    with TestServer(FaultConfig(json_schema_supported=False), responder=responder) as srv:
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", concurrency=1)
+        with caplog.at_level(logging.WARNING, logger="synthkd.teacher"):
+            results = asyncio.run(_run(t, [_req(i) for i in range(5)]))
+        assert srv.stats()["by_outcome"]["bad_request"] == 1
+    assert all(r.ok and not r.structured and r.parsed is None for r in results)
+    assert [r.text for r in results] == ["1. alpha one"] * 5
+    warnings = [m for m in caplog.messages if "response_format" in m]
+    assert len(warnings) == 1 and "text" in warnings[0]
+    assert t.stats.reshaped == 1
+
+
+def test_on_does_not_fall_back():
+    with TestServer(FaultConfig(json_schema_supported=False), responder=list_responder) as srv:
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", structured="on")
+        results = asyncio.run(_run(t, [_req(0)]))
+    assert not results[0].ok and "response_format" in results[0].error
+
+
+def test_anthropic_teacher_asks_with_a_forced_tool_and_reads_tool_use():
+    responder, seen = _recording("1. alpha one\n2. beta two")
+    with TestServer(responder=responder, flavor="anthropic") as srv:
+        t = AnthropicTeacher("claude-x", base_url=srv.base_url, api_key="k")
+        results = asyncio.run(_run(t, [_req(0)]))
+        thinking = AnthropicTeacher("claude-x", base_url=srv.base_url, api_key="k", thinking_budget=1024)
+        text_results = asyncio.run(_run(thinking, [_req(1)]))
+    assert seen[0]["response_format"]["json_schema"]["name"] == "Items"  # the server's view of the tool
+    assert results[0].structured and results[0].parsed == Items(items=["alpha one", "beta two"])
+    assert json.loads(results[0].text) == {"items": ["alpha one", "beta two"]}
+    assert "response_format" not in seen[1] and not text_results[0].structured  # thinking: text
+
+
+def test_invalid_replies_are_reasked_and_counted(tmp_path):
+    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=1), responder=list_responder,
+                    prices={"gpt-4o": {"input": 1.0, "output": 2.0}}) as srv:
+        from synthkd.teachers.pricing import PriceTable
+
+        prices = PriceTable.default()
+        prices.set("gpt-4o", 1.0, 2.0)
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", prices=prices)
+        results = asyncio.run(_run(t, [_req(i) for i in range(200)]))
+        invalid = srv.stats()["by_outcome"]["invalid_json"]
+    st = MethodStats()
+    for r in results:
+        st.record(r)
+    assert len(results) == 200 and invalid > 5
+    assert sum(r.parsed is not None for r in results) >= 198
+    assert st.reasks == t.stats.reasks == invalid
+    assert st.requests == 200 + invalid and st.reask_cost_usd > 0
+    assert abs(t.stats.reask_cost_usd - st.reask_cost_usd) < 1e-9
+    assert "re-asked" in t.stats.summary()
+    d = st.as_dict()
+    assert d["reasks"] == invalid and d["structured_answers"] == 200 + invalid
+
+
+def test_final_failure_keeps_the_raw_text_and_the_error():
+    with TestServer(FaultConfig(invalid_json_rate=1.0), responder=list_responder) as srv:
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", reask=1)
+        results = asyncio.run(_run(t, [_req(0)]))
+    r = results[0]
+    assert r.parsed is None and r.structured_error and r.text is not None and len(r.reasks) == 1
+    assert t.stats.structured_invalid == 1
