@@ -252,3 +252,96 @@ def test_final_failure_keeps_the_raw_text_and_the_error():
     r = results[0]
     assert r.parsed is None and r.structured_error and r.text is not None and len(r.reasks) == 1
     assert t.stats.structured_invalid == 1
+
+
+# --------------------------------------------------------------------------- the methods
+
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+FIX = Path(__file__).resolve().parent / "fixtures"
+sys.path.insert(0, str(FIX / "tasks"))
+
+PARSE_REJECTS = ("unparseable_response", "invalid_structured_response", "unparseable", "no_score", "unmapped")
+
+
+def _parse_rejects(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if any(str(r.get("reject_reason", "")).startswith(p) for p in PARSE_REJECTS)]
+
+
+def _teacher(srv: TestServer, model: str = "gpt-4o", **kw) -> OpenAICompatibleTeacher:
+    from synthkd.teachers.pricing import PriceTable
+
+    prices = PriceTable.default()
+    prices.set(model, 1.0, 2.0)
+    return OpenAICompatibleTeacher(model, base_url=srv.base_url, api_key="k", prices=prices, concurrency=8, **kw)
+
+
+def _tasks_rows(srv: TestServer, model: str = "gpt-4o", **kw) -> tuple[list[dict], MethodStats, OpenAICompatibleTeacher]:
+    from synthkd.methods.label_tasks import LabelTaskConfig, generate_label_examples, load_task_spec, plan_label_tasks
+
+    config = LabelTaskConfig(per_label=20, batch_size=10)
+    t = _teacher(srv, model, **kw)
+
+    async def go():
+        st = MethodStats()
+        try:
+            plan = plan_label_tasks(load_task_spec(FIX / "tasks" / "banking77_spec.yaml"), config)
+            return [r async for r in generate_label_examples(t, plan, stats=st)], st
+        finally:
+            await t.aclose()
+
+    rows, st = asyncio.run(go())
+    return rows, st, t
+
+
+def test_tasks_structured_zero_parse_rejects_and_reasks_recover():
+    from tasks_responders import BankingResponder, load_banking
+
+    with TestServer(responder=BankingResponder(load_banking())) as srv:
+        rows, st, t = _tasks_rows(srv)
+        assert srv.stats()["by_outcome"]["bad_request"] == 0
+    assert st.structured == st.requests > 0 and not _parse_rejects(rows) and st.kept == 5 * 20
+    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=2), responder=BankingResponder(load_banking())) as srv:
+        rows, st, t = _tasks_rows(srv)
+        invalid = srv.stats()["by_outcome"]["invalid_json"]
+    asked = st.requests - st.reasks  # the rows' requests (each re-ask is another paid request)
+    assert invalid > 0 and st.reasks == invalid and st.reask_cost_usd > 0
+    assert (asked - st.structured_invalid) / asked >= 0.99
+    assert len(_parse_rejects(rows)) == st.structured_invalid
+
+
+def test_tasks_fall_back_to_text_with_one_message(caplog):
+    from tasks_responders import BankingResponder, load_banking
+
+    with TestServer(FaultConfig(json_schema_supported=False), responder=BankingResponder(load_banking())) as srv:
+        with caplog.at_level(logging.WARNING, logger="synthkd.teacher"):
+            rows, st, t = _tasks_rows(srv)
+        # one 400 teaches it; requests already in flight then (concurrency 8) are re-sent in text too
+        assert 1 <= srv.stats()["by_outcome"]["bad_request"] <= 8
+    assert st.structured == 0 and st.kept == 5 * 20 and st.failed == 0
+    assert len([m for m in caplog.messages if "response_format" in m]) == 1
+
+
+def test_tasks_final_failure_rejects_with_raw_text_and_error():
+    from tasks_responders import BankingResponder, load_banking
+
+    from synthkd.methods.label_tasks import LabelTaskConfig, generate_label_examples, load_task_spec, plan_label_tasks
+
+    with TestServer(FaultConfig(invalid_json_rate=1.0), responder=BankingResponder(load_banking())) as srv:
+        t = _teacher(srv, reask=1)
+
+        async def go():
+            st = MethodStats()
+            plan = plan_label_tasks(load_task_spec(FIX / "tasks" / "banking77_spec.yaml"),
+                                    LabelTaskConfig(per_label=2, batch_size=10, labels=["age_limit"],
+                                                    max_requests_per_label=1))
+            try:
+                return [r async for r in generate_label_examples(t, plan, stats=st)], st
+            finally:
+                await t.aclose()
+
+        rows, st = asyncio.run(go())
+    bad = _parse_rejects(rows)
+    assert len(bad) == 1 and bad[0]["reject_reason"].startswith("invalid_structured_response: ")
+    assert bad[0]["completion"] and st.structured_invalid == 1 and st.reasks == 1

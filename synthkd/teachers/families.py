@@ -187,7 +187,9 @@ class RequestShaper:
             del self.renames["max_tokens"]  # an older server that knows only max_tokens
             log.warning("%s: the server does not know max_completion_tokens: max_tokens sent instead", model)
             return True
-        if param == "response_format" and param not in self.protected and param not in self.drops:
+        if param == "response_format" and param not in self.protected:
+            if param in self.drops:  # sent before another request's 400 taught it: re-sent without, silently
+                return True
             self.drops.add(param)
             log.warning("%s: the server does not take response_format json_schema: structured outputs are off for "
                         "this model from now on (answers are parsed as text)", model)

@@ -24,12 +24,12 @@ import copy
 import functools
 import json
 import re
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
 __all__ = ["STRUCTURED_MODES", "json_schema_format", "strict_schema", "schema_name", "validate", "reask_request",
-           "REASK_PROMPT"]
+           "REASK_PROMPT", "answer_of", "ItemList"]
 
 STRUCTURED_MODES = ("auto", "on", "off")
 _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
@@ -37,6 +37,13 @@ _NAME_OK = re.compile(r"[^a-zA-Z0-9_-]")
 #: the follow-up message of a re-ask (the model sees its invalid reply and what was wrong with it)
 REASK_PROMPT = ("Your reply could not be used: {error}\n"
                 "Answer again with only a JSON object that matches the requested schema.")
+
+
+class ItemList(BaseModel):
+    """A list of new texts (task examples, Self-Instruct instructions, PromptMix items...)."""
+
+    schema_name: ClassVar[str] = "items"
+    items: list[str]
 
 
 def schema_name(model: type[BaseModel]) -> str:
@@ -108,3 +115,15 @@ def reask_request(req: Any, raw: str | None, error: str, attempt: int) -> Any:
     messages = [*req.messages, {"role": "assistant", "content": raw or ""},
                 {"role": "user", "content": REASK_PROMPT.format(error=error)}]
     return dataclasses.replace(req, messages=messages, meta={**req.meta, "reask": attempt})
+
+
+def answer_of(res: Any, from_parsed: Any, from_text: Any) -> tuple[Any, str | None]:
+    """A method's answer from one result, however it was asked: ``(from_parsed(res.parsed), None)`` for a
+    valid structured answer, ``(None, "invalid_structured_response: WHY")`` for one still invalid after
+    the re-asks (the reject reason; ``res.text`` is the raw reply), ``(from_text(res.text), None)`` for
+    an answer asked in text (no JSON-schema support, ``--structured off``, or the 400 fallback)."""
+    if res.structured:
+        if res.parsed is not None:
+            return from_parsed(res.parsed), None
+        return None, f"invalid_structured_response: {res.structured_error or 'no valid answer'}"
+    return from_text(res.text), None
