@@ -223,26 +223,27 @@ def test_anthropic_teacher_asks_with_a_forced_tool_and_reads_tool_use():
 
 
 def test_invalid_replies_are_reasked_and_counted(tmp_path):
-    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=1), responder=list_responder,
-                    prices={"gpt-4o": {"input": 1.0, "output": 2.0}}) as srv:
+    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=1), responder=list_responder) as srv:
         from synthkd.teachers.pricing import PriceTable
 
         prices = PriceTable.default()
         prices.set("gpt-4o", 1.0, 2.0)
-        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", prices=prices)
+        # one at a time: the seeded draws corrupt the same replies on every run
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="k", prices=prices, concurrency=1)
         results = asyncio.run(_run(t, [_req(i) for i in range(200)]))
         invalid = srv.stats()["by_outcome"]["invalid_json"]
     st = MethodStats()
     for r in results:
         st.record(r)
     assert len(results) == 200 and invalid > 5
-    assert sum(r.parsed is not None for r in results) >= 198
-    assert st.reasks == t.stats.reasks == invalid
-    assert st.requests == 200 + invalid and st.reask_cost_usd > 0
+    lost = sum(r.parsed is None for r in results)
+    assert lost <= 2 and lost == st.structured_invalid == t.stats.structured_invalid
+    assert st.reasks == t.stats.reasks == invalid - lost  # every invalid reply re-asked but the last of a lost row
+    assert st.requests == 200 + st.reasks and st.reask_cost_usd > 0
     assert abs(t.stats.reask_cost_usd - st.reask_cost_usd) < 1e-9
     assert "re-asked" in t.stats.summary()
     d = st.as_dict()
-    assert d["reasks"] == invalid and d["structured_answers"] == 200 + invalid
+    assert d["reasks"] == st.reasks and d["structured_answers"] == 200 + st.reasks
 
 
 def test_final_failure_keeps_the_raw_text_and_the_error():
@@ -274,7 +275,11 @@ def _teacher(srv: TestServer, model: str = "gpt-4o", **kw) -> OpenAICompatibleTe
 
     prices = PriceTable.default()
     prices.set(model, 1.0, 2.0)
-    return OpenAICompatibleTeacher(model, base_url=srv.base_url, api_key="k", prices=prices, concurrency=8, **kw)
+    kw.setdefault("concurrency", CONCURRENCY)
+    return OpenAICompatibleTeacher(model, base_url=srv.base_url, api_key="k", prices=prices, **kw)
+
+
+CONCURRENCY = 8
 
 
 def _tasks_rows(srv: TestServer, model: str = "gpt-4o", **kw) -> tuple[list[dict], MethodStats, OpenAICompatibleTeacher]:
@@ -303,10 +308,10 @@ def test_tasks_structured_zero_parse_rejects_and_reasks_recover():
         assert srv.stats()["by_outcome"]["bad_request"] == 0
     assert st.structured == st.requests > 0 and not _parse_rejects(rows) and st.kept == 5 * 20
     with TestServer(FaultConfig(invalid_json_rate=0.1, seed=2), responder=BankingResponder(load_banking())) as srv:
-        rows, st, t = _tasks_rows(srv)
+        rows, st, t = _tasks_rows(srv, concurrency=1)  # the seeded draws hit the same replies on every run
         invalid = srv.stats()["by_outcome"]["invalid_json"]
     asked = st.requests - st.reasks  # the rows' requests (each re-ask is another paid request)
-    assert invalid > 0 and st.reasks == invalid and st.reask_cost_usd > 0
+    assert invalid > 0 and st.reasks + st.structured_invalid == invalid and st.reask_cost_usd > 0
     assert (asked - st.structured_invalid) / asked >= 0.99
     assert len(_parse_rejects(rows)) == st.structured_invalid
 
@@ -345,3 +350,219 @@ def test_tasks_final_failure_rejects_with_raw_text_and_error():
     bad = _parse_rejects(rows)
     assert len(bad) == 1 and bad[0]["reject_reason"].startswith("invalid_structured_response: ")
     assert bad[0]["completion"] and st.structured_invalid == 1 and st.reasks == 1
+
+
+# --------------------------------------------------------------------------- every method, one harness
+#
+# A JSON-schema teacher: the methods' scripted text responders, answering a structured request the way a
+# provider with structured outputs does (JSON for the schema; the content read from the scripted text).
+
+from synthkd.methods.self_instruct import _yes_no, parse_instances  # noqa: E402
+from synthkd.methods.similar_exercises import parse_exercises  # noqa: E402
+from synthkd.scores import parse_score  # noqa: E402
+from synthkd.teacher_lists import parse_list_items  # noqa: E402
+
+
+def _as_json(name: str, text: str, schema: dict) -> dict:
+    from synthkd.labels import map_answer
+
+    if name == "items":
+        return {"items": parse_list_items(text)}
+    if name == "judge_score":
+        return {"reason": text, "score": int(parse_score(text)[0] or 1)}
+    if name == "label":
+        enum = schema["properties"]["label"]["enum"]
+        return {"label": map_answer(text, enum, enum)[0] or enum[0]}
+    if name == "exercises":
+        return {"exercises": [{"question": e["question"], "answer": e["answer_text"] or ""}
+                              for e in parse_exercises(text)]}
+    if name == "instances":
+        pairs = parse_instances(text, "class label" in text.lower())
+        return {"instances": [{"input": i, "output": o} for i, o in pairs]}
+    if name == "is_classification":
+        return {"is_classification": bool(_yes_no(text))}
+    raise AssertionError(name)
+
+
+def json_teacher(responder):
+    """``responder`` as a teacher with structured outputs."""
+    def answer(endpoint, body):
+        text = responder(endpoint, body)
+        js = (body.get("response_format") or {}).get("json_schema")
+        return {"json": _as_json(js["name"], text, js["schema"])} if js else text
+    return answer
+
+
+def _clean_op(tmp_path, rows, ops, srv, model, teachers):
+    from synthkd.filters.chain import CleanPaths, clean_file
+    from synthkd.filters.op_config import parse_ops
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    paths = CleanPaths(tmp_path / "out.jsonl", tmp_path / "rej.jsonl", tmp_path / "f.json", tmp_path / "f.md")
+
+    def factory():
+        teachers.append(_teacher(srv, model))
+        return teachers[-1]
+    asyncio.run(clean_file(inp, parse_ops(ops), paths, progress=False, teacher_factory=factory))
+    from conftest import read_jsonl
+
+    return read_jsonl(paths.output) + read_jsonl(paths.rejects)
+
+
+def run_tasks(srv, model, tmp_path):
+    rows, st, t = _tasks_rows(srv, model)
+    return rows, [t]
+
+
+def run_self_instruct(srv, model, tmp_path):
+    from synthkd.methods.self_instruct import (
+        SelfInstructConfig,
+        generate_self_instruct,
+        load_seed_tasks,
+        plan_self_instruct,
+    )
+
+    t = _teacher(srv, model)
+
+    async def go():
+        plan = plan_self_instruct(load_seed_tasks(FIX / "tasks" / "seed_tasks.jsonl"),
+                                  SelfInstructConfig(num_instructions=20, requests_per_round=3))
+        try:
+            return [r async for r in generate_self_instruct(t, plan, stats=MethodStats())]
+        finally:
+            await t.aclose()
+    return asyncio.run(go()), [t]
+
+
+def run_promptmix(srv, model, tmp_path):
+    from synthkd.labels import LabelSpace
+    from synthkd.methods.promptmix import PromptMixConfig, promptmix
+
+    t = _teacher(srv, model)
+    space = LabelSpace.from_file(FIX / "promptmix" / "banking77_8.yaml")
+    cfg = PromptMixConfig(per_class=8, examples_per_call=4, group_size=4, relabel_candidates=3)
+
+    async def go():
+        try:
+            return [r async for r in promptmix(space, t, cfg)]
+        finally:
+            await t.aclose()
+    return asyncio.run(go()), [t]
+
+
+def run_similar(srv, model, tmp_path):
+    from collections import Counter
+
+    from synthkd.methods.similar_exercises import generate_exercises, similar_request
+    from synthkd.templates import load_template
+
+    t = _teacher(srv, model)
+    tpl = load_template("tailored/similar")
+    reqs = [(f"m{i}", similar_request(f"m{i}", {"question": f"What is {i} plus {i}?", "answer": str(2 * i),
+                                                "student_rationale": "I think it is 3."}, 1, tpl, 3, params={}))
+            for i in range(60)]
+
+    async def go():
+        try:
+            return await generate_exercises(reqs, t, 1, 3, {}, Counter())
+        finally:
+            await t.aclose()
+    return asyncio.run(go()), [t]
+
+
+def run_judge(srv, model, tmp_path):
+    from test_filters_teacher import judge_rows
+
+    rows = [r for r in judge_rows() if r["completion"] != "TBD"]  # a score for every row exists
+    teachers: list = []
+    return _clean_op(tmp_path, rows, [{"op": "judge", "threshold": 6}], srv, model, teachers), teachers
+
+
+def run_relabel(srv, model, tmp_path):
+    from conftest import read_jsonl
+    from test_filters_teacher import teacher_label
+
+    rows = [r for r in read_jsonl(FIX / "filters" / "banking77_5_test40.jsonl") if teacher_label(r["text"])]
+    teachers: list = []
+    space = str(FIX / "filters" / "banking77_5_space.yaml")
+    return _clean_op(tmp_path, rows, [{"op": "relabel", "label_space": space, "policy": "overwrite"}], srv, model,
+                     teachers), teachers
+
+
+def _responders():
+    sys.path.insert(0, str(FIX / "promptmix"))
+    from scripted_teacher import from_pool_file
+    from tasks_responders import BankingResponder, SelfInstructResponder, load_banking, load_user_oriented
+
+    from test_filters_teacher import judge_responder, relabel_responder
+
+    def similar_responder(endpoint, body):
+        n = int(re.search(r"What is (\d+) plus", body["messages"][0]["content"]).group(1))
+        return "\n".join(f"Exercise {k}: What is {n} plus {n + k} apples?\nAnswer: {2 * n + k}" for k in (1, 2, 3))
+
+    pm = FIX / "promptmix"
+    return {
+        "tasks": (run_tasks, lambda: BankingResponder(load_banking())),
+        "self_instruct": (run_self_instruct, lambda: SelfInstructResponder(load_user_oriented())),
+        "promptmix": (run_promptmix, lambda: from_pool_file(pm / "banking77_8_pool.jsonl", [pm / "banking77_8_test.jsonl"])),
+        "similar_exercises": (run_similar, lambda: similar_responder),
+        "judge": (run_judge, lambda: judge_responder),
+        "relabel": (run_relabel, lambda: relabel_responder),
+    }
+
+
+import re  # noqa: E402
+
+#: what each method calls a row it could not read from the teacher's answer
+METHOD_PARSE_REJECTS = ("unparseable_response", "invalid_structured_response", "no_instances", "no exercise",
+                        "unparsed score", "teacher label unmapped", "relabel failed")
+
+
+def parse_rejects(rows: list[dict]) -> list[dict]:
+    return [r for r in rows if any(str(r.get("reject_reason", "")).startswith(p) for p in METHOD_PARSE_REJECTS)
+            or str(r.get("relabel_reason") or "").startswith(("unmappable", "invalid_structured"))]
+
+
+METHODS = ["tasks", "self_instruct", "promptmix", "similar_exercises", "judge", "relabel"]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_has_zero_parse_rejects_against_a_json_schema_teacher(method, tmp_path):
+    run, responder = _responders()[method]
+    with TestServer(responder=json_teacher(responder())) as srv:
+        rows, teachers = run(srv, "gpt-4o", tmp_path)
+        assert srv.stats()["by_outcome"]["bad_request"] == 0
+    st = teachers[0].stats
+    assert rows and st.structured > 0 and st.reasks == 0
+    assert not parse_rejects(rows), parse_rejects(rows)[:3]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_recovers_99_percent_of_invalid_json_by_reasking(method, tmp_path, monkeypatch):
+    # one request at a time, so the seeded draw corrupts the same replies on every run (with 2 re-asks a
+    # row is lost only when 3 answers in a row are invalid: 0.1% of rows at a 10% rate)
+    monkeypatch.setattr(sys.modules[__name__], "CONCURRENCY", 1)
+    run, responder = _responders()[method]
+    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=7), responder=json_teacher(responder())) as srv:
+        rows, teachers = run(srv, "gpt-4o", tmp_path)
+        invalid = srv.stats()["by_outcome"]["invalid_json"]
+    st = teachers[0].stats
+    first_asks = st.structured - st.reasks
+    assert invalid > 0 and st.reasks + st.structured_invalid == invalid and st.reask_cost_usd > 0
+    assert (first_asks - st.structured_invalid) / first_asks >= 0.99
+    assert len(parse_rejects(rows)) <= st.structured_invalid
+    assert "re-asked" in st.summary()
+    print(f"\n{method}: rows {len(rows)}, structured answers {first_asks}, invalid replies {invalid}, "
+          f"re-asks {st.reasks} (${st.reask_cost_usd:.6f} of ${st.cost_usd:.6f}), still invalid "
+          f"{st.structured_invalid}, parse rejects {len(parse_rejects(rows))}")
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_falls_back_to_text_once(method, tmp_path, caplog):
+    run, responder = _responders()[method]
+    with TestServer(FaultConfig(json_schema_supported=False), responder=json_teacher(responder())) as srv:
+        with caplog.at_level(logging.WARNING, logger="synthkd.teacher"):
+            rows, teachers = run(srv, "gpt-4o", tmp_path)
+    assert rows and teachers[0].stats.structured == 0
+    assert len([m for m in caplog.messages if "response_format" in m]) == 1

@@ -55,6 +55,8 @@ def schema_name(model: type[BaseModel]) -> str:
 def _strictify(node: Any) -> Any:
     if isinstance(node, dict):
         node = {k: _strictify(v) for k, v in node.items() if k not in ("title", "default")}
+        if "const" in node:  # a one-value Literal: an enum of one, which every provider takes
+            node["enum"] = [node.pop("const")]
         if node.get("type") == "object" or "properties" in node:
             props = node.get("properties") or {}
             node["properties"] = props
