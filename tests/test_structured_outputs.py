@@ -566,3 +566,48 @@ def test_every_method_falls_back_to_text_once(method, tmp_path, caplog):
             rows, teachers = run(srv, "gpt-4o", tmp_path)
     assert rows and teachers[0].stats.structured == 0
     assert len([m for m in caplog.messages if "response_format" in m]) == 1
+
+
+# --------------------------------------------------------------------------- rationales --answer-format json
+
+
+def _rationale_rows(srv, answer_format: str, **kw):
+    from synthkd.methods.rationales import plan_rationales
+
+    rows = [{"id": f"q{i}", "question": f"What is {i} plus {i}?", "answer": 2 * i} for i in range(1, 21)]
+    plan = plan_rationales(rows, kind="math", n_demos=0, answer_format=answer_format)
+    t = _teacher(srv, **kw)
+
+    async def go():
+        try:
+            return [r async for r in plan.run(t)]
+        finally:
+            await t.aclose()
+    return asyncio.run(go()), t
+
+
+def rationale_responder(endpoint, body):
+    n = int(re.search(r"What is (\d+) plus", body["messages"][0]["content"]).group(1))
+    steps = f"We add {n} and {n}, which gives {2 * n}."
+    if body.get("response_format"):
+        return {"json": {"reasoning": steps, "answer": str(2 * n)}}
+    return f"{steps} So the answer is {2 * n}."
+
+
+def test_rationales_answer_format_json_keeps_the_rationale_free_text():
+    with TestServer(responder=rationale_responder) as srv:
+        rows, t = _rationale_rows(srv, "json")
+        text_rows, _ = _rationale_rows(srv, "text")
+    assert t.stats.structured == 20
+    by_id = {r["id"]: r for r in text_rows}
+    for r in rows:
+        assert r["correct"] is True and r["rationale"] == by_id[r["id"]]["rationale"]
+        assert r["rationale"].startswith("We add") and "{" not in r["rationale"]
+
+
+def test_rationales_answer_format_json_final_failure_is_an_answer_reason():
+    with TestServer(FaultConfig(invalid_json_rate=1.0), responder=rationale_responder) as srv:
+        rows, t = _rationale_rows(srv, "json", reask=1)
+    assert rows and all(r["answer"] is None and r["answer_reason"].startswith("invalid_structured_response")
+                        for r in rows)
+    assert t.stats.reasks == 20 and t.stats.structured_invalid == 20
