@@ -1536,6 +1536,12 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
                    help="openai-reasoning: content of an answer cut off inside its reasoning")
     p.add_argument("--think-closing-only-share", type=float, default=0.5,
                    help="think-inline: share of prompts answered with only the closing </think> tag")
+    p.add_argument("--invalid-json-rate", type=float, default=0.0,
+                   help="fraction of structured (json_schema / forced tool) replies corrupted: cut JSON or the "
+                        "wrong shape")
+    p.add_argument("--no-json-schema", action="store_true",
+                   help="answer response_format json_schema (and Anthropic forced tools) with a 400, as a server "
+                        "without structured outputs does")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1597,6 +1603,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             prompt_cache_min_tokens=args.prompt_cache_min_tokens,
             length_content=args.length_content,
             think_closing_only_share=args.think_closing_only_share,
+            invalid_json_rate=args.invalid_json_rate,
+            json_schema_supported=not args.no_json_schema,
         )
         prices = PriceTable.load(args.prices)
     except (ValueError, OSError) as exc:
