@@ -611,3 +611,26 @@ def test_rationales_answer_format_json_final_failure_is_an_answer_reason():
     assert rows and all(r["answer"] is None and r["answer_reason"].startswith("invalid_structured_response")
                         for r in rows)
     assert t.stats.reasks == 20 and t.stats.structured_invalid == 20
+
+
+def test_a_teacher_that_stops_ends_the_stream_of_a_job_source_that_waits():
+    # a fatal error (a refused key) answers nothing more: the request stream, waiting for answers that
+    # might need a re-ask, must end instead of waiting for ever
+    from synthkd.teachers.base import TeacherFatalError
+    from synthkd.teachers.jobs import JobFeed
+
+    with TestServer(FaultConfig(api_key="right"), responder=list_responder) as srv:
+        t = OpenAICompatibleTeacher("gpt-4o", base_url=srv.base_url, api_key="wrong")
+
+        async def go():
+            feed: JobFeed = JobFeed()
+            for i in range(5):
+                feed.put(Job(i, [_req(i)]))
+            try:
+                async for _ in stream_jobs(t, feed):
+                    feed.finished()
+            finally:
+                await t.aclose()
+
+        with pytest.raises(TeacherFatalError):
+            asyncio.run(asyncio.wait_for(go(), 20))

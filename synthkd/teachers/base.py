@@ -208,6 +208,11 @@ class Teacher(ABC):
         """The request's key in this teacher's request cache; None for a teacher without one."""
         return None
 
+    @property
+    def stopping(self) -> bool:
+        """No further request will be answered (the budget is reached, or a fatal error stops the run)."""
+        return self.budget_exhausted
+
     def wants_structured(self, req: TeacherRequest) -> bool:
         """Whether ``req`` is asked for as JSON for its ``schema`` (``--structured``); False for a
         teacher without structured outputs."""

@@ -58,6 +58,10 @@ async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
             yield x
 
 
+#: how often a request stream waiting for answers looks whether its teacher stopped (seconds)
+_POLL_S = 0.25
+
+
 def _same_prompt(a: TeacherRequest, b: TeacherRequest) -> bool:
     return a.messages == b.messages and a.prompt == b.prompt and a.params == b.params
 
@@ -120,6 +124,8 @@ async def stream_jobs(teacher: Teacher,
         # Jobs are pulled one at a time (memory bounded by what is in flight) while re-asks, which only
         # answers can create, are sent as soon as they are made; the stream of requests ends once the
         # jobs are exhausted and no answer that could need a re-ask is outstanding.
+        # A teacher that stops (budget, fatal error) answers nothing more, so the waits look at it every
+        # quarter second: otherwise the requests would never end, nor would the teacher's stream.
         it = aiter_any(jobs).__aiter__()
         next_job: asyncio.Future[Any] | None = None
         jobs_done = False
@@ -128,18 +134,23 @@ async def stream_jobs(teacher: Teacher,
                 while reasks:
                     yield reasks.pop()
                 if jobs_done:
-                    if not pending:
+                    if not pending or teacher.stopping:
                         return
-                    await wake.wait()
+                    try:
+                        await asyncio.wait_for(wake.wait(), _POLL_S)
+                    except TimeoutError:
+                        pass
                     wake.clear()
                     continue
                 if next_job is None:
                     next_job = asyncio.ensure_future(it.__anext__())
                 waiter = asyncio.ensure_future(wake.wait())
-                await asyncio.wait({next_job, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait({next_job, waiter}, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
                 if not waiter.done():
                     waiter.cancel()
                 wake.clear()
+                if not next_job.done() and not reasks and teacher.stopping:
+                    return
                 if next_job.done():
                     fut, next_job = next_job, None
                     try:

@@ -213,6 +213,10 @@ class OpenAICompatibleTeacher(Teacher):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def stopping(self) -> bool:
+        return self._fatal is not None or self.budget_exhausted
+
     def _protected(self) -> frozenset[str]:
         """Body fields the shaper never drops: the user's ``--param`` and, with ``--structured on``,
         ``response_format`` (then a 400 for it fails the request instead of falling back to text)."""
