@@ -634,3 +634,19 @@ def test_a_teacher_that_stops_ends_the_stream_of_a_job_source_that_waits():
 
         with pytest.raises(TeacherFatalError):
             asyncio.run(asyncio.wait_for(go(), 20))
+
+
+def test_pipeline_ledger_totals_carry_the_reasks(tmp_path):
+    from synthkd.pipeline import Ledger, ledger_totals
+    from synthkd.teachers.stats import TeacherStats
+
+    class T:
+        stats = TeacherStats(attempts=0, structured=12, reasks=2, reask_cost_usd=0.0125, structured_invalid=1)
+
+    for _ in range(2):  # two attempts (a rerun) add up
+        led = Ledger(tmp_path / "ledger.jsonl")
+        led.end(T)  # type: ignore[arg-type]
+        led.close()
+    tot = ledger_totals(tmp_path / "ledger.jsonl")
+    assert tot["reasks"] == 4 and tot["reask_cost_usd"] == 0.025 and tot["structured_invalid"] == 2
+    assert tot["structured_answers"] == 24
