@@ -650,3 +650,24 @@ def test_pipeline_ledger_totals_carry_the_reasks(tmp_path):
     tot = ledger_totals(tmp_path / "ledger.jsonl")
     assert tot["reasks"] == 4 and tot["reask_cost_usd"] == 0.025 and tot["structured_invalid"] == 2
     assert tot["structured_answers"] == 24
+
+
+def test_cli_summary_reports_the_reasks_and_their_cost(tmp_path):
+    from tasks_responders import BankingResponder, load_banking
+
+    from conftest import cli_env, run_cli
+
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({"gpt-4o": {"input": 2.5, "output": 10.0}}))
+    summary = tmp_path / "s.json"
+    with TestServer(FaultConfig(invalid_json_rate=0.1, seed=5), responder=BankingResponder(load_banking())) as srv:
+        res = run_cli("generate", "tasks", "--spec", str(FIX / "tasks" / "banking77_spec.yaml"), "-n", "20",
+                      "--batch-size", "10", "-o", str(tmp_path / "out.jsonl"), "-m", "gpt-4o", "--base-url", srv.base_url,
+                      "--no-cache", "--prices", str(prices), "--concurrency", "1", "--summary-json", str(summary),
+                      env=cli_env(OPENAI_API_KEY="k"))
+        invalid = srv.stats()["by_outcome"]["invalid_json"]
+    s = json.loads(summary.read_text())
+    assert invalid > 0 and s["reasks"] + s["structured_invalid"] == invalid and s["reask_cost_usd"] > 0
+    assert s["structured_answers"] == s["requests"] and not any(k.startswith(("unparseable", "invalid_structured"))
+                                                                 for k in s["drops"])
+    assert f"re-asked for ${s['reask_cost_usd']:.6f}" in res.stderr
