@@ -17,6 +17,7 @@ the teacher disagrees with.  Both need the same three things, done once and test
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -24,10 +25,11 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Optional, Sequence
+from typing import Any, AsyncIterable, AsyncIterator, Callable, Iterable, Literal, Optional, Sequence
 
 import numpy as np
 import yaml
+from pydantic import BaseModel, create_model
 
 from synthkd.answers import extract_answer, extract_label, parse_off_loop
 from synthkd.jsonl_io import InputError, check_id, id_hash, iter_jsonl
@@ -35,6 +37,7 @@ from synthkd.options import opt, register_feature
 from synthkd.reasoning import trace_of
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
+from synthkd.teachers.structured import answer_of
 from synthkd.templates import load_template
 
 __all__ = [
@@ -508,7 +511,7 @@ async def classify(
             if samples > 1:
                 p["seed"] = seed
             reqs.append(TeacherRequest(key=f"relabel:{key}#{s}", messages=[{"role": "user", "content": prompt}],
-                                       params=p, sample_index=s))
+                                       params=p, sample_index=s, schema=label_schema(tuple(offered))))
         return Job((row, offered), reqs)
 
     async def jobs() -> AsyncIterator[Job[tuple[dict[str, Any], list[str]]]]:
@@ -526,8 +529,12 @@ async def classify(
             if not res.ok:
                 errors.append(res.error or "failed")
                 continue
-            lab, why = await parse_off_loop(len(res.text or ""), map_answer, res.text, offered, space.labels,
-                                            numbered=numbered)
+            got, invalid = answer_of(res, lambda p: p.label, lambda _text: None)
+            if invalid is not None or res.structured:
+                lab, why = got, invalid
+            else:
+                lab, why = await parse_off_loop(len(res.text or ""), map_answer, res.text, offered, space.labels,
+                                                numbered=numbered)
             if lab is not None and lab in labels_set:
                 votes[lab] += 1
                 first_seen.setdefault(lab, i)
@@ -537,7 +544,7 @@ async def classify(
         reason = None
         if label is None:
             reason = f"teacher error: {errors[0]}" if errors and not reasons else (reasons[0] if reasons else "unmappable answer")
-        costs = [r.cost_usd for r in results]
+        costs = [r.cost_usd for r in results] + [b.cost_usd for r in results for b in r.reasks]  # re-asks paid too
         known_costs = [c for c in costs if c is not None]
         raws = [r.text for r in results]
         traces = [trace_of(r) for r in results]
@@ -553,6 +560,14 @@ async def classify(
             template=prov,
             reasoning=(None if not any(traces) else traces[0] if len(traces) == 1 else traces),
         )
+
+
+@functools.lru_cache(maxsize=1024)
+def label_schema(offered: tuple[str, ...]) -> type[BaseModel]:
+    """The relabel answer as a schema: ``{"label": one of the offered classes}`` (a JSON enum)."""
+    choice: Any = Literal.__getitem__(offered)  # type: ignore[attr-defined]
+    model: type[BaseModel] = create_model("label", label=(choice, ...))
+    return model
 
 
 # --------------------------------------------------------------------------------------------------

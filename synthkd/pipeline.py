@@ -342,7 +342,7 @@ class Ledger:
         st = teacher.stats
         self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
                                         "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                                        "cost_usd": st.cost_usd}})[1:] + "\n")
+                                        "cost_usd": st.cost_usd, **st.structured_dict()}})[1:] + "\n")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -351,6 +351,8 @@ class Ledger:
 
 
 _SUMS = ("requests", "cached_answers", "prompt_tokens", "completion_tokens", "cost_usd")
+#: the structured-output counters of an attempt's end (re-asks are in the sums above too)
+_STRUCTURED_SUMS = ("structured_answers", "reasks", "reask_cost_usd", "structured_invalid")
 
 
 def ledger_totals(path: Path) -> dict[str, Any] | None:
@@ -422,6 +424,11 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
                 end[k] = (end.get(k) or 0) + unresolved * v
         for k in _SUMS:
             tot[k] += end.get(k) or 0
+        for k in _STRUCTURED_SUMS:  # only where answers were asked as JSON (structured outputs)
+            if k in end:
+                tot[k] = tot.get(k, 0) + end[k]
+    if "reask_cost_usd" in tot:
+        tot["reask_cost_usd"] = round(tot["reask_cost_usd"], 8)
     tot["cost_usd"] = round(tot["cost_usd"], 8)
     est["cost_usd"] = round(est["cost_usd"], 8)
     return tot

@@ -9,8 +9,27 @@ N", "N/10", "N out of 10", "Rating: N", or a bare number): judges often restate 
 from __future__ import annotations
 
 import re
+from typing import ClassVar
 
-__all__ = ["parse_score"]
+from pydantic import BaseModel, field_validator
+
+__all__ = ["JudgeScore", "parse_score"]
+
+
+class JudgeScore(BaseModel):
+    """A judge's answer as a schema: the reason first (the judge reasons before it scores), then the
+    1-10 score (checked here, not in the schema: strict JSON schemas may not take bounds)."""
+
+    schema_name: ClassVar[str] = "judge_score"
+    reason: str
+    score: int
+
+    @field_validator("score")
+    @classmethod
+    def _in_range(cls, v: int) -> int:
+        if not 1 <= v <= 10:
+            raise ValueError(f"score {v} outside 1-10")
+        return v
 
 _NUM = r"(\d+(?:\.\d+)?)"
 _SCORE_RES = [

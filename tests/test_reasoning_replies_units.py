@@ -186,7 +186,10 @@ def test_the_shaper_learns_from_the_real_400_texts_once_each():
     assert sh2.learn(None, "`temperature` may only be set to 1 when thinking is enabled.", {"temperature": 0.0}, "c")
     assert "temperature" in sh2.drops
     # not a parameter synthkd may drop, or one the user passed through: the 400 stands
-    assert not sh2.learn("response_format", "Unsupported parameter: 'response_format'", {"response_format": {}}, "c")
+    sh_user = RequestShaper(FAMILIES["anthropic"], protected=frozenset({"response_format"}))
+    assert not sh_user.learn("response_format", "Unsupported parameter: 'response_format'", {"response_format": {}}, "c")
+    # synthkd's own response_format (structured outputs): dropped, the answers are then parsed as text
+    assert sh2.learn("response_format", "Unsupported parameter: 'response_format'", {"response_format": {}}, "c")
     sh3 = RequestShaper(FAMILIES["openai-compatible"], protected=frozenset({"top_p"}))
     assert not sh3.learn("top_p", "Unsupported parameter: 'top_p'", {"top_p": 0.5}, "c")
     assert not sh3.learn("top_p", "x", {}, "c")  # a parameter that was not sent cannot be the problem

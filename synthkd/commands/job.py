@@ -231,9 +231,22 @@ class GenerateJob:
         self.report(out)
         code = self.exit_code(out)
         if self.summary_json:
-            write_summary(self.summary_json, {"exit_code": code, **self.summary(out)})
+            summary = {"exit_code": code, **self.summary(out)}
+            for k, v in structured_summary(teachers).items():  # re-asks of every method, from the teachers
+                summary.setdefault(k, v)
+            write_summary(self.summary_json, summary)
         return code
 
     def run(self) -> None:
         """Run the job and exit with its code (errors mapped by :func:`synthkd.commands.common.run_job`)."""
         run_job(self.main)
+
+
+def structured_summary(teachers: list[Teacher]) -> dict[str, Any]:
+    """The teachers' structured-output counters (answers asked as JSON, re-asks and their cost, answers
+    still invalid), summed; empty when no answer was asked as JSON."""
+    out: dict[str, Any] = {}
+    for t in teachers:
+        for k, v in t.stats.structured_dict().items():
+            out[k] = round(out.get(k, 0) + v, 8) if isinstance(v, float) else out.get(k, 0) + v
+    return out

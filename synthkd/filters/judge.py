@@ -27,7 +27,8 @@ from pydantic import Field, model_validator
 from synthkd.filters.base import OpConfig, Operator, Outcome, Reject
 from synthkd.filters.teacher_ops import InOrder
 from synthkd.filters.text import FieldProblem
-from synthkd.scores import parse_score
+from synthkd.scores import JudgeScore, parse_score
+from synthkd.teachers.structured import answer_of
 
 if TYPE_CHECKING:
     from synthkd.templates import PromptTemplate
@@ -111,7 +112,7 @@ class Judge(Operator):
         for s in range(c.samples):
             # the same params for every sample: k samples go as one request with n=k (prompt billed once)
             reqs.append(TeacherRequest(key=f"judge:{self.row_id(row)}#{s}", messages=[{"role": "user", "content": prompt}],
-                                       params=dict(params), sample_index=s))
+                                       params=dict(params), sample_index=s, schema=JudgeScore))
         return reqs
 
     def _score(self, results: list) -> tuple[float | None, list[float], Reject | None]:
@@ -119,15 +120,17 @@ class Judge(Operator):
         scores: list[float] = []
         why = None
         for res in results:
-            self.calls += 1
-            self.cached += bool(res.cached)
-            if res.cost_usd is None:
-                self.cost_known = False
-            else:
-                self.cost += res.cost_usd
+            for paid in (*res.reasks, res):  # the invalid structured answers re-asked were paid too
+                self.calls += 1
+                self.cached += bool(paid.cached)
+                if paid.cost_usd is None:
+                    self.cost_known = False
+                else:
+                    self.cost += paid.cost_usd
             if not res.ok:
                 return None, [], Reject("teacher error", str(res.error)[:200])
-            v, w = parse_score(res.text)
+            got, invalid = answer_of(res, lambda p: (float(p.score), None), parse_score)
+            v, w = got if invalid is None else (None, invalid)
             if v is None:
                 why = f"{w}: {(res.text or '').strip()[:120]!r}"
             else:

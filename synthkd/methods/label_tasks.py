@@ -40,9 +40,10 @@ from synthkd.jsonl_io import InputError
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.reasoning import reasoning_field
-from synthkd.teacher_lists import parse_list_items
+from synthkd.teacher_lists import clean_item, parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
+from synthkd.teachers.structured import ItemList, answer_of
 from synthkd.templates import PromptTemplate, load_template
 
 # ==================================================================================================
@@ -380,6 +381,7 @@ class LabelTaskPlan:
             # its prompt repeats an earlier one (more requests than attribute combinations)
             params={**self.config.params, "seed": r},
             sample_index=r,
+            schema=ItemList,  # a JSON list where the teacher takes a schema, else the text is parsed
         )
 
 
@@ -511,8 +513,14 @@ async def generate_label_examples(
         rows = []
         meta = request_provenance(teacher, job.requests[0], res)
         trace = reasoning_field(res)  # the teacher's trace of this request, on each of its rows
-        items = parse_list_items(res.text)
-        if not items:
+        items, invalid = answer_of(res, lambda p: [c for c in (clean_item(x) for x in p.items) if c],
+                                   parse_list_items)
+        if invalid is not None:
+            st.drops["invalid_structured_response"] += 1
+            rows.append({"id": f"{label}/{r}", **base(label, r, attrs), "completion": res.text, **trace,
+                         "reject_reason": invalid})
+            items = []
+        elif not items:
             st.drops["unparseable_response"] += 1
             rows.append({"id": f"{label}/{r}", **base(label, r, attrs), "completion": res.text, **trace,
                          "reject_reason": "unparseable_response: no list items found"})

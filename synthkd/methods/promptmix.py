@@ -39,6 +39,7 @@ from synthkd.options import comma_list, opt, register_feature
 from synthkd.reasoning import reasoning_field
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.jobs import Job, stream_jobs
+from synthkd.teachers.structured import ItemList, answer_of
 from synthkd.templates import load_template
 
 POLICIES = ("overwrite", "keep", "drop-disagreeing")
@@ -297,6 +298,7 @@ class PromptMixStats:
     parsed: int = 0
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    invalid_structured: int = 0  # answers still invalid JSON for the schema after the re-asks
 
 
 def _gen_params(cfg: PromptMixConfig, call: MixCall) -> dict[str, Any]:
@@ -325,7 +327,7 @@ async def promptmix(
     # phase 1: all generation calls
     answers: dict[str, Any] = {}
     jobs = (Job(call, [TeacherRequest(key=call.key, messages=[{"role": "user", "content": call.prompt}],
-                                      params=_gen_params(cfg, call), sample_index=call.call_index)])
+                                      params=_gen_params(cfg, call), sample_index=call.call_index, schema=ItemList)])
             for call in calls)
     async for job in stream_jobs(teacher, jobs):
         answers[job.item.key] = job.results[0]
@@ -348,7 +350,13 @@ async def promptmix(
             stats.failed_calls += 1
             yield {"id": f"{base_id}-call", **common, "reject_reason": f"teacher error: {res.error}"}
             continue
-        items = parse_items(res.text, call.m, (call.a, call.b))
+        items, invalid = answer_of(
+            res, lambda p, call=call: [c for c in (clean_item(x, (call.a, call.b)) for x in p.items) if c][:call.m],
+            lambda text, call=call: parse_items(text, call.m, (call.a, call.b)))
+        if invalid is not None:
+            stats.invalid_structured += 1
+            yield {"id": f"{base_id}-call", **common, "completion": res.text, "reject_reason": invalid}
+            continue
         stats.parsed += len(items)
         share = None if res.cost_usd is None else res.cost_usd / max(1, len(items))
         for i, text in enumerate(items):

@@ -51,16 +51,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from synthkd.answers import parse_off_loop
+from pydantic import BaseModel
+
+from synthkd.answers import ExtractedAnswer, parse_off_loop
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind, split_rationale
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.reasoning import reasoning_tokens, trace_of
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, stream_jobs
+from synthkd.teachers.structured import answer_of
 from synthkd.templates import PromptTemplate, TemplateError, load_template
 
 RATIONALE_SOURCES: tuple[str, ...] = ("text", "reasoning", "both")
+ANSWER_FORMATS: tuple[str, ...] = ("text", "json")
+
+
+class RationaleAnswer(BaseModel):
+    """``--answer-format json``: the rationale stays free text (what the student learns), the final answer
+    gets a field of its own (read like a bare answer: a number, an option, a label)."""
+
+    reasoning: str
+    answer: str
 NO_TRACE = "no reasoning trace: the teacher returned none; use --rationale-source text"
 
 __all__ = ["RATIONALE_SOURCES", "Demo", "RationalePlan", "RationaleTally", "RationalesConfig", "generate_rationales", "load_labels",
@@ -98,6 +110,7 @@ class RationalePlan:
     max_tokens: int | None = None
     chat: bool = True
     rationale_source: str = "text"
+    answer_format: str = "text"
     _order: list[int] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
@@ -132,7 +145,8 @@ class RationalePlan:
         if self.max_tokens is not None:
             params["max_tokens"] = self.max_tokens
         return TeacherRequest.user(key, prompt, chat=self.chat, params=params, sample_index=sample,
-                                   meta={"stage": stage})
+                                   meta={"stage": stage},
+                                   schema=RationaleAnswer if self.answer_format == "json" else None)
 
     def first_job(self, row: dict[str, Any]) -> Job[Any]:
         demos = self.demos_for(row)
@@ -152,7 +166,10 @@ class RationalePlan:
         trace = (trace_of(res) or "").strip()
         if self.rationale_source == "reasoning":
             return trace
-        text = split_rationale(res.text)
+        if res.structured:  # --answer-format json: the reasoning field is the free-text rationale
+            text = res.parsed.reasoning.strip() if res.parsed is not None else ""
+        else:
+            text = split_rationale(res.text)
         if self.rationale_source == "both":
             return "\n\n".join(x for x in (trace, text) if x)
         return text
@@ -162,7 +179,8 @@ class RationalePlan:
         return self.rationale_source != "text" and any(trace_of(r) is None for r in results)
 
     def _sample(self, res: TeacherResult, row: dict[str, Any]) -> tuple[dict[str, Any], Any]:
-        ex = self.spec.parse(res.text, row)
+        answer, invalid = answer_of(res, lambda p: p.answer, lambda text: text)
+        ex = (ExtractedAnswer(None, None, invalid) if invalid is not None else self.spec.parse(answer, row))
         s: dict[str, Any] = {
             "sample_index": res.request.sample_index,
             "rationale": self._rationale(res),
@@ -377,6 +395,7 @@ def plan_rationales(
     rationale_source: str = "text",
     row_where: Callable[[int], str] | None = None,
     demo_where: Callable[[int], str] | None = None,
+    answer_format: str = "text",
 ) -> RationalePlan:
     """Validate everything and return the plan; raises InputError / TemplateError / ValueError.
 
@@ -425,6 +444,10 @@ def plan_rationales(
             break
     if not row_list:
         problems.append("no input rows (the input is empty)")
+    if answer_format not in ANSWER_FORMATS:
+        problems.append(f"--answer-format must be one of {', '.join(ANSWER_FORMATS)}, got {answer_format!r}")
+    if answer_format == "json" and not chat:
+        problems.append("--answer-format json needs chat requests (not --completion-api)")
     if problems:
         raise InputError(problems)
 
@@ -463,7 +486,7 @@ def plan_rationales(
     plan = RationalePlan(
         rows=row_list, spec=spec, template=tpl, pool=pool, n_demos=n_demos, samples=samples,
         temperature=temperature, rationalize=rationalize, seed=seed, max_tokens=max_tokens, chat=chat,
-        rationale_source=rationale_source,
+        rationale_source=rationale_source, answer_format=answer_format,
     )
     # render one prompt (and its rationalization variant) now: a template error costs nothing here
     first = row_list[0]
@@ -522,6 +545,10 @@ class RationalesConfig:
     max_tokens: Optional[int] = opt(None, help="max_tokens per request.", ge=1)
     rationalize: bool = opt(False, help="Wrong labelled rows get a second call with the gold answer as a hint (STaR).")
     completion_api: bool = opt(False, help="Send plain prompts (/completions) instead of chat messages.")
+    answer_format: str = opt("text", help="text: the answer is read from the rationale's last sentence; json: "
+                             "structured outputs where the teacher takes them, {reasoning: free text (the "
+                             "rationale), answer: the final answer} (see README, Structured outputs).",
+                             choices=ANSWER_FORMATS)
     rationale_source: str = opt("text", help="Where the rationale comes from: text (parsed out of the answer text), "
                                 "reasoning (the reasoning teacher's trace; the answer is still read from the "
                                 "text; a row without a trace is rejected) or both (trace, then the text's "
@@ -551,7 +578,7 @@ class RationalesConfig:
             temperature=self.temperature, rationalize=self.rationalize,
             labels=load_labels(self.labels, self.labels_file), fields=self.fields(), seed=self.seed,
             max_tokens=self.max_tokens, chat=not self.completion_api, rationale_source=self.rationale_source,
-            row_where=row_where, demo_where=demo_where,
+            row_where=row_where, demo_where=demo_where, answer_format=self.answer_format,
         )
 
 
@@ -577,6 +604,7 @@ async def generate_rationales(
     chat: bool = True,
     rationale_source: str = "text",
     skip_ids: Container[Any] | None = None,
+    answer_format: str = "text",
 ) -> AsyncIterator[dict[str, Any]]:
     """Rows in, rationale rows out as they complete (see the module docstring for the row format).
 
@@ -590,7 +618,7 @@ async def generate_rationales(
     plan = plan_rationales(
         row_list, kind=kind, template=template, demos=demos, n_demos=n_demos, samples=samples,
         temperature=temperature, rationalize=rationalize, labels=labels, fields=fields, seed=seed,
-        max_tokens=max_tokens, chat=chat, rationale_source=rationale_source,
+        max_tokens=max_tokens, chat=chat, rationale_source=rationale_source, answer_format=answer_format,
     )
     async for out in plan.run(teacher, skip_ids=skip_ids):
         yield out

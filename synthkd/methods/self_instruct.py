@@ -31,16 +31,19 @@ import re
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Optional
+from typing import Any, AsyncIterator, ClassVar, Optional
+
+from pydantic import BaseModel
 
 from synthkd.jsonl_io import InputError, check_id, iter_jsonl
 from synthkd.methods.label_tasks import sampling_params
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import opt, register_feature
 from synthkd.reasoning import reasoning_field
-from synthkd.teacher_lists import parse_list_items
+from synthkd.teacher_lists import clean_item, parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
+from synthkd.teachers.structured import ItemList, answer_of
 from synthkd.templates import PromptTemplate, load_template
 
 #: Words that make an instruction unfit for a text-only model (Self-Instruct + Alpaca).
@@ -151,7 +154,11 @@ def parse_instructions(text: str | None, first_number: int) -> list[str]:
     A completion model continues right after ``"N."`` (so the text before the first number is an
     item); a chat model usually restarts the numbering.  Both work.
     """
-    items = parse_list_items(text, leading_item=True)
+    return clean_instructions(parse_list_items(text, leading_item=True))
+
+
+def clean_instructions(items: list[str]) -> list[str]:
+    """Instructions without an "Instruction:" label or the "Input:"/"Output:" parts, capitalised."""
     out = []
     for it in items:
         it = re.sub(r"^(?:instruction|task)\s*:\s*", "", it, flags=re.I).strip()
@@ -218,6 +225,32 @@ def clean_instances(pairs: list[tuple[str, str]], drops: Any) -> list[dict[str, 
 
 
 _YES_NO = re.compile(r"\b(yes|no)\b", re.I)
+
+
+class Instance(BaseModel):
+    input: str
+    output: str
+
+
+class Instances(BaseModel):
+    """The instances of one instruction (for a classification task, ``output`` is the class label)."""
+
+    schema_name: ClassVar[str] = "instances"
+    instances: list[Instance]
+
+
+class IsClassification(BaseModel):
+    schema_name: ClassVar[str] = "is_classification"
+    is_classification: bool
+
+
+def _yes_no(text: str | None) -> bool | None:
+    m = _YES_NO.search(text or "")
+    return None if m is None else m.group(1).lower() == "yes"
+
+
+def instances_of(parsed: Instances) -> list[tuple[str, str]]:
+    return [(i.input.strip(), i.output.strip()) for i in parsed.instances]
 
 
 # ==================================================================================================
@@ -294,7 +327,7 @@ class SelfInstructPlan:
         content = self.t_new.render(instructions=shown, num_new=c.max_new_per_request)
         number = rnd * c.requests_per_round + j
         return TeacherRequest(key=f"gen/{rnd}/{j}", messages=[{"role": "user", "content": content}],
-                              params={**c.params, "seed": number}, sample_index=0)
+                              params={**c.params, "seed": number}, sample_index=0, schema=ItemList)
 
     def clf_request(self, k: int, instruction: str) -> TeacherRequest:
         c = self.config
@@ -307,7 +340,7 @@ class SelfInstructPlan:
         content = self.t_clf.render(demos=[{"instruction": d.instruction, "is_classification": d.is_classification}
                                            for d in demos], instruction=instruction)
         return TeacherRequest(key=f"clf/{k}", messages=[{"role": "user", "content": content}],
-                              params=dict(c.instance_params))
+                              params=dict(c.instance_params), schema=IsClassification)
 
     def instance_request(self, k: int, instruction: str, is_clf: bool) -> TeacherRequest:
         c = self.config
@@ -321,7 +354,7 @@ class SelfInstructPlan:
             instruction=instruction,
         )
         return TeacherRequest(key=f"inst/{k}", messages=[{"role": "user", "content": content}],
-                              params=dict(c.instance_params))
+                              params=dict(c.instance_params), schema=Instances)
 
 
 def plan_self_instruct(seeds: list[SeedTask], config: SelfInstructConfig) -> SelfInstructPlan:
@@ -414,8 +447,13 @@ async def generate_self_instruct(
             st.drops["teacher_error"] += 1
             return [{"id": rid, **base, "reject_reason": f"teacher_error: {res.error}"}]
         rows = []
-        items = parse_instructions(res.text, c.prompt_instructions + 1)
-        if not items:
+        items, invalid = answer_of(res, lambda p: clean_instructions([clean_item(x) for x in p.items]),
+                                   lambda text: parse_instructions(text, c.prompt_instructions + 1))
+        if invalid is not None:
+            st.drops["invalid_structured_response"] += 1
+            rows.append({"id": rid, **base, "completion": res.text, "reject_reason": invalid})
+            items = []
+        elif not items:
             st.drops["unparseable_response"] += 1
             rows.append({"id": rid, **base, "completion": res.text,
                          "reject_reason": "unparseable_response: no numbered instructions found"})
@@ -475,8 +513,14 @@ async def generate_self_instruct(
             st.drops["teacher_error"] += 1
             st.short[row["id"]] = f"instances request failed: {res.error} (rerun to retry)"
             return row
-        row["instances"] = clean_instances(parse_instances(res.text, bool(kp.is_clf)), st.drops)
+        pairs, invalid = answer_of(res, instances_of, lambda text: parse_instances(text, bool(kp.is_clf)))
+        row["instances"] = clean_instances(pairs or [], st.drops)
         row.update(reasoning_field(res))  # the trace of the answer the instances were read from
+        if invalid is not None:
+            row["completion"] = res.text
+            row["reject_reason"] = invalid
+            st.drops["invalid_structured_response"] += 1
+            return row
         if not row["instances"]:
             row["completion"] = res.text
             row["reject_reason"] = "no_instances: no input/output pair could be parsed"
@@ -515,10 +559,10 @@ async def generate_self_instruct(
                 kp.is_clf = None
                 yield finish_row(kp)
             else:
-                m = _YES_NO.search(res.text or "")
-                if m is None:
+                answer, invalid = answer_of(res, lambda p: p.is_classification, _yes_no)
+                if answer is None:
                     st.notes["is_classification unclear (treated as no)"] += 1
-                kp.is_clf = bool(m and m.group(1).lower() == "yes")
+                kp.is_clf = bool(answer)
                 feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
         else:
             kp = kept.pop(ref)

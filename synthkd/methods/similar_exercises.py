@@ -23,11 +23,14 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
-from typing import Any
+from typing import Any, ClassVar
+
+from pydantic import BaseModel
 
 from synthkd.answers import extract_answer, numbers_equal
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, stream_jobs
+from synthkd.teachers.structured import answer_of
 from synthkd.templates import PromptTemplate
 
 __all__ = [
@@ -62,6 +65,24 @@ def parse_exercises(text: str | None) -> list[dict[str, Any]]:
     return out
 
 
+class Exercise(BaseModel):
+    question: str
+    answer: str
+
+
+class Exercises(BaseModel):
+    """Similar exercises, each with its intended answer (a number)."""
+
+    schema_name: ClassVar[str] = "exercises"
+    exercises: list[Exercise]
+
+
+def exercises_of(parsed: Exercises) -> list[dict[str, Any]]:
+    """The structured answer in :func:`parse_exercises`'s shape."""
+    return [{"index": k, "question": " ".join(e.question.split()).strip(), "answer_text": e.answer.strip() or None}
+            for k, e in enumerate(parsed.exercises, start=1)]
+
+
 def normalize_question(text: str) -> str:
     """Case-, space- and punctuation-insensitive form used for copy and repeat checks."""
     return " ".join(re.sub(r"[^\w\s]", " ", text.lower()).split())
@@ -71,7 +92,7 @@ def similar_request(mistake_id: str, variables: dict[str, Any], r: int, tpl: Pro
                     params: dict[str, Any], chat: bool = True) -> TeacherRequest:
     """``variables``: the mistake as the correction prompt sees it (question, student_rationale, answer)."""
     return TeacherRequest.user(f"{mistake_id}#r{r}#similar", tpl.render(**variables, m=m), chat=chat, params=params,
-                               meta={"stage": "tailored-similar", "round": r})
+                               meta={"stage": "tailored-similar", "round": r}, schema=Exercises)
 
 
 def exercise_rows(mistake_id: str, r: int, res: TeacherResult, m: int, known: dict[str, str],
@@ -81,7 +102,9 @@ def exercise_rows(mistake_id: str, r: int, res: TeacherResult, m: int, known: di
     base = {"source_id": mistake_id, "round": r}
     if not res.ok:
         return [{"id": f"{mistake_id}#r{r}#x", **base, "reject_reason": f"teacher error: {res.error}"}]
-    parsed = parse_exercises(res.text)
+    parsed, invalid = answer_of(res, exercises_of, parse_exercises)
+    if invalid is not None:
+        return [{"id": f"{mistake_id}#r{r}#x", **base, "text": res.text, "reject_reason": invalid}]
     if not parsed:
         return [{"id": f"{mistake_id}#r{r}#x", **base, "text": res.text,
                  "reject_reason": "no exercise in the teacher's reply (expected 'Exercise 1: ...' / 'Answer: ...')"}]
@@ -130,7 +153,11 @@ async def generate_exercises(requests: Iterable[tuple[str, TeacherRequest]], tea
 
 
 def count_result(tally: Counter, res: TeacherResult) -> None:
-    """Per-round teacher accounting: requests, cache hits, tokens, cost (micro-dollars, exact sums)."""
+    """Per-round teacher accounting: requests, cache hits, tokens, cost (micro-dollars, exact sums); the
+    invalid structured answers re-asked before ``res`` are requests too (and ``reasks``)."""
+    for bad in res.reasks:
+        count_result(tally, bad)
+        tally["reasks"] += 1
     tally["requests"] += 1
     tally["cached"] += bool(res.cached)
     if res.ok:

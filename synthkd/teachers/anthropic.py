@@ -13,15 +13,21 @@ What a request becomes:
 * ``thinking_budget`` N (>= 1024) -> ``thinking: {type: enabled, budget_tokens: N}``, and ``max_tokens``
   becomes N + the answer's ``max_tokens`` (Anthropic counts the thinking inside it); ``temperature``
   and ``top_k`` are left out while thinking (the API allows only the default);
-* ``stop`` -> ``stop_sequences``; ``seed`` and ``n`` do not exist here (k samples are k requests).
+* ``stop`` -> ``stop_sequences``; ``seed`` and ``n`` do not exist here (k samples are k requests);
+* a structured request (``response_format: json_schema``) -> one tool with the schema as its
+  ``input_schema`` and ``tool_choice: {type: tool, name}`` (a forced tool call); the ``tool_use``
+  block's ``input`` is the answer's JSON text.  Thinking is incompatible with a forced tool, so a
+  thinking teacher asks in text (its trace is what the student learns).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from synthkd.teachers.base import TeacherCapabilities, TeacherConfigError, TeacherFatalError, TeacherRequest, Usage
-from synthkd.teachers.errors import MalformedResponse
+from synthkd.teachers.errors import MalformedResponse, Reshape
 from synthkd.teachers.families import FAMILIES, FamilyTable, RequestShaper
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.teachers.replies import REFUSAL, Choice, Reply, truncated_message
@@ -37,7 +43,7 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", 
 class AnthropicTeacher(OpenAICompatibleTeacher):
     """Claude through ``POST {base_url}/v1/messages`` with ``x-api-key`` (default ``$ANTHROPIC_API_KEY``)."""
 
-    capabilities = TeacherCapabilities(n_samples=False, json_schema=False, batch=False, reasoning_trace=True)
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=True, batch=False, reasoning_trace=True)
     KEY_ENV = "ANTHROPIC_API_KEY"
     URL_ENV = "ANTHROPIC_BASE_URL"
     DEFAULT_URL = "https://api.anthropic.com/v1"
@@ -55,11 +61,18 @@ class AnthropicTeacher(OpenAICompatibleTeacher):
                                      "set with --thinking-budget TOKENS")
         super().__init__(model, families=families, **kwargs)
         self.family = FAMILIES["anthropic"]  # whatever the model is called (a proxy's alias)
-        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body))  # thinking: its own budget
+        self.shaper = RequestShaper(self.family, protected=self._protected())  # thinking: its own budget
         self.thinking_budget = thinking_budget
         if thinking_budget is not None:
             # part of every cache key: the same prompt with and without thinking are different answers
             self.default_params.setdefault("thinking_budget", thinking_budget)
+
+    def wants_structured(self, req: TeacherRequest) -> bool:
+        return self.thinking_budget is None and super().wants_structured(req)
+
+    @staticmethod
+    def _sent_structured(body: dict[str, Any]) -> bool:
+        return "tool_choice" in body and "response_format" not in body
 
     @staticmethod
     def _normalise_base_url(url: str) -> str:
@@ -84,6 +97,12 @@ class AnthropicTeacher(OpenAICompatibleTeacher):
             else:
                 messages.append({"role": m.get("role"), "content": m.get("content")})
         budget = shaped.pop("thinking_budget", None)
+        fmt = shaped.pop("response_format", None)
+        if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+            js = fmt["json_schema"]
+            shaped["tools"] = [{"name": js["name"], "description": "Give the answer with this tool.",
+                                "input_schema": js["schema"]}]
+            shaped["tool_choice"] = {"type": "tool", "name": js["name"]}
         answer_tokens = int(shaped.pop("max_tokens", None) or shaped.pop("max_completion_tokens", None)
                             or DEFAULT_MAX_TOKENS)
         shaped.pop("seed", None)
@@ -120,6 +139,8 @@ class AnthropicTeacher(OpenAICompatibleTeacher):
                 texts.append(b["text"])
             elif b.get("type") == "thinking" and isinstance(b.get("thinking"), str):
                 thoughts.append(b["thinking"])
+            elif b.get("type") == "tool_use" and "tool_choice" in body:  # a forced tool: its input is the answer
+                texts.append(orjson.dumps(b.get("input")).decode())
         stop_reason = data.get("stop_reason")
         finish = _FINISH.get(stop_reason, stop_reason) if isinstance(stop_reason, str) else None
         reasoning = "\n\n".join(thoughts) if thoughts else None
@@ -137,6 +158,9 @@ class AnthropicTeacher(OpenAICompatibleTeacher):
 
     def _classify_error(self, status: int, raw: bytes, headers: Any, message: str, body: dict[str, Any]) -> None:
         low = message.lower()
+        if status == 400 and "tool_choice" in body and "tool" in low:  # the forced tool refused: text from now on
+            if self.shaper.learn("response_format", message, {"response_format": body["tool_choice"]}, self.model):
+                raise Reshape(f"HTTP 400: {message}")
         if status in (400, 402) and ("credit balance" in low or "billing" in low):
             raise TeacherFatalError(self._scrub(f"{self.base_url}: no credit left (HTTP {status}): {message}"))
         if status == 429 and "retry-after" not in headers and ("spend" in low or "usage limit" in low):

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any, AsyncGenerator, AsyncIterable, ClassVar
 from synthkd.teachers.stats import TeacherStats
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from synthkd.teachers.cache import RequestCache
     from synthkd.teachers.openai_compat import Journal
     from synthkd.teachers.pricing import Price
@@ -33,6 +35,8 @@ class TeacherRequest:
     sample, the i-th carrying this request with ``sample_index + i`` and ``samples=1`` (so each sample
     has the same cache entry as when it is asked for alone).  An API teacher that supports the API's
     ``n`` sends one request for all of them, so the prompt is billed once, not ``samples`` times.
+    ``schema`` (a pydantic model) is the answer's structure: a teacher that supports structured outputs
+    sends it as a strict JSON schema (see :mod:`synthkd.teachers.structured`); others ignore it.
     """
 
     key: str
@@ -42,6 +46,7 @@ class TeacherRequest:
     sample_index: int = 0
     meta: dict[str, Any] = field(default_factory=dict)
     samples: int = 1
+    schema: type[BaseModel] | None = None
 
     def __post_init__(self) -> None:
         if (self.messages is None) == (self.prompt is None):
@@ -121,6 +126,14 @@ class TeacherResult:
     latency_s: float = 0.0
     error: str | None = None
     reasoning: str | None = None
+    #: the answer was asked for as JSON for ``request.schema`` (False: sent as text, parse the text)
+    structured: bool = False
+    #: the validated answer (a ``request.schema`` instance), set by :func:`synthkd.teachers.jobs.stream_jobs`
+    parsed: Any = None
+    #: why the structured answer is still invalid after the last re-ask (``text`` is the raw reply)
+    structured_error: str | None = None
+    #: the invalid answers re-asked before this one (paid for; counted by MethodStats)
+    reasks: list["TeacherResult"] = field(default_factory=list)
 
     @property
     def key(self) -> str:
@@ -172,6 +185,8 @@ class Teacher(ABC):
     #: where the teacher reports each request sent/failed/answered (the pipeline's ledger); teachers
     #: that send no HTTP requests ignore it
     journal: Journal | None = None
+    #: how many times an invalid structured answer is re-asked (``--reask``; see :mod:`.structured`)
+    reask_limit: int = 0
 
     def __init__(self, model: str, *, price: Price | None) -> None:
         self.model = model
@@ -192,6 +207,16 @@ class Teacher(ABC):
     def cache_key(self, req: TeacherRequest) -> str | None:
         """The request's key in this teacher's request cache; None for a teacher without one."""
         return None
+
+    @property
+    def stopping(self) -> bool:
+        """No further request will be answered (the budget is reached, or a fatal error stops the run)."""
+        return self.budget_exhausted
+
+    def wants_structured(self, req: TeacherRequest) -> bool:
+        """Whether ``req`` is asked for as JSON for its ``schema`` (``--structured``); False for a
+        teacher without structured outputs."""
+        return False
 
     @abstractmethod
     def stream(self, requests: AsyncIterable[TeacherRequest]) -> AsyncGenerator[TeacherResult, None]:

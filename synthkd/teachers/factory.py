@@ -68,6 +68,13 @@ class TeacherSpec:
                                      cli_type=Optional[list[str]], cli_parse=lambda v: parse_params(v), metavar="KEY=VALUE")
     adaptive_timeout: bool = opt(True, help="Cut hung attempts at 8x the observed p95 latency.",
                                  flags=("--adaptive-timeout/--fixed-timeout",))
+    structured: str = opt("auto", help="Structured outputs for the answers methods parse (lists, scores, labels): "
+                                       "auto = a strict JSON schema where the model's family takes one (OpenAI, "
+                                       "Gemini, Anthropic as a forced tool), falling back to text once on a 400; "
+                                       "on = always (vLLM, SGLang, Ollama), no fallback; off = text only.",
+                          choices=("auto", "on", "off"))
+    reask: int = opt(2, help="Re-asks of a structured answer that is invalid JSON or does not match its schema "
+                             "(each one paid, counted in the cost, the budget and the summary).", ge=0)
     default_params: dict[str, Any] = opt(default_factory=dict, help="Sampling parameters sent with every request "
                                          "(temperature, max_tokens...).", cli=False, stage=False)
 
@@ -166,4 +173,5 @@ def client_options(spec: TeacherSpec) -> dict[str, Any]:
         "cache": None if spec.no_cache else RequestCache(spec.cache or default_cache_path()),
         "prices": PriceTable.default(spec.prices), "max_cost": spec.max_cost, "default_params": spec.default_params,
         "families": FamilyTable.default(spec.families), "extra_body": spec.extra_body,
+        "structured": spec.structured, "reask": spec.reask,
     }

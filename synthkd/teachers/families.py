@@ -48,6 +48,8 @@ class Family:
     * ``n_samples``: whether one request may ask for several samples (``n``);
     * ``reasoning``: a reasoning model (its output limit covers the hidden reasoning too);
     * ``chat_only``: no legacy ``/completions`` endpoint: a plain prompt goes as one user message;
+    * ``json_schema``: the provider takes strict JSON schemas (``response_format``, Anthropic: a forced
+      tool), so ``--structured auto`` sends them; an unknown server is asked only with ``--structured on``;
     * ``notes``: the quirks handled, for the README and ``--help``.
     """
 
@@ -58,14 +60,17 @@ class Family:
     n_samples: bool = True
     reasoning: bool = False
     chat_only: bool = False
+    json_schema: bool = False
     notes: str = ""
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("openai-compatible", notes="Any OpenAI-compatible server (vLLM, Ollama, llama.cpp, TGI, SGLang): "
-           "parameters sent as given; `n` tried and dropped if refused."),
-    Family("openai", notes="OpenAI chat models (gpt-4o, gpt-4.1...)."),
-    Family("openai-reasoning", token_param="max_completion_tokens", reasoning=True, chat_only=True,
+           "parameters sent as given; `n` tried and dropped if refused; JSON schemas sent only with `--structured on` "
+           "(vLLM, SGLang, Ollama take them)."),
+    Family("openai", json_schema=True, notes="OpenAI chat models (gpt-4o, gpt-4.1...)."),
+    Family("openai-reasoning", token_param="max_completion_tokens", reasoning=True, json_schema=True,
+           chat_only=True,
            drops=("temperature", "top_p", "presence_penalty", "frequency_penalty", "logprobs", "top_logprobs",
                   "logit_bias"),
            notes="OpenAI o-series and GPT-5: `max_tokens` sent as `max_completion_tokens` (it covers the hidden "
@@ -75,10 +80,10 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Family("deepseek-reasoner", reasoning=True, n_samples=False, chat_only=True, drops=("logprobs", "top_logprobs"),
            notes="DeepSeek reasoner: the trace arrives as `reasoning_content`; `logprobs` is an error and "
                  "`temperature`/`top_p` are ignored; no `n`."),
-    Family("gemini", chat_only=True,
+    Family("gemini", chat_only=True, json_schema=True,
            notes="Gemini's OpenAI-compatible endpoint (https://generativelanguage.googleapis.com/v1beta/openai): "
                  "`reasoning_effort` maps to its thinking budget; a bad key is a 400, not a 401."),
-    Family("anthropic", api="anthropic", n_samples=False, reasoning=True,
+    Family("anthropic", api="anthropic", n_samples=False, reasoning=True, json_schema=True,
            notes="Anthropic Messages API (native): `max_tokens` required, `thinking` budgets, `stop` sent as "
                  "`stop_sequences`, `seed` left out, temperature left out while thinking; no `n`."),
 )}
@@ -162,7 +167,7 @@ class RequestShaper:
     def learn(self, param: str | None, message: str, sent: dict[str, Any], model: str) -> bool:
         """A 400 named ``param`` (or only a ``message``): True when the request may be re-sent reshaped."""
         if not param:  # some servers name the parameter only in the text
-            for cand in ("max_tokens", "max_completion_tokens", *SAMPLING_PARAMS, "n"):
+            for cand in ("max_tokens", "max_completion_tokens", *SAMPLING_PARAMS, "n", "response_format"):
                 if f"'{cand}'" in message or f"`{cand}`" in message:
                     param = cand
                     break
@@ -181,6 +186,13 @@ class RequestShaper:
         if param == "max_completion_tokens" and self.renames.get("max_tokens") == "max_completion_tokens":
             del self.renames["max_tokens"]  # an older server that knows only max_tokens
             log.warning("%s: the server does not know max_completion_tokens: max_tokens sent instead", model)
+            return True
+        if param == "response_format" and param not in self.protected:
+            if param in self.drops:  # sent before another request's 400 taught it: re-sent without, silently
+                return True
+            self.drops.add(param)
+            log.warning("%s: the server does not take response_format json_schema: structured outputs are off for "
+                        "this model from now on (answers are parsed as text)", model)
             return True
         if param in SAMPLING_PARAMS and param not in self.protected and param not in self.drops:
             self.drops.add(param)

@@ -58,6 +58,10 @@ async def aiter_any(items: Iterable[Any] | AsyncIterable[Any]) -> AsyncIterator[
             yield x
 
 
+#: how often a request stream waiting for answers looks whether its teacher stopped (seconds)
+_POLL_S = 0.25
+
+
 def _same_prompt(a: TeacherRequest, b: TeacherRequest) -> bool:
     return a.messages == b.messages and a.prompt == b.prompt and a.params == b.params
 
@@ -70,49 +74,149 @@ async def stream_jobs(teacher: Teacher,
     the teacher as one request with ``samples=k``: an API teacher sends them as one call with ``n=k``,
     so the prompt is billed once (each sample keeps its own cache entry, so reruns stay free).  Only
     for teachers whose ``capabilities.n_samples`` say they take such requests.
+
+    Structured answers (a request with a ``schema`` that the teacher asked as JSON) are validated here:
+    a valid one gets ``result.parsed``; an invalid one is re-asked (:func:`synthkd.teachers.structured.
+    reask_request`) up to ``teacher.reask_limit`` times in the same stream, and the job waits for it.
+    The answers re-asked ride along on the final result (``result.reasks``), and the teacher's stats
+    count them; one still invalid after the last re-ask carries ``structured_error`` and its raw text.
     """
+    from synthkd.teachers import structured as so
+
     coalesce = teacher.capabilities.n_samples
     # internal key -> (job, the job's request index of each sample, the per-sample internal requests)
     pending: dict[str, tuple[Job[T], list[int], list[TeacherRequest]]] = {}
     left: dict[str, int] = {}
+    # internal key of a re-ask -> (re-asks so far, the invalid answers before it)
+    reasked: dict[str, tuple[int, list[TeacherResult]]] = {}
+    reasks: list[TeacherRequest] = []
+    wake = asyncio.Event()
     counter = 0
 
     def internal_request(key: str, req: TeacherRequest) -> TeacherRequest:
         # The internal key routes the answer back; the caller's key is kept in meta.
         return TeacherRequest(key=key, messages=req.messages, prompt=req.prompt, params=req.params,
-                              sample_index=req.sample_index, meta={**req.meta, "key": req.key})
+                              sample_index=req.sample_index, meta={**req.meta, "key": req.key}, schema=req.schema)
 
-    async def requests() -> AsyncIterator[TeacherRequest]:
+    def job_requests(job: Job[T]) -> Iterable[TeacherRequest]:
         nonlocal counter
-        async for job in aiter_any(jobs):
-            reqs = job.requests
-            i = 0
-            while i < len(reqs):
-                j = i + 1
-                while (coalesce and j < len(reqs) and reqs[j].samples == 1 and reqs[i].samples == 1
-                       and reqs[j].sample_index == reqs[j - 1].sample_index + 1 and _same_prompt(reqs[j], reqs[i])):
-                    j += 1
-                internal = f"{counter}"
-                counter += 1
-                pending[internal] = (job, list(range(i, j)), [internal_request(internal, r) for r in reqs[i:j]])
-                left[internal] = j - i
-                first = internal_request(internal, reqs[i])
-                yield first if j - i == 1 else dataclasses.replace(first, samples=j - i)
-                i = j
+        reqs = job.requests
+        i = 0
+        while i < len(reqs):
+            j = i + 1
+            while (coalesce and j < len(reqs) and reqs[j].samples == 1 and reqs[i].samples == 1
+                   and reqs[j].sample_index == reqs[j - 1].sample_index + 1 and _same_prompt(reqs[j], reqs[i])):
+                j += 1
+            internal = f"{counter}"
+            counter += 1
+            pending[internal] = (job, list(range(i, j)), [internal_request(internal, r) for r in reqs[i:j]])
+            left[internal] = j - i
+            first = internal_request(internal, reqs[i])
+            yield first if j - i == 1 else dataclasses.replace(first, samples=j - i)
+            i = j
 
+    async def plain_requests() -> AsyncIterator[TeacherRequest]:
+        async for job in aiter_any(jobs):
+            for r in job_requests(job):
+                yield r
+
+    async def requests_with_reasks() -> AsyncIterator[TeacherRequest]:
+        # Jobs are pulled one at a time (memory bounded by what is in flight) while re-asks, which only
+        # answers can create, are sent as soon as they are made; the stream of requests ends once the
+        # jobs are exhausted and no answer that could need a re-ask is outstanding.
+        # A teacher that stops (budget, fatal error) answers nothing more, so the waits look at it every
+        # quarter second: otherwise the requests would never end, nor would the teacher's stream.
+        it = aiter_any(jobs).__aiter__()
+        next_job: asyncio.Future[Any] | None = None
+        jobs_done = False
+        try:
+            while True:
+                while reasks:
+                    yield reasks.pop()
+                if jobs_done:
+                    if not pending or teacher.stopping:
+                        return
+                    try:
+                        await asyncio.wait_for(wake.wait(), _POLL_S)
+                    except TimeoutError:
+                        pass
+                    wake.clear()
+                    continue
+                if next_job is None:
+                    next_job = asyncio.ensure_future(it.__anext__())
+                waiter = asyncio.ensure_future(wake.wait())
+                await asyncio.wait({next_job, waiter}, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():
+                    waiter.cancel()
+                wake.clear()
+                if not next_job.done() and not reasks and teacher.stopping:
+                    return
+                if next_job.done():
+                    fut, next_job = next_job, None
+                    try:
+                        job = fut.result()
+                    except StopAsyncIteration:
+                        jobs_done = True
+                        continue
+                    for r in job_requests(job):
+                        yield r
+        finally:
+            if next_job is not None and not next_job.done():
+                next_job.cancel()
+
+    def check(res: TeacherResult, original: TeacherRequest, slot: int) -> bool:
+        """Validate a structured answer; True when it is settled (False: a re-ask was sent for it)."""
+        if original.schema is None or not res.ok or not res.structured:
+            return True
+        st = teacher.stats
+        st.structured += 1
+        parsed, error = so.validate(original.schema, res.text)
+        done, before = reasked.pop(res.key, (0, []))
+        if parsed is not None:
+            res.parsed = parsed
+        elif done < teacher.reask_limit and original.messages is not None:
+            st.reasks += 1
+            if res.cost_usd is not None and not res.cached:
+                st.reask_cost_usd += res.cost_usd
+            job = pending[res.key][0]
+            nonlocal counter
+            internal = f"{counter}"
+            counter += 1
+            again = so.reask_request(dataclasses.replace(original, key=internal, samples=1), res.text,
+                                     error or "invalid", done + 1)
+            pending[internal] = (job, [slot], [again])
+            left[internal] = 1
+            reasked[internal] = (done + 1, [*before, res])
+            reasks.append(again)
+            wake.set()
+            return False
+        else:
+            res.structured_error = error
+            st.structured_invalid += 1
+        res.reasks = before
+        return True
+
+    may_reask = teacher.reask_limit > 0
+    source = requests_with_reasks() if may_reask else plain_requests()
     # aclosing: when our caller stops early (e.g. its output write failed), the teacher's stream is closed
     # here, cancelling its requests in flight, before the caller closes the teacher's HTTP session.
-    async with aclosing(teacher.stream(requests())) as results:
+    async with aclosing(teacher.stream(source)) as results:
         async for res in results:
             job, idx, originals = pending[res.key]
             pos = res.request.sample_index - originals[0].sample_index
             if not 0 <= pos < len(idx):
                 raise RuntimeError(f"teacher answered sample {res.request.sample_index} of request {res.key!r}, "
                                    f"which asked for samples {originals[0].sample_index}..{originals[-1].sample_index}")
-            res.request = originals[pos]
+            original = originals[pos]
+            settled = check(res, original, idx[pos])
             left[res.key] -= 1
             if left[res.key] == 0:
                 del pending[res.key], left[res.key]
+            if may_reask:
+                wake.set()
+            if not settled:
+                continue
+            res.request = original  # a re-asked answer carries the re-ask (its messages end with the error)
             job.results[idx[pos]] = res
             job.left -= 1
             if job.left == 0:
@@ -179,8 +283,25 @@ class MethodStats:
     per_label: dict[str, int] = field(default_factory=dict)
     short: dict[str, str] = field(default_factory=dict)  # target not reached: what -> why
     budget_stopped: bool = False
+    structured: int = 0  # answers asked for as JSON for a schema (re-asks included)
+    reasks: int = 0  # invalid structured answers asked again (each one a paid request, counted above too)
+    reask_cost_usd: float = 0.0  # what those invalid answers cost (part of cost_usd)
+    structured_invalid: int = 0  # structured answers still invalid after the last re-ask (rejected)
 
     def record(self, res: TeacherResult) -> None:
+        """Count one result, and the invalid answers re-asked before it (``res.reasks``)."""
+        for bad in res.reasks:
+            self._record_one(bad)
+            self.reasks += 1
+            if bad.cost_usd is not None and not bad.cached:
+                self.reask_cost_usd += bad.cost_usd
+        if res.structured_error is not None:
+            self.structured_invalid += 1
+        self._record_one(res)
+
+    def _record_one(self, res: TeacherResult) -> None:
+        if res.structured:
+            self.structured += 1
         self.requests += 1
         if not res.ok:
             self.failed += 1
@@ -212,6 +333,9 @@ class MethodStats:
             "cost_usd": None if self.cost_usd is None else round(self.cost_usd, 8),
             "dataset_cost_usd": None if self.dataset_cost_usd is None else round(self.dataset_cost_usd, 8),
             "budget_stopped": self.budget_stopped,
+            **({"structured_answers": self.structured, "reasks": self.reasks,
+                "reask_cost_usd": round(self.reask_cost_usd, 8), "structured_invalid": self.structured_invalid}
+               if self.structured else {}),
         }
 
 

@@ -69,6 +69,7 @@ from synthkd.teachers.pricing import PriceTable
 from synthkd.teachers.ratelimit import RateLimiter, retry_after_seconds
 from synthkd.teachers.replies import Reply, parse_openai, share_usage
 from synthkd.teachers.stats import TeacherStats
+from synthkd.teachers.structured import STRUCTURED_MODES, json_schema_format
 
 __all__ = ["DEFAULT_BASE_URL", "Journal", "OpenAICompatibleTeacher", "TeacherStats"]  # TeacherStats: its old home
 
@@ -96,10 +97,13 @@ class OpenAICompatibleTeacher(Teacher):
     Requests are shaped for the model's family (:mod:`synthkd.teachers.families`); a request with
     ``samples=k`` is sent as one request with ``n=k`` where the endpoint takes it (the prompt is billed
     once), else as k requests; reasoning traces are returned apart from the answer
-    (:mod:`synthkd.teachers.replies`).  No structured outputs or batch jobs yet.
+    (:mod:`synthkd.teachers.replies`).  A request with a ``schema`` is sent with a strict
+    ``response_format: json_schema`` (``structured``: ``auto`` where the model's family is known to take
+    it, ``on`` always, ``off`` never); a 400 naming ``response_format`` turns it off for this model,
+    once (:mod:`synthkd.teachers.structured`).  No batch jobs yet.
     """
 
-    capabilities = TeacherCapabilities(n_samples=True, json_schema=False, batch=False, reasoning_trace=True)
+    capabilities = TeacherCapabilities(n_samples=True, json_schema=True, batch=False, reasoning_trace=True)
     #: where the key and the endpoint come from when not given (the Anthropic teacher has its own)
     KEY_ENV = "OPENAI_API_KEY"
     URL_ENV = "OPENAI_BASE_URL"
@@ -127,7 +131,15 @@ class OpenAICompatibleTeacher(Teacher):
         extra_body: dict[str, Any] | None = None,
         reasoning_effort: str | None = None,
         reasoning_budget: int | None = None,
+        structured: str = "auto",
+        reask: int = 2,
     ) -> None:
+        if structured not in STRUCTURED_MODES:
+            raise TeacherConfigError(f"--structured {structured!r}: expected one of {', '.join(STRUCTURED_MODES)}")
+        if reask < 0:
+            raise TeacherConfigError("--reask must be >= 0")
+        self.structured = structured
+        self.reask_limit = reask
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         if max_retries < 0:
@@ -157,7 +169,7 @@ class OpenAICompatibleTeacher(Teacher):
         self.family = (families or FamilyTable.default()).lookup(model)
         if reasoning_budget is None:
             reasoning_budget = DEFAULT_REASONING_BUDGET if self.family.reasoning else 0
-        self.shaper = RequestShaper(self.family, protected=frozenset(self.extra_body), allowance=reasoning_budget)
+        self.shaper = RequestShaper(self.family, protected=self._protected(), allowance=reasoning_budget)
         self.limiter = RateLimiter(rpm=rpm, tpm=tpm)
         self.latency = LatencyTracker(
             timeout_s, floor_s=timeout_floor_s, factor=8.0 if adaptive_timeout else float("inf")
@@ -204,8 +216,30 @@ class OpenAICompatibleTeacher(Teacher):
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    @property
+    def stopping(self) -> bool:
+        return self._fatal is not None or self.budget_exhausted
+
+    def _protected(self) -> frozenset[str]:
+        """Body fields the shaper never drops: the user's ``--param`` and, with ``--structured on``,
+        ``response_format`` (then a 400 for it fails the request instead of falling back to text)."""
+        return frozenset(self.extra_body) | ({"response_format"} if self.structured == "on" else set())
+
+    def wants_structured(self, req: TeacherRequest) -> bool:
+        """``req`` is asked for as JSON: it has a schema, is a chat request, and ``--structured`` is ``on``
+        (or ``auto`` and the model's family takes JSON schemas).  The cache key includes the schema then,
+        whether or not a 400 later turned it off for this model (the answer cached says which)."""
+        if req.schema is None or req.messages is None or self.structured == "off" or "response_format" in self.extra_body:
+            return False
+        return self.structured == "on" or self.family.json_schema
+
+    def _structured_params(self, req: TeacherRequest) -> dict[str, Any]:
+        if req.schema is None or not self.wants_structured(req):
+            return {}
+        return {"response_format": json_schema_format(req.schema)}
+
     def cache_key(self, req: TeacherRequest) -> str:
-        params = {**self.default_params, **req.params, **self.extra_body}
+        params = {**self.default_params, **req.params, **self._structured_params(req), **self.extra_body}
         if self.shaper.allowance:  # a bigger reasoning budget can turn a truncated answer into one
             params["\x00reasoning_budget"] = self.shaper.allowance
         return request_cache_key(
@@ -382,6 +416,7 @@ class OpenAICompatibleTeacher(Teacher):
             model=hit.get("model"),
             error=hit.get("error"),
             reasoning=hit.get("reasoning"),
+            structured=bool(hit.get("structured")),
         )
 
     def _estimate_tokens(self, req: TeacherRequest, params: dict[str, Any]) -> int:
@@ -462,7 +497,7 @@ class OpenAICompatibleTeacher(Teacher):
         req, key, n = reqs[0], keys[0], len(reqs)
         if n > 1 and not self.shaper.n_samples:  # learned (from another request) while this one waited
             return await self._one_by_one(reqs, keys)
-        params = {**self.default_params, **req.params}
+        params = {**self.default_params, **req.params, **self._structured_params(req)}
         clash = sorted(set(self.extra_body) & set(req.params))
         if clash:
             raise TeacherConfigError(
@@ -515,7 +550,12 @@ class OpenAICompatibleTeacher(Teacher):
                 continue
             except (RetryableError, RequestRejected) as exc:
                 return self._failed(reqs, attempts, started, f"{type(exc).__name__}: {exc}")
-        return self._answered(reqs, keys, reply, attempts, started)
+        return self._answered(reqs, keys, reply, attempts, started, structured=self._sent_structured(body))
+
+    @staticmethod
+    def _sent_structured(body: dict[str, Any]) -> bool:
+        """Whether the body that was answered asked for JSON (the Anthropic teacher: a forced tool)."""
+        return "response_format" in body
 
     async def _one_by_one(self, reqs: list[TeacherRequest], keys: list[str]) -> list[TeacherResult]:
         """The samples of one prompt sent as separate requests (in this task's concurrency slot)."""
@@ -534,7 +574,7 @@ class OpenAICompatibleTeacher(Teacher):
                               error=self._scrub(error)) for r in reqs]
 
     def _answered(self, reqs: list[TeacherRequest], keys: list[str], reply: Reply, attempts: int,
-                  started: float) -> list[TeacherResult]:
+                  started: float, structured: bool = False) -> list[TeacherResult]:
         """Bill, cache and count a reply's samples; samples the server did not return fail (retryable
         by a rerun: nothing is cached for them)."""
         n = len(reqs)
@@ -555,6 +595,8 @@ class OpenAICompatibleTeacher(Teacher):
                     entry["reasoning"] = choice.reasoning
                 if choice.error is not None:
                     entry["error"] = choice.error
+                if structured:
+                    entry["structured"] = True
                 try:
                     self.cache.put(k, self.model, entry)
                 except (sqlite3.Error, OSError) as exc:
@@ -568,7 +610,7 @@ class OpenAICompatibleTeacher(Teacher):
             results.append(TeacherResult(
                 request=r, text=choice.text, finish_reason=choice.finish_reason, usage=usage, cost_usd=cost,
                 cached=False, model=reply.model, attempts=attempts, latency_s=time.monotonic() - started,
-                error=choice.error, reasoning=choice.reasoning))
+                error=choice.error, reasoning=choice.reasoning, structured=structured))
         st.last_result_at = time.monotonic()
         if len(choices) < n:
             results += self._failed(reqs[len(choices):], attempts, started,

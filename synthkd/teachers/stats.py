@@ -30,6 +30,10 @@ class TeacherStats:
     rate_limited: int = 0
     timeouts: int = 0
     reshaped: int = 0  # requests re-sent in the shape the model accepts after an "unsupported parameter" 400
+    structured: int = 0  # answers asked for as JSON for a schema (structured outputs)
+    reasks: int = 0  # invalid structured answers asked again (see teachers/structured.py)
+    reask_cost_usd: float = 0.0  # what the invalid answers that were re-asked cost (part of cost_usd)
+    structured_invalid: int = 0  # structured answers still invalid after the last re-ask
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0  # part of prompt_tokens read from the provider's prompt cache
@@ -48,11 +52,26 @@ class TeacherStats:
             return f"cost this run ${self.cost_usd:.6f}"
         return f"cost unknown (no price for {self.model!r}; see --prices)"
 
+    def structured_part(self) -> str:
+        """``, N structured (R re-asked for $X, F still invalid)`` when answers were asked as JSON."""
+        if not self.structured:
+            return ""
+        return (f", {self.structured} structured ({self.reasks} re-asked for ${self.reask_cost_usd:.6f}, "
+                f"{self.structured_invalid} still invalid)")
+
+    def structured_dict(self) -> dict[str, object]:
+        """The structured-output counters for a ``--summary-json`` (empty when nothing was asked as JSON)."""
+        if not self.structured:
+            return {}
+        return {"structured_answers": self.structured, "reasks": self.reasks,
+                "reask_cost_usd": round(self.reask_cost_usd, 8), "structured_invalid": self.structured_invalid}
+
     def summary(self) -> str:
         """One line for a command's final report: requests sent (and what they became), tokens, cost."""
         return (f"requests sent {self.attempts} ({self.cached} from cache, {self.failed} failed, {self.retries} retries, "
                 f"{self.rate_limited} rate-limited, {self.timeouts} timed out"
-                f"{f', {self.reshaped} reshaped' if self.reshaped else ''}); "
+                f"{f', {self.reshaped} reshaped' if self.reshaped else ''}"
+                f"{self.structured_part()}); "
                 f"tokens {self.prompt_tokens} in{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} / "
                 f"{self.completion_tokens} out{f' ({self.reasoning_tokens} reasoning)' if self.reasoning_tokens else ''}; "
                 f"{self.cost_line()}")

@@ -109,6 +109,35 @@ def validate(body: Any) -> str | None:
         temperature = body.get("temperature")
         if temperature is not None and temperature != 1:
             return TEMPERATURE_MESSAGE
+    tools = body.get("tools")
+    if tools is not None:
+        if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("input_schema"), dict)
+                for t in tools):
+            return "tools: each tool needs a 'name' and an 'input_schema' object"
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if not isinstance(choice, dict) or choice.get("type") not in ("auto", "any", "tool", "none"):
+            return "tool_choice: Input tag does not match any of the expected tags: 'auto', 'any', 'tool', 'none'"
+        if choice["type"] == "tool" and choice.get("name") not in {t.get("name") for t in tools or ()}:
+            return f"tool_choice.name: no tool named {choice.get('name')!r} in tools"
+        if choice["type"] in ("tool", "any") and thinking_budget(body) is not None:
+            return FORCED_TOOL_MESSAGE
+    return None
+
+
+#: §3.3: thinking is incompatible with forced tool use (the wording is an assumption)
+FORCED_TOOL_MESSAGE = "Thinking may not be enabled when tool_choice forces tool use."
+
+
+def forced_tool(body: dict) -> dict | None:
+    """The tool a request forces (``tool_choice: {type: tool, name}``), or None."""
+    choice = body.get("tool_choice")
+    if not isinstance(choice, dict) or choice.get("type") != "tool":
+        return None
+    for t in body.get("tools") or ():
+        if t.get("name") == choice.get("name"):
+            return t
     return None
 
 
@@ -156,6 +185,10 @@ def openai_view(body: dict) -> dict:
     for key in ("temperature", "top_p", "top_k", "stop_sequences", "metadata"):
         if key in body:
             view[key] = body[key]
+    tool = forced_tool(body)
+    if tool is not None:  # responders see one shape of structured request, whatever the API
+        view["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": tool["name"], "strict": True, "schema": tool["input_schema"]}}
     return view
 
 
@@ -178,12 +211,16 @@ def usage_body(input_tokens: int, output_tokens: int, thinking_tokens: int, cach
 
 
 def message_body(message_id: str, model: str, thinking: str | None, text: str | None, stop_reason: str,
-                 usage: dict) -> dict:
-    """A Messages response: ``[thinking?, text?]`` content blocks (§3.2)."""
+                 usage: dict, tool_use: tuple[str, dict] | None = None) -> dict:
+    """A Messages response: ``[thinking?, text?]`` content blocks (§3.2), or a ``tool_use`` block
+    (``tool_use = (name, input)``) for a forced tool call."""
     content: list[dict] = []
     if thinking is not None:
         content.append({"type": "thinking", "thinking": thinking, "signature": signature_of(thinking)})
-    if text is not None:
+    if tool_use is not None:
+        content.append({"type": "tool_use", "id": "toolu_" + message_id[-16:], "name": tool_use[0],
+                        "input": tool_use[1]})
+    elif text is not None:
         content.append({"type": "text", "text": text})
     return {
         "id": message_id,

@@ -65,7 +65,7 @@ from typing import Any, Awaitable, Callable, Union
 import orjson
 from aiohttp import web
 
-from synthkd.testing import anthropic_api, flavors
+from synthkd.testing import anthropic_api, flavors, structured
 from synthkd.testing.billing import Ledger, PriceTable
 from synthkd.testing.prompt_cache import AutoPrefixCache, BlockCache
 from synthkd.testing.sampling import sample_seed
@@ -101,6 +101,7 @@ OUTCOMES = (
     "unauthorized",
     "bad_request",
     "responder_error",
+    "invalid_json",
     "quota_exhausted",
     "truncated",
     "overloaded",
@@ -153,6 +154,11 @@ class FaultConfig:
       answer whose budget ran out inside the reasoning.
     * ``think_closing_only_share``: for ``think-inline``, the share of prompts (by hash) answered
       with only the closing ``</think>`` tag.
+    * ``json_schema_supported``: whether a request with ``response_format: json_schema`` (or an
+      Anthropic forced tool call) is answered; False: a 400 naming ``response_format`` (a server
+      without structured outputs; flavors whose provider lacks them answer that 400 anyway).
+    * ``invalid_json_rate``: the share of structured replies corrupted (cut JSON, or JSON of another
+      shape), from a draw of its own (see :mod:`synthkd.testing.structured`).
 
     The fault draw's order is hang -> 500 -> malformed -> truncate -> overloaded.
     """
@@ -175,6 +181,8 @@ class FaultConfig:
     prompt_cache_min_tokens: int = 1024
     length_content: str = "empty"
     think_closing_only_share: float = 0.5
+    json_schema_supported: bool = True
+    invalid_json_rate: float = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -185,7 +193,7 @@ class FaultConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("error_rate", "hang_rate", "malformed_rate", "truncate_rate", "overloaded_rate",
-                     "think_closing_only_share"):
+                     "think_closing_only_share", "invalid_json_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -204,7 +212,7 @@ class FaultConfig:
 
 _FLOAT_FIELDS = {
     "latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate",
-    "truncate_rate", "overloaded_rate", "think_closing_only_share",
+    "truncate_rate", "overloaded_rate", "think_closing_only_share", "invalid_json_rate",
 }
 _INT_FIELDS = {"seed", "reasoning_tokens", "prompt_cache_min_tokens"}
 _OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit"}
@@ -229,9 +237,9 @@ def _coerce_config_value(name: str, value: Any) -> Any:
         if value not in ("empty", "null"):
             raise ValueError(f"length_content must be 'empty' or 'null', got {value!r}")
         return value
-    if name == "echo_key":
+    if name in ("echo_key", "json_schema_supported"):
         if not isinstance(value, bool):
-            raise ValueError(f"echo_key must be true or false, got {value!r}")
+            raise ValueError(f"{name} must be true or false, got {value!r}")
         return value
     if name == "quota_after":
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
@@ -399,6 +407,8 @@ def _fmt_number(value: float) -> str:
 def _responder_text(out: Any) -> tuple[str, str]:
     """A responder's answer as ``(text, finish_reason)`` (it may return a str or a dict)."""
     finish_reason = "stop"
+    if isinstance(out, dict) and "json" in out:  # a structured answer (see testing/structured.py)
+        return orjson.dumps(out["json"]).decode(), out.get("finish_reason") or "stop"
     if isinstance(out, dict):
         text = out.get("text", "")
         finish_reason = out.get("finish_reason") or "stop"
@@ -459,6 +469,7 @@ class TestServer:
         self.port = port
 
         self._rng = random.Random(self.config.seed)
+        self._json_rng = random.Random(f"json:{self.config.seed}")
         self._req_bucket: _TokenBucket | None = None
         self._tok_bucket: _TokenBucket | None = None
         self._apply_limits(force=True)
@@ -661,6 +672,7 @@ class TestServer:
         self.config = candidate
         if candidate.seed != old.seed:
             self._rng = random.Random(candidate.seed)
+            self._json_rng = random.Random(f"json:{candidate.seed}")
         self._apply_limits(
             force=False,
             rpm_changed=candidate.rpm_limit != old.rpm_limit,
@@ -700,6 +712,7 @@ class TestServer:
     def _reset_now(self) -> None:
         self._reset_counters()
         self._rng = random.Random(self.config.seed)
+        self._json_rng = random.Random(f"json:{self.config.seed}")
         self._malformed_index = 0
         self._apply_limits(force=True)
 
@@ -923,6 +936,15 @@ class TestServer:
             rejection = flavors.validate_chat(self.flavor, body, n)
             if rejection is not None:
                 return self._bad_request(request, rejection.message, rejection.param, rejection.code, rejection.status)
+            asked = structured.requested_schema(body)
+            if asked is not None:
+                if self.flavor not in structured.JSON_SCHEMA_FLAVORS or not cfg.json_schema_supported:
+                    return self._bad_request(request, structured.UNSUPPORTED_MESSAGE, "response_format",
+                                             "unsupported_parameter")
+                strict = bool((body["response_format"].get("json_schema") or {}).get("strict"))
+                problem = structured.schema_problem(asked[0], asked[1], strict=strict)
+                if problem is not None:
+                    return self._bad_request(request, problem, "response_format", "invalid_json_schema")
         self._models_seen[model] = None
         # Every well-formed request counts towards its prompt, whatever its fate (so retries and
         # cache misses are visible); list prompts count each element.
@@ -1106,6 +1128,14 @@ class TestServer:
                 finish_reason = "length"
         return text, finish_reason
 
+    def _structured(self, text: str, schema: dict) -> str:
+        """The content of a structured reply (``invalid_json_rate`` of them corrupted)."""
+        content = structured.structured_text(text, schema)
+        if self.config.invalid_json_rate and self._json_rng.random() < self.config.invalid_json_rate:
+            self._by_outcome["invalid_json"] += 1
+            content = structured.corrupt(content, self._json_rng)
+        return content
+
     async def _answer(
         self,
         body: dict,
@@ -1143,6 +1173,7 @@ class TestServer:
                 reasoning = flavor in flavors.REASONING_FLAVORS
                 effort = body.get("reasoning_effort")
                 closing_only = flavor == "think-inline" and flavors.closing_tag_only(prompt, cfg.think_closing_only_share)
+                asked = structured.requested_schema(body)
                 for i in range(n):
                     text, finish = await self._respond_once(
                         endpoint, base if i == 0 else {**base, "choice_index": i}, None
@@ -1150,6 +1181,8 @@ class TestServer:
                     own = None
                     if reasoning:  # a responder's own <think> trace is what a reasoning model returns
                         own, text = flavors.own_trace(text)
+                    if asked is not None:
+                        text = self._structured(text, asked[1])
                     spent = (len(own.split()) if own is not None
                              else flavors.reasoning_tokens(prompt, i, effort, cfg.reasoning_tokens) if reasoning else 0)
                     plan = flavors.plan_choice(text, finish, spent, budget, truncate)
@@ -1263,6 +1296,10 @@ class TestServer:
             self._by_outcome["bad_request"] += 1
             return self._anthropic_error(400, "invalid_request_error", problem, request_id)
         assert isinstance(body, dict)
+        if anthropic_api.forced_tool(body) is not None and not cfg.json_schema_supported:
+            self._by_outcome["bad_request"] += 1
+            return self._anthropic_error(400, "invalid_request_error", "tools: tool use is not supported by this "
+                                         "model (tool_choice)", request_id)
         model = body["model"]
         self._models_seen[model] = None
         view = anthropic_api.openai_view(body)
@@ -1333,6 +1370,7 @@ class TestServer:
             return self._anthropic_error(500, "api_error", f"responder failed: {type(exc).__name__}: {exc}",
                                          request_id), None
         text, finish = _responder_text(out)
+        tool = anthropic_api.forced_tool(body)
         budget = anthropic_api.thinking_budget(body)
         spent = 0
         own = None
@@ -1344,6 +1382,11 @@ class TestServer:
         thinking = flavors.trace_for(own, prompt, 0, plan.reasoning_tokens) if budget is not None else None
         answer = None if plan.cut_in_reasoning else plan.answer
         stop_reason = "max_tokens" if plan.finish_reason == "length" else "end_turn"
+        tool_use = None
+        if tool is not None and answer is not None and stop_reason != "max_tokens":
+            value = structured.parse_object(self._structured(answer, tool["input_schema"]))
+            tool_use = (tool["name"], value if isinstance(value, dict) else {"unexpected": value})
+            stop_reason = "tool_use"
 
         blocks = anthropic_api.prompt_blocks(body)
         prompt_tokens = sum(count_tokens(t) for t, _ in blocks)
@@ -1364,7 +1407,7 @@ class TestServer:
         usage = anthropic_api.usage_body(input_tokens, output_tokens, plan.reasoning_tokens, cache_write, cache_read)
         self._id_counter += 1
         message = anthropic_api.message_body(
-            f"msg_synthkd{self._id_counter:016d}", model, thinking, answer, stop_reason, usage
+            f"msg_synthkd{self._id_counter:016d}", model, thinking, answer, stop_reason, usage, tool_use
         )
         headers = {"request-id": request_id, **self._anthropic_rate_headers()}
         charge = {
@@ -1493,6 +1536,12 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
                    help="openai-reasoning: content of an answer cut off inside its reasoning")
     p.add_argument("--think-closing-only-share", type=float, default=0.5,
                    help="think-inline: share of prompts answered with only the closing </think> tag")
+    p.add_argument("--invalid-json-rate", type=float, default=0.0,
+                   help="fraction of structured (json_schema / forced tool) replies corrupted: cut JSON or the "
+                        "wrong shape")
+    p.add_argument("--no-json-schema", action="store_true",
+                   help="answer response_format json_schema (and Anthropic forced tools) with a 400, as a server "
+                        "without structured outputs does")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1554,6 +1603,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             prompt_cache_min_tokens=args.prompt_cache_min_tokens,
             length_content=args.length_content,
             think_closing_only_share=args.think_closing_only_share,
+            invalid_json_rate=args.invalid_json_rate,
+            json_schema_supported=not args.no_json_schema,
         )
         prices = PriceTable.load(args.prices)
     except (ValueError, OSError) as exc:
