@@ -107,7 +107,7 @@ def test_installed_wheel_generates_rationales_with_its_shipped_template(installe
               "--teacher", "test-model", "--base-url", server.base_url, "--n-demos", "0", "--cache", "c.sqlite"],
              cwd=cwd, env=env)
     rows = read_jsonl(cwd / "out.jsonl")
-    assert [r["id"] for r in rows] == ["q0", "q1", "q2"], p.stderr
+    assert sorted(r["id"] for r in rows) == ["q0", "q1", "q2"], p.stderr  # written as they complete
     shipped = load_template("rationale/cot_math")  # this checkout's template: the wheel shipped the same text
     assert {(r["template"], r["template_sha"], r["answer"]) for r in rows} == {("rationale/cot_math", shipped.sha, 7)}
     assert len(prompts) == 3 and all(q.startswith("Answer the last question. Reason step by step") for q in prompts)
