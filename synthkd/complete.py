@@ -322,15 +322,29 @@ def _output_row(row: dict[str, Any], results: list[Any], model: str) -> dict[str
 
 
 def install_sigterm() -> None:
-    """SIGTERM behaves like Ctrl-C: stop, keep what is written, print how to resume."""
+    """SIGTERM behaves like Ctrl-C: stop, keep what is written, print how to resume.
+
+    The handler goes with the task that installed it: when that task ends, the SIGTERM handler the
+    process had before is put back (asyncio's default loop does that when it closes, uvloop does not,
+    and a library caller must not be left with a process that ignores SIGTERM)."""
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
+    previous = signal.getsignal(signal.SIGTERM)
 
     def _cancel() -> None:
         if main is not None:
             main.cancel()
 
+    def _restore(_: object) -> None:
+        try:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        except (NotImplementedError, RuntimeError, ValueError, TypeError):
+            pass
+
     try:
         loop.add_signal_handler(signal.SIGTERM, _cancel)
     except (NotImplementedError, RuntimeError):
-        pass
+        return
+    if main is not None:
+        main.add_done_callback(_restore)

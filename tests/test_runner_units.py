@@ -434,8 +434,9 @@ def test_ledger_lines_are_exact_and_a_second_attempt_appends(tmp_path):
     led.sent("k1")
     led.answered("k1", SimpleNamespace(prompt_tokens=12, completion_tokens=5), 0.25)
     led.answered("k2", SimpleNamespace(prompt_tokens=1.0, completion_tokens=2.0), None)
-    stats = SimpleNamespace(attempts=2, cached=1, prompt_tokens=12, completion_tokens=5, cost_usd=0.25)
-    led.end(SimpleNamespace(stats=stats))
+    from synthkd.teachers.stats import TeacherStats
+    stats = TeacherStats(attempts=2, cached=1, prompt_tokens=12, completion_tokens=5, cost_usd=0.25)
+    led.end(SimpleNamespace(stats=stats))  # no structured answers: no structured counters in the line
     led.close()
     led.close()  # harmless twice
     a = led.attempt
