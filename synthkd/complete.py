@@ -117,7 +117,7 @@ def run_complete(o: CompleteConfig) -> ExitCode:
         teacher = make_teacher(o.teacher_spec())  # a TeacherConfigError here was found before any request: exit 2
         with OutputLock(o.output):  # a busy output, or one that cannot be opened: exit 2
             done = index_output(o.output)
-            return asyncio.run(run_completions(o, teacher, scan.rows, done))
+            return asyncio.run(complete_in_passes(o, teacher, scan.rows, done))
     except BaseException as exc:
         if exit_code_for(exc) is None:
             raise
@@ -136,6 +136,20 @@ def _close(teacher: Teacher) -> None:
     finally:
         if teacher.cache is not None:  # the cache is closed by whoever built the teacher: us
             teacher.cache.close()
+
+
+async def complete_in_passes(o: CompleteConfig, teacher: Teacher, n_rows: int, done: Any, **kw: Any) -> ExitCode:
+    """:func:`run_completions`, pass after pass in batch mode (:mod:`synthkd.teachers.batch.passes`):
+    a pass whose requests went into batches is followed by waiting for them (or exit 5 with
+    ``--no-wait``) and another pass, which writes the rows from the cache."""
+    from synthkd.teachers.batch.passes import wait_or_stop
+
+    while True:
+        code = await run_completions(o, teacher, n_rows, done, **kw)
+        if code != ExitCode.SUBMITTED:
+            return code
+        await wait_or_stop([teacher], str(o.output))
+        done = index_output(o.output)
 
 
 def _rejects_path(o: CompleteConfig) -> Path:
@@ -239,6 +253,12 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
     await reporter.stop()
     missing = todo_rows - written - rejected
     st = teacher.stats
+    from synthkd.teachers.batch.passes import batch_waiting
+
+    if batch_waiting([teacher]):  # batch mode: the rest waits for batches (the caller waits, or exits 5)
+        log.info(f"pass: {written} rows written to {o.output} from the cache, {rejected} rejected; "
+                 f"{missing} wait for batches")
+        return ExitCode.SUBMITTED
     elapsed = time.monotonic() - t0
     log.info(
         f"done: {written} rows written to {o.output} ({cached_rows} from cache, {len(done)} already there), "

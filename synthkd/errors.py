@@ -16,6 +16,7 @@ The tree (each class also keeps the builtin base that callers catch it as)::
     │   ├── TeacherConfigError ............. a teacher setting found wrong before any request .. exit 2
     │   └── TeacherStorageError ............ the cache or a ledger cannot be written ........... exit 2
     ├── BudgetExceeded (RuntimeError) ...... ``max_cost`` reached ................................ exit 3
+    ├── BatchSubmitted (RuntimeError) ...... batch mode, --no-wait: submitted, rerun to collect .. exit 5
     ├── StageFailed (RuntimeError) ......... a pipeline stage rejected rows for good ............ exit 1
     ├── HubError (RuntimeError) ............ the Hugging Face Hub unreachable or refusing ....... exit 4
     └── (internal, never reach a command: :mod:`synthkd.teachers.errors`)
@@ -53,6 +54,7 @@ class ExitCode(IntEnum):
     BAD_INPUT = 2  # bad input, a path or setting that cannot work, or an output that cannot be written
     BUDGET = 3  # max_cost reached: rerun with a larger one
     TEACHER = 4  # the teacher (or the hub) refused us or cannot be reached
+    SUBMITTED = 5  # batch mode, --no-wait: requests submitted to the provider's Batch API; rerun to collect
     INTERRUPTED = 130  # Ctrl-C or SIGTERM
 
 
@@ -155,6 +157,11 @@ class BudgetExceeded(SynthkdError, RuntimeError):
     """Raised after the stream stops issuing requests because ``max_cost`` was reached."""
 
 
+class BatchSubmitted(SynthkdError, RuntimeError):
+    """Batch mode with ``--no-wait``: requests were submitted to (or are still in) the provider's Batch
+    API; nothing is lost, and a rerun of the same command collects the results and goes on (exit 5)."""
+
+
 class StageFailed(SynthkdError, RuntimeError):
     """A stage finished but some rows were rejected for good (``synthkd run`` exits 1, as ``complete`` does)."""
 
@@ -171,6 +178,7 @@ class HubError(SynthkdError, RuntimeError):
 _EXIT_CODES: tuple[tuple[tuple[type[BaseException], ...], ExitCode], ...] = (
     ((StageFailed,), ExitCode.REJECTED),
     ((BudgetExceeded,), ExitCode.BUDGET),
+    ((BatchSubmitted,), ExitCode.SUBMITTED),
     ((TeacherConfigError, TeacherStorageError), ExitCode.BAD_INPUT),
     ((TeacherFatalError, HubError), ExitCode.TEACHER),
     ((KeyboardInterrupt, asyncio.CancelledError), ExitCode.INTERRUPTED),
@@ -207,7 +215,7 @@ def os_error_line(exc: OSError) -> str:
 def error_line(exc: BaseException) -> str:
     """The first line said about ``exc``: ``stopped:`` for a budget, the OS's words for a plain OSError
     (with the file it names), else ``error: <message>``."""
-    if isinstance(exc, BudgetExceeded):
+    if isinstance(exc, (BudgetExceeded, BatchSubmitted)):
         return f"stopped: {exc}"
     if isinstance(exc, OSError) and not isinstance(exc, SynthkdError):
         return os_error_line(exc)

@@ -63,7 +63,7 @@ from pydantic import ValidationError
 
 import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, stage_line
-from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
+from synthkd.errors import BatchSubmitted, RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.jsonl_io import InputError, count_rows  # noqa: F401  (count_rows: stage modules import it from here)
 from synthkd.teachers.base import Teacher
 from synthkd.templates import TemplateError
@@ -545,7 +545,8 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
         # how the teacher is reached changes no answer: not part of the fingerprint (a rerun with more
         # concurrency or a larger budget resumes instead of starting over)
         "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost",
-                                          "adaptive_timeout"}) if tc else None,
+                                          "adaptive_timeout", "batch", "wait", "batch_retries", "batch_poll",
+                                          "batch_size"}) if tc else None,
         "inputs": input_hashes,
         "seed": p.ctx.pipeline.seed,
     })
@@ -600,9 +601,10 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         manifest.save()
         t0 = time.monotonic()
         try:
-            counts = await p.impl.run(p.ctx, p.options)
+            counts = await _run_stage(p)
         except BaseException as exc:
-            rec["status"] = "interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError)) else "failed"
+            rec["status"] = ("interrupted" if isinstance(exc, (KeyboardInterrupt, asyncio.CancelledError))
+                             else "batch submitted" if isinstance(exc, BatchSubmitted) else "failed")
             raise
         finally:
             teacher = p.ctx._teacher
@@ -638,6 +640,24 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
 
     write_report(run_dir, manifest.data)
     return result
+
+
+async def _run_stage(p: PlannedStage) -> dict[str, Any]:
+    """Run a stage; in batch mode, pass after pass (:mod:`synthkd.teachers.batch.passes`): after a
+    pass that deferred requests to batches, wait for them (or stop with exit 5, ``--no-wait``: the
+    stage stays resumable) and run the stage again, its answers now in the cache."""
+    from synthkd.teachers.batch.passes import batch_waiting, wait_or_stop
+
+    while True:
+        try:
+            counts = await p.impl.run(p.ctx, p.options)
+        except StageFailed:  # a pass with rows still in batches is not a failure yet
+            if not batch_waiting([p.ctx.current_teacher]):
+                raise
+            counts = {}
+        if not batch_waiting([p.ctx.current_teacher]):
+            return counts
+        await wait_or_stop([p.ctx.current_teacher], f"[{p.cfg.name}]")
 
 
 def _record_teacher(rec: dict[str, Any], output: Path, teacher: Teacher | None) -> None:

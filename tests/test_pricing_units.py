@@ -193,7 +193,7 @@ def test_extra_fields_are_allowed(tmp_path):
                                    "notes": "x"}}))
     assert PriceTable.default(f).lookup("m") == Price(1, 2, 0.5)
     f.write_text(json.dumps({"m": {"input": 1, "output": 2, "cache_write": "dear"}}))
-    with pytest.raises(PriceTableError, match="'cached_input' and 'cache_write' must be numbers"):
+    with pytest.raises(PriceTableError, match="'cached_input', 'cache_write', 'batch_input' and 'batch_output' must be numbers"):
         PriceTable.default(f)
 
 

@@ -13,7 +13,9 @@ its own (what to read and plan, which rows to stream, what its summary adds):
 4. close the teachers, print one summary line (rows written, already there, dropped/rejected by
    reason, the method's own counts, the teacher's :meth:`TeacherStats.summary`, the time), and
    choose the exit code: 0 done; 1 some rows rejected / a target not reached; 2 bad input;
-   3 budget reached; 4 the teacher failed fatally; 130 interrupted (as ``synthkd complete``).
+   3 budget reached; 4 the teacher failed fatally; 5 batch mode with ``--no-wait``: submitted, rerun
+   to collect; 130 interrupted (as ``synthkd complete``).  In batch mode the rows are written pass after
+   pass (:mod:`synthkd.teachers.batch.passes`).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from synthkd.jsonl_io import OutputLock, index_output, write_summary
 from synthkd.methods.runner import RunCounts, rejects_path_for, write_rows
 from synthkd.options import config_command
 from synthkd.teachers.base import Teacher, TeacherFatalError
+from synthkd.teachers.batch.passes import batch_waiting, wait_or_stop
 
 #: the codes a generate job ends with on its own (errors are mapped by run_job / report_error)
 EXIT_OK, EXIT_SHORT, EXIT_BUDGET = ExitCode.OK, ExitCode.REJECTED, ExitCode.BUDGET
@@ -214,10 +217,20 @@ class GenerateJob:
                 teachers.append(make_teacher(teacher_spec(model, **{**self.conn, "base_url": url})))
             with OutputLock(self.output):  # two processes never append to the same output
                 done = index_output(self.output)
-                try:
-                    counts = await write_rows(self.rows(teachers, done), self.output)
-                except TeacherFatalError as exc:  # the summary still says what was written
-                    fatal = exc
+                first_done, earlier = done, 0
+                while True:  # one pass online; in batch mode, passes until nothing waits for a batch
+                    try:
+                        counts = await write_rows(self.rows(teachers, done), self.output)
+                    except TeacherFatalError as exc:  # the summary still says what was written
+                        fatal = exc
+                        break
+                    if not batch_waiting(teachers):
+                        break
+                    earlier += counts.written
+                    await wait_or_stop(teachers, str(self.output))
+                    done = index_output(self.output)
+                counts.written += earlier
+                done = first_done
         finally:
             for t in teachers:
                 await t.aclose()

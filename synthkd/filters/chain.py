@@ -191,40 +191,20 @@ async def clean_file(
                 raise ConfigError(f"operator(s) {', '.join(teacher_ops)} need a teacher: give --teacher MODEL")
             ctx.teacher = teacher_factory()
             ctx.teacher_name = ctx.teacher.model
-        for op in ops:
-            await op.setup()
-        total = prescan(input_path, ops, id_field) if strict else None
-        funnel = Funnel([Stage(INPUT_STAGE, INPUT_STAGE, "rows read from the input file")]
-                        + [Stage(op.label, op.op, op.summary) for op in ops])
-        funnel.meta = {"input": str(input_path), "output": str(paths.output), "rejects": str(paths.rejects),
-                       **(meta or {})}
-        out = _Writer(paths.output)
-        writers.append(out)
-        rej = _Writer(paths.rejects)
-        writers.append(rej)
-        bar = None
-        if progress if progress is not None else sys.stderr.isatty():
-            from tqdm import tqdm
+        while True:
+            funnel = await _one_pass(input_path, ops, ctx, paths, writers, strict=strict, progress=progress,
+                                     meta=meta, id_field=id_field)
+            if funnel is not None:
+                return funnel
+            # batch mode: the teacher's requests wait for batches; this pass's files are dropped, and the
+            # next one (fresh operators, answers from the cache) writes the result
+            from synthkd.teachers.batch.passes import wait_or_stop
 
-            bar = tqdm(total=total, desc="clean", unit="row", file=sys.stderr, dynamic_ncols=True)
-        stream = _read_input(input_path, ctx, funnel, rej, bar.update if bar else None)
-        for i, op in enumerate(ops, 1):
-            stream = _stage(i, op, stream, funnel, rej)
-        async for row in stream:
-            out.write(row)
-        if bar is not None:
-            bar.close()
-        funnel.finish()
-        for i, op in enumerate(ops, 1):
-            funnel.stages[i].extra = op.report()
-            funnel.stages[i].extra_md = op.report_markdown()
-        problems = funnel.check_accounting()
-        if problems or out.count != funnel.rows_out or rej.count != funnel.rejected:
-            raise RuntimeError("row accounting failed (a bug in an operator): " + "; ".join(problems))
-        out.commit()
-        rej.commit()
-        funnel.write(paths.report_json, paths.report_md)
-        return funnel
+            for w in writers:
+                w.abort()
+            writers.clear()
+            await wait_or_stop([ctx.teacher], "clean")
+            ops = build(configs, ctx)
     finally:
         for w in writers:
             w.abort()
@@ -232,3 +212,47 @@ async def clean_file(
         teacher = ctx.teacher
         if teacher is not None and hasattr(teacher, "aclose"):
             await teacher.aclose()
+
+
+async def _one_pass(input_path: Path, ops: list, ctx: RunContext, paths: CleanPaths, writers: list,
+                    *, strict: bool, progress: bool | None, meta: dict[str, Any] | None,
+                    id_field: str) -> Funnel | None:
+    """One streaming pass over the input; None when (batch mode) some rows wait for batches."""
+    from synthkd.teachers.batch.passes import batch_waiting
+
+    for op in ops:
+        await op.setup()
+    total = prescan(input_path, ops, id_field) if strict else None
+    funnel = Funnel([Stage(INPUT_STAGE, INPUT_STAGE, "rows read from the input file")]
+                    + [Stage(op.label, op.op, op.summary) for op in ops])
+    funnel.meta = {"input": str(input_path), "output": str(paths.output), "rejects": str(paths.rejects),
+                   **(meta or {})}
+    out = _Writer(paths.output)
+    writers.append(out)
+    rej = _Writer(paths.rejects)
+    writers.append(rej)
+    bar = None
+    if progress if progress is not None else sys.stderr.isatty():
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="clean", unit="row", file=sys.stderr, dynamic_ncols=True)
+    stream = _read_input(input_path, ctx, funnel, rej, bar.update if bar else None)
+    for i, op in enumerate(ops, 1):
+        stream = _stage(i, op, stream, funnel, rej)
+    async for row in stream:
+        out.write(row)
+    if bar is not None:
+        bar.close()
+    if batch_waiting([ctx.teacher]):
+        return None
+    funnel.finish()
+    for i, op in enumerate(ops, 1):
+        funnel.stages[i].extra = op.report()
+        funnel.stages[i].extra_md = op.report_markdown()
+    problems = funnel.check_accounting()
+    if problems or out.count != funnel.rows_out or rej.count != funnel.rejected:
+        raise RuntimeError("row accounting failed (a bug in an operator): " + "; ".join(problems))
+    out.commit()
+    rej.commit()
+    funnel.write(paths.report_json, paths.report_md)
+    return funnel

@@ -28,6 +28,8 @@ class CompleteStage:
         # a fatal teacher error goes up to `synthkd run` as such (exit 4, or 2 for a setting), not as
         # "some rows failed for good" (exit 1)
         code = await run_completions(o, teacher, scan.rows, done, reraise_fatal=True)
+        if code == ExitCode.SUBMITTED:  # batch mode: the pipeline waits for the batches, then runs it again
+            return {"rows_in": scan.rows, "rows_out": count_rows(ctx.output)}
         if code == ExitCode.BUDGET:
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         if code != ExitCode.OK:

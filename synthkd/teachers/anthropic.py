@@ -43,7 +43,7 @@ _FINISH = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length", 
 class AnthropicTeacher(OpenAICompatibleTeacher):
     """Claude through ``POST {base_url}/v1/messages`` with ``x-api-key`` (default ``$ANTHROPIC_API_KEY``)."""
 
-    capabilities = TeacherCapabilities(n_samples=False, json_schema=True, batch=False, reasoning_trace=True)
+    capabilities = TeacherCapabilities(n_samples=False, json_schema=True, batch=True, reasoning_trace=True)
     KEY_ENV = "ANTHROPIC_API_KEY"
     URL_ENV = "ANTHROPIC_BASE_URL"
     DEFAULT_URL = "https://api.anthropic.com/v1"

@@ -18,6 +18,7 @@ from synthkd.teachers.stats import TeacherStats
 if TYPE_CHECKING:
     from pydantic import BaseModel
 
+    from synthkd.teachers.batch.engine import BatchExecutor
     from synthkd.teachers.cache import RequestCache
     from synthkd.teachers.openai_compat import Journal
     from synthkd.teachers.pricing import Price
@@ -134,6 +135,9 @@ class TeacherResult:
     structured_error: str | None = None
     #: the invalid answers re-asked before this one (paid for; counted by MethodStats)
     reasks: list["TeacherResult"] = field(default_factory=list)
+    #: batch mode: the request went into a provider batch (or already is in a live one); no answer yet.
+    #: :func:`synthkd.teachers.jobs.stream_jobs` drops the job (a later pass answers it from the cache)
+    deferred: bool = False
 
     @property
     def key(self) -> str:
@@ -187,6 +191,9 @@ class Teacher(ABC):
     journal: Journal | None = None
     #: how many times an invalid structured answer is re-asked (``--reask``; see :mod:`.structured`)
     reask_limit: int = 0
+    #: batch mode (``--batch``): the executor that sends this teacher's requests through the provider's
+    #: Batch API instead of one by one (:mod:`synthkd.teachers.batch`); None online
+    batch: BatchExecutor | None = None
 
     def __init__(self, model: str, *, price: Price | None) -> None:
         self.model = model

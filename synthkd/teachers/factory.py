@@ -75,6 +75,18 @@ class TeacherSpec:
                           choices=("auto", "on", "off"))
     reask: int = opt(2, help="Re-asks of a structured answer that is invalid JSON or does not match its schema "
                              "(each one paid, counted in the cost, the budget and the summary).", ge=0)
+    batch: bool = opt(False, help="Send the requests through the provider's Batch API (OpenAI Batch API, Anthropic "
+                                  "Message Batches) at its batch price (half the online price), instead of one by "
+                                  "one: same requests, cache and budget; see README, Batch mode.",
+                      flags=("--batch/--online",))
+    wait: bool | None = opt(None, help="Batch mode: wait for the batches (polling, with progress) and go on; "
+                                       "--no-wait submits, exits 5, and a rerun of the same command collects. "
+                                       "Default: wait on a terminal.")
+    batch_retries: int = opt(2, help="Batch mode: times a request that failed or expired in a batch is resubmitted "
+                                     "before its error goes to the rejects.", ge=0)
+    batch_poll: float = opt(30.0, help="Batch mode: seconds between polls of a live batch.", gt=0)
+    batch_size: int | None = opt(None, help="Batch mode: requests per batch at most (default the provider's limit: "
+                                            "OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB).", ge=1)
     default_params: dict[str, Any] = opt(default_factory=dict, help="Sampling parameters sent with every request "
                                          "(temperature, max_tokens...).", cli=False, stage=False)
 
@@ -127,7 +139,17 @@ def parse_params(items: list[str] | dict[str, Any] | None) -> dict[str, Any]:
 
 
 def make_teacher(spec: TeacherSpec) -> Teacher:
-    """The Teacher for ``spec.teacher``; raises TeacherConfigError/InputError on bad settings."""
+    """The Teacher for ``spec.teacher``; raises TeacherConfigError/InputError on bad settings.  With
+    ``spec.batch`` the teacher sends through the provider's Batch API (:mod:`synthkd.teachers.batch`)."""
+    teacher = _make_teacher(spec)
+    if spec.batch:
+        from synthkd.teachers.batch.engine import attach_batch
+
+        attach_batch(teacher, spec)
+    return teacher
+
+
+def _make_teacher(spec: TeacherSpec) -> Teacher:
     name = spec.teacher
     if name.startswith("replay:"):
         from synthkd.teachers.replay import ReplayTeacher

@@ -31,7 +31,7 @@ T = TypeVar("T")
 class Job(Generic[T]):
     """One item and the requests it needs; ``results`` is filled in request order."""
 
-    __slots__ = ("item", "requests", "results", "left")
+    __slots__ = ("item", "requests", "results", "left", "deferred")
 
     def __init__(self, item: T, requests: list[TeacherRequest]) -> None:
         if not requests:
@@ -40,6 +40,8 @@ class Job(Generic[T]):
         self.requests = requests
         self.results: list[TeacherResult | None] = [None] * len(requests)
         self.left = len(requests)
+        #: batch mode: a request of this job went into a provider batch; the job is dropped (never yielded)
+        self.deferred = False
 
     def done_results(self) -> list[TeacherResult]:
         """``results`` once every request has one, as :func:`stream_jobs` yields the job."""
@@ -80,6 +82,13 @@ async def stream_jobs(teacher: Teacher,
     reask_request`) up to ``teacher.reask_limit`` times in the same stream, and the job waits for it.
     The answers re-asked ride along on the final result (``result.reasks``), and the teacher's stats
     count them; one still invalid after the last re-ask carries ``structured_error`` and its raw text.
+
+    Batch mode (``teacher.batch``): a request the cache cannot answer comes back ``deferred`` (it went
+    into a provider batch); its job is dropped at once, so memory stays flat however many requests are
+    batched, and the caller's next pass (:mod:`synthkd.teachers.batch.passes`) gets it from
+    the cache.  The request stream ends once every job given so far is answered or dropped and the job
+    source has nothing more for a moment (a :class:`JobFeed` whose consumer waits on dropped jobs
+    would otherwise never end).
     """
     from synthkd.teachers import structured as so
 
@@ -92,6 +101,8 @@ async def stream_jobs(teacher: Teacher,
     reasks: list[TeacherRequest] = []
     wake = asyncio.Event()
     counter = 0
+    batching = teacher.batch is not None
+    consumer_busy = False  # a job was yielded and the caller has not asked for the next one yet
 
     def internal_request(key: str, req: TeacherRequest) -> TeacherRequest:
         # The internal key routes the answer back; the caller's key is kept in meta.
@@ -146,11 +157,15 @@ async def stream_jobs(teacher: Teacher,
                     next_job = asyncio.ensure_future(it.__anext__())
                 waiter = asyncio.ensure_future(wake.wait())
                 await asyncio.wait({next_job, waiter}, timeout=_POLL_S, return_when=asyncio.FIRST_COMPLETED)
-                if not waiter.done():
+                woken = waiter.done()
+                if not woken:
                     waiter.cancel()
                 wake.clear()
                 if not next_job.done() and not reasks and teacher.stopping:
                     return
+                if (batching and not woken and not next_job.done() and not reasks and not pending
+                        and not consumer_busy):
+                    return  # batch mode, quiescent: every job is answered or deferred, none is coming
                 if next_job.done():
                     fut, next_job = next_job, None
                     try:
@@ -197,12 +212,20 @@ async def stream_jobs(teacher: Teacher,
         return True
 
     may_reask = teacher.reask_limit > 0
-    source = requests_with_reasks() if may_reask else plain_requests()
+    source = requests_with_reasks() if may_reask or batching else plain_requests()
     # aclosing: when our caller stops early (e.g. its output write failed), the teacher's stream is closed
     # here, cancelling its requests in flight, before the caller closes the teacher's HTTP session.
     async with aclosing(teacher.stream(source)) as results:
         async for res in results:
             job, idx, originals = pending[res.key]
+            if res.deferred or job.deferred:  # batch mode: dropped now, answered by a later pass
+                job.deferred = True
+                reasked.pop(res.key, None)
+                left[res.key] -= 1
+                if left[res.key] == 0:
+                    del pending[res.key], left[res.key]
+                wake.set()
+                continue
             pos = res.request.sample_index - originals[0].sample_index
             if not 0 <= pos < len(idx):
                 raise RuntimeError(f"teacher answered sample {res.request.sample_index} of request {res.key!r}, "
@@ -220,7 +243,9 @@ async def stream_jobs(teacher: Teacher,
             job.results[idx[pos]] = res
             job.left -= 1
             if job.left == 0:
+                consumer_busy = True
                 yield job
+                consumer_busy = False
 
 
 # ==================================================================================================

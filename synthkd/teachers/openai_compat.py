@@ -100,10 +100,11 @@ class OpenAICompatibleTeacher(Teacher):
     (:mod:`synthkd.teachers.replies`).  A request with a ``schema`` is sent with a strict
     ``response_format: json_schema`` (``structured``: ``auto`` where the model's family is known to take
     it, ``on`` always, ``off`` never); a 400 naming ``response_format`` turns it off for this model,
-    once (:mod:`synthkd.teachers.structured`).  No batch jobs yet.
+    once (:mod:`synthkd.teachers.structured`).  With ``batch`` set (``--batch``) the same requests go
+through the provider's Batch API (:mod:`synthkd.teachers.batch`).
     """
 
-    capabilities = TeacherCapabilities(n_samples=True, json_schema=True, batch=False, reasoning_trace=True)
+    capabilities = TeacherCapabilities(n_samples=True, json_schema=True, batch=True, reasoning_trace=True)
     #: where the key and the endpoint come from when not given (the Anthropic teacher has its own)
     KEY_ENV = "OPENAI_API_KEY"
     URL_ENV = "OPENAI_BASE_URL"
@@ -262,7 +263,14 @@ class OpenAICompatibleTeacher(Teacher):
 
         Requests that are not sent because the budget was reached yield nothing: the caller sees them
         missing and ``budget_exhausted`` set, and a rerun (with a larger budget) completes them.
+
+        In batch mode (``self.batch``) the requests go through the provider's Batch API instead
+        (:class:`synthkd.teachers.batch.engine.BatchExecutor`).
         """
+        if self.batch is not None:
+            async for res in self.batch.stream(requests):
+                yield res
+            return
         out: asyncio.Queue[Any] = asyncio.Queue(maxsize=max(64, 2 * self.concurrency))
         sem = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()

@@ -5,8 +5,9 @@ so the total a run reports is what the provider bills.  Users extend the table w
 (``--prices FILE`` or ``$SYNTHKD_PRICES``) mapping model name -> {"input": USD/1M, "output": USD/1M},
 optionally with ``"cached_input"`` (prompt tokens read from the provider's prompt cache: OpenAI's
 ``cached_tokens``, DeepSeek's ``prompt_cache_hit_tokens``, Anthropic's ``cache_read_input_tokens``) and
-``"cache_write"`` (Anthropic's ``cache_creation_input_tokens``), both defaulting to ``input``, and
-``"as_of"`` (the date the price was read).  Reasoning tokens are output tokens and priced as such
+``"cache_write"`` (Anthropic's ``cache_creation_input_tokens``), both defaulting to ``input``,
+``"batch_input"``/``"batch_output"`` (the Batch API's prices, default half the online ones: both providers
+charge 50% in batches), and ``"as_of"`` (the date the price was read).  Reasoning tokens are output tokens and priced as such
 (every provider counts them in ``completion_tokens``/``output_tokens``).  Local servers (vLLM, Ollama)
 can be priced at 0.
 """
@@ -32,6 +33,22 @@ class Price:
     output_per_mtok: float
     cached_input_per_mtok: float | None = None
     cache_write_per_mtok: float | None = None
+    #: the Batch API's prices (``"batch_input"``/``"batch_output"``); None: the online price x BATCH_DISCOUNT
+    batch_input_per_mtok: float | None = None
+    batch_output_per_mtok: float | None = None
+
+    def batch(self) -> "Price":
+        """The price of the provider's Batch API (OpenAI Batch, Anthropic Message Batches): every token
+        class at ``BATCH_DISCOUNT`` (half) of its online price unless the table gives batch prices."""
+        def half(v: float | None) -> float | None:
+            return None if v is None else v * BATCH_DISCOUNT
+
+        inp = self.batch_input_per_mtok if self.batch_input_per_mtok is not None else self.input_per_mtok * BATCH_DISCOUNT
+        out = self.batch_output_per_mtok if self.batch_output_per_mtok is not None else self.output_per_mtok * BATCH_DISCOUNT
+        scale = inp / self.input_per_mtok if self.input_per_mtok else BATCH_DISCOUNT
+        cached = None if self.cached_input_per_mtok is None else self.cached_input_per_mtok * scale
+        write = None if self.cache_write_per_mtok is None else self.cache_write_per_mtok * scale
+        return Price(inp, out, cached, write, inp, out)
 
     def cost(self, prompt_tokens: int, completion_tokens: int, *, cached_tokens: int = 0,
              cache_write_tokens: int = 0) -> float:
@@ -48,8 +65,13 @@ class Price:
                          cache_write_tokens=usage.cache_write_tokens)
 
 
-#: the optional prompt-cache prices of an entry (USD per 1M tokens; default: the input price)
-_CACHE_FIELDS = ("cached_input", "cache_write")
+#: the optional prices of an entry (USD per 1M tokens): prompt-cache reads and writes (default: the input
+#: price), and the Batch API's input and output (default: the online price x BATCH_DISCOUNT)
+_CACHE_FIELDS = ("cached_input", "cache_write", "batch_input", "batch_output")
+
+#: what the Batch APIs charge of the online price: "50% cost discount" (OpenAI), "All usage is charged at
+#: 50% of the standard API prices" (Anthropic); see ../shared/api_reference.md 2.7 and 3.4
+BATCH_DISCOUNT = 0.5
 
 
 def _parse_entries(data: Any, source: str) -> dict[str, Price]:
@@ -68,8 +90,8 @@ def _parse_entries(data: Any, source: str) -> dict[str, Price]:
         try:
             optional = [None if entry.get(k) is None else float(entry[k]) for k in _CACHE_FIELDS]
         except (TypeError, ValueError):
-            raise PriceTableError(f"{source}: model {model!r}: 'cached_input' and 'cache_write' must be numbers "
-                                  "when given") from None
+            raise PriceTableError(f"{source}: model {model!r}: 'cached_input', 'cache_write', 'batch_input' and "
+                                  "'batch_output' must be numbers when given") from None
         table[model] = Price(*base, *optional)  # other fields (as_of, notes) are for people
     return table
 

@@ -43,6 +43,7 @@ class TeacherStats:
     first_request_at: float | None = None
     last_result_at: float | None = None
     in_flight: int = 0
+    batched: int = 0  # batch mode: requests submitted in provider batches (part of attempts)
     model: str = ""
     price_known: bool = True
 
@@ -71,7 +72,8 @@ class TeacherStats:
         return (f"requests sent {self.attempts} ({self.cached} from cache, {self.failed} failed, {self.retries} retries, "
                 f"{self.rate_limited} rate-limited, {self.timeouts} timed out"
                 f"{f', {self.reshaped} reshaped' if self.reshaped else ''}"
-                f"{self.structured_part()}); "
+                f"{self.structured_part()}"
+                f"{f'; {self.batched} in batches at batch prices' if self.batched else ''}); "
                 f"tokens {self.prompt_tokens} in{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} / "
                 f"{self.completion_tokens} out{f' ({self.reasoning_tokens} reasoning)' if self.reasoning_tokens else ''}; "
                 f"{self.cost_line()}")
