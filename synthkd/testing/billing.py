@@ -8,6 +8,12 @@ separate code -- so a test can check the client's total against it.
 A response is billed when a provider would bill it: a 200 that carries usage (truncated ``length``
 answers and ``n > 1`` requests included).  Errors, rate-limit answers, abandoned hangs and
 malformed bodies are not billed (the malformed bodies carry no usable usage).
+
+Items of a Batch API job (OpenAI Batch, Anthropic Message Batches) are billed at
+:data:`BATCH_DISCOUNT` of the online price, every token class alike (cached input and cache writes
+included: both providers state "50% of the standard API prices" for all usage of a batch); failed,
+expired and cancelled items are not billed.  They count in ``billed`` / ``billed_usd`` like any
+response, and are also totalled apart in ``billed_batch`` / ``billed_batch_usd``.
 """
 
 from __future__ import annotations
@@ -17,7 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-__all__ = ["Price", "PriceTable", "Ledger", "DEFAULT_PRICES_PATH", "TOKEN_CLASSES"]
+__all__ = ["Price", "PriceTable", "Ledger", "DEFAULT_PRICES_PATH", "TOKEN_CLASSES", "BATCH_DISCOUNT"]
+
+#: The share of the online price a batch item costs (OpenAI: "50% cost discount"; Anthropic: "All
+#: usage is charged at 50% of the standard API prices"; reference §2.7, §3.4).
+BATCH_DISCOUNT = 0.5
 
 #: synthkd's shipped price list (USD per 1M tokens), read with plain ``json``.
 DEFAULT_PRICES_PATH = Path(__file__).resolve().parent.parent / "data" / "prices.json"
@@ -107,6 +117,8 @@ class Ledger:
     def reset(self) -> None:
         self.totals = dict.fromkeys(("requests", *TOKEN_CLASSES), 0)
         self.usd = 0.0
+        self.batch_totals = dict.fromkeys(("requests", *TOKEN_CLASSES), 0)
+        self.batch_usd = 0.0
         self.unpriced: dict[str, None] = {}
 
     def charge(
@@ -118,20 +130,27 @@ class Ledger:
         cached_input_tokens: int = 0,
         cache_write_tokens: int = 0,
         reasoning_tokens: int = 0,
+        batch: bool = False,
     ) -> None:
-        """Bill one response.  ``input_tokens`` is the uncached input only."""
-        t = self.totals
-        t["requests"] += 1
-        t["input_tokens"] += input_tokens
-        t["cached_input_tokens"] += cached_input_tokens
-        t["cache_write_tokens"] += cache_write_tokens
-        t["output_tokens"] += output_tokens
-        t["reasoning_tokens"] += reasoning_tokens
+        """Bill one response.  ``input_tokens`` is the uncached input only; ``batch``: an item of a
+        batch job, priced at :data:`BATCH_DISCOUNT` of the online price."""
+        for t in (self.totals, self.batch_totals) if batch else (self.totals,):
+            t["requests"] += 1
+            t["input_tokens"] += input_tokens
+            t["cached_input_tokens"] += cached_input_tokens
+            t["cache_write_tokens"] += cache_write_tokens
+            t["output_tokens"] += output_tokens
+            t["reasoning_tokens"] += reasoning_tokens
         price = self.prices.lookup(model)
         if price is None:
             self.unpriced[model] = None
             return
-        self.usd += price.cost(input_tokens, cached_input_tokens, cache_write_tokens, output_tokens)
+        usd = price.cost(input_tokens, cached_input_tokens, cache_write_tokens, output_tokens)
+        if batch:
+            usd *= BATCH_DISCOUNT
+            self.batch_usd += usd
+        self.usd += usd
 
     def snapshot(self) -> dict:
-        return {"billed": dict(self.totals), "billed_usd": self.usd, "billed_unpriced_models": list(self.unpriced)}
+        return {"billed": dict(self.totals), "billed_usd": self.usd, "billed_unpriced_models": list(self.unpriced),
+                "billed_batch": dict(self.batch_totals), "billed_batch_usd": self.batch_usd}

@@ -66,6 +66,7 @@ import orjson
 from aiohttp import web
 
 from synthkd.testing import anthropic_api, flavors, structured
+from synthkd.testing.batch_api import BatchEmulator
 from synthkd.testing.billing import Ledger, PriceTable
 from synthkd.testing.prompt_cache import AutoPrefixCache, BlockCache
 from synthkd.testing.sampling import sample_seed
@@ -160,6 +161,15 @@ class FaultConfig:
     * ``invalid_json_rate``: the share of structured replies corrupted (cut JSON, or JSON of another
       shape), from a draw of its own (see :mod:`synthkd.testing.structured`).
 
+    * ``batch_seconds``: how long a batch of the Batch APIs takes from creation to its end (the
+      accelerated clock; see :mod:`synthkd.testing.batch_api` for the timeline).
+    * ``batch_failed_rate``: the share of each batch's items that fail (OpenAI: a 500 line in the error
+      file; Anthropic: ``errored``), picked deterministically from the seed and custom_id.
+    * ``batch_expire_after_share``: the batch expires once this share of its items is done, keeping
+      their results (None: batches never expire).
+    * ``batch_max_requests`` / ``batch_max_bytes``: lower the providers' limits per batch (None: 50,000
+      requests / 200 MB per OpenAI input file, 100,000 / 256 MB per Anthropic batch).
+
     The fault draw's order is hang -> 500 -> malformed -> truncate -> overloaded.
     """
 
@@ -183,17 +193,22 @@ class FaultConfig:
     think_closing_only_share: float = 0.5
     json_schema_supported: bool = True
     invalid_json_rate: float = 0
+    batch_seconds: float = 0.5
+    batch_failed_rate: float = 0
+    batch_expire_after_share: float | None = None
+    batch_max_requests: int | None = None
+    batch_max_bytes: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` for values that make no sense (negative latency, rate > 1...)."""
-        for name in ("latency_ms", "latency_jitter_ms", "hang_seconds"):
+        for name in ("latency_ms", "latency_jitter_ms", "hang_seconds", "batch_seconds"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("error_rate", "hang_rate", "malformed_rate", "truncate_rate", "overloaded_rate",
-                     "think_closing_only_share", "invalid_json_rate"):
+                     "think_closing_only_share", "invalid_json_rate", "batch_failed_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -201,6 +216,13 @@ class FaultConfig:
             value = getattr(self, name)
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0 or None, got {value!r}")
+        share = self.batch_expire_after_share
+        if share is not None and not 0 <= share <= 1:
+            raise ValueError(f"batch_expire_after_share must be in [0, 1] or None, got {share!r}")
+        for name in ("batch_max_requests", "batch_max_bytes"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value!r}")
         if self.quota_after is not None and self.quota_after < 0:
             raise ValueError(f"quota_after must be >= 0 or None, got {self.quota_after!r}")
         for name in ("reasoning_tokens", "prompt_cache_min_tokens"):
@@ -212,10 +234,12 @@ class FaultConfig:
 
 _FLOAT_FIELDS = {
     "latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate",
-    "truncate_rate", "overloaded_rate", "think_closing_only_share", "invalid_json_rate",
+    "truncate_rate", "overloaded_rate", "think_closing_only_share", "invalid_json_rate", "batch_seconds",
+    "batch_failed_rate",
 }
 _INT_FIELDS = {"seed", "reasoning_tokens", "prompt_cache_min_tokens"}
-_OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit"}
+_OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit", "batch_expire_after_share"}
+_OPTIONAL_INT_FIELDS = {"quota_after", "batch_max_requests", "batch_max_bytes"}
 _CONFIG_FIELDS = {f.name for f in fields(FaultConfig)}
 
 
@@ -241,9 +265,9 @@ def _coerce_config_value(name: str, value: Any) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be true or false, got {value!r}")
         return value
-    if name == "quota_after":
+    if name in _OPTIONAL_INT_FIELDS:
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            raise ValueError(f"quota_after must be an integer or null, got {value!r}")
+            raise ValueError(f"{name} must be an integer or null, got {value!r}")
         return value
     if name == "api_key":
         if value is not None and not isinstance(value, str):
@@ -423,6 +447,17 @@ def _error_body(message: str, type_: str, code: str | None = None, param: str | 
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+@dataclass
+class _Prepared:
+    """A validated OpenAI-shaped request: what :meth:`TestServer._answer` needs."""
+
+    body: dict
+    is_chat: bool
+    model: str
+    n: int
+    prompts: list[str]
+
+
 class TestServer:
     """An OpenAI-compatible server on ``host:port`` (port 0 = pick a free one).
 
@@ -479,6 +514,7 @@ class TestServer:
         self._malformed_index = 0
         self._in_flight = 0
         self._timer_lateness = 0.0  # seconds; see _latency
+        self._batch = BatchEmulator(self)
         self._reset_counters()
 
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -590,6 +626,8 @@ class TestServer:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         for path, (method, handler) in self._routes().items():
             app.router.add_route(method, path, handler)
+        for method, path, handler in self._batch.routes(self.flavor):
+            app.router.add_route(method, path, handler)
         app.router.add_get("/_stats", self._handle_stats)
         app.router.add_post("/_reset", self._handle_reset)
         app.router.add_post("/_config", self._handle_config)
@@ -606,6 +644,7 @@ class TestServer:
         self._started = True
 
     async def _stop_async(self) -> None:
+        self._batch.close()
         if self._stop_event is not None:
             self._stop_event.set()  # wakes hung handlers
         if self._runner is not None:
@@ -706,6 +745,7 @@ class TestServer:
         self._prompt_counts_truncated = False
         self._models_seen: dict[str, None] = {}
         self.ledger.reset()
+        self._batch.reset_counters()
         self._auto_cache.clear()
         self._block_cache.clear()
 
@@ -738,6 +778,7 @@ class TestServer:
             "models_seen": list(self._models_seen),
             "flavor": self.flavor,
             **self.ledger.snapshot(),
+            "batch": self._batch.stats(),
             "uptime_s": round(time.time() - self._started_at, 3) if self._started_at else 0.0,
             "config": self._public_config(),
         }
@@ -902,49 +943,45 @@ class TestServer:
         if charge is not None:
             self.ledger.charge(model, **charge)
 
-    async def _generate(self, request: web.Request, endpoint: str, arrived: float) -> web.Response:
-        cfg = self.config
-        # 1. auth
-        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
-            return self._unauthorized(request)
+    def _check_openai_body(self, body: Any, endpoint: str) -> tuple | _Prepared:
+        """Validate a parsed OpenAI-shaped request body as the endpoint does.
 
-        # request validation (not a fault: a client bug, so it is answered like OpenAI would)
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            return self._bad_request(request, "We could not parse the JSON body of your request.")
+        Returns the rejection ``(message, param, code, status)`` or the :class:`_Prepared` request.
+        Shared by the online endpoints and the Batch API's items, so a line of a batch file is
+        answered exactly as the same body sent online.
+        """
+        cfg = self.config
         if not isinstance(body, dict):
-            return self._bad_request(request, "The request body must be a JSON object.")
+            return ("The request body must be a JSON object.", None, None, 400)
         is_chat = endpoint == CHAT_ENDPOINT
         if is_chat:
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
-                return self._bad_request(request, "'messages' is a required property (a non-empty array).", "messages")
+                return ("'messages' is a required property (a non-empty array).", "messages", None, 400)
         elif not isinstance(body.get("prompt"), (str, list)):
-            return self._bad_request(request, "'prompt' is a required property.", "prompt")
+            return ("'prompt' is a required property.", "prompt", None, 400)
         if body.get("stream"):
-            return self._bad_request(request, "stream=true is not supported by the synthkd test server.", "stream")
+            return ("stream=true is not supported by the synthkd test server.", "stream", None, 400)
         n = body.get("n", 1)
         if n is None:
             n = 1
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
-            return self._bad_request(request, f"{n!r} is not a valid value for 'n' (1..128).", "n")
+            return (f"{n!r} is not a valid value for 'n' (1..128).", "n", None, 400)
         model = body.get("model") or DEFAULT_MODEL
         if not isinstance(model, str):
-            return self._bad_request(request, "'model' must be a string.", "model")
+            return ("'model' must be a string.", "model", None, 400)
         if is_chat:
             rejection = flavors.validate_chat(self.flavor, body, n)
             if rejection is not None:
-                return self._bad_request(request, rejection.message, rejection.param, rejection.code, rejection.status)
+                return (rejection.message, rejection.param, rejection.code, rejection.status)
             asked = structured.requested_schema(body)
             if asked is not None:
                 if self.flavor not in structured.JSON_SCHEMA_FLAVORS or not cfg.json_schema_supported:
-                    return self._bad_request(request, structured.UNSUPPORTED_MESSAGE, "response_format",
-                                             "unsupported_parameter")
+                    return (structured.UNSUPPORTED_MESSAGE, "response_format", "unsupported_parameter", 400)
                 strict = bool((body["response_format"].get("json_schema") or {}).get("strict"))
                 problem = structured.schema_problem(asked[0], asked[1], strict=strict)
                 if problem is not None:
-                    return self._bad_request(request, problem, "response_format", "invalid_json_schema")
+                    return (problem, "response_format", "invalid_json_schema", 400)
         self._models_seen[model] = None
         # Every well-formed request counts towards its prompt, whatever its fate (so retries and
         # cache misses are visible); list prompts count each element.
@@ -954,9 +991,27 @@ class TestServer:
             prompt = body["prompt"]
             prompts = [p if isinstance(p, str) else str(p) for p in prompt] if isinstance(prompt, list) else [prompt]
             if not prompts:
-                return self._bad_request(request, "'prompt' must not be an empty array.", "prompt")
+                return ("'prompt' must not be an empty array.", "prompt", None, 400)
         for p in prompts:
             self._track_prompt(p)
+        return _Prepared(body, is_chat, model, n, prompts)
+
+    async def _generate(self, request: web.Request, endpoint: str, arrived: float) -> web.Response:
+        cfg = self.config
+        # 1. auth
+        if self._expected_auth is not None and request.headers.get("Authorization") != self._expected_auth:
+            return self._unauthorized(request)
+
+        # request validation (not a fault: a client bug, so it is answered like OpenAI would)
+        try:
+            raw = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return self._bad_request(request, "We could not parse the JSON body of your request.")
+        checked = self._check_openai_body(raw, endpoint)
+        if isinstance(checked, tuple):
+            message, param, code, status = checked
+            return self._bad_request(request, message, param, code, status)
+        body, is_chat, model, n, prompts = checked.body, checked.is_chat, checked.model, checked.n, checked.prompts
 
         if cfg.quota_after is not None and self._by_outcome["ok"] >= cfg.quota_after:
             return self._quota_exhausted()
@@ -1145,11 +1200,13 @@ class TestServer:
         n: int,
         prompts: list[str],
         truncate: bool = False,
+        batch: bool = False,
     ) -> tuple[web.Response, dict | None]:
         """Build the success response (and charge its tokens to the TPM bucket).
 
         ``prompts`` is ``[prompt text]`` for chat, the prompt(s) for completions.  Returns the
-        response and the ledger charge for it (None when nothing is billable).
+        response and the ledger charge for it (None when nothing is billable).  ``batch``: an item
+        of a Batch API job, whose tokens come from a separate pool (the TPM bucket is not charged).
         """
         max_tokens = body.get("max_completion_tokens")
         if max_tokens is None:
@@ -1219,7 +1276,7 @@ class TestServer:
         total = prompt_tokens + completion_tokens
         self._prompt_tokens += prompt_tokens
         self._completion_tokens += completion_tokens
-        if self._tok_bucket is not None:
+        if self._tok_bucket is not None and not batch:
             self._tok_bucket.refill(time.monotonic())
             self._tok_bucket.level -= total
         if is_chat:
@@ -1245,6 +1302,44 @@ class TestServer:
             "reasoning_tokens": reasoning_total,
         }
         return self._json(result, headers=headers), charge
+
+    # ---------------------------------------------------------------- batch items (see batch_api)
+
+    async def _batch_openai_item(self, body: Any, endpoint: str) -> tuple[int, dict, str, dict | None]:
+        """One line of an OpenAI batch, answered by the online logic: ``(status, body, model, charge)``.
+
+        A body the endpoint rejects gives its 400 (in the flavor's envelope); no faults, no rate limits
+        (batch work is a separate pool).
+        """
+        checked = self._check_openai_body(body, endpoint)
+        if isinstance(checked, tuple):
+            message, param, code, status = checked
+            return status, flavors.error_body(self.flavor, status, message, "invalid_request_error", code, param), "", None
+        response, charge = await self._answer(checked.body, endpoint, checked.is_chat, checked.model, checked.n,
+                                              checked.prompts, batch=True)
+        assert isinstance(response.body, bytes)
+        return response.status, orjson.loads(response.body), checked.model, charge
+
+    async def _batch_anthropic_item(self, params: Any) -> tuple[str, dict, str, dict | None]:
+        """One request of a Message Batch: ``("succeeded", message, model, charge)`` or ``("errored",
+        ErrorResponse, "", None)`` -- the online Messages logic, without faults or rate limits."""
+        problem = anthropic_api.validate(params)
+        if problem is None and anthropic_api.forced_tool(params) is not None and not self.config.json_schema_supported:
+            problem = "tools: tool use is not supported by this model (tool_choice)"
+        if problem is not None:
+            return "errored", anthropic_api.error_body("invalid_request_error", problem, None), "", None
+        model = params["model"]
+        self._models_seen[model] = None
+        view = anthropic_api.openai_view(params)
+        prompt = prompt_text_of(view)
+        self._track_prompt(prompt)
+        response, charge = await self._anthropic_answer(params, view, prompt, model, self._next_request_id(), False,
+                                                        batch=True)
+        assert isinstance(response.body, bytes)
+        body = orjson.loads(response.body)
+        if response.status != 200:
+            return "errored", {**body, "request_id": None}, "", None
+        return "succeeded", body, model, charge
 
     # ---------------------------------------------------------------- Anthropic Messages API
 
@@ -1355,9 +1450,12 @@ class TestServer:
         return response
 
     async def _anthropic_answer(
-        self, body: dict, view: dict, prompt: str, model: str, request_id: str, truncate: bool
+        self, body: dict, view: dict, prompt: str, model: str, request_id: str, truncate: bool, batch: bool = False
     ) -> tuple[web.Response, dict | None]:
-        """A Messages response: thinking (when enabled) then text, within ``max_tokens`` (§3.2)."""
+        """A Messages response: thinking (when enabled) then text, within ``max_tokens`` (§3.2).
+
+        ``batch``: an item of a Message Batch (no rate-limit bucket charge, ``service_tier "batch"``).
+        """
         cfg = self.config
         try:
             out = self.responder(anthropic_api.MESSAGES_ENDPOINT, view)
@@ -1401,10 +1499,12 @@ class TestServer:
         output_tokens = plan.completion_tokens
         self._prompt_tokens += prompt_tokens
         self._completion_tokens += output_tokens
-        if self._tok_bucket is not None:
+        if self._tok_bucket is not None and not batch:
             self._tok_bucket.refill(time.monotonic())
             self._tok_bucket.level -= prompt_tokens + output_tokens
         usage = anthropic_api.usage_body(input_tokens, output_tokens, plan.reasoning_tokens, cache_write, cache_read)
+        if batch:
+            usage["service_tier"] = "batch"
         self._id_counter += 1
         message = anthropic_api.message_body(
             f"msg_synthkd{self._id_counter:016d}", model, thinking, answer, stop_reason, usage, tool_use
@@ -1542,6 +1642,16 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
     p.add_argument("--no-json-schema", action="store_true",
                    help="answer response_format json_schema (and Anthropic forced tools) with a 400, as a server "
                         "without structured outputs does")
+    p.add_argument("--batch-seconds", type=float, default=0.5,
+                   help="Batch APIs: seconds from a batch's creation to its end (accelerated clock; default 0.5)")
+    p.add_argument("--batch-failed-rate", type=float, default=0.0,
+                   help="Batch APIs: share of each batch's items that fail")
+    p.add_argument("--batch-expire-after-share", type=float, default=None,
+                   help="Batch APIs: a batch expires once this share of its items is done (default: never)")
+    p.add_argument("--batch-max-requests", type=int, default=None,
+                   help="Batch APIs: requests per batch (default the provider's: 50,000 OpenAI, 100,000 Anthropic)")
+    p.add_argument("--batch-max-bytes", type=int, default=None,
+                   help="Batch APIs: bytes per batch (default the provider's: 200 MB OpenAI, 256 MB Anthropic)")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1605,6 +1715,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             think_closing_only_share=args.think_closing_only_share,
             invalid_json_rate=args.invalid_json_rate,
             json_schema_supported=not args.no_json_schema,
+            batch_seconds=args.batch_seconds,
+            batch_failed_rate=args.batch_failed_rate,
+            batch_expire_after_share=args.batch_expire_after_share,
+            batch_max_requests=args.batch_max_requests,
+            batch_max_bytes=args.batch_max_bytes,
         )
         prices = PriceTable.load(args.prices)
     except (ValueError, OSError) as exc:
