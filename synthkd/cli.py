@@ -62,6 +62,9 @@ def _register_groups() -> None:
     from synthkd.commands.tailor import tailor_command
 
     app.command("tailor")(tailor_command)
+    from synthkd.commands.batch_cmd import batch_app
+
+    app.add_typer(batch_app, name="batch")
 
 
 _register_groups()

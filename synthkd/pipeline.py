@@ -546,7 +546,7 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
         # concurrency or a larger budget resumes instead of starting over)
         "teacher": tc.model_dump(exclude={"concurrency", "rpm", "tpm", "timeout", "max_retries", "max_cost",
                                           "adaptive_timeout", "batch", "wait", "batch_retries", "batch_poll",
-                                          "batch_size"}) if tc else None,
+                                          "batch_max_requests"}) if tc else None,
         "inputs": input_hashes,
         "seed": p.ctx.pipeline.seed,
     })

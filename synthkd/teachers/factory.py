@@ -85,7 +85,7 @@ class TeacherSpec:
     batch_retries: int = opt(2, help="Batch mode: times a request that failed or expired in a batch is resubmitted "
                                      "before its error goes to the rejects.", ge=0)
     batch_poll: float = opt(30.0, help="Batch mode: seconds between polls of a live batch.", gt=0)
-    batch_size: int | None = opt(None, help="Batch mode: requests per batch at most (default the provider's limit: "
+    batch_max_requests: int | None = opt(None, help="Batch mode: requests per batch at most (default the provider's limit: "
                                             "OpenAI 50,000 requests / 200 MB, Anthropic 100,000 / 256 MB).", ge=1)
     default_params: dict[str, Any] = opt(default_factory=dict, help="Sampling parameters sent with every request "
                                          "(temperature, max_tokens...).", cli=False, stage=False)

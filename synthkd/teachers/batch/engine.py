@@ -83,14 +83,14 @@ def attach_batch(teacher: Teacher, spec: TeacherSpec) -> None:
                                  "drop --no-cache")
     wait = sys.stdout.isatty() if spec.wait is None else spec.wait
     teacher.batch = BatchExecutor(teacher, wait=wait, retries=spec.batch_retries, poll_s=spec.batch_poll,
-                                  batch_size=spec.batch_size)
+                                  batch_max_requests=spec.batch_max_requests)
 
 
 class BatchExecutor:
     """Batch mode of one API teacher (see the module docstring)."""
 
     def __init__(self, teacher: OpenAICompatibleTeacher, *, wait: bool, retries: int = 2, poll_s: float = 30.0,
-                 batch_size: int | None = None) -> None:
+                 batch_max_requests: int | None = None) -> None:
         from synthkd.teachers.anthropic import AnthropicTeacher
 
         assert teacher.cache is not None
@@ -100,7 +100,7 @@ class BatchExecutor:
         self.api: OpenAIBatchAPI | AnthropicBatchAPI = (
             AnthropicBatchAPI(http) if isinstance(teacher, AnthropicTeacher) else OpenAIBatchAPI(http))
         base = self.api.limits
-        self.limits = Limits(min(batch_size or base.max_requests, base.max_requests), base.max_bytes)
+        self.limits = Limits(min(batch_max_requests or base.max_requests, base.max_requests), base.max_bytes)
         self.journal = BatchJournal(teacher.cache.path)
         self.wait = wait
         self.retries = retries
@@ -455,7 +455,7 @@ class BatchExecutor:
         n = sum(r.requests for r in live)
         return (f"{n} request(s) in {len(live)} batch(es) at the provider "
                 f"({', '.join(str(r.batch_id) for r in live[:5])}{', ...' if len(live) > 5 else ''}); "
-                f"rerun the same command to collect (see `synthkd batch status {self.t.cache.path if self.t.cache else ''}`)")
+                f"rerun the same command to collect (see `synthkd batch status {self.t.cache.path if self.t.cache is not None else ''}`)")
 
     @asynccontextmanager
     async def _locked(self) -> AsyncIterator[None]:

@@ -167,7 +167,7 @@ class OpenAIBatchAPI:
     """``POST /files`` (purpose=batch) -> ``POST /batches`` -> ``GET /batches/{id}`` -> file contents."""
 
     name = "openai"
-    limits = Limits(max_requests=50_000, max_bytes=200 * 1024 * 1024)
+    limits = Limits(max_requests=50_000, max_bytes=200_000_000)
     overhead = 0
     _ENDED = ("completed", "failed", "expired", "cancelled")
 
@@ -265,7 +265,7 @@ class AnthropicBatchAPI:
     """``POST /messages/batches`` (the requests inline) -> ``GET /messages/batches/{id}`` -> ``results_url``."""
 
     name = "anthropic"
-    limits = Limits(max_requests=100_000, max_bytes=256 * 1024 * 1024)
+    limits = Limits(max_requests=100_000, max_bytes=256_000_000)
     overhead = 1  # the comma between two requests in the body
 
     def __init__(self, http: Http) -> None:
