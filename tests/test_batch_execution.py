@@ -1,0 +1,195 @@
+"""Batch mode end to end through the CLI, against the test server's Batch API emulator (real HTTP):
+the same rows as online, --no-wait and the rerun that collects, expiry with partial results, item
+failures resubmitted then rejected, the budget before submission, SIGKILL at random points, and
+``synthkd batch status|cancel``."""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import cli_env, read_jsonl, synthkd_cmd, write_prompts
+from synthkd.testing.server import FaultConfig, TestServer
+
+MODEL = "gpt-4o-mini"  # a priced model: the budget and the batch cost are checked
+VOLATILE = ("cached", "cost_usd")  # how a row was paid for, not what it says
+
+
+def _cmd(srv: TestServer, inp: Path, out: Path, *extra: str, model: str = MODEL) -> list[str]:
+    return synthkd_cmd("complete", "-m", model, "--base-url", srv.base_url, "-i", str(inp), "-o", str(out),
+                       "--batch-poll", "0.05", *extra)
+
+
+def _run(cmd: list[str], cache: Path, timeout: float = 180, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, env=cli_env(SYNTHKD_CACHE=str(cache), ANTHROPIC_API_KEY="k", **env),
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+
+def _rows(path: Path) -> dict[str, dict]:
+    rows = read_jsonl(path)
+    by_id = {r["id"]: {k: v for k, v in r.items() if k not in VOLATILE} for r in rows}
+    assert len(by_id) == len(rows), "an id was written twice"
+    return by_id
+
+
+def _batch(srv: TestServer) -> dict:
+    return srv.stats()["batch"]
+
+
+@pytest.mark.parametrize("flavor,model", [("openai", MODEL), ("anthropic", "anthropic:claude-haiku-4-5")])
+def test_batch_rows_equal_online_rows_at_half_the_cost(tmp_path, flavor, model):
+    write_prompts(tmp_path / "in.jsonl", 30, messages=True)
+    with TestServer(FaultConfig(batch_seconds=0.3), flavor=flavor) as srv:
+        online = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "online.jsonl", model=model),
+                      tmp_path / "online-cache.sqlite")
+        assert online.returncode == 0, online.stderr[-2000:]
+        res = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "batch.jsonl", "--batch", "--wait",
+                        "--batch-max-requests", "12", "--summary-json", str(tmp_path / "s.json"), model=model),
+                   tmp_path / "batch-cache.sqlite")
+        assert res.returncode == 0, res.stderr[-3000:]
+        b = _batch(srv)
+    assert _rows(tmp_path / "batch.jsonl") == _rows(tmp_path / "online.jsonl")
+    assert b["batches_created"] == 3 and b["requests_submitted"] == 30 and not b["resubmitted_ids"]  # 12+12+6
+    online_cost = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "online.jsonl"))
+    batch_cost = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "batch.jsonl"))
+    assert online_cost > 0 and batch_cost == pytest.approx(online_cost / 2)
+    assert json.loads((tmp_path / "s.json").read_text())["cost_usd"] == pytest.approx(online_cost / 2)
+    assert "30 in batches at batch prices" in res.stderr and "ETA" in res.stderr
+
+
+def test_no_wait_exits_5_and_the_rerun_collects(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 25)
+    cache = tmp_path / "cache.sqlite"
+    with TestServer(FaultConfig(batch_seconds=8.0)) as srv:
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--no-wait")
+        first = _run(cmd, cache)
+        assert first.returncode == 5, first.stderr[-2000:]
+        assert "rerun the same command to collect" in first.stderr
+        assert not read_jsonl(tmp_path / "out.jsonl")
+        records = [json.loads(p.read_text()) for p in (tmp_path / "cache.sqlite.batches").glob("*.json")]
+        assert [r["state"] for r in records] == ["submitted"] and records[0]["batch_id"]
+        again = _run(cmd, cache)  # the batch is still running: nothing is submitted twice
+        assert again.returncode == 5 and _batch(srv)["batches_created"] == 1
+        status = _run(synthkd_cmd("batch", "status", str(cache)), cache)
+        assert status.returncode == 0 and records[0]["batch_id"] in status.stdout and "submitted" in status.stdout
+        while _batch(srv)["live_batches"]:
+            time.sleep(0.1)
+        done = _run(cmd, cache)
+        assert done.returncode == 0, done.stderr[-2000:]
+        b = _batch(srv)
+    assert len(_rows(tmp_path / "out.jsonl")) == 25
+    assert b["batches_created"] == 1 and b["requests_submitted"] == 25 and not b["resubmitted_ids"]
+
+
+def test_expired_batch_keeps_its_done_share_and_resubmits_the_rest(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 40)
+    cache = tmp_path / "cache.sqlite"
+    with TestServer(FaultConfig(batch_seconds=0.5, batch_expire_after_share=0.3)) as srv:
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch")
+        first = _run([*cmd, "--no-wait"], cache)
+        assert first.returncode == 5
+        while _batch(srv)["live_batches"]:
+            time.sleep(0.1)
+        srv.configure(batch_expire_after_share=None)
+        res = _run([*cmd, "--wait"], cache)
+        assert res.returncode == 0, res.stderr[-3000:]
+        b = _batch(srv)
+    assert len(_rows(tmp_path / "out.jsonl")) == 40
+    counts = b["submitted_by_custom_id"]
+    assert len(counts) == 40
+    assert sorted(counts.values()) == [1] * 12 + [2] * 28  # 30% kept, the rest submitted once more
+    assert b["batches_created"] == 2 and b["items"]["expired"] == 28
+    assert "expired: 12 answer(s) collected" in res.stderr
+
+
+def test_failed_items_are_resubmitted_then_rejected_with_their_error(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 20)
+    cache = tmp_path / "cache.sqlite"
+    with TestServer(FaultConfig(batch_seconds=0.2, batch_failed_rate=0.25)) as srv:
+        res = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--wait",
+                        "--batch-retries", "1"), cache)
+        b = _batch(srv)
+    written = _rows(tmp_path / "out.jsonl")
+    rejects = read_jsonl(tmp_path / "out.rejects.jsonl")
+    assert len(written) + len(rejects) == 20 and rejects  # every row decided, each once
+    assert res.returncode == 1
+    assert all("HTTP 500" in r["error"] and "failed in 2 batch(es)" in r["error"] for r in rejects)
+    counts = b["submitted_by_custom_id"]
+    assert max(counts.values()) == 2 and sum(v == 2 for v in counts.values()) == 5  # the 5 failed, once more
+    assert b["batches_created"] == 2
+
+
+def test_budget_stops_before_anything_is_uploaded(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 50)
+    prices = tmp_path / "prices.json"
+    prices.write_text(json.dumps({MODEL: {"input": 100.0, "output": 100.0}}))
+    with TestServer(FaultConfig(batch_seconds=0.2)) as srv:
+        res = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--wait", "--prices",
+                        str(prices), "--max-cost", "0.001", "--max-tokens", "100"), tmp_path / "cache.sqlite")
+        b = _batch(srv)
+    assert res.returncode == 3, res.stderr[-2000:]
+    assert "budget reached" in res.stderr
+    assert b["files_uploaded"] == 0 and b["batches_created"] == 0
+    # a larger budget: part of it is submitted, never more than it allows
+    with TestServer(FaultConfig(batch_seconds=0.2)) as srv:
+        res = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "out2.jsonl", "--batch", "--wait", "--prices",
+                        str(prices), "--max-cost", "0.2", "--max-tokens", "100"), tmp_path / "cache2.sqlite")
+        b = _batch(srv)
+    # each request: ~20 prompt tokens + 100 answer tokens at $50/M (batch) -> ~$0.006 upper estimate
+    assert res.returncode == 3 and 20 <= b["requests_submitted"] < 50
+    spent = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "out2.jsonl"))
+    assert spent <= 0.2
+
+
+def test_sigkill_at_random_points_then_rerun_every_row_once_nothing_submitted_twice(tmp_path):
+    """Ten SIGKILLs at random moments of one job (submitting 20 batches, polling, collecting), each
+    followed by a rerun; the emulator counts how often each request was submitted."""
+    write_prompts(tmp_path / "in.jsonl", 400)
+    cache = tmp_path / "cache.sqlite"
+    rng = random.Random(15)
+    states_at_kill = []
+    with TestServer(FaultConfig(batch_seconds=1.5)) as srv:
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--wait",
+                   "--batch-max-requests", "20")
+        env = cli_env(SYNTHKD_CACHE=str(cache))
+        for _ in range(10):
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                    stdin=subprocess.DEVNULL)
+            time.sleep(rng.uniform(1.0, 4.0))
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            proc.stderr.close()  # type: ignore[union-attr]
+            states = [json.loads(p.read_text())["state"] for p in (tmp_path / "cache.sqlite.batches").glob("*.json")]
+            states_at_kill.append(sorted(set(states)))
+        res = _run(cmd, cache, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        b = _batch(srv)
+    rows = _rows(tmp_path / "out.jsonl")  # asserts each id once
+    assert len(rows) == 400
+    assert b["resubmitted_ids"] == [] and b["requests_submitted"] == 400 and len(b["submitted_by_custom_id"]) == 400
+    # the kills hit more than one phase (submitting, waiting, collecting)
+    seen = {s for states in states_at_kill for s in states}
+    assert "submitted" in seen and "collected" in seen, states_at_kill
+
+
+def test_batch_cancel_keeps_what_was_done(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 30)
+    cache = tmp_path / "cache.sqlite"
+    with TestServer(FaultConfig(batch_seconds=3.0)) as srv:
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch")
+        assert _run([*cmd, "--no-wait"], cache).returncode == 5
+        time.sleep(1.5)
+        res = _run(synthkd_cmd("batch", "cancel", str(cache)), cache)
+        assert res.returncode == 0 and "cancelled 1 batch(es)" in res.stderr
+        done = _run([*cmd, "--wait"], cache)
+        assert done.returncode == 0, done.stderr[-2000:]
+        b = _batch(srv)
+    assert len(_rows(tmp_path / "out.jsonl")) == 30
+    kept = sum(1 for v in b["submitted_by_custom_id"].values() if v == 1)
+    assert b["cancels"] == 1 and 0 < kept < 30 and b["items"]["cancelled"] == 30 - kept
