@@ -181,10 +181,10 @@ def test_sigkill_at_random_points_then_rerun_every_row_once_nothing_submitted_tw
 def test_batch_cancel_keeps_what_was_done(tmp_path):
     write_prompts(tmp_path / "in.jsonl", 30)
     cache = tmp_path / "cache.sqlite"
-    with TestServer(FaultConfig(batch_seconds=3.0)) as srv:
+    with TestServer(FaultConfig(batch_seconds=12.0)) as srv:
         cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch")
         assert _run([*cmd, "--no-wait"], cache).returncode == 5
-        time.sleep(1.5)
+        time.sleep(2.0)
         res = _run(synthkd_cmd("batch", "cancel", str(cache)), cache)
         assert res.returncode == 0 and "cancelled 1 batch(es)" in res.stderr
         done = _run([*cmd, "--wait"], cache)
@@ -193,3 +193,26 @@ def test_batch_cancel_keeps_what_was_done(tmp_path):
     assert len(_rows(tmp_path / "out.jsonl")) == 30
     kept = sum(1 for v in b["submitted_by_custom_id"].values() if v == 1)
     assert b["cancels"] == 1 and 0 < kept < 30 and b["items"]["cancelled"] == 30 - kept
+
+
+@pytest.mark.parametrize("flavor,model", [("openai", MODEL), ("anthropic", "anthropic:claude-haiku-4-5")])
+def test_a_kill_between_create_and_its_record_is_found_not_resubmitted(tmp_path, flavor, model):
+    """The journal says ``submitting`` (the create call went out, its answer was never recorded): the
+    rerun looks the batch up on the provider (OpenAI: metadata; Anthropic: time and size) and adopts it."""
+    write_prompts(tmp_path / "in.jsonl", 15)
+    cache = tmp_path / "cache.sqlite"
+    with TestServer(FaultConfig(batch_seconds=0.5), flavor=flavor) as srv:
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", model=model)
+        assert _run([*cmd, "--no-wait"], cache).returncode == 5
+        [path] = list((tmp_path / "cache.sqlite.batches").glob("*.json"))
+        rec = json.loads(path.read_text())
+        provider_id = rec["batch_id"]
+        rec.update(state="submitting", batch_id=None, status=None, submitted_at=None)
+        path.write_text(json.dumps(rec))  # as if killed right after the create call
+        res = _run([*cmd, "--wait"], cache)
+        assert res.returncode == 0, res.stderr[-2000:]
+        b = _batch(srv)
+    assert f"found on the provider as {provider_id}" in res.stderr
+    assert b["batches_created"] == 1 and not b["resubmitted_ids"]
+    assert len(_rows(tmp_path / "out.jsonl")) == 15
+    assert json.loads(path.read_text())["state"] == "collected"

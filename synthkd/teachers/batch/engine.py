@@ -107,7 +107,8 @@ class BatchExecutor:
         self.poll_s = poll_s
         self.price = teacher.price.batch() if teacher.price is not None else None
         self.label = ""
-        #: requests of the last pass that wait for a batch (the caller runs another pass when > 0)
+        #: requests of this pass that wait for a batch, over every stream of the pass (the caller runs
+        #: another pass when > 0, and sets it back to 0 before it: :mod:`.passes`)
         self.deferred = 0
         #: estimated cost of the batches this run submitted and has not collected yet (the budget)
         self._outstanding: dict[str, float] = {}
@@ -120,13 +121,13 @@ class BatchExecutor:
         t = self.t
         cache = t.cache
         assert cache is not None
-        self.deferred = 0
-        await self.sync()
+        await self.sync()  # (``deferred`` counts over the whole pass: a method may stream several times)
         live = self.journal.live_keys(self.api.name, t.base_url)
         failures = self.journal.failures()
         spool = BatchSpool(self.journal, provider=self.api.name, model=t.model, base_url=t.base_url,
                            limits=self.limits, label=self.label, overhead=self.api.overhead)
         finished = False
+        deferred_before = self.deferred
         try:
             async for req in requests:
                 for i in range(req.samples):
@@ -170,9 +171,9 @@ class BatchExecutor:
         records = spool.close()
         if records:
             await self.submit(records)
-        if self.deferred:
-            log.info(f"batch: {self.deferred} request(s) wait for a batch ({spool.requests} submitted now in "
-                     f"{len(records)} batch(es))")
+        if self.deferred > deferred_before:
+            log.info(f"batch: {self.deferred - deferred_before} request(s) wait for a batch ({spool.requests} "
+                     f"submitted now in {len(records)} batch(es))")
 
     def _body(self, req: TeacherRequest) -> tuple[str, dict[str, Any]]:
         """URL and body exactly as the teacher sends it online (``_complete_uncached``)."""
@@ -442,7 +443,11 @@ class BatchExecutor:
                     if found is not None:
                         rec.batch_id, rec.state = found.batch_id, "submitted"
                 if rec.state == "submitted" and rec.batch_id:
-                    st = await self.api.cancel(rec.batch_id)
+                    try:
+                        st = await self.api.cancel(rec.batch_id)
+                    except ControlError as exc:  # e.g. it ended meanwhile: the next run collects it
+                        log.warning(f"batch {rec.batch_id}: not cancelled: {exc}")
+                        continue
                     rec.status = st.status
                 else:
                     rec.state = "abandoned"
