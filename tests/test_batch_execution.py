@@ -216,3 +216,17 @@ def test_a_kill_between_create_and_its_record_is_found_not_resubmitted(tmp_path,
     assert b["batches_created"] == 1 and not b["resubmitted_ids"]
     assert len(_rows(tmp_path / "out.jsonl")) == 15
     assert json.loads(path.read_text())["state"] == "collected"
+
+
+def test_validate_shows_online_and_batch_cost(tmp_path):
+    write_prompts(tmp_path / "in.jsonl", 40)
+    (tmp_path / "p.yaml").write_text(
+        f"name: b\nteacher: {{model: {MODEL}, max_tokens: 200, batch: true}}\n"
+        "stages:\n  - {name: a, kind: complete, input: in.jsonl}\n")
+    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    header = next(line for line in res.stdout.splitlines() if line.startswith("| stage"))
+    assert "| cost (USD, upper) | batch cost (USD, upper) |" in header
+    total = next(line for line in res.stdout.splitlines() if line.startswith("| **total**"))
+    online, batch = (float(x) for x in total.strip("| ").split("|")[-2:])
+    assert online > 0 and batch == pytest.approx(online / 2, abs=1e-4)

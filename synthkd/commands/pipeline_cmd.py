@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -23,17 +23,22 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 log = logging.getLogger(__name__)
 
 
-def _estimate_table(cfg, planned) -> tuple[str, float | None]:
+def _estimate_table(cfg, planned) -> tuple[str, float | None, float | None]:
+    """The estimate table (online and batch cost, upper bounds), the online total and the total at the
+    prices each stage's teacher will pay (batch prices for a teacher with ``batch: true``)."""
     from synthkd.pipeline import estimate_all
 
     total = estimate_all(planned)
-    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, upper) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, upper) "
+             "| batch cost (USD, upper) |",
+             "|---|---|---|---|---|---|---|"]
     grand: float | None = 0.0
+    grand_batch: float | None = 0.0
+    grand_run: float | None = 0.0  # at the prices the run pays
     for p in planned:
         e = p.estimate
         tc = p.ctx.teacher_config
-        cost = None
+        cost = batch = None
         if e and tc:
             prices = p.ctx.resolve(tc.prices) if tc.prices else None
             try:
@@ -44,17 +49,26 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
                 raise ConfigError(f"{where}: teacher.prices: {exc}") from None  # exc names the file
             if price is not None:
                 cost = price.cost(e.prompt_tokens, e.completion_tokens)
+                batch = price.batch().cost(e.prompt_tokens, e.completion_tokens)
             elif tc.model.startswith(("replay:", "local:", "simulated:")):
-                cost = 0.0
+                cost = batch = 0.0
         if e and cost is None:
-            grand = None
-        elif cost is not None and grand is not None:
+            grand = grand_batch = grand_run = None
+        elif cost is not None and batch is not None and grand is not None and grand_batch is not None:
             grand += cost
+            grand_batch += batch
+            if grand_run is not None:
+                grand_run += batch if tc is not None and tc.batch else cost
+
+        def fmt(v: float | None, e: Any = e) -> str:
+            return "-" if not e else ("unknown" if v is None else f"{v:.4f}")
+
         lines.append(f"| {p.cfg.name} | {p.cfg.kind} | {e.calls if e else '-'} | {e.prompt_tokens if e else '-'} | "
-                     f"{e.completion_tokens if e else '-'} | {'-' if not e else ('unknown' if cost is None else f'{cost:.4f}')} |")
+                     f"{e.completion_tokens if e else '-'} | {fmt(cost)} | {fmt(batch)} |")
     lines.append(f"| **total** | | {total.calls} | {total.prompt_tokens} | {total.completion_tokens} | "
-                 f"{'unknown' if grand is None else f'{grand:.4f}'} |")
-    return "\n".join(lines), grand
+                 f"{'unknown' if grand is None else f'{grand:.4f}'} | "
+                 f"{'unknown' if grand_batch is None else f'{grand_batch:.4f}'} |")
+    return "\n".join(lines), grand, grand_run
 
 
 def validate(
@@ -67,10 +81,11 @@ def validate(
     with exit_on_error():
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
-        table, _ = _estimate_table(cfg, planned)
+        table, _, _ = _estimate_table(cfg, planned)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
-    print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
+    print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones; "
+          "batch cost: the providers' Batch APIs, teacher.batch: true)")
 
 
 def run(
@@ -87,7 +102,7 @@ def run(
     with exit_on_error(hints={OSError: "nothing already written is lost: fix this and rerun the same command to resume"}):
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
-        table, grand = _estimate_table(cfg, planned)
+        table, _, grand = _estimate_table(cfg, planned)  # at the prices the run pays (batch or online)
         budget = cfg.teacher.max_cost if cfg.teacher else None
         if budget is not None and grand is not None and grand > budget and not yes:
             log.warning(table)

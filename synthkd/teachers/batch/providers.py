@@ -156,7 +156,7 @@ class Http:
 
 def _error_text(err: Any) -> str:
     if isinstance(err, dict):
-        inner = err.get("error") if isinstance(err.get("error"), dict) else err
+        inner: dict[str, Any] = err["error"] if isinstance(err.get("error"), dict) else err
         msg = inner.get("message") or inner
         code = inner.get("code") or inner.get("type")
         return f"{msg} ({code})" if code else str(msg)
@@ -254,10 +254,10 @@ def parse_openai_line(d: dict[str, Any]) -> ItemResult:
         msg = _error_text(body.get("error")) if isinstance(body, dict) and body.get("error") else str(body)[:300]
         return ItemResult(key, error=f"HTTP {code}: {msg}", retry=code in (408, 409, 429) or code >= 500)
     if err:
-        code = err.get("code") if isinstance(err, dict) else None
+        err_code = err.get("code") if isinstance(err, dict) else None
         # batch_expired, batch_cancelled, request_timeout: not the request's fault
-        return ItemResult(key, error=f"batch: {_error_text(err)}", retry=True if code is None else
-                          code in ("batch_expired", "batch_cancelled", "request_timeout", "server_error"))
+        return ItemResult(key, error=f"batch: {_error_text(err)}", retry=True if err_code is None else
+                          err_code in ("batch_expired", "batch_cancelled", "request_timeout", "server_error"))
     return ItemResult(key, error="batch: a result line with neither response nor error", retry=True)
 
 
