@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from synthkd.teachers.batch.journal import BatchJournal, BatchRecord, journal_dir, request_key
+from synthkd.teachers.batch.journal import BatchJournal, BatchRecord, journal_dir, key_id, request_key
 from synthkd.teachers.batch.providers import parse_anthropic_line, parse_openai_line
 from synthkd.teachers.batch.spool import BatchSpool, Limits, split_counts
 from synthkd.teachers.pricing import Price, PriceTable
@@ -45,7 +45,7 @@ def test_spool_splits_files_and_records_them_planned(tmp_path):
     assert sum(r.est_cost_usd for r in recs) == pytest.approx(3.75)
     keys = sorted(k for r in recs for k in j.keys(r))
     assert keys == sorted([f"k{i}" for i in range(7)] + ["p0"])
-    assert j.live_keys("openai", "http://x/v1") == set(keys)
+    assert j.live_keys("openai", "http://x/v1") == {key_id(k) for k in keys}
     assert j.live_keys("anthropic", "http://x/v1") == set()
 
 

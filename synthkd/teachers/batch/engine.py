@@ -47,7 +47,7 @@ from synthkd.teachers.base import (
     TeacherResult,
     TeacherStorageError,
 )
-from synthkd.teachers.batch.journal import BatchJournal, BatchRecord
+from synthkd.teachers.batch.journal import BatchJournal, BatchRecord, key_id
 from synthkd.teachers.batch.providers import (
     AnthropicBatchAPI,
     BatchStatus,
@@ -141,7 +141,8 @@ class BatchExecutor:
                             t.stats.failed += 1
                         yield t._result_from_cache(one, hit)
                         continue
-                    if key in live:
+                    kid = key_id(key)
+                    if kid in live:
                         self.deferred += 1
                         yield _deferred(one)
                         continue
@@ -159,7 +160,7 @@ class BatchExecutor:
                         t.budget_exhausted = True
                         break
                     spool.add(self.api.endpoint(url), self.api.line(key, url, body), est)
-                    live.add(key)
+                    live.add(kid)
                     self.deferred += 1
                     yield _deferred(one)
                 if t.budget_exhausted:
@@ -297,9 +298,11 @@ class BatchExecutor:
                     live.append(rec)
         return live
 
-    def _request_meta(self, rec: BatchRecord) -> dict[str, dict[str, Any]]:
-        """key -> the body fields parsing needs, for every request of the batch."""
-        out: dict[str, dict[str, Any]] = {}
+    def _request_meta(self, rec: BatchRecord) -> dict[int, dict[str, Any]]:
+        """key_id -> the body fields parsing needs, for every request of the batch (the same fields are
+        one shared dict: memory is a few dozen bytes per request, not a body)."""
+        out: dict[int, dict[str, Any]] = {}
+        shared: dict[bytes, dict[str, Any]] = {}
         path = self.journal.requests_path(rec.id)
         with open(path, "rb") as f:
             for line in f:
@@ -307,7 +310,9 @@ class BatchExecutor:
                     continue
                 d = orjson.loads(line)
                 body = d.get("body") if "body" in d else d.get("params")
-                out[str(d["custom_id"])] = {k: body[k] for k in _META_FIELDS if k in body}
+                meta = {k: body[k] for k in _META_FIELDS if k in body}
+                blob = orjson.dumps(meta, option=orjson.OPT_SORT_KEYS)
+                out[key_id(str(d["custom_id"]))] = shared.setdefault(blob, meta)
         return out
 
     async def collect(self, rec: BatchRecord, st: BatchStatus) -> None:
@@ -319,7 +324,7 @@ class BatchExecutor:
         assert cache is not None
         meta = self._request_meta(rec)
         chat = rec.endpoint != "/v1/completions"
-        seen: set[str] = set()
+        seen: set[int] = set()
         ok = failed = 0
         cost_total = 0.0
         failed_path = self.journal.failed_path(rec.id)
@@ -335,27 +340,29 @@ class BatchExecutor:
 
             try:
                 async for item in self.api.results(st):
-                    if item.key not in meta or item.key in seen:
+                    kid = key_id(item.key)
+                    if kid not in meta or kid in seen:
                         continue  # not ours, or a repeated line
-                    seen.add(item.key)
+                    seen.add(kid)
                     if item.body is None:
                         fail(item.key, item.error or "failed", item.retry)
                         continue
                     try:
-                        reply = t._parse_reply(item.body, chat, meta[item.key])
+                        reply = t._parse_reply(item.body, chat, meta[kid])
                     except MalformedResponse as exc:
                         fail(item.key, f"MalformedResponse: {exc}", True)
                         continue
-                    cost_total += self._store(item.key, reply, structured=t._sent_structured(meta[item.key]))
+                    cost_total += self._store(item.key, reply, structured=t._sent_structured(meta[kid]))
                     ok += 1
             except ControlError as exc:
                 log.warning(f"batch {rec.batch_id}: cannot download its results now ({exc}); trying again later")
                 tmp.unlink(missing_ok=True)
                 return
             why = f"batch {rec.batch_id} {st.status}" + (f": {st.errors}" if st.errors else "")
-            for key in meta:
-                if key not in seen:
-                    fail(key, f"not in the results ({why})", True)
+            if len(seen) < len(meta):
+                for key in self.journal.keys(rec):  # the file again: the missing ones by their real key
+                    if key_id(key) not in seen:
+                        fail(key, f"not in the results ({why})", True)
             fails.flush()
             os.fsync(fails.fileno())
         os.replace(tmp, failed_path)
