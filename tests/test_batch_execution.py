@@ -10,6 +10,7 @@ import random
 import signal
 import subprocess
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -40,6 +41,21 @@ def _rows(path: Path) -> dict[str, dict]:
 
 def _batch(srv: TestServer) -> dict:
     return srv.stats()["batch"]
+
+
+def _until(cond, what: str, timeout: float = 60.0) -> None:
+    """Wait for a condition (a server counter, a batch's state) with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def _provider_batch(srv: TestServer, batch_id: str) -> dict:
+    """The batch as the emulator reports it over HTTP (GET /v1/batches/{id})."""
+    with urllib.request.urlopen(f"{srv.base_url}/batches/{batch_id}") as r:
+        return json.loads(r.read())
 
 
 @pytest.mark.parametrize("flavor,model", [("openai", MODEL), ("anthropic", "anthropic:claude-haiku-4-5")])
@@ -78,8 +94,7 @@ def test_no_wait_exits_5_and_the_rerun_collects(tmp_path):
         assert again.returncode == 5 and _batch(srv)["batches_created"] == 1
         status = _run(synthkd_cmd("batch", "status", str(cache)), cache)
         assert status.returncode == 0 and records[0]["batch_id"] in status.stdout and "submitted" in status.stdout
-        while _batch(srv)["live_batches"]:
-            time.sleep(0.1)
+        _until(lambda: not _batch(srv)["live_batches"], "the batch to end")
         done = _run(cmd, cache)
         assert done.returncode == 0, done.stderr[-2000:]
         b = _batch(srv)
@@ -94,8 +109,7 @@ def test_expired_batch_keeps_its_done_share_and_resubmits_the_rest(tmp_path):
         cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch")
         first = _run([*cmd, "--no-wait"], cache)
         assert first.returncode == 5
-        while _batch(srv)["live_batches"]:
-            time.sleep(0.1)
+        _until(lambda: not _batch(srv)["live_batches"], "the batch to expire")
         srv.configure(batch_expire_after_share=None)
         res = _run([*cmd, "--wait"], cache)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -184,7 +198,9 @@ def test_batch_cancel_keeps_what_was_done(tmp_path):
     with TestServer(FaultConfig(batch_seconds=12.0)) as srv:
         cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch")
         assert _run([*cmd, "--no-wait"], cache).returncode == 5
-        time.sleep(2.0)
+        [rec] = [json.loads(p.read_text()) for p in (tmp_path / "cache.sqlite.batches").glob("*.json")]
+        _until(lambda: _provider_batch(srv, rec["batch_id"])["request_counts"]["completed"] >= 3,
+               "the batch to answer a few requests")
         res = _run(synthkd_cmd("batch", "cancel", str(cache)), cache)
         assert res.returncode == 0 and "cancelled 1 batch(es)" in res.stderr
         done = _run([*cmd, "--wait"], cache)

@@ -93,3 +93,27 @@ def test_intent_pipeline_in_batch_mode_equals_online_step_by_step(tmp_path):
     assert direct == 0 and b["requests_submitted"] == online_sent and not b["resubmitted_ids"]
     # PromptMix generates, then relabels what it generated: at least two batches for that stage alone
     assert b["batches_created"] >= 3
+
+
+def test_clean_judge_in_batch_mode_equals_online(tmp_path):
+    from test_filters_teacher import judge_responder, judge_rows
+
+    rows = judge_rows()
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    def clean(srv: TestServer, name: str, *extra: str) -> subprocess.CompletedProcess:
+        args = ["clean", "judge", "-i", str(tmp_path / "in.jsonl"), "-o", str(tmp_path / f"{name}.jsonl"),
+                "--teacher", "test-model", "--base-url", srv.base_url, "--threshold", "6", *extra]
+        return subprocess.run(synthkd_cmd(*args), env=cli_env(SYNTHKD_CACHE=str(tmp_path / f"{name}.sqlite")),
+                              capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+    with TestServer(FaultConfig(), responder=judge_responder) as srv:
+        assert clean(srv, "online").returncode == 0
+    with TestServer(FaultConfig(batch_seconds=0.3), responder=judge_responder) as srv:
+        res = clean(srv, "batch", "--batch", "--wait", "--batch-poll", "0.05")
+        assert res.returncode == 0, res.stderr[-2000:]
+        b = srv.stats()["batch"]
+    for name in ("", ".rejects"):
+        assert _content(tmp_path / f"batch{name}.jsonl") == _content(tmp_path / f"online{name}.jsonl")
+    assert read_jsonl(tmp_path / "batch.jsonl") and read_jsonl(tmp_path / "batch.rejects.jsonl")
+    assert b["requests_submitted"] == 60 and b["batches_created"] == 1

@@ -670,6 +670,11 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
 
     ``{rounds: [per-round metrics], stopped, budget_exhausted, best_round, best_accuracy, reflection}``.
     """
+    if teacher.batch is not None:
+        from synthkd.teachers.base import TeacherConfigError
+
+        raise TeacherConfigError("tailor trains a student between its teacher calls and does not run in batch mode: "
+                                 "drop --batch (teacher.batch) for it")
     tpls = check_options(opts)
     opts.settings.check()
     out = Path(opts.out)
