@@ -69,14 +69,14 @@ def test_teacher_is_abstract_stream_and_aclose_must_be_implemented():
 
 
 def test_capabilities_say_what_each_teacher_supports_today():
-    # API teachers: n samples in one request, reasoning traces and structured outputs; no batch yet
-    api = TeacherCapabilities(n_samples=True, json_schema=True, batch=False, reasoning_trace=True)
+    # API teachers: n samples in one request, reasoning traces, structured outputs and batch mode (--batch)
+    api = TeacherCapabilities(n_samples=True, json_schema=True, batch=True, reasoning_trace=True)
     assert OpenAICompatibleTeacher.capabilities == api
     assert ServedTeacher.capabilities == api
     assert ReplayTeacher.capabilities == TeacherCapabilities(reasoning_trace=True)  # recorded traces
     from synthkd.teachers.anthropic import AnthropicTeacher
     # no n (k requests); structured outputs as a forced tool call
-    assert AnthropicTeacher.capabilities == TeacherCapabilities(json_schema=True, reasoning_trace=True)
+    assert AnthropicTeacher.capabilities == TeacherCapabilities(json_schema=True, batch=True, reasoning_trace=True)
 
 
 # ---------------------------------------------------------------------------------------- each teacher
