@@ -117,3 +117,43 @@ def test_clean_judge_in_batch_mode_equals_online(tmp_path):
         assert _content(tmp_path / f"batch{name}.jsonl") == _content(tmp_path / f"online{name}.jsonl")
     assert read_jsonl(tmp_path / "batch.jsonl") and read_jsonl(tmp_path / "batch.rejects.jsonl")
     assert b["requests_submitted"] == 60 and b["batches_created"] == 1
+
+
+def test_generate_tasks_rounds_with_no_wait_reruns_equal_online(tmp_path):
+    """``synthkd generate tasks`` (rounds of requests that depend on earlier answers, a JobFeed) in batch
+    mode with --no-wait: each rerun collects the last round's batch and submits the next (exit 5), until
+    the job is done (exit 0) with the rows of an online run; nothing is submitted twice."""
+    import sys
+    import time
+
+    sys.path.insert(0, str(REPO / "tests" / "fixtures" / "tasks"))
+    from tasks_responders import BankingResponder, load_banking
+
+    spec = REPO / "tests" / "fixtures" / "tasks" / "banking77_spec.yaml"
+
+    def gen(srv: TestServer, name: str, *extra: str) -> subprocess.CompletedProcess:
+        args = ["generate", "tasks", "--spec", str(spec), "-o", str(tmp_path / f"{name}.jsonl"), "-n", "10",
+                "--batch-size", "5", "-m", "test-model", "--base-url", srv.base_url,
+                "--cache", str(tmp_path / f"{name}.sqlite"), *extra]
+        return subprocess.run(synthkd_cmd(*args), env=cli_env(), capture_output=True, text=True, timeout=300,
+                              stdin=subprocess.DEVNULL)
+
+    with TestServer(FaultConfig(), responder=BankingResponder(load_banking())) as srv:
+        assert gen(srv, "online").returncode == 0
+    codes = []
+    with TestServer(FaultConfig(batch_seconds=0.2), responder=BankingResponder(load_banking())) as srv:
+        for _ in range(12):
+            res = gen(srv, "batch", "--batch", "--no-wait")
+            codes.append(res.returncode)
+            if res.returncode != 5:
+                break
+            assert "rerun the same command to collect" in res.stderr
+            deadline = time.monotonic() + 60
+            while srv.stats()["batch"]["live_batches"]:
+                assert time.monotonic() < deadline, "the batch did not end"
+                time.sleep(0.05)
+        b = srv.stats()["batch"]
+    assert codes[-1] == 0 and codes[0] == 5 and len(codes) >= 3, codes  # at least two rounds of batches
+    assert _content(tmp_path / "batch.jsonl") == _content(tmp_path / "online.jsonl")
+    assert len(read_jsonl(tmp_path / "batch.jsonl")) == 50
+    assert not b["resubmitted_ids"] and b["batches_created"] == len(codes) - 1

@@ -67,7 +67,7 @@ def test_each_class_keeps_the_builtin_base_it_is_caught_as(cls, builtin):
 
 def test_the_exit_codes_are_readmes():
     assert {c.name: int(c) for c in ExitCode} == {
-        "OK": 0, "REJECTED": 1, "BAD_INPUT": 2, "BUDGET": 3, "TEACHER": 4, "INTERRUPTED": 130}
+        "OK": 0, "REJECTED": 1, "BAD_INPUT": 2, "BUDGET": 3, "TEACHER": 4, "SUBMITTED": 5, "INTERRUPTED": 130}
 
 
 _DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
@@ -88,6 +88,7 @@ _DISK_FULL = OSError(errno.ENOSPC, "No space left on device")
     (E.TeacherFatalError("401 bad key"), 4),
     (E.HubError("offline"), 4),
     (E.BudgetExceeded("budget reached"), 3),
+    (E.BatchSubmitted("submitted; rerun the same command to collect"), 5),
     (E.StageFailed("[s] some rows failed for good"), 1),
     (KeyboardInterrupt(), 130),
     (asyncio.CancelledError(), 130),

@@ -99,9 +99,9 @@ def status(path: Optional[Path] = _PathArg,
 
 
 def _count(rec, what: str) -> int:
-    from synthkd.teachers.batch.engine import _done, _failed
+    from synthkd.teachers.batch.engine import done_count, failed_count
 
-    return _done(rec) if what == "done" else _failed(rec)
+    return done_count(rec) if what == "done" else failed_count(rec)
 
 
 async def _refresh(cache: Path) -> None:

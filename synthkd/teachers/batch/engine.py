@@ -66,8 +66,10 @@ log = logging.getLogger("synthkd.batch")
 
 #: body fields read again when a batch's answers are parsed (answer length limit, structured output)
 _META_FIELDS = ("max_tokens", "max_completion_tokens", "tool_choice", "response_format")
-#: a progress line at least this often while waiting (seconds), and whenever the counts change
+#: a progress line at least this often while waiting (seconds), and when the counts change (at most
+#: every _PROGRESS_MIN_S)
 _PROGRESS_EVERY_S = 60.0
+_PROGRESS_MIN_S = 5.0
 
 
 def attach_batch(teacher: Teacher, spec: TeacherSpec) -> None:
@@ -424,16 +426,17 @@ class BatchExecutor:
                 log.info(f"batch: every batch collected after {_dur(time.monotonic() - t0)}")
                 return
             total = sum(r.counts.get("total", 0) or sum(r.counts.values()) or r.requests for r in live)
-            done = sum(_done(r) for r in live)
+            done = sum(done_count(r) for r in live)
             first_done = done if first_done is None else first_done
             elapsed = time.monotonic() - t0
             rate = (done - first_done) / elapsed if elapsed > 0 else 0.0
             eta = f"ETA {_dur((total - done) / rate)}" if rate > 0 else "ETA unknown"
-            parts = [f"{r.batch_id}: {_done(r)}/{r.requests} done, {_failed(r)} failed ({r.status})" for r in live]
+            parts = [f"{r.batch_id}: {done_count(r)}/{r.requests} done, {failed_count(r)} failed ({r.status})" for r in live]
             line = f"batch: waiting for {len(live)} batch(es): " + "; ".join(parts[:5]) + (
                 f"; +{len(parts) - 5} more" if len(parts) > 5 else "")
             now = time.monotonic()
-            if line != last_line or now - last_at >= _PROGRESS_EVERY_S:
+            if not last_line or (line != last_line and now - last_at >= _PROGRESS_MIN_S) \
+                    or now - last_at >= _PROGRESS_EVERY_S:
                 log.info(f"{line}; elapsed {_dur(elapsed)}, {eta}")
                 last_line, last_at = line, now
             await asyncio.sleep(self.poll_s)
@@ -498,14 +501,14 @@ def _one_by_one(sample: TeacherRequest, offset: int) -> TeacherRequest:
     return one_by_one(sample, offset)
 
 
-def _done(rec: BatchRecord) -> int:
+def done_count(rec: BatchRecord) -> int:
     c = rec.counts
     if "completed" in c:
         return int(c.get("completed", 0)) + int(c.get("failed", 0))
     return sum(int(v) for k, v in c.items() if k != "processing")
 
 
-def _failed(rec: BatchRecord) -> int:
+def failed_count(rec: BatchRecord) -> int:
     c = rec.counts
     if "completed" in c:
         return int(c.get("failed", 0))
