@@ -323,7 +323,8 @@ class BatchEmulator:
         draws = []
         for index, item in enumerate(batch.items):
             attempt = self.submitted_by_custom_id.get(item.custom_id, 0)
-            self.submitted_by_custom_id[item.custom_id] = attempt + 1
+            if item.custom_id:  # a line without one fails validation; nothing to count it by
+                self.submitted_by_custom_id[item.custom_id] = attempt + 1
             draws.append((_draw(seed, item.custom_id, attempt), index))
         failing = round(batch.failed_rate * len(batch.items))
         for _, index in sorted(draws)[:failing]:
@@ -480,7 +481,8 @@ class BatchEmulator:
         if stored.purpose != "batch" or stored.lines is None:
             return self._openai_error(400, f"File {file_id} has purpose '{stored.purpose}'; a batch needs a file "
                                       "uploaded with purpose 'batch'.", "input_file_id")  # wording: assumption
-        items = [Item(str(obj.get("custom_id")) if isinstance(obj, dict) else "", obj) for _, obj in stored.lines]
+        items = [Item(obj["custom_id"] if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str) else "", obj)
+                 for _, obj in stored.lines]
         cfg = self.server.config
         now = time.time()
         batch = Batch("openai", "batch_" + secrets.token_hex(16), now, cfg.batch_seconds, items, "validating",
@@ -635,6 +637,9 @@ class BatchEmulator:
                 await self._openai_cancelled(b)
                 return
             await self._openai_execute(b, item)
+        if b.cancel.is_set():  # asked while the last item was being answered
+            await self._openai_cancelled(b)
+            return
         b.status = "finalizing"
         b.times["finalizing_at"] = time.time()
         await asyncio.sleep(0.1 * t)
@@ -854,7 +859,7 @@ class BatchEmulator:
                 break
             await self._anthropic_execute(item)
         if not cancelled and expire_at is None:
-            cancelled = await self._wait_until(b, start + t)
+            cancelled = await self._wait_until(b, start + t) or b.cancel.is_set()
         if cancelled:
             await asyncio.sleep(0.1 * t)
         for item in b.items:
