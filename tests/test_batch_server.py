@@ -1,9 +1,8 @@
 """The test server's Batch APIs (OpenAI Batch, Anthropic Message Batches), spoken to in raw HTTP.
 
-The shapes asserted here (key order, id prefixes, timestamp types, headers) are those of the real
-recordings of Bespoke Curator (Apache-2.0; ``openai__basic_batch_completion.json``,
-``openai__batch_cancel.json``, ``anthropic__basic_batch_completion.json``, ``anthropic__batch_cancel.json``
-in the project's shared API recordings), copied here as literals.
+The shapes asserted here (key order, id prefixes, timestamp types, headers) are those of real
+recorded batch runs of Bespoke Curator (Apache-2.0): tests/fixtures/api_shapes/recorded_batches.json
+(source and changes in that folder's README), and literals copied from it.
 """
 
 from __future__ import annotations
@@ -11,6 +10,8 @@ from __future__ import annotations
 import json
 import re
 import time
+from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,6 +31,16 @@ OPENAI_FILE_KEYS = ["object", "id", "purpose", "filename", "bytes", "created_at"
 ANTHROPIC_BATCH_KEYS = ["id", "type", "processing_status", "request_counts", "ended_at", "created_at", "expires_at",
                         "archived_at", "cancel_initiated_at", "results_url"]
 RFC3339_MICRO = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
+RECORDED = json.loads((Path(__file__).parent / "fixtures" / "api_shapes" / "recorded_batches.json").read_text())
+
+
+def _shape(value: Any) -> Any:
+    """Keys (in order) and JSON types, recursively: what must match a recorded object."""
+    if isinstance(value, dict):
+        return [(key, _shape(item)) for key, item in value.items()]
+    if isinstance(value, list):
+        return [_shape(item) for item in value[:1]]
+    return "number" if isinstance(value, (int, float)) and not isinstance(value, bool) else type(value).__name__
 
 
 def _line(cid: str, text: str, model: str = "gpt-4o-mini", url: str = "/v1/chat/completions", **extra: object) -> dict:
@@ -515,3 +526,65 @@ def test_flavors_without_a_batch_api_have_no_batch_routes() -> None:
         assert httpx.post(f"{srv.url}/v1/batches", json={}).status_code == 404
     with TestServer(flavor="anthropic") as srv:
         assert httpx.get(f"{srv.url}/v1/batches").status_code in (404, 405)
+
+
+# ------------------------------------------------------------------------------------------ recorded shapes
+
+
+def test_openai_objects_have_the_recorded_shapes() -> None:
+    rec = RECORDED["openai"]
+    assert [p["name"] for p in rec["upload_request_parts"]] == ["purpose", "file"]
+    lines = [_line(str(i), food, model="gpt-3.5-turbo") for i, food in enumerate(["Spagetti", "Sushi", "Ramen"])]
+    with TestServer(FaultConfig(batch_seconds=1.5)) as srv, _openai(srv) as client:
+        upload = _upload(client, _jsonl(lines)).json()
+        assert _shape(upload) == _shape(rec["file_upload"])
+        assert _shape(client.get(f"/v1/files/{upload['id']}").json()) == _shape(rec["file_get"])
+        request = {**rec["batch_create_request"], "input_file_id": upload["id"]}
+        created = client.post("/v1/batches", json=request).json()
+        assert _shape(created) == _shape(rec["batch_create"])
+        final, seen = _poll_openai(client, created["id"])
+        by_status = {b["status"]: b for b in seen}
+        for status in ("in_progress", "finalizing", "completed"):
+            assert _shape(by_status[status]) == _shape(rec[f"batch_{status}"]), status
+        out = client.get(f"/v1/files/{final['output_file_id']}/content")
+        recorded_headers = {k.lower(): v for k, v in rec["output_content_headers"].items()}
+        assert out.headers["content-type"] == recorded_headers["content-type"]
+        assert re.fullmatch(r'attachment; filename="batch_[0-9a-f]{32}_output\.jsonl"',
+                            out.headers["content-disposition"])
+        assert re.fullmatch(r'attachment; filename="batch_[0-9a-f]{32}_output\.jsonl"',
+                            recorded_headers["content-disposition"])
+        line = json.loads(out.text.splitlines()[0])
+        recorded_line = rec["output_line"]
+        assert list(line) == list(recorded_line) and list(line["response"]) == list(recorded_line["response"])
+        assert _shape(line["response"]["status_code"]) == _shape(recorded_line["response"]["status_code"])
+        assert len(line["response"]["request_id"]) == len(recorded_line["response"]["request_id"]) == 32
+        assert len(line["id"]) == len(recorded_line["id"])
+
+        cancelled = client.post("/v1/batches", json=request).json()
+        cancelling = client.post(f"/v1/batches/{cancelled['id']}/cancel").json()
+        assert _shape(cancelling) == _shape(rec["batch_cancelling"])
+
+
+def test_anthropic_objects_have_the_recorded_shapes() -> None:
+    rec = RECORDED["anthropic"]
+    with TestServer(FaultConfig(batch_seconds=0.5), flavor="anthropic") as srv, _anthropic(srv) as client:
+        r = client.post("/v1/messages/batches", json=rec["batch_create_request"])
+        assert _shape(r.json()) == _shape(rec["batch_create"])
+        final, polls = _poll_anthropic(client, r.json()["id"])
+        assert _shape(polls[0].json()) == _shape(rec["batch_in_progress"])
+        assert polls[0].headers["retry-after"] == rec["batch_in_progress_headers"]["retry-after"]
+        assert _shape(final) == _shape(rec["batch_ended"])
+        results = client.get(final["results_url"])
+        assert re.fullmatch(r'attachment; filename="msgbatch_01[A-Za-z0-9]{22}_results\.jsonl"',
+                            results.headers["content-disposition"])
+        assert re.fullmatch(r'attachment; filename="msgbatch_01[A-Za-z0-9]{22}_results\.jsonl"',
+                            rec["results_headers"]["content-disposition"])
+        line = json.loads(results.text.splitlines()[0])
+        recorded = rec["result_line"]
+        assert list(line) == list(recorded) and list(line["result"]) == list(recorded["result"])
+        assert list(line["result"]["message"]) == list(recorded["result"]["message"])
+        assert set(recorded["result"]["message"]["usage"]) <= set(line["result"]["message"]["usage"])
+
+        second = client.post("/v1/messages/batches", json=rec["batch_create_request"]).json()
+        canceling = client.post(f"/v1/messages/batches/{second['id']}/cancel").json()
+        assert _shape(canceling) == _shape(rec["batch_canceling"])

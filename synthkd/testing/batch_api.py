@@ -240,11 +240,12 @@ class BatchEmulator:
             "live_batches": sum(1 for b in self.batches.values() if b.task is not None and not b.task.done()),
         }
 
-    def close(self) -> None:
-        """Stop the processing tasks (the server is stopping)."""
-        for batch in self.batches.values():
-            if batch.task is not None and not batch.task.done():
-                batch.task.cancel()
+    async def close(self) -> None:
+        """Stop the processing tasks and wait for them to end (the server is stopping)."""
+        tasks = [b.task for b in self.batches.values() if b.task is not None and not b.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---------------------------------------------------------------- routing
 

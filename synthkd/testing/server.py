@@ -45,6 +45,25 @@ the offline API reference (section in brackets); the shaping lives in :mod:`.fla
 
 Every flavor keeps a provider's bill of what it answered (``stats()["billed"]``, ``billed_usd``),
 priced from ``prices=`` / ``--prices`` (default synthkd/data/prices.json): see :mod:`.billing`.
+
+Batch APIs (reference §2, §3.4; shapes, timeline and faults in :mod:`.batch_api`):
+
+* ``openai`` / ``openai-reasoning``: ``POST /v1/files`` (multipart ``purpose``, ``file``),
+  ``GET`` / ``DELETE /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+  ``GET /v1/batches`` (``after``, ``limit``), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
+* ``anthropic``: ``POST`` / ``GET /v1/messages/batches`` (``after_id``, ``before_id``, ``limit``),
+  ``GET`` / ``DELETE /v1/messages/batches/{id}``, ``GET .../{id}/results``, ``POST .../{id}/cancel``.
+
+Items are answered by the online logic (:meth:`TestServer._batch_openai_item`,
+:meth:`TestServer._batch_anthropic_item`: same body, same message and usage; no faults or rate limits,
+batch work being a separate pool) and billed at 50% (``billed_batch``, ``billed_batch_usd``).  The
+``batch_*`` fields of :class:`FaultConfig` (``--batch-seconds``, ``--batch-failed-rate``,
+``--batch-expire-after-share``, ``--batch-max-requests``, ``--batch-max-bytes``) set the accelerated
+clock, the failed share, expiry with partial results and the limits.  ``stats()["batch"]`` counts
+files, batches, requests submitted, cancels and submissions per ``custom_id``
+(``submitted_by_custom_id``, ``resubmitted_ids``).  Batch endpoints count in ``requests_total`` and
+``by_endpoint`` under their route template (``/v1/batches/{batch_id}``), with outcome ``ok``,
+``unauthorized`` or ``bad_request``.
 """
 
 from __future__ import annotations
@@ -644,7 +663,7 @@ class TestServer:
         self._started = True
 
     async def _stop_async(self) -> None:
-        self._batch.close()
+        await self._batch.close()
         if self._stop_event is not None:
             self._stop_event.set()  # wakes hung handlers
         if self._runner is not None:
