@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from conftest import cli_env, synthkd_cmd
 from synthkd.testing.server import FaultConfig, TestServer, _build_parser
 
 KEY = "sk-test-batch"
@@ -519,6 +522,50 @@ def test_batch_options_are_fault_config_fields() -> None:
                                        "--batch-max-bytes", "1000"])
     assert (args.batch_seconds, args.batch_failed_rate, args.batch_expire_after_share, args.batch_max_requests,
             args.batch_max_bytes) == (3.0, 0.2, 0.4, 100, 1000)
+
+
+def test_serve_test_flags_configure_the_batch_emulator() -> None:
+    proc = subprocess.Popen(
+        synthkd_cmd("serve-test", "--port", "0", "--flavor", "anthropic", "--batch-seconds", "0.2",
+                    "--batch-failed-rate", "0.5", "--batch-max-requests", "4", "--seed", "5"),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        line: list[str] = []
+        reader = threading.Thread(target=lambda: line.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+        reader.start()
+        reader.join(30)
+        assert line and line[0].startswith("READY "), line
+        root = line[0].split()[1]
+        config = httpx.get(f"{root}/_stats").json()["config"]
+        assert (config["batch_seconds"], config["batch_failed_rate"], config["batch_max_requests"]) == (0.2, 0.5, 4)
+        with httpx.Client(base_url=root, headers=ANTHROPIC_HEADERS, timeout=30) as client:
+            over = client.post("/v1/messages/batches", json={"requests": [_request(str(i), "p") for i in range(5)]})
+            assert over.status_code == 400
+            batch = client.post("/v1/messages/batches", json={"requests": [_request(str(i), "p") for i in range(4)]})
+            final, _ = _poll_anthropic(client, batch.json()["id"])
+        assert final["request_counts"]["errored"] == 2 and final["request_counts"]["succeeded"] == 2
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=10)
+
+
+def test_a_big_batch_on_a_zero_clock_does_not_stall_the_server() -> None:
+    lines = [_line(f"z{i}", f"p {i}") for i in range(12000)]
+    with TestServer(FaultConfig(batch_seconds=0)) as srv, _openai(srv) as client:
+        batch = _submit(client, lines)
+        worst = 0.0
+        while True:  # every poll is answered promptly while the batch is processed
+            t0 = time.monotonic()
+            status = client.get(f"/v1/batches/{batch['id']}").json()["status"]
+            worst = max(worst, time.monotonic() - t0)
+            if status == "completed":
+                break
+        # Processing 12,000 items without yielding blocks the loop for about a second on this machine.
+        assert worst < 0.5, worst
+        assert srv.stats()["batch"]["batches_by_status"] == {"completed": 1}
+        bad = client.post("/v1/files", content=b"--x\r\nnot a form",
+                          headers={"Content-Type": "multipart/form-data; boundary=x"})
+        assert bad.status_code == 400
 
 
 def test_flavors_without_a_batch_api_have_no_batch_routes() -> None:

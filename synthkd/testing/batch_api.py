@@ -60,6 +60,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthkd.testing.server import TestServer
@@ -174,6 +175,7 @@ class Batch:
     expire_after: float | None = None
     failed_rate: float = 0.0
     validated: bool = False
+    behind: int = 0  # items started late (see _wait_until)
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: "asyncio.Task[None] | None" = None
 
@@ -238,7 +240,14 @@ class BatchEmulator:
             "resubmitted_ids": sorted(cid for cid, n in by_id.items() if n > 1),
             "items": dict(self.items),
             "live_batches": sum(1 for b in self.batches.values() if b.task is not None and not b.task.done()),
+            "batches_by_status": self._by_status(),
         }
+
+    def _by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for b in self.batches.values():
+            counts[b.status] = counts.get(b.status, 0) + 1
+        return counts
 
     async def close(self) -> None:
         """Stop the processing tasks and wait for them to end (the server is stopping)."""
@@ -327,7 +336,7 @@ class BatchEmulator:
             if item.custom_id:  # a line without one fails validation; nothing to count it by
                 self.submitted_by_custom_id[item.custom_id] = attempt + 1
             draws.append((_draw(seed, item.custom_id, attempt), index))
-        failing = round(batch.failed_rate * len(batch.items))
+        failing = int(batch.failed_rate * len(batch.items) + 0.5)  # rounded half up
         for _, index in sorted(draws)[:failing]:
             batch.items[index].fail = True
         runner = self._run_openai if batch.provider == "openai" else self._run_anthropic
@@ -335,11 +344,19 @@ class BatchEmulator:
 
     @staticmethod
     async def _wait_until(batch: Batch, target: float) -> bool:
-        """Sleep until loop time ``target``; True as soon as a cancel was asked for."""
+        """Sleep until loop time ``target``; True as soon as a cancel was asked for.
+
+        A batch that is behind its schedule (or ``batch_seconds`` 0) still yields to the loop now and
+        then, so a big batch never stalls the server's other requests.
+        """
         if batch.cancel.is_set():
             return True
         delay = target - asyncio.get_running_loop().time()
         if delay <= 0:
+            batch.behind += 1
+            if batch.behind % 64 == 0:
+                await asyncio.sleep(0)
+                return batch.cancel.is_set()
             return False
         try:
             await asyncio.wait_for(batch.cancel.wait(), delay)
@@ -366,6 +383,41 @@ class BatchEmulator:
         cap = cfg.batch_max_bytes or OPENAI_MAX_BYTES
         if not request.content_type.startswith("multipart/"):
             return self._openai_error(400, "Invalid Content-Type header (expected multipart/form-data).")
+        try:
+            parsed = await self._read_form(request, cap)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            return self._openai_error(400, f"Could not parse the multipart form: {exc}.")
+        purpose, filename, data, too_large = parsed
+        if purpose is None:
+            return self._openai_error(400, "Missing required parameter: 'purpose'.", "purpose",
+                                      "missing_required_parameter")
+        if data is None:
+            return self._openai_error(400, "Missing required parameter: 'file'.", "file", "missing_required_parameter")
+        if purpose not in _OPENAI_PURPOSES:
+            return self._openai_error(400, f"Invalid value: '{purpose}'. Supported values are: "
+                                      + ", ".join(f"'{p}'" for p in _OPENAI_PURPOSES) + ".", "purpose",
+                                      "invalid_value")
+        if too_large:  # the emulator keeps files for batches only: the batch limit applies to every upload
+            return self._openai_error(400, _TOO_LARGE)
+        lines: list[tuple[int, Any]] | None = None
+        if purpose == "batch":
+            lines = []
+            for number, raw in enumerate(data.split(b"\n"), start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    lines.append((number, orjson.loads(raw)))
+                except orjson.JSONDecodeError:
+                    return self._openai_error(400, _NOT_JSONL)
+        stored = StoredFile("file-" + _rand(22), purpose, filename, data, int(time.time()), lines)
+        self.files[stored.id] = stored
+        self.files_uploaded += 1
+        return 200, stored.object(on_upload=True)
+
+    @staticmethod
+    async def _read_form(request: web.Request, cap: int) -> tuple[str | None, str, bytes | None, bool]:
+        """``(purpose, filename, file bytes, too large)`` of an upload; the file is read whole (so the
+        client is not cut off) but only its first ``cap`` bytes are kept."""
         purpose: str | None = None
         filename = "upload"
         data: bytes | None = None
@@ -394,31 +446,7 @@ class BatchEmulator:
                 data = b"".join(chunks)
             else:
                 await part.release()
-        if purpose is None:
-            return self._openai_error(400, "Missing required parameter: 'purpose'.", "purpose",
-                                      "missing_required_parameter")
-        if data is None:
-            return self._openai_error(400, "Missing required parameter: 'file'.", "file", "missing_required_parameter")
-        if purpose not in _OPENAI_PURPOSES:
-            return self._openai_error(400, f"Invalid value: '{purpose}'. Supported values are: "
-                                      + ", ".join(f"'{p}'" for p in _OPENAI_PURPOSES) + ".", "purpose",
-                                      "invalid_value")
-        lines: list[tuple[int, Any]] | None = None
-        if purpose == "batch":
-            if too_large:
-                return self._openai_error(400, _TOO_LARGE)
-            lines = []
-            for number, raw in enumerate(data.split(b"\n"), start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    lines.append((number, orjson.loads(raw)))
-                except orjson.JSONDecodeError:
-                    return self._openai_error(400, _NOT_JSONL)
-        stored = StoredFile("file-" + _rand(22), purpose, filename, data, int(time.time()), lines)
-        self.files[stored.id] = stored
-        self.files_uploaded += 1
-        return 200, stored.object(on_upload=True)
+        return purpose, filename, data, too_large
 
     def _file_or_404(self, request: web.Request) -> StoredFile | tuple[int, dict]:
         file_id = request.match_info["file_id"]

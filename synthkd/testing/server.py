@@ -702,8 +702,13 @@ class TestServer:
         ``billed`` / ``billed_usd`` are the provider's bill (see :mod:`synthkd.testing.billing`):
         ``{"requests", "input_tokens" (uncached), "cached_input_tokens", "cache_write_tokens",
         "output_tokens" (reasoning included), "reasoning_tokens"}``, priced with the server's table;
-        ``billed_unpriced_models`` lists models that had no price.  A reset also empties the
-        prompt caches.
+        ``billed_unpriced_models`` lists models that had no price; ``billed_batch`` /
+        ``billed_batch_usd`` are the part billed for batch items (at 50%).  ``batch`` holds the Batch
+        APIs' counters (:meth:`synthkd.testing.batch_api.BatchEmulator.stats`: ``files_uploaded``,
+        ``batches_created``, ``requests_submitted``, ``cancels``, ``submitted_by_custom_id``,
+        ``resubmitted_ids``, ``items`` by fate, ``live_batches``, ``batches_by_status``).  A reset also
+        empties the prompt caches and zeroes the batch counters (files and batches stay, and running
+        batches go on).
         """
         return self._call_in_loop(self._stats_now)
 
