@@ -267,6 +267,26 @@ def test_openai_expiry_keeps_the_completed_share() -> None:
     assert stats["batch"]["items"] == {"succeeded": 3, "failed": 0, "expired": 7, "cancelled": 0}
 
 
+def test_openai_completions_endpoint_batch_matches_online() -> None:
+    lines = [{"custom_id": "one", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "gpt-4o-mini", "prompt": "complete this", "max_tokens": 3}},
+             {"custom_id": "two", "method": "POST", "url": "/v1/completions",
+              "body": {"model": "gpt-4o-mini", "prompt": ["first prompt", "second prompt"], "n": 2,
+                       "temperature": 0.7, "seed": 1}}]
+    with TestServer(FaultConfig(batch_seconds=0.2)) as srv, _openai(srv) as client:
+        final, _ = _poll_openai(client, _submit(client, lines, endpoint="/v1/completions")["id"])
+        rows = {r["custom_id"]: r["response"]["body"] for r in _content(client, final["output_file_id"])}
+        for line in lines:
+            online = client.post("/v1/completions", json=line["body"]).json()
+            assert rows[line["custom_id"]]["object"] == "text_completion"
+            assert rows[line["custom_id"]]["choices"] == online["choices"]
+            assert rows[line["custom_id"]]["usage"] == online["usage"]
+        outputs = client.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]
+    assert rows["one"]["choices"][0]["finish_reason"] == "length" and len(rows["two"]["choices"]) == 4
+    assert [f["id"] for f in outputs] == [final["output_file_id"]]
+    assert outputs[0]["filename"] == f"{final['id']}_output.jsonl"
+
+
 def test_openai_cancel_in_progress_keeps_done_items() -> None:
     lines = [_line(f"k{i}", f"prompt {i}") for i in range(20)]
     with TestServer(FaultConfig(batch_seconds=2.0)) as srv, _openai(srv) as client:
@@ -354,10 +374,22 @@ def test_openai_limits_and_bad_requests() -> None:
         assert nobatch.status_code == 404
         assert nobatch.json()["error"]["message"] == "No batch found with id 'batch_nope'."
         assert client.get("/v1/files/file-nope").status_code == 404
+        long_meta = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                     "completion_window": "24h", "metadata": {"k": "v" * 513}})
+        assert long_meta.status_code == 400 and long_meta.json()["error"]["param"] == "metadata.k"
+        many_meta = client.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                                                     "completion_window": "24h",
+                                                     "metadata": {str(i): "v" for i in range(17)}})
+        assert many_meta.status_code == 400 and "at most 16" in many_meta.json()["error"]["message"]
+        listed = client.get("/v1/files", params={"purpose": "batch"}).json()
+        assert listed["object"] == "list" and listed["data"][0]["id"] == file_id  # newest first
+        assert {f["purpose"] for f in listed["data"]} == {"batch"}
+        outputs = client.get("/v1/files", params={"purpose": "batch_output"}).json()["data"]
+        assert outputs == []  # every batch above failed validation: no output or error files
         assert client.delete(f"/v1/files/{file_id}").json() == {"object": "file", "deleted": True, "id": file_id}
         assert client.get(f"/v1/files/{file_id}").status_code == 404
         stats = srv.stats()
-    assert stats["by_outcome"]["bad_request"] >= 7
+    assert stats["by_outcome"]["bad_request"] >= 9
     assert stats["billed"]["requests"] == 0
 
 

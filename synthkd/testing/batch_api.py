@@ -114,6 +114,30 @@ def _draw(seed: int, custom_id: str, attempt: int) -> int:
     return int.from_bytes(digest[:8], "big")
 
 
+def _metadata_problem(metadata: Any) -> tuple[str, str, str] | None:
+    """OpenAI's metadata rules (at most 16 pairs, keys <= 64 and values <= 512 characters, strings):
+    ``(message, param, code)`` in OpenAI's usual "Invalid '...'" wording, or None."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return ("Invalid type for 'metadata': expected an object, but got a value of another type instead.",
+                "metadata", "invalid_type")
+    if len(metadata) > 16:
+        return (f"Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but got "
+                f"an object with {len(metadata)} properties instead.", "metadata", "object_above_max_length")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            return (f"Invalid 'metadata': key too long. Expected a key with maximum length 64, but got a key with "
+                    f"length {len(key)} instead.", "metadata", "invalid_value")
+        if not isinstance(value, str):
+            return (f"Invalid type for 'metadata.{key}': expected a string, but got a value of another type "
+                    "instead.", f"metadata.{key}", "invalid_type")
+        if len(value) > 512:
+            return (f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length 512, but got "
+                    f"a string with length {len(value)} instead.", f"metadata.{key}", "string_above_max_length")
+    return None
+
+
 # --------------------------------------------------------------------------------------------
 # State
 # --------------------------------------------------------------------------------------------
@@ -187,6 +211,7 @@ def openai_routes() -> list[tuple[str, str, str]]:
     """``(method, path, handler name)`` of the OpenAI Batch API."""
     return [
         ("POST", "/v1/files", "openai_upload"),
+        ("GET", "/v1/files", "openai_file_list"),
         ("GET", "/v1/files/{file_id}", "openai_file"),
         ("DELETE", "/v1/files/{file_id}", "openai_file_delete"),
         ("GET", "/v1/files/{file_id}/content", "openai_file_content"),
@@ -455,6 +480,31 @@ class BatchEmulator:
             return self._openai_error(404, f"No such File object: {file_id}", "id")  # wording: assumption
         return stored
 
+    async def openai_file_list(self, request: web.Request) -> Any:
+        """``GET /v1/files?purpose=&limit=&after=&order=``: a cursor page (default newest first, 10,000)."""
+        try:
+            limit = int(request.query.get("limit", "10000"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= 10000:
+            return self._openai_error(400, f"Invalid 'limit': expected an integer between 1 and 10000, got "
+                                      f"{request.query.get('limit')!r}.", "limit", "invalid_value")
+        order = request.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return self._openai_error(400, f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.",
+                                      "order", "invalid_value")
+        purpose = request.query.get("purpose")
+        ordered = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
+        if order == "desc":
+            ordered.reverse()
+        after = request.query.get("after")
+        if after:
+            ids = [f.id for f in ordered]
+            ordered = ordered[ids.index(after) + 1:] if after in ids else []
+        data = [f.object() for f in ordered[:limit]]
+        return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                     "last_id": data[-1]["id"] if data else None, "has_more": len(ordered) > limit}
+
     async def openai_file(self, request: web.Request) -> Any:
         stored = self._file_or_404(request)
         return stored if isinstance(stored, tuple) else (200, stored.object())
@@ -498,9 +548,9 @@ class BatchEmulator:
                                       + " (the synthkd test server runs no other batch endpoint).",
                                       "endpoint", "invalid_value")
         metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            return self._openai_error(400, "Invalid type for 'metadata': expected an object.", "metadata",
-                                      "invalid_type")
+        problem = _metadata_problem(metadata)
+        if problem is not None:
+            return self._openai_error(400, problem[0], problem[1], problem[2])
         file_id = body["input_file_id"]
         stored = self.files.get(file_id)
         if stored is None:

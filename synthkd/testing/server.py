@@ -49,7 +49,7 @@ priced from ``prices=`` / ``--prices`` (default synthkd/data/prices.json): see :
 Batch APIs (reference §2, §3.4; shapes, timeline and faults in :mod:`.batch_api`):
 
 * ``openai`` / ``openai-reasoning``: ``POST /v1/files`` (multipart ``purpose``, ``file``),
-  ``GET`` / ``DELETE /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+  ``GET /v1/files`` (``purpose``, ``after``, ``limit``, ``order``), ``GET`` / ``DELETE /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
   ``GET /v1/batches`` (``after``, ``limit``), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
 * ``anthropic``: ``POST`` / ``GET /v1/messages/batches`` (``after_id``, ``before_id``, ``limit``),
   ``GET`` / ``DELETE /v1/messages/batches/{id}``, ``GET .../{id}/results``, ``POST .../{id}/cancel``.
