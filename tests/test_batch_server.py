@@ -534,6 +534,42 @@ def test_anthropic_limits_and_auth() -> None:
     assert stats["batch"]["batches_created"] == 0 and stats["batch"]["requests_submitted"] == 0
 
 
+def test_http_faults_before_and_after_the_effect() -> None:
+    with TestServer(FaultConfig(batch_seconds=0.1, batch_error_rate=1.0)) as srv, _openai(srv) as client:
+        r = _upload(client, _jsonl([_line("a", "a")]))
+        assert r.status_code == 500 and r.json()["error"]["type"] == "server_error"
+        assert srv.stats()["batch"]["files_uploaded"] == 0  # answered before it took effect
+        srv.configure(batch_error_rate=0, batch_lost_reply_rate=1.0)
+        r = _upload(client, _jsonl([_line("a", "a")]))
+        assert r.status_code == 500
+        srv.configure(batch_lost_reply_rate=0)
+        files = client.get("/v1/files").json()["data"]
+        assert len(files) == 1  # the upload whose reply was lost is there
+        srv.configure(batch_lost_reply_rate=1.0)
+        r = client.post("/v1/batches", json={"input_file_id": files[0]["id"], "endpoint": "/v1/chat/completions",
+                                             "completion_window": "24h"})
+        assert r.status_code == 500
+        srv.configure(batch_lost_reply_rate=0)
+        listed = client.get("/v1/batches").json()["data"]
+        assert len(listed) == 1 and listed[0]["input_file_id"] == files[0]["id"]
+        stats = srv.stats()
+    assert stats["batch"]["batches_created"] == 1 and stats["batch"]["submitted_by_custom_id"] == {"a": 1}
+    assert stats["batch"]["http_errors"] == {"before": 1, "lost_reply": 2}
+    assert stats["by_outcome"]["error_500"] == 3
+
+    with TestServer(FaultConfig(batch_lost_reply_rate=1.0), flavor="anthropic") as srv, _anthropic(srv) as client:
+        r = client.post("/v1/messages/batches", json={"requests": [_request("a", "p")]})
+        assert r.status_code == 500 and r.json()["error"] == {"type": "api_error", "message": "Internal server error"}
+        srv.configure(batch_lost_reply_rate=0)
+        assert len(client.get("/v1/messages/batches").json()["data"]) == 1
+    # a share in between: reproducible for a seed
+    def outcomes(seed: int) -> list[int]:
+        with TestServer(FaultConfig(batch_error_rate=0.3, seed=seed)) as srv, _openai(srv) as client:
+            return [client.get("/v1/batches").status_code for _ in range(40)]
+    first = outcomes(4)
+    assert first == outcomes(4) and 0 < first.count(500) < 40
+
+
 # ------------------------------------------------------------------------------------------ configuration
 
 
@@ -585,6 +621,7 @@ def test_a_big_batch_on_a_zero_clock_does_not_stall_the_server() -> None:
     lines = [_line(f"z{i}", f"p {i}") for i in range(12000)]
     with TestServer(FaultConfig(batch_seconds=0)) as srv, _openai(srv) as client:
         batch = _submit(client, lines)
+        started = time.monotonic()
         worst = 0.0
         while True:  # every poll is answered promptly while the batch is processed
             t0 = time.monotonic()
@@ -592,8 +629,9 @@ def test_a_big_batch_on_a_zero_clock_does_not_stall_the_server() -> None:
             worst = max(worst, time.monotonic() - t0)
             if status == "completed":
                 break
-        # Processing 12,000 items without yielding blocks the loop for about a second on this machine.
-        assert worst < 0.5, worst
+        # Processing 12,000 items without yielding blocks the loop for all of it (about a second on an
+        # idle machine, so one poll waits nearly the whole time); relative, so a loaded machine passes too.
+        assert worst < 0.5 * (time.monotonic() - started), worst
         assert srv.stats()["batch"]["batches_by_status"] == {"completed": 1}
         bad = client.post("/v1/files", content=b"--x\r\nnot a form",
                           headers={"Content-Type": "multipart/form-data; boundary=x"})

@@ -31,7 +31,10 @@ Faults (``FaultConfig``): ``batch_failed_rate`` -- exactly ``round(rate * N)`` i
 fail (OpenAI: a 500 ``server_error`` line in the error file; Anthropic: an ``errored`` result with an
 ``api_error``), picked by a hash of the seed, the custom_id and how many times that custom_id was
 submitted before, so a rerun against a fresh server fails the same items and a resubmission is a
-new draw.  ``batch_expire_after_share`` -- the batch expires once ``floor(share * N)`` items are
+new draw.  ``batch_error_rate`` / ``batch_lost_reply_rate`` -- a batch endpoint answers 500 before
+acting, or after (an upload stored, a batch created or cancelled, and the reply lost: the case where a
+client that retries blindly submits twice).  ``batch_expire_after_share`` -- the batch expires once
+``floor(share * N)`` items are
 done: OpenAI ``expired`` (output file of the done ones, ``batch_expired`` lines for the rest),
 Anthropic ``expired`` results.  ``batch_max_requests`` / ``batch_max_bytes`` lower the providers'
 limits (50,000 requests / 200 MB per OpenAI input file; 100,000 requests / 256 MB per Anthropic
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import random
 import secrets
 import string
 import time
@@ -241,7 +245,12 @@ class BatchEmulator:
         self.server = server
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
+        self.reseed()
         self.reset_counters()
+
+    def reseed(self) -> None:
+        """The RNG of the HTTP faults (``batch_error_rate``, ``batch_lost_reply_rate``), from the seed."""
+        self._rng = random.Random(f"batch:{self.server.config.seed}")
 
     # ---------------------------------------------------------------- counters
 
@@ -252,6 +261,8 @@ class BatchEmulator:
         self.cancels = 0
         self.submitted_by_custom_id: dict[str, int] = {}
         self.items = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
+        self.http_errors = {"before": 0, "lost_reply": 0}
+        self.reseed()
 
     def stats(self) -> dict:
         """``stats()["batch"]``."""
@@ -266,6 +277,7 @@ class BatchEmulator:
             "items": dict(self.items),
             "live_batches": sum(1 for b in self.batches.values() if b.task is not None and not b.task.done()),
             "batches_by_status": self._by_status(),
+            "http_errors": dict(self.http_errors),
         }
 
     def _by_status(self) -> dict[str, int]:
@@ -310,7 +322,22 @@ class BatchEmulator:
                 request_id = "req_" + secrets.token_hex(16)
                 if server._expected_auth is not None and request.headers.get("Authorization") != server._expected_auth:
                     return server._unauthorized(request)
-            reply = await handler(request)
+            cfg = server.config
+            fault = None
+            if cfg.batch_error_rate or cfg.batch_lost_reply_rate:
+                draw = self._rng.random()
+                fault = ("before" if draw < cfg.batch_error_rate
+                         else "lost_reply" if draw < cfg.batch_error_rate + cfg.batch_lost_reply_rate else None)
+            if fault == "before":
+                async for _ in request.content.iter_chunked(1 << 16):
+                    pass  # drain the upload, so the client is answered and not cut off
+                reply = self._server_error(provider)
+            else:
+                reply = await handler(request)
+                if fault == "lost_reply":
+                    reply = self._server_error(provider)
+            if fault is not None:
+                self.http_errors[fault] += 1
             if isinstance(reply, web.StreamResponse):
                 response = reply
             else:
@@ -321,7 +348,8 @@ class BatchEmulator:
             response.headers["request-id" if provider == "anthropic" else "x-request-id"] = request_id
             if provider == "openai":
                 response.headers["openai-version"] = "2020-10-01"
-            server._by_outcome["ok" if response.status < 400 else "bad_request"] += 1
+            outcome = "error_500" if fault is not None else "ok" if response.status < 400 else "bad_request"
+            server._by_outcome[outcome] += 1
             return response
 
         return handle
@@ -332,6 +360,12 @@ class BatchEmulator:
     def _openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
                       type_: str = "invalid_request_error") -> tuple[int, dict]:
         return status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+    @classmethod
+    def _server_error(cls, provider: str) -> tuple[int, dict]:
+        if provider == "anthropic":
+            return cls._anthropic_error(500, "api_error", "Internal server error")
+        return cls._openai_error(500, _SERVER_ERROR, type_="server_error")
 
     @staticmethod
     def _anthropic_error(status: int, type_: str, message: str) -> tuple[int, dict]:
