@@ -134,7 +134,7 @@ def _results(client: httpx.Client, batch: dict) -> dict[str, dict]:
 def test_openai_batch_end_to_end_matches_online_and_recorded_shapes() -> None:
     prompts = [f"question number {i} about batches" for i in range(6)]
     lines = [_line(f"req-{i}", p) for i, p in enumerate(prompts)]
-    with TestServer(FaultConfig(api_key=KEY, batch_seconds=0.6)) as srv, _openai(srv) as client:
+    with TestServer(FaultConfig(api_key=KEY, batch_seconds=1.0)) as srv, _openai(srv) as client:
         up = _upload(client, _jsonl(lines))
         assert up.status_code == 200
         file_obj = up.json()
@@ -312,7 +312,7 @@ def test_openai_cancel_in_progress_keeps_done_items() -> None:
 
 
 def test_openai_cancel_while_validating_matches_the_recording() -> None:
-    with TestServer(FaultConfig(batch_seconds=1.0)) as srv, _openai(srv) as client:
+    with TestServer(FaultConfig(batch_seconds=5.0)) as srv, _openai(srv) as client:  # validating for 0.5 s
         batch = _submit(client, [_line("0", "Spagetti"), _line("1", "Sushi")])
         r = client.post(f"/v1/batches/{batch['id']}/cancel").json()
         assert r["status"] == "cancelling" and r["cancelling_at"] == r["created_at"]
@@ -652,7 +652,7 @@ def test_openai_objects_have_the_recorded_shapes() -> None:
     rec = RECORDED["openai"]
     assert [p["name"] for p in rec["upload_request_parts"]] == ["purpose", "file"]
     lines = [_line(str(i), food, model="gpt-3.5-turbo") for i, food in enumerate(["Spagetti", "Sushi", "Ramen"])]
-    with TestServer(FaultConfig(batch_seconds=1.5)) as srv, _openai(srv) as client:
+    with TestServer(FaultConfig(batch_seconds=3.0)) as srv, _openai(srv) as client:  # states last 0.3 s or more
         upload = _upload(client, _jsonl(lines)).json()
         assert _shape(upload) == _shape(rec["file_upload"])
         assert _shape(client.get(f"/v1/files/{upload['id']}").json()) == _shape(rec["file_get"])
