@@ -414,7 +414,9 @@ def test_openai_auth_and_list() -> None:
 
 
 def test_anthropic_batch_end_to_end_matches_online_and_recorded_shapes() -> None:
-    requests = [_request(f"r{i}", f"tell me about item {i}") for i in range(4)]
+    requests = [_request(f"r{i}", f"tell me about item {i}") for i in range(3)]
+    requests.append(_request("r3", "think about item 3", max_tokens=2048,
+                             thinking={"type": "enabled", "budget_tokens": 1024}))
     with TestServer(FaultConfig(api_key=KEY, batch_seconds=0.4), flavor="anthropic") as srv, \
             _anthropic(srv) as client:
         r = client.post("/v1/messages/batches", json={"requests": requests})
@@ -448,6 +450,7 @@ def test_anthropic_batch_end_to_end_matches_online_and_recorded_shapes() -> None
             message = result["message"]
             assert message["content"] == online["content"] and message["stop_reason"] == online["stop_reason"]
             assert message["usage"] == {**online["usage"], "service_tier": "batch"}
+        assert [b["type"] for b in results["r3"]["message"]["content"]] == ["thinking", "text"]
         listing = client.get("/v1/messages/batches").json()
         assert [b["id"] for b in listing["data"]] == [created["id"]] and listing["has_more"] is False
         deleted = client.delete(f"/v1/messages/batches/{created['id']}")
