@@ -204,6 +204,8 @@ class Batch:
     failed_rate: float = 0.0
     validated: bool = False
     behind: int = 0  # items started late (see _wait_until)
+    lines: list[tuple[int, Any]] = field(default_factory=list)  # OpenAI: the input file's lines, as submitted
+    max_requests: int = 0
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: "asyncio.Task[None] | None" = None
 
@@ -600,7 +602,8 @@ class BatchEmulator:
         now = time.time()
         batch = Batch("openai", "batch_" + secrets.token_hex(16), now, cfg.batch_seconds, items, "validating",
                       endpoint=endpoint, input_file_id=file_id, metadata=metadata,
-                      expire_after=cfg.batch_expire_after_share, failed_rate=cfg.batch_failed_rate)
+                      expire_after=cfg.batch_expire_after_share, failed_rate=cfg.batch_failed_rate,
+                      lines=stored.lines, max_requests=cfg.batch_max_requests or OPENAI_MAX_REQUESTS)
         self._submit(batch)
         return 200, self._openai_object(batch)
 
@@ -680,15 +683,14 @@ class BatchEmulator:
 
     def _openai_validate(self, b: Batch) -> list[dict]:
         """The ``errors.data`` of a bad input file (codes from reference §2.5); [] when it is good."""
-        stored = self.files.get(b.input_file_id)
-        lines = stored.lines if stored is not None and stored.lines is not None else []
+        lines = b.lines  # kept with the batch: deleting the input file afterwards changes nothing
         errors: list[dict] = []
 
         def err(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
             if len(errors) < 100:
                 errors.append({"code": code, "line": line, "message": message, "param": param})
 
-        cap = self.server.config.batch_max_requests or OPENAI_MAX_REQUESTS
+        cap = b.max_requests
         if not lines:
             err("empty_file", "The input file is empty.")
         elif len(lines) > cap:
