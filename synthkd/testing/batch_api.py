@@ -31,7 +31,10 @@ Faults (``FaultConfig``): ``batch_failed_rate`` -- exactly ``round(rate * N)`` i
 fail (OpenAI: a 500 ``server_error`` line in the error file; Anthropic: an ``errored`` result with an
 ``api_error``), picked by a hash of the seed, the custom_id and how many times that custom_id was
 submitted before, so a rerun against a fresh server fails the same items and a resubmission is a
-new draw.  ``batch_expire_after_share`` -- the batch expires once ``floor(share * N)`` items are
+new draw.  ``batch_error_rate`` / ``batch_lost_reply_rate`` -- a batch endpoint answers 500 before
+acting, or after (an upload stored, a batch created or cancelled, and the reply lost: the case where a
+client that retries blindly submits twice).  ``batch_expire_after_share`` -- the batch expires once
+``floor(share * N)`` items are
 done: OpenAI ``expired`` (output file of the done ones, ``batch_expired`` lines for the rest),
 Anthropic ``expired`` results.  ``batch_max_requests`` / ``batch_max_bytes`` lower the providers'
 limits (50,000 requests / 200 MB per OpenAI input file; 100,000 requests / 256 MB per Anthropic
@@ -51,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import math
+import random
 import secrets
 import string
 import time
@@ -60,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 
 if TYPE_CHECKING:  # pragma: no cover
     from synthkd.testing.server import TestServer
@@ -111,6 +116,30 @@ def _rfc3339(t: float) -> str:
 def _draw(seed: int, custom_id: str, attempt: int) -> int:
     digest = hashlib.sha256(f"{seed}\x1f{custom_id}\x1f{attempt}".encode("utf-8", "surrogatepass")).digest()
     return int.from_bytes(digest[:8], "big")
+
+
+def _metadata_problem(metadata: Any) -> tuple[str, str, str] | None:
+    """OpenAI's metadata rules (at most 16 pairs, keys <= 64 and values <= 512 characters, strings):
+    ``(message, param, code)`` in OpenAI's usual "Invalid '...'" wording, or None."""
+    if metadata is None:
+        return None
+    if not isinstance(metadata, dict):
+        return ("Invalid type for 'metadata': expected an object, but got a value of another type instead.",
+                "metadata", "invalid_type")
+    if len(metadata) > 16:
+        return (f"Invalid 'metadata': too many properties. Expected an object with at most 16 properties, but got "
+                f"an object with {len(metadata)} properties instead.", "metadata", "object_above_max_length")
+    for key, value in metadata.items():
+        if len(key) > 64:
+            return (f"Invalid 'metadata': key too long. Expected a key with maximum length 64, but got a key with "
+                    f"length {len(key)} instead.", "metadata", "invalid_value")
+        if not isinstance(value, str):
+            return (f"Invalid type for 'metadata.{key}': expected a string, but got a value of another type "
+                    "instead.", f"metadata.{key}", "invalid_type")
+        if len(value) > 512:
+            return (f"Invalid 'metadata.{key}': string too long. Expected a string with maximum length 512, but got "
+                    f"a string with length {len(value)} instead.", f"metadata.{key}", "string_above_max_length")
+    return None
 
 
 # --------------------------------------------------------------------------------------------
@@ -174,6 +203,9 @@ class Batch:
     expire_after: float | None = None
     failed_rate: float = 0.0
     validated: bool = False
+    behind: int = 0  # items started late (see _wait_until)
+    lines: list[tuple[int, Any]] = field(default_factory=list)  # OpenAI: the input file's lines, as submitted
+    max_requests: int = 0
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     task: "asyncio.Task[None] | None" = None
 
@@ -185,6 +217,7 @@ def openai_routes() -> list[tuple[str, str, str]]:
     """``(method, path, handler name)`` of the OpenAI Batch API."""
     return [
         ("POST", "/v1/files", "openai_upload"),
+        ("GET", "/v1/files", "openai_file_list"),
         ("GET", "/v1/files/{file_id}", "openai_file"),
         ("DELETE", "/v1/files/{file_id}", "openai_file_delete"),
         ("GET", "/v1/files/{file_id}/content", "openai_file_content"),
@@ -214,7 +247,12 @@ class BatchEmulator:
         self.server = server
         self.files: dict[str, StoredFile] = {}
         self.batches: dict[str, Batch] = {}
+        self.reseed()
         self.reset_counters()
+
+    def reseed(self) -> None:
+        """The RNG of the HTTP faults (``batch_error_rate``, ``batch_lost_reply_rate``), from the seed."""
+        self._rng = random.Random(f"batch:{self.server.config.seed}")
 
     # ---------------------------------------------------------------- counters
 
@@ -225,6 +263,8 @@ class BatchEmulator:
         self.cancels = 0
         self.submitted_by_custom_id: dict[str, int] = {}
         self.items = {"succeeded": 0, "failed": 0, "expired": 0, "cancelled": 0}
+        self.http_errors = {"before": 0, "lost_reply": 0}
+        self.reseed()
 
     def stats(self) -> dict:
         """``stats()["batch"]``."""
@@ -238,13 +278,22 @@ class BatchEmulator:
             "resubmitted_ids": sorted(cid for cid, n in by_id.items() if n > 1),
             "items": dict(self.items),
             "live_batches": sum(1 for b in self.batches.values() if b.task is not None and not b.task.done()),
+            "batches_by_status": self._by_status(),
+            "http_errors": dict(self.http_errors),
         }
 
-    def close(self) -> None:
-        """Stop the processing tasks (the server is stopping)."""
-        for batch in self.batches.values():
-            if batch.task is not None and not batch.task.done():
-                batch.task.cancel()
+    def _by_status(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for b in self.batches.values():
+            counts[b.status] = counts.get(b.status, 0) + 1
+        return counts
+
+    async def close(self) -> None:
+        """Stop the processing tasks and wait for them to end (the server is stopping)."""
+        tasks = [b.task for b in self.batches.values() if b.task is not None and not b.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # ---------------------------------------------------------------- routing
 
@@ -275,7 +324,22 @@ class BatchEmulator:
                 request_id = "req_" + secrets.token_hex(16)
                 if server._expected_auth is not None and request.headers.get("Authorization") != server._expected_auth:
                     return server._unauthorized(request)
-            reply = await handler(request)
+            cfg = server.config
+            fault = None
+            if cfg.batch_error_rate or cfg.batch_lost_reply_rate:
+                draw = self._rng.random()
+                fault = ("before" if draw < cfg.batch_error_rate
+                         else "lost_reply" if draw < cfg.batch_error_rate + cfg.batch_lost_reply_rate else None)
+            if fault == "before":
+                async for _ in request.content.iter_chunked(1 << 16):
+                    pass  # drain the upload, so the client is answered and not cut off
+                reply = self._server_error(provider)
+            else:
+                reply = await handler(request)
+                if fault == "lost_reply":
+                    reply = self._server_error(provider)
+            if fault is not None:
+                self.http_errors[fault] += 1
             if isinstance(reply, web.StreamResponse):
                 response = reply
             else:
@@ -286,7 +350,8 @@ class BatchEmulator:
             response.headers["request-id" if provider == "anthropic" else "x-request-id"] = request_id
             if provider == "openai":
                 response.headers["openai-version"] = "2020-10-01"
-            server._by_outcome["ok" if response.status < 400 else "bad_request"] += 1
+            outcome = "error_500" if fault is not None else "ok" if response.status < 400 else "bad_request"
+            server._by_outcome[outcome] += 1
             return response
 
         return handle
@@ -297,6 +362,12 @@ class BatchEmulator:
     def _openai_error(status: int, message: str, param: str | None = None, code: str | None = None,
                       type_: str = "invalid_request_error") -> tuple[int, dict]:
         return status, {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+    @classmethod
+    def _server_error(cls, provider: str) -> tuple[int, dict]:
+        if provider == "anthropic":
+            return cls._anthropic_error(500, "api_error", "Internal server error")
+        return cls._openai_error(500, _SERVER_ERROR, type_="server_error")
 
     @staticmethod
     def _anthropic_error(status: int, type_: str, message: str) -> tuple[int, dict]:
@@ -323,9 +394,10 @@ class BatchEmulator:
         draws = []
         for index, item in enumerate(batch.items):
             attempt = self.submitted_by_custom_id.get(item.custom_id, 0)
-            self.submitted_by_custom_id[item.custom_id] = attempt + 1
+            if item.custom_id:  # a line without one fails validation; nothing to count it by
+                self.submitted_by_custom_id[item.custom_id] = attempt + 1
             draws.append((_draw(seed, item.custom_id, attempt), index))
-        failing = round(batch.failed_rate * len(batch.items))
+        failing = int(batch.failed_rate * len(batch.items) + 0.5)  # rounded half up
         for _, index in sorted(draws)[:failing]:
             batch.items[index].fail = True
         runner = self._run_openai if batch.provider == "openai" else self._run_anthropic
@@ -333,11 +405,19 @@ class BatchEmulator:
 
     @staticmethod
     async def _wait_until(batch: Batch, target: float) -> bool:
-        """Sleep until loop time ``target``; True as soon as a cancel was asked for."""
+        """Sleep until loop time ``target``; True as soon as a cancel was asked for.
+
+        A batch that is behind its schedule (or ``batch_seconds`` 0) still yields to the loop now and
+        then, so a big batch never stalls the server's other requests.
+        """
         if batch.cancel.is_set():
             return True
         delay = target - asyncio.get_running_loop().time()
         if delay <= 0:
+            batch.behind += 1
+            if batch.behind % 64 == 0:
+                await asyncio.sleep(0)
+                return batch.cancel.is_set()
             return False
         try:
             await asyncio.wait_for(batch.cancel.wait(), delay)
@@ -364,6 +444,41 @@ class BatchEmulator:
         cap = cfg.batch_max_bytes or OPENAI_MAX_BYTES
         if not request.content_type.startswith("multipart/"):
             return self._openai_error(400, "Invalid Content-Type header (expected multipart/form-data).")
+        try:
+            parsed = await self._read_form(request, cap)
+        except (ValueError, AssertionError, HttpProcessingError) as exc:
+            return self._openai_error(400, f"Could not parse the multipart form: {exc}.")
+        purpose, filename, data, too_large = parsed
+        if purpose is None:
+            return self._openai_error(400, "Missing required parameter: 'purpose'.", "purpose",
+                                      "missing_required_parameter")
+        if data is None:
+            return self._openai_error(400, "Missing required parameter: 'file'.", "file", "missing_required_parameter")
+        if purpose not in _OPENAI_PURPOSES:
+            return self._openai_error(400, f"Invalid value: '{purpose}'. Supported values are: "
+                                      + ", ".join(f"'{p}'" for p in _OPENAI_PURPOSES) + ".", "purpose",
+                                      "invalid_value")
+        if too_large:  # the emulator keeps files for batches only: the batch limit applies to every upload
+            return self._openai_error(400, _TOO_LARGE)
+        lines: list[tuple[int, Any]] | None = None
+        if purpose == "batch":
+            lines = []
+            for number, raw in enumerate(data.split(b"\n"), start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    lines.append((number, orjson.loads(raw)))
+                except orjson.JSONDecodeError:
+                    return self._openai_error(400, _NOT_JSONL)
+        stored = StoredFile("file-" + _rand(22), purpose, filename, data, int(time.time()), lines)
+        self.files[stored.id] = stored
+        self.files_uploaded += 1
+        return 200, stored.object(on_upload=True)
+
+    @staticmethod
+    async def _read_form(request: web.Request, cap: int) -> tuple[str | None, str, bytes | None, bool]:
+        """``(purpose, filename, file bytes, too large)`` of an upload; the file is read whole (so the
+        client is not cut off) but only its first ``cap`` bytes are kept."""
         purpose: str | None = None
         filename = "upload"
         data: bytes | None = None
@@ -392,31 +507,7 @@ class BatchEmulator:
                 data = b"".join(chunks)
             else:
                 await part.release()
-        if purpose is None:
-            return self._openai_error(400, "Missing required parameter: 'purpose'.", "purpose",
-                                      "missing_required_parameter")
-        if data is None:
-            return self._openai_error(400, "Missing required parameter: 'file'.", "file", "missing_required_parameter")
-        if purpose not in _OPENAI_PURPOSES:
-            return self._openai_error(400, f"Invalid value: '{purpose}'. Supported values are: "
-                                      + ", ".join(f"'{p}'" for p in _OPENAI_PURPOSES) + ".", "purpose",
-                                      "invalid_value")
-        lines: list[tuple[int, Any]] | None = None
-        if purpose == "batch":
-            if too_large:
-                return self._openai_error(400, _TOO_LARGE)
-            lines = []
-            for number, raw in enumerate(data.split(b"\n"), start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    lines.append((number, orjson.loads(raw)))
-                except orjson.JSONDecodeError:
-                    return self._openai_error(400, _NOT_JSONL)
-        stored = StoredFile("file-" + _rand(22), purpose, filename, data, int(time.time()), lines)
-        self.files[stored.id] = stored
-        self.files_uploaded += 1
-        return 200, stored.object(on_upload=True)
+        return purpose, filename, data, too_large
 
     def _file_or_404(self, request: web.Request) -> StoredFile | tuple[int, dict]:
         file_id = request.match_info["file_id"]
@@ -424,6 +515,31 @@ class BatchEmulator:
         if stored is None:
             return self._openai_error(404, f"No such File object: {file_id}", "id")  # wording: assumption
         return stored
+
+    async def openai_file_list(self, request: web.Request) -> Any:
+        """``GET /v1/files?purpose=&limit=&after=&order=``: a cursor page (default newest first, 10,000)."""
+        try:
+            limit = int(request.query.get("limit", "10000"))
+        except ValueError:
+            limit = -1
+        if not 1 <= limit <= 10000:
+            return self._openai_error(400, f"Invalid 'limit': expected an integer between 1 and 10000, got "
+                                      f"{request.query.get('limit')!r}.", "limit", "invalid_value")
+        order = request.query.get("order", "desc")
+        if order not in ("asc", "desc"):
+            return self._openai_error(400, f"Invalid value: '{order}'. Supported values are: 'asc' and 'desc'.",
+                                      "order", "invalid_value")
+        purpose = request.query.get("purpose")
+        ordered = [f for f in self.files.values() if purpose is None or f.purpose == purpose]
+        if order == "desc":
+            ordered.reverse()
+        after = request.query.get("after")
+        if after:
+            ids = [f.id for f in ordered]
+            ordered = ordered[ids.index(after) + 1:] if after in ids else []
+        data = [f.object() for f in ordered[:limit]]
+        return 200, {"object": "list", "data": data, "first_id": data[0]["id"] if data else None,
+                     "last_id": data[-1]["id"] if data else None, "has_more": len(ordered) > limit}
 
     async def openai_file(self, request: web.Request) -> Any:
         stored = self._file_or_404(request)
@@ -468,9 +584,9 @@ class BatchEmulator:
                                       + " (the synthkd test server runs no other batch endpoint).",
                                       "endpoint", "invalid_value")
         metadata = body.get("metadata")
-        if metadata is not None and not isinstance(metadata, dict):
-            return self._openai_error(400, "Invalid type for 'metadata': expected an object.", "metadata",
-                                      "invalid_type")
+        problem = _metadata_problem(metadata)
+        if problem is not None:
+            return self._openai_error(400, problem[0], problem[1], problem[2])
         file_id = body["input_file_id"]
         stored = self.files.get(file_id)
         if stored is None:
@@ -480,12 +596,14 @@ class BatchEmulator:
         if stored.purpose != "batch" or stored.lines is None:
             return self._openai_error(400, f"File {file_id} has purpose '{stored.purpose}'; a batch needs a file "
                                       "uploaded with purpose 'batch'.", "input_file_id")  # wording: assumption
-        items = [Item(str(obj.get("custom_id")) if isinstance(obj, dict) else "", obj) for _, obj in stored.lines]
+        items = [Item(obj["custom_id"] if isinstance(obj, dict) and isinstance(obj.get("custom_id"), str) else "", obj)
+                 for _, obj in stored.lines]
         cfg = self.server.config
         now = time.time()
         batch = Batch("openai", "batch_" + secrets.token_hex(16), now, cfg.batch_seconds, items, "validating",
                       endpoint=endpoint, input_file_id=file_id, metadata=metadata,
-                      expire_after=cfg.batch_expire_after_share, failed_rate=cfg.batch_failed_rate)
+                      expire_after=cfg.batch_expire_after_share, failed_rate=cfg.batch_failed_rate,
+                      lines=stored.lines, max_requests=cfg.batch_max_requests or OPENAI_MAX_REQUESTS)
         self._submit(batch)
         return 200, self._openai_object(batch)
 
@@ -565,15 +683,14 @@ class BatchEmulator:
 
     def _openai_validate(self, b: Batch) -> list[dict]:
         """The ``errors.data`` of a bad input file (codes from reference §2.5); [] when it is good."""
-        stored = self.files.get(b.input_file_id)
-        lines = stored.lines if stored is not None and stored.lines is not None else []
+        lines = b.lines  # kept with the batch: deleting the input file afterwards changes nothing
         errors: list[dict] = []
 
         def err(code: str, message: str, line: int | None = None, param: str | None = None) -> None:
             if len(errors) < 100:
                 errors.append({"code": code, "line": line, "message": message, "param": param})
 
-        cap = self.server.config.batch_max_requests or OPENAI_MAX_REQUESTS
+        cap = b.max_requests
         if not lines:
             err("empty_file", "The input file is empty.")
         elif len(lines) > cap:
@@ -635,6 +752,9 @@ class BatchEmulator:
                 await self._openai_cancelled(b)
                 return
             await self._openai_execute(b, item)
+        if b.cancel.is_set():  # asked while the last item was being answered
+            await self._openai_cancelled(b)
+            return
         b.status = "finalizing"
         b.times["finalizing_at"] = time.time()
         await asyncio.sleep(0.1 * t)
@@ -854,7 +974,7 @@ class BatchEmulator:
                 break
             await self._anthropic_execute(item)
         if not cancelled and expire_at is None:
-            cancelled = await self._wait_until(b, start + t)
+            cancelled = await self._wait_until(b, start + t) or b.cancel.is_set()
         if cancelled:
             await asyncio.sleep(0.1 * t)
         for item in b.items:

@@ -45,6 +45,26 @@ the offline API reference (section in brackets); the shaping lives in :mod:`.fla
 
 Every flavor keeps a provider's bill of what it answered (``stats()["billed"]``, ``billed_usd``),
 priced from ``prices=`` / ``--prices`` (default synthkd/data/prices.json): see :mod:`.billing`.
+
+Batch APIs (reference §2, §3.4; shapes, timeline and faults in :mod:`.batch_api`):
+
+* ``openai`` / ``openai-reasoning``: ``POST /v1/files`` (multipart ``purpose``, ``file``),
+  ``GET /v1/files`` (``purpose``, ``after``, ``limit``, ``order``), ``GET`` / ``DELETE /v1/files/{id}``, ``GET /v1/files/{id}/content``, ``POST /v1/batches``,
+  ``GET /v1/batches`` (``after``, ``limit``), ``GET /v1/batches/{id}``, ``POST /v1/batches/{id}/cancel``.
+* ``anthropic``: ``POST`` / ``GET /v1/messages/batches`` (``after_id``, ``before_id``, ``limit``),
+  ``GET`` / ``DELETE /v1/messages/batches/{id}``, ``GET .../{id}/results``, ``POST .../{id}/cancel``.
+
+Items are answered by the online logic (:meth:`TestServer._batch_openai_item`,
+:meth:`TestServer._batch_anthropic_item`: same body, same message and usage; no faults or rate limits,
+batch work being a separate pool) and billed at 50% (``billed_batch``, ``billed_batch_usd``).  The
+``batch_*`` fields of :class:`FaultConfig` (``--batch-seconds``, ``--batch-failed-rate``,
+``--batch-expire-after-share``, ``--batch-max-requests``, ``--batch-max-bytes``,
+``--batch-error-rate``, ``--batch-lost-reply-rate``) set the accelerated clock, the failed share,
+expiry with partial results, the limits and 500s on the batch endpoints (before or after the effect).  ``stats()["batch"]`` counts
+files, batches, requests submitted, cancels and submissions per ``custom_id``
+(``submitted_by_custom_id``, ``resubmitted_ids``).  Batch endpoints count in ``requests_total`` and
+``by_endpoint`` under their route template (``/v1/batches/{batch_id}``), with outcome ``ok``,
+``unauthorized`` or ``bad_request``.
 """
 
 from __future__ import annotations
@@ -169,6 +189,9 @@ class FaultConfig:
       their results (None: batches never expire).
     * ``batch_max_requests`` / ``batch_max_bytes``: lower the providers' limits per batch (None: 50,000
       requests / 200 MB per OpenAI input file, 100,000 / 256 MB per Anthropic batch).
+    * ``batch_error_rate`` / ``batch_lost_reply_rate``: the share of Batch API HTTP requests answered
+      500 before they take effect (nothing uploaded, created or cancelled) / after (the upload, batch
+      or cancel happened, the reply is lost) -- one draw per request from its own seeded RNG.
 
     The fault draw's order is hang -> 500 -> malformed -> truncate -> overloaded.
     """
@@ -198,6 +221,8 @@ class FaultConfig:
     batch_expire_after_share: float | None = None
     batch_max_requests: int | None = None
     batch_max_bytes: int | None = None
+    batch_error_rate: float = 0
+    batch_lost_reply_rate: float = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -208,7 +233,8 @@ class FaultConfig:
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("error_rate", "hang_rate", "malformed_rate", "truncate_rate", "overloaded_rate",
-                     "think_closing_only_share", "invalid_json_rate", "batch_failed_rate"):
+                     "think_closing_only_share", "invalid_json_rate", "batch_failed_rate",
+                     "batch_error_rate", "batch_lost_reply_rate"):
             value = getattr(self, name)
             if not 0 <= value <= 1:
                 raise ValueError(f"{name} must be in [0, 1], got {value!r}")
@@ -235,7 +261,7 @@ class FaultConfig:
 _FLOAT_FIELDS = {
     "latency_ms", "latency_jitter_ms", "error_rate", "hang_rate", "hang_seconds", "malformed_rate",
     "truncate_rate", "overloaded_rate", "think_closing_only_share", "invalid_json_rate", "batch_seconds",
-    "batch_failed_rate",
+    "batch_failed_rate", "batch_error_rate", "batch_lost_reply_rate",
 }
 _INT_FIELDS = {"seed", "reasoning_tokens", "prompt_cache_min_tokens"}
 _OPTIONAL_FLOAT_FIELDS = {"rpm_limit", "tpm_limit", "batch_expire_after_share"}
@@ -644,7 +670,7 @@ class TestServer:
         self._started = True
 
     async def _stop_async(self) -> None:
-        self._batch.close()
+        await self._batch.close()
         if self._stop_event is not None:
             self._stop_event.set()  # wakes hung handlers
         if self._runner is not None:
@@ -683,8 +709,13 @@ class TestServer:
         ``billed`` / ``billed_usd`` are the provider's bill (see :mod:`synthkd.testing.billing`):
         ``{"requests", "input_tokens" (uncached), "cached_input_tokens", "cache_write_tokens",
         "output_tokens" (reasoning included), "reasoning_tokens"}``, priced with the server's table;
-        ``billed_unpriced_models`` lists models that had no price.  A reset also empties the
-        prompt caches.
+        ``billed_unpriced_models`` lists models that had no price; ``billed_batch`` /
+        ``billed_batch_usd`` are the part billed for batch items (at 50%).  ``batch`` holds the Batch
+        APIs' counters (:meth:`synthkd.testing.batch_api.BatchEmulator.stats`: ``files_uploaded``,
+        ``batches_created``, ``requests_submitted``, ``cancels``, ``submitted_by_custom_id``,
+        ``resubmitted_ids``, ``items`` by fate, ``live_batches``, ``batches_by_status``).  A reset also
+        empties the prompt caches and zeroes the batch counters (files and batches stay, and running
+        batches go on).
         """
         return self._call_in_loop(self._stats_now)
 
@@ -712,6 +743,7 @@ class TestServer:
         if candidate.seed != old.seed:
             self._rng = random.Random(candidate.seed)
             self._json_rng = random.Random(f"json:{candidate.seed}")
+            self._batch.reseed()
         self._apply_limits(
             force=False,
             rpm_changed=candidate.rpm_limit != old.rpm_limit,
@@ -1652,6 +1684,11 @@ def _build_parser(prog: str = "python -m synthkd.testing.server") -> argparse.Ar
                    help="Batch APIs: requests per batch (default the provider's: 50,000 OpenAI, 100,000 Anthropic)")
     p.add_argument("--batch-max-bytes", type=int, default=None,
                    help="Batch APIs: bytes per batch (default the provider's: 200 MB OpenAI, 256 MB Anthropic)")
+    p.add_argument("--batch-error-rate", type=float, default=0.0,
+                   help="Batch APIs: share of their HTTP requests answered 500 before taking effect")
+    p.add_argument("--batch-lost-reply-rate", type=float, default=0.0,
+                   help="Batch APIs: share of their HTTP requests answered 500 after taking effect (e.g. a batch "
+                        "created whose reply is lost)")
     p.add_argument("--no-uvloop", action="store_true", help="use the default asyncio loop")
     p.add_argument("--responder", choices=sorted(_NAMED_RESPONDERS), default=None,
                    help="a built-in scripted responder instead of the default echo-like one "
@@ -1720,6 +1757,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             batch_expire_after_share=args.batch_expire_after_share,
             batch_max_requests=args.batch_max_requests,
             batch_max_bytes=args.batch_max_bytes,
+            batch_error_rate=args.batch_error_rate,
+            batch_lost_reply_rate=args.batch_lost_reply_rate,
         )
         prices = PriceTable.load(args.prices)
     except (ValueError, OSError) as exc:
