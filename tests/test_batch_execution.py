@@ -246,3 +246,19 @@ def test_validate_shows_online_and_batch_cost(tmp_path):
     total = next(line for line in res.stdout.splitlines() if line.startswith("| **total**"))
     online, batch = (float(x) for x in total.strip("| ").split("|")[-2:])
     assert online > 0 and batch == pytest.approx(online / 2, abs=1e-4)
+
+
+@pytest.mark.parametrize("flavor,model", [("openai", MODEL), ("anthropic", "anthropic:claude-haiku-4-5")])
+def test_lost_replies_and_5xx_of_the_batch_endpoints_never_submit_twice(tmp_path, flavor, model):
+    """A create call answered 500 after it created the batch (a lost reply) is looked up, not sent again;
+    a 500 before acting, or on a poll or a download, is retried."""
+    write_prompts(tmp_path / "in.jsonl", 60)
+    faults = FaultConfig(batch_seconds=0.3, batch_error_rate=0.2, batch_lost_reply_rate=0.3, seed=3)
+    with TestServer(faults, flavor=flavor) as srv:
+        res = _run(_cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--wait",
+                        "--batch-max-requests", "10", model=model), tmp_path / "cache.sqlite")
+        assert res.returncode == 0, res.stderr[-3000:]
+        b = _batch(srv)
+        lost = b["http_errors"]["lost_reply"]
+    assert len(_rows(tmp_path / "out.jsonl")) == 60
+    assert lost > 0 and b["batches_created"] == 6 and b["requests_submitted"] == 60 and not b["resubmitted_ids"]

@@ -61,8 +61,12 @@ def test_svamp_step_by_step_in_batch_mode_equals_online(tmp_path):
         res = _run(pipe, tmp_path / "online", tmp_path / "online.sqlite", online_srv.base_url)
         assert res.returncode == 0, res.stderr[-3000:]
     with TestServer(FaultConfig(batch_seconds=0.3)) as srv:
-        res = _run(pipe, tmp_path / "batch", tmp_path / "batch.sqlite", srv.base_url, *BATCH,
-                   "--set", "teacher.batch_max_requests=300")
+        args = ("--set", "teacher.batch=true", "--set", "teacher.batch_poll=0.05", "--set", "teacher.batch_max_requests=300")
+        res = _run(pipe, tmp_path / "batch", tmp_path / "batch.sqlite", srv.base_url, *args, "--set", "teacher.wait=false")
+        assert res.returncode == 5, res.stderr[-3000:]  # submitted; the stage stays resumable
+        m = json.loads((tmp_path / "batch" / "svamp-step-by-step" / "manifest.json").read_text())
+        assert m["stages"]["rationales"]["status"] == "batch submitted"
+        res = _run(pipe, tmp_path / "batch", tmp_path / "batch.sqlite", srv.base_url, *args, "--set", "teacher.wait=true")
         assert res.returncode == 0, res.stderr[-3000:]
         b = srv.stats()["batch"]
         online_calls = srv.stats()["by_endpoint"].get("/v1/chat/completions", 0)

@@ -49,11 +49,13 @@ from synthkd.teachers.base import (
 )
 from synthkd.teachers.batch.journal import BatchJournal, BatchRecord, key_id
 from synthkd.teachers.batch.providers import (
+    CONTROL_RETRIES,
     AnthropicBatchAPI,
     BatchStatus,
     ControlError,
     Http,
     OpenAIBatchAPI,
+    TransientControlError,
 )
 from synthkd.teachers.batch.spool import BatchSpool, Limits
 from synthkd.teachers.errors import MalformedResponse
@@ -228,9 +230,7 @@ class BatchExecutor:
         path = j.requests_path(rec.id)
         try:
             if rec.state == "submitting":  # the create call may have reached the provider: look first
-                known = {r.batch_id for r in j.records() if r.batch_id and r.id != rec.id}
-                found = (await self.api.find(rec, known) if isinstance(self.api, AnthropicBatchAPI)
-                         else await self.api.find(rec))
+                found = await self._find(rec)
                 if found is not None:
                     self._submitted(rec, found, adopted=True)
                     return
@@ -249,10 +249,32 @@ class BatchExecutor:
                 rec.state = "submitting"
                 rec.submitting_at = time.time()
                 j.save(rec)
-                self._submitted(rec, await self.api.create(rec, path))
+                delay = 0.5
+                for attempt in range(CONTROL_RETRIES + 1):
+                    try:
+                        self._submitted(rec, await self.api.create(rec, path))
+                        return
+                    except TransientControlError:
+                        # a 5xx or a cut connection: the batch may exist (a lost reply); never create it
+                        # twice: look it up, and only when it is not there, create it again
+                        found = await self._find(rec)
+                        if found is not None:
+                            self._submitted(rec, found, adopted=True)
+                            return
+                        if attempt == CONTROL_RETRIES:
+                            raise
+                        await asyncio.sleep(delay)
+                        delay = min(delay * 2, 30.0)
         except ControlError as exc:
             raise TeacherFatalError(f"batch {rec.id}: {exc} (recorded in {j.record_path(rec.id)}; rerun to try again, "
                                     "or `synthkd batch cancel` to drop it)") from None
+
+    async def _find(self, rec: BatchRecord) -> BatchStatus | None:
+        """The provider's batch for ``rec`` if its create call got through (see the providers' ``find``)."""
+        if isinstance(self.api, AnthropicBatchAPI):
+            known = {r.batch_id for r in self.journal.records() if r.batch_id and r.id != rec.id}
+            return await self.api.find(rec, {k for k in known if k})
+        return await self.api.find(rec)
 
     def _submitted(self, rec: BatchRecord, st: BatchStatus, adopted: bool = False) -> None:
         rec.batch_id = st.batch_id
@@ -449,7 +471,7 @@ class BatchExecutor:
                 if not rec.live or not self._mine(rec):
                     continue
                 if rec.state == "submitting":
-                    found = await self.api.find(rec)
+                    found = await self._find(rec)
                     if found is not None:
                         rec.batch_id, rec.state = found.batch_id, "submitted"
                 if rec.state == "submitted" and rec.batch_id:

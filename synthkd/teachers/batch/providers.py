@@ -69,6 +69,11 @@ class ControlError(Exception):
     """A control call that failed for good (not a reason to stop waiting for other batches)."""
 
 
+class TransientControlError(ControlError):
+    """A call that was not retried blindly (``retry=False``) failed in a way that may have acted on the
+    provider's side (5xx, 429, a dropped connection): the caller looks before it tries again."""
+
+
 class Http:
     """The control calls, on the teacher's session, headers and secret scrubbing."""
 
@@ -80,10 +85,13 @@ class Http:
         self.base_url = base_url
 
     async def request(self, method: str, url: str, *, json: Any = None, data: Any = None,
-                      headers: dict[str, str] | None = None, ok404: bool = False) -> Any:
-        """JSON of a control call; transient failures retried, 401/403 fatal, other 4xx ControlError."""
+                      headers: dict[str, str] | None = None, ok404: bool = False, retry: bool = True) -> Any:
+        """JSON of a control call; transient failures retried (``retry``; else TransientControlError at
+        once: a create whose reply was lost must be looked up, not sent again), 401/403 fatal, other 4xx
+        ControlError."""
         delay = 0.5
-        for attempt in range(CONTROL_RETRIES + 1):
+        retries = CONTROL_RETRIES if retry else 0
+        for attempt in range(retries + 1):
             session: aiohttp.ClientSession = await self._session()
             body = None if json is None else orjson.dumps(json)
             hdrs = {**self.headers, **(headers or {})}
@@ -95,8 +103,8 @@ class Http:
                     raw = await resp.read()
                     status = resp.status
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-                if attempt == CONTROL_RETRIES:
-                    raise ControlError(self.scrub(f"{method} {url}: {type(exc).__name__}: {exc}")) from None
+                if attempt == retries:
+                    raise TransientControlError(self.scrub(f"{method} {url}: {type(exc).__name__}: {exc}")) from None
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
                 continue
@@ -111,10 +119,11 @@ class Http:
             if status == 404 and ok404:
                 return None
             if status in (408, 409, 429) or status >= 500:
-                if attempt < CONTROL_RETRIES:
+                if attempt < retries:
                     await asyncio.sleep(delay)
                     delay = min(delay * 2, 30.0)
                     continue
+                raise TransientControlError(f"{method} {url}: HTTP {status}: {message}")
             raise ControlError(f"{method} {url}: HTTP {status}: {message}")
         raise ControlError(f"{method} {url}: no answer")  # unreachable
 
@@ -195,7 +204,7 @@ class OpenAIBatchAPI:
     async def create(self, rec: BatchRecord, path: Path) -> BatchStatus:
         data = await self.http.request("POST", f"{self.base}/batches", json={
             "input_file_id": rec.file_id, "endpoint": rec.endpoint, "completion_window": "24h",
-            "metadata": {"synthkd_batch": rec.id}})
+            "metadata": {"synthkd_batch": rec.id}}, retry=False)
         return self.status(data)
 
     async def find(self, rec: BatchRecord) -> BatchStatus | None:
@@ -287,7 +296,7 @@ class AnthropicBatchAPI:
                 return b'{"requests":[' + b",".join(line.rstrip(b"\n") for line in f if line.strip()) + b"]}"
 
         data = await self.http.request("POST", f"{self.base}/messages/batches", data=body,
-                                       headers={"Content-Type": "application/json"})
+                                       headers={"Content-Type": "application/json"}, retry=False)
         return self.status(data)
 
     async def find(self, rec: BatchRecord, known: set[str] | None = None) -> BatchStatus | None:
