@@ -274,7 +274,7 @@ class AnthropicBatchAPI:
     """``POST /messages/batches`` (the requests inline) -> ``GET /messages/batches/{id}`` -> ``results_url``."""
 
     name = "anthropic"
-    limits = Limits(max_requests=100_000, max_bytes=256_000_000)
+    limits = Limits(max_requests=100_000, max_bytes=256_000_000 - 64)  # the body's {"requests":[...]} around the lines
     overhead = 1  # the comma between two requests in the body
 
     def __init__(self, http: Http) -> None:
