@@ -161,35 +161,67 @@ def test_budget_stops_before_anything_is_uploaded(tmp_path):
     assert spent <= 0.2
 
 
+def _journal_states(jdir: Path, since: float = 0.0) -> tuple[list[str], bool]:
+    """The records' states, and whether this run changed one (written after ``since``)."""
+    out, changed = [], False
+    for p in jdir.glob("*.json") if jdir.is_dir() else ():
+        try:
+            changed = changed or p.stat().st_mtime > since
+            out.append(json.loads(p.read_text())["state"])
+        except (OSError, ValueError):
+            continue  # (records are replaced atomically; a vanished one is read next time)
+    return out, changed
+
+
+#: when to kill, read from the journal: while submitting (a batch not yet submitted), while polling (every
+#: batch submitted, some maybe collected), while collecting (some collected, some not)
+_PHASES = {
+    "submit": lambda st: any(s in ("planned", "uploading", "uploaded", "submitting") for s in st),
+    "poll": lambda st: "submitted" in st and not _PHASES["submit"](st),
+    "collect": lambda st: "collected" in st and "submitted" in st and not _PHASES["submit"](st),
+}
+
+
 def test_sigkill_at_random_points_then_rerun_every_row_once_nothing_submitted_twice(tmp_path):
-    """Ten SIGKILLs at random moments of one job (submitting 20 batches, polling, collecting), each
-    followed by a rerun; the emulator counts how often each request was submitted."""
-    write_prompts(tmp_path / "in.jsonl", 400)
+    """Ten SIGKILLs of one job (1,200 requests in 120 batches), each aimed at a phase read from the
+    journal — submitting, polling, collecting — at a random moment of it, each followed by a rerun; then
+    a last run to the end.  The emulator counts how often each request was submitted."""
+    write_prompts(tmp_path / "in.jsonl", 1200)
     cache = tmp_path / "cache.sqlite"
+    jdir = tmp_path / "cache.sqlite.batches"
     rng = random.Random(15)
-    states_at_kill = []
-    with TestServer(FaultConfig(batch_seconds=1.5)) as srv:
+    plan = ["submit", "submit", "submit", "poll", "poll", "collect", "collect", "collect", "collect", "collect"]
+    hit = []
+    with TestServer(FaultConfig(batch_seconds=4.0)) as srv:
         cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--wait",
-                   "--batch-max-requests", "20")
+                   "--batch-max-requests", "10")
         env = cli_env(SYNTHKD_CACHE=str(cache))
-        for _ in range(10):
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        for phase in plan:
+            started = time.time()
+            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                     stdin=subprocess.DEVNULL)
-            time.sleep(rng.uniform(1.0, 4.0))
+            deadline = time.monotonic() + 30
+            states, changed = _journal_states(jdir, started)
+            # the phase, once this run is in it (it wrote the journal): not while it is still starting up
+            while proc.poll() is None and time.monotonic() < deadline and not (changed and _PHASES[phase](states)):
+                time.sleep(0.005)
+                states, changed = _journal_states(jdir, started)
+            time.sleep(rng.uniform(0, 0.2))  # a random moment of that phase
+            assert proc.poll() is None, f"the job finished before kill {len(hit) + 1}"
+            states, _ = _journal_states(jdir)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            proc.stderr.close()  # type: ignore[union-attr]
-            states = [json.loads(p.read_text())["state"] for p in (tmp_path / "cache.sqlite.batches").glob("*.json")]
-            states_at_kill.append(sorted(set(states)))
+            hit.append((phase, {s: states.count(s) for s in sorted(set(states))}))
         res = _run(cmd, cache, timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         b = _batch(srv)
+    print("kills (phase aimed at, journal states when killed):", hit)
     rows = _rows(tmp_path / "out.jsonl")  # asserts each id once
-    assert len(rows) == 400
-    assert b["resubmitted_ids"] == [] and b["requests_submitted"] == 400 and len(b["submitted_by_custom_id"]) == 400
-    # the kills hit more than one phase (submitting, waiting, collecting)
-    seen = {s for states in states_at_kill for s in states}
-    assert "submitted" in seen and "collected" in seen, states_at_kill
+    assert len(rows) == 1200
+    assert b["resubmitted_ids"] == [] and b["requests_submitted"] == 1200 and len(b["submitted_by_custom_id"]) == 1200
+    # the kills landed in every phase
+    for phase in ("submit", "poll", "collect"):
+        assert sum(_PHASES[phase](list(st)) for _, st in hit) >= 2, (phase, hit)
 
 
 def test_batch_cancel_keeps_what_was_done(tmp_path):

@@ -153,3 +153,28 @@ def test_recorded_replies_parse_with_the_teachers_own_parsers():
     a = AnthropicTeacher("claude-3-7-sonnet", base_url="http://127.0.0.1:9", api_key="k", preflight=False)
     reply = a._parse_reply(parse_anthropic_line(_lines("anthropic")[0]).body, True, {"max_tokens": 8192})
     assert reply.choices[0].reasoning and reply.choices[0].text and reply.usage.completion_tokens > 0
+
+
+def test_tidy_removes_what_a_dead_process_left_and_nothing_a_record_names(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    j = BatchJournal(tmp_path / "c.sqlite")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (j.dir / f"b1.jsonl.part{dead.pid}").write_text("x\n")  # a spool of a process that is gone
+    (j.dir / f"b2.jsonl.part{os.getpid()}").write_text("x\n")  # ours, still being written
+    old = j.dir / "b3.jsonl"  # renamed, its record never saved (killed in between), an hour ago
+    old.write_text("x\n")
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    (j.dir / "b4.jsonl").write_text("x\n")  # the same, but just now: maybe a live process's
+    rec = BatchRecord(id="b5", provider="openai", model="m", base_url="u", endpoint="/v1/completions", requests=1,
+                      bytes=2)
+    j.save(rec)
+    named = j.requests_path("b5")
+    named.write_text("x\n")
+    os.utime(named, (time.time() - 7200, time.time() - 7200))
+    assert j.tidy() == 2
+    assert sorted(p.name for p in j.dir.iterdir() if not p.name.startswith(".")) == [
+        f"b2.jsonl.part{os.getpid()}", "b4.jsonl", "b5.json", "b5.jsonl"]

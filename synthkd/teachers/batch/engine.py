@@ -300,6 +300,7 @@ class BatchExecutor:
         that ended.  Returns the batches still live."""
         live: list[BatchRecord] = []
         async with self._locked():
+            self.journal.tidy()
             for rec in self.journal.records():
                 if not rec.live or not self._mine(rec):
                     continue

@@ -194,6 +194,28 @@ class BatchJournal:
                 out[item["key"]] = (n + 1, str(item.get("error")), bool(item.get("retry")))
         return out
 
+    def tidy(self, *, orphan_age_s: float = 3600.0) -> int:
+        """Remove what a killed process left half-written (call under the lock): batch files being
+        written by a process that is gone (``*.jsonl.part<pid>``), and request files without a record
+        (killed between the file's rename and its record's save) once they are an hour old.  Never
+        anything a record names: those requests may be at the provider.  Returns the files removed."""
+        removed = 0
+        for p in self.dir.glob("*.jsonl.part*"):
+            pid = p.name.rsplit(".part", 1)[-1]
+            if pid.isdigit() and not _alive(int(pid)):
+                p.unlink(missing_ok=True)
+                removed += 1
+        for p in self.dir.glob("*.jsonl"):
+            if p.name.endswith(".failed.jsonl") or (self.dir / (p.name[:-len(".jsonl")] + ".json")).exists():
+                continue
+            try:
+                if time.time() - p.stat().st_mtime > orphan_age_s:
+                    p.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
         """One process at a time submits, polls or collects this cache's batches."""
@@ -204,6 +226,16 @@ class BatchJournal:
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def key_id(key: str) -> int:

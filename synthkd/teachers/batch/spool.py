@@ -80,7 +80,7 @@ class BatchSpool:
             part = None
         if part is None:
             bid = new_batch_id()
-            path = self.journal.requests_path(bid).with_suffix(".jsonl.part")
+            path = self.journal.requests_path(bid).with_name(f"{bid}.jsonl.part{os.getpid()}")
             rec = BatchRecord(id=bid, provider=self.provider, model=self.model, base_url=self.base_url,
                               endpoint=endpoint, requests=0, bytes=0, label=self.label)
             part = self._open[endpoint] = _Part(rec, path, open(path, "wb"))
