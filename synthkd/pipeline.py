@@ -63,7 +63,7 @@ from pydantic import ValidationError
 
 import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, stage_line
-from synthkd.errors import BatchSubmitted, RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
+from synthkd.errors import BatchSubmitted, BudgetExceeded, RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.jsonl_io import InputError, count_rows  # noqa: F401  (count_rows: stage modules import it from here)
 from synthkd.teachers.base import Teacher
 from synthkd.templates import TemplateError
@@ -651,7 +651,7 @@ async def _run_stage(p: PlannedStage) -> dict[str, Any]:
     while True:
         try:
             counts = await p.impl.run(p.ctx, p.options)
-        except StageFailed:  # a pass with rows still in batches is not a failure yet
+        except (StageFailed, BudgetExceeded):  # with rows still in batches: wait for them first
             if not batch_waiting([p.ctx.current_teacher]):
                 raise
             counts = {}

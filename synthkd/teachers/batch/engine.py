@@ -125,6 +125,8 @@ class BatchExecutor:
         t = self.t
         cache = t.cache
         assert cache is not None
+        # the budget is looked at afresh: what the collected answers really cost replaces their estimate
+        t.budget_exhausted = False
         await self.sync()  # (``deferred`` counts over the whole pass: a method may stream several times)
         live = self.journal.live_keys(self.api.name, t.base_url)
         failures = self.journal.failures()

@@ -20,9 +20,10 @@ log = logging.getLogger("synthkd.batch")
 
 
 def batch_waiting(teachers: Iterable[Teacher | None]) -> list[Teacher]:
-    """The teachers whose last pass deferred requests to batches (and that are not stopping: a budget
-    stop or a fatal error ends the run as it would online)."""
-    return [t for t in teachers if t is not None and t.batch is not None and t.batch.deferred and not t.stopping]
+    """The teachers whose last pass deferred requests to batches.  Also when the budget stopped the
+    pass: what was submitted within it is still waited for and written (the next pass stops at the
+    budget again, and the run ends with exit 3)."""
+    return [t for t in teachers if t is not None and t.batch is not None and t.batch.deferred]
 
 
 async def wait_or_stop(teachers: Iterable[Teacher | None], what: str = "") -> None:
