@@ -161,3 +161,26 @@ def test_generate_tasks_rounds_with_no_wait_reruns_equal_online(tmp_path):
     assert _content(tmp_path / "batch.jsonl") == _content(tmp_path / "online.jsonl")
     assert len(read_jsonl(tmp_path / "batch.jsonl")) == 50
     assert not b["resubmitted_ids"] and b["batches_created"] == len(codes) - 1
+
+
+def test_star_rationalization_is_a_second_batch_step_and_equals_online(tmp_path):
+    """generate.rationales with STaR rationalization: the rows the teacher got wrong are asked again with
+    the gold answer, a second step that exists only once the first step's answers are in the cache."""
+    pipe = _trimmed("svamp_step_by_step.yaml", tmp_path, ["rationales"])
+    star = ["--set", "stages.rationales.options.rationalize=true"]
+    with TestServer(FaultConfig()) as online_srv:
+        res = _run(pipe, tmp_path / "online", tmp_path / "online.sqlite", online_srv.base_url, *star)
+        assert res.returncode == 0, res.stderr[-3000:]
+        online_sent = online_srv.stats()["by_endpoint"].get("/v1/chat/completions", 0)
+    with TestServer(FaultConfig(batch_seconds=0.3)) as srv:
+        res = _run(pipe, tmp_path / "batch", tmp_path / "batch.sqlite", srv.base_url, *star, *BATCH,
+                   "--set", "teacher.batch_max_requests=500")
+        assert res.returncode == 0, res.stderr[-3000:]
+        b = srv.stats()["batch"]
+    rows = read_jsonl(tmp_path / "batch" / "svamp-step-by-step" / "rationales.jsonl")
+    assert _compare(tmp_path / "online" / "svamp-step-by-step", tmp_path / "batch" / "svamp-step-by-step",
+                    ["rationales"])["rationales"] == 800
+    rationalized = sum(bool(r.get("rationalized")) for r in rows)
+    assert rationalized > 0 and online_sent == 800 + rationalized
+    assert b["requests_submitted"] == online_sent and not b["resubmitted_ids"]
+    assert b["batches_created"] == 2 + -(-rationalized // 500)  # step 1: 500 + 300; step 2: the wrong ones

@@ -73,7 +73,7 @@ class TeacherStats:
                 f"{self.rate_limited} rate-limited, {self.timeouts} timed out"
                 f"{f', {self.reshaped} reshaped' if self.reshaped else ''}"
                 f"{self.structured_part()}"
-                f"{f'; {self.batched} in batches at batch prices' if self.batched else ''}); "
+                f"{f'; {self.batched} in batches at batch prices, their answers read back from the cache' if self.batched else ''}); "
                 f"tokens {self.prompt_tokens} in{f' ({self.cached_tokens} cached)' if self.cached_tokens else ''} / "
                 f"{self.completion_tokens} out{f' ({self.reasoning_tokens} reasoning)' if self.reasoning_tokens else ''}; "
                 f"{self.cost_line()}")
