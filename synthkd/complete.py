@@ -258,7 +258,8 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
     if batch_waiting([teacher]):  # batch mode: the rest waits for batches (the caller waits, or exits 5)
         log.info(f"pass: {written} rows written to {o.output} from the cache, {rejected} rejected; "
                  f"{missing} wait for batches")
-        return ExitCode.SUBMITTED
+        stopped, code = {"stopped": "batch"}, ExitCode.SUBMITTED  # (the next pass's summary replaces it)
+        return _write_summary(o, summary()) or code
     elapsed = time.monotonic() - t0
     log.info(
         f"done: {written} rows written to {o.output} ({cached_rows} from cache, {len(done)} already there), "
@@ -284,7 +285,8 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
 def _write_summary(o: CompleteConfig, summary: dict[str, Any]) -> ExitCode:
     """Write ``--summary-json`` (atomically, whole or not at all), however the run ended: ``"stopped"``
     says why it ended early (``teacher``, ``output``, ``budget``, ``interrupted``; null when it went
-    through) and ``"error"`` the message, so a script need not parse stderr.  Returns OK (0), or
+    through; ``batch``: batch mode, rows still waiting for batches) and ``"error"`` the message, so a
+    script need not parse stderr.  Returns OK (0), or
     BAD_INPUT when the summary itself could not be written."""
     if not o.summary_json:
         return ExitCode.OK

@@ -83,10 +83,13 @@ def test_no_wait_exits_5_and_the_rerun_collects(tmp_path):
     write_prompts(tmp_path / "in.jsonl", 25)
     cache = tmp_path / "cache.sqlite"
     with TestServer(FaultConfig(batch_seconds=8.0)) as srv:
-        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--no-wait")
+        cmd = _cmd(srv, tmp_path / "in.jsonl", tmp_path / "out.jsonl", "--batch", "--no-wait",
+                   "--summary-json", str(tmp_path / "s.json"))
         first = _run(cmd, cache)
         assert first.returncode == 5, first.stderr[-2000:]
         assert "rerun the same command to collect" in first.stderr
+        s = json.loads((tmp_path / "s.json").read_text())
+        assert s["exit_code"] == 5 and s["stopped"] == "batch" and s["rows_not_started"] == 25
         assert not read_jsonl(tmp_path / "out.jsonl")
         records = [json.loads(p.read_text()) for p in (tmp_path / "cache.sqlite.batches").glob("*.json")]
         assert [r["state"] for r in records] == ["submitted"] and records[0]["batch_id"]
@@ -99,6 +102,8 @@ def test_no_wait_exits_5_and_the_rerun_collects(tmp_path):
         assert done.returncode == 0, done.stderr[-2000:]
         b = _batch(srv)
     assert len(_rows(tmp_path / "out.jsonl")) == 25
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["exit_code"] == 0 and s["stopped"] is None and s["rows_written"] == 25
     assert b["batches_created"] == 1 and b["requests_submitted"] == 25 and not b["resubmitted_ids"]
 
 
