@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from synthkd.errors import ConfigError  # noqa: F401 (re-exported: their home was here)
 from synthkd.options import help_of, stage_model
+from synthkd.row_source import InputOptions
 from synthkd.teachers.factory import SamplingParams, TeacherSpec
 
 
@@ -61,7 +62,11 @@ class TeacherConfig(_TeacherBlock):
     against the pipeline file (:func:`synthkd.pipeline.teacher_spec_from`)."""
 
 
-class StageConfig(_Strict):
+#: a stage's ``columns:`` map, declared once with the CLI's ``--column`` (:class:`synthkd.row_source.InputOptions`)
+_StageInput: Any = stage_model(InputOptions, name="StageInput", exclude=("limit",))
+
+
+class StageConfig(_StageInput):
     name: str
     kind: str
     input: str | None = None

@@ -65,6 +65,7 @@ import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, stage_line
 from synthkd.errors import RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.jsonl_io import InputError, count_rows  # noqa: F401  (count_rows: stage modules import it from here)
+from synthkd.row_source import bind, is_source_spec, source_fingerprint, source_kind, source_problem
 from synthkd.teachers.base import Teacher
 from synthkd.templates import TemplateError
 
@@ -117,6 +118,9 @@ def load_builtin_stages() -> dict[str, Stage]:
 # ----------------------------------------------------------------------------- helpers
 def file_sha(path: Path) -> str:
     h = hashlib.sha256()
+    fingerprint = source_fingerprint(path)  # an hf: data set: its own fingerprint (its cached files)
+    if fingerprint is not None:
+        return hashlib.sha256(f"{path}\0{fingerprint}".encode()).hexdigest()
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
@@ -486,13 +490,20 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
             if ref in outputs:
                 inputs[key] = outputs[ref]
             else:
-                p = Path(ref) if Path(ref).is_absolute() else base_dir / ref
-                if not p.exists():
+                p = Path(ref) if Path(ref).is_absolute() or is_source_spec(ref) else base_dir / ref
+                if not (p.exists() or source_kind(p) in ("hf", "dir")):
                     where = stage_line(cfg, i, "input" if key == "input" else "inputs")
                     problems.append(f"{where}: stages[{i}].{'input' if key == 'input' else 'inputs.' + key}: "
                                     f"{ref!r} is neither an earlier stage nor an existing file")
                     continue
+                why = source_problem(p)  # an hf: spec, a dataset directory
+                if why:
+                    where = stage_line(cfg, i, "input" if key == "input" else "inputs")
+                    problems.append(f"{where}: stages[{i}].{'input' if key == 'input' else 'inputs.' + key}: {why}")
+                    continue
                 inputs[key] = p
+        if st.columns and "input" in inputs:  # the stage reads its input's columns under these names
+            inputs["input"] = bind(inputs["input"], st.columns)
         output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
         outputs[st.name] = output
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
@@ -540,7 +551,8 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
     tc = p.ctx.teacher_config
     return _json_hash({
         "upstream": upstream or {},
-        "stage": p.cfg.model_dump(exclude={"teacher"}),
+        # (an empty column map is left out: fingerprints of runs made before it existed stay the same)
+        "stage": p.cfg.model_dump(exclude={"teacher"} | (set() if p.cfg.columns else {"columns"})),
         "options": p.options.model_dump(mode="json"),
         # how the teacher is reached changes no answer: not part of the fingerprint (a rerun with more
         # concurrency or a larger budget resumes instead of starting over)

@@ -28,14 +28,16 @@ import csv
 import io
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Optional
 
 import orjson
 
 from synthkd.errors import InputError
+from synthkd.options import opt, register_feature
 
-__all__ = ["RowIndex", "SourcePath", "bind", "source_kind", "iter_encoded", "iter_rows", "is_plain_jsonl",
+__all__ = ["InputOptions", "RowIndex", "SourcePath", "bind", "source_kind", "iter_encoded", "iter_rows", "is_plain_jsonl",
            "is_source_spec", "source_problem", "parse_columns", "HF_PREFIX", "source_fingerprint", "PROBLEM_MARK"]
 
 HF_PREFIX = "hf:"
@@ -106,6 +108,25 @@ def parse_columns(items: list[str] | Mapping[str, str] | None) -> dict[str, str]
     if problems:
         raise InputError(problems)
     return out
+
+
+@dataclass(kw_only=True)
+class InputOptions:
+    """How a command reads its rows, declared once for every command and stage that reads rows: the
+    column map (``--column FIELD=COLUMN``; a stage's ``columns: {FIELD: COLUMN}``) and the dry run's row
+    limit (``--limit N``: CLI only; ``synthkd run --limit`` applies it to a pipeline's own inputs)."""
+
+    columns: dict[str, str] = opt(default_factory=dict, help="Read a column of the input under the field name the "
+                                  "command expects, FIELD=COLUMN (repeat for several; e.g. --column prompt=question "
+                                  "--column label=intent).  YAML: a stage's columns: {FIELD: COLUMN}.",
+                                  flags=("--column",), cli_type=Optional[list[str]], cli_parse=lambda v: parse_columns(v),
+                                  metavar="FIELD=COLUMN")
+    limit: Optional[int] = opt(None, help="Dry run: only the first N input rows (or results), their prompts and "
+                               "answers printed side by side, with the cost estimate for the whole input.",
+                               ge=1, stage=False)
+
+
+register_feature("input", InputOptions, command=("complete",), stage=None)
 
 
 def is_source_spec(path: str | Path) -> bool:

@@ -67,9 +67,9 @@ class PreferencesJob(GenerateJob):
 
 @generate_command("preferences", PreferencesConfig, required=("input", "output"))
 def preferences(cfg: PreferencesConfig, *, teacher: str, summary_json: Path | None = None,
-                conn: dict | None = None) -> None:
+                conn: dict | None = None, inp: dict | None = None) -> None:
     """Preference pairs for DPO: the teacher's right answer vs the student's wrong one, or judge-ranked samples.
 
     Exit codes: 0 done; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    PreferencesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    PreferencesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class PromptMixJob(GenerateJob):
+    input_attr = None  # reads no rows: --limit caps the results
     name = "done"
 
     def inputs(self) -> dict[str, Path | None]:
@@ -86,6 +87,6 @@ class PromptMixJob(GenerateJob):
 
 @generate_command("promptmix", PromptMixConfig, required=("labels", "output"))
 def promptmix_cmd(cfg: PromptMixConfig, *, teacher: str, summary_json: Path | None = None,
-                  conn: dict | None = None) -> None:
+                  conn: dict | None = None, inp: dict | None = None) -> None:
     """PromptMix: borderline examples mixing two classes (alpha% A, rest B), relabeled by the teacher."""
-    PromptMixJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    PromptMixJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

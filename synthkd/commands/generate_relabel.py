@@ -58,9 +58,9 @@ class RelabelJob(GenerateJob):
 
 @generate_command("relabel", RelabelConfig, required=("input", "labels", "output"))
 def relabel_cmd(cfg: RelabelConfig, *, teacher: str, summary_json: Path | None = None,
-                conn: dict | None = None) -> None:
+                conn: dict | None = None, inp: dict | None = None) -> None:
     """Ask the teacher for each row's class; add relabeled_label, relabel_raw, relabel_reason.
 
     Prints intended vs relabeled agreement and the top confusions (over the whole output file).
     """
-    RelabelJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    RelabelJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

@@ -58,6 +58,7 @@ class TargetJob(GenerateJob):
 
 
 class TasksJob(TargetJob):
+    input_attr = None  # reads no rows: --limit caps the results
     name = "tasks"
 
     def inputs(self) -> dict[str, Path | None]:
@@ -79,9 +80,9 @@ class TasksJob(TargetJob):
 
 
 @generate_command("tasks", LabelTaskConfig, required=("spec", "output"))
-def tasks(cfg: LabelTaskConfig, *, teacher: str, summary_json: Path | None = None, conn: dict | None = None) -> None:
+def tasks(cfg: LabelTaskConfig, *, teacher: str, summary_json: Path | None = None, conn: dict | None = None, inp: dict | None = None) -> None:
     """N diverse labelled examples per label from a task description, near-duplicates removed.
 
     Exit codes: 0 every label has N; 1 some label short; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    TasksJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    TasksJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()
