@@ -45,6 +45,8 @@ class Recorder:
     def __init__(self, keep: int = SHOWN) -> None:
         self.keep = keep
         self.pairs: list[tuple[str, str, str]] = []
+        #: the output the recorded job writes (a pipeline stage's), for the report
+        self.output: Path | None = None
 
     def attach(self, teacher: Any, label: str = "") -> Any:
         """Wrap ``teacher.stream`` so that its first answers are kept; returns the teacher."""
@@ -116,16 +118,25 @@ def first_rows(path: Path, n: int = SHOWN) -> list[dict[str, Any]]:
 
 
 def report(recorder: Recorder, outputs: Iterable[tuple[str, Path]], limit: int, estimate: str | None) -> None:
-    """Print the dry run's result: the pairs side by side, the first rows written, the full-input estimate."""
-    lines = [f"dry run (--limit {limit}): the first prompts and the teacher's answers"]
-    lines.append(side_by_side(recorder.pairs) if recorder.pairs else "(no request was answered)")
-    for name, path in outputs:
-        rows = first_rows(path)
-        if rows:
-            lines.append(f"first rows written to {path}{' (' + name + ')' if name else ''}:")
-            for r in rows:
-                text = _short(r)
-                lines.append(f"  {text}")
+    """Print a command's dry run: the pairs side by side, the first rows written, the whole input's estimate."""
+    report_sections([("", recorder, list(outputs))], limit, estimate)
+
+
+def report_sections(sections: Iterable[tuple[str, Recorder | None, list[tuple[str, Path]]]], limit: int,
+                    estimate: str | None) -> None:
+    """Print a dry run in sections (a pipeline's stages): for each, the teacher's first prompts and answers
+    side by side (when it has a teacher) and the first rows written; then the whole input's estimate."""
+    lines = [f"dry run (--limit {limit}): the first prompts and the teacher's answers, and the first rows written"]
+    for title, recorder, outputs in sections:
+        if title:
+            lines.append(f"== {title}")
+        if recorder is not None:
+            lines.append(side_by_side(recorder.pairs) if recorder.pairs else "(no request was answered)")
+        for name, path in outputs:
+            rows = first_rows(path)
+            if rows:
+                lines.append(f"first rows written to {path}{' (' + name + ')' if name else ''}:")
+                lines += [f"  {_short(r)}" for r in rows]
     if estimate:
         lines.append("cost estimate for the whole input (as synthkd validate):")
         lines.append(estimate)

@@ -565,9 +565,25 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
 
 async def run_pipeline(
     cfg: PipelineConfig, *, base_dir: Path | None = None, from_stage: str | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, limit: int | None = None,
+    on_plan: Callable[[list[PlannedStage]], None] | None = None,
 ) -> RunResult:
+    """Carry out a pipeline (see the module docstring).  ``limit``: a dry run, the first ``limit`` rows of
+    each input the pipeline reads from outside its run directory, into its own run directory
+    ``<name>-limit<N>`` (so a later full run never takes its stages for finished ones; the request cache,
+    shared by the pipeline's runs, answers the same prompts again for free).  ``on_plan`` sees the planned
+    stages before they run (the dry run attaches its recorders there)."""
+    if limit is not None:
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-limit{limit}"})
     planned = plan(cfg, base_dir)
+    if limit is not None:
+        for p in planned:
+            root = p.ctx.run_dir
+            for key, path in list(p.ctx.inputs.items()):
+                if root not in Path(os.path.abspath(path)).parents:  # the pipeline's own data, not a stage's output
+                    p.ctx.inputs[key] = bind(path, getattr(path, "columns", None), limit)
+    if on_plan is not None:
+        on_plan(planned)
     if from_stage is not None and from_stage not in {p.cfg.name for p in planned}:
         raise ConfigError(f"--from {from_stage!r}: no such stage (stages: {', '.join(p.cfg.name for p in planned)})")
     run_dir = open_run_dir(planned[0].ctx.run_dir, cfg.name)

@@ -11,6 +11,8 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import exit_on_error
+from synthkd.options import option_group
+from synthkd.row_source import InputOptions
 from synthkd.config import ConfigError, line_for, load_pipeline, stage_line
 from synthkd.errors import ExitCode, os_error_line  # noqa: F401 (os_error_line: its home was here)
 from synthkd.teachers.pricing import PriceTable, PriceTableError
@@ -73,14 +75,21 @@ def validate(
     print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
 
 
+@option_group(InputOptions, "inp", exclude=("columns",))
 def run(
     pipeline: Path = typer.Argument(..., help="Pipeline YAML file."),
     set_: SetOpt = None,
     from_stage: Optional[str] = typer.Option(None, "--from", help="Re-run from this stage on, even if unchanged."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask when the estimate exceeds the teacher's max_cost."),
+    inp: Optional[dict] = None,
 ) -> None:
-    """Carry out a pipeline into runs/<name>/: resumable, skipping unchanged stages, with a report."""
+    """Carry out a pipeline into runs/<name>/: resumable, skipping unchanged stages, with a report.
+
+    --limit N: a dry run on the first N rows of the pipeline's inputs, into runs/<name>-limit<N>/, printing
+    each stage's first prompts and answers and the cost estimate for the whole input."""
     from synthkd.pipeline import plan, run_pipeline
+
+    limit = (inp or {}).get("limit")
 
     # rows rejected for good (StageFailed): exit 1, the code README reserves for that; a read-only run_dir
     # or a full disk: nothing written is lost, the manifest is intact
@@ -89,6 +98,12 @@ def run(
         planned = plan(cfg, Path.cwd())
         table, grand = _estimate_table(cfg, planned)
         budget = cfg.teacher.max_cost if cfg.teacher else None
+        if limit is not None:  # a dry run spends a fraction of the estimate: no question asked
+            recorders: dict = {}
+            result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage, limit=limit,
+                                              on_plan=lambda planned: _record(planned, recorders)))
+            _dry_run_report(result, recorders, limit, table)
+            return
         if budget is not None and grand is not None and grand > budget and not yes:
             log.warning(table)
             if not sys.stdin.isatty() or not typer.confirm(
@@ -99,6 +114,34 @@ def run(
         result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage))
     log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
              f"skipped: {', '.join(result.skipped) or 'nothing'})")
+
+
+def _record(planned, recorders: dict) -> None:
+    """Keep the first prompts and answers of each stage's teacher (built when the stage first asks for it)."""
+    from synthkd.dry_run import Recorder
+
+    for p in planned:
+        rec = recorders[p.cfg.name] = Recorder()
+        ctx, build = p.ctx, p.ctx.teacher
+
+        def teacher(ctx=ctx, build=build, rec=rec):
+            first = ctx.current_teacher is None
+            t = build()
+            if first:
+                rec.attach(t)
+            return t
+
+        ctx.teacher = teacher
+        rec.output = ctx.output
+
+
+def _dry_run_report(result, recorders: dict, limit: int, table: str) -> None:
+    from synthkd.dry_run import report_sections
+
+    sections = [(f"stage {name} ({'ran' if name in result.ran else 'unchanged, not rerun'})",
+                 rec if rec.pairs else None, [("", rec.output)]) for name, rec in recorders.items()]
+    report_sections(sections, limit, table)
+    log.info(f"dry run directory: {result.run_dir} (the full run writes runs of its own; cached answers are reused)")
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
