@@ -37,7 +37,7 @@ import orjson
 from synthkd.errors import InputError
 from synthkd.options import opt, register_feature
 
-__all__ = ["InputOptions", "RowIndex", "SourcePath", "bind", "source_kind", "iter_encoded", "iter_rows", "is_plain_jsonl",
+__all__ = ["InputOptions", "RowIndex", "as_path", "SourcePath", "bind", "source_kind", "iter_encoded", "iter_rows", "is_plain_jsonl",
            "is_source_spec", "source_problem", "parse_columns", "HF_PREFIX", "source_fingerprint", "PROBLEM_MARK"]
 
 HF_PREFIX = "hf:"
@@ -78,6 +78,11 @@ def bind(path: str | Path | None, columns: Mapping[str, str] | None = None, limi
     sp.columns = dict(columns or {}) or None
     sp.limit = limit
     return sp
+
+
+def as_path(path: str | Path) -> Path:
+    """``path`` as a Path, a :class:`SourcePath` kept as it is (``Path(p)`` would drop its column map)."""
+    return path if isinstance(path, Path) else Path(path)
 
 
 def parse_columns(items: list[str] | Mapping[str, str] | None) -> dict[str, str]:

@@ -11,10 +11,10 @@ from typing import Annotated, Optional
 import typer
 
 from synthkd.commands.common import exit_on_error
-from synthkd.options import option_group
-from synthkd.row_source import InputOptions
 from synthkd.config import ConfigError, line_for, load_pipeline, stage_line
 from synthkd.errors import ExitCode, os_error_line  # noqa: F401 (os_error_line: its home was here)
+from synthkd.options import option_group
+from synthkd.row_source import InputOptions
 from synthkd.teachers.pricing import PriceTable, PriceTableError
 
 # (synthkd.config pulls in pydantic: fine here, this module is imported only for run/validate help)

@@ -40,6 +40,7 @@ from synthkd.methods.label_tasks import sampling_params
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import opt, register_feature
 from synthkd.reasoning import reasoning_field
+from synthkd.row_source import as_path, source_kind
 from synthkd.teacher_lists import clean_item, parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
@@ -72,8 +73,8 @@ def load_seed_tasks(path: str | Path) -> list[SeedTask]:
     One JSON object a line: ``{"id", "name", "instruction", "instances": [{"input", "output"}],
     "is_classification"}`` (``name`` optional; ``input`` may be empty, ``output`` may not).
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_path(path)  # a SourcePath keeps its column map
+    if not path.exists() and source_kind(path) not in ("hf", "dir"):
         raise InputError([f"{path}: seed tasks file not found"])
     problems: list[str] = []
     tasks: list[SeedTask] = []
