@@ -157,7 +157,7 @@ def command_estimate(stage_kind: str, cfg: Any, *, teacher: str, conn: dict[str,
     pipeline of kind ``stage_kind`` with the command's stage options (``cfg``'s fields that are stage
     options), its ``--input`` and column map, and a ``teacher:`` block with the command's teacher, prices
     and sampling parameters.  Returns the table, or a line saying why there is none."""
-    from synthkd.commands.pipeline_cmd import _estimate_table
+    from synthkd.commands.pipeline_cmd import estimate_table
     from synthkd.config import PipelineConfig
     from synthkd.errors import exit_code_for
     from synthkd.options import stage_fields
@@ -193,7 +193,7 @@ def command_estimate(stage_kind: str, cfg: Any, *, teacher: str, conn: dict[str,
             stage["columns"] = dict(columns)
         pcfg = PipelineConfig.model_validate({"name": "dry_run", "teacher": tblock, "stages": [stage]})
         planned = plan(pcfg, Path.cwd())
-        table, _ = _estimate_table(pcfg, planned)
+        table, _ = estimate_table(pcfg, planned)
         return table
     except Exception as exc:  # noqa: BLE001  (an estimate that cannot be made must not stop the dry run)
         if exit_code_for(exc) is None and not isinstance(exc, (KeyError, ValueError, TypeError)):

@@ -82,10 +82,10 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     if not is_plain_jsonl(path):
         yield from iter_encoded(path)
         return
-    yield from _raw_lines(path)
+    yield from raw_lines(path)
 
 
-def _raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+def raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
     """:func:`iter_lines` of a jsonl file itself (the fast path)."""
     with open_input(path) as f:
         for lineno, line in enumerate(f, 1):

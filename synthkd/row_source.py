@@ -256,9 +256,9 @@ def _rename(row: dict[str, Any], columns: Mapping[str, str]) -> dict[str, Any]:
 def _jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """A jsonl file with a column map or limit: parsed here (bad lines are left as they are, for the
     caller's validator to name)."""
-    from synthkd.jsonl_io import _raw_lines
+    from synthkd.jsonl_io import raw_lines
 
-    for lineno, line in _raw_lines(path):
+    for lineno, line in raw_lines(path):
         if not line.strip():
             continue
         try:

@@ -106,8 +106,9 @@ def run_cmd(
         check_paths({"--config": config})
         configs = load_config(config)
     factory = _teacher_factory(teacher, **conn)
-    if (inp or {}).get("columns"):
-        input = bind(input, inp["columns"])  # type: ignore[assignment]
+    columns = (inp or {}).get("columns")
+    if columns:
+        input = bind(input, columns)
     _run(input, configs, output, rejects, report_dir, strict, progress, factory,
          {"config": str(config), **({"teacher": teacher} if teacher else {})},
          cache=None if conn["no_cache"] else conn["cache"])

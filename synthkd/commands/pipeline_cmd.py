@@ -25,7 +25,9 @@ SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a c
 log = logging.getLogger(__name__)
 
 
-def _estimate_table(cfg, planned) -> tuple[str, float | None]:
+def estimate_table(cfg, planned) -> tuple[str, float | None]:
+    """The cost table `synthkd validate` prints (each stage's calls, tokens and upper cost) and the total
+    cost (None when a price is unknown); `--limit` dry runs print the same table for the whole input."""
     from synthkd.pipeline import estimate_all
 
     total = estimate_all(planned)
@@ -69,7 +71,7 @@ def validate(
     with exit_on_error():
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
-        table, _ = _estimate_table(cfg, planned)
+        table, _ = estimate_table(cfg, planned)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
     print("(estimates count stages whose input exists now; later stages' inputs are made by earlier ones)")
@@ -96,7 +98,7 @@ def run(
     with exit_on_error(hints={OSError: "nothing already written is lost: fix this and rerun the same command to resume"}):
         cfg = load_pipeline(pipeline, set_ or [])
         planned = plan(cfg, Path.cwd())
-        table, grand = _estimate_table(cfg, planned)
+        table, grand = estimate_table(cfg, planned)
         budget = cfg.teacher.max_cost if cfg.teacher else None
         if limit is not None:  # a dry run spends a fraction of the estimate: no question asked
             recorders: dict = {}
