@@ -459,8 +459,8 @@ def _dir_shards(path: Path, split: str | None) -> tuple[str, Any]:
             continue
         found.setdefault((f.parent, m.group("split")), []).append((int(m.group("shard") or 0), f))
     if not found:
-        raise InputError([f"{path}: a directory, but not a dataset: no state.json (save_to_disk), "
-                          "dataset_dict.json or <name>-<split>.arrow files (a datasets cache directory)"])
+        raise InputError([f"{path}: is a directory, not a file or a dataset (no state.json from save_to_disk, "
+                          "dataset_dict.json, or <name>-<split>.arrow files of a datasets cache directory)"])
     splits = sorted({s for _, s in found})
     if split is None:
         if len(splits) > 1:
