@@ -212,6 +212,17 @@ def _rationale_pipeline(c: InitConfig, names: list[str], first: list[dict[str, A
     mapping = {"question": text, "answer": label}
     if choices:
         mapping["choices"] = choices
+    ev_text, ev_label, ev_choices = text, label, choices
+    if c.eval_input:  # held-out rows may name their columns otherwise: the same names if there, else guessed
+        ev_names, _ = _columns(c.eval_input)
+        if text not in ev_names:
+            ev_text = _pick("input text", None, ev_names, INPUT_GUESS, c.eval_input, "--input-field")
+        if label not in ev_names:
+            ev_label = _pick("gold label/answer", None, ev_names, LABEL_GUESS[c.task], c.eval_input, "--label-field",
+                             exclude=(ev_text,))
+        if choices and choices not in ev_names:
+            ev_choices = _pick("list of options", None, ev_names, CHOICES_GUESS, c.eval_input, "--choices-field",
+                               exclude=(ev_text, ev_label))
     cons_kind = {"classification": "label", "math": "number", "choice": "choice"}[c.task]
     eval_kind = {"classification": "label", "math": "number", "choice": "choice"}[c.task]
     out = [
@@ -256,13 +267,13 @@ def _rationale_pipeline(c: InitConfig, names: list[str], first: list[dict[str, A
         "    options:",
         "      student: student",
         f"      kind: {eval_kind}",
-        f"      input_field: {_q(text)}",
-        f"      gold_field: {_q(label)}",
+        f"      input_field: {_q(ev_text)}",
+        f"      gold_field: {_q(ev_label)}",
     ]
     if labels is not None:
         out.append(f"      labels: {_q(labels)}")
-    if choices:
-        out.append(f"      choices_field: {_q(choices)}")
+    if ev_choices:
+        out.append(f"      choices_field: {_q(ev_choices)}")
     return out
 
 

@@ -21,7 +21,6 @@ from synthkd.testing.server import FaultConfig, prompt_text_of
 
 FX = Path(__file__).parent / "fixtures"
 B77_CSV = FX / "tasks" / "banking77_subset.csv"  # text,category; 5 intents (see tests/fixtures/tasks/README.md)
-B77_TEST = FX / "filters" / "banking77_5_test40.jsonl"  # {id, text, label}, the same 5 intents
 
 
 def _b77(n: int | None = None) -> list[dict]:
@@ -304,11 +303,12 @@ def _b77_responder(labels_of: dict[str, str], wrong_every: int = 5):
 def test_banking77_intent_pipeline_from_parquet_and_a_datasets_cache(tmp_path, make_server, monkeypatch, source):
     """init -> validate -> run --limit 30 on Banking77 rows given as a Parquet file and as a datasets cache
     directory: the teacher explains and labels each row, the consistency filter drops the planted wrong
-    labels, a tiny student trains and is scored on the real Banking77 test rows of the 5 intents."""
-    rows = _b77()
-    rows = [rows[i] for i in range(0, len(rows), 7)]  # every intent, in file order
+    labels, a tiny student trains and is scored on held-out Banking77 rows of the 5 intents."""
+    every = _b77()
+    rows = [every[i] for i in range(0, len(every), 7)]  # every intent, in file order
     paths = _formats(tmp_path, rows)
-    test_rows = [json.loads(x) for x in B77_TEST.read_text().splitlines()]
+    # held-out: other rows of the same 5 intents, with other column names (and no id) as a user's file may have
+    test_rows = [{"text": r["text"], "label": r["category"]} for r in every[3::7]]
     labels_of = {r["text"].strip(): r["category"] for r in rows}
     srv = make_server(FaultConfig(), responder=_b77_responder(labels_of))
     monkeypatch.chdir(tmp_path)
@@ -333,8 +333,9 @@ def test_banking77_intent_pipeline_from_parquet_and_a_datasets_cache(tmp_path, m
     kept = {r["id"] for r in read_jsonl(run_dir / "clean.jsonl")}
     assert kept and not (kept & wrong)  # the consistency filter dropped the teacher's wrong labels
     assert "== stage rationales (ran)" in res.stdout and "So the answer is" in res.stdout
-    metrics = next(run_dir.glob("eval*/**/metrics.json"), None) or next(run_dir.rglob("*metrics*.json"))
-    assert metrics.is_file()
+    assert (run_dir / "eval" / "metrics.json").is_file()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["eval"]["counts"]["rows_in"] == 30  # the held-out rows are limited too
 
 
 @pytest.mark.train
@@ -367,3 +368,6 @@ def test_init_validate_and_a_dry_run_on_a_csv_of_ones_own(tmp_path, make_server,
     assert len(read_jsonl(run_dir / "rationales.jsonl")) == 20
     assert "| Q: " in res.stdout and "The answer is" in res.stdout  # prompts beside the teacher's answers
     assert not (Path("runs") / "homework-math").exists()  # the full run's directory is untouched
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["stages"]["eval"]["counts"]["rows_in"] == 20 and (run_dir / "eval" / "metrics.json").is_file()
+    assert _completions(srv) == 20
