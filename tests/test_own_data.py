@@ -371,3 +371,41 @@ def test_init_validate_and_a_dry_run_on_a_csv_of_ones_own(tmp_path, make_server,
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["stages"]["eval"]["counts"]["rows_in"] == 20 and (run_dir / "eval" / "metrics.json").is_file()
     assert _completions(srv) == 20
+
+
+def test_clean_and_a_pipeline_stage_read_through_a_column_map(tmp_path, make_server, monkeypatch):
+    """`clean run --column` and a stage's `columns:` read a Parquet file's columns under the expected names."""
+    import datasets
+
+    rows = [{"utterance": r["text"], "intent": r["category"]} for r in _b77(20)]
+    rows.append(dict(rows[3]))  # an exact duplicate, for exact_dedup to drop
+    src = tmp_path / "mine.parquet"
+    datasets.Dataset.from_list(rows).to_parquet(str(src))
+    ops = tmp_path / "ops.yaml"
+    ops.write_text("- {op: exact_dedup, fields: [text]}\n")
+    res = run_cli("clean", "run", "-i", str(src), "--config", str(ops), "-o", str(tmp_path / "c.jsonl"),
+                  "--column", "text=utterance")
+    assert res.returncode == 0, res.stderr
+    kept = read_jsonl(tmp_path / "c.jsonl")
+    assert len(kept) == 20 and set(kept[0]) == {"id", "text", "intent"}
+    res = run_cli("clean", "run", "-i", str(src), "--config", str(ops), "-o", str(tmp_path / "d.jsonl"))
+    assert res.returncode == 2 and "mine.parquet:row 0: row id 0: field 'text': missing" in res.stderr
+    srv = make_server(FaultConfig())
+    monkeypatch.chdir(tmp_path)
+    Path("p.yaml").write_text(f"""name: mapped
+teacher: {{model: test-model, base_url: "{srv.base_url}"}}
+stages:
+  - name: answers
+    kind: complete
+    input: mine.parquet
+    columns: {{prompt: utterance}}
+""")
+    res = run_cli("validate", "p.yaml")
+    assert res.returncode == 0 and "| answers | complete | 21 |" in res.stdout, res.stdout + res.stderr
+    res = run_cli("run", "p.yaml")
+    assert res.returncode == 0, res.stderr
+    out = read_jsonl(tmp_path / "runs" / "mapped" / "answers.jsonl")
+    assert sorted(r["id"] for r in out) == list(range(21)) and out[0]["prompt"] and "intent" in out[0]
+    Path("p.yaml").write_text(Path("p.yaml").read_text().replace("prompt: utterance", "prompt: question"))
+    res = run_cli("validate", "p.yaml")  # the estimate reads the rows: a bad map is said before any run
+    assert res.returncode == 2 and "column 'question' (read as field 'prompt') not found" in res.stderr
