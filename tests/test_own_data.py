@@ -225,7 +225,7 @@ def test_complete_limit_is_a_dry_run_with_the_whole_input_estimate(tmp_path, mak
     assert re.search(r"\| dry_run \| complete \| 40 \| \d+ \| 2000 \|", s), s
 
 
-def test_generate_limit_on_a_method_that_reads_rows_and_on_one_that_makes_them(tmp_path):
+def test_generate_limit_on_a_method_that_reads_rows_and_on_one_that_makes_them(tmp_path, make_server):
     from synthkd.testing.simulated import make_problems
 
     inp = tmp_path / "problems.csv"
@@ -250,6 +250,17 @@ def test_generate_limit_on_a_method_that_reads_rows_and_on_one_that_makes_them(t
     res = run_cli("generate", "tasks", "--spec", str(spec), "-o", str(tmp_path / "t.jsonl"), "--per-label", "4",
                   "-m", "simulated:arithmetic", "--column", "text=x")
     assert res.returncode == 2 and "reads no input rows" in res.stderr
+    from synthkd.testing.banking77_responder import Banking77Responder
+
+    srv = make_server(FaultConfig(), responder=Banking77Responder.from_dir())
+    repo_spec = Path(__file__).resolve().parents[1] / "data" / "banking77" / "task_spec.yaml"
+    res = run_cli("generate", "tasks", "--spec", str(repo_spec), "-o", str(tmp_path / "t.jsonl"), "--per-label", "10",
+                  "-m", "test-model", "--base-url", srv.base_url, "--limit", "5")
+    assert res.returncode == 0, res.stderr
+    assert len(read_jsonl(tmp_path / "t.jsonl")) == 5  # the first 5 results, not 80
+    assert "dry run (--limit 5)" in res.stdout and "| prompt " in res.stdout
+    assert re.search(r"\| dry_run \| generate\.tasks \| \d+ \|", res.stdout), res.stdout
+    assert "Unclosed" not in res.stderr and "Traceback" not in res.stderr  # stopping early leaves nothing open
 
 
 # ------------------------------------------------------------------------------------------- export

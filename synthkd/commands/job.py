@@ -39,7 +39,7 @@ from synthkd.commands.common import (
 from synthkd.commands.generate import generate_app
 from synthkd.errors import ExitCode, InputError, report_error
 from synthkd.jsonl_io import OutputLock, index_output, write_summary
-from synthkd.methods.runner import RunCounts, rejects_path_for, write_rows
+from synthkd.methods.runner import REJECT_KEY, RunCounts, rejects_path_for, write_rows
 from synthkd.options import FEATURES, config_command, option_group
 from synthkd.row_source import InputOptions, bind
 from synthkd.teachers.base import Teacher, TeacherFatalError
@@ -229,7 +229,7 @@ class GenerateJob:
             try:
                 async for row in rows:
                     yield row
-                    n += 1
+                    n += REJECT_KEY not in row  # a candidate the method dropped is not a result
                     if limit is not None and n >= limit:
                         break
             finally:

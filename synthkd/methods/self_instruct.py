@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar, Optional
@@ -532,44 +533,46 @@ async def generate_self_instruct(
 
     start_round(0)
     feed.close_if_idle()
-    async for job in stream_jobs(teacher, feed):
-        feed.finished()
-        res = job.results[0]
-        assert res is not None
-        st.record(res)
-        kind, ref = job.item
-        if kind == "gen":
-            rnd, j = ref
-            held[j] = job
-            while not state["stalled"] and state["next_j"] in held:
-                jj = state["next_j"]
-                for row in process_generation(rnd, jj, held.pop(jj)):
-                    yield row
-                state["next_j"] += 1
-            if state["next_j"] == c.requests_per_round and not state["stalled"]:
-                if len(machine) < N and rnd + 1 < plan.max_rounds:
-                    start_round(rnd + 1)
-                elif len(machine) < N:
-                    st.short["instructions"] = (f"{len(machine)}/{N} after {plan.max_rounds} rounds "
-                                                "(raise --max-rounds, or check the drops)")
-        elif kind == "clf":
-            kp = kept[ref]
-            kp.results.append((job.requests[0], res))
-            if not res.ok:
-                kept.pop(ref)
-                kp.is_clf = None
-                yield finish_row(kp)
+    # closed at once when the caller stops early (a --limit dry run): no request is left in flight
+    async with aclosing(stream_jobs(teacher, feed)) as answered:
+        async for job in answered:
+            feed.finished()
+            res = job.results[0]
+            assert res is not None
+            st.record(res)
+            kind, ref = job.item
+            if kind == "gen":
+                rnd, j = ref
+                held[j] = job
+                while not state["stalled"] and state["next_j"] in held:
+                    jj = state["next_j"]
+                    for row in process_generation(rnd, jj, held.pop(jj)):
+                        yield row
+                    state["next_j"] += 1
+                if state["next_j"] == c.requests_per_round and not state["stalled"]:
+                    if len(machine) < N and rnd + 1 < plan.max_rounds:
+                        start_round(rnd + 1)
+                    elif len(machine) < N:
+                        st.short["instructions"] = (f"{len(machine)}/{N} after {plan.max_rounds} rounds "
+                                                    "(raise --max-rounds, or check the drops)")
+            elif kind == "clf":
+                kp = kept[ref]
+                kp.results.append((job.requests[0], res))
+                if not res.ok:
+                    kept.pop(ref)
+                    kp.is_clf = None
+                    yield finish_row(kp)
+                else:
+                    answer, invalid = answer_of(res, lambda p: p.is_classification, _yes_no)
+                    if answer is None:
+                        st.notes["is_classification unclear (treated as no)"] += 1
+                    kp.is_clf = bool(answer)
+                    feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
             else:
-                answer, invalid = answer_of(res, lambda p: p.is_classification, _yes_no)
-                if answer is None:
-                    st.notes["is_classification unclear (treated as no)"] += 1
-                kp.is_clf = bool(answer)
-                feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
-        else:
-            kp = kept.pop(ref)
-            kp.results.append((job.requests[0], res))
-            yield finish_row(kp)
-        feed.close_if_idle()
+                kp = kept.pop(ref)
+                kp.results.append((job.requests[0], res))
+                yield finish_row(kp)
+            feed.close_if_idle()
     st.budget_stopped = teacher.budget_exhausted
     st.per_label = {"instructions": len(machine)}
     if state["stalled"]:
