@@ -420,3 +420,27 @@ stages:
     Path("p.yaml").write_text(Path("p.yaml").read_text().replace("prompt: utterance", "prompt: question"))
     res = run_cli("validate", "p.yaml")  # the estimate reads the rows: a bad map is said before any run
     assert res.returncode == 2 and "column 'question' (read as field 'prompt') not found" in res.stderr
+
+
+def test_decontaminate_reads_an_eval_set_in_parquet_and_csv(tmp_path):
+    """The decontamination filter's eval file may be any table synthkd reads."""
+    import datasets
+
+    from conftest import clean_rows
+
+    every = _b77(60)
+    evals = [{"utterance": r["text"]} for r in every[:10]]
+    datasets.Dataset.from_list(evals).to_parquet(str(tmp_path / "eval.parquet"))
+    with open(tmp_path / "eval.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["utterance"])
+        w.writerows([[e["utterance"]] for e in evals])
+    rows = [{"id": i, "text": r["text"]} for i, r in enumerate(every)]  # rows 0-9 are the eval items
+    for name in ("eval.parquet", "eval.csv"):
+        d = tmp_path / name.replace(".", "_")
+        d.mkdir()
+        ops = [{"op": "decontaminate", "eval_file": str(tmp_path / name), "fields": ["text"],
+                "eval_fields": ["utterance"], "ngram": 4}]
+        _, kept, rejects = clean_rows(d, rows, ops)
+        assert {r["id"] for r in rejects} >= set(range(10)), name
+        assert all(r["id"] >= 10 for r in kept) and len(kept) >= 40, name
