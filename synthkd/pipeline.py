@@ -118,7 +118,7 @@ def load_builtin_stages() -> dict[str, Stage]:
 # ----------------------------------------------------------------------------- helpers
 def file_sha(path: Path) -> str:
     h = hashlib.sha256()
-    fingerprint = source_fingerprint(path)  # an hf: data set: its own fingerprint (its cached files)
+    fingerprint = source_fingerprint(path, file_sha)  # an hf: data set's own fingerprint; DIR:SPLIT
     if fingerprint is not None:
         return hashlib.sha256(f"{path}\0{fingerprint}".encode()).hexdigest()
     if path.is_dir():

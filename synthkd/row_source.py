@@ -525,9 +525,13 @@ def _dataset_rows(path: str | Path, kind: str, columns: Mapping[str, str]) -> It
             i += 1
 
 
-def source_fingerprint(path: str | Path) -> str | None:
-    """What identifies the rows of an ``hf:`` source (a pipeline's fingerprint of its inputs): the
-    loaded data set's own fingerprint; None for a file or directory (hashed by its bytes)."""
-    if not is_source_spec(path):
-        return None
-    return str(_load_dataset(path, "hf")._fingerprint)
+def source_fingerprint(path: str | Path, file_hash: Any = None) -> str | None:
+    """What identifies the rows of a source that is not one file (a pipeline's fingerprint of its inputs):
+    an ``hf:`` data set's own fingerprint; for ``DIR:SPLIT``, ``file_hash(DIR)`` and the split.  None for a
+    file or a plain directory (hashed by its bytes)."""
+    if is_source_spec(path):
+        return str(_load_dataset(path, "hf")._fingerprint)
+    p, split = _split_suffix(Path(path))
+    if split is not None and file_hash is not None:
+        return f"{file_hash(p)}:{split}"
+    return None
