@@ -63,7 +63,7 @@ class CompleteJob:
     """What ``synthkd complete`` adds to a teacher: its files and samples.  In a pipeline only
     ``samples`` is a stage option (the stage's files are the pipeline's, its teacher the ``teacher:`` block)."""
 
-    input: Path = opt(help="jsonl rows {id, prompt} or {id, messages}; other fields pass through.", flags=("-i",),
+    input: Path = opt(help="Rows {id, prompt} or {id, messages} (jsonl, csv, parquet, a datasets directory, hf:org/name:split; ids from positions where there is no id column); other fields pass through.", flags=("-i",),
                       stage=False)
     output: Path = opt(help="jsonl output, appended as rows complete; rerun to resume.", flags=("-o",), stage=False)
     samples: int = opt(1, help="Samples per prompt (needs --temperature > 0); output gets 'completions'.", ge=1)

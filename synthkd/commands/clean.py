@@ -42,7 +42,7 @@ clean_app = typer.Typer(
     no_args_is_help=True,
 )
 
-InputOpt = Annotated[Path, typer.Option("--input", "-i", help="jsonl rows, each with an 'id'.")]
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="Rows, each with an 'id' (jsonl, csv, parquet, a datasets directory or hf:; tables without an id column get their positions).")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="jsonl of the kept rows (written whole at the end).")]
 RejectsOpt = Annotated[Optional[Path], typer.Option("--rejects", help="Dropped rows with reject_op/reject_reason/reject_detail (default OUTPUT.rejects.jsonl).")]
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Where funnel.json and funnel.md go (default OUTPUT.funnel.json/.md).")]
