@@ -454,31 +454,37 @@ class RunResult:
 
 
 def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage]:
-    """Validate every stage (kind, options, inputs) before anything runs or is paid for."""
+    """Validate every stage (kind, options, inputs) before anything runs or is paid for.
+
+    Relative paths are taken against ``base_dir``, by default the pipeline file's directory
+    (:attr:`PipelineConfig.base_dir`).  Each problem is reported once: a stage whose kind or options
+    are wrong still names its output, so a later stage reading it gets no second, misleading error."""
+    from synthkd.config import validation_problems
     from synthkd.stages.base import StageContext
 
     STAGES = load_builtin_stages()
-    base_dir = base_dir or Path.cwd()
+    base_dir = Path(base_dir) if base_dir is not None else cfg.base_dir
     run_dir = (base_dir / cfg.run_dir / cfg.name).resolve()  # the name is a plain identifier (config.check_name)
     outputs: dict[str, Path] = {}
     planned: list[PlannedStage] = []
     problems: list[str] = []
     for i, st in enumerate(cfg.stages):
+        output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
+        # named before the stage is checked: a later stage that reads it is fine even if this one is not
+        outputs[st.name] = output
         impl = STAGES.get(st.kind)
         if impl is None:
-            problems.append(f"{stage_line(cfg, i, 'kind')}: stages[{i}].kind: unknown stage kind {st.kind!r} "
-                            f"(known: {', '.join(sorted(STAGES))})")
+            problems.append(f"{stage_line(cfg, i, 'kind')}: stages[{i}] ({st.name}).kind: unknown stage kind {st.kind!r}"
+                            + _did_you_mean(st.kind, list(STAGES)) + f" (known: {', '.join(sorted(STAGES))})")
             continue
         try:
             options = impl.options_model.model_validate(st.options)
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("options", *err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                path = f"stages[{i}]." + ".".join(str(x) for x in loc)
-                problems.append(f"{stage_line(cfg, i, *loc)}: {path}: {msg}")
+            where = lambda loc, i=i: stage_line(cfg, i, *loc)  # noqa: E731
+            problems += validation_problems(exc, impl.options_model, where, ("options",), f"stages[{i}] ({st.name}).options")
             continue
         inputs: dict[str, Path] = {}
+        bad_input = False
         named = dict(st.inputs)
         if st.input is not None:
             named["input"] = st.input
@@ -489,12 +495,17 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
                 p = Path(ref) if Path(ref).is_absolute() else base_dir / ref
                 if not p.exists():
                     where = stage_line(cfg, i, "input" if key == "input" else "inputs")
-                    problems.append(f"{where}: stages[{i}].{'input' if key == 'input' else 'inputs.' + key}: "
-                                    f"{ref!r} is neither an earlier stage nor an existing file")
+                    later = [s.name for s in cfg.stages[i:] if s.name == ref]
+                    why = (f"{ref!r} is a later stage (a stage reads only earlier ones)" if later else
+                           f"{ref!r} is neither an earlier stage nor an existing file ({p})"
+                           + _did_you_mean(ref, list(outputs), "stage"))
+                    problems.append(f"{where}: stages[{i}] ({st.name}).{'input' if key == 'input' else 'inputs.' + key}: "
+                                    + why)
+                    bad_input = True
                     continue
                 inputs[key] = p
-        output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
-        outputs[st.name] = output
+        if bad_input:
+            continue  # its checks would only repeat the problem ("needs an input")
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
                            base_dir=base_dir, teacher_config=st.teacher or cfg.teacher,
                            open_ledger=functools.partial(_open_ledger, run_dir, output))
@@ -509,6 +520,14 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
     if problems:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems))
     return planned
+
+
+def _did_you_mean(word: str, known: list[str], what: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest known word, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {what + ' ' if what else ''}{close[0]!r}?)" if close else ""
 
 
 def estimate_all(planned: list[PlannedStage]) -> Estimate:

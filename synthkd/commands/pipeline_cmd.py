@@ -66,7 +66,7 @@ def validate(
 
     with exit_on_error():
         cfg = load_pipeline(pipeline, set_ or [])
-        planned = plan(cfg, Path.cwd())
+        planned = plan(cfg)
         table, _ = _estimate_table(cfg, planned)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
@@ -86,7 +86,7 @@ def run(
     # or a full disk: nothing written is lost, the manifest is intact
     with exit_on_error(hints={OSError: "nothing already written is lost: fix this and rerun the same command to resume"}):
         cfg = load_pipeline(pipeline, set_ or [])
-        planned = plan(cfg, Path.cwd())
+        planned = plan(cfg)
         table, grand = _estimate_table(cfg, planned)
         budget = cfg.teacher.max_cost if cfg.teacher else None
         if budget is not None and grand is not None and grand > budget and not yes:
@@ -96,7 +96,7 @@ def run(
             ):
                 log.error(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
                 raise typer.Exit(ExitCode.BAD_INPUT)
-        result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage))
+        result = asyncio.run(run_pipeline(cfg, from_stage=from_stage))
     log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
              f"skipped: {', '.join(result.skipped) or 'nothing'})")
 
