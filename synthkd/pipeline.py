@@ -37,7 +37,8 @@ manifest's ``teacher`` totals are summed over every attempt in it:
   attempt ever got an answer for is counted in ``unknown_unreceived`` (its tokens are unknown).
 A kill between a ``sent`` line and the request reaching the wire over-counts that request; nothing is
 ever under-counted.  (A kill between an answer line and the cache write makes the rerun pay again:
-both are billed, both are counted.)
+both are billed, both are counted.)  A model with no known price writes ``"cost_usd": null``: the
+totals then say ``"cost_usd": null, "price_known": false`` (the report: "unknown"), never ``0``.
 Rows are counted in the output file, never "rows written this time".
 """
 
@@ -335,14 +336,17 @@ class Ledger:
         self._write(f'"failed": "{key}"}}\n')
 
     def answered(self, key: str, usage: Any, cost_usd: float | None) -> None:
+        # null: no price is known for the model (the answer was billed, at a cost nobody can tell)
+        cost = "null" if cost_usd is None else repr(float(cost_usd))
         self._write(f'"answer": "{key}", "prompt_tokens": {int(usage.prompt_tokens)}, '
-                    f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {float(cost_usd or 0.0)!r}}}\n')
+                    f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {cost}}}\n')
 
     def end(self, teacher: Teacher) -> None:
         st = teacher.stats
         self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
                                         "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                                        "cost_usd": st.cost_usd, **st.structured_dict()}})[1:] + "\n")
+                                        "cost_usd": st.cost_usd if st.price_known else None,
+                                        "price_known": st.price_known, **st.structured_dict()}})[1:] + "\n")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -367,6 +371,7 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
         return None
     attempts: dict[str, dict[str, Any]] = {}
     usage_of: dict[str, tuple[int, int, float]] = {}  # key -> (prompt, completion, cost) of an answer
+    unpriced = False  # some attempt's model had no known price: the cost is unknown, never $0
     with open(path, "rb") as f:
         for line in f:
             try:
@@ -383,6 +388,8 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
             elif "end" in e:
                 a["end"] = e["end"]
             else:  # an answer (billed)
+                if "cost_usd" in e and e["cost_usd"] is None:
+                    unpriced = True  # billed at a price nobody knows
                 key, u = e.get("answer"), (e.get("prompt_tokens", 0), e.get("completion_tokens", 0), e.get("cost_usd") or 0.0)
                 if key is not None:
                     a["resolved"][key] = a["resolved"].get(key, 0) + 1
@@ -403,6 +410,8 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
         sent = sum(a["sent"].values())
         end = a["end"]
         if end is not None:  # ended normally: the teacher's exact counters (the journal must agree)
+            if end.get("price_known") is False:
+                unpriced = True
             if a["sent"] and (end.get("requests") != sent or end.get("prompt_tokens") != pt
                               or end.get("completion_tokens") != ct):
                 tot["journal_mismatch"] += 1
@@ -428,9 +437,12 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
             if k in end:
                 tot[k] = tot.get(k, 0) + end[k]
     if "reask_cost_usd" in tot:
-        tot["reask_cost_usd"] = round(tot["reask_cost_usd"], 8)
+        tot["reask_cost_usd"] = round(tot["reask_cost_usd"], 8) if not unpriced else None
     tot["cost_usd"] = round(tot["cost_usd"], 8)
     est["cost_usd"] = round(est["cost_usd"], 8)
+    if unpriced:  # as the CLI says "cost unknown": a number here would read as "free"
+        tot["cost_usd"] = est["cost_usd"] = None
+        tot["price_known"] = False
     return tot
 
 
@@ -650,6 +662,10 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         manifest.save()
         result.ran.append(name)
         say(f"[{name}] done in {rec['seconds']:.1f}s: {counts_line(rec['counts'])}")
+        if rec.get("teacher"):
+            from synthkd.report import teacher_line
+
+            say(f"[{name}] teacher: {teacher_line(rec['teacher'])}")  # the report's figures, from the manifest
     manifest.data["versions"] = _versions()  # now including what the stages imported (torch, trl...)
     manifest.save()
     result.manifest = manifest.data

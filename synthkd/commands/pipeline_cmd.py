@@ -54,6 +54,9 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
                      f"{e.completion_tokens if e else '-'} | {'-' if not e else ('unknown' if cost is None else f'{cost:.4f}')} |")
     lines.append(f"| **total** | | {total.calls} | {total.prompt_tokens} | {total.completion_tokens} | "
                  f"{'unknown' if grand is None else f'{grand:.4f}'} |")
+    notes = [f"- {p.cfg.name}: {p.estimate.note}" for p in planned if p.estimate and p.estimate.note]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines), grand
 
 
@@ -97,8 +100,11 @@ def run(
                 log.error(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
                 raise typer.Exit(ExitCode.BAD_INPUT)
         result = asyncio.run(run_pipeline(cfg, from_stage=from_stage))
+    from synthkd.report import total_cost_line
+
     log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
-             f"skipped: {', '.join(result.skipped) or 'nothing'})")
+             f"skipped: {', '.join(result.skipped) or 'nothing'}); teacher cost: "
+             + total_cost_line(result.manifest.get("stages", {})).replace("**", ""))
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:

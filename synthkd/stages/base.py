@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Estimate:
+    """What a stage expects to spend: teacher calls, prompt tokens, completion tokens (at most
+    ``max_tokens`` each); ``note`` says how the figure was made where it is not a plain count (an
+    expected dedup loss, an upper bound...), for ``synthkd validate`` to print under its table."""
+
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    note: str = ""
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
