@@ -55,8 +55,9 @@ def total_cost_line(stages: dict[str, Any]) -> str:
     known, unknown = total_cost(stages)
     if not unknown:
         return f"**{_fmt_money(known)}**"
-    return (f"**unknown** (no price for the model of {', '.join(unknown)}; the other stages: {_fmt_money(known)}; "
-            "give prices with teacher.prices)")
+    priced = [n for n, s in stages.items() if s.get("teacher") and n not in unknown]
+    others = f"; the other stages: {_fmt_money(known)}" if priced else ""
+    return f"**unknown** (no price for the model of {', '.join(unknown)}{others}; give prices with teacher.prices)"
 
 
 def _plots(run_dir: Path, stages: dict[str, Any]) -> dict[str, str]:

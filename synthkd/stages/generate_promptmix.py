@@ -55,4 +55,6 @@ class PromptMixStage:
         n_items = len(calls) * o.examples_per_call
         gen_prompt = sum(len(c.prompt) for c in calls) // 4
         return Estimate(len(calls) + n_items, gen_prompt + n_items * 300,
-                        len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * o.relabel_max_tokens)
+                        len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * o.relabel_max_tokens,
+                        f"{len(calls)} generation calls + one relabel call per item asked ({n_items}): an upper "
+                        "bound, items dropped by dedup are not relabelled")

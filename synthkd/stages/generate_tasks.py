@@ -64,13 +64,13 @@ class TasksStage:
 
         plan = self._plan(ctx, o)
         rate, items, source = keep_rate_of(ctx)
-        per_request = min(o.batch_size, items or o.batch_size) * rate
+        per_request = (items or o.batch_size) * rate  # kept rows a request yields, on average
         per_label = expected_task_requests(o.per_label, o.batch_size, plan.max_requests, per_request)
         calls = per_label * len(plan.labels)
         prompt_chars = sum(len(plan.template.render(**plan.variables(lab, 0))) for lab in plan.labels) * per_label
         cap = plan.max_requests * len(plan.labels)
         note = (f"{calls} requests expected: {o.per_label} rows x {len(plan.labels)} labels at "
-                f"{o.batch_size} items a request with keep rate {rate:.2f} after dedup ({source}); "
+                f"{items or o.batch_size:g} items a request with keep rate {rate:.2f} after dedup ({source}); "
                 f"at most {cap} (max_requests_per_label {plan.max_requests})")
         return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * o.batch_size), note)
 
