@@ -1,6 +1,6 @@
 """One default request cache for commands and pipelines (issue 18, item 6: a pipeline re-paid what the
 CLI had bought): a pipeline run after ``synthkd complete`` / ``synthkd generate tasks`` of the same
-requests sends zero new requests to the real loopback server, and the other way round."""
+requests sends zero new requests to the real loopback server."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import subprocess
 from pathlib import Path
 
 from conftest import REPO, cli_env, read_jsonl, synthkd_cmd, write_prompts
-from synthkd.testing.banking77_responder import Banking77Responder
 from synthkd.teachers.factory import default_cache_path
+from synthkd.testing.banking77_responder import Banking77Responder
 
 
 def _completions(srv) -> int:
@@ -51,7 +51,7 @@ stages:
     assert not (tmp_path / "runs" / "teacher-cache.sqlite").exists()  # no second, pipeline-only cache
 
 
-def test_generate_tasks_cli_then_pipeline_and_back_pay_once(tmp_path, make_server):
+def test_generate_tasks_cli_then_the_tasks_stage_pays_once(tmp_path, make_server):
     teacher = Banking77Responder.from_dir()
     srv = make_server(responder=teacher)
     spec = tmp_path / "task_spec.yaml"
