@@ -492,8 +492,8 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
         try:
             options = impl.options_model.model_validate(st.options)
         except ValidationError as exc:
-            where = lambda loc, i=i: stage_line(cfg, i, *loc)  # noqa: E731
-            problems += validation_problems(exc, impl.options_model, where, ("options",), f"stages[{i}] ({st.name}).options")
+            problems += validation_problems(exc, impl.options_model, functools.partial(_line_of, cfg, i),
+                                            ("options",), f"stages[{i}] ({st.name}).options")
             continue
         inputs: dict[str, Path] = {}
         bad_input = False
@@ -501,16 +501,17 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
         if st.input is not None:
             named["input"] = st.input
         for key, ref in named.items():
-            if ref in outputs:
+            if ref in outputs and ref != st.name:
                 inputs[key] = outputs[ref]
             else:
                 p = Path(ref) if Path(ref).is_absolute() else base_dir / ref
                 if not p.exists():
-                    where = stage_line(cfg, i, "input" if key == "input" else "inputs")
-                    later = [s.name for s in cfg.stages[i:] if s.name == ref]
-                    why = (f"{ref!r} is a later stage (a stage reads only earlier ones)" if later else
+                    where = stage_line(cfg, i, *(("input",) if key == "input" else ("inputs", key)))
+                    later = [s.name for s in cfg.stages[i + 1:] if s.name == ref]
+                    why = ("a stage cannot read its own output" if ref == st.name else
+                           f"{ref!r} is a later stage (a stage reads only earlier ones)" if later else
                            f"{ref!r} is neither an earlier stage nor an existing file ({p})"
-                           + _did_you_mean(ref, list(outputs), "stage"))
+                           + _did_you_mean(ref, [n for n in outputs if n != st.name], "stage"))
                     problems.append(f"{where}: stages[{i}] ({st.name}).{'input' if key == 'input' else 'inputs.' + key}: "
                                     + why)
                     bad_input = True
@@ -532,6 +533,10 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
     if problems:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems))
     return planned
+
+
+def _line_of(cfg: PipelineConfig, index: int, loc: tuple[Any, ...]) -> str:
+    return stage_line(cfg, index, *loc)
 
 
 def _did_you_mean(word: str, known: list[str], what: str = "") -> str:

@@ -25,8 +25,9 @@ def _fmt_money(x: Any) -> str:
 def price_unknown(teacher: dict[str, Any] | None) -> bool:
     """Whether a stage's teacher totals (the manifest's ``teacher``) have no known price: its cost is
     "unknown" (as the CLI says), never ``$0.0000``."""
-    return bool(teacher) and (teacher.get("price_known") is False or
-                              (teacher.get("requests") and teacher.get("cost_usd", 0) is None))
+    if not teacher:
+        return False
+    return teacher.get("price_known") is False or bool(teacher.get("requests") and teacher.get("cost_usd", 0) is None)
 
 
 def stage_cost(teacher: dict[str, Any] | None) -> str:

@@ -99,3 +99,15 @@ stages:
         f"({tmp_path / 'aa'}) (did you mean stage 'a'?)",
         "p.yaml:5: stages[2] (c).inputs.x: 'd' is a later stage (a stage reads only earlier ones)",
     ], err
+
+
+def test_a_stage_reading_itself_is_refused_once(tmp_path):
+    err, problems = _validate(tmp_path, """name: x
+stages:
+  - name: a
+    kind: merge
+    inputs:
+      x: in.jsonl
+      y: a
+""")
+    assert problems == ["p.yaml:7: stages[0] (a).inputs.y: a stage cannot read its own output"], err

@@ -27,7 +27,7 @@ def _estimate_table(cfg, planned) -> tuple[str, float | None]:
     from synthkd.pipeline import estimate_all
 
     total = estimate_all(planned)
-    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, upper) |",
+    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, at max tokens) |",
              "|---|---|---|---|---|---|"]
     grand: float | None = 0.0
     for p in planned:
@@ -102,9 +102,12 @@ def run(
         result = asyncio.run(run_pipeline(cfg, from_stage=from_stage))
     from synthkd.report import total_cost_line
 
+    stages = result.manifest.get("stages", {})
+    # the report's total (one formatter): "unknown" where a model has no price, never $0
+    cost = "; teacher cost: " + total_cost_line(stages).replace("**", "") if any(
+        s.get("teacher") for s in stages.values()) else ""
     log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
-             f"skipped: {', '.join(result.skipped) or 'nothing'}); teacher cost: "
-             + total_cost_line(result.manifest.get("stages", {})).replace("**", ""))
+             f"skipped: {', '.join(result.skipped) or 'nothing'}){cost}")
 
 
 def report(run_dir: Path = typer.Argument(..., help="A run directory (runs/<name>).")) -> None:
