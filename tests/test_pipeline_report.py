@@ -115,3 +115,29 @@ stages:
     assert tm["dedup_dropped"] == sum(n for r, n in tm["drops"].items() if "duplicate" in r or r == "seed_copy")
     assert 0 < tm["keep_rate"] <= 1
     assert f"- dedup dropped: {tm['dedup_dropped']}" in report and f"- keep rate: {tm['keep_rate']:.4f}" in report
+
+
+def test_the_report_shows_re_asks_and_method_metrics_from_the_manifest_alone(tmp_path):
+    # `synthkd report RUN_DIR` rebuilds from the manifest: re-asks of structured answers, a method's
+    # metrics, an unpriced stage beside a priced one
+    from synthkd.pipeline import claim_run_dir, read_manifest
+    from synthkd.report import write_report
+
+    run_dir = claim_run_dir(tmp_path / "runs" / "r", "r")
+    man = read_manifest(run_dir / "manifest.json")
+    man["stages"] = {
+        "tasks": {"kind": "generate.tasks", "status": "done",
+                  "counts": {"rows_in": 30, "rows_out": 12,
+                             "method_metrics": {"kept": 12, "dedup_dropped": 15, "keep_rate": 0.4444, "drops": {}}},
+                  "teacher": {"model": "m1", "requests": 7, "cached_answers": 0, "prompt_tokens": 70,
+                              "completion_tokens": 700, "cost_usd": None, "price_known": False,
+                              "structured_answers": 7, "reasks": 3, "reask_cost_usd": None, "structured_invalid": 1}},
+        "rel": {"kind": "generate.relabel", "status": "done", "counts": {"rows_in": 12, "rows_out": 12},
+                "teacher": {"model": "m2", "requests": 12, "cached_answers": 0, "prompt_tokens": 1,
+                            "completion_tokens": 1, "cost_usd": 0.5}},
+    }
+    text = write_report(run_dir, man).read_text()
+    assert "- structured answers 7: re-asked 3 (cost unknown), still invalid 1" in text
+    assert "- dedup dropped: 15" in text and "- keep rate: 0.4444" in text
+    assert "| unknown (no price for 'm1') |" in text and "| $0.5000 |" in text
+    assert "Total teacher cost: **unknown** (no price for the model of tasks; the other stages: $0.5000;" in text
