@@ -41,9 +41,11 @@ DEDUP_REASONS = ("seed_copy", "exact_duplicate", "near_duplicate", "duplicate", 
 
 #: The share of a task-generation request's items expected to be kept (not lost to dedup, too-short or
 #: truncated items), before any run has measured it.  Why 0.5, not the method's own 0.8 first-wave
-#: guess: a teacher asked for many examples of one label repeats itself; a 15-intent banking run kept
-#: 51% (149 requests where 75 were expected at 0.8).  ``synthkd validate`` says when it uses this prior
-#: and uses the measured ``keep_rate`` of the stage's last run instead when there is one.
+#: guess: a teacher asked for many examples of one label repeats itself — issue 18's 15-intent run
+#: needed 149 requests where 75 were estimated at 0.8 (an effective rate near 0.4), and the scripted
+#: Banking77 teacher of the ready intent pipeline keeps 0.46 (``benchmarks/pipeline_estimates.py``).
+#: ``synthkd validate`` says when it uses this prior, and uses the measured ``keep_rate`` of the
+#: stage's last run instead when there is one.
 KEEP_RATE_PRIOR = 0.5
 
 
