@@ -118,14 +118,11 @@ def _labels(path: str, field: str) -> list[str]:
 
 
 def _where(value: str, yaml_dir: Path) -> str:
-    """A path as the pipeline should name it: an hf: spec as it is; a path relative to the directory synthkd is
-    run from when the YAML is written there, else absolute (right whichever directory the user runs from)."""
+    """A path as the pipeline names it: relative to the pipeline file's directory (how ``synthkd run`` reads
+    it, from whichever directory it is run); an hf: spec as it is."""
     if value.startswith("hf:"):
         return value
-    p = Path(value)
-    if yaml_dir.resolve() == Path.cwd().resolve() and not p.is_absolute():
-        return value
-    return str(p.resolve())
+    return os.path.relpath(Path(value).resolve(), yaml_dir.resolve())
 
 
 def render(c: InitConfig) -> str:
@@ -140,7 +137,7 @@ def render(c: InitConfig) -> str:
         "# Check it and see what the whole run would cost:   synthkd validate " + str(c.output),
         "# Dry run on the first 20 rows (prompts, answers):  synthkd run " + f"{c.output} --limit 20",
         "# The real run (resumable; rerun to continue):      synthkd run " + str(c.output),
-        "# Paths are relative to the directory you run synthkd from.",
+        "# Paths are relative to this file's directory.",
         f"name: {name}",
         "teacher:",
         f"  model: {_q(c.teacher)}",
@@ -328,7 +325,7 @@ def write_pipeline(c: InitConfig) -> Path:
     tmp = out.with_name(f".{out.name}.init.tmp")
     tmp.write_text(text, encoding="utf-8")
     try:
-        plan(load_pipeline(tmp), Path.cwd())  # what `synthkd validate` checks
+        plan(load_pipeline(tmp))  # what `synthkd validate` checks (paths against the file's directory)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -41,9 +41,16 @@ class TargetJob(GenerateJob):
     def drops(self, out: Outcome) -> tuple[int, dict[str, int]]:
         return sum(self.stats.drops.values()), dict(self.stats.drops)
 
+    def metrics(self) -> Any:
+        """The method's metrics, declared once (:mod:`synthkd.methods.metrics`): the pipeline stage
+        records the same ones in the run manifest."""
+        from synthkd.methods.metrics import TasksMetrics
+
+        return TasksMetrics(self.stats)
+
     def report(self, out: Outcome) -> None:
-        for what, why in sorted(self.stats.short.items()):
-            log.info(f"  short: {what}: {why}")
+        for line in self.metrics().lines():
+            log.info(f"  {line}")
 
     def budget_reached(self, out: Outcome) -> bool:
         return self.stats.budget_stopped
@@ -53,7 +60,7 @@ class TargetJob(GenerateJob):
 
     def summary(self, out: Outcome) -> dict[str, Any]:
         return {"rows_written": out.counts.written, "rows_already_there": out.counts.already_there,
-                "rejects_written": out.counts.rejected, **self.stats.as_dict(),
+                "rejects_written": out.counts.rejected, **self.metrics().as_dict(),
                 "teacher_attempts": sum(t.stats.attempts for t in out.teachers), "elapsed_s": round(out.elapsed, 3)}
 
 

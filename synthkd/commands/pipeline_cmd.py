@@ -31,7 +31,7 @@ def estimate_table(cfg, planned) -> tuple[str, float | None]:
     from synthkd.pipeline import estimate_all
 
     total = estimate_all(planned)
-    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, upper) |",
+    lines = ["| stage | kind | teacher calls | prompt tokens | completion tokens (max) | cost (USD, at max tokens) |",
              "|---|---|---|---|---|---|"]
     grand: float | None = 0.0
     for p in planned:
@@ -58,6 +58,9 @@ def estimate_table(cfg, planned) -> tuple[str, float | None]:
                      f"{e.completion_tokens if e else '-'} | {'-' if not e else ('unknown' if cost is None else f'{cost:.4f}')} |")
     lines.append(f"| **total** | | {total.calls} | {total.prompt_tokens} | {total.completion_tokens} | "
                  f"{'unknown' if grand is None else f'{grand:.4f}'} |")
+    notes = [f"- {p.cfg.name}: {p.estimate.note}" for p in planned if p.estimate and p.estimate.note]
+    if notes:
+        lines += ["", *notes]
     return "\n".join(lines), grand
 
 
@@ -70,7 +73,7 @@ def validate(
 
     with exit_on_error():
         cfg = load_pipeline(pipeline, set_ or [])
-        planned = plan(cfg, Path.cwd())
+        planned = plan(cfg)
         table, _ = estimate_table(cfg, planned)
     print(f"{pipeline}: valid, {len(planned)} stages; run directory {planned[0].ctx.run_dir}")
     print(table)
@@ -97,12 +100,12 @@ def run(
     # or a full disk: nothing written is lost, the manifest is intact
     with exit_on_error(hints={OSError: "nothing already written is lost: fix this and rerun the same command to resume"}):
         cfg = load_pipeline(pipeline, set_ or [])
-        planned = plan(cfg, Path.cwd())
+        planned = plan(cfg)
         table, grand = estimate_table(cfg, planned)
         budget = cfg.teacher.max_cost if cfg.teacher else None
         if limit is not None:  # a dry run spends a fraction of the estimate: no question asked
             recorders: dict = {}
-            result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage, limit=limit,
+            result = asyncio.run(run_pipeline(cfg, from_stage=from_stage, limit=limit,
                                               on_plan=lambda planned: _record(planned, recorders)))
             _dry_run_report(result, recorders, limit, table)
             return
@@ -113,9 +116,15 @@ def run(
             ):
                 log.error(f"error: estimated cost ${grand:.4f} exceeds max_cost ${budget}: rerun with --yes to go ahead")
                 raise typer.Exit(ExitCode.BAD_INPUT)
-        result = asyncio.run(run_pipeline(cfg, base_dir=Path.cwd(), from_stage=from_stage))
+        result = asyncio.run(run_pipeline(cfg, from_stage=from_stage))
+    from synthkd.report import total_cost_line
+
+    stages = result.manifest.get("stages", {})
+    # the report's total (one formatter): "unknown" where a model has no price, never $0
+    cost = "; teacher cost: " + total_cost_line(stages).replace("**", "") if any(
+        s.get("teacher") for s in stages.values()) else ""
     log.info(f"run directory: {result.run_dir} (ran: {', '.join(result.ran) or 'nothing'}; "
-             f"skipped: {', '.join(result.skipped) or 'nothing'})")
+             f"skipped: {', '.join(result.skipped) or 'nothing'}){cost}")
 
 
 def _record(planned, recorders: dict) -> None:
