@@ -520,11 +520,11 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
                                     + why)
                     bad_input = True
                     continue
-                why = source_problem(p)  # an hf: spec, a dataset directory
-                if why:
+                unreadable = source_problem(p)  # an hf: spec, a dataset directory
+                if unreadable:
                     where = stage_line(cfg, i, *(("input",) if key == "input" else ("inputs", key)))
                     problems.append(f"{where}: stages[{i}] ({st.name}).{'input' if key == 'input' else 'inputs.' + key}: "
-                                    + why)
+                                    + unreadable)
                     bad_input = True
                     continue
                 inputs[key] = p
