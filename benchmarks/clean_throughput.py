@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import random
 import re
 import resource
@@ -45,7 +46,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DATA = REPO.parent / "shared" / "data"
+#: the shared data folder: $SYNTHKD_SHARED_DATA, else ../shared/data next to the repository (as every benchmark)
+DATA = Path(os.environ["SYNTHKD_SHARED_DATA"]) if os.environ.get("SYNTHKD_SHARED_DATA") else REPO.parent / "shared" / "data"
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+(?=[A-Z])")
 _NUM = re.compile(r"^\d+([.,]\d+)?$")
 
@@ -63,7 +65,8 @@ def sentence_pool(data: Path = DATA) -> list[str]:
     if not (data / "esnli").is_dir():
         raise SharedDataMissing(
             f"clean_throughput: the shared data folder {data} is missing (this benchmark reads real sentences "
-            "from ../shared/data next to the repository; see its README.md).  The tests use the small vendored "
+            "from $SYNTHKD_SHARED_DATA or ../shared/data next to the repository; see its README.md).  The tests "
+            "use the small vendored "
             "pool in tests/fixtures/filters/ instead."
         )
     texts: list[str] = []

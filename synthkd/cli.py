@@ -33,11 +33,15 @@ def _register_groups() -> None:
     """Every command lives in synthkd/commands/, one file each; the app only mounts them."""
     from synthkd.commands.complete_cmd import complete_command
     from synthkd.commands.demo_cmd import demo_command
+    from synthkd.commands.export_cmd import export_command
+    from synthkd.commands.init_cmd import init_command
     from synthkd.commands.serve_test import CONTEXT_SETTINGS, serve_test_command
 
     app.command("complete")(complete_command)
     app.command("serve-test", context_settings=CONTEXT_SETTINGS)(serve_test_command)
     app.command("demo")(demo_command)
+    app.command("init")(init_command)
+    app.command("export")(export_command)
     from synthkd.commands.generate import generate_app, register_all
 
     register_all()

@@ -19,6 +19,7 @@ The simplest job, and the contract the benchmarks rely on.  Its guarantees:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import signal
 import time
@@ -49,6 +50,7 @@ from synthkd.methods.runner import rejects_path_for
 from synthkd.options import check_bounds, opt, register_feature
 from synthkd.progress import ProgressReporter
 from synthkd.reasoning import reasoning_tokens, trace_of
+from synthkd.row_source import InputOptions, bind
 from synthkd.teachers.base import Teacher, TeacherRequest
 from synthkd.teachers.factory import SamplingParams, TeacherSpec, make_teacher, spec_of
 from synthkd.teachers.jobs import Job, stream_jobs
@@ -61,7 +63,7 @@ class CompleteJob:
     """What ``synthkd complete`` adds to a teacher: its files and samples.  In a pipeline only
     ``samples`` is a stage option (the stage's files are the pipeline's, its teacher the ``teacher:`` block)."""
 
-    input: Path = opt(help="jsonl rows {id, prompt} or {id, messages}; other fields pass through.", flags=("-i",),
+    input: Path = opt(help="Rows {id, prompt} or {id, messages} (jsonl, csv, parquet, a datasets directory, hf:org/name:split; ids from positions where there is no id column); other fields pass through.", flags=("-i",),
                       stage=False)
     output: Path = opt(help="jsonl output, appended as rows complete; rerun to resume.", flags=("-o",), stage=False)
     samples: int = opt(1, help="Samples per prompt (needs --temperature > 0); output gets 'completions'.", ge=1)
@@ -72,7 +74,7 @@ class CompleteJob:
 
 
 @dataclass
-class CompleteConfig(CompleteJob, SamplingParams, TeacherSpec):
+class CompleteConfig(CompleteJob, InputOptions, SamplingParams, TeacherSpec):
     """Every setting of ``synthkd complete``: the teacher's (:class:`TeacherSpec`, declared once for every
     command and the pipeline's ``teacher:`` block), the sampling parameters and the job's own.  The
     command's options are generated from it; the Python API builds it directly."""
@@ -105,6 +107,9 @@ def run_complete(o: CompleteConfig) -> ExitCode:
     if problems:
         log.error("error: " + "\n       ".join(problems))
         return ExitCode.BAD_INPUT
+    full = o
+    if o.columns or o.limit is not None:  # read the input through the column map, the first --limit rows only
+        o = dataclasses.replace(o, input=bind(o.input, o.columns, o.limit))
     teacher: Teacher | None = None
     try:
         check_paths(
@@ -115,9 +120,18 @@ def run_complete(o: CompleteConfig) -> ExitCode:
         )
         scan = scan_prompt_file(o.input)
         teacher = make_teacher(o.teacher_spec())  # a TeacherConfigError here was found before any request: exit 2
+        recorder = None
+        if o.limit is not None:
+            from synthkd.dry_run import Recorder
+
+            recorder = Recorder()
+            recorder.attach(teacher)
         with OutputLock(o.output):  # a busy output, or one that cannot be opened: exit 2
             done = index_output(o.output)
-            return asyncio.run(complete_in_passes(o, teacher, scan.rows, done))
+            code = asyncio.run(complete_in_passes(o, teacher, scan.rows, done))
+        if recorder is not None:
+            _dry_run_report(full, recorder)
+        return code
     except BaseException as exc:
         if exit_code_for(exc) is None:
             raise
@@ -126,6 +140,15 @@ def run_complete(o: CompleteConfig) -> ExitCode:
     finally:
         if teacher is not None:
             _close(teacher)
+
+
+def _dry_run_report(o: CompleteConfig, recorder: Any) -> None:
+    """``--limit``: the prompts and answers side by side, the first rows, the whole input's estimate."""
+    from synthkd.dry_run import command_estimate, report
+
+    estimate = command_estimate("complete", o, teacher=o.teacher, conn={"prices": o.prices}, input_path=o.input,
+                                columns=o.columns, sampling=o.sampling_params())
+    report(recorder, [("", o.output)], o.limit or 0, estimate)
 
 
 def _close(teacher: Teacher) -> None:

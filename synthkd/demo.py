@@ -30,6 +30,9 @@ def run_spec(spec: dict[str, Any], run_dir: Path, base: Path) -> dict[str, Any]:
     from synthkd.pipeline import run_pipeline
 
     run_dir.mkdir(parents=True, exist_ok=True)
+    # paths in a pipeline file are relative to the file (runs/<name>/), so the run directory's parent is
+    # written out: `synthkd run runs/<name>/pipeline.yaml` reruns into this same run directory
+    spec = {**spec, "run_dir": str((Path(base) / spec.get("run_dir", "runs")).resolve())}
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     cfg = PipelineConfig.model_validate(spec)
     cfg._source = run_dir / "pipeline.yaml"

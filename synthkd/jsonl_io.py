@@ -29,6 +29,7 @@ import numpy as np
 import orjson
 
 from synthkd.errors import MAX_REPORTED_ERRORS, InputError, OutputWriteError, PathError  # noqa: F401 (re-exported: their home was here)
+from synthkd.row_source import PROBLEM_MARK, is_plain_jsonl, is_source_spec, iter_encoded, source_kind, source_problem
 
 
 def check_id(row_id: Any) -> str | None:
@@ -72,7 +73,20 @@ def iter_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
 
     Why accept the BOM: Windows tools (Notepad, PowerShell ``Out-File``, Excel's "UTF-8" export) write one,
     and it carries no data; every jsonl reader here goes through this one function.
+
+    Every other source (CSV, Parquet, a JSON list, a dataset directory, ``hf:``; or a jsonl file read with
+    a column map or a row limit: :func:`synthkd.row_source.bind`) is read by :mod:`synthkd.row_source`,
+    which gives each row as one JSON line at its location (a line number, or ``row N``), so every reader
+    below reads every format, with the same ``file:location: field`` errors.
     """
+    if not is_plain_jsonl(path):
+        yield from iter_encoded(path)
+        return
+    yield from raw_lines(path)
+
+
+def raw_lines(path: str | Path) -> Iterator[tuple[int, bytes]]:
+    """:func:`iter_lines` of a jsonl file itself (the fast path)."""
     with open_input(path) as f:
         for lineno, line in enumerate(f, 1):
             if lineno == 1 and line.startswith(UTF8_BOM):
@@ -90,7 +104,7 @@ def scan_jsonl(path: str | Path, problems: list[str]) -> Iterator[tuple[int, Any
         try:
             row = orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            problems.append(f"{path}:{lineno}: not valid JSON ({exc})")
+            problems.append(f"{path}:{lineno}: {_unreadable(line, exc)}")
         else:
             yield lineno, row
         if len(problems) >= MAX_REPORTED_ERRORS:
@@ -105,11 +119,22 @@ def iter_jsonl(path: Path) -> Iterator[tuple[int, Any]]:
         try:
             yield lineno, orjson.loads(line)
         except orjson.JSONDecodeError as exc:
-            raise InputError([f"{path}:{lineno}: not valid JSON ({exc})"]) from None
+            raise InputError([f"{path}:{lineno}: {_unreadable(line, exc)}"]) from None
+
+
+def _unreadable(line: bytes, exc: Exception) -> str:
+    """Why a line is not a row: not JSON, or what the source said (:data:`synthkd.row_source.PROBLEM_MARK`)."""
+    if line.startswith(PROBLEM_MARK):
+        return line[len(PROBLEM_MARK):].decode("utf-8", "replace")
+    return f"not valid JSON ({exc})"
 
 
 def count_rows(path: Path) -> int:
     """Rows (non-blank lines) in a jsonl file (0 when there is no file): what a stage's manifest counts."""
+    if not is_plain_jsonl(path):
+        if not is_source_spec(path) and not Path(path).exists():
+            return 0
+        return sum(1 for _ in iter_encoded(path))
     if not path.is_file():
         return 0
     n = 0
@@ -121,7 +146,7 @@ def count_rows(path: Path) -> int:
 
 def load_rows(path: Path) -> tuple[list[Any], list[int]]:
     """All rows of a jsonl file with their line numbers (for file:line errors); an empty file is an error."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a SourcePath keeps its column map
     rows, lines = [], []
     for lineno, row in iter_jsonl(path):
         rows.append(row)
@@ -170,7 +195,7 @@ class ScanResult:
 
 def scan_prompt_file(path: str | Path) -> ScanResult:
     """Validate a prompt file end to end without keeping its rows; raise InputError listing problems."""
-    path = Path(path)
+    path = path if isinstance(path, Path) else Path(path)  # a SourcePath keeps its column map
     problems: list[str] = []
     hashes = array("q")
     rows = 0
@@ -536,7 +561,14 @@ def check_paths(
     for flag, path in (inputs or {}).items():
         if path is None:
             continue
-        path = Path(path)
+        path = path if isinstance(path, Path) else Path(path)
+        if source_kind(path) in ("hf", "dir"):  # an hf: spec, a dataset directory (DIR or DIR:SPLIT)
+            why = source_problem(path)
+            if why:
+                problems.append(f"{flag} {path}: {why}")
+            if not is_source_spec(path):
+                named.append((flag, path))
+            continue
         named.append((flag, path))
         if not path.exists():
             problems.append(f"{flag} {path}: file not found")

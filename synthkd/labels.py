@@ -585,7 +585,7 @@ class RelabelConfig:
     once: ``synthkd generate relabel``, the pipeline stage ``generate.relabel`` and the Python API
     (:meth:`run`) are built from them."""
 
-    input: Optional[Path] = opt(None, help="Input jsonl with an id and a text field per row.", flags=("-i",),
+    input: Optional[Path] = opt(None, help="Input rows with an id and a text field (jsonl, csv, parquet, a datasets directory or hf:).", flags=("-i",),
                                 stage=False)
     labels: Optional[Path] = opt(None, help=LABEL_SPACE_HELP, flags=("-l",))
     output: Optional[Path] = opt(None, help="Output jsonl (appended; ids already there are skipped).",

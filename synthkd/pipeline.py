@@ -37,7 +37,8 @@ manifest's ``teacher`` totals are summed over every attempt in it:
   attempt ever got an answer for is counted in ``unknown_unreceived`` (its tokens are unknown).
 A kill between a ``sent`` line and the request reaching the wire over-counts that request; nothing is
 ever under-counted.  (A kill between an answer line and the cache write makes the rerun pay again:
-both are billed, both are counted.)
+both are billed, both are counted.)  A model with no known price writes ``"cost_usd": null``: the
+totals then say ``"cost_usd": null, "price_known": false`` (the report: "unknown"), never ``0``.
 Rows are counted in the output file, never "rows written this time".
 """
 
@@ -65,6 +66,7 @@ import synthkd
 from synthkd.config import ConfigError, PipelineConfig, StageConfig, stage_line
 from synthkd.errors import BatchSubmitted, BudgetExceeded, RunDirError, StageFailed  # noqa: F401 (re-exported: their home was here)
 from synthkd.jsonl_io import InputError, count_rows  # noqa: F401  (count_rows: stage modules import it from here)
+from synthkd.row_source import bind, is_source_spec, source_fingerprint, source_kind, source_problem
 from synthkd.teachers.base import Teacher
 from synthkd.templates import TemplateError
 
@@ -117,6 +119,9 @@ def load_builtin_stages() -> dict[str, Stage]:
 # ----------------------------------------------------------------------------- helpers
 def file_sha(path: Path) -> str:
     h = hashlib.sha256()
+    fingerprint = source_fingerprint(path, file_sha)  # an hf: data set's own fingerprint; DIR:SPLIT
+    if fingerprint is not None:
+        return hashlib.sha256(f"{path}\0{fingerprint}".encode()).hexdigest()
     if path.is_dir():
         for p in sorted(path.rglob("*")):
             if p.is_file():
@@ -335,14 +340,17 @@ class Ledger:
         self._write(f'"failed": "{key}"}}\n')
 
     def answered(self, key: str, usage: Any, cost_usd: float | None) -> None:
+        # null: no price is known for the model (the answer was billed, at a cost nobody can tell)
+        cost = "null" if cost_usd is None else repr(float(cost_usd))
         self._write(f'"answer": "{key}", "prompt_tokens": {int(usage.prompt_tokens)}, '
-                    f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {float(cost_usd or 0.0)!r}}}\n')
+                    f'"completion_tokens": {int(usage.completion_tokens)}, "cost_usd": {cost}}}\n')
 
     def end(self, teacher: Teacher) -> None:
         st = teacher.stats
         self._write(json.dumps({"end": {"requests": st.attempts, "cached_answers": st.cached,
                                         "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-                                        "cost_usd": st.cost_usd, **st.structured_dict()}})[1:] + "\n")
+                                        "cost_usd": st.cost_usd if st.price_known else None,
+                                        "price_known": st.price_known, **st.structured_dict()}})[1:] + "\n")
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -367,6 +375,7 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
         return None
     attempts: dict[str, dict[str, Any]] = {}
     usage_of: dict[str, tuple[int, int, float]] = {}  # key -> (prompt, completion, cost) of an answer
+    unpriced = False  # some attempt's model had no known price: the cost is unknown, never $0
     with open(path, "rb") as f:
         for line in f:
             try:
@@ -383,6 +392,8 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
             elif "end" in e:
                 a["end"] = e["end"]
             else:  # an answer (billed)
+                if "cost_usd" in e and e["cost_usd"] is None:
+                    unpriced = True  # billed at a price nobody knows
                 key, u = e.get("answer"), (e.get("prompt_tokens", 0), e.get("completion_tokens", 0), e.get("cost_usd") or 0.0)
                 if key is not None:
                     a["resolved"][key] = a["resolved"].get(key, 0) + 1
@@ -403,6 +414,8 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
         sent = sum(a["sent"].values())
         end = a["end"]
         if end is not None:  # ended normally: the teacher's exact counters (the journal must agree)
+            if end.get("price_known") is False:
+                unpriced = True
             if a["sent"] and (end.get("requests") != sent or end.get("prompt_tokens") != pt
                               or end.get("completion_tokens") != ct):
                 tot["journal_mismatch"] += 1
@@ -428,9 +441,12 @@ def ledger_totals(path: Path) -> dict[str, Any] | None:
             if k in end:
                 tot[k] = tot.get(k, 0) + end[k]
     if "reask_cost_usd" in tot:
-        tot["reask_cost_usd"] = round(tot["reask_cost_usd"], 8)
+        tot["reask_cost_usd"] = round(tot["reask_cost_usd"], 8) if not unpriced else None
     tot["cost_usd"] = round(tot["cost_usd"], 8)
     est["cost_usd"] = round(est["cost_usd"], 8)
+    if unpriced:  # as the CLI says "cost unknown": a number here would read as "free"
+        tot["cost_usd"] = est["cost_usd"] = None
+        tot["price_known"] = False
     return tot
 
 
@@ -454,47 +470,68 @@ class RunResult:
 
 
 def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage]:
-    """Validate every stage (kind, options, inputs) before anything runs or is paid for."""
+    """Validate every stage (kind, options, inputs) before anything runs or is paid for.
+
+    Relative paths are taken against ``base_dir``, by default the pipeline file's directory
+    (:attr:`PipelineConfig.base_dir`).  Each problem is reported once: a stage whose kind or options
+    are wrong still names its output, so a later stage reading it gets no second, misleading error."""
+    from synthkd.config import validation_problems
     from synthkd.stages.base import StageContext
 
     STAGES = load_builtin_stages()
-    base_dir = base_dir or Path.cwd()
+    base_dir = Path(base_dir) if base_dir is not None else cfg.base_dir
     run_dir = (base_dir / cfg.run_dir / cfg.name).resolve()  # the name is a plain identifier (config.check_name)
     outputs: dict[str, Path] = {}
     planned: list[PlannedStage] = []
     problems: list[str] = []
     for i, st in enumerate(cfg.stages):
+        output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
+        # named before the stage is checked: a later stage that reads it is fine even if this one is not
+        outputs[st.name] = output
         impl = STAGES.get(st.kind)
         if impl is None:
-            problems.append(f"{stage_line(cfg, i, 'kind')}: stages[{i}].kind: unknown stage kind {st.kind!r} "
-                            f"(known: {', '.join(sorted(STAGES))})")
+            problems.append(f"{stage_line(cfg, i, 'kind')}: stages[{i}] ({st.name}).kind: unknown stage kind {st.kind!r}"
+                            + _did_you_mean(st.kind, list(STAGES)) + f" (known: {', '.join(sorted(STAGES))})")
             continue
         try:
             options = impl.options_model.model_validate(st.options)
         except ValidationError as exc:
-            for err in exc.errors():
-                loc = ("options", *err["loc"])
-                msg = "unknown key" if err["type"] == "extra_forbidden" else err["msg"]
-                path = f"stages[{i}]." + ".".join(str(x) for x in loc)
-                problems.append(f"{stage_line(cfg, i, *loc)}: {path}: {msg}")
+            problems += validation_problems(exc, impl.options_model, functools.partial(_line_of, cfg, i),
+                                            ("options",), f"stages[{i}] ({st.name}).options")
             continue
         inputs: dict[str, Path] = {}
+        bad_input = False
         named = dict(st.inputs)
         if st.input is not None:
             named["input"] = st.input
         for key, ref in named.items():
-            if ref in outputs:
+            if ref in outputs and ref != st.name:
                 inputs[key] = outputs[ref]
             else:
-                p = Path(ref) if Path(ref).is_absolute() else base_dir / ref
-                if not p.exists():
-                    where = stage_line(cfg, i, "input" if key == "input" else "inputs")
-                    problems.append(f"{where}: stages[{i}].{'input' if key == 'input' else 'inputs.' + key}: "
-                                    f"{ref!r} is neither an earlier stage nor an existing file")
+                p = Path(ref) if Path(ref).is_absolute() or is_source_spec(ref) else base_dir / ref
+                if not (p.exists() or source_kind(p) in ("hf", "dir")):
+                    where = stage_line(cfg, i, *(("input",) if key == "input" else ("inputs", key)))
+                    later = [s.name for s in cfg.stages[i + 1:] if s.name == ref]
+                    why = ("a stage cannot read its own output" if ref == st.name else
+                           f"{ref!r} is a later stage (a stage reads only earlier ones)" if later else
+                           f"{ref!r} is neither an earlier stage nor an existing file ({p})"
+                           + _did_you_mean(ref, [n for n in outputs if n != st.name], "stage"))
+                    problems.append(f"{where}: stages[{i}] ({st.name}).{'input' if key == 'input' else 'inputs.' + key}: "
+                                    + why)
+                    bad_input = True
+                    continue
+                unreadable = source_problem(p)  # an hf: spec, a dataset directory
+                if unreadable:
+                    where = stage_line(cfg, i, *(("input",) if key == "input" else ("inputs", key)))
+                    problems.append(f"{where}: stages[{i}] ({st.name}).{'input' if key == 'input' else 'inputs.' + key}: "
+                                    + unreadable)
+                    bad_input = True
                     continue
                 inputs[key] = p
-        output = inside_run_dir(run_dir, run_dir / f"{st.name}.jsonl")
-        outputs[st.name] = output
+        if bad_input:
+            continue  # its checks would only repeat the problem ("needs an input")
+        if st.columns and "input" in inputs:  # the stage reads its input's columns under these names
+            inputs["input"] = bind(inputs["input"], st.columns)
         ctx = StageContext(pipeline=cfg, stage=st, index=i, run_dir=run_dir, inputs=inputs, output=output,
                            base_dir=base_dir, teacher_config=st.teacher or cfg.teacher,
                            open_ledger=functools.partial(_open_ledger, run_dir, output))
@@ -509,6 +546,18 @@ def plan(cfg: PipelineConfig, base_dir: Path | None = None) -> list[PlannedStage
     if problems:
         raise ConfigError("invalid pipeline:\n  " + "\n  ".join(problems))
     return planned
+
+
+def _line_of(cfg: PipelineConfig, index: int, loc: tuple[Any, ...]) -> str:
+    return stage_line(cfg, index, *loc)
+
+
+def _did_you_mean(word: str, known: list[str], what: str = "") -> str:
+    """`` (did you mean 'x'?)`` for the closest known word, or nothing."""
+    import difflib
+
+    close = difflib.get_close_matches(word, known, n=1, cutoff=0.6)
+    return f" (did you mean {what + ' ' if what else ''}{close[0]!r}?)" if close else ""
 
 
 def estimate_all(planned: list[PlannedStage]) -> Estimate:
@@ -540,7 +589,8 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
     tc = p.ctx.teacher_config
     return _json_hash({
         "upstream": upstream or {},
-        "stage": p.cfg.model_dump(exclude={"teacher"}),
+        # (an empty column map is left out: fingerprints of runs made before it existed stay the same)
+        "stage": p.cfg.model_dump(exclude={"teacher"} | (set() if p.cfg.columns else {"columns"})),
         "options": p.options.model_dump(mode="json"),
         # how the teacher is reached changes no answer: not part of the fingerprint (a rerun with more
         # concurrency or a larger budget resumes instead of starting over)
@@ -554,9 +604,25 @@ def _fingerprint(p: PlannedStage, input_hashes: dict[str, str], upstream: dict[s
 
 async def run_pipeline(
     cfg: PipelineConfig, *, base_dir: Path | None = None, from_stage: str | None = None,
-    log: Callable[[str], None] | None = None,
+    log: Callable[[str], None] | None = None, limit: int | None = None,
+    on_plan: Callable[[list[PlannedStage]], None] | None = None,
 ) -> RunResult:
+    """Carry out a pipeline (see the module docstring).  ``limit``: a dry run, the first ``limit`` rows of
+    each input the pipeline reads from outside its run directory, into its own run directory
+    ``<name>-limit<N>`` (so a later full run never takes its stages for finished ones; the request cache,
+    shared by the pipeline's runs, answers the same prompts again for free).  ``on_plan`` sees the planned
+    stages before they run (the dry run attaches its recorders there)."""
+    if limit is not None:
+        cfg = cfg.model_copy(update={"name": f"{cfg.name}-limit{limit}"})
     planned = plan(cfg, base_dir)
+    if limit is not None:
+        for p in planned:
+            root = p.ctx.run_dir
+            for key, path in list(p.ctx.inputs.items()):
+                if root not in Path(os.path.abspath(path)).parents:  # the pipeline's own data, not a stage's output
+                    p.ctx.inputs[key] = bind(path, getattr(path, "columns", None), limit)
+    if on_plan is not None:
+        on_plan(planned)
     if from_stage is not None and from_stage not in {p.cfg.name for p in planned}:
         raise ConfigError(f"--from {from_stage!r}: no such stage (stages: {', '.join(p.cfg.name for p in planned)})")
     run_dir = open_run_dir(planned[0].ctx.run_dir, cfg.name)
@@ -633,6 +699,10 @@ async def _run_locked(cfg: PipelineConfig, planned: list[PlannedStage], run_dir:
         manifest.save()
         result.ran.append(name)
         say(f"[{name}] done in {rec['seconds']:.1f}s: {counts_line(rec['counts'])}")
+        if rec.get("teacher"):
+            from synthkd.report import teacher_line
+
+            say(f"[{name}] teacher: {teacher_line(rec['teacher'])}")  # the report's figures, from the manifest
     manifest.data["versions"] = _versions()  # now including what the stages imported (torch, trl...)
     manifest.save()
     result.manifest = manifest.data

@@ -282,7 +282,7 @@ def test_validate_shows_online_and_batch_cost(tmp_path):
     res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     header = next(line for line in res.stdout.splitlines() if line.startswith("| stage"))
-    assert "| cost (USD, upper) | batch cost (USD, upper) |" in header
+    assert "| cost (USD, at max tokens) | batch cost (USD, at max tokens) |" in header
     total = next(line for line in res.stdout.splitlines() if line.startswith("| **total**"))
     online, batch = (float(x) for x in total.strip("| ").split("|")[-2:])
     assert online > 0 and batch == pytest.approx(online / 2, abs=1e-4)

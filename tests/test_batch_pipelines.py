@@ -22,11 +22,15 @@ BATCH = ["--set", "teacher.batch=true", "--set", "teacher.wait=true", "--set", "
 
 
 def _trimmed(name: str, tmp_path: Path, keep: list[str]) -> Path:
-    """The ready pipeline with only its stages in ``keep`` (run from the repository root as shipped)."""
+    """The ready pipeline with only its stages in ``keep``."""
     cfg = yaml.safe_load((REPO / "pipelines" / name).read_text())
     cfg["stages"] = [s for s in cfg["stages"] if s["name"] in keep]
     cfg["teacher"].pop("max_cost", None)
-    path = tmp_path / name
+    # paths in a pipeline are relative to its file (../data/...): the same layout, the data linked
+    (tmp_path / "pipelines").mkdir(exist_ok=True)
+    if not (tmp_path / "data").exists():
+        (tmp_path / "data").symlink_to(REPO / "data")
+    path = tmp_path / "pipelines" / name
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
 

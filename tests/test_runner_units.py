@@ -444,9 +444,10 @@ def test_ledger_lines_are_exact_and_a_second_attempt_appends(tmp_path):
     assert lines == [
         {"attempt": a, "sent": "k1"}, {"attempt": a, "failed": "k1"}, {"attempt": a, "sent": "k1"},
         {"attempt": a, "answer": "k1", "prompt_tokens": 12, "completion_tokens": 5, "cost_usd": 0.25},
-        {"attempt": a, "answer": "k2", "prompt_tokens": 1, "completion_tokens": 2, "cost_usd": 0.0},
+        # no price known for the answer: null, never 0 (the totals then say the cost is unknown)
+        {"attempt": a, "answer": "k2", "prompt_tokens": 1, "completion_tokens": 2, "cost_usd": None},
         {"attempt": a, "end": {"requests": 2, "cached_answers": 1, "prompt_tokens": 12, "completion_tokens": 5,
-                               "cost_usd": 0.25}},
+                               "cost_usd": 0.25, "price_known": True}},
     ]
     assert path.read_text().endswith("\n")
     size = path.stat().st_size
@@ -541,8 +542,10 @@ def test_ledger_totals_lines_without_an_attempt_are_one_attempt_and_an_answer_wi
     # one attempt "?": 2 sends (its requests), 1 answered (2/1, no cost); an answer line without a key still
     # counts its tokens; Y in flight once more: its tokens priced like its answer
     assert t["attempts"] == 1 and t["interrupted_attempts"] == 1
-    assert (t["requests"], t["prompt_tokens"], t["completion_tokens"], t["cost_usd"]) == (2, 2 + 5 + 2, 1 + 5 + 1, 0.0)
-    assert t["estimated_unreceived"] == {"requests": 1, "prompt_tokens": 2, "completion_tokens": 1, "cost_usd": 0.0}
+    # an answer line with "cost_usd": null was billed at an unknown price: the cost is unknown, not 0
+    assert (t["requests"], t["prompt_tokens"], t["completion_tokens"], t["cost_usd"]) == (2, 2 + 5 + 2, 1 + 5 + 1, None)
+    assert t["price_known"] is False
+    assert t["estimated_unreceived"] == {"requests": 1, "prompt_tokens": 2, "completion_tokens": 1, "cost_usd": None}
 
 
 def test_ledger_totals_rounds_cost_to_8_places(tmp_path):
@@ -626,9 +629,15 @@ def test_fingerprint_of_a_stage_without_teacher(tmp_path):
     (tmp_path / "p.yaml").write_text("name: p\nstages:\n  - {name: m, kind: merge, inputs: {t: in.jsonl}}\n")
     p = plan(load_pipeline(tmp_path / "p.yaml"), tmp_path)[0]
     assert p.ctx.teacher_config is None
+    # an empty column map is left out of the stage's dump: runs made before `columns:` existed keep their
+    # fingerprints (not rerun after an upgrade); a map that reads other columns is a different stage
     assert _fingerprint(p, {"t": "h"}) == _json_hash({
-        "upstream": {}, "stage": p.cfg.model_dump(exclude={"teacher"}), "options": p.options.model_dump(mode="json"),
-        "teacher": None, "inputs": {"t": "h"}, "seed": 0})
+        "upstream": {}, "stage": p.cfg.model_dump(exclude={"teacher", "columns"}),
+        "options": p.options.model_dump(mode="json"), "teacher": None, "inputs": {"t": "h"}, "seed": 0})
+    p.cfg.columns = {"text": "utterance"}
+    assert _fingerprint(p, {"t": "h"}) == _json_hash({
+        "upstream": {}, "stage": p.cfg.model_dump(exclude={"teacher"}),
+        "options": p.options.model_dump(mode="json"), "teacher": None, "inputs": {"t": "h"}, "seed": 0})
 
 
 # --------------------------------------------------------------------------------- run_pipeline, in-process

@@ -14,7 +14,7 @@ from synthkd.config import TeacherConfig
 from synthkd.methods.similar_exercises import parse_exercises
 from synthkd.stages.base import teacher_spec_from
 from synthkd.teachers import TeacherFatalError, TeacherRequest
-from synthkd.teachers.factory import TeacherSpec, make_teacher
+from synthkd.teachers.factory import TeacherSpec, default_cache_path, make_teacher
 from synthkd.teachers.openai_compat import OpenAICompatibleTeacher
 from synthkd.teachers.simulated_teacher import ServedTeacher
 from synthkd.templates import load_template
@@ -297,7 +297,8 @@ def test_pipeline_teacher_config_needs_no_base_url(tmp_path):
     t = make_teacher(spec)
     try:
         assert isinstance(t, ServedTeacher) and t.concurrency == 3
-        assert t.cache is not None and t.cache.path == tmp_path / "teacher-cache.sqlite"
+        # the one default request cache of commands and pipelines alike
+        assert t.cache is not None and t.cache.path == default_cache_path()
         port = t.server.port
     finally:
         asyncio.run(t.aclose())

@@ -23,9 +23,11 @@ from synthkd.commands.common import (
     make_teacher,
     run_job,
     teacher_spec,
+    with_columns,
     with_connection_options,
 )
 from synthkd.options import help_of, pydantic_cli_values, pydantic_typer_params
+from synthkd.row_source import bind
 from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec
 
 if TYPE_CHECKING:
@@ -40,7 +42,7 @@ clean_app = typer.Typer(
     no_args_is_help=True,
 )
 
-InputOpt = Annotated[Path, typer.Option("--input", "-i", help="jsonl rows, each with an 'id'.")]
+InputOpt = Annotated[Path, typer.Option("--input", "-i", help="Rows, each with an 'id' (jsonl, csv, parquet, a datasets directory or hf:; tables without an id column get their positions).")]
 OutputOpt = Annotated[Path, typer.Option("--output", "-o", help="jsonl of the kept rows (written whole at the end).")]
 RejectsOpt = Annotated[Optional[Path], typer.Option("--rejects", help="Dropped rows with reject_op/reject_reason/reject_detail (default OUTPUT.rejects.jsonl).")]
 ReportDirOpt = Annotated[Optional[Path], typer.Option("--report-dir", help="Where funnel.json and funnel.md go (default OUTPUT.funnel.json/.md).")]
@@ -81,6 +83,7 @@ def _run(input: Path, configs: list, output: Path, rejects: Path | None, report_
 
 @clean_app.command("run")
 @with_connection_options
+@with_columns
 def run_cmd(
     input: InputOpt,
     config: Annotated[Path, typer.Option("--config", help="YAML/JSON list of operators: [{op: exact_dedup, fields: [text]}, {op: near_dup, threshold: 0.8}, ...].")],
@@ -91,6 +94,7 @@ def run_cmd(
     progress: ProgressOpt = None,
     teacher: TeacherOptional = None,
     conn: Optional[dict] = None,  # the connection options (with_connection_options)
+    inp: Optional[dict] = None,  # the column map (with_columns)
 ) -> None:
     """Run the operators of a config file over INPUT, in order, streaming."""
     from synthkd.filters.op_config import load_config
@@ -102,6 +106,9 @@ def run_cmd(
         check_paths({"--config": config})
         configs = load_config(config)
     factory = _teacher_factory(teacher, **conn)
+    columns = (inp or {}).get("columns")
+    if columns:
+        input = bind(input, columns)
     _run(input, configs, output, rejects, report_dir, strict, progress, factory,
          {"config": str(config), **({"teacher": teacher} if teacher else {})},
          cache=None if conn["no_cache"] else conn["cache"])

@@ -7,9 +7,11 @@ options once keeps their names, defaults and help identical everywhere.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import inspect
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any, Awaitable, Callable, Iterator, Optional
 
 import typer
 
@@ -18,6 +20,7 @@ from synthkd.jsonl_io import check_paths
 from synthkd.log import setup_cli_logging
 from synthkd.methods.runner import rejects_path_for
 from synthkd.options import option_group, typer_params
+from synthkd.row_source import InputOptions, bind
 from synthkd.teachers.factory import CONNECTION_FIELDS, TeacherSpec, make_teacher
 
 #: ``--teacher/--model/-m`` (required), as declared on :class:`synthkd.teachers.factory.TeacherSpec`
@@ -36,6 +39,24 @@ def with_connection_options(func: Callable[..., Any] | None = None, **defaults: 
                         "change TeacherSpec (every command and the pipeline follow), or give the option")
     decorate = option_group(TeacherSpec, "conn", exclude=("teacher",))
     return decorate(func) if func is not None else decorate
+
+
+#: the ``inp`` parameter of a command that takes the input options (:class:`synthkd.row_source.InputOptions`)
+INP_PARAM = inspect.Parameter("inp", inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Optional[dict])
+
+
+def with_columns(func: Callable[..., Any]) -> Any:
+    """The column map option (``--column FIELD=COLUMN``, :class:`synthkd.row_source.InputOptions`) as the
+    command's ``inp`` dict; :func:`bind_columns` applies it to the command's input."""
+    return option_group(InputOptions, "inp", exclude=("limit",))(func)
+
+
+def bind_columns(cfg: Any, inp: dict[str, Any] | None, attr: str = "input") -> Any:
+    """``cfg`` with its ``attr`` (the rows it reads) read through the ``--column`` map, if one was given."""
+    columns = (inp or {}).get("columns")
+    if not columns:
+        return cfg
+    return dataclasses.replace(cfg, **{attr: bind(getattr(cfg, attr), columns)})
 
 
 def teacher_spec(teacher: str, **kw: Any) -> TeacherSpec:

@@ -49,9 +49,13 @@ class PreferencesJob(GenerateJob):
         return samplers + [("judge", c.judge or self.teacher_name, c.judge_base_url or url)]
 
     def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
+        from synthkd.methods.metrics import PreferencesMetrics, observed
+
+        # the method's metrics, declared once: the pipeline stage records the same ones in the manifest
+        self.metrics = PreferencesMetrics(self.cfg.mode)
         if self.cfg.mode == "student":
-            return self.plan.run(teachers[0], teachers[1], skip_ids=done)  # type: ignore[union-attr]
-        return self.plan.run(teachers[:-1], teachers[-1], skip_ids=done)  # type: ignore[union-attr]
+            return observed(self.plan.run(teachers[0], teachers[1], skip_ids=done), self.metrics)  # type: ignore[union-attr]
+        return observed(self.plan.run(teachers[:-1], teachers[-1], skip_ids=done), self.metrics)  # type: ignore[union-attr]
 
     def reason_sep(self) -> str:
         return ": "
@@ -62,14 +66,17 @@ class PreferencesJob(GenerateJob):
     def summary(self, out: Outcome) -> dict[str, Any]:
         return {"mode": self.cfg.mode, "pairs_written": out.counts.written, "rows_rejected": out.counts.rejected,
                 "reject_reasons": self.drops(out)[1], "pairs_already_done": out.done,
-                "requests_sent": sum(t.stats.attempts for t in out.teachers)}
+                "requests_sent": sum(t.stats.attempts for t in out.teachers),
+                **(self.metrics.as_dict({r: {"model": t.model, "requests": t.stats.attempts}
+                                         for (r, _m, _u), t in zip(self.teacher_specs(), out.teachers)})
+                   if hasattr(self, "metrics") else {})}
 
 
 @generate_command("preferences", PreferencesConfig, required=("input", "output"))
 def preferences(cfg: PreferencesConfig, *, teacher: str, summary_json: Path | None = None,
-                conn: dict | None = None) -> None:
+                conn: dict | None = None, inp: dict | None = None) -> None:
     """Preference pairs for DPO: the teacher's right answer vs the student's wrong one, or judge-ranked samples.
 
     Exit codes: 0 done; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    PreferencesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    PreferencesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

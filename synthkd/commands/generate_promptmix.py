@@ -11,7 +11,6 @@ reached; 4 the teacher refused us; 130 interrupted.
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -24,6 +23,7 @@ log = logging.getLogger(__name__)
 
 
 class PromptMixJob(GenerateJob):
+    input_attr = None  # reads no rows: --limit caps the results
     name = "done"
 
     def inputs(self) -> dict[str, Path | None]:
@@ -31,6 +31,7 @@ class PromptMixJob(GenerateJob):
 
     def prepare(self) -> None:
         from synthkd.labels import LabelSpace
+        from synthkd.methods.metrics import PromptMixMetrics
         from synthkd.methods.promptmix import PromptMixStats, plan_calls
 
         self.space = LabelSpace.from_file(self.cfg.labels)
@@ -39,20 +40,14 @@ class PromptMixJob(GenerateJob):
             raise InputError([f"{self.cfg.labels}: {p}" if "label space" in p else p for p in problems])
         self.n_calls = len(plan_calls(self.space, self.cfg))  # renders every prompt: template errors now
         self.stats = PromptMixStats()
-        self.pairs: list[tuple[str | None, str | None]] = []
-        self.by_class: Counter = Counter()
-        self.alphas: list[float] = []
+        # the method's metrics, declared once: the pipeline stage records the same ones in the manifest
+        self.metrics = PromptMixMetrics(self.stats, calls_planned=self.n_calls, policy=self.cfg.policy)
 
-    async def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
+    def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
+        from synthkd.methods.metrics import observed
         from synthkd.methods.promptmix import promptmix
 
-        async for row in promptmix(self.space, teachers[0], self.cfg, self.stats):
-            if "relabeled_label" in row and not str(row.get("reject_reason", "")).startswith("teacher error"):
-                self.pairs.append((row["intended_label"], row["relabeled_label"]))
-                self.alphas.append(row["alpha"])
-            if "reject_reason" not in row:
-                self.by_class[row["label"]] += 1
-            yield row
+        return observed(promptmix(self.space, teachers[0], self.cfg, self.stats), self.metrics)
 
     def already(self, out: Outcome) -> int:
         return out.counts.already_there  # the method re-yields rows; the writer skips those there
@@ -63,29 +58,19 @@ class PromptMixJob(GenerateJob):
                 f"{s.parsed} examples parsed, {s.kept} kept after dedup")
 
     def report(self, out: Outcome) -> None:
-        from synthkd.labels import confusion_summary, format_confusion
-
-        a = self.alphas
-        if a:
-            log.info(f"alpha: mean {sum(a) / len(a):.3f}, min {min(a):.2f}, max {max(a):.2f}; "
-                f"rows per label ({self.cfg.policy}): " + ", ".join(f"{k} {v}" for k, v in sorted(self.by_class.items())))
-        self.confusion = confusion_summary(self.pairs)
-        log.info(format_confusion(self.confusion))
+        for line in self.metrics.lines():
+            log.info(line)
 
     def result_code(self, out: Outcome) -> int:
         failed = self.stats.failed_calls + out.counts.reasons.get("teacher error", 0)
         return EXIT_SHORT if failed else EXIT_OK
 
     def summary(self, out: Outcome) -> dict[str, Any]:
-        s, a = self.stats, self.alphas
-        return {**out.counts.as_dict(), "calls_planned": self.n_calls, "calls_answered": s.calls,
-                "failed_calls": s.failed_calls, "parsed": s.parsed, "kept": s.kept, "dropped": s.dropped,
-                "rows_per_label": dict(self.by_class), "alpha_mean": round(sum(a) / len(a), 4) if a else None,
-                "confusion": self.confusion}
+        return {**out.counts.as_dict(), **self.metrics.as_dict()}
 
 
 @generate_command("promptmix", PromptMixConfig, required=("labels", "output"))
 def promptmix_cmd(cfg: PromptMixConfig, *, teacher: str, summary_json: Path | None = None,
-                  conn: dict | None = None) -> None:
+                  conn: dict | None = None, inp: dict | None = None) -> None:
     """PromptMix: borderline examples mixing two classes (alpha% A, rest B), relabeled by the teacher."""
-    PromptMixJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    PromptMixJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

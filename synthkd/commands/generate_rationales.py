@@ -53,9 +53,9 @@ class RationalesJob(GenerateJob):
 
 @generate_command("rationales", RationalesConfig, required=("input", "output"))
 def rationales(cfg: RationalesConfig, *, teacher: str, summary_json: Path | None = None,
-               conn: dict | None = None) -> None:
+               conn: dict | None = None, inp: dict | None = None) -> None:
     """Few-shot chain-of-thought rationales + answers for every row, scored against gold labels.
 
     Exit codes: 0 every row written; 1 some rows rejected; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    RationalesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    RationalesJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

@@ -44,11 +44,11 @@ class RelabelJob(GenerateJob):
         return getattr(self, "todo", None)
 
     def report(self, out: Outcome) -> None:
-        from synthkd.labels import confusion_summary, format_confusion
+        from synthkd.labels import format_confusion
+        from synthkd.methods.metrics import relabel_metrics
 
-        self.confusion = confusion_summary(
-            (self.cfg.intended(r), r.get("relabeled_label")) for _, r in iter_jsonl(self.output)
-        ) if self.output.exists() else confusion_summary([])
+        # the method's metrics, declared once: the pipeline stage records the same ones in the manifest
+        self.confusion = relabel_metrics(self.output, self.cfg.intended)
         log.info(format_confusion(self.confusion, f"intended vs relabeled (all {self.confusion['rows']} rows of "
                                              f"{self.output.name})"))
 
@@ -58,9 +58,9 @@ class RelabelJob(GenerateJob):
 
 @generate_command("relabel", RelabelConfig, required=("input", "labels", "output"))
 def relabel_cmd(cfg: RelabelConfig, *, teacher: str, summary_json: Path | None = None,
-                conn: dict | None = None) -> None:
+                conn: dict | None = None, inp: dict | None = None) -> None:
     """Ask the teacher for each row's class; add relabeled_label, relabel_raw, relabel_reason.
 
     Prints intended vs relabeled agreement and the top confusions (over the whole output file).
     """
-    RelabelJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    RelabelJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

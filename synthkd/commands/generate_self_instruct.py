@@ -19,6 +19,7 @@ from synthkd.teachers.base import Teacher
 
 
 class SelfInstructJob(TargetJob):
+    input_attr = "seeds"  # the seed rows are its input
     name = "self-instruct"
 
     def inputs(self) -> dict[str, Path | None]:
@@ -40,9 +41,9 @@ class SelfInstructJob(TargetJob):
 
 @generate_command("self-instruct", SelfInstructConfig, required=("seeds", "output"))
 def self_instruct(cfg: SelfInstructConfig, *, teacher: str, summary_json: Path | None = None,
-                  conn: dict | None = None) -> None:
+                  conn: dict | None = None, inp: dict | None = None) -> None:
     """Self-Instruct: grow N new instructions (with input/output instances) from seed tasks.
 
     Exit codes: 0 N instructions with instances; 1 short; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    SelfInstructJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    SelfInstructJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

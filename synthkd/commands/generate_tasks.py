@@ -41,9 +41,16 @@ class TargetJob(GenerateJob):
     def drops(self, out: Outcome) -> tuple[int, dict[str, int]]:
         return sum(self.stats.drops.values()), dict(self.stats.drops)
 
+    def metrics(self) -> Any:
+        """The method's metrics, declared once (:mod:`synthkd.methods.metrics`): the pipeline stage
+        records the same ones in the run manifest."""
+        from synthkd.methods.metrics import TasksMetrics
+
+        return TasksMetrics(self.stats)
+
     def report(self, out: Outcome) -> None:
-        for what, why in sorted(self.stats.short.items()):
-            log.info(f"  short: {what}: {why}")
+        for line in self.metrics().lines():
+            log.info(f"  {line}")
 
     def budget_reached(self, out: Outcome) -> bool:
         return self.stats.budget_stopped
@@ -53,11 +60,12 @@ class TargetJob(GenerateJob):
 
     def summary(self, out: Outcome) -> dict[str, Any]:
         return {"rows_written": out.counts.written, "rows_already_there": out.counts.already_there,
-                "rejects_written": out.counts.rejected, **self.stats.as_dict(),
+                "rejects_written": out.counts.rejected, **self.metrics().as_dict(),
                 "teacher_attempts": sum(t.stats.attempts for t in out.teachers), "elapsed_s": round(out.elapsed, 3)}
 
 
 class TasksJob(TargetJob):
+    input_attr = None  # reads no rows: --limit caps the results
     name = "tasks"
 
     def inputs(self) -> dict[str, Path | None]:
@@ -79,9 +87,9 @@ class TasksJob(TargetJob):
 
 
 @generate_command("tasks", LabelTaskConfig, required=("spec", "output"))
-def tasks(cfg: LabelTaskConfig, *, teacher: str, summary_json: Path | None = None, conn: dict | None = None) -> None:
+def tasks(cfg: LabelTaskConfig, *, teacher: str, summary_json: Path | None = None, conn: dict | None = None, inp: dict | None = None) -> None:
     """N diverse labelled examples per label from a task description, near-duplicates removed.
 
     Exit codes: 0 every label has N; 1 some label short; 2 bad input; 3 budget reached; 4 teacher fatal.
     """
-    TasksJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json).run()
+    TasksJob(cfg, teacher=teacher, conn=conn, summary_json=summary_json, inp=inp).run()

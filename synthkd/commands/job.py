@@ -20,6 +20,7 @@ its own (what to read and plan, which rows to stream, what its summary adds):
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import logging
 import time
@@ -38,10 +39,11 @@ from synthkd.commands.common import (
     with_connection_options,
 )
 from synthkd.commands.generate import generate_app
-from synthkd.errors import ExitCode, report_error
+from synthkd.errors import ExitCode, InputError, report_error
 from synthkd.jsonl_io import OutputLock, index_output, write_summary
-from synthkd.methods.runner import RunCounts, rejects_path_for, write_rows
-from synthkd.options import config_command
+from synthkd.methods.runner import REJECT_KEY, RunCounts, rejects_path_for, write_rows
+from synthkd.options import FEATURES, config_command, option_group
+from synthkd.row_source import InputOptions, bind
 from synthkd.teachers.base import Teacher, TeacherFatalError
 from synthkd.teachers.batch.passes import batch_waiting, wait_or_stop
 
@@ -60,13 +62,19 @@ SUMMARY_PARAM = inspect.Parameter(
 CONN_PARAM = inspect.Parameter("conn", _KW, default=None, annotation=Optional[dict])
 
 
+INP_PARAM = inspect.Parameter("inp", _KW, default=None, annotation=Optional[dict])
+
+
 def generate_command(name: str, config: type, *, required: tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register ``synthkd generate <name>``: its options are ``config``'s CLI fields (see
-    :func:`synthkd.options.config_command`), plus ``--teacher``, ``--summary-json`` and the connection
-    options.  The function receives ``(cfg, teacher=, summary_json=, conn=)``."""
+    :func:`synthkd.options.config_command`), plus ``--teacher``, ``--summary-json``, the connection
+    options and the input options (``--column``, ``--limit``: :class:`synthkd.row_source.InputOptions`).
+    The function receives ``(cfg, teacher=, summary_json=, conn=, inp=)``."""
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
-        cmd = config_command(config, required=required, extra=[TEACHER_PARAM, SUMMARY_PARAM, CONN_PARAM])(fn)
+        cmd = config_command(config, required=required,
+                             extra=[TEACHER_PARAM, SUMMARY_PARAM, CONN_PARAM, INP_PARAM])(fn)
+        cmd = option_group(InputOptions, "inp")(cmd)
         cmd = with_connection_options(cmd)
         generate_app.command(name)(cmd)
         return cmd
@@ -102,8 +110,19 @@ class GenerateJob:
     #: what a row sent to the rejects file is called ("rejected", "dropped")
     rejected_word = "rejected"
 
+    #: the option that names the rows the method reads (``--input``; ``--seeds``...), None for a method
+    #: that reads none (its results are made from a spec): the column map and ``--limit`` apply to it
+    input_attr: str | None = "input"
+
     def __init__(self, cfg: Any, *, teacher: str, conn: dict[str, Any] | None = None,
-                 summary_json: Path | None = None) -> None:
+                 summary_json: Path | None = None, inp: dict[str, Any] | None = None) -> None:
+        self.full_cfg = cfg
+        inp = inp or {}
+        self.columns: dict[str, str] = dict(inp.get("columns") or {})
+        self.limit: int | None = inp.get("limit")
+        if self.input_attr is not None and (self.columns or self.limit is not None):
+            cfg = dataclasses.replace(cfg, **{self.input_attr: bind(getattr(cfg, self.input_attr), self.columns,
+                                                                    self.limit)})
         self.cfg = cfg
         self.teacher_name = teacher
         self.conn: dict[str, Any] = dict(conn or {})
@@ -204,9 +223,48 @@ class GenerateJob:
             return EXIT_BUDGET
         return self.result_code(out)
 
+    def _capped(self, rows: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+        """A dry run of a method that reads no rows: its first ``--limit`` results."""
+        limit = self.limit
+
+        async def gen() -> AsyncIterator[dict[str, Any]]:
+            n = 0
+            try:
+                async for row in rows:
+                    yield row
+                    n += REJECT_KEY not in row  # a candidate the method dropped is not a result
+                    if limit is not None and n >= limit:
+                        break
+            finally:
+                aclose = getattr(rows, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+
+        return gen()
+
+    def dry_run_report(self, recorder: Any) -> None:
+        """The dry run's prompts and answers, first rows and the whole input's cost estimate."""
+        from synthkd.dry_run import command_estimate, report
+
+        feat = next((f for f in FEATURES.values() if f.config is type(self.full_cfg) and f.stage), None)
+        estimate = None
+        if feat is not None and feat.stage is not None:
+            src = getattr(self.full_cfg, self.input_attr) if self.input_attr else None
+            estimate = command_estimate(feat.stage, self.full_cfg, teacher=self.teacher_name, conn=self.conn,
+                                        input_path=src, columns=self.columns)
+        report(recorder, [("", self.output)], self.limit or 0, estimate)
+
     async def main(self) -> int:
+        if self.input_attr is None and self.columns:
+            raise InputError([f"--column: generate {self.name} reads no input rows (it makes them), "
+                              "so there are no columns to map"])
         check_job_paths(self.inputs(), self.output, self.summary_json, self.conn)
         self.prepare()
+        recorder = None
+        if self.limit is not None:
+            from synthkd.dry_run import Recorder
+
+            recorder = Recorder()
         teachers: list[Teacher] = []
         t0 = time.monotonic()
         counts = RunCounts()
@@ -215,12 +273,17 @@ class GenerateJob:
         try:
             for _role, model, url in self.teacher_specs():
                 teachers.append(make_teacher(teacher_spec(model, **{**self.conn, "base_url": url})))
+                if recorder is not None:
+                    recorder.attach(teachers[-1], "" if len(teachers) == 1 else f"{_role}: ")
             with OutputLock(self.output):  # two processes never append to the same output
                 done = index_output(self.output)
                 first_done, earlier = done, 0
                 while True:  # one pass online; in batch mode, passes until nothing waits for a batch
                     try:
-                        counts = await write_rows(self.rows(teachers, done), self.output)
+                        rows = self.rows(teachers, done)
+                        if self.limit is not None and self.input_attr is None:
+                            rows = self._capped(rows)
+                        counts = await write_rows(rows, self.output)
                     except TeacherFatalError as exc:  # the summary still says what was written
                         fatal = exc
                         break
@@ -242,6 +305,8 @@ class GenerateJob:
             for (role, _m, _u), t in zip(self.teacher_specs(), teachers):
                 log.info(f"  {role} {t.model}: {t.stats.summary()}")
         self.report(out)
+        if recorder is not None:
+            self.dry_run_report(recorder)
         code = self.exit_code(out)
         if self.summary_json:
             summary = {"exit_code": code, **self.summary(out)}

@@ -18,11 +18,11 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Callable
+from typing import Annotated, Any, Callable, Optional
 
 import typer
 
-from synthkd.commands.common import exit_on_error
+from synthkd.commands.common import INP_PARAM, bind_columns, exit_on_error, with_columns
 from synthkd.errors import ExitCode
 from synthkd.log import setup_cli_logging
 from synthkd.options import config_command, opt, register_feature
@@ -104,9 +104,11 @@ def _summary(record: dict[str, Any]) -> str:
 
 
 @train_app.command("sft")
-@config_command(SFTConfig)
-def sft_command(cfg: SFTConfig) -> None:
+@with_columns
+@config_command(SFTConfig, extra=[INP_PARAM])
+def sft_command(cfg: SFTConfig, inp: Optional[dict] = None) -> None:
     """Supervised fine-tuning (TRL SFTTrainer, completion-only loss) in label, rationale or multitask mode."""
+    cfg = bind_columns(cfg, inp)
 
     def job() -> int:
         _check_paths({"--input": cfg.input, "--eval-input": cfg.eval_input, "--provenance": cfg.provenance},
@@ -128,9 +130,11 @@ def sft_command(cfg: SFTConfig) -> None:
 
 
 @train_app.command("dpo")
-@config_command(DPOConfig)
-def dpo_command(cfg: DPOConfig) -> None:
+@with_columns
+@config_command(DPOConfig, extra=[INP_PARAM])
+def dpo_command(cfg: DPOConfig, inp: Optional[dict] = None) -> None:
     """Direct preference optimisation (TRL DPOTrainer), optionally after an SFT stage."""
+    cfg = bind_columns(cfg, inp)
 
     def job() -> int:
         _check_paths({"--input": cfg.input, "--eval-input": cfg.eval_input, "--sft-input": cfg.sft_input,
@@ -197,9 +201,11 @@ _JSON_OUT = inspect.Parameter(
     annotation=Annotated[bool, typer.Option("--json", help="Print the metrics JSON instead of the Markdown table.")])
 
 
-@config_command(EvalConfig, extra=[_JSON_OUT])
-def eval_command(cfg: EvalConfig, json_out: bool = False) -> None:
+@with_columns
+@config_command(EvalConfig, extra=[_JSON_OUT, INP_PARAM])
+def eval_command(cfg: EvalConfig, json_out: bool = False, inp: Optional[dict] = None) -> None:
     """Score a student on held-out rows: accuracy (+ macro-F1, per-label), mistakes, teacher comparison."""
+    cfg = bind_columns(cfg, inp)
     out = cfg.output
 
     def job() -> int:

@@ -27,6 +27,7 @@ from synthkd.filters.base import Operator, RunContext
 from synthkd.filters.funnel import Funnel, Stage
 from synthkd.filters.op_config import build
 from synthkd.jsonl_io import InputError, iter_lines, scan_jsonl
+from synthkd.row_source import as_path
 
 INPUT_STAGE = "input"
 
@@ -177,7 +178,7 @@ async def clean_file(
     id_field: str = "id",
 ) -> Funnel:
     """Run the operators of ``configs`` over ``input_path``; write output, rejects and the funnel report."""
-    input_path = Path(input_path)
+    input_path = as_path(input_path)  # a SourcePath keeps its column map
     if not input_path.exists():
         raise InputError([f"{input_path}: file not found"])
     workdir = Path(tempfile.mkdtemp(prefix=".synthkd-clean-", dir=paths.output.parent if paths.output.parent.exists() else None))

@@ -24,11 +24,12 @@ from synthkd.errors import ConfigError
 from synthkd.filters.base import BatchOperator, OpConfig, Reject
 from synthkd.filters.text import FieldProblem, clip, text_of, words
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
+from synthkd.row_source import iter_rows, source_kind
 
 
 class DecontaminateConfig(OpConfig):
     op: str = "decontaminate"
-    eval_file: Path = Field(..., description="The evaluation set: .jsonl, a .json list (of objects or strings), or .txt (one item per line).")
+    eval_file: Path = Field(..., description="The evaluation set: .jsonl, a .json list (of objects or strings), .txt (one item per line), or any table synthkd reads (.csv, .tsv, .parquet, a datasets directory, hf:org/name:split).")
     fields: list[str] = Field(["input"], description="Row fields checked (joined).")
     eval_fields: list[str] | None = Field(None, description="Eval item fields (default: the same as fields).")
     eval_id_field: str = Field("id", description="Eval item id field for reports (default: its position).")
@@ -38,7 +39,11 @@ class DecontaminateConfig(OpConfig):
 
 
 def _read_eval(path: Path) -> list[tuple[int, Any]]:
-    """(line or position, item) pairs; items are dicts or strings."""
+    """(line or position, item) pairs; items are dicts or strings.  CSV/TSV, Parquet, a dataset directory
+    or an ``hf:`` data set are read by synthkd's row reader (:mod:`synthkd.row_source`: ids from positions
+    where there is no id column)."""
+    if source_kind(path) not in ("jsonl", "json"):
+        return list(iter_rows(path))
     if not path.is_file():
         raise ConfigError(f"{path}: evaluation set not found")
     text = path.read_text(encoding="utf-8")

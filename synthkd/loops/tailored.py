@@ -70,6 +70,7 @@ from synthkd.methods.similar_exercises import (
 from synthkd.methods.task_kinds import split_rationale
 from synthkd.options import opt, register_feature
 from synthkd.reasoning import reasoning_field
+from synthkd.row_source import as_path, source_kind
 from synthkd.teachers.base import BudgetExceeded, Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, aiter_any, stream_jobs
 from synthkd.templates import PromptTemplate, load_template
@@ -199,7 +200,8 @@ class Templates:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """The rows of a file the loop wrote (none yet: empty); a broken line is an error naming file:line."""
-    return [row for _, row in iter_jsonl(Path(path))] if Path(path).exists() else []
+    p = as_path(path)  # the user's pool/held-out may be any source (a SourcePath keeps its column map)
+    return [row for _, row in iter_jsonl(p)] if p.exists() or source_kind(p) in ("hf", "dir") else []
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -437,7 +439,7 @@ def _round0(opts: TailorOptions) -> dict[str, Any]:
     rdir.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     _train(opts, opts.student, Path(opts.initial), rdir / "model")
-    n = len(_read_jsonl(Path(opts.initial)))
+    n = len(_read_jsonl(as_path(opts.initial)))
     m = {"round": 0, "status": "trained", **_heldout(opts, rdir / "model", rdir), "mistakes": None,
          "new_rows": n, "corrections": 0, "similar_rows": 0, "rejected": 0, "pairs": 0, "train_rows": n,
          "teacher_requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0,
@@ -450,7 +452,7 @@ def _known_questions(opts: TailorOptions) -> dict[str, str]:
     """Normalized pool and held-out questions: a new exercise that copies one is dropped."""
     known: dict[str, str] = {}
     for label, path in (("pool", opts.pool), ("held-out", opts.heldout)):
-        for row in _read_jsonl(Path(path)):  # type: ignore[arg-type]
+        for row in _read_jsonl(as_path(path)):  # type: ignore[arg-type]
             try:
                 known.setdefault(normalize_question(_question(row)), f"{label} {row.get('id')}")
             except InputError:
@@ -536,7 +538,7 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
     train_rows = list(new_rows)
     if opts.accumulate:
         earlier = [_round_rows(opts, q) for q in range(1, r)]
-        train_rows = _read_jsonl(Path(opts.initial)) + [x for rows in earlier for x in rows] + new_rows
+        train_rows = _read_jsonl(as_path(opts.initial)) + [x for rows in earlier for x in rows] + new_rows
     train_file = rdir / "train.jsonl"
     write_jsonl(train_rows, train_file)
     model = prev  # nothing usable came back: the student is unchanged

@@ -30,6 +30,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, Optional
@@ -553,19 +554,21 @@ async def generate_label_examples(
     for s in states.values():
         issue(s, math.ceil(N / (m * 0.8)))
     feed.close_if_idle()
-    async for job in stream_jobs(teacher, feed):
-        feed.finished()
-        st.record(job.results[0])  # type: ignore[arg-type]
-        label, r = job.item
-        s = states[label]
-        s.held[r] = job
-        while not s.stalled and s.next_r in s.held:
-            for row in process(s, s.held.pop(s.next_r)):
-                yield row
-            s.next_r += 1
-            if s.next_r == s.issued:
-                top_up(s)
-        feed.close_if_idle()
+    # closed at once when the caller stops early (a --limit dry run): no request is left in flight
+    async with aclosing(stream_jobs(teacher, feed)) as answered:
+        async for job in answered:
+            feed.finished()
+            st.record(job.results[0])  # type: ignore[arg-type]
+            label, r = job.item
+            s = states[label]
+            s.held[r] = job
+            while not s.stalled and s.next_r in s.held:
+                for row in process(s, s.held.pop(s.next_r)):
+                    yield row
+                s.next_r += 1
+                if s.next_r == s.issued:
+                    top_up(s)
+            feed.close_if_idle()
     st.budget_stopped = teacher.budget_exhausted
     for s in states.values():
         if s.kept < N and s.name not in st.short:

@@ -478,7 +478,7 @@ class PreferencesConfig:
     """The options of preference-pair generation, declared once: ``synthkd generate preferences``, the
     pipeline stage ``generate.preferences`` and the Python API (:meth:`plan`) are built from them."""
 
-    input: Optional[Path] = opt(None, help="jsonl rows with 'id' and the task's fields (student mode: with gold).",
+    input: Optional[Path] = opt(None, help="Rows with 'id' and the task's fields (student mode: with gold); jsonl, csv, parquet, a datasets directory or hf:.",
                                 flags=("-i",), stage=False)
     output: Optional[Path] = opt(None, help="jsonl pairs {id, prompt, chosen, rejected, ...}; rerun to resume.",
                                  flags=("-o",), stage=False)

@@ -531,7 +531,7 @@ class RationalesConfig:
     """The options of step-by-step rationales, declared once: ``synthkd generate rationales``, the
     pipeline stage ``generate.rationales`` and the Python API (:meth:`plan`) are built from them."""
 
-    input: Optional[Path] = opt(None, help="jsonl rows with 'id' and the task's fields.", flags=("-i",), stage=False)
+    input: Optional[Path] = opt(None, help="Rows with 'id' and the task's fields (jsonl, csv, parquet, a datasets directory, hf:org/name:split).", flags=("-i",), stage=False)
     output: Optional[Path] = opt(None, help="jsonl output (one row per input id); rerun to resume.", flags=("-o",),
                                  stage=False)
     kind: str = opt(help="Task kind: math | choice | nli | classification.", choices=KINDS)

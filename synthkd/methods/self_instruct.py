@@ -29,6 +29,7 @@ from __future__ import annotations
 import math
 import re
 import string
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, AsyncIterator, ClassVar, Optional
@@ -40,6 +41,7 @@ from synthkd.methods.label_tasks import sampling_params
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import opt, register_feature
 from synthkd.reasoning import reasoning_field
+from synthkd.row_source import as_path, source_kind
 from synthkd.teacher_lists import clean_item, parse_list_items
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, JobFeed, MethodStats, request_provenance, stable_rng, stream_jobs
@@ -72,8 +74,8 @@ def load_seed_tasks(path: str | Path) -> list[SeedTask]:
     One JSON object a line: ``{"id", "name", "instruction", "instances": [{"input", "output"}],
     "is_classification"}`` (``name`` optional; ``input`` may be empty, ``output`` may not).
     """
-    path = Path(path)
-    if not path.exists():
+    path = as_path(path)  # a SourcePath keeps its column map
+    if not path.exists() and source_kind(path) not in ("hf", "dir"):
         raise InputError([f"{path}: seed tasks file not found"])
     problems: list[str] = []
     tasks: list[SeedTask] = []
@@ -531,44 +533,46 @@ async def generate_self_instruct(
 
     start_round(0)
     feed.close_if_idle()
-    async for job in stream_jobs(teacher, feed):
-        feed.finished()
-        res = job.results[0]
-        assert res is not None
-        st.record(res)
-        kind, ref = job.item
-        if kind == "gen":
-            rnd, j = ref
-            held[j] = job
-            while not state["stalled"] and state["next_j"] in held:
-                jj = state["next_j"]
-                for row in process_generation(rnd, jj, held.pop(jj)):
-                    yield row
-                state["next_j"] += 1
-            if state["next_j"] == c.requests_per_round and not state["stalled"]:
-                if len(machine) < N and rnd + 1 < plan.max_rounds:
-                    start_round(rnd + 1)
-                elif len(machine) < N:
-                    st.short["instructions"] = (f"{len(machine)}/{N} after {plan.max_rounds} rounds "
-                                                "(raise --max-rounds, or check the drops)")
-        elif kind == "clf":
-            kp = kept[ref]
-            kp.results.append((job.requests[0], res))
-            if not res.ok:
-                kept.pop(ref)
-                kp.is_clf = None
-                yield finish_row(kp)
+    # closed at once when the caller stops early (a --limit dry run): no request is left in flight
+    async with aclosing(stream_jobs(teacher, feed)) as answered:
+        async for job in answered:
+            feed.finished()
+            res = job.results[0]
+            assert res is not None
+            st.record(res)
+            kind, ref = job.item
+            if kind == "gen":
+                rnd, j = ref
+                held[j] = job
+                while not state["stalled"] and state["next_j"] in held:
+                    jj = state["next_j"]
+                    for row in process_generation(rnd, jj, held.pop(jj)):
+                        yield row
+                    state["next_j"] += 1
+                if state["next_j"] == c.requests_per_round and not state["stalled"]:
+                    if len(machine) < N and rnd + 1 < plan.max_rounds:
+                        start_round(rnd + 1)
+                    elif len(machine) < N:
+                        st.short["instructions"] = (f"{len(machine)}/{N} after {plan.max_rounds} rounds "
+                                                    "(raise --max-rounds, or check the drops)")
+            elif kind == "clf":
+                kp = kept[ref]
+                kp.results.append((job.requests[0], res))
+                if not res.ok:
+                    kept.pop(ref)
+                    kp.is_clf = None
+                    yield finish_row(kp)
+                else:
+                    answer, invalid = answer_of(res, lambda p: p.is_classification, _yes_no)
+                    if answer is None:
+                        st.notes["is_classification unclear (treated as no)"] += 1
+                    kp.is_clf = bool(answer)
+                    feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
             else:
-                answer, invalid = answer_of(res, lambda p: p.is_classification, _yes_no)
-                if answer is None:
-                    st.notes["is_classification unclear (treated as no)"] += 1
-                kp.is_clf = bool(answer)
-                feed.put(Job(("inst", ref), [plan.instance_request(ref, kp.instruction, kp.is_clf)]))
-        else:
-            kp = kept.pop(ref)
-            kp.results.append((job.requests[0], res))
-            yield finish_row(kp)
-        feed.close_if_idle()
+                kp = kept.pop(ref)
+                kp.results.append((job.requests[0], res))
+                yield finish_row(kp)
+            feed.close_if_idle()
     st.budget_stopped = teacher.budget_exhausted
     st.per_label = {"instructions": len(machine)}
     if state["stalled"]:

@@ -25,9 +25,14 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Estimate:
+    """What a stage expects to spend: teacher calls, prompt tokens, completion tokens (at most
+    ``max_tokens`` each); ``note`` says how the figure was made where it is not a plain count (an
+    expected dedup loss, an upper bound...), for ``synthkd validate`` to print under its table."""
+
     calls: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    note: str = ""
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
@@ -110,8 +115,11 @@ def register_stage(kind: str) -> Callable[[type], type]:
 # ----------------------------------------------------------------------------- helpers for stages
 def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> TeacherSpec:
     """The TeacherSpec of a ``teacher:`` block: every connection key as it is (the block is generated
-    from TeacherSpec), paths resolved against the pipeline file, the cache shared by the pipeline's runs
-    unless ``cache`` says otherwise, ``temperature``/``max_tokens`` as default sampling parameters."""
+    from TeacherSpec), paths resolved against the pipeline file, ``temperature``/``max_tokens`` as
+    default sampling parameters.  No ``cache`` key: the same default cache as the CLI's
+    (:func:`synthkd.teachers.factory.default_cache_path`, decided in one place), so a pipeline gets
+    for free what ``synthkd complete`` / ``generate`` already bought, and the other way round.
+    (``run_dir`` is no longer used; kept for callers.)"""
     def rel(p: str | None) -> Path | None:
         if p is None:
             return None
@@ -123,8 +131,7 @@ def teacher_spec_from(tc: TeacherConfig, base_dir: Path, run_dir: Path) -> Teach
         if model.startswith(prefix):
             model = prefix + str(rel(model[len(prefix):]))
     conn = {name: getattr(tc, name) for name in CONNECTION_FIELDS if name in type(tc).model_fields}
-    conn.update(cache=rel(tc.cache) or run_dir.parent / "teacher-cache.sqlite", prices=rel(tc.prices),
-                families=rel(tc.families))
+    conn.update(cache=rel(tc.cache), prices=rel(tc.prices), families=rel(tc.families))
     params = {f.name: getattr(tc, f.name) for f in fields(SamplingParams) if getattr(tc, f.name) is not None}
     return TeacherSpec(teacher=model, **conn, default_params=params)
 

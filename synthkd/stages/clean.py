@@ -2,17 +2,33 @@
 
 Options: ``ops`` (the operator list inline, same shape as a ``synthkd clean run --config`` file) or
 ``config`` (a path to such a file), and ``strict``.  The funnel report lands next to the stage output
-(``<stage>.funnel.json`` / ``.md``) and its per-operator drops go into the run manifest.
+(``<stage>.funnel.json`` / ``.md``) and its per-operator drops go into the run manifest.  Operators'
+file options are relative to the pipeline file's directory, like every path in a pipeline.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Optional
 
 from pydantic import BaseModel, ConfigDict, model_validator
 
 from synthkd.jsonl_io import iter_jsonl
 from synthkd.stages.base import Estimate, StageContext, register_stage
+
+
+def _resolve_paths(ctx: StageContext, c: Any) -> Any:
+    """An operator's config with its file options (``eval_file``, ``label_space``, ``rubric_file``: the
+    fields typed ``Path``) and ``.j2`` templates taken against the pipeline file's directory, as every
+    path in a pipeline is (inline ``ops`` and a ``config:`` file alike)."""
+    changes: dict[str, Any] = {}
+    for name in type(c).model_fields:
+        v = getattr(c, name)
+        if isinstance(v, Path) and not v.is_absolute():
+            changes[name] = ctx.resolve(str(v))
+        elif name.endswith("template") and isinstance(v, str) and v.endswith(".j2") and not Path(v).is_absolute():
+            changes[name] = str(ctx.resolve(v))
+    return c.model_copy(update=changes) if changes else c
 
 
 @register_stage("clean")
@@ -35,8 +51,10 @@ class CleanStage:
         from synthkd.filters.op_config import load_config, parse_ops
 
         if o.config:
-            return load_config(ctx.resolve(o.config))
-        return parse_ops(o.ops, source=f"{ctx.stage.name}.options.ops")
+            configs = load_config(ctx.resolve(o.config))
+        else:
+            configs = parse_ops(o.ops, source=f"{ctx.stage.name}.options.ops")
+        return [_resolve_paths(ctx, c) for c in configs]
 
     def check(self, ctx: StageContext, o: Options) -> None:
         self._configs(ctx, o)  # unknown operators or options fail before anything runs

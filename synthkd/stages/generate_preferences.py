@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 from synthkd.config import TeacherConfig
 from synthkd.jsonl_io import InputError, count_rows, index_output, load_rows
+from synthkd.methods.metrics import PreferencesMetrics, observed
 from synthkd.methods.preferences import PreferencesConfig
 from synthkd.methods.runner import write_rows
 from synthkd.options import from_stage, stage_model
@@ -100,7 +101,8 @@ class PreferencesStage:
                 judge = self._other(ctx, o.judge or teacher.model, o.judge_base_url)
                 others.append(judge)
                 out_rows = plan.run([teacher, *others[:-1]], judge, skip_ids=done)
-            counts = await write_rows(out_rows, ctx.output)
+            metrics = PreferencesMetrics(o.mode)
+            counts = await write_rows(observed(out_rows, metrics), ctx.output)
         finally:
             sides = {}
             for role, t in zip(("student",) if o.mode == "student" else
@@ -113,7 +115,7 @@ class PreferencesStage:
 
             raise BudgetExceeded(f"[{ctx.stage.name}] budget reached; rerun with a larger max_cost to finish")
         return funnel_counts(len(rows), counts, {"mode": o.mode, "pairs": count_rows(ctx.output),
-                                          "models": sides})
+                                          "models": sides, "method_metrics": metrics.as_dict(sides)})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         rows, plan = self._plan(ctx, o)

@@ -35,13 +35,17 @@ class PromptMixStage:
         return space, cfg
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.methods.promptmix import PromptMixStats, promptmix
+        from synthkd.methods.metrics import PromptMixMetrics, observed
+        from synthkd.methods.promptmix import PromptMixStats, plan_calls, promptmix
 
         space, cfg = self._cfg(ctx, o)
         stats = PromptMixStats()
-        counts = await write_rows(promptmix(space, ctx.teacher(), cfg, stats), ctx.output)
+        # the same metrics as `synthkd generate promptmix` (relabel agreement, alpha spread...)
+        metrics = PromptMixMetrics(stats, calls_planned=len(plan_calls(space, cfg)), policy=cfg.policy)
+        counts = await write_rows(observed(promptmix(space, ctx.teacher(), cfg, stats), metrics), ctx.output)
         check_budget(ctx)
-        return funnel_counts(stats.parsed, counts, {"generation_calls": stats.calls})
+        return funnel_counts(stats.parsed, counts, {"generation_calls": stats.calls,
+                                                    "method_metrics": metrics.as_dict()})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         from synthkd.methods.promptmix import plan_calls
@@ -51,4 +55,6 @@ class PromptMixStage:
         n_items = len(calls) * o.examples_per_call
         gen_prompt = sum(len(c.prompt) for c in calls) // 4
         return Estimate(len(calls) + n_items, gen_prompt + n_items * 300,
-                        len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * o.relabel_max_tokens)
+                        len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * o.relabel_max_tokens,
+                        f"{len(calls)} generation calls + one relabel call per item asked ({n_items}): an upper "
+                        "bound, items dropped by dedup are not relabelled")

@@ -58,7 +58,8 @@ class RationalesStage:
 
         counts = await write_rows(tallied(), ctx.output)
         check_budget(ctx)
-        return funnel_counts(len(rows), counts, {"teacher_scores": tally.as_dict()})
+        # the same metrics as `synthkd generate rationales` (RationaleTally, see synthkd.methods.metrics)
+        return funnel_counts(len(rows), counts, {"teacher_scores": tally.as_dict(), "method_metrics": tally.as_dict()})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         rows, plan = self._plan(ctx, o)

@@ -40,7 +40,7 @@ class RelabelStage:
         cfg.check()
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.labels import confusion_summary
+        from synthkd.methods.metrics import relabel_metrics
 
         cfg = self._cfg(ctx, o)
         space = self._space(cfg)
@@ -49,8 +49,10 @@ class RelabelStage:
         todo = (r for _, r in iter_jsonl(ctx.input) if r["id"] not in done)
         counts = await write_rows(cfg.run(todo, ctx.teacher(), space), ctx.output)
         check_budget(ctx)
-        summary = confusion_summary((cfg.intended(r), r.get("relabeled_label")) for _, r in iter_jsonl(ctx.output))
-        return funnel_counts(n, counts, {"relabel": {k: v for k, v in summary.items() if k != "matrix"}})
+        # the same metrics as `synthkd generate relabel`: intended vs relabeled over the whole output
+        summary = relabel_metrics(ctx.output, cfg.intended)
+        return funnel_counts(n, counts, {"relabel": {k: v for k, v in summary.items() if k != "matrix"},
+                                         "method_metrics": {"confusion": summary}})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         n = sum(1 for _ in iter_jsonl(ctx.input))

@@ -11,7 +11,6 @@ planned, so a typo in the spec costs nothing — not even the stages before this
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 from synthkd.methods.label_tasks import LabelTaskConfig
@@ -37,6 +36,7 @@ class TasksStage:
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
         from synthkd.methods.label_tasks import MethodStats, generate_label_examples
+        from synthkd.methods.metrics import TasksMetrics
         from synthkd.methods.runner import write_rows
 
         plan = self._plan(ctx, o)
@@ -50,12 +50,45 @@ class TasksStage:
         return funnel_counts(candidates, counts, {
             "per_label": dict(stats.per_label), "short": dict(stats.short),
             "requests": stats.requests, "requests_cached": stats.cached,
+            "method_metrics": TasksMetrics(stats).as_dict(),  # the same metrics as `synthkd generate tasks`
         })
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
+        """Requests expected once dedup losses are counted: a request yields ``batch_size`` items, of
+        which a share ``keep_rate`` is kept (the rest are seed copies, duplicates, too short or cut);
+        the method tops a label up until it has N (:func:`~synthkd.methods.metrics.expected_task_requests`
+        follows its policy).  The keep rate is the one measured on this stage's last run in the run
+        directory when there is one, else :data:`~synthkd.methods.metrics.KEEP_RATE_PRIOR`; the note
+        says which, and the cap (``max_requests_per_label``) bounds the count."""
+        from synthkd.methods.metrics import expected_task_requests
+
         plan = self._plan(ctx, o)
-        # the method first issues ceil(N / (batch * 0.8)) requests a label and tops up only when short
-        per_label = min(plan.max_requests, math.ceil(o.per_label / (o.batch_size * 0.8)))
+        rate, items, source = keep_rate_of(ctx)
+        per_request = (items or o.batch_size) * rate  # kept rows a request yields, on average
+        per_label = expected_task_requests(o.per_label, o.batch_size, plan.max_requests, per_request)
         calls = per_label * len(plan.labels)
         prompt_chars = sum(len(plan.template.render(**plan.variables(lab, 0))) for lab in plan.labels) * per_label
-        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * o.batch_size))
+        cap = plan.max_requests * len(plan.labels)
+        note = (f"{calls} requests expected: {o.per_label} rows x {len(plan.labels)} labels at "
+                f"{items or o.batch_size:g} items a request with keep rate {rate:.2f} after dedup ({source}); "
+                f"at most {cap} (max_requests_per_label {plan.max_requests})")
+        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * o.batch_size), note)
+
+
+def keep_rate_of(ctx: StageContext) -> tuple[float, float | None, str]:
+    """(keep rate, items per request or None, where they come from): measured on the stage's last run
+    (its ``method_metrics`` in the run directory's manifest), else the prior."""
+    import json
+
+    from synthkd.methods.metrics import KEEP_RATE_PRIOR
+
+    try:
+        rec = json.loads((ctx.run_dir / "manifest.json").read_text(encoding="utf-8"))["stages"][ctx.stage.name]
+        m = rec["counts"]["method_metrics"] if rec.get("kind") == "generate.tasks" else {}
+        rate, items, cand = m.get("keep_rate"), m.get("items_per_request"), m.get("candidates")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        rate = items = cand = None
+    if isinstance(rate, (int, float)) and rate > 0:
+        return (float(rate), float(items) if isinstance(items, (int, float)) and items > 0 else None,
+                f"measured on this stage's last run, {cand} candidates")
+    return KEEP_RATE_PRIOR, None, "prior: no earlier run of this stage to measure it on"

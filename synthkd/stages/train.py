@@ -52,11 +52,15 @@ def tiny_shape(o: Any) -> TinyStudentShape:
 
 def feature_config(cls: type, ctx: StageContext, o: BaseModel, **given: Any) -> Any:
     """The feature config (``SFTConfig``...) from a stage's options: every key of ``o`` that is a field of
-    ``cls``, a relative ``provenance`` resolved against the pipeline's directory, then ``given``."""
+    ``cls``, a relative ``provenance`` (and a ``tokenizer`` directory) resolved against the pipeline's
+    directory, then ``given``."""
     names = {f.name for f in dataclasses.fields(cls)}
     kw = {k: v for k, v in o.model_dump().items() if k in names and k != "tiny"}
     if kw.get("provenance") is not None:
         kw["provenance"] = ctx.resolve(str(kw["provenance"]))
+    tok = kw.get("tokenizer")
+    if isinstance(tok, str) and tok and not Path(tok).is_absolute() and ctx.resolve(tok).exists():
+        kw["tokenizer"] = str(ctx.resolve(tok))  # a tokenizer directory next to the pipeline; a hub id stays
     kw.update(given)
     return cls(**kw)
 

@@ -16,6 +16,9 @@ from synthkd.teachers.families import DEFAULT_REASONING_BUDGET
 
 
 def default_cache_path() -> Path:
+    """The one default request cache of every command and pipeline (``cache`` unset): ``$SYNTHKD_CACHE``,
+    else ``$XDG_CACHE_HOME/synthkd/teacher-cache.sqlite`` (``~/.cache`` without XDG).  One default, so
+    what a command paid for is free to a pipeline asking the same requests, and the other way round."""
     env = os.environ.get("SYNTHKD_CACHE")
     if env:
         return Path(env)
@@ -46,7 +49,7 @@ class TeacherSpec:
                                      "latency).", gt=0)
     max_retries: int = opt(6, help="Retries per request for 5xx, timeouts, malformed bodies (429s get more).", ge=0)
     cache: Path | None = opt(None, help="SQLite request cache (default $SYNTHKD_CACHE or "
-                                        "~/.cache/synthkd/teacher-cache.sqlite; in a pipeline RUN_DIR/teacher-cache.sqlite).")
+                                        "~/.cache/synthkd/teacher-cache.sqlite, for commands and pipelines alike).")
     no_cache: bool = opt(False, help="Do not read or write the request cache.", flags=("--no-cache",), stage=False)
     max_cost: float | None = opt(None, help="Stop sending new requests once this many USD are spent (resumable).", gt=0)
     prices: Path | None = opt(None, help="JSON/YAML price table {model: {input, output}} in USD per 1M tokens.")

@@ -22,6 +22,7 @@ from typing import Any, Union
 
 from synthkd.jsonl_io import InputError
 from synthkd.options import opt, register_feature
+from synthkd.row_source import as_path
 from synthkd.train.common import (
     IdField,
     TrainSettings,
@@ -142,7 +143,7 @@ class DPOConfig(TrainSettings, PreferenceRowFields):
         ``<output>.tiny-student``, from the preference rows' and the SFT rows' texts)."""
         student = self.student
         if student == "tiny":
-            paths = [Path(self.input)] + ([Path(self.sft_input)] if self.sft_input is not None else [])
+            paths = [as_path(self.input)] + ([Path(self.sft_input)] if self.sft_input is not None else [])
             student = str(build_tiny_student_from(paths, tiny_student_dir(self.output), self.tiny,
                                                   extra_texts=(DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789"),)))
         s = self.train_settings()
@@ -154,7 +155,7 @@ class DPOConfig(TrainSettings, PreferenceRowFields):
                             else s.learning_rate,
                             max_steps=self.sft_max_steps if self.sft_max_steps is not None else s.max_steps)
         loss_type = [self.loss_type] if isinstance(self.loss_type, str) else list(self.loss_type)
-        return DPOOptions(student=student, input=Path(self.input), output=Path(self.output), ref=self.ref,
+        return DPOOptions(student=student, input=as_path(self.input), output=Path(self.output), ref=self.ref,
                           ref_model=self.ref_model, beta=self.beta, loss_type=loss_type,
                           precompute_ref_log_probs=self.precompute_ref, eval_input=self.eval_input,
                           eval_fraction=self.eval_fraction, sft_input=self.sft_input, sft_mode=self.sft_mode,

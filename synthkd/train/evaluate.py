@@ -26,6 +26,7 @@ from typing import Any, Mapping, Optional, Sequence
 from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, extract_answer, numbers_equal, safe_eval_arithmetic
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.options import opt, register_feature
+from synthkd.row_source import as_path
 from synthkd.train.common import InputField
 from synthkd.train.export import Fields, after_think, read_rows
 
@@ -98,7 +99,7 @@ class EvalConfig(InputField):
                                                 cli=False, stage=False)  # Python only
 
     def to_options(self) -> EvalOptions:
-        return EvalOptions(student=self.student, input=Path(self.input), kind=self.kind,
+        return EvalOptions(student=self.student, input=as_path(self.input), kind=self.kind,
                            fields=Fields(id=self.id_field, input=self.input_field), gold_field=self.gold_field,
                            teacher_field=self.teacher_field, choices_field=self.choices_field,
                            labels=list(self.labels) if self.labels else None, synonyms=self.synonyms,

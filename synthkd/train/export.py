@@ -37,6 +37,7 @@ from typing import Any, Iterable, Sequence
 import orjson
 
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError, iter_jsonl
+from synthkd.row_source import as_path
 from synthkd.train.student import plain_prompt
 
 MODES = ("label", "rationale", "multitask", "think")
@@ -137,7 +138,7 @@ def answer_text(value: Any) -> str | None:
 
 
 def read_rows(path: str | Path) -> list[tuple[int, Any]]:
-    path = Path(path)
+    path = as_path(path)  # a SourcePath keeps its column map
     if not path.exists():
         raise InputError([f"{path}: file not found"])
     rows = list(iter_jsonl(path))

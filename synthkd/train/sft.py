@@ -26,6 +26,7 @@ from typing import Any
 
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.options import opt, register_feature
+from synthkd.row_source import as_path
 from synthkd.train.common import (
     InputField,
     TrainSettings,
@@ -161,8 +162,8 @@ class SFTConfig(TrainSettings, SFTTargets, SFTRowFields):
         :func:`tiny_student_dir` of the output, from the input's texts)."""
         student = self.student
         if student == "tiny":
-            student = str(build_tiny_student_from([Path(self.input)], tiny_student_dir(self.output), self.tiny))
-        return SFTOptions(student=student, input=Path(self.input), output=Path(self.output), mode=self.mode,
+            student = str(build_tiny_student_from([as_path(self.input)], tiny_student_dir(self.output), self.tiny))
+        return SFTOptions(student=student, input=as_path(self.input), output=Path(self.output), mode=self.mode,
                           fields=self.row_fields(), rationale_weight=self.rationale_weight,
                           answer_template=self.answer_template, eval_input=self.eval_input,
                           eval_fraction=self.eval_fraction, packing=self.packing, settings=self.train_settings())
