@@ -62,6 +62,7 @@ __all__ = [
     "extract_number",
     "numbers_equal",
     "parse_off_loop",
+    "read_answer",
     "safe_eval_arithmetic",
     "strip_continuation",
 ]
@@ -1226,6 +1227,36 @@ def extract_answer(
     else:
         value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
     return ExtractedAnswer(value, span, reason, cue, alts)
+
+
+#: the end of a think-mode model's reasoning block: its answer follows it
+THINK_CLOSE_TAGS: tuple[str, ...] = ("</think>", "<|end_of_thought|>")
+
+
+def read_answer(
+    text: str | None,
+    kind: AnswerKind,
+    choices: Sequence[str] | None = None,
+    labels: Sequence[str] | None = None,
+    synonyms: Mapping[str, Iterable[str]] | None = None,
+    letters: str = "abcde",
+) -> ExtractedAnswer:
+    """The answer a model's output gives: the text after its reasoning block, when it has one
+    (``<think>...</think>``), read by :func:`extract_answer`.
+
+    Why one function: evaluation (:mod:`synthkd.train.evaluate`), the tailored rounds' student mistakes
+    (which are evaluation's predictions) and the teacher's corrections (:mod:`synthkd.loops.tailored`)
+    all read answers with it, so a student trained on one teacher's answer format ("The answer is 12")
+    and scored on output in another ("**Final answer:** 12", ``\\boxed{12}``) is scored the same.
+    A reasoning block that never closes is left in place (its text is read as it is).
+    """
+    if text:
+        for tag in THINK_CLOSE_TAGS:
+            i = text.rfind(tag)
+            if i >= 0:
+                text = text[i + len(tag):]
+                break
+    return extract_answer(text, kind, choices=choices, labels=labels, synonyms=synonyms, letters=letters)
 
 
 # --------------------------------------------------------------------------------------------------

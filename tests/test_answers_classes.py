@@ -315,3 +315,40 @@ def test_main_clause_number(span: str, value: float) -> None:
 def test_main_clause_near_misses(span: str) -> None:
     a = _num(span)
     assert a.value is None and a.reason == "ambiguous", a
+
+
+# --------------------------------------------------------------------------- one reading for evaluation and tailored rounds
+
+
+STUDENT_FORMATS = [
+    "6 + 6 = 12. The answer is 12.",
+    "6 + 6 = 12.\n\n**Final answer:** 12",
+    "We add the two groups: $6 + 6 = \\boxed{12}$.",
+    "6 + 6 = 12\n#### 12",
+    "<think>six and six, that is twelve</think>\nThe final answer (in apples) is 12.",
+    '{"reasoning": "6 + 6 = 12", "answer": "12"}',
+]
+
+
+@pytest.mark.parametrize("text", STUDENT_FORMATS)
+def test_evaluation_and_tailored_rounds_read_any_format_the_same(text):
+    """Point 4 of issue 14: a student trained on one teacher's format and scored on another's is scored
+    the same: evaluation's reading (which also finds the tailored rounds' mistakes) and the tailored
+    rounds' reading of the teacher's correction are both synthkd.answers.read_answer."""
+    from synthkd.loops.tailored import correction_row
+    from synthkd.teachers.base import TeacherRequest, TeacherResult
+    from synthkd.templates import load_template
+    from synthkd.train.evaluate import predicted_value, score
+
+    v, why = predicted_value(text, "number")
+    assert v == 12.0 and why is None
+    base, _ = predicted_value(STUDENT_FORMATS[0], "number")
+    m = score([12.0, 12.0], [base, v], "number")
+    assert m["correct"] == 2 and m["accuracy"] == 1.0
+    wrong, _ = predicted_value(text.replace("12", "13"), "number")
+    assert score([12.0], [wrong], "number")["correct"] == 0  # and a wrong one in that format is wrong
+
+    tpl = load_template("tailored/correct")
+    mistake = {"id": "m1", "input": "6 + 6?", "question": "6 + 6?", "gold_answer": 12, "student_output": "11"}
+    row = correction_row(mistake, TeacherResult(TeacherRequest.user("m1#r1", "p"), text), 1, tpl)
+    assert "reject_reason" not in row and row["answer"] == "12"
