@@ -296,6 +296,21 @@ def _span_after(text: str, end: int) -> str:
     return _clean_span(line)
 
 
+# "Assistant B's answer is more concise", "their answer is wrong": an answer cue that describes someone
+# else's answer (a judge comparing responses, a model quoting a student) does not introduce the final answer
+_POSSESSOR_RE = re.compile(r"(?:\b(\w+)['\u2019]s?|\b(?:his|her|their|your|whose))\s+(?:\w+\s+)?$", re.IGNORECASE)
+_OWN_POSSESSORS = frozenset({"question", "problem", "exercise", "puzzle", "equation", "task", "riddle", "system",
+                             "expression", "item", "query", "prompt", "quiz", "test", "today", "model"})
+
+
+def _someone_elses(text: str, m: re.Match[str]) -> bool:
+    """Whether cue ``m`` ("... answer is") belongs to a possessor: "Assistant A's (final) answer is ..."."""
+    if m.lastgroup != "is":
+        return False
+    p = _POSSESSOR_RE.search(text, max(0, m.start() - 40), m.start())
+    return p is not None and (p.group(1) or "").lower() not in _OWN_POSSESSORS
+
+
 def _find_span(text: str) -> tuple[str | None, str | None]:
     """(span, cue name) of the last usable answer cue in ``text``.
 
@@ -303,7 +318,7 @@ def _find_span(text: str) -> tuple[str | None, str | None]:
     Cues are read from the end, so the scan usually stops at the last cue; only the last
     _TAIL_CHARS characters are searched, so even text made of cues costs time linear in its length.
     """
-    cues = list(_CUE_RE.finditer(text, max(0, len(text) - _TAIL_CHARS)))
+    cues = [m for m in _CUE_RE.finditer(text, max(0, len(text) - _TAIL_CHARS)) if not _someone_elses(text, m)]
     for m in reversed(cues):
         found = _cue_span(text, m)
         if found is not None and found[0]:
@@ -611,10 +626,182 @@ _UNFINISHED_RE = re.compile(r"[\d+\-*/(]\s*$")
 _CONJUNCTION_RE = re.compile(r"\b(?:or|and)\b|/|,", re.IGNORECASE)
 
 
+# ---- closed forms: "\\frac{\\pi}{4}", "e^(-10)", "2\\sqrt{3}", "tan(1 + π/4)", "log2(3)"
+# a compound SI unit after a number ("12.3 m/s^2", "9.8 m/s²", "4 kg·m^2", "20 N/m"): a unit, not unknowns
+_SI_UNIT = r"(?:[kcmµnMG]?(?:m|s|g|N|J|W|V|Pa|Hz|rad|mol|K|C|h|min)|°C)"
+_COMPOUND_UNIT_RE = re.compile(
+    rf"(?<=\d)(?:\s*{_SI_UNIT}(?:\s*[/\u00b7*]\s*{_SI_UNIT}(?:\s*\^\s*-?\d|[\u00b2\u00b3])?)+"
+    rf"|\s+{_SI_UNIT}(?:\s*\^\s*-?\d|[\u00b2\u00b3]))(?![\w^])")
+_CLOSED_HINT_RE = re.compile(
+    r"\\pi|\u03c0|\\sqrt|\u221a|(?<![A-Za-z])(?:sqrt|exp|ln|log(?:_?\{?(?:2|10)\}?)?|sin|cos|tan|arcsin|arccos|arctan|pi)"
+    r"(?![A-Za-z])|(?<![A-Za-z\\])e(?=\s*(?:[+*/^)]|-\s*[\d(]|$))")
+_CLOSED_FUNCS: dict[str, Callable[[float], float]] = {
+    "sqrt": math.sqrt, "exp": math.exp, "ln": math.log, "logtwo": math.log2, "logten": math.log10,
+    "sin": math.sin, "cos": math.cos, "tan": math.tan, "arcsin": math.asin, "arccos": math.acos,
+    "arctan": math.atan}
+_CLOSED_NAMES = {"pi": math.pi, "e": math.e}
+_FREE = object()  # _closed_form: an expression with unknowns
+_LATEX_ARG_CMDS = ("\\dfrac", "\\tfrac", "\\frac", "\\sqrt")
+_CLOSED_WORD_RE = re.compile(r"[A-Za-z]+\d*")
+_CLOSED_PREP = (
+    (re.compile(r"\\(?:left|right|displaystyle|,|!|;|:|quad|qquad)|\\ |\$|\\[()\[\]]"), " "),
+    (re.compile(r"\\(?:cdot|times)"), "*"), (re.compile(r"\\div"), "/"),
+    (re.compile(r"\\(pi|exp|ln|log|sin|cos|tan|arcsin|arccos|arctan)(?![A-Za-z])"), r" \1 "),
+    (re.compile(r"\u03c0"), " pi "),
+    (re.compile(r"\u221a\s*(\d+(?:\.\d+)?|[A-Za-z]+|\([^()]*\))"), r" sqrt(\1) "), (re.compile(r"\u221a"), " sqrt "),
+    (re.compile(r"log_?\{?2\}?"), "logtwo"), (re.compile(r"log_?\{?10\}?"), "logten"),
+    (re.compile(r"\\([A-Za-z]+)"), r" _\1 "),  # any other command: "\\theta" is a variable
+    (re.compile(r"[{\[]"), "("), (re.compile(r"[}\]]"), ")"), (re.compile(r"\^"), "**"),
+)
+# implicit products: "2pi", "3(x)", ")(", "pi e", "2 sqrt(3)"; scientific notation "2e5" is left alone
+_IMPLICIT_MUL_RE = re.compile(r"(?<=[\d)])\s*(?=[(A-Za-z])(?![eE][-+]?\d)|(?:(?<=\bpi)|(?<=\be))(?=\s*[\d(]|\s+[A-Za-z])"
+                              r"|(?<=\))\s*(?=\d)")
+
+
+_DIV_THEN_PRODUCT_RE = re.compile(r"/\s*(?:[\w.]+|\([^()]*\))\s*@")
+
+
+def _latex_args(s: str) -> str:
+    """``\\frac{a}{b}`` -> ``((a)/(b))``, ``\\sqrt{a}`` -> ``sqrt(a)``, ``\\sqrt[n]{a}`` -> ``((a)**(1/(n)))``
+    (nested groups allowed); an unbalanced group is left as it is."""
+    for _ in range(50):
+        hits = [(s.find(c), c) for c in _LATEX_ARG_CMDS if s.find(c) >= 0]
+        if not hits:
+            return s
+        pos, cmd = min(hits)
+        j = pos + len(cmd)
+        while j < len(s) and s[j] == " ":
+            j += 1
+        root = None
+        if cmd == "\\sqrt" and j < len(s) and s[j] == "[":
+            close = s.find("]", j)
+            if close < 0:
+                return s
+            root, j = s[j + 1:close], close + 1
+        args: list[str] = []
+        for _k in range(2 if cmd != "\\sqrt" else 1):
+            while j < len(s) and s[j] == " ":
+                j += 1
+            if j < len(s) and s[j] == "{":
+                inner = _braced(s, j)
+                if inner is None:
+                    return s
+                args.append(inner)
+                j += len(inner) + 2
+            elif j < len(s) and (s[j].isalnum()):
+                args.append(s[j])  # "\\frac12", "\\sqrt2"
+                j += 1
+            else:
+                return s
+        if cmd == "\\sqrt":
+            rep = f" sqrt({args[0]}) " if root is None else f" (({args[0]})**(1/({root}))) "
+        else:
+            rep = f" (({args[0]})/({args[1]})) "
+        s = s[:pos] + rep + s[j:]
+    return s
+
+
+def _closed_value(node: ast.AST) -> float:
+    if isinstance(node, ast.Expression):
+        return _closed_value(node.body)
+    if isinstance(node, ast.Name):
+        if node.id not in _CLOSED_NAMES:
+            raise NameError(node.id)
+        return _CLOSED_NAMES[node.id]
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in _CLOSED_FUNCS:
+        if len(node.args) != 1 or node.keywords:
+            raise ValueError("one argument")
+        try:
+            out = _CLOSED_FUNCS[node.func.id](_closed_value(node.args[0]))
+        except (ValueError, OverflowError) as exc:
+            raise ValueError("math domain") from exc
+        if not math.isfinite(out) or abs(out) > _MAX_MAGNITUDE:
+            raise ValueError("result out of range")
+        return out
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _closed_value(node.operand)
+        return -v if isinstance(node.op, ast.USub) else v
+    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
+        left, right = _closed_value(node.left), _closed_value(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(right) > _MAX_EXPONENT or (left < 0 and not float(right).is_integer())
+                                             or (left == 0 and right < 0)):
+            raise ValueError("power out of range")
+        try:
+            out = _BIN_OPS[type(node.op)](left, right)
+        except (ZeroDivisionError, OverflowError) as exc:
+            raise ValueError("division by zero / overflow") from exc
+        if isinstance(out, complex) or not math.isfinite(out) or abs(out) > _MAX_MAGNITUDE:
+            raise ValueError("result out of range")
+        return float(out)
+    return _eval_node(node)  # numbers; anything else raises ValueError
+
+
+_UNIT_TAIL_RE = re.compile(r"(?<=[\d)a-z])\s+(?!pi\b)[A-Za-z]{2,}(?:\s*/\s*[A-Za-z]+)*\s*$")  # "log2(3) bits", "pi/4 radians"
+_CLOSED_COPULA_RE = re.compile(r".*(?:\b(?:is|are|equals|be|becomes)\b|\u2248|~)", re.IGNORECASE | re.DOTALL)
+_CLOSED_CALL_RE = re.compile(r"(?<![A-Za-z])(?:sqrt|exp|ln|log\w*|sin|cos|tan|arcsin|arccos|arctan)\s*[({]|\\[A-Za-z]+\s*[({]")
+_CLOSED_NUMBER_BEFORE_RE = re.compile(r"\d\s*(?:\\pi|\u03c0|\bpi\b|\\sqrt|\u221a|\bsqrt\b)")
+
+
+def _closed_form(text: str) -> float | None | object:
+    """:func:`_closed_form_expr` of the span, or else of what follows its last copula ("the area is 2 pi")."""
+    out = _closed_form_expr(text)
+    if out is None:
+        m = _CLOSED_COPULA_RE.match(text)
+        if m is not None and m.end() < len(text):
+            out = _closed_form_expr(text[m.end():])
+    return out
+
+
+def _closed_form_expr(text: str) -> float | None | object:
+    """The value of a closed-form answer with named constants and elementary functions (``\\frac{\\pi}{4}``,
+    ``e^(-10)``, ``2\\sqrt{3}``, ``tan(1 + π/4)``, ``log_2(3)``); :data:`_FREE` when it has unknowns
+    (``2\\pi i \\frac{f(z_1)}{z_1 - z_2}``, ``3L^2``); None when the span is not one expression (prose)."""
+    t = text.translate(_OP_TRANSLATION)
+    if "=" in t:
+        parts = [p for p in _EQUALS_RE.split(t) if p.strip()]
+        t = parts[-1] if parts else t
+    t = _latex_args(t)
+    for pat, rep in _CLOSED_PREP:
+        t = pat.sub(rep, t)
+    t = _UNIT_TAIL_RE.sub("", t.strip().rstrip("."))
+    t = _THOUSANDS_RE.sub("", t)
+    words = _CLOSED_WORD_RE.findall(t)
+    unknown = [w for w in words if w not in _CLOSED_FUNCS and w not in _CLOSED_NAMES and not re.fullmatch(r"[eE]\d+", w)]
+    if len(unknown) > 1 and any(len(w) > 2 for w in unknown):
+        return None  # prose ("approximately 30 hp using ..."): not one expression
+    t = _IMPLICIT_MUL_RE.sub("@", t)
+    if _DIV_THEN_PRODUCT_RE.search(t):
+        return _FREE  # "e^2/2(1 + e^2)", "1/2πi": is the product under the fraction bar or not? no answer
+    t = t.replace("@", "*")
+    if len(t) > _MAX_EXPR_CHARS:
+        return None
+    try:
+        tree = ast.parse(t, mode="eval")
+    except (SyntaxError, ValueError, MemoryError, RecursionError):
+        return None
+    try:
+        return _closed_value(tree)
+    except NameError as exc:
+        name = str(exc)
+        if len(name) <= 2 or "_" in name or name in ("log", "lg"):
+            return _FREE  # "x", "z_1", "\\theta": a variable; "log(5)": a log of unknown base
+        return None  # "mails": prose
+    except (ValueError, RecursionError):
+        return None
+
+
 def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...]]:
     """(value, reason, alternatives) for :func:`extract_number`."""
     if text is None or not text.strip():
         return None, "cue found but no number", ()
+    if _CLOSED_HINT_RE.search(text):
+        closed = _closed_form(text)
+        if closed is _FREE:
+            return None, "bad expression", ()  # "2\\pi r", "3L^2": unknowns, no value
+        if isinstance(closed, float):
+            return closed, None, ()
+        if _CLOSED_NUMBER_BEFORE_RE.search(text) or _CLOSED_CALL_RE.search(text):
+            return None, "bad expression", ()  # "2 pi ..." not read as one expression: its "2" is no answer
     s = _normalise_numeric_text(text)
     if s.count("(") > s.count(")") and _UNFINISHED_RE.search(s):
         return None, "truncated expression", ()  # "(9 + 6": the generation stopped mid-expression
@@ -628,6 +815,7 @@ def _parse_number(text: str) -> tuple[float | None, str | None, tuple[float, ...
         parts = [p for p in _EQUALS_RE.split(s) if _NUM_RE.search(p)]
         if parts:
             s = parts[-1]
+    s = _COMPOUND_UNIT_RE.sub(" ", s)
     if _UNKNOWN_IN_EXPR_RE.search(s):
         return None, "bad expression", ()
     candidates: list[tuple[int, int, float]] = []  # (start, end, value)
@@ -1079,6 +1267,17 @@ def _final_sentences(body: str) -> list[str]:
 
 
 _OPTION_LINE_RE = re.compile(r"^\(?([A-Ja-j])[.):]\s+(\S.*)$")
+# the option restated, then why: "B. Escape queries - While not the most secure, ..." / "... (because ...)"
+_EXPLANATION_AFTER_OPTION_RE = re.compile(r"\s+[-\u2013\u2014]\s+|\s*[:;]\s+|\s+\((?=because|since|as\b)|,\s+(?:because|since|as)\b")
+# a caveat after the answer, about the answer's limits rather than another option:
+# "However, it's important to note that ...", "Note that ...", "Keep in mind ..."
+_CAVEAT_RE = re.compile(r"^(?:however,?\s+)?(?:it(?:'s|\s+is)\s+(?:important|worth)\s+(?:to\s+)?not(?:e|ing)|note\s+that|"
+                        r"keep\s+in\s+mind|please\s+note)\b", re.IGNORECASE)
+# "X that does not hold is (E) ...": the option follows the sentence's verb; a negation or hedge in its
+# subject ("the only pair that does not satisfy ...") or in a reason after it (", as some may ...") is not
+# said of the option
+_OPTION_AFTER_VERB_RE = re.compile(r"\b(?:is|are|would\s+be|will\s+be|must\s+be)\s*:?\s*$", re.IGNORECASE)
+_REASON_AFTER_RE = re.compile(r",?\s+(?:as|because|since|which|given\s+that)\b|,\s", re.IGNORECASE)
 _RESTATED_LINES = 8
 
 
@@ -1092,7 +1291,8 @@ def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[i
         if not m:
             continue
         idx = letters.lower().find(m.group(1).lower())
-        if 0 <= idx < len(choices) and _norm(m.group(2)) and _norm(m.group(2)) == _norm(choices[idx]):
+        said = _norm(_EXPLANATION_AFTER_OPTION_RE.split(m.group(2), 1)[0])  # "B. Escape queries - because ..."
+        if 0 <= idx < len(choices) and said and said == _norm(choices[idx]):
             found[idx] = line
     if len(found) != 1:
         return None  # none, or a list of options (the model reciting them)
@@ -1134,7 +1334,8 @@ def _fallback(
         return None  # a reasoning trace cut off before its end: its last sentence is thinking, not an answer
     if kind == "choice":
         restated = _restated_option(body, choices or (), letters)
-        if restated is not None and not _FALLBACK_HEDGE_RE.search(last):
+        if restated is not None and (not _FALLBACK_HEDGE_RE.search(last) or (
+                _CAVEAT_RE.match(last) and not _find_letters(_unlatex(last), letters))):
             return restated  # "... is:\nC. An overflow error occurred." (not when the text then takes it back)
         for sent in sents[:_FALLBACK_CHOICE_SENTENCES]:
             if sent.endswith("?"):
@@ -1146,7 +1347,12 @@ def _fallback(
             strict = [h for h in hits if re.match(r"[(\[]|option|choice", sent[h[0] : h[1]].strip(), re.IGNORECASE)]
             if not strict:
                 continue
-            if _FALLBACK_CHOICE_NEG_RE.search(sent) or _FALLBACK_HEDGE_RE.search(sent):
+            said = sent
+            if len(strict) == 1 and _OPTION_AFTER_VERB_RE.search(sent, 0, strict[0][0]):
+                pred = sent[strict[0][0]:]  # the option and its text, up to a reason clause
+                r_m = _REASON_AFTER_RE.search(pred, strict[0][1] - strict[0][0])
+                said = sent[:0] + (pred[: r_m.start()] if r_m else pred)
+            if _FALLBACK_CHOICE_NEG_RE.search(said) or _FALLBACK_HEDGE_RE.search(said):
                 return None
             named = {h[2] for h in strict}
             return (strict[0][2], sent) if len(named) == 1 else None

@@ -7,6 +7,7 @@ but every string here is invented, so that the tests pin a class of phrasing, no
 
 from __future__ import annotations
 
+import math
 import time
 
 import pytest
@@ -352,3 +353,78 @@ def test_evaluation_and_tailored_rounds_read_any_format_the_same(text):
     mistake = {"id": "m1", "input": "6 + 6?", "question": "6 + 6?", "gold_answer": 12, "student_output": "11"}
     row = correction_row(mistake, TeacherResult(TeacherRequest.user("m1#r1", "p"), text), 1, tpl)
     assert "reject_reason" not in row and row["answer"] == "12"
+
+
+# --------------------------------------------------------------------------- classes added from the wider benchmark
+
+
+def test_an_answer_cue_owned_by_someone_else_does_not_introduce_the_final_answer():
+    # a judge compares two responses: "Response 2's answer is ..." describes an answer, it is not the verdict
+    labels = ["A>B", "A=B", "B>A"]
+    text = ("Both are fine; the second is tighter.\n\nVerdict: [[B>A]]\n\n"
+            "Response B's answer is clearer and better organised than the other one.")
+    a = extract_answer(text, "label", labels=labels)
+    assert (a.value, a.cue) == ("B>A", "[[verdict]]")
+    text = "The pupil's answer is 40. Checking it: 8 * 6 = 48, so the correct answer is 48."
+    assert extract_answer(text, "number").value == 48.0
+    assert extract_answer("So the problem's answer is 48.", "number").value == 48.0  # the item's own answer
+
+
+@pytest.mark.parametrize("span,value", [
+    ("\\frac{\\pi}{6}", math.pi / 6),
+    ("3\\sqrt{2}", 3 * math.sqrt(2)),
+    ("e^{-3}", math.exp(-3)),
+    ("\\frac{1}{2}\\ln(3)", 0.5 * math.log(3)),
+    ("cos(\\pi/3) + 1", 1.5),
+    ("√7", math.sqrt(7)),
+    ("5π/4 radians", 5 * math.pi / 4),
+    ("log_2(8) bits", 3.0),
+    ("2\\sqrt[3]{8}", 4.0),
+])
+def test_closed_form_answers_are_evaluated(span, value):
+    a = extract_answer(f"Putting it together, the final answer is {span}.", "number")
+    assert a.value == pytest.approx(value) and a.reason is None
+
+
+@pytest.mark.parametrize("span", [
+    "\\frac{k}{2}\\pi",  # a free variable k
+    "4\\pi r^2",
+    "\\sin(\\theta) + 1",
+    "e^{3s}",
+    "7/2(1 + \\pi)",  # is the product under the fraction bar? no reading is safe
+    "\\log(5)",  # log without a base: ln in analysis, log2 in information theory
+    "3 pi d",
+])
+def test_closed_forms_with_unknowns_or_unclear_precedence_give_no_answer(span):
+    a = extract_answer(f"Therefore, the answer is {span}.", "number")
+    assert a.value is None and a.reason == "bad expression"
+
+
+@pytest.mark.parametrize("span,value", [("about 4.9 m/s^2", 4.9), ("31 N/m", 31.0), ("2.5 kg·m^2", 2.5),
+                                        ("7 m/s²", 7.0)])
+def test_a_number_with_a_compound_unit(span, value):
+    assert extract_answer(f"The acceleration is found; the answer is {span}.", "number").value == value
+
+
+CHOICES = ["a kettle", "a toaster", "a lamp", "a blender", "a radio"]
+
+
+def test_choice_fallback_reads_an_option_after_the_verb_despite_a_negation_in_the_subject():
+    text = ("Each device was checked in turn.\n\n"
+            "The one device that does not need a plug is (C) a lamp, as it may run on batteries.")
+    a = extract_answer(text, "choice", choices=CHOICES)
+    assert (a.value, a.cue) == (2, "fallback")
+    # negated or hedged after the verb: no answer
+    for said in ("The device is not (C) a lamp.", "The device is (C) a lamp or (D) a blender.",
+                 "The device might be (C) a lamp."):
+        assert extract_answer("Each device was checked.\n\n" + said, "choice", choices=CHOICES).value is None
+
+
+def test_choice_fallback_reads_a_restated_option_with_its_explanation_or_a_caveat_after_it():
+    text = "Weighing all five, the most suitable one is:\n\nD. a blender - it is the only one that mixes."
+    assert extract_answer(text, "choice", choices=CHOICES).value == 3
+    text = ("Weighing all five, the most suitable one is:\n\nB. a toaster\n\n"
+            "However, it is important to note that the result might depend on the kitchen.")
+    assert extract_answer(text, "choice", choices=CHOICES).value == 1
+    text = "Weighing all five, the most suitable one is:\n\nB. a toaster\n\nHowever, (E) might be better."
+    assert extract_answer(text, "choice", choices=CHOICES).value is None  # taken back: no answer
