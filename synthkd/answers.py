@@ -617,6 +617,7 @@ _UNKNOWN_IN_EXPR_RE = re.compile(
     r"(?!(?<=\d)[eE][-+]?\d)[A-Za-z]\s*[+*^]\s*[\w(]"  # a letter, but not the "e" of "1e+5"
     r"|[\w)]\s*[+*^]\s*[A-Za-z]"
     r"|\b\d+(?:\.\d+)?[xyz]\b"
+    r"|(?<![\w/.])[A-Za-z]\s*/\s*[\d(]"  # a lone letter divided: "v/440" (a unit is "m/s", "$15/hour")
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*\)"
     r"|\([^()]*(?:[A-Za-z]\s+-\s*[\w(]|[\w)]\s*-\s+[A-Za-z])[^()]*$"
 )
@@ -1250,6 +1251,11 @@ _FINISHED_RE = re.compile(r"[.!)\]}*$`'\"\u201d]\s*$")
 _FALLBACK_CHOICE_SENTENCES = 3  # an option named in one of the last three sentences of the last paragraph
 
 
+# a paragraph that lists the problem's data: its numbers are givens, not the result
+_GIVEN_SECTION_RE = re.compile(r"[*#\s]*(?:given|variables|relevant\s+variables|known|data|plan)\s*:?\s*[*]*\s*\n",
+                               re.IGNORECASE)
+
+
 def _final_sentences(body: str) -> list[str]:
     """The sentences of the last non-empty paragraph, last first (markdown and list markers removed)."""
     tail = body[-4 * _FALLBACK_MAX_SENT_CHARS :].rstrip()
@@ -1318,6 +1324,8 @@ def _fallback(
     sents = _final_sentences(body)
     if not sents:
         return None
+    if _GIVEN_SECTION_RE.match(re.split(r"\n[ \t]*\n", body.rstrip())[-1].lstrip()):
+        return None  # the text stops in its list of givens ("Given:\n... = 14"): a datum, not a result
     last = sents[0]
     if len(last) > _FALLBACK_MAX_SENT_CHARS or last.endswith("?") or _RUNAWAY_RE.search(last):
         return None

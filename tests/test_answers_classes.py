@@ -428,3 +428,13 @@ def test_choice_fallback_reads_a_restated_option_with_its_explanation_or_a_cavea
     assert extract_answer(text, "choice", choices=CHOICES).value == 1
     text = "Weighing all five, the most suitable one is:\n\nB. a toaster\n\nHowever, (E) might be better."
     assert extract_answer(text, "choice", choices=CHOICES).value is None  # taken back: no answer
+
+
+def test_fallback_abstains_on_a_result_over_a_free_variable_and_on_a_list_of_givens():
+    # found by the spot-check of fallbacks: "is v/440 Hz" read as 440, a given read as the result
+    a = extract_answer("We solve for the length.\n\nTherefore, the rope's length is k/125 m.", "number")
+    assert a.value is None
+    a = extract_answer("Known:\nApples picked on Monday = 31\nApples eaten on Tuesday = 12", "number")
+    assert a.value is None
+    a = extract_answer("Known:\nApples picked = 31\nApples eaten = 12\n\nSo 31 - 12 = 19 apples are left.", "number")
+    assert (a.value, a.cue) == (19.0, "fallback")
