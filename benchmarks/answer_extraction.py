@@ -480,7 +480,8 @@ def run_teacher_outputs(data_dir: Path) -> list[Result]:
             continue
         res = groups.setdefault(name, Result(name, categorise=teacher_category))
         t0 = time.perf_counter()
-        a = extract_answer(r["output"], spec.kind, **spec.kwargs)  # type: ignore[arg-type]
+        # the question goes with the output, as a reader (and evaluation) has it
+        a = extract_answer(r["output"], spec.kind, question=r.get("question"), **spec.kwargs)  # type: ignore[arg-type]
         res.seconds += time.perf_counter() - t0
         row = Row(r["output"], a, spec.gold, _same(a.value, spec.gold, spec.kind), _show(a.value, spec),
                   _show(spec.gold, spec))
@@ -528,6 +529,8 @@ _EMPTY_ITEM_RE = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,2}[.)]|[-*])[ \t]*(?:[A-Z][\
 #: "e" and "i" are constants, SI units after a number are not variables
 _VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])")
 _BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger)\s+than|at\s+(?:least|most)|up\s+to)\s+\$?\d[^\s]*")
+_ASKS_TWO_RE = re.compile(r"\bhow\s+many\s+[a-z-]+\s+and\s+[a-z-]+", re.IGNORECASE)
+_ASKS_DIFFERENCE_RE = re.compile(r"\bhow\s+many\s+(?:more|fewer|less)\b.*\bthan\b", re.IGNORECASE)
 _UNIT_AFTER_NUMBER_RE = re.compile(r"\d\s*(?:[kmcµnM]?(?:m|s|g|N|J|W|V|A|K|Hz|Pa)(?:\s*[/^·*]\s*\w+)*)\b")
 
 
@@ -551,7 +554,10 @@ NO_ANSWER_CLASSES = {
     "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no')",
     "free variables": "the stated answer is an expression with unknowns ('3π:4r3', '2x + 2'): no value",
     "bound": "no answer cue, and the last sentence states only a bound ('less than 90°', 'at least 3')",
-    "other kind": "the answer is of another kind (True/False for an item with a number gold)",
+    "other kind": "the answer is of another kind: True/False for an item with a number gold, or two quantities "
+                  "stated apart for a question that asks for two ('How many apples and pears ...?')",
+    "other question": "the question asks for a difference ('How many more X than Y?') and the final statement "
+                      "gives only the separate quantities ('9 storks and 4 birds'), no difference",
 }
 
 
@@ -576,6 +582,12 @@ def no_answer_category(r: Row) -> str | None:
         return "no answer to find: other kind"
     if _DECLINES_RE.search(body[-600:]):
         return "no answer to find: declines"
+    final = r.ans.span if r.ans.span else (sents[-1] if sents else "")
+    if r.kind == "number" and r.ans.value is None and len(re.findall(r"\d+(?:\.\d+)?", final)) >= 2:
+        if _ASKS_TWO_RE.search(r.question[-300:]):
+            return "no answer to find: other kind"
+        if _ASKS_DIFFERENCE_RE.search(r.question[-300:]) and not re.search(r"\b(?:more|fewer|less)\b", final):
+            return "no answer to find: other question"
     span = r.ans.span or ""
     if r.ans.value is None and r.ans.reason in ("ambiguous", "no choice matched", "no label matched") and (
             len(set(re.findall(r"\b([A-J])\b", span))) >= 2 and re.search(r",|\band\b|\bor\b", span)

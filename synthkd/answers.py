@@ -123,7 +123,7 @@ class ExtractedAnswer:
     string from ``labels`` (kind "label"), or ``None`` when nothing could be extracted.
     ``span``: the raw answer text the value was read from (``None`` when no answer cue was found).
     ``reason``: why ``value`` is ``None`` (one of :data:`REASONS`); ``None`` on success.
-    ``cue``: which cue introduced the span ("answer is", "answer:", "json", "####", "boxed",
+    ``cue``: which cue introduced the span ("answer is", "answer is that", "answer:", "json", "####", "boxed",
     "[[verdict]]", "A:", "bare"), or "fallback" when there was no cue and the value is the one that
     the final sentence or last equation states unambiguously (filters may choose not to trust it).
     ``alternatives``: other answers the same span also offers, when the teacher hedged
@@ -206,7 +206,7 @@ _VERB = r"\s+(?:is|are|would\s+be|should\s+be|will\s+be|must\s+be|remains|=)(?:\
 _CUE_RE = re.compile(
     rf"""
     (?P<is>\b(?:(?:final|correct|right|best|only|true|most\s+(?:likely|appropriate|plausible|reasonable|suitable))\s+)?
-        answer{_QUAL}{_VERB}\b(?!\s+not\b)(?!\s+(?:that|whether|if)\b)
+        answer{_QUAL}{_VERB}\b(?!\s+not\b)(?!\s+(?:whether|if)\b)
         (?:\s*:)?)                                       # "... the answer is", "the final answer (in $) is"
     | (?P<opt>\b(?:final|correct|right|best|most\s+(?:likely|appropriate|plausible|reasonable|suitable))\s+
         (?:option|choice|response|verdict){_QUAL}{_VERB}\b(?!\s+not\b)(?!\s+(?:that|whether|if)\b)
@@ -232,7 +232,9 @@ _BARE_MAX_CHARS = 64  # a cue-less text this short and on one line is treated as
 _TAIL_CHARS = 32_768
 _SPAN_MAX_CHARS = 2_000
 
-_SENTENCE_END_RE = re.compile(r"[.!?](?=\s+[A-Z0-9\"'(])|;\s")
+# a sentence ends at ". X" - not after a title or a Latin abbreviation ("Mrs. Smith", "e.g. 5")
+_SENTENCE_END_RE = re.compile(r"(?<!\bMrs)(?<!\bMr)(?<!\bMs)(?<!\bDr)(?<!\bSt)(?<!\bvs)(?<!\be\.g)(?<!\bi\.e)"
+                              r"[.!?](?=\s+[A-Z0-9\"'(])|;\s")
 _TRAIL_STRIP = " \t\r\n.,;:!?\"'`*_\u201c\u201d\u2018\u2019"
 _LEAD_STRIP = " \t\r\n:\"'`*_\u201c\u201d\u2018\u2019"
 _MARKDOWN_RE = re.compile(r"__|`")
@@ -382,6 +384,9 @@ def _cue_span(text: str, m: re.Match[str]) -> tuple[str, str] | None:
         cue = "A:"
     else:
         span = _span_after(text, m.end())
+        if kind == "is" and span[:5].lower() == "that ":
+            # "the answer is that there are 24 ways ...": the clause is the answer
+            return span[5:].lstrip(), "answer is that"
         cue = {"is": "answer is", "opt": "answer is", "colon": "answer:", "head": "answer:", "hash": "####"}[kind or ""]
     return span, cue
 
@@ -1256,6 +1261,12 @@ _GIVEN_SECTION_RE = re.compile(r"[*#\s]*(?:given|variables|relevant\s+variables|
                                re.IGNORECASE)
 
 
+# the answer given first ("Yes, every vector is an eigenvector ...") and then explained, with no other yes/no
+_ANSWER_FIRST_RE = re.compile(r"\s*(?:\*\*)?(yes|no)(?:\*\*)?[,.!:]", re.IGNORECASE)
+_CONCLUSION_RE = re.compile(r"^(?:therefore|thus|hence|so|consequently|in\s+conclusion|in\s+summary)\b[,:]?\s*"
+                            r"(?:(?:by|from|using)\s+[^,]{1,60},\s*)?", re.IGNORECASE)
+
+
 def _final_sentences(body: str) -> list[str]:
     """The sentences of the last non-empty paragraph, last first (markdown and list markers removed)."""
     tail = body[-4 * _FALLBACK_MAX_SENT_CHARS :].rstrip()
@@ -1313,6 +1324,7 @@ def _fallback(
     labels: Sequence[str] | None,
     synonyms: Mapping[str, Iterable[str]] | None,
     letters: str,
+    question: str | None = None,
 ) -> tuple[float | int | str | bool, str] | None:
     """(value, span) stated by the final sentence of a text that has no answer cue, or None.
 
@@ -1370,22 +1382,152 @@ def _fallback(
     if kind == "number":
         # "C_2", "n1", "m/s^2": a digit that names something or is a unit's power is not a number of the
         # sentence ("the value of $c_0$ is 0" -> 0; "determine the value of $C_2$." -> nothing)
-        value, _reason, alts = _parse_number(_NAME_DIGITS_RE.sub(" name ", last))
+        value, reason, alts = _parse_number(_NAME_DIGITS_RE.sub(" name ", last))
+        if value is None and reason == "ambiguous" and question:
+            value = _asked_quantity(last, question)  # "... 8 balloons and 79 balls" + "How many balloons ...?"
         return (value, last) if value is not None and not alts else None
     if kind == "boolean":
         words = _BOOL_WORD_RE.findall(last.lower())
         lead = [w for w in words[:3] if w not in ("so", "thus", "therefore", "hence", "then", "overall", "in", "conclusion")]
         if lead and lead[0] in ("yes", "no"):
             return lead[0] == "yes", last
-        m = re.search(r"\b(?:statement|claim|assertion|it)\s+is\s+(not\s+)?(true|false|correct|incorrect)\b", last, re.I)
+        m = re.search(r"\b(?:statement|claim|assertion|argument|proposition|it)\s+is\s+(not\s+)?(true|false|correct|incorrect)\b",
+                      last, re.I)
         if m:
             v = m.group(2).lower() in ("true", "correct")
             return (not v if m.group(1) else v), last
+        if question and _CONCLUSION_RE.match(last):
+            claimed = _claim_polarity(_CONCLUSION_RE.sub("", last), question)
+            if claimed is not None:
+                return claimed, last  # "Therefore, the vectors are linearly independent." + "Are they ...?"
+        first = _ANSWER_FIRST_RE.match(body)
+        if first is not None and not re.search(r"\b(?:yes|no)\b", body[first.end():], re.IGNORECASE):
+            return first.group(1).lower() == "yes", first.group(0).strip()  # "Yes, this is true. <why>"
         return None
     if kind == "label":
         lab, _why, lab_alts = _label_from(last, labels or (), synonyms)
         return (lab, last) if lab is not None and not lab_alts else None
     return None
+
+
+# "there are 24 ways", "the object has 19 faces", "the speed is 5.9 m/s": a clause's verb states its number
+_CLAUSE_VERB_NUMBER_RE = re.compile(
+    rf"\b(?:is|are|was|were|has|have|had|equals?|be|becomes?|totals?|gives?|yields?|makes?|takes?|comes\s+to)"
+    rf"\s+(?:approximately\s+|about\s+|exactly\s+|only\s+|a\s+total\s+of\s+)?[$\u20ac\u00a3]?\s*(-?{_NUMBER})",
+    re.IGNORECASE)
+
+
+def _clause_states(span: str, value: float) -> bool:
+    """Whether a clause given as the answer ("the answer is that ...") states ``value`` with its verb,
+    rather than mentioning it in a condition ("converges at x = 5") or a bound ("at least 4")."""
+    s = _normalise_numeric_text(span)
+    return any(numbers_equal(float(m.group(1)), value) for m in _CLAUSE_VERB_NUMBER_RE.finditer(s))
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. the question decides (optional): which of several stated quantities, which polarity a claim has
+# --------------------------------------------------------------------------------------------------
+
+_Q_SENT_RE = re.compile(r"(?<=[.?!])\s+")
+_HOW_MANY_RE = re.compile(
+    r"\bhow\s+(?:many|much)\s+(?:(?P<cmp>more|fewer|less)\s+)?(?P<noun>[a-z][a-z-]*)(?P<pair>\s+and\s+[a-z]+)?"
+    r"(?:.*?\bthan\b)?", re.IGNORECASE)
+_NOT_A_NOUN = frozenset({"will", "would", "did", "does", "do", "can", "could", "should", "are", "is", "were", "was",
+                         "has", "have", "had", "of", "in", "times", "more", "less", "fewer"})
+_AFTER_NUMBER_WORDS = 3  # "42 rows", "3 packages of white t-shirts", "15 red peaches"
+_STATED_NUMBER_RE = re.compile(rf"(?<![\w.])-?\$?({_NUMBER})(?![\w.])")
+
+
+def _stem(word: str) -> str:
+    w = word.lower().strip("-")
+    for suffix in ("ies", "es", "s"):
+        if len(w) > 3 and w.endswith(suffix) and not w.endswith("ss"):
+            return w[: -len(suffix)] + ("y" if suffix == "ies" else "")
+    return w
+
+
+def _asked_quantity(span: str, question: str) -> float | None:
+    """The one number of ``span`` that a "How many <noun> ...?" question asks for: the only number directly
+    followed (within three words) by that noun ("Jake has 136 apples and 3 peaches" + "How many peaches does
+    Jake have?" -> 3); for "How many more <X> than <Y>?" the number stated as "N more ... than".  None when
+    the question asks for two things ("How many apples and pears ...?"), names no noun, or when several
+    numbers or none go with it."""
+    q = question[-400:]
+    found = list(_HOW_MANY_RE.finditer(q))
+    if not found:
+        return None
+    m = found[-1]
+    noun = m.group("noun").lower()
+    if m.group("pair") or noun in _NOT_A_NOUN:
+        return None
+    s = _normalise_numeric_text(span)
+    if m.group("cmp"):
+        hits = re.findall(rf"(-?{_NUMBER})\s+(?:[a-z-]+\s+){{0,2}}?{m.group('cmp')}\b(?:\s+[a-z-]+){{0,3}}?\s+than\b", s, re.I)
+        vals = {float(h) for h in hits}
+        return vals.pop() if len(vals) == 1 else None
+    want = _stem(noun)
+    vals = set()
+    numbers = list(_STATED_NUMBER_RE.finditer(s))
+    for k, n in enumerate(numbers):
+        stop = numbers[k + 1].start() if k + 1 < len(numbers) else len(s)  # the words up to the next number
+        after = re.findall(r"[A-Za-z-]+", s[n.end(): min(stop, n.end() + 60)])[:_AFTER_NUMBER_WORDS]
+        if any(_stem(w) == want for w in after):
+            vals.add(float(n.group(1)) * (-1 if s[n.start()] == "-" else 1))
+    return vals.pop() if len(vals) == 1 else None
+
+
+_AUX_START_RE = re.compile(r"^(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|must|may)\b",
+                           re.IGNORECASE)
+_TRUE_FALSE_ASK_RE = re.compile(r"^(?:true\s+or\s+false|is\s+(?:it|this|that)(?:\s+\w+)?\s+(?:true|correct)"
+                                r"(?:\s+or\s+(?:false|not))?)\s*[?.]?$", re.IGNORECASE)
+_NEGATION_RE = re.compile(r"\b(?:not|no|never|cannot|none|neither|nor|fails?\s+to|non)\b|n't\b", re.IGNORECASE)
+_CLAIM_HEDGE_RE = re.compile(r"\b(?:or|if|unless|whether|likely|unlikely|may|might|could|possibly|perhaps|probably|"
+                             r"depends?|but|however|although|cannot\s+(?:conclude|determine|say))\b|\?", re.IGNORECASE)
+_CLAIM_REASON_RE = re.compile(r",?\s+(?:because|since|as|due\s+to|given\s+that|which\s+means)\b.*$",
+                              re.IGNORECASE | re.DOTALL)
+_STOP = frozenset("the a an of to in on at for by with from and is are be been was were this that these those it its "
+                  "there here we our you your they their he she his her has have had does do did can will would "
+                  "given following such any all some".split())
+_CONTENT_RE = re.compile(r"[a-z][a-z0-9_]{2,}")
+
+
+def _proposition(question: str) -> str | None:
+    """The proposition a yes/no question asks about: its last question sentence when that starts with an
+    auxiliary ("Is W a subspace of R^2?"), or the sentence before a "True or False?" / "Is it true?"."""
+    sents = [x.strip() for x in _Q_SENT_RE.split(question.strip()[-1200:]) if x.strip()]
+    for i in range(len(sents) - 1, -1, -1):
+        if _TRUE_FALSE_ASK_RE.match(sents[i]):
+            return sents[i - 1] if i > 0 else None
+        if sents[i].endswith("?"):
+            return sents[i] if _AUX_START_RE.match(sents[i]) else None
+    return None
+
+
+def _words(text: str) -> set[str]:
+    return {w[:6] for w in _CONTENT_RE.findall(_unlatex(text).lower()) if w not in _STOP}
+
+
+def _claim_polarity(claim: str, question: str) -> bool | None:
+    """Yes/no from a claim that restates the question's proposition ("x-1 is not a factor of ..." for "Is
+    x-1 a factor of ...?" -> False; "the vectors are linearly independent" for "Are the vectors linearly
+    independent?" -> True): True when the claim and the question have the same polarity (both negated or
+    neither), False otherwise.  None when the question is no yes/no question, the claim hedges or is
+    conditional, or it shares too few words with the question to be about its proposition."""
+    prop = _proposition(question)
+    if prop is None:
+        return None
+    claim = _CLAIM_REASON_RE.sub("", claim.strip())
+    claim = re.sub(r"^(?:that|so|thus|therefore|hence|in\s+conclusion)\b[,\s]*", "", claim, flags=re.IGNORECASE)
+    if not claim or _CLAIM_HEDGE_RE.search(claim):
+        return None
+    prop = re.sub(r",?\s+or\s+not\b", "", prop, flags=re.IGNORECASE)  # "Is it exact or not?" asks "is it exact"
+    cw, qw = _words(claim), _words(prop)
+    shared = cw & qw
+    if not shared or len(shared) < min(2, len(cw)) or len(shared) * 2 < len(cw):
+        return None
+    negated = len(_NEGATION_RE.findall(claim)) % 2 == 1
+    asked_negated = len(_NEGATION_RE.findall(prop)) % 2 == 1
+    return negated == asked_negated
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1400,6 +1542,7 @@ def extract_answer(
     labels: Sequence[str] | None = None,
     synonyms: Mapping[str, Iterable[str]] | None = None,
     letters: str = "abcde",
+    question: str | None = None,
 ) -> ExtractedAnswer:
     """Extract the final answer of kind ``"number"``, ``"choice"``, ``"label"`` or ``"boolean"`` from model text.
 
@@ -1407,6 +1550,11 @@ def extract_answer(
     and the remaining text is a single short line (at most 64 characters) it is taken as a bare
     answer (``cue="bare"``).  The span is then parsed by :func:`extract_number`,
     :func:`extract_choice` (``choices`` required) or :func:`extract_label` (``labels`` required).
+    ``question`` (optional, the item's question) settles two cases the text alone cannot: a final
+    statement of several quantities is read as the one the question asks for ("Jake has 136 apples and
+    3 peaches" + "How many peaches ...?" -> 3; see :func:`_asked_quantity`), and a yes/no question
+    answered with a claim is read by the claim's polarity ("x-1 is not a factor of p" + "Is x-1 a factor
+    of p?" -> False; see :func:`_claim_polarity`).  Without it those stay ``None``.
     Never raises on bad model text; ``reason`` says why ``value`` is ``None``.
     """
     if kind == "choice" and not choices:
@@ -1424,7 +1572,7 @@ def extract_answer(
         if bare and "\n" not in bare and len(bare) <= _BARE_MAX_CHARS:
             span, cue = _clean_span(bare), "bare"
         else:
-            fb = _fallback(body, kind, choices, labels, synonyms, letters)
+            fb = _fallback(body, kind, choices, labels, synonyms, letters, question)
             if fb is None:
                 return ExtractedAnswer(None, None, "no answer cue")
             return ExtractedAnswer(fb[0], fb[1], None, "fallback")
@@ -1434,10 +1582,20 @@ def extract_answer(
     alts: tuple
     if kind == "number":
         value, reason, alts = _parse_number(span)
+        if value is not None and cue == "answer is that" and not _clause_states(span, value):
+            value, reason, alts = None, "ambiguous", ()  # "... does converge at x = 5": 5 is no result
+        if value is None and reason == "ambiguous" and question:
+            asked = _asked_quantity(span, question)
+            if asked is not None:
+                value, reason = asked, None
     elif kind == "choice":
         value, reason, alts = _choice_from(span, choices, letters)  # type: ignore[arg-type]
     elif kind == "boolean":
         value, reason, alts = _boolean_from(span)
+        if value is None and reason == "no yes/no matched" and question:
+            claimed = _claim_polarity(span, question)
+            if claimed is not None:
+                value, reason = claimed, None
     else:
         value, reason, alts = _label_from(span, labels, synonyms)  # type: ignore[arg-type]
     return ExtractedAnswer(value, span, reason, cue, alts)
@@ -1454,6 +1612,7 @@ def read_answer(
     labels: Sequence[str] | None = None,
     synonyms: Mapping[str, Iterable[str]] | None = None,
     letters: str = "abcde",
+    question: str | None = None,
 ) -> ExtractedAnswer:
     """The answer a model's output gives: the text after its reasoning block, when it has one
     (``<think>...</think>``), read by :func:`extract_answer`.
@@ -1470,7 +1629,8 @@ def read_answer(
             if i >= 0:
                 text = text[i + len(tag):]
                 break
-    return extract_answer(text, kind, choices=choices, labels=labels, synonyms=synonyms, letters=letters)
+    return extract_answer(text, kind, choices=choices, labels=labels, synonyms=synonyms, letters=letters,
+                          question=question)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -438,3 +438,73 @@ def test_fallback_abstains_on_a_result_over_a_free_variable_and_on_a_list_of_giv
     assert a.value is None
     a = extract_answer("Known:\nApples picked = 31\nApples eaten = 12\n\nSo 31 - 12 = 19 apples are left.", "number")
     assert (a.value, a.cue) == (19.0, "fallback")
+
+
+# --------------------------------------------------------------------------- the question settles what the text alone cannot
+
+
+def test_several_quantities_are_read_as_the_one_the_question_asks_for():
+    text = "Stickers: 9 + 5 = 14. Stamps: 10 - 4 = 6.\n\nAnswer: Lena has 14 stickers and 6 stamps left."
+    assert extract_answer(text, "number").value is None  # which one? the text alone does not say
+    a = extract_answer(text, "number", question="Lena had 9 stickers and 10 stamps. ... How many stamps does she have left?")
+    assert a.value == 6.0 and a.cue == "answer:"
+    # the same as a cue-less final sentence
+    fb = "Stickers: 9 + 5 = 14. Stamps: 10 - 4 = 6.\n\nSo Lena has 14 stickers and 6 stamps left."
+    a = extract_answer(fb, "number", question="How many stickers does Lena have left?")
+    assert (a.value, a.cue) == (14.0, "fallback")
+    # two things asked, or the noun with two numbers, or a difference that is not stated: no answer
+    assert extract_answer(text, "number", question="How many stickers and stamps are left?").value is None
+    assert extract_answer("Answer: Ana has 4 red pens and 7 blue pens.", "number",
+                          question="How many pens are there?").value is None
+    assert extract_answer(text, "number", question="How many more stickers than stamps are left?").value is None
+    said = "Answer: Lena has 14 stickers, which is 8 more stickers than stamps."
+    assert extract_answer(said, "number", question="How many more stickers than stamps are left?").value == 8.0
+
+
+@pytest.mark.parametrize("claim,question,value", [
+    ("the number 15 is not a perfect square", "Is 15 a perfect square?", False),
+    ("the map f is injective on the reals", "Let f(x) = 3x + 1. Is f injective on the reals?", True),
+    ("The set of odd integers is NOT closed under addition", "Is the set of odd integers closed under addition?", False),
+    ("the series converges", "Consider the series sum 1/n^2. Does the series converge or not?", True),
+    ("the series does not converge", "Consider the series sum 1/n^2. Does the series converge or not?", False),
+    ("the kernel of T is trivial", "The kernel of T is trivial. True or False?", True),
+])
+def test_a_yes_no_question_answered_with_a_claim_is_read_by_its_polarity(claim, question, value):
+    text = f"We check the definition step by step.\n\nTherefore, the answer is: {claim}."
+    assert extract_answer(text, BOOLEAN_KIND).value is None  # without the question: no answer
+    a = extract_answer(text, BOOLEAN_KIND, question=question)
+    assert a.value is value and a.reason is None
+    # the same claim as the concluding sentence, no cue
+    a = extract_answer(f"We check the definition step by step.\n\nTherefore, {claim}.", BOOLEAN_KIND, question=question)
+    assert (a.value, a.cue) == (value, "fallback")
+
+
+@pytest.mark.parametrize("claim,question", [
+    ("the number 15 might be a perfect square", "Is 15 a perfect square?"),  # a hedge
+    ("the number 15 is a perfect square if we round", "Is 15 a perfect square?"),  # a condition
+    ("the matrix has rank 2", "Is 15 a perfect square?"),  # about something else
+    ("the number 15 is not a perfect square", "What is the square root of 15?"),  # not a yes/no question
+])
+def test_a_claim_that_hedges_or_does_not_restate_the_question_gives_no_answer(claim, question):
+    text = f"We check it.\n\nTherefore, the answer is: {claim}."
+    assert extract_answer(text, BOOLEAN_KIND, question=question).value is None
+
+
+def test_the_answer_is_that_clause_states_its_number_with_its_verb():
+    assert extract_answer("So the answer is that there are 35 ways to seat the 7 guests.", "number").value == 35.0
+    rows = "Thus the answer is that the garden has 12 rows of 8 tulips."
+    assert extract_answer(rows, "number").value is None  # rows or tulips per row?
+    assert extract_answer(rows, "number", question="How many rows does the garden have?").value == 12.0
+    for clause in ("the series converges at x = 3", "we need at least 6 boxes", "the limit is infinite for 2 cases"):
+        assert extract_answer(f"So the answer is that {clause}.", "number").value is None
+
+
+def test_a_yes_no_answer_given_first_and_then_explained():
+    text = "Yes, the map is injective. Two different inputs 3a + 1 and 3b + 1 differ whenever a and b differ."
+    assert extract_answer(text, BOOLEAN_KIND).value is True
+    text = "Yes, it looks injective at first. But no: f(1) = f(-1), so it is not."
+    assert extract_answer(text, BOOLEAN_KIND).value is None  # said both ways
+
+
+def test_a_title_abbreviation_does_not_end_the_answer_span():
+    assert extract_answer("The answer is that the last grade Mrs. Ortiz recorded was 88.", "number").value == 88.0
