@@ -508,3 +508,19 @@ def test_a_yes_no_answer_given_first_and_then_explained():
 
 def test_a_title_abbreviation_does_not_end_the_answer_span():
     assert extract_answer("The answer is that the last grade Mrs. Ortiz recorded was 88.", "number").value == 88.0
+
+
+def test_evaluation_and_tailored_rounds_pass_the_question_to_the_reading():
+    from synthkd.loops.tailored import correction_row
+    from synthkd.teachers.base import TeacherRequest, TeacherResult
+    from synthkd.templates import load_template
+    from synthkd.train.evaluate import predicted_value
+
+    out = "Red: 3 + 4 = 7. Blue: 9 - 4 = 5.\n\nSo Omar has 7 red cars and 5 blue cars."
+    q = "Omar had 3 red cars and 9 blue cars. He bought 4 red cars and gave away 4 blue ones. How many blue cars does he have?"
+    assert predicted_value(out, "number")[0] is None
+    assert predicted_value(out, "number", question=q)[0] == 5.0
+    tpl = load_template("tailored/correct")
+    mistake = {"id": "m1", "input": q, "question": q, "gold_answer": 5, "student_output": "7"}
+    row = correction_row(mistake, TeacherResult(TeacherRequest.user("m1#r1", "p"), out), 1, tpl)
+    assert "reject_reason" not in row and row["answer"] == "5"

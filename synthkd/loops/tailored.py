@@ -287,7 +287,9 @@ def correction_row(mistake: dict[str, Any], res: TeacherResult, r: int, tpl: Pro
     base = {"id": new_id, "source_id": mistake["id"], "round": r}
     if not res.ok:
         return {**base, "reject_reason": f"teacher error: {res.error}"}
-    ex = read_answer(res.text, "number")  # the reading evaluation applies to the student's answers
+    # the reading evaluation applies to the student's answers, with the question as evaluation has it
+    asked = next((mistake[k] for k in ("question", "input", "prompt", "text") if isinstance(mistake.get(k), str)), None)
+    ex = read_answer(res.text, "number", question=asked)
     gold = mistake.get("gold_answer")
     usage = {"prompt_tokens": res.usage.prompt_tokens, "completion_tokens": res.usage.completion_tokens}
     trace = reasoning_field(res)  # the teacher's reasoning trace beside ``text``, when it returned one

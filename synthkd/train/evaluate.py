@@ -176,10 +176,11 @@ def gold_value(v: Any, kind: str, *, choices: Sequence[str] | None = None,
 
 
 def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None = None,
-                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None
-                    ) -> tuple[Any, str | None]:
+                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None,
+                    question: str | None = None) -> tuple[Any, str | None]:
     """(value, reason) from model text (via :func:`synthkd.answers.read_answer`, the reading the tailored
-    rounds use too) or from an already-structured answer."""
+    rounds use too) or from an already-structured answer.  ``question`` (the row's input) lets the reading
+    pick the quantity a question asks for among several stated, and read a claim answering a yes/no question."""
     if not isinstance(text, str):
         if text is None:
             return None, "no answer"
@@ -187,7 +188,7 @@ def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None
         return g, why and "unusable answer"
     # a think-mode student's answer follows its reasoning: read_answer reads the text after </think>
     ans = read_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
-                      labels=list(labels) if labels else None, synonyms=synonyms)
+                      labels=list(labels) if labels else None, synonyms=synonyms, question=question)
     return ans.value, ans.reason
 
 
@@ -390,7 +391,8 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
     gen_s = time.time() - t0
     preds, reasons = [], []
     for r, g in zip(rows, gens):
-        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms)
+        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms,
+                                 question=r.text)
         preds.append(v)
         reasons.append(why)
     golds = [r.gold for r in rows]
@@ -422,7 +424,7 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
         for r in rows:
             v = r.row.get(opts.teacher_field)
             t_preds.append(predicted_value(v, opts.kind, choices=r.choices, labels=opts.labels,
-                                           synonyms=opts.synonyms)[0])
+                                           synonyms=opts.synonyms, question=r.text)[0])
         report["teacher"] = score(golds, t_preds, opts.kind, labels=opts.labels)
         report["teacher"]["field"] = opts.teacher_field
         report["comparison"] = comparison_line(metrics["accuracy"], report["teacher"]["accuracy"], len(rows))
