@@ -1263,6 +1263,9 @@ _GIVEN_SECTION_RE = re.compile(r"[*#\s]*(?:given|variables|relevant\s+variables|
 
 # the answer given first ("Yes, every vector is an eigenvector ...") and then explained, with no other yes/no
 _ANSWER_FIRST_RE = re.compile(r"\s*(?:\*\*)?(yes|no)(?:\*\*)?[,.!:]", re.IGNORECASE)
+# "If <a fact the question states>, then ..." restates a given; it is no condition on the result
+_GIVEN_IF_RE = re.compile(r"^(?:so,?\s+|therefore,?\s+)?(?:if|since|as|because|given\s+that)\s+([^,]{3,120}),\s*(?:then\s+)?",
+                          re.IGNORECASE)
 _CONCLUSION_RE = re.compile(r"^(?:therefore|thus|hence|so|consequently|in\s+conclusion|in\s+summary)\b[,:]?\s*"
                             r"(?:(?:by|from|using)\s+[^,]{1,60},\s*)?", re.IGNORECASE)
 
@@ -1377,6 +1380,17 @@ def _fallback(
             named = {h[2] for h in strict}
             return (strict[0][2], sent) if len(named) == 1 else None
         return None
+    if kind == "boolean" and question and _CONCLUSION_RE.match(last):
+        # a concluding claim has its own hedge test (_CLAIM_HEDGE_RE): "no difference between the groups"
+        # restates "Is there any difference between ...?", "between" is no hedge there
+        claimed = _claim_polarity(_CONCLUSION_RE.sub("", last), question)
+        if claimed is not None:
+            return claimed, last
+    if question:
+        given = _GIVEN_IF_RE.match(last)
+        if given is not None and _words(given.group(1)) <= _words(question) and set(
+                _NUM_RE.findall(given.group(1))) <= set(_NUM_RE.findall(question)):
+            last = last[given.end():]  # "If there are 12 houses in each block, then ...": a given, no condition
     if _FALLBACK_HEDGE_RE.search(last):
         return None
     if kind == "number":
@@ -1446,34 +1460,111 @@ def _stem(word: str) -> str:
     return w
 
 
+_UNIT_ASKED_RE = re.compile(r"\(\s*unit\s*:\s*([^()]{1,20}?)\s*\)", re.IGNORECASE)  # TheoremQA-style "(Unit: mm)"
+# "... did Ed lose?", "... will each of the boys receive?": the words after the auxiliary (subject, then verb)
+_ASKED_VERB_RE = re.compile(r"\b(?:did|does|do|will|would|can|could|should|must|had|has|have)\s+(?P<rest>[^?]{1,80})\?",
+                            re.IGNORECASE)
+_VERB_FORMS = {"have": ("have", "has", "had"), "eat": ("eat", "eats", "ate", "eaten"), "get": ("get", "gets", "got"),
+               "give": ("give", "gives", "gave", "given"), "make": ("make", "makes", "made"),
+               "buy": ("buy", "buys", "bought"), "take": ("take", "takes", "took"), "find": ("find", "finds", "found"),
+               "sell": ("sell", "sells", "sold"), "spend": ("spend", "spends", "spent"), "lose": ("lose", "loses", "lost"),
+               "do": ("do", "does", "did"), "bring": ("bring", "brings", "brought"), "catch": ("catch", "catches", "caught"),
+               "pay": ("pay", "pays", "paid"), "read": ("read", "reads"), "win": ("win", "wins", "won")}
+
+
+_IN_EXPR_AFTER_RE = re.compile(r"\s*(?:\*\*|[-+*/^%])\s*[\w(]")
+_IN_EXPR_BEFORE_RE = re.compile(r"(?:\*\*|[+*/^%]|[\w)]\s*-)\s*\(?$")
+_SCI_RE = re.compile(r"(\d(?:\.\d+)?)\s*\*\s*10\s*\*\*\s*\(?([-+]?\d+)\)?")
+# words after "did/does/will <subject>" that are no verb of the question
+_NOT_VERBS = frozenset({"each", "them", "all", "both", "every", "one", "ones", "people", "person", "the", "a", "an", "of",
+                        "to", "in", "on", "at", "for", "with", "from", "by", "his", "her", "their", "its", "he", "she",
+                        "they", "it", "we", "you", "i", "there", "this", "that", "these", "those", "and", "or"})
+
+
+def _verb_says(word: str, verb: str) -> bool:
+    """Whether ``word`` is a form of ``verb`` ("had" of "have", "received" of "receive")."""
+    w, v = word.lower(), verb.lower()
+    if v in _VERB_FORMS:
+        return w in _VERB_FORMS[v]
+    return len(v) >= 3 and w.startswith(v.rstrip("e"))
+
+
 def _asked_quantity(span: str, question: str) -> float | None:
-    """The one number of ``span`` that a "How many <noun> ...?" question asks for: the only number directly
-    followed (within three words) by that noun ("Jake has 136 apples and 3 peaches" + "How many peaches does
-    Jake have?" -> 3); for "How many more <X> than <Y>?" the number stated as "N more ... than".  None when
-    the question asks for two things ("How many apples and pears ...?"), names no noun, or when several
-    numbers or none go with it."""
+    """The one number of ``span`` that the question asks for, among several the span states:
+
+    * "How many <noun> ...?": the only number directly followed (within three words, before the next
+      number) by that noun ("Jake has 136 apples and 3 peaches" + "How many peaches does Jake have?" -> 3);
+      a unit the question names ("(Unit: mm)") works as the noun;
+    * "How many more <X> than <Y>?": the number stated as "N more ... than";
+    * "How many did each of them have?" (no noun): the number right after a form of the question's verb
+      ("Each of the 10 guests had 18 cookies" -> 18);
+    * when several numbers go with the noun, the one the question's verb or subject goes with
+      ("Jake has 7 peaches and Jill has -65 peaches" + "How many peaches does Jake have?" -> 7).
+
+    None when the question asks for two things ("How many apples and pears ...?"), or when none or
+    several numbers remain."""
     q = question[-400:]
-    found = list(_HOW_MANY_RE.finditer(q))
-    if not found:
-        return None
-    m = found[-1]
-    noun = m.group("noun").lower()
-    if m.group("pair") or noun in _NOT_A_NOUN:
-        return None
-    s = _normalise_numeric_text(span)
-    if m.group("cmp"):
-        hits = re.findall(rf"(-?{_NUMBER})\s+(?:[a-z-]+\s+){{0,2}}?{m.group('cmp')}\b(?:\s+[a-z-]+){{0,3}}?\s+than\b", s, re.I)
-        vals = {float(h) for h in hits}
+    s = _SCI_RE.sub(r"\1e\2", _normalise_numeric_text(span))  # "2.7 x 10^-25" is one number
+    # a number that stands alone: not one in an expression ("19 + y", "2^99", "x + 33")
+    numbers = [n for n in _STATED_NUMBER_RE.finditer(s)
+               if not _IN_EXPR_AFTER_RE.match(s, n.end()) and not _IN_EXPR_BEFORE_RE.search(s, 0, n.start())]
+
+    def value(n: re.Match[str]) -> float:
+        return float(n.group(1)) * (-1 if s[n.start()] == "-" else 1)
+
+    def one(vals: set[float]) -> float | None:
         return vals.pop() if len(vals) == 1 else None
+
+    unit = _UNIT_ASKED_RE.search(q)
+    found = list(_HOW_MANY_RE.finditer(q))
+    if not found and unit is None:
+        return None
+    m = found[-1] if found else None
+    if m is not None and m.group("pair"):
+        return None  # "How many apples and pears ...?": two things asked
+    if m is not None and m.group("cmp"):
+        said = [n for n in numbers if re.match(rf"\s+(?:[a-z-]+\s+){{0,2}}?{m.group('cmp')}\b(?:\s+[a-z-]+){{0,3}}?\s+than\b",
+                                                s[n.end():], re.I)]
+        return one({value(n) for n in said})
+    verb = _ASKED_VERB_RE.search(q, m.start() if m is not None else 0)
+    noun = m.group("noun").lower() if m is not None else ""
+    if m is None or noun in _NOT_A_NOUN:
+        if unit is not None:  # "(Unit: mm)": the number written with that unit
+            want_unit = unit.group(1).strip().lower()
+            return one({value(n) for n in numbers
+                        if s[n.end(): n.end() + len(want_unit) + 2].strip().lower().startswith(want_unit)})
+        if verb is None:
+            return None  # "How big is each group?": nothing names the quantity
+        verbs = [v for v in re.findall(r"[a-z]+", verb.group("rest"))[1:6] if v not in _NOT_VERBS]
+        return one({value(n) for n in numbers
+                    if any(_verb_says(w, v) for w in re.findall(r"[A-Za-z]+", s[max(0, n.start() - 12): n.start()])[-1:]
+                           for v in verbs)})
     want = _stem(noun)
-    vals = set()
-    numbers = list(_STATED_NUMBER_RE.finditer(s))
+    with_noun: list[re.Match[str]] = []
     for k, n in enumerate(numbers):
         stop = numbers[k + 1].start() if k + 1 < len(numbers) else len(s)  # the words up to the next number
         after = re.findall(r"[A-Za-z-]+", s[n.end(): min(stop, n.end() + 60)])[:_AFTER_NUMBER_WORDS]
         if any(_stem(w) == want for w in after):
-            vals.add(float(n.group(1)) * (-1 if s[n.start()] == "-" else 1))
-    return vals.pop() if len(vals) == 1 else None
+            with_noun.append(n)
+    got = one({value(n) for n in with_noun})
+    if got is not None or len(with_noun) < 2 or verb is None:
+        return got
+    if re.search(r"\band\b", q[m.start():].split("?", 1)[0], re.IGNORECASE):
+        return None  # "How many hours on English and Chinese?" + "4 hours ... and 6 hours ...": parts of a total
+    # several: keep the one whose own clause has the question's verb and subject ("Jake has 7 peaches")
+    rest = re.findall(r"[A-Za-z']+", verb.group("rest"))
+    subject = [w for w in rest[:4] if w[:1].isupper()]
+    verbs = [w.lower() for w in rest[1:6] if w.lower() not in _NOT_VERBS]
+    by_verb: list[tuple[re.Match[str], list[str]]] = []
+    for n in with_noun:
+        before = re.split(r"\band\b|,|;", s[max(0, n.start() - 60): n.start()])[-1]
+        words = re.findall(r"[A-Za-z']+", before)
+        if any(_verb_says(w, v) for w in words for v in verbs):
+            by_verb.append((n, words))
+    got = one({value(n) for n, _ in by_verb})
+    if got is not None or not subject:
+        return got
+    return one({value(n) for n, words in by_verb if any(w in words for w in subject)})
 
 
 _AUX_START_RE = re.compile(r"^(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|must|may)\b",
@@ -1584,7 +1675,7 @@ def extract_answer(
         value, reason, alts = _parse_number(span)
         if value is not None and cue == "answer is that" and not _clause_states(span, value):
             value, reason, alts = None, "ambiguous", ()  # "... does converge at x = 5": 5 is no result
-        if value is None and reason == "ambiguous" and question:
+        if value is None and reason in ("ambiguous", "bad expression") and question:
             asked = _asked_quantity(span, question)
             if asked is not None:
                 value, reason = asked, None

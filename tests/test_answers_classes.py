@@ -524,3 +524,47 @@ def test_evaluation_and_tailored_rounds_pass_the_question_to_the_reading():
     mistake = {"id": "m1", "input": q, "question": q, "gold_answer": 5, "student_output": "7"}
     row = correction_row(mistake, TeacherResult(TeacherRequest.user("m1#r1", "p"), out), 1, tpl)
     assert "reject_reason" not in row and row["answer"] == "5"
+
+
+@pytest.mark.parametrize("text,question,value", [
+    # the question's verb picks the quantity when it names no noun
+    ("Answer: Each of the 6 children got 4 apples.", "She shared 24 apples. How many did each of the children get?", 4.0),
+    # the question's subject and verb pick among numbers with the same noun
+    ("Answer: Nora has 12 shells and Ben has 30 shells.", "Ben has 18 more shells than Nora. How many shells does Nora have?",
+     12.0),
+    ("Answer: Tim had 9 + k coins and he spent 6 coins at the fair.", "How many coins did Tim spend?", 6.0),
+    # a unit the question names
+    ("Therefore, the force is 12.5 N, the work is 40 J and the distance is 3.2 m.",
+     "Find the force, the work and the distance. (Unit: m)", 3.2),
+])
+def test_the_question_picks_by_verb_subject_or_unit(text, question, value):
+    assert extract_answer(text, "number").value is None
+    assert extract_answer(text, "number", question=question).value == value
+
+
+def test_parts_of_a_total_asked_with_and_give_no_answer():
+    text = "Answer: Mia reads 3 hours on Monday and 5 hours on Tuesday."
+    assert extract_answer(text, "number", question="How many hours does Mia read on Monday and Tuesday?").value is None
+
+
+def test_a_given_restated_as_if_clause_is_no_condition():
+    text = "We multiply.\n\nIf there are 7 rows in each crate, then the farmer packs 7 x 9 = 63 melons in each crate."
+    q = "A farmer packs 9 melons per row. If there are 7 rows in each crate. How many melons are in each crate?"
+    assert extract_answer(text, "number").value is None  # a condition, as far as the text alone tells
+    a = extract_answer(text, "number", question=q)
+    assert (a.value, a.cue) == (63.0, "fallback")
+    assert extract_answer(text.replace("7 rows", "8 rows"), "number", question=q).value is None  # not the given
+
+
+def test_a_concluding_claim_is_not_hedged_by_a_word_it_shares_with_the_question():
+    q = "Group A scored 71, 75, 80; group B 70, 74, 82. Is there any difference between the groups at the 5% level?"
+    text = "We run a t-test.\n\nTherefore, there is no significant difference between the two groups at the 5% level."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is False
+
+
+def test_the_question_never_rescues_a_number_inside_an_expression_with_unknowns():
+    for text in ("Answer: Bob has 2x + 2 apples.", "Answer: Bob has 3 + y apples.", "Answer: Bob has y + 3 apples.",
+                 "Answer: so there are 2^40 apples in the 3 crates."):
+        assert extract_answer(text, "number", question="How many apples does Bob have?").value is None
+    said = "Answer: Bob now has k + 12 apples more than Ann."
+    assert extract_answer(said, "number", question="How many more apples does Bob have than Ann?").value is None
