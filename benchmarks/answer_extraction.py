@@ -112,6 +112,7 @@ class Row:
     has_reference: bool = False  # the source records its own extraction
     kind: str = ""
     question: str = ""  # teacher_outputs: the question the output answers (the reader's rule reads it)
+    choices: list[str] = field(default_factory=list)  # teacher_outputs, kind choice: the option texts, normalised
 
 
 @dataclass
@@ -490,6 +491,8 @@ def run_teacher_outputs(data_dir: Path) -> list[Result]:
             row.has_reference = True
         row.kind = spec.kind
         row.question = r.get("question") or ""
+        if spec.kind == "choice":
+            row.choices = [" ".join(re.sub(r"[^0-9a-z]+", " ", str(c).lower()).split()) for c in spec.kwargs["choices"]]
         res.rows.append(row)
     if free:
         NOTES.append(
@@ -529,7 +532,13 @@ _EMPTY_ITEM_RE = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,2}[.)]|[-*])[ \t]*(?:[A-Z][\
 #: "e" and "i" are constants, SI units after a number are not variables
 _VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])")
 _BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger)\s+than|at\s+(?:least|most)|up\s+to)\s+\$?\d[^\s]*")
-_ASKS_TWO_RE = re.compile(r"\bhow\s+many\s+[a-z-]+\s+and\s+[a-z-]+", re.IGNORECASE)
+_ASKS_TWO_RE = re.compile(r"\bhow\s+many\s+[a-z-]+\s+and\s+[a-z-]+|\bhow\s+many\b[^?.]*\band\b[^?.]*\?", re.IGNORECASE)
+_NOT_A_NUMBER_RE = re.compile(r"\b(?:does\s+not\s+exist|doesn't\s+exist|is\s+undefined|diverges|is\s+not\s+convergent|"
+                              r"is\s+infinit[ey]|(?:is|be)\s+infinity|goes\s+to\s+infinity|to\s+infinity)\b", re.IGNORECASE)
+_VECTOR_RE = re.compile(r"(?:\bis|=|:)\s*\$?\s*[\[(]\s*-?[\d.]+(?:\s*,\s*-?[\d.]+)+\s*[\])]\$?\s*\.?\s*$")  # "... is [2, 0.26, 11]."
+_DECLINES_MORE_RE = re.compile(r"\bcannot\s+be\s+(?:expressed|found|computed|evaluated|simplified)|can\s+(?:only\s+)?be\s+"
+                               r"(?:evaluated|computed|approximated|found)\s+(?:numerically|using)|(?:use|using)\s+(?:a\s+)?"
+                               r"(?:numerical\s+(?:software|methods?|solver)|calculator|computer)", re.IGNORECASE)
 _ASKS_DIFFERENCE_RE = re.compile(r"\bhow\s+many\s+(?:more|fewer|less)\b.*\bthan\b", re.IGNORECASE)
 _UNIT_AFTER_NUMBER_RE = re.compile(r"\d\s*(?:[kmcµnM]?(?:m|s|g|N|J|W|V|A|K|Hz|Pa)(?:\s*[/^·*]\s*\w+)*)\b")
 
@@ -550,12 +559,18 @@ NO_ANSWER_CLASSES = {
     "truncated": "cut off by the length limit: a reasoning trace opened and never closed, a last sentence "
                  "without its end, a last list item or step heading with nothing after it",
     "degenerate": "the output repeats itself (a sentence 3+ times, a unit 5+ times at its end) or echoes a question",
-    "declines": "the model gives no answer: no option fits, it cannot determine it, it asks for more information",
+    "declines": "the model gives no answer: no option fits, it cannot determine it or express it, it leaves the "
+                "computation to numerical software, it asks for more information",
     "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no')",
     "free variables": "the stated answer is an expression with unknowns ('3π:4r3', '2x + 2'): no value",
     "bound": "no answer cue, and the last sentence states only a bound ('less than 90°', 'at least 3')",
-    "other kind": "the answer is of another kind: True/False for an item with a number gold, or two quantities "
-                  "stated apart for a question that asks for two ('How many apples and pears ...?')",
+    "other kind": "the answer is of another kind: True/False or a number for an item with the other gold, a "
+                  "vector or list ('[2, 0.26, 11]'), 'does not exist' / 'infinite' / 'diverges' for a number, or two "
+                  "quantities stated apart for a question that asks for two ('How many apples and pears ...?')",
+    "no value": "an answer cue, but what it introduces states no number at all ('Dave added more apps than he "
+                "deleted', '(total price in millions)')",
+    "no option named": "no answer cue, and the last three paragraphs name no option (no letter, no option text): "
+                       "the output stops in its working",
     "other question": "the question asks for a difference ('How many more X than Y?') and the final statement "
                       "gives only the separate quantities ('9 storks and 4 birds'), no difference",
 }
@@ -570,8 +585,8 @@ def no_answer_category(r: Row) -> str | None:
     if _TURN_MARKER_RE.search(body):
         return "no answer to find: echo"
     sents = [x.strip() for x in _SENT_SPLIT.split(body) if len(x.strip()) > 20]
-    if r.question and sents and sents[-1].rstrip(".") in r.question:
-        return "no answer to find: echo"
+    if r.question and sents and r.ans.value is None and r.kind != "boolean" and _restates_question(sents[-1], r.question):
+        return "no answer to find: echo"  # (a yes/no answer may well restate the question: it is its claim)
     if _TRACE_OPEN_RE.search(body) and not _TRACE_CLOSE_RE.search(body):
         return "no answer to find: truncated"
     if _is_degenerate(body):
@@ -580,9 +595,13 @@ def no_answer_category(r: Row) -> str | None:
         return "no answer to find: truncated"
     if r.kind == "number" and r.ans.span and _norm_bool(r.ans.span) is not None:
         return "no answer to find: other kind"
-    if _DECLINES_RE.search(body[-600:]):
+    if _DECLINES_RE.search(body[-600:]) or _DECLINES_MORE_RE.search(body[-300:]):
         return "no answer to find: declines"
     final = r.ans.span if r.ans.span else (sents[-1] if sents else "")
+    if r.ans.value is None and (
+            (r.kind == "number" and (_NOT_A_NUMBER_RE.search(final) or _VECTOR_RE.search(final)))
+            or (r.kind == "boolean" and re.fullmatch(r"\s*-?[\d.,/]+\s*", final or "x"))):
+        return "no answer to find: other kind"
     if r.kind == "number" and r.ans.value is None and len(re.findall(r"\d+(?:\.\d+)?", final)) >= 2:
         if _ASKS_TWO_RE.search(r.question[-300:]):
             return "no answer to find: other kind"
@@ -596,10 +615,38 @@ def no_answer_category(r: Row) -> str | None:
     if r.ans.value is None and r.ans.reason == "no answer cue" and sents and _BOUND_RE.search(sents[-1]) and not re.search(
             r"\b(?:is|are|=)\s*\$?\d", _BOUND_RE.sub(" ", sents[-1])):
         return "no answer to find: bound"
-    if r.ans.value is None and r.ans.reason == "bad expression" and _VARIABLE_RE.search(
-            _UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span))):
+    if r.ans.value is None and r.ans.reason in ("bad expression", "no choice matched", "cue found but no number") and (
+            _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span)))
+            and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
         return "no answer to find: free variables"
+    if r.kind == "number" and r.ans.value is None and r.ans.reason == "cue found but no number" and not re.search(
+            r"\d", span) and not re.search(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|half)\b",
+                                           span, re.IGNORECASE):
+        return "no answer to find: no value"
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no answer cue" and not _names_an_option(body, r):
+        return "no answer to find: no option named"
     return None
+
+
+def _restates_question(sentence: str, question: str) -> bool:
+    """The sentence only restates the question: it is in it verbatim (case and spacing aside), or all its
+    words and numbers are the question's."""
+    norm = " ".join(sentence.lower().rstrip(".").split())
+    q = " ".join(question.lower().split())
+    if norm in q:
+        return True
+    words = re.findall(r"[a-z]+|\d+(?:\.\d+)?", norm)
+    qwords = set(re.findall(r"[a-z]+|\d+(?:\.\d+)?", q))
+    return len(words) >= 5 and all(w in qwords for w in words)
+
+
+def _names_an_option(body: str, r: Row) -> bool:
+    """Whether the last three paragraphs name an option: a letter marker ("(C)", "C.", "option C") or an option's text."""
+    para = "\n\n".join(re.split(r"\n[ \t]*\n", body.rstrip())[-3:])
+    if re.search(r"\(([A-Ja-j])\)|(?:^|\n)\s*[A-J][.):]\s|\b(?:option|choice|answer)\s*:?\s*\(?[A-Ja-j]\b", para):
+        return True
+    low = " ".join(re.sub(r"[^0-9a-z]+", " ", para.lower()).split())
+    return any(c and f" {c} " in f" {low} " for c in r.choices)
 
 
 def teacher_category(r: Row) -> str:

@@ -1286,7 +1286,7 @@ def _final_sentences(body: str) -> list[str]:
     return out
 
 
-_OPTION_LINE_RE = re.compile(r"^\(?([A-Ja-j])[.):]\s+(\S.*)$")
+_OPTION_LINE_RE = re.compile(r"^\(?([A-Ja-j])[.):]\s+(\S.*)$", re.DOTALL)
 # the option restated, then why: "B. Escape queries - While not the most secure, ..." / "... (because ...)"
 _EXPLANATION_AFTER_OPTION_RE = re.compile(r"\s+[-\u2013\u2014]\s+|\s*[:;]\s+|\s+\((?=because|since|as\b)|,\s+(?:because|since|as)\b")
 # a caveat after the answer, about the answer's limits rather than another option:
@@ -1299,6 +1299,8 @@ _CAVEAT_RE = re.compile(r"^(?:however,?\s+)?(?:it(?:'s|\s+is)\s+(?:important|wor
 _OPTION_AFTER_VERB_RE = re.compile(r"\b(?:is|are|would\s+be|will\s+be|must\s+be)\s*:?\s*$", re.IGNORECASE)
 _REASON_AFTER_RE = re.compile(r",?\s+(?:as|because|since|which|given\s+that)\b|,\s", re.IGNORECASE)
 _RESTATED_LINES = 8
+# "The correct program to compute the mean is:" / "the answer would be:" (then the option on its own lines)
+_LEAD_IN_RE = re.compile(r"\b(?:is|are|would\s+be|will\s+be|answer|option|choice)\s*:\s*$", re.IGNORECASE)
 
 
 def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[int, str] | None:
@@ -1314,6 +1316,16 @@ def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[i
         said = _norm(_EXPLANATION_AFTER_OPTION_RE.split(m.group(2), 1)[0])  # "B. Escape queries - because ..."
         if 0 <= idx < len(choices) and said and said == _norm(choices[idx]):
             found[idx] = line
+    if not found:
+        # an option of several lines (a program, a table) as its own paragraph after a lead-in "... is:": the
+        # letter is what the text states, even where the model copies the option's text imperfectly
+        paras = [x.strip() for x in re.split(r"\n[ \t]*\n", body[-4 * _FALLBACK_MAX_SENT_CHARS:]) if x.strip()]
+        for before, para in zip(paras, paras[1:]):
+            m = _OPTION_LINE_RE.match(para)
+            if m and "\n" in m.group(2) and _LEAD_IN_RE.search(before):
+                idx = letters.lower().find(m.group(1).lower())
+                if 0 <= idx < len(choices):
+                    found[idx] = para.split("\n", 1)[0]
     if len(found) != 1:
         return None  # none, or a list of options (the model reciting them)
     idx, line = next(iter(found.items()))
@@ -1449,7 +1461,7 @@ _HOW_MANY_RE = re.compile(
 _NOT_A_NOUN = frozenset({"will", "would", "did", "does", "do", "can", "could", "should", "are", "is", "were", "was",
                          "has", "have", "had", "of", "in", "times", "more", "less", "fewer"})
 _AFTER_NUMBER_WORDS = 3  # "42 rows", "3 packages of white t-shirts", "15 red peaches"
-_STATED_NUMBER_RE = re.compile(rf"(?<![\w.])-?\$?({_NUMBER})(?![\w.])")
+_STATED_NUMBER_RE = re.compile(rf"(?<![\w.])-?\$?({_NUMBER})(?!\w|\.\d)")
 
 
 def _stem(word: str) -> str:
@@ -1524,7 +1536,8 @@ def _asked_quantity(span: str, question: str) -> float | None:
         return None  # "How many apples and pears ...?": two things asked
     if m is not None and m.group("cmp"):
         said = [n for n in numbers if re.match(rf"\s+(?:[a-z-]+\s+){{0,2}}?{m.group('cmp')}\b(?:\s+[a-z-]+){{0,3}}?\s+than\b",
-                                                s[n.end():], re.I)]
+                                                s[n.end():], re.I)
+                or re.search(r"\bdifference\b[^.;]{0,120}?\b(?:is|=|was|of)\s*$", s[:n.start()], re.I)]
         return one({value(n) for n in said})
     verb = _ASKED_VERB_RE.search(q, m.start() if m is not None else 0)
     noun = m.group("noun").lower() if m is not None else ""
@@ -1675,8 +1688,13 @@ def extract_answer(
         value, reason, alts = _parse_number(span)
         if value is not None and cue == "answer is that" and not _clause_states(span, value):
             value, reason, alts = None, "ambiguous", ()  # "... does converge at x = 5": 5 is no result
-        if value is None and reason in ("ambiguous", "bad expression") and question:
+        if value is None and reason in ("ambiguous", "bad expression", "cue found but no number") and question:
             asked = _asked_quantity(span, question)
+            if asked is None:
+                # the answer section goes on: "Answer: 9 storks and 4 birds. So there are 5 more storks than birds."
+                at = body.rfind(span)
+                rest = body[at:].split("\n\n", 1)[0] if at >= 0 else ""
+                asked = _asked_quantity(rest, question) if len(rest) > len(span) + 1 else None
             if asked is not None:
                 value, reason = asked, None
     elif kind == "choice":

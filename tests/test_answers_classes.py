@@ -570,3 +570,25 @@ def test_the_question_never_rescues_a_number_inside_an_expression_with_unknowns(
     assert extract_answer(text, "number", question="How many apples does Bob have?").value == 2.0 ** 40
     said = "Answer: Bob now has k + 12 apples more than Ann."
     assert extract_answer(said, "number", question="How many more apples does Bob have than Ann?").value is None
+
+
+def test_an_option_of_several_lines_after_a_lead_in_is_read_by_its_letter():
+    choices = ["x = 1\ny = 2\nprint(x + y)", "x = 1\ny = 2\nprint(x - y)", "x = 2\ny = 2\nprint(x * y)"]
+    text = ("Each snippet is traced by hand.\n\nThe snippet that prints 3 is:\n\nA. x = 1\ny = 2\nprint(x+y)\n\n"
+            "It adds the two values and prints the sum.")
+    a = extract_answer(text, "choice", choices=choices, letters="abc")
+    assert (a.value, a.cue) == (0, "fallback")
+    # without the lead-in the paragraph may be a list being recited: no answer
+    assert extract_answer(text.replace("The snippet that prints 3 is:", "Consider this one."), "choice",
+                          choices=choices, letters="abc").value is None
+
+
+def test_the_answer_section_goes_on_to_state_the_asked_quantity():
+    q = "There were 4 cats and 2 dogs. 3 more cats came. How many more cats than dogs are there?"
+    text = "Cats: 4 + 3 = 7.\n\nAnswer: There are 7 cats and 2 dogs. So there are 5 more cats than dogs."
+    assert extract_answer(text, "number", question=q).value == 5.0
+    text = ("Cats: 4 + 3 = 7.\n\nAnswer:\nThere are more cats than dogs. The difference between the number of cats "
+            "and the number of dogs is 5.")
+    assert extract_answer(text, "number", question=q).value == 5.0
+    text = "Cats: 4 + 3 = 7.\n\nAnswer: There are 7 cats and 2 dogs.\n\nWe are done."
+    assert extract_answer(text, "number", question=q).value is None  # the difference is never stated
