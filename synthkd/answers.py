@@ -1231,7 +1231,7 @@ def extract_boolean(text: str) -> bool | None:
 # --------------------------------------------------------------------------------------------------
 
 _LIST_MARK_RE = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,2}[.)]|step\s+\d+\s*[:.)])\s+", re.IGNORECASE)
-_FALLBACK_SENT_RE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\\$*\"'])")
+_FALLBACK_SENT_RE = re.compile(r"(?<!\bMrs\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[A-Z(\\$*\"'])")
 _FALLBACK_HEDGE_RE = re.compile(
     r"\b(?:or|either|neither|between|unclear|cannot|can't|could\s+be|might|may|not\s+(?:sure|possible|enough|"
     r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we|"
@@ -1266,6 +1266,60 @@ _ANSWER_FIRST_RE = re.compile(r"\s*(?:\*\*)?(yes|no)(?:\*\*)?[,.!:]", re.IGNOREC
 # "If <a fact the question states>, then ..." restates a given; it is no condition on the result
 _GIVEN_IF_RE = re.compile(r"^(?:so,?\s+|therefore,?\s+)?(?:if|since|as|because|given\s+that)\s+([^,]{3,120}),\s*(?:then\s+)?",
                           re.IGNORECASE)
+# the final sentence's result after its verb: "<subject, with its conditions> is <value> <unit>."
+_RESULT_COPULA_RE = re.compile(r"\b(?:is|are|was|were|equals|becomes|comes\s+to)\s+(?:approximately\s+|about\s+|roughly\s+|"
+                               r"exactly\s+|equal\s+to\s+|given\s+by\s+|at\s+)?", re.IGNORECASE)
+_PREDICATE_HEDGE_RE = re.compile(r"\b(?:or|and|between|than|at\s+(?:least|most)|up\s+to|either|if|unless|when|per\s+cent\s+of)\b"
+                                 r"|[<>\u2264\u2265\u2260\u00b1]|\+/-", re.IGNORECASE)
+_PREDICATE_TAIL_RE = re.compile(r"\s*,?\s*(?:which|that|where|at\s+which)\s+(?:occurs|is\s+attained|is\s+reached)\b.*$",
+                                re.IGNORECASE)
+_PERCENT_RESTATED_RE = re.compile(rf"^\s*(-?{_NUMBER})\s*[A-Za-z]?\s*,?\s*or\s+(-?{_NUMBER})\s*%")
+# a name next to an operator and a number: "\\varepsilon/3", "3 + x", "2k": a value with unknowns
+_PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b|[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
+                                    r"gamma|delta|theta|lambda|mu|sigma|omega|phi|rho|tau)\b")
+# what a stated value starts with: a number, a sign, LaTeX, "x = ...", "y(0.2) ≈ ...", e, pi
+_VALUE_START_RE = re.compile(r"\s*[-$\d\\(]|\s*[a-z]\s*=|\s*e\b|\s*pi\b|\s*[A-Za-z]\w{0,3}\s*\([^()]*\)\s*(?:=|\\approx|\u2248)")
+_APPROX_RE = re.compile(r"\\approx|\u2248")
+_UNIT_WORD_RE = re.compile(r"^[A-Za-z\u00b5\u03a9\u00b0%$/()\-\^\u00b7*\d]{1,14}$")
+_PREDICATE_MAX_UNIT_WORDS = 3
+
+
+def _stated_result(sentence: str) -> float | None | object:
+    """The value a final sentence states after its main verb, its subject holding the conditions the
+    question set ("the fraction of particles deflected at 90° or more is 3.92 x 10^-4" -> 3.92e-4; "the
+    curvature at x = 2 is -1/2" -> -0.5; "the minimum value is -30 which occurs at (6, 12)" -> -30).
+
+    The verb must be the sentence's only "is <number>"; what follows it is the value, a unit of at most
+    three words, nothing else ("is 0.0462 or 4.62%", one value written two ways, is read too).  A bound,
+    a hedge or a second value in the predicate gives None; unknowns in it give :data:`_FREE` (then the
+    sentence states no value at all)."""
+    s = _normalise_numeric_text(_CONCLUSION_RE.sub("", sentence.strip()).rstrip(".").strip())
+    verbs = [m for m in _RESULT_COPULA_RE.finditer(s) if _VALUE_START_RE.match(s, m.end())]
+    if len(verbs) != 1:
+        return None
+    pred = _PREDICATE_TAIL_RE.sub("", s[verbs[0].end():]).strip()
+    pct = _PERCENT_RESTATED_RE.match(pred)
+    if pct is not None and numbers_equal(float(pct.group(1)) * 100, float(pct.group(2)), rel_tol=1e-3):
+        if len(pred[pct.end():].split()) <= _PREDICATE_MAX_UNIT_WORDS:
+            return float(pct.group(1))  # "0.0462 or 4.62%": one value, two ways
+        return None
+    if _PREDICATE_VARIABLE_RE.search(_COMPOUND_UNIT_RE.sub(" ", pred)):
+        return _FREE  # "is \\varepsilon/3 volts", "is 3k": unknowns, no value
+    if _PREDICATE_HEDGE_RE.search(pred):
+        return None
+    value, _reason, alts = _parse_number(_APPROX_RE.sub("=", pred))
+    if value is None or alts:
+        return None
+    first = _NUM_RE.search(pred)
+    tail = pred[first.end():].split() if first is not None else []
+    if first is not None and len(tail) > _PREDICATE_MAX_UNIT_WORDS + 2:
+        return None  # more than a unit after it: a clause, not a stated value
+    return float(value)
+
+
+# "the statement is true", "the argument is False": the verdict, in one of the last three sentences
+_VERDICT_SENTENCE_RE = re.compile(r"\b(?:statement|claim|assertion|argument|proposition|it)\s+is\s+(not\s+)?"
+                                  r"(true|false|correct|incorrect)\b", re.IGNORECASE)
 _CONCLUSION_RE = re.compile(r"^(?:therefore|thus|hence|so|consequently|in\s+conclusion|in\s+summary)\b[,:]?\s*"
                             r"(?:(?:by|from|using)\s+[^,]{1,60},\s*)?", re.IGNORECASE)
 
@@ -1398,6 +1452,12 @@ def _fallback(
         claimed = _claim_polarity(_CONCLUSION_RE.sub("", last), question)
         if claimed is not None:
             return claimed, last
+    if kind == "number":
+        stated = _stated_result(last)
+        if stated is _FREE:
+            return None
+        if isinstance(stated, float):
+            return stated, last  # "Therefore, the area over the interval 1 <= x <= 3 is 20 square units."
     if question:
         given = _GIVEN_IF_RE.match(last)
         if given is not None and _words(given.group(1)) <= _words(question) and set(
@@ -1417,8 +1477,7 @@ def _fallback(
         lead = [w for w in words[:3] if w not in ("so", "thus", "therefore", "hence", "then", "overall", "in", "conclusion")]
         if lead and lead[0] in ("yes", "no"):
             return lead[0] == "yes", last
-        m = re.search(r"\b(?:statement|claim|assertion|argument|proposition|it)\s+is\s+(not\s+)?(true|false|correct|incorrect)\b",
-                      last, re.I)
+        m = next((x for x in (_VERDICT_SENTENCE_RE.search(t) for t in sents[:3]) if x is not None), None)
         if m:
             v = m.group(2).lower() in ("true", "correct")
             return (not v if m.group(1) else v), last
@@ -1582,16 +1641,19 @@ def _asked_quantity(span: str, question: str) -> float | None:
 
 _AUX_START_RE = re.compile(r"^(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|must|may)\b",
                            re.IGNORECASE)
+_AUX_CLAUSE_RE = re.compile(r"(?:^|[,;:]\s*)(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|"
+                            r"must|may)\b", re.IGNORECASE)
 _TRUE_FALSE_ASK_RE = re.compile(r"^(?:true\s+or\s+false|is\s+(?:it|this|that)(?:\s+\w+)?\s+(?:true|correct)"
                                 r"(?:\s+or\s+(?:false|not))?)\s*[?.]?$", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(?:not|no|never|cannot|none|neither|nor|fails?\s+to|non)\b|n't\b", re.IGNORECASE)
 _CLAIM_HEDGE_RE = re.compile(r"\b(?:or|if|unless|whether|likely|unlikely|may|might|could|possibly|perhaps|probably|"
                              r"depends?|but|however|although|cannot\s+(?:conclude|determine|say))\b|\?", re.IGNORECASE)
+_CLAIM_ADVERBIAL_RE = re.compile(r"\s+(?:when|while|whenever|after|before)\b.*$", re.IGNORECASE | re.DOTALL)
 _CLAIM_REASON_RE = re.compile(r",?\s+(?:because|since|as|due\s+to|given\s+that|which\s+means)\b.*$",
                               re.IGNORECASE | re.DOTALL)
 _STOP = frozenset("the a an of to in on at for by with from and is are be been was were this that these those it its "
                   "there here we our you your they their he she his her has have had does do did can will would "
-                  "given following such any all some".split())
+                  "given following such any all some not never none cannot when where which what whether".split())
 _CONTENT_RE = re.compile(r"[a-z][a-z0-9_]{2,}")
 
 
@@ -1602,9 +1664,18 @@ def _proposition(question: str) -> str | None:
     for i in range(len(sents) - 1, -1, -1):
         if _TRUE_FALSE_ASK_RE.match(sents[i]):
             return sents[i - 1] if i > 0 else None
+        m = _AUX_CLAUSE_RE.search(sents[i])
         if sents[i].endswith("?"):
-            return sents[i] if _AUX_START_RE.match(sents[i]) else None
+            # "Is W a subspace?", "For a matrix A, is F linear?"
+            return sents[i][m.start():].lstrip(",;: ") if m is not None else None
+        if i == len(sents) - 1 and m is not None:
+            return sents[i][m.start():].lstrip(",;: ")  # "is the function f scale invariant" (no "?")
     return None
+
+
+def _squash(text: str) -> str:
+    """Lower case without spaces, ``$`` and backslashes: formulas compare as written."""
+    return re.sub(r"[\s$\\{}]", "", text.lower()).rstrip("?.")
 
 
 def _words(text: str) -> set[str]:
@@ -1625,10 +1696,21 @@ def _claim_polarity(claim: str, question: str) -> bool | None:
     if not claim or _CLAIM_HEDGE_RE.search(claim):
         return None
     prop = re.sub(r",?\s+or\s+not\b", "", prop, flags=re.IGNORECASE)  # "Is it exact or not?" asks "is it exact"
-    cw, qw = _words(claim), _words(prop)
+    claim = _CLAIM_ADVERBIAL_RE.sub("", claim)  # "Aliasing will occur when sampling at 700 Hz"
+    qw = _words(prop)
+    # a conjunction "X satisfies the formula and is a valid ISBN": the part that restates the question
+    cw = max((_words(part) for part in re.split(r"\band\b", claim)), key=lambda w: (len(w & qw) / max(1, len(w)), len(w)))
     shared = cw & qw
-    if not shared or len(shared) < min(2, len(cw)) or len(shared) * 2 < len(cw):
-        return None
+    if cw and shared == cw:
+        pass  # every word of it is the question's ("T is an isomorphism")
+    elif len(cw) <= 1:
+        # a formula more than words ("(1 - x)^n >= 1/(1+nx) for all n"): the question's formula must be in it
+        body = _AUX_CLAUSE_RE.sub("", prop, count=1)
+        formula = max(re.split(r"[a-z]{3,}", _squash(body)), key=len)
+        if len(formula) < 6 or formula not in _squash(claim):
+            return None
+    elif len(shared) < 2 or (len(shared) * 2 < len(cw) and len(shared) * 3 < 2 * len(qw)):
+        return None  # too little of the claim is the question's, and too little of the question is in it
     negated = len(_NEGATION_RE.findall(claim)) % 2 == 1
     asked_negated = len(_NEGATION_RE.findall(prop)) % 2 == 1
     return negated == asked_negated

@@ -592,3 +592,51 @@ def test_the_answer_section_goes_on_to_state_the_asked_quantity():
     assert extract_answer(text, "number", question=q).value == 5.0
     text = "Cats: 4 + 3 = 7.\n\nAnswer: There are 7 cats and 2 dogs.\n\nWe are done."
     assert extract_answer(text, "number", question=q).value is None  # the difference is never stated
+
+
+@pytest.mark.parametrize("sentence,value", [
+    ("Therefore, the area under the curve over the interval 0 <= t <= 4 is 36 square units.", 36.0),
+    ("Therefore, the share of samples measured at 40 °C or more is 2.5 x 10^-3.", 0.0025),
+    ("So the speed of the cart when d = 0.50 m is 1.25 m/s.", 1.25),
+    ("Therefore, the number of ways with at least 2 red beads in each box is 84.", 84.0),
+    ("Hence the monthly rate is 0.015 or 1.5%.", 0.015),
+    ("Therefore, the largest value is -12 which occurs at (3, 4).", -12.0),
+    ("Therefore, the slope of the tangent at x = 1 is -3/4.", -0.75),
+    ("Thus the estimate after two steps is $y(1.2) \\approx 2.4375$.", 2.4375),
+])
+def test_the_final_sentence_states_its_result_after_the_verb(sentence, value):
+    a = extract_answer("We set up the computation and carry it out.\n\n" + sentence, "number")
+    assert a.value == pytest.approx(value) and a.cue == "fallback"
+
+
+@pytest.mark.parametrize("sentence", [
+    "Therefore, the momentum is greater than or equal to 2.1 x 10^-5 kg m/s.",  # a bound
+    "Therefore, the ratio is 4 for small loads and 9 for large ones.",  # two values
+    "Therefore, the voltage across the resistor is $\\varepsilon/4$ volts.",  # a free variable
+    "Therefore, the length is 3k.",
+    "Therefore, the rate is 0.2 or 30%.",  # two different values
+    "Therefore, the first root is 2 and the second root is 5.",
+])
+def test_a_final_sentence_with_a_bound_two_values_or_unknowns_gives_no_answer(sentence):
+    assert extract_answer("We set up the computation and carry it out.\n\n" + sentence, "number").value is None
+
+
+@pytest.mark.parametrize("text,question,value", [
+    ("We apply the test.\n\nTherefore, the map T(A) = 3A is NOT injective from R^{2x2} to R^{2x2}.",
+     "For a matrix A, is the map T(A) = 3A from R^{2x2} to R^{2x2} injective?", False),
+    ("We check the scaling.\n\nTherefore, the function g(s, u) = (s^2 + u^2) / (s u) is homogeneous.",
+     "is the function g(s, u) = (s^2 + u^2) / (s u) homogeneous", True),
+    ("We induct on n.\n\nTherefore, by induction, 2^n >= n + 1 for all n >= 0.", "Let n >= 0. Is 2^n >= n + 1?", True),
+    ("We compute the checksum.\n\nTherefore, the code 4-711 passes the checksum and is a valid product code.",
+     "Is 4-711 a valid product code?", True),
+    ("We compare both.\n\nSo in conclusion, the statement is false. The kernel of T has dimension 2.",
+     "The kernel of T is trivial. True or False?", False),
+])
+def test_claims_in_the_forms_teachers_write_them(text, question, value):
+    assert extract_answer(text, BOOLEAN_KIND, question=question).value is value
+
+
+def test_a_claim_about_another_proposition_gives_no_answer():
+    q = "The yields were 5.1, 4.8, 5.3. Do the results conform to the expectation at the 5% significance level?"
+    text = "We run the test.\n\nTherefore, the answer is that we fail to reject the null hypothesis at the 5% significance level."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is None  # true in effect, but not a restatement
