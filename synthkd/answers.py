@@ -1515,8 +1515,14 @@ def _clause_states(span: str, value: float) -> bool:
 
 _Q_SENT_RE = re.compile(r"(?<=[.?!])\s+")
 _HOW_MANY_RE = re.compile(
-    r"\bhow\s+(?:many|much)\s+(?:(?P<cmp>more|fewer|less)\s+)?(?P<noun>[a-z][a-z-]*)(?P<pair>\s+and\s+[a-z]+)?"
-    r"(?:.*?\bthan\b)?", re.IGNORECASE)
+    r"\b(?:how\s+(?:many|much)|(?:what|find)\s+(?:is\s+)?the\s+number\s+of)\s+(?:(?P<cmp>more|fewer|less)\s+)?"
+    r"(?P<qualifier>(?:different|distinct|possible)\s+)?(?P<noun>[a-z][a-z-]*)(?P<pair>\s+and\s+[a-z]+)?(?:.*?\bthan\b)?",
+    re.IGNORECASE)
+# words that end the noun phrase of "How many <noun phrase> ...": a verb, a preposition
+_PHRASE_END = frozenset({"can", "could", "are", "is", "was", "were", "do", "does", "did", "will", "would", "should",
+                         "have", "has", "had", "there", "in", "on", "of", "to", "with", "for", "from", "due", "that",
+                         "which", "at", "by", "if", "when", "must", "may", "might", "be", "you", "we", "they", "he", "she",
+                         "it", "i", "altogether", "left", "each", "per"})
 _NOT_A_NOUN = frozenset({"will", "would", "did", "does", "do", "can", "could", "should", "are", "is", "were", "was",
                          "has", "have", "had", "of", "in", "times", "more", "less", "fewer"})
 _AFTER_NUMBER_WORDS = 3  # "42 rows", "3 packages of white t-shirts", "15 red peaches"
@@ -1524,14 +1530,20 @@ _STATED_NUMBER_RE = re.compile(rf"(?<![\w.])-?\$?({_NUMBER})(?!\w|\.\d)")
 
 
 def _stem(word: str) -> str:
+    """Singular of a plural noun, roughly: "berries" -> "berry", "boxes" -> "box", "trees" -> "tree"."""
     w = word.lower().strip("-")
-    for suffix in ("ies", "es", "s"):
-        if len(w) > 3 and w.endswith(suffix) and not w.endswith("ss"):
-            return w[: -len(suffix)] + ("y" if suffix == "ies" else "")
-    return w
+    if len(w) <= 3 or w.endswith("ss"):
+        return w
+    if w.endswith("ies"):
+        return w[:-3] + "y"
+    if w.endswith(("sses", "xes", "ches", "shes", "zes")):
+        return w[:-2]
+    return w[:-1] if w.endswith("s") else w
 
 
-_UNIT_ASKED_RE = re.compile(r"\(\s*unit\s*:\s*([^()]{1,20}?)\s*\)", re.IGNORECASE)  # TheoremQA-style "(Unit: mm)"
+# the unit the answer is asked in: "(Unit: mm)", "Give the answer in unit of $k\\Omega$", "in units of m/s"
+_UNIT_ASKED_RE = re.compile(r"\(\s*unit\s*:\s*([^()]{1,20}?)\s*\)|\bin\s+(?:the\s+)?units?\s+of\s+\$?([^\s$.,;()]{1,12})\$?",
+                            re.IGNORECASE)
 # "... did Ed lose?", "... will each of the boys receive?": the words after the auxiliary (subject, then verb)
 _ASKED_VERB_RE = re.compile(r"\b(?:did|does|do|will|would|can|could|should|must|had|has|have)\s+(?P<rest>[^?]{1,80})\?",
                             re.IGNORECASE)
@@ -1550,6 +1562,12 @@ _SCI_RE = re.compile(r"(\d(?:\.\d+)?)\s*\*\s*10\s*\*\*\s*\(?([-+]?\d+)\)?")
 _NOT_VERBS = frozenset({"each", "them", "all", "both", "every", "one", "ones", "people", "person", "the", "a", "an", "of",
                         "to", "in", "on", "at", "for", "with", "from", "by", "his", "her", "their", "its", "he", "she",
                         "they", "it", "we", "you", "i", "there", "this", "that", "these", "those", "and", "or"})
+
+
+def _unlatex_unit(unit: str) -> str:
+    """"k\\Omega" -> "kω", "\\mu m" -> "µm": a unit as a model writes it in prose, lower case."""
+    u = unit.strip().replace("\\Omega", "\u03a9").replace("\\mu", "\u00b5").replace("\\", "").replace(" ", "")
+    return u.lower()
 
 
 def _verb_says(word: str, verb: str) -> bool:
@@ -1602,7 +1620,7 @@ def _asked_quantity(span: str, question: str) -> float | None:
     noun = m.group("noun").lower() if m is not None else ""
     if m is None or noun in _NOT_A_NOUN:
         if unit is not None:  # "(Unit: mm)": the number written with that unit
-            want_unit = unit.group(1).strip().lower()
+            want_unit = _unlatex_unit(unit.group(1) or unit.group(2))
             return one({value(n) for n in numbers
                         if s[n.end(): n.end() + len(want_unit) + 2].strip().lower().startswith(want_unit)})
         if verb is None:
@@ -1611,13 +1629,22 @@ def _asked_quantity(span: str, question: str) -> float | None:
         return one({value(n) for n in numbers
                     if any(_verb_says(w, v) for w in re.findall(r"[A-Za-z]+", s[max(0, n.start() - 12): n.start()])[-1:]
                            for v in verbs)})
-    want = _stem(noun)
+    # the noun phrase asked for ("different ice cream cones" in "How many different ice cream cones can you
+    # make"): its first word that some number of the span goes with, in order
+    phrase: list[str] = []
+    for w in re.findall(r"[A-Za-z-]+", q[m.start("qualifier") if m.group("qualifier") else m.start("noun"):])[:5]:
+        if w.lower() in _PHRASE_END:
+            break
+        phrase.append(w)
     with_noun: list[re.Match[str]] = []
-    for k, n in enumerate(numbers):
-        stop = numbers[k + 1].start() if k + 1 < len(numbers) else len(s)  # the words up to the next number
-        after = re.findall(r"[A-Za-z-]+", s[n.end(): min(stop, n.end() + 60)])[:_AFTER_NUMBER_WORDS]
-        if any(_stem(w) == want for w in after):
-            with_noun.append(n)
+    for want in dict.fromkeys(_stem(w) for w in (phrase or [noun])):
+        for k, n in enumerate(numbers):
+            stop = numbers[k + 1].start() if k + 1 < len(numbers) else len(s)  # the words up to the next number
+            after = re.findall(r"[A-Za-z-]+", s[n.end(): min(stop, n.end() + 60)])[:_AFTER_NUMBER_WORDS]
+            if any(_stem(w) == want for w in after):
+                with_noun.append(n)
+        if with_noun:
+            break
     got = one({value(n) for n in with_noun})
     if got is not None or len(with_noun) < 2 or verb is None:
         return got

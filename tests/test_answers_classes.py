@@ -640,3 +640,17 @@ def test_a_claim_about_another_proposition_gives_no_answer():
     q = "The yields were 5.1, 4.8, 5.3. Do the results conform to the expectation at the 5% significance level?"
     text = "We run the test.\n\nTherefore, the answer is that we fail to reject the null hypothesis at the 5% significance level."
     assert extract_answer(text, BOOLEAN_KIND, question=q).value is None  # true in effect, but not a restatement
+
+
+@pytest.mark.parametrize("text,question,value", [
+    ("So the answer is that there are 924 lattice paths from A to B in a 6 by 6 grid.",
+     "What is the number of lattice paths from A to B in the 6 by 6 grid?", 924.0),
+    ("So the answer is that there is only 1 spanning tree on 4 labelled vertices of the path.",
+     "How many trees are there on the path's 4 labelled vertices?", 1.0),
+    ("So the answer is that the capacitor C should be 47 µF to give a 20 degree lag.",
+     "Find C for a 20 degree lag. Give the answer in unit of $\\mu F$.", 47.0),
+    ("So the answer is that there are 120 different fruit salads you can make with 5 fruits and 3 bowls.",
+     "How many different fruit salads can you make?", 120.0),
+])
+def test_more_ways_a_question_names_its_quantity(text, question, value):
+    assert extract_answer(text, "number", question=question).value == value
