@@ -40,6 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from synthkd.answers import _proposition  # the reader's rule asks whether the question is a yes/no question
 from synthkd.answers import (
     NLI_LABELS,
     NLI_SYNONYMS,
@@ -521,7 +522,7 @@ _DECLINES_RE = re.compile(
     r"|not\s+(?:directly\s+)?provided\s+in\s+the\s+options"
     r"|cannot\s+(?:be\s+)?(?:determine[d]?|provide|answer|calculate[d]?|solve[d]?)"
     r"|let\s+me\s+know\s+if\s+you|please\s+provide|(?:need|without)\s+(?:more|additional)\s+information"
-    r"|insufficient\s+information|not\s+enough\s+information)",
+    r"|insufficient\s+information|not\s+enough\s+information|cannot\s+conclude|can\s*not\s+be\s+concluded)",
     re.IGNORECASE,
 )
 #: a chat template's turn marker in the output: a base model writing the next turn of the template
@@ -530,10 +531,16 @@ _TURN_MARKER_RE = re.compile(r"<\|im_start\|>|<\|start_header_id\|>|<\|eot_id\|>
 _EMPTY_ITEM_RE = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,2}[.)]|[-*])[ \t]*(?:[A-Z][\w ]{0,30}(?:\([^()]{1,10}\))?)?[ \t:]*$")
 #: variables in a stated answer: a lone letter or a subscripted one ("3π:4r3", "2x + 2", "z_1", "3L^2");
 #: "e" and "i" are constants, SI units after a number are not variables
-_VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])")
-_BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger)\s+than|at\s+(?:least|most)|up\s+to)\s+\$?\d[^\s]*")
+_VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])|[\u0391-\u03a0\u03a2-\u03a9\u03b1-\u03c0\u03c2-\u03c9]|\\(?:varepsilon|epsilon|alpha|beta|gamma|delta|theta|lambda|mu|sigma|omega|phi|Phi|rho|tau)\b")
+_BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger|higher|lower)\s+than(?:\s+or\s+equal\s+to)?|at\s+(?:least|most)"
+                       r"|up\s+to|no\s+more\s+than)\s+\$?\d[^\s]*|[\u2264\u2265<>]=?\s*\$?[\de]")
+_TWO_RESULTS_RE = re.compile(r"\b(?:is|are|=)\s+\$?-?\d[^;]{0,80}?(?:,\s*|\s+)(?:and|so|while)\b[^;]{0,120}?\b(?:is|are|=)\s+\$?-?\d")
+_HEDGED_CLAIM_RE = re.compile(r"\b(?:likely|probably|possibly|perhaps|may|might|could\s+be|marginally|if\s+and\s+only\s+if|"
+                              r"or\s+is|in\s+terms\s+of)\b", re.IGNORECASE)
+_UNCLEAR_RE = re.compile(r"/\s*[\w.]+\s*\(|(?<![\w\\])log\s*\(|\\log\b|(?<![A-Za-z\\])i\s*\\?pi|\\frac\{i|\bi\s*[*/]")
 _ASKS_TWO_RE = re.compile(r"\bhow\s+many\s+[a-z-]+\s+and\s+[a-z-]+|\bhow\s+many\b[^?.]*\band\b[^?.]*\?", re.IGNORECASE)
-_NOT_A_NUMBER_RE = re.compile(r"\b(?:does\s+not\s+exist|doesn't\s+exist|is\s+undefined|diverges|is\s+not\s+convergent|"
+_NOT_A_NUMBER_RE = re.compile(r"\b(?:does\s+not\s+exist|doesn't\s+exist|is\s+undefined|diverges|is\s+not\s+convergent|converges\.?$|"
+                              r"does\s+converge|"
                               r"is\s+infinit[ey]|(?:is|be)\s+infinity|goes\s+to\s+infinity|to\s+infinity)\b", re.IGNORECASE)
 _VECTOR_RE = re.compile(r"(?:\bis|=|:)\s*\$?\s*[\[(]\s*-?[\d.]+(?:\s*,\s*-?[\d.]+)+\s*[\])]\$?\s*\.?\s*$")  # "... is [2, 0.26, 11]."
 _DECLINES_MORE_RE = re.compile(r"\bcannot\s+be\s+(?:expressed|found|computed|evaluated|simplified)|can\s+(?:only\s+)?be\s+"
@@ -561,10 +568,18 @@ NO_ANSWER_CLASSES = {
     "degenerate": "the output repeats itself (a sentence 3+ times, a unit 5+ times at its end) or echoes a question",
     "declines": "the model gives no answer: no option fits, it cannot determine it or express it, it leaves the "
                 "computation to numerical software, it asks for more information",
-    "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no')",
-    "free variables": "the stated answer is an expression with unknowns ('3π:4r3', '2x + 2'): no value",
-    "bound": "no answer cue, and the last sentence states only a bound ('less than 90°', 'at least 3')",
-    "other kind": "the answer is of another kind: True/False or a number for an item with the other gold, a "
+    "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no'), or hedges "
+             "its claim ('Object O is likely a circle-like polygon, but ...', 'if and only if', 'marginally stable')",
+    "free variables": "the stated answer is an expression with unknowns or unknown functions ('3π:4r3', '2x + 2', "
+                      "'ε/3 volts', '1 - Φ(2/√3)'): no value",
+    "bound": "the answer (or, with no cue, the last sentence) states only a bound ('less than 90°', 'at least 3', "
+             "'greater than or equal to 1e-24', '|f(z)| ≤ e')",
+    "several values": "the final statement gives two or more results, each after its own verb ('the multiplicity is 1, "
+                      "and P'(2) + P''(2) is 192'), for a question with one gold",
+    "unclear": "the stated expression has no single reading: 'a/b(c)' precedence, a log of no stated base, a "
+               "complex value",
+    "other kind": "the answer is of another kind: True/False or a number for an item with the other gold (also a "
+                  "yes/no gold for a question that is no yes/no question), a matrix for a yes/no gold, a "
                   "vector or list ('[2, 0.26, 11]'), 'does not exist' / 'infinite' / 'diverges' for a number, or two "
                   "quantities stated apart for a question that asks for two ('How many apples and pears ...?')",
     "no value": "an answer cue, but what it introduces states no number at all ('Dave added more apps than he "
@@ -619,6 +634,26 @@ def no_answer_category(r: Row) -> str | None:
             _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span)))
             and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
         return "no answer to find: free variables"
+    last = sents[-1] if sents else ""
+    if r.kind == "boolean" and r.ans.value is None:
+        if r.question and _proposition(r.question) is None:
+            return "no answer to find: other kind"  # "What is the maximum of S?" with a yes/no gold
+        if span and not re.search(r"[A-Za-z]{3}", span):
+            return "no answer to find: other kind"  # the answer is a matrix, "[[-1, 0], [0, -1]]"
+        if _HEDGED_CLAIM_RE.search(span or last):
+            return "no answer to find: hedge"
+    if r.ans.value is None and (_BOUND_RE.search(span) or (not span and _BOUND_RE.search(last))) and r.kind == "number":
+        return "no answer to find: bound"
+    if r.kind == "number" and r.ans.value is None and _TWO_RESULTS_RE.search(span or last):
+        return "no answer to find: several values"
+    if r.kind == "number" and r.ans.value is None and _UNCLEAR_RE.search(span or last):
+        return "no answer to find: unclear"
+    if r.kind == "number" and r.ans.value is None and not span and re.search(r"\b(?:is|=)\s*\$?([^.]*)$", last.rstrip(".")) and (
+            _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\(?:frac|sqrt|mathrm|text|Omega|approx)\b", " ",
+                                                                       re.search(r"\b(?:is|=)\s*\$?([^.]*)$", last.rstrip(".")).group(1))))):
+        return "no answer to find: free variables"
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no choice matched" and not _names_an_option(span, r):
+        return "no answer to find: no option named"
     if r.kind == "number" and r.ans.value is None and r.ans.reason == "cue found but no number" and not re.search(
             r"\d", span) and not re.search(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|half)\b",
                                            span, re.IGNORECASE):

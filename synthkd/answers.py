@@ -1273,6 +1273,9 @@ _PREDICATE_HEDGE_RE = re.compile(r"\b(?:or|and|between|than|at\s+(?:least|most)|
                                  r"|[<>\u2264\u2265\u2260\u00b1]|\+/-", re.IGNORECASE)
 _PREDICATE_TAIL_RE = re.compile(r"\s*,?\s*(?:which|that|where|at\s+which)\s+(?:occurs|is\s+attained|is\s+reached)\b.*$",
                                 re.IGNORECASE)
+# "is 1.68 correct to two decimal places using the bisection method": how precise, not another clause
+_PRECISION_TAIL_RE = re.compile(r"\s*,?\s*(?:correct|accurate|rounded)\s+to\s+\w+\s+(?:decimal\s+places?|significant\s+"
+                                r"(?:figures|digits)|digits)\b.*$", re.IGNORECASE)
 _PERCENT_RESTATED_RE = re.compile(rf"^\s*(-?{_NUMBER})\s*[A-Za-z]?\s*,?\s*or\s+(-?{_NUMBER})\s*%")
 # a name next to an operator and a number: "\\varepsilon/3", "3 + x", "2k": a value with unknowns
 _PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b|[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
@@ -1297,7 +1300,7 @@ def _stated_result(sentence: str) -> float | None | object:
     verbs = [m for m in _RESULT_COPULA_RE.finditer(s) if _VALUE_START_RE.match(s, m.end())]
     if len(verbs) != 1:
         return None
-    pred = _PREDICATE_TAIL_RE.sub("", s[verbs[0].end():]).strip()
+    pred = _PREDICATE_TAIL_RE.sub("", _PRECISION_TAIL_RE.sub("", s[verbs[0].end():])).strip()
     pct = _PERCENT_RESTATED_RE.match(pred)
     if pct is not None and numbers_equal(float(pct.group(1)) * 100, float(pct.group(2)), rel_tol=1e-3):
         if len(pred[pct.end():].split()) <= _PREDICATE_MAX_UNIT_WORDS:
@@ -1668,15 +1671,18 @@ def _asked_quantity(span: str, question: str) -> float | None:
 
 _AUX_START_RE = re.compile(r"^(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|must|may)\b",
                            re.IGNORECASE)
+_DETERMINE_IF_RE = re.compile(r"\b(?:determine|decide|check|tell|state|verify)\s+(?:if|whether)\s+(.{4,})$", re.IGNORECASE)
 _AUX_CLAUSE_RE = re.compile(r"(?:^|[,;:]\s*)(?:is|are|was|were|does|do|did|can|could|will|would|has|have|had|should|"
                             r"must|may)\b", re.IGNORECASE)
 _TRUE_FALSE_ASK_RE = re.compile(r"^(?:true\s+or\s+false|is\s+(?:it|this|that)(?:\s+\w+)?\s+(?:true|correct)"
                                 r"(?:\s+or\s+(?:false|not))?)\s*[?.]?$", re.IGNORECASE)
 _NEGATION_RE = re.compile(r"\b(?:not|no|never|cannot|none|neither|nor|fails?\s+to|non)\b|n't\b", re.IGNORECASE)
 _CLAIM_HEDGE_RE = re.compile(r"\b(?:or|if|unless|whether|likely|unlikely|may|might|could|possibly|perhaps|probably|"
-                             r"depends?|but|however|although|cannot\s+(?:conclude|determine|say))\b|\?", re.IGNORECASE)
+                             r"depends?|but|however|although|cannot\s+(?:conclude|determine|say)|marginally|partially|"
+                             r"almost|nearly|approximately|conditionally|in\s+terms\s+of|that\s+can\s+be)\b|\?",
+                             re.IGNORECASE)
 _CLAIM_ADVERBIAL_RE = re.compile(r"\s+(?:when|while|whenever|after|before)\b.*$", re.IGNORECASE | re.DOTALL)
-_CLAIM_REASON_RE = re.compile(r",?\s+(?:because|since|as|due\s+to|given\s+that|which\s+means)\b.*$",
+_CLAIM_REASON_RE = re.compile(r"(?:,?\s+(?:because|since|due\s+to|given\s+that|which\s+means)|,\s+as)\b.*$",
                               re.IGNORECASE | re.DOTALL)
 _STOP = frozenset("the a an of to in on at for by with from and is are be been was were this that these those it its "
                   "there here we our you your they their he she his her has have had does do did can will would "
@@ -1691,6 +1697,9 @@ def _proposition(question: str) -> str | None:
     for i in range(len(sents) - 1, -1, -1):
         if _TRUE_FALSE_ASK_RE.match(sents[i]):
             return sents[i - 1] if i > 0 else None
+        asked = _DETERMINE_IF_RE.search(sents[i])
+        if asked is not None:
+            return asked.group(1)  # "Determine if the system is a FIR."
         m = _AUX_CLAUSE_RE.search(sents[i])
         if sents[i].endswith("?"):
             # "Is W a subspace?", "For a matrix A, is F linear?"
@@ -1706,7 +1715,7 @@ def _squash(text: str) -> str:
 
 
 def _words(text: str) -> set[str]:
-    return {w[:6] for w in _CONTENT_RE.findall(_unlatex(text).lower()) if w not in _STOP}
+    return {_stem(w)[:6] for w in _CONTENT_RE.findall(_unlatex(text).lower()) if w not in _STOP}
 
 
 def _claim_polarity(claim: str, question: str) -> bool | None:
@@ -1736,8 +1745,8 @@ def _claim_polarity(claim: str, question: str) -> bool | None:
         formula = max(re.split(r"[a-z]{3,}", _squash(body)), key=len)
         if len(formula) < 6 or formula not in _squash(claim):
             return None
-    elif len(shared) < 2 or (len(shared) * 2 < len(cw) and len(shared) * 3 < 2 * len(qw)):
-        return None  # too little of the claim is the question's, and too little of the question is in it
+    elif not shared or (len(shared) * 3 < 2 * len(qw) and (len(shared) < 2 or len(shared) * 2 < len(cw))):
+        return None  # too little of the question is in the claim, and too little of the claim is the question's
     negated = len(_NEGATION_RE.findall(claim)) % 2 == 1
     asked_negated = len(_NEGATION_RE.findall(prop)) % 2 == 1
     return negated == asked_negated
