@@ -40,11 +40,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from synthkd.answers import _proposition  # the reader's rule asks whether the question is a yes/no question
 from synthkd.answers import (
     NLI_LABELS,
     NLI_SYNONYMS,
     ExtractedAnswer,
+    _proposition,  # the reader's rule asks whether a question is a yes/no question
     extract_answer,
     extract_choice,
     numbers_equal,
@@ -534,7 +534,8 @@ _EMPTY_ITEM_RE = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,2}[.)]|[-*])[ \t]*(?:[A-Z][\
 _VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])|[\u0391-\u03a0\u03a2-\u03a9\u03b1-\u03c0\u03c2-\u03c9]|\\(?:varepsilon|epsilon|alpha|beta|gamma|delta|theta|lambda|mu|sigma|omega|phi|Phi|rho|tau)\b")
 _BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger|higher|lower)\s+than(?:\s+or\s+equal\s+to)?|at\s+(?:least|most)"
                        r"|up\s+to|no\s+more\s+than)\s+\$?\d[^\s]*|[\u2264\u2265<>]=?\s*\$?[\de]")
-_TWO_RESULTS_RE = re.compile(r"\b(?:is|are|=)\s+\$?-?\d[^;]{0,80}?(?:,\s*|\s+)(?:and|so|while)\b[^;]{0,120}?\b(?:is|are|=)\s+\$?-?\d")
+_TWO_RESULTS_RE = re.compile(r"\b(?:is|are|=)\s+\$?-?\d[^;]{0,80}?(?:,\s*|\s+)(?:and|so|while)\b[^;]{0,120}?\b(?:is|are|=)\s+\$?-?\d"
+                             r"|\b(?:is|are)\s+\$?-?\d[^;]{0,80}?,?\s+and\s+\$?-?\d")
 _HEDGED_CLAIM_RE = re.compile(r"\b(?:likely|probably|possibly|perhaps|may|might|could\s+be|marginally|if\s+and\s+only\s+if|"
                               r"or\s+is|in\s+terms\s+of)\b", re.IGNORECASE)
 _UNCLEAR_RE = re.compile(r"/\s*[\w.]+\s*\(|(?<![\w\\])log\s*\(|\\log\b|(?<![A-Za-z\\])i\s*\\?pi|\\frac\{i|\bi\s*[*/]")
@@ -635,6 +636,8 @@ def no_answer_category(r: Row) -> str | None:
             and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
         return "no answer to find: free variables"
     last = sents[-1] if sents else ""
+    if r.kind == "number" and r.ans.value is None and r.question and _proposition(r.question) is not None:
+        return "no answer to find: other kind"  # "Should they switch?" with a number gold: a yes/no question
     if r.kind == "boolean" and r.ans.value is None:
         if r.question and _proposition(r.question) is None:
             return "no answer to find: other kind"  # "What is the maximum of S?" with a yes/no gold

@@ -1505,10 +1505,40 @@ _CLAUSE_VERB_NUMBER_RE = re.compile(
     re.IGNORECASE)
 
 
+# a count stated by existence: "there are 5040 different numbers ...", "there is only 1 tree ..."
+_EXISTENTIAL_RE = re.compile(rf"^\s*there\s+(?:are|is|exist|exists|were|was)\s+(?:only\s+|exactly\s+|a\s+total\s+of\s+)?"
+                             rf"({_NUMBER})\s+[A-Za-z]", re.IGNORECASE)
+
+
+_CLAUSE_COPULA_RE = re.compile(r"\b(?:is|are|was|were|be|equals?)\b", re.IGNORECASE)
+_CLAUSE_CONDITION_RE = re.compile(r"=|\b(?:at\s+(?:least|most)|than|up\s+to|if|when|unless|or)\b|[<>\u2264\u2265]", re.IGNORECASE)
+
+
+_LATER_NUMBER_RE = re.compile(rf"(?<![\w.-])({_NUMBER})(?![\w-]|\.\d)")  # "7-digit" is a word, not a number
+_COUNTED_THING_RE = re.compile(r"^\s*(?:\w[\w-]*\s+){1,6}?(?:that\s+can\s+be\s+\w+\s+)?(?:using|with|from|on|in|among|"
+                               r"out\s+of|made\s+from|formed\s+from)\b[^,;]*$", re.IGNORECASE)
+
+
+def _existential_count(span: str) -> float | None:
+    """The count of "there are N <things> <made from / on / with ...>": the other numbers of the span describe
+    what the things are made from ("there are 5040 different 7-digit numbers that can be formed using the digits
+    1, 2, 2, 3") - not a second count ("there are 9 storks and 4 birds" gives None)."""
+    s = _normalise_numeric_text(span)
+    m = _EXISTENTIAL_RE.match(s)
+    if m is None:
+        return None
+    later = _LATER_NUMBER_RE.search(s, m.end(1))
+    if later is not None and not _COUNTED_THING_RE.match(s[m.end(1): later.start()]):
+        return None
+    return float(m.group(1))
+
+
 def _clause_states(span: str, value: float) -> bool:
     """Whether a clause given as the answer ("the answer is that ...") states ``value`` with its verb,
     rather than mentioning it in a condition ("converges at x = 5") or a bound ("at least 4")."""
     s = _normalise_numeric_text(span)
+    if len(_NUM_RE.findall(s)) == 1 and not _CLAUSE_CONDITION_RE.search(s) and not _CLAUSE_COPULA_RE.search(s):
+        return True  # one number, no verb "is", no condition or bound: "you will hear the boom 27.12 s after it passes"
     return any(numbers_equal(float(m.group(1)), value) for m in _CLAUSE_VERB_NUMBER_RE.finditer(s))
 
 
@@ -1715,7 +1745,8 @@ def _squash(text: str) -> str:
 
 
 def _words(text: str) -> set[str]:
-    return {_stem(w)[:6] for w in _CONTENT_RE.findall(_unlatex(text).lower()) if w not in _STOP}
+    plain = re.sub(r"\\[A-Za-z]+", " ", _unlatex(text))  # "$\\alpha = 0.01$" is no word of the claim's
+    return {_stem(w)[:6] for w in _CONTENT_RE.findall(plain.lower()) if w not in _STOP}
 
 
 def _claim_polarity(claim: str, question: str) -> bool | None:
@@ -1806,6 +1837,10 @@ def extract_answer(
         value, reason, alts = _parse_number(span)
         if value is not None and cue == "answer is that" and not _clause_states(span, value):
             value, reason, alts = None, "ambiguous", ()  # "... does converge at x = 5": 5 is no result
+        if value is None and reason == "ambiguous":
+            counted = _existential_count(span)
+            if counted is not None:  # "there are 5040 different 7-digit numbers that can be formed using 1, 2, ..."
+                value, reason, alts = counted, None, ()
         if value is None and reason in ("ambiguous", "bad expression", "cue found but no number") and question:
             asked = _asked_quantity(span, question)
             if asked is None:

@@ -654,3 +654,21 @@ def test_a_claim_about_another_proposition_gives_no_answer():
 ])
 def test_more_ways_a_question_names_its_quantity(text, question, value):
     assert extract_answer(text, "number", question=question).value == value
+
+
+def test_a_count_stated_by_existence_and_its_limits():
+    text = "So the answer is there are 720 different 6-letter words that can be formed using the letters A, B, C, D, E, F."
+    assert extract_answer(text, "number").value == 720.0
+    for said in ("So the answer is there are 9 cats and 4 dogs in the yard.",
+                 "So the answer is there are 11 crates of pears, each crate has 10 pears."):
+        assert extract_answer(said, "number").value is None  # two counts: which one?
+    assert extract_answer("So the answer is that you will see the flash 4.5 seconds after the launch.", "number").value == 4.5
+    for said in ("So the answer is that the wire of 2 m length is infinitely strong.",
+                 "So the answer is that the limit is infinite for 3 of the cases."):
+        assert extract_answer(said, "number").value is None  # the number is no result
+
+
+def test_a_claim_with_latex_symbols_compares_by_its_words():
+    q = "We observe 70 heads in 100 tosses. Can we reject H_0 at significance level $\\alpha = 0.05$?"
+    text = "We compute the p-value.\n\nTherefore, the answer is: we can reject the null hypothesis H_0 at significance level α = 0.05."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is True
