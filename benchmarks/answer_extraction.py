@@ -276,9 +276,10 @@ def run_cqa(data_dir: Path, split: str) -> Result:
     res = Result(f"CQA {split}")
     t0 = time.perf_counter()
     for text, g in zip(texts, gold):
-        a = extract_answer(text, "choice", choices=g["choices"])
+        a = extract_answer(text, "choice", choices=g["choices"], question=g["question"])
         agree = a.value is not None and g["choices"][a.value] == g["answer"]
-        res.rows.append(Row(text, a, g["answer"], agree, "" if a.value is None else g["choices"][a.value], g["answer"]))
+        res.rows.append(Row(text, a, g["answer"], agree, "" if a.value is None else g["choices"][a.value], g["answer"],
+                            kind="choice", question=g["question"], choices=[_n(c) for c in g["choices"]]))
     res.seconds = time.perf_counter() - t0
     choices_of = {id(r): g["choices"] for r, g in zip(res.rows, gold)}
     res.categorise = lambda r: cqa_category(r, choices_of[id(r)])
@@ -293,9 +294,10 @@ def run_svamp(data_dir: Path, split: str) -> Result:
     t0 = time.perf_counter()
     for text, g in zip(texts, gold):
         gv = safe_eval_arithmetic(g["label"])
-        a = extract_answer(text, "number")
+        a = extract_answer(text, "number", question=g["input"])
         agree = numbers_equal(a.value, gv)
-        res.rows.append(Row(text, a, gv, agree, repr(a.value), f"{gv:g} = {g['label']}"))
+        res.rows.append(Row(text, a, gv, agree, repr(a.value), f"{gv:g} = {g['label']}", kind="number",
+                            question=g["input"]))
     res.seconds = time.perf_counter() - t0
     res.categorise = svamp_category
     return res
@@ -310,7 +312,7 @@ def run_nli(data_dir: Path, ds: str, split: str, name: str) -> Result:
     for text, g in zip(texts, gold):
         gl = NLI_LABELS[int(g["label"])]
         a = extract_answer(text, "label", labels=NLI_LABELS, synonyms=NLI_SYNONYMS)
-        res.rows.append(Row(text, a, gl, a.value == gl, str(a.value), gl))
+        res.rows.append(Row(text, a, gl, a.value == gl, str(a.value), gl, kind="label"))
     res.seconds = time.perf_counter() - t0
     res.categorise = nli_category
     return res
@@ -344,10 +346,11 @@ def run_gsm8k(data_dir: Path) -> list[Result]:
         t0 = time.perf_counter()
         for r, g in zip(rows, gold):
             sol = r[model]["solution"]
-            a = extract_answer(sol, "number")
+            a = extract_answer(sol, "number", question=r["question"])
             agree = numbers_equal(a.value, g)
             res.rows.append(
-                Row(sol, a, g, agree, repr(a.value), f"{g:g}", recorded_correct=bool(r[model]["is_correct"]))
+                Row(sol, a, g, agree, repr(a.value), f"{g:g}", recorded_correct=bool(r[model]["is_correct"]),
+                    kind="number", question=r["question"])
             )
         res.seconds = time.perf_counter() - t0
         res.categorise = gsm8k_category
@@ -548,6 +551,7 @@ _DECLINES_MORE_RE = re.compile(r"\bcannot\s+be\s+(?:expressed|found|computed|eva
                                r"(?:evaluated|computed|approximated|found)\s+(?:numerically|using)|(?:use|using)\s+(?:a\s+)?"
                                r"(?:numerical\s+(?:software|methods?|solver)|calculator|computer)", re.IGNORECASE)
 _ASKS_DIFFERENCE_RE = re.compile(r"\bhow\s+many\s+(?:more|fewer|less)\b.*\bthan\b", re.IGNORECASE)
+_NAMED_IN_EXPR_RE = re.compile(r"[A-Za-z]{2,}\s*[-+*/]\s*[\d(]|[\d)]\s*[-+*/]\s*[A-Za-z]{2,}")
 _UNIT_AFTER_NUMBER_RE = re.compile(r"\d\s*(?:[kmcµnM]?(?:m|s|g|N|J|W|V|A|K|Hz|Pa)(?:\s*[/^·*]\s*\w+)*)\b")
 
 
@@ -571,8 +575,8 @@ NO_ANSWER_CLASSES = {
                 "computation to numerical software, it asks for more information",
     "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no'), or hedges "
              "its claim ('Object O is likely a circle-like polygon, but ...', 'if and only if', 'marginally stable')",
-    "free variables": "the stated answer is an expression with unknowns or unknown functions ('3π:4r3', '2x + 2', "
-                      "'ε/3 volts', '1 - Φ(2/√3)'): no value",
+    "free variables": "the stated answer is an expression with unknowns, unknown functions or named quantities "
+                      "('3π:4r3', '2x + 2', '(some - 8)', 'ε/3 volts', '1 - Φ(2/√3)'): no value",
     "bound": "the answer (or, with no cue, the last sentence) states only a bound ('less than 90°', 'at least 3', "
              "'greater than or equal to 1e-24', '|f(z)| ≤ e')",
     "several values": "the final statement gives two or more results, each after its own verb ('the multiplicity is 1, "
@@ -607,6 +611,8 @@ def no_answer_category(r: Row) -> str | None:
         return "no answer to find: truncated"
     if _is_degenerate(body):
         return "no answer to find: degenerate"
+    if r.ans.value is None and r.ans.reason == "truncated expression":
+        return "no answer to find: truncated"
     if not re.search(r"[.!?)\]}`*$]\s*$", body) or _EMPTY_ITEM_RE.search(body):
         return "no answer to find: truncated"
     if r.kind == "number" and r.ans.span and _norm_bool(r.ans.span) is not None:
@@ -631,6 +637,8 @@ def no_answer_category(r: Row) -> str | None:
     if r.ans.value is None and r.ans.reason == "no answer cue" and sents and _BOUND_RE.search(sents[-1]) and not re.search(
             r"\b(?:is|are|=)\s*\$?\d", _BOUND_RE.sub(" ", sents[-1])):
         return "no answer to find: bound"
+    if r.ans.value is None and r.ans.reason == "bad expression" and _NAMED_IN_EXPR_RE.search(span):
+        return "no answer to find: free variables"  # "(some - 8)", "(some bags + 4 bags)"
     if r.ans.value is None and r.ans.reason in ("bad expression", "no choice matched", "cue found but no number") and (
             _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span)))
             and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
@@ -803,13 +811,16 @@ def _pct(x: float | int | None) -> str:
 
 def print_table(results: list[Result]) -> None:
     print(
-        "| dataset | rows | answered | well-formed (cue) | well-formed parsed | hedged | agree w/ gold (all rows) | agree w/ gold (answered) | judgement = recorded is_correct | recorded acc | µs/row |"
+        "| dataset | rows | answered | well-formed (cue) | well-formed parsed | no answer to find | parsed of the rest "
+        "| hedged | agree w/ gold (all rows) | agree w/ gold (answered) | judgement = recorded is_correct | recorded acc | µs/row |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for res in results:
         s = res.stats()
+        t = teacher_stats(res)
         print(
-            f"| {res.name} | {s['rows']:,} | {_pct(s['answered'])} | {_pct(s['well_formed'])} | {_pct(s['well_parsed'])} | {_pct(s['hedged'])} "
+            f"| {res.name} | {s['rows']:,} | {_pct(s['answered'])} | {_pct(s['well_formed'])} | {_pct(s['well_parsed'])} "
+            f"| {t['no_answer']:,} | {_pct(t['readable_parsed'])} | {_pct(s['hedged'])} "
             f"| {_pct(s['agree_all'])} | {_pct(s['agree_answered'])} | {_pct(s['judge_agree'])} | {_pct(s['recorded_acc'])} "
             f"| {1e6 * res.seconds / max(1, res.n):.0f} |"
         )
@@ -890,12 +901,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{n:,} outputs in {secs:.2f} s ({1e6 * secs / n:.0f} µs/output, extraction only).")
     for note in NOTES:
         print(f"\n{note}")
-    below = [(r.name, r.stats()["well_parsed"]) for r in results if float(r.stats()["well_parsed"] or 0) < TARGET]
-    print(
-        f"\nTarget: >= {TARGET:.0%} of well-formed outputs parsed. Below target: "
-        + (", ".join(f"{name} ({_pct(v)})" for name, v in below) if below else "none")
-        + ("; see 'unparsed: cue found, but ...' below for every such row." if below else ".")
-    )
+    if results:
+        print("\n" + target_line(results).replace("(teacher_outputs)", "(PaLM-540B / GPT-3)"))
     if args.show_fallbacks:
         show_fallbacks(teacher, args.show_fallbacks, args.seed)
     if not args.no_failures:
