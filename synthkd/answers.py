@@ -546,8 +546,12 @@ _WORD_NUMBER_RE = re.compile(
 )
 
 
+# "1.05 x 10-18 N/m": scientific notation whose caret was lost (a decimal mantissa times 10, a dash, digits)
+_SCI_NO_CARET_RE = re.compile(r"(\d\.\d+)\s*[x\u00d7*]\s*10-(\d{1,3})(?![\d.])")
+
+
 def _normalise_numeric_text(text: str) -> str:
-    s = text.translate(_OP_TRANSLATION)
+    s = _SCI_NO_CARET_RE.sub(r"\1e-\2", text.translate(_OP_TRANSLATION))
     if "\\" in s:
         for a, b in _LATEX_OPS:
             s = s.replace(a, b)
@@ -1278,7 +1282,7 @@ _PRECISION_TAIL_RE = re.compile(r"\s*,?\s*(?:correct|accurate|rounded)\s+to\s+\w
                                 r"(?:figures|digits)|digits)\b.*$", re.IGNORECASE)
 _PERCENT_RESTATED_RE = re.compile(rf"^\s*(-?{_NUMBER})\s*[A-Za-z]?\s*,?\s*or\s+(-?{_NUMBER})\s*%")
 # a name next to an operator and a number: "\\varepsilon/3", "3 + x", "2k": a value with unknowns
-_PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b|[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
+_PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b(?![-+]?\d)|(?<!\d)[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
                                     r"gamma|delta|theta|lambda|mu|sigma|omega|phi|rho|tau)\b")
 # what a stated value starts with: a number, a sign, LaTeX, "x = ...", "y(0.2) ≈ ...", e, pi
 _VALUE_START_RE = re.compile(r"\s*[-$\d\\(]|\s*[a-z]\s*=|\s*e\b|\s*pi\b|\s*[A-Za-z]\w{0,3}\s*\([^()]*\)\s*(?:=|\\approx|\u2248)")
@@ -1739,6 +1743,19 @@ def _proposition(question: str) -> str | None:
     return None
 
 
+def _one_edit(a: str, b: str) -> bool:
+    """Whether two words of five letters or more differ by one typo (a letter changed, added, dropped, or
+    two neighbours swapped)."""
+    if min(len(a), len(b)) < 5 or abs(len(a) - len(b)) > 1 or a == b:
+        return False
+    if len(a) == len(b):
+        diff = [i for i in range(len(a)) if a[i] != b[i]]
+        return len(diff) == 1 or (len(diff) == 2 and diff[1] == diff[0] + 1 and a[diff[0]] == b[diff[1]]
+                                  and a[diff[1]] == b[diff[0]])
+    short, long_ = (a, b) if len(a) < len(b) else (b, a)
+    return any(long_[:i] + long_[i + 1:] == short for i in range(len(long_)))
+
+
 def _squash(text: str) -> str:
     """Lower case without spaces, ``$`` and backslashes: formulas compare as written."""
     return re.sub(r"[\s$\\{}]", "", text.lower()).rstrip("?.")
@@ -1768,6 +1785,7 @@ def _claim_polarity(claim: str, question: str) -> bool | None:
     # a conjunction "X satisfies the formula and is a valid ISBN": the part that restates the question
     cw = max((_words(part) for part in re.split(r"\band\b", claim)), key=lambda w: (len(w & qw) / max(1, len(w)), len(w)))
     shared = cw & qw
+    shared |= {w for w in cw - qw if any(_one_edit(w, v) for v in qw - cw)}  # "bewteen", "necesarily": typos
     if cw and shared == cw:
         pass  # every word of it is the question's ("T is an isomorphism")
     elif len(cw) <= 1:

@@ -672,3 +672,16 @@ def test_a_claim_with_latex_symbols_compares_by_its_words():
     q = "We observe 70 heads in 100 tosses. Can we reject H_0 at significance level $\\alpha = 0.05$?"
     text = "We compute the p-value.\n\nTherefore, the answer is: we can reject the null hypothesis H_0 at significance level α = 0.05."
     assert extract_answer(text, BOOLEAN_KIND, question=q).value is True
+
+
+def test_scientific_notation_that_lost_its_caret():
+    # "3.54 x 10-7 C" is 3.54e-7 (read as 3.54 * 10 - 7 = 28.4 it would be an invented answer)
+    text = "We apply Gauss's law.\n\nTherefore, the charge enclosed by the sphere is 4.12 x 10-9 C."
+    assert extract_answer(text, "number").value == pytest.approx(4.12e-9)
+    assert extract_answer("So the answer is 2 x 10-3.", "number").value == 17.0  # no decimal mantissa: arithmetic
+
+
+def test_a_typo_in_the_question_does_not_hide_the_claim_it_asks_about():
+    q = "Let M be a square matrix. Is the vector u necesarily an eigenvector of M + I?"
+    text = "We test it.\n\nTherefore, the answer is: u is not necessarily an eigenvector of M + I."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is False
