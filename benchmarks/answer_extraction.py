@@ -640,6 +640,7 @@ def no_answer_category(r: Row) -> str | None:
     if r.ans.value is None and r.ans.reason == "bad expression" and _NAMED_IN_EXPR_RE.search(span):
         return "no answer to find: free variables"  # "(some - 8)", "(some bags + 4 bags)"
     if r.ans.value is None and r.ans.reason in ("bad expression", "no choice matched", "cue found but no number") and (
+            r.kind != "choice" or re.search(r"[=+*/^:]", span)) and (
             _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span)))
             and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
         return "no answer to find: free variables"

@@ -547,11 +547,14 @@ _WORD_NUMBER_RE = re.compile(
 
 
 # "1.05 x 10-18 N/m": scientific notation whose caret was lost (a decimal mantissa times 10, a dash, digits)
+_BRACED_POWER_RE = re.compile(r"\^\s*\{\s*([-+]?[\d.]+)\s*\}\$?")
 _SCI_NO_CARET_RE = re.compile(r"(\d\.\d+)\s*[x\u00d7*]\s*10-(\d{1,3})(?![\d.])")
 
 
 def _normalise_numeric_text(text: str) -> str:
     s = _SCI_NO_CARET_RE.sub(r"\1e-\2", text.translate(_OP_TRANSLATION))
+    if "^" in s:
+        s = _BRACED_POWER_RE.sub(r"^(\1)", s.replace("$^", "^"))  # "10$^{-4}$" / "10^{-4}" -> "10^(-4)"
     if "\\" in s:
         for a, b in _LATEX_OPS:
             s = s.replace(a, b)
@@ -640,7 +643,7 @@ _CONJUNCTION_RE = re.compile(r"\b(?:or|and)\b|/|,", re.IGNORECASE)
 # a compound SI unit after a number ("12.3 m/s^2", "9.8 m/s²", "4 kg·m^2", "20 N/m"): a unit, not unknowns
 _SI_UNIT = r"(?:[kcmµnMG]?(?:m|s|g|N|J|W|V|Pa|Hz|rad|mol|K|C|h|min)|°C)"
 _COMPOUND_UNIT_RE = re.compile(
-    rf"(?<=\d)(?:\s*{_SI_UNIT}(?:\s*[/\u00b7*]\s*{_SI_UNIT}(?:\s*\^\s*-?\d|[\u00b2\u00b3])?)+"
+    rf"(?<=[\d)])(?:\s*{_SI_UNIT}(?:\s*[/\u00b7*]\s*{_SI_UNIT}(?:\s*\^\s*-?\d|[\u00b2\u00b3])?)+"
     rf"|\s+{_SI_UNIT}(?:\s*\^\s*-?\d|[\u00b2\u00b3]))(?![\w^])")
 _CLOSED_HINT_RE = re.compile(
     r"\\pi|\u03c0|\\sqrt|\u221a|(?<![A-Za-z])(?:sqrt|exp|ln|log(?:_?\{?(?:2|10)\}?)?|sin|cos|tan|arcsin|arccos|arctan|pi)"
@@ -1280,12 +1283,15 @@ _PREDICATE_TAIL_RE = re.compile(r"\s*,?\s*(?:which|that|where|at\s+which)\s+(?:o
 # "is 1.68 correct to two decimal places using the bisection method": how precise, not another clause
 _PRECISION_TAIL_RE = re.compile(r"\s*,?\s*(?:correct|accurate|rounded)\s+to\s+\w+\s+(?:decimal\s+places?|significant\s+"
                                 r"(?:figures|digits)|digits)\b.*$", re.IGNORECASE)
+# what follows a value to say where it holds or what its symbols mean, not a second value
+_CONDITIONAL_START_RE = re.compile(r"^(?:if|unless|suppose|supposing|assuming|provided|when)\b", re.IGNORECASE)
+_SETTING_TAIL_RE = re.compile(r"\s*,?\s*(?:where|when|whenever)\s+.*$", re.IGNORECASE | re.DOTALL)
 _PERCENT_RESTATED_RE = re.compile(rf"^\s*(-?{_NUMBER})\s*[A-Za-z]?\s*,?\s*or\s+(-?{_NUMBER})\s*%")
 # a name next to an operator and a number: "\\varepsilon/3", "3 + x", "2k": a value with unknowns
-_PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b(?![-+]?\d)|(?<!\d)[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
+_PREDICATE_VARIABLE_RE = re.compile(r"\d[a-fh-lnoq-rt-zB-IMOP-UXYZ]\b(?![-+]?\d)|(?<![\w\\])(?!e\s*[-+*/^])[A-Za-z]\s*[-+*/^]\s*[\d(]|[\d)]\s*[-+*/^]\s*\\?[A-Za-z]|\\(?:varepsilon|epsilon|alpha|beta|"
                                     r"gamma|delta|theta|lambda|mu|sigma|omega|phi|rho|tau)\b")
 # what a stated value starts with: a number, a sign, LaTeX, "x = ...", "y(0.2) ≈ ...", e, pi
-_VALUE_START_RE = re.compile(r"\s*[-$\d\\(]|\s*[a-z]\s*=|\s*e\b|\s*pi\b|\s*[A-Za-z]\w{0,3}\s*\([^()]*\)\s*(?:=|\\approx|\u2248)")
+_VALUE_START_RE = re.compile(r"\s*[-$\d\\(]|\s*[a-z]\s*=|\s*e\b|\s*pi\b|\s*(?:sqrt|exp|ln|sin|cos|tan)\s*\(|\s*[A-Za-z]\w{0,3}\s*\([^()]*\)\s*(?:=|\\approx|\u2248)")
 _APPROX_RE = re.compile(r"\\approx|\u2248")
 _UNIT_WORD_RE = re.compile(r"^[A-Za-z\u00b5\u03a9\u00b0%$/()\-\^\u00b7*\d]{1,14}$")
 _PREDICATE_MAX_UNIT_WORDS = 3
@@ -1301,13 +1307,18 @@ def _stated_result(sentence: str) -> float | None | object:
     a hedge or a second value in the predicate gives None; unknowns in it give :data:`_FREE` (then the
     sentence states no value at all)."""
     s = _normalise_numeric_text(_CONCLUSION_RE.sub("", sentence.strip()).rstrip(".").strip())
+    if _CONDITIONAL_START_RE.match(s):
+        return None  # "If there are 7 rows, then ...": stated under a condition
     verbs = [m for m in _RESULT_COPULA_RE.finditer(s) if _VALUE_START_RE.match(s, m.end())]
     if len(verbs) != 1:
         return None
     pred = _PREDICATE_TAIL_RE.sub("", _PRECISION_TAIL_RE.sub("", s[verbs[0].end():])).strip()
+    pred = _SETTING_TAIL_RE.sub("", pred).strip()  # ", where p = P(X = 1) is ...", "when 1.5 V is applied"
+    if _EQUALS_RE.search(pred) and "," not in _EQUALS_RE.split(pred)[0]:
+        pred = _EQUALS_RE.split(pred)[-1].strip()  # "sqrt(p(1-p)) = sqrt(0.8*0.2) = 0.4": the value is the last
     pct = _PERCENT_RESTATED_RE.match(pred)
     if pct is not None and numbers_equal(float(pct.group(1)) * 100, float(pct.group(2)), rel_tol=1e-3):
-        if len(pred[pct.end():].split()) <= _PREDICATE_MAX_UNIT_WORDS:
+        if len(pred[pct.end():].split()) <= _PREDICATE_MAX_UNIT_WORDS + 1:  # "90.7% the speed of light"
             return float(pct.group(1))  # "0.0462 or 4.62%": one value, two ways
         return None
     if _PREDICATE_VARIABLE_RE.search(_COMPOUND_UNIT_RE.sub(" ", pred)):
@@ -1740,7 +1751,21 @@ def _proposition(question: str) -> str | None:
             return sents[i][m.start():].lstrip(",;: ") if m is not None else None
         if i == len(sents) - 1 and m is not None:
             return sents[i][m.start():].lstrip(",;: ")  # "is the function f scale invariant" (no "?")
+    if sents and "?" not in question:
+        return sents[-1]  # a statement to judge true or false ("... is not in general related to ...")
     return None
+
+
+def _antonym_prefixed(a: str, b: str) -> bool:
+    """Whether one text has "non-X"/"un-X" where the other has plain "X" ("nonlinear" / "linear")."""
+    wa = set(re.findall(r"[a-z]+(?:-[a-z]+)?", a.lower()))
+    wb = set(re.findall(r"[a-z]+(?:-[a-z]+)?", b.lower()))
+    for x, y in ((wa, wb), (wb, wa)):
+        for w in x:
+            for pre in ("non-", "non", "un"):
+                if w.startswith(pre) and len(w) - len(pre) >= 4 and w[len(pre):] in y:
+                    return True
+    return False
 
 
 def _one_edit(a: str, b: str) -> bool:
@@ -1781,6 +1806,8 @@ def _claim_polarity(claim: str, question: str) -> bool | None:
         return None
     prop = re.sub(r",?\s+or\s+not\b", "", prop, flags=re.IGNORECASE)  # "Is it exact or not?" asks "is it exact"
     claim = _CLAIM_ADVERBIAL_RE.sub("", claim)  # "Aliasing will occur when sampling at 700 Hz"
+    if _antonym_prefixed(claim, prop):
+        return None  # "for a nonlinear change ..." answering "for a linear transformation ...": another proposition
     qw = _words(prop)
     # a conjunction "X satisfies the formula and is a valid ISBN": the part that restates the question
     cw = max((_words(part) for part in re.split(r"\band\b", claim)), key=lambda w: (len(w & qw) / max(1, len(w)), len(w)))
@@ -1859,6 +1886,10 @@ def extract_answer(
             counted = _existential_count(span)
             if counted is not None:  # "there are 5040 different 7-digit numbers that can be formed using 1, 2, ..."
                 value, reason, alts = counted, None, ()
+        if value is None and reason in ("ambiguous", "bad expression"):
+            stated = _stated_result(span)  # "the integral of y^3 dx + x^3 dy over the circle of radius 2 is 0"
+            if isinstance(stated, float):
+                value, reason, alts = stated, None, ()
         if value is None and reason in ("ambiguous", "bad expression", "cue found but no number") and question:
             asked = _asked_quantity(span, question)
             if asked is None:

@@ -685,3 +685,26 @@ def test_a_typo_in_the_question_does_not_hide_the_claim_it_asks_about():
     q = "Let M be a square matrix. Is the vector u necesarily an eigenvector of M + I?"
     text = "We test it.\n\nTherefore, the answer is: u is not necessarily an eigenvector of M + I."
     assert extract_answer(text, BOOLEAN_KIND, question=q).value is False
+
+
+def test_a_statement_to_judge_and_a_claim_about_its_antonym():
+    q = "Let T be a map between vector spaces. The kernel of a linear map is always a subspace."
+    text = "We check closure.\n\nTherefore, the answer is: the kernel of a linear map is always a subspace."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is True
+    text = "We check closure.\n\nTherefore, the answer is: the kernel of a nonlinear map is not always a subspace."
+    assert extract_answer(text, BOOLEAN_KIND, question=q).value is None  # about another proposition
+
+
+@pytest.mark.parametrize("span,value", [
+    ("the mean of X is equal to sqrt(q(1-q)) = sqrt(0.25*0.75) = 0.433, where q = P(X = 1) is the hit rate", 0.433),
+    ("the current ratio is approximately e^12 when 0.3 V is applied at room temperature", math.exp(12)),
+    ("0.5 x 10$^{-3}$ m$^3$", 0.5e-3),
+    ("3.1×10^{8}", 3.1e8),
+    ("the line integral of x dy - y dx over the unit circle is 6.283", 6.283),
+])
+def test_values_with_their_setting_or_latex_powers(span, value):
+    assert extract_answer(f"Therefore, the answer is: {span}.", "number").value == pytest.approx(value)
+
+
+def test_a_power_too_large_to_evaluate_gives_no_answer_not_its_base():
+    assert extract_answer("Therefore, the answer is 2^{2022}.", "number").value is None
