@@ -586,7 +586,8 @@ NO_ANSWER_CLASSES = {
     "other kind": "the answer is of another kind: True/False or a number for an item with the other gold (also a "
                   "yes/no gold for a question that is no yes/no question), a matrix for a yes/no gold, a "
                   "vector or list ('[2, 0.26, 11]'), 'does not exist' / 'infinite' / 'diverges' for a number, or two "
-                  "quantities stated apart for a question that asks for two ('How many apples and pears ...?')",
+                  "quantities stated apart ('29.3 skittles and 27.7 erasers') where the question asks one or two "
+                  "('How many apples and pears ...?')",
     "no value": "an answer cue, but what it introduces states no number at all ('Dave added more apps than he "
                 "deleted', '(total price in millions)')",
     "no option named": "no answer cue, and the last three paragraphs name no option (no letter, no option text): "
@@ -670,6 +671,12 @@ def no_answer_category(r: Row) -> str | None:
             r"\d", span) and not re.search(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|half)\b",
                                            span, re.IGNORECASE):
         return "no answer to find: no value"
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no answer cue" and len(set(re.findall(
+            r"\((?:option\s+)?([A-J])\)", "\n\n".join(re.split(r"\n[ \t]*\n", body)[-3:]), re.IGNORECASE))) >= 3:
+        return "no answer to find: hedge"  # several options named as steps or candidates, none chosen
+    if r.kind == "number" and r.ans.value is None and re.search(
+            r"\d+(?:\.\d+)?\s+[a-z]+\s+and\s+\d+(?:\.\d+)?\s+[a-z]+", span or last):
+        return "no answer to find: other kind"  # "29.3 skittles and 27.7 erasers": two quantities, one asked
     if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no answer cue" and not _names_an_option(body, r):
         return "no answer to find: no option named"
     return None

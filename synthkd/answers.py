@@ -1241,7 +1241,7 @@ _LIST_MARK_RE = re.compile(r"^\s*(?:[-*\u2022>]+|\(?\d{1,2}[.)]|step\s+\d+\s*[:.
 _FALLBACK_SENT_RE = re.compile(r"(?<!\bMrs\.)(?<!\bMr\.)(?<!\bMs\.)(?<!\bDr\.)(?<!\bSt\.)(?<=[.!?])\s+(?=[A-Z(\\$*\"'])")
 _FALLBACK_HEDGE_RE = re.compile(
     r"\b(?:or|either|neither|between|unclear|cannot|can't|could\s+be|might|may|not\s+(?:sure|possible|enough|"
-    r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)|should\s+we|"
+    r"determin\w*|one\s+of)|none|if|unless|assum\w*|suppose|let|need\s+to|we\s+(?:can|will|must)(?!\s+(?:conclude|infer|say|see)\s+that)|should\s+we|"
     r"wait|hmm|please|provide|would\s+need|more\s+information|approach|try|check)\b|[<>\u2264\u2265\u2260]"
     r"|\b(?:at|for|when|where|with|given|whenever)\s+\\?\(?\$?[A-Za-z]\s*="  # "converges at x = 5": a condition
     r"|\b(?:more|less|fewer|greater|smaller|larger|higher|lower)\s+than\s+\$?\d|\bat\s+(?:least|most)\b",  # a bound
@@ -1398,6 +1398,13 @@ def _restated_option(body: str, choices: Sequence[str], letters: str) -> tuple[i
                 idx = letters.lower().find(m.group(1).lower())
                 if 0 <= idx < len(choices):
                     found[idx] = para.split("\n", 1)[0]
+    if len(found) > 1:
+        # the options recited, then one restated after a lead-in ("The most relevant option is:\nB. ..."): that one
+        leads = [k for k, ln in enumerate(lines) if _LEAD_IN_RE.search(ln)]
+        if leads:
+            after = [i for i, ln in found.items() if max(k for k, x in enumerate(lines) if x == ln) > leads[-1]]
+            if len(after) == 1:  # one option after the last lead-in ("The correct statements are:\nF. ..\nI. .." is two)
+                return after[0], found[after[0]]
     if len(found) != 1:
         return None  # none, or a list of options (the model reciting them)
     idx, line = next(iter(found.items()))
@@ -1487,7 +1494,7 @@ def _fallback(
         # "C_2", "n1", "m/s^2": a digit that names something or is a unit's power is not a number of the
         # sentence ("the value of $c_0$ is 0" -> 0; "determine the value of $C_2$." -> nothing)
         value, reason, alts = _parse_number(_NAME_DIGITS_RE.sub(" name ", last))
-        if value is None and reason == "ambiguous" and question:
+        if value is None and reason in ("ambiguous", "bad expression") and question:
             value = _asked_quantity(last, question)  # "... 8 balloons and 79 balls" + "How many balloons ...?"
         return (value, last) if value is not None and not alts else None
     if kind == "boolean":

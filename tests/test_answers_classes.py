@@ -708,3 +708,19 @@ def test_values_with_their_setting_or_latex_powers(span, value):
 
 def test_a_power_too_large_to_evaluate_gives_no_answer_not_its_base():
     assert extract_answer("Therefore, the answer is 2^{2022}.", "number").value is None
+
+
+def test_options_recited_then_one_restated_after_a_lead_in():
+    text = ("A. a kettle - boils water.\nB. a toaster - browns bread.\nC. a lamp - gives light.\n\n"
+            "The most suitable device is:\n\nB. a toaster - it is the only one for bread.")
+    assert extract_answer(text, "choice", choices=CHOICES).value == 1
+    text = ("A. a kettle - boils water.\nB. a toaster - browns bread.\nC. a lamp - gives light.\n\n"
+            "The suitable devices are:\nB. a toaster\nC. a lamp")
+    assert extract_answer(text, "choice", choices=CHOICES).value is None  # two options after the lead-in
+
+
+def test_we_can_conclude_that_is_a_conclusion_not_a_hedge():
+    text = "Each device was checked.\n\nGiven this, we can conclude that the one to buy is (D) a blender."
+    assert extract_answer(text, "choice", choices=CHOICES).value == 3
+    text = "Each device was checked.\n\nWe can pick (D) a blender or (E) a radio."
+    assert extract_answer(text, "choice", choices=CHOICES).value is None
