@@ -19,6 +19,10 @@ The pipeline applied by :func:`extract_answer` is:
 4. no cue at all: the cue-less fallback reads the number, option or label that the final sentence
    (or last equation) states, only when unambiguous, with ``cue="fallback"``; a hedge, a bound, a
    question, a request, a cut-off text or an unfinished reasoning trace gives no answer.
+5. with the item's ``question`` (optional): several stated quantities are read as the one the
+   question asks for, and a yes/no question answered with a claim is read by the claim's polarity
+   (section 5); without it those stay ``None``.  :func:`read_answer` is the reading of a model's
+   output (after its ``</think>`` block) that evaluation and the tailored rounds share.
 
 Every failure is reported with a short machine-readable ``reason`` (see :data:`REASONS`), so that a
 pipeline can count *why* rows were dropped.
