@@ -4,8 +4,9 @@ Why this shape:
 * generation is the same batched, left-padded, greedy-by-default code the local teacher uses, and the
   prompt is built exactly as in training (chat template or plain format, plus the student's inference
   prefix, ``predict: `` for a multitask student), read from the student's ``synthkd_train.json``;
-* answers are extracted with ``synthkd.answers.extract_answer``, the same parser the generation methods
-  use on teacher text, so student and teacher are scored by one rule;
+* answers are read with ``synthkd.answers.read_answer`` (``extract_answer`` after a ``</think>`` block), the
+  same parser the generation methods use on teacher text and the tailored rounds use on the teacher's
+  corrections, so student and teacher are scored by one rule whatever answer format each writes;
 * every mistake is written as a row (the original row plus the student's output), which is the input
   of the tailored loop; a student whose outputs never match the label set is *reported*, not a crash.
 
@@ -23,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, extract_answer, numbers_equal, safe_eval_arithmetic
+from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, numbers_equal, read_answer, safe_eval_arithmetic
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.options import opt, register_feature
 from synthkd.row_source import as_path
 from synthkd.train.common import InputField
-from synthkd.train.export import Fields, after_think, read_rows
+from synthkd.train.export import Fields, read_rows
 
 KINDS = ("number", "choice", "label", "boolean")
 LETTERS = "abcdefghij"
@@ -176,17 +177,19 @@ def gold_value(v: Any, kind: str, *, choices: Sequence[str] | None = None,
 
 
 def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None = None,
-                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None
-                    ) -> tuple[Any, str | None]:
-    """(value, reason) from model text (via extract_answer) or from an already-structured answer."""
+                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None,
+                    question: str | None = None) -> tuple[Any, str | None]:
+    """(value, reason) from model text (via :func:`synthkd.answers.read_answer`, the reading the tailored
+    rounds use too) or from an already-structured answer.  ``question`` (the row's input) lets the reading
+    pick the quantity a question asks for among several stated, and read a claim answering a yes/no question."""
     if not isinstance(text, str):
         if text is None:
             return None, "no answer"
         g, why = gold_value(text, kind, choices=choices, labels=labels)
         return g, why and "unusable answer"
-    text = after_think(text)  # a think-mode student's answer follows its reasoning
-    ans = extract_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
-                         labels=list(labels) if labels else None, synonyms=synonyms)
+    # a think-mode student's answer follows its reasoning: read_answer reads the text after </think>
+    ans = read_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
+                      labels=list(labels) if labels else None, synonyms=synonyms, question=question)
     return ans.value, ans.reason
 
 
@@ -389,7 +392,8 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
     gen_s = time.time() - t0
     preds, reasons = [], []
     for r, g in zip(rows, gens):
-        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms)
+        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms,
+                                 question=r.text)
         preds.append(v)
         reasons.append(why)
     golds = [r.gold for r in rows]
@@ -421,7 +425,7 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
         for r in rows:
             v = r.row.get(opts.teacher_field)
             t_preds.append(predicted_value(v, opts.kind, choices=r.choices, labels=opts.labels,
-                                           synonyms=opts.synonyms)[0])
+                                           synonyms=opts.synonyms, question=r.text)[0])
         report["teacher"] = score(golds, t_preds, opts.kind, labels=opts.labels)
         report["teacher"]["field"] = opts.teacher_field
         report["comparison"] = comparison_line(metrics["accuracy"], report["teacher"]["accuracy"], len(rows))
