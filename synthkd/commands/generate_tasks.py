@@ -68,6 +68,11 @@ class TasksJob(TargetJob):
 
         self.plan = plan_label_tasks(load_task_spec(self.cfg.spec), self.cfg)
 
+    def finish_output(self) -> None:
+        from synthkd.methods.label_tasks import canonical_order
+
+        canonical_order(self.plan, self.output)  # the file does not depend on completion order
+
     def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
         from synthkd.methods.label_tasks import generate_label_examples
 

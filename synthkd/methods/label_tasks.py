@@ -18,6 +18,17 @@ Why the processing is shaped like this (resume = rerun, nothing paid twice):
 * A request that fails for good (or is never sent because the budget ran out) *stalls* its label:
   later answers of that label wait for the next run, instead of taking ids that the failed
   request's texts would have had.  So the output is always a prefix of the failure-free run.
+* Near-duplicates are looked for **within a label** (and against every label's seed examples, which
+  are fixed before the first request), never against what *other* labels kept so far: labels are
+  processed concurrently, so a pool shared by all labels would make "which label keeps a text both
+  were given" depend on which answer arrived first (issue 18: two identical runs agreed on 496 of
+  600 rows).  So a row's fate is a function of the seed, the spec and its own label's answers.
+  A text the teacher wrote for two labels is kept under both: that is a *label conflict*, resolved
+  downstream by a stated policy (the ``label_conflicts`` cleaning op: relabel by the teacher,
+  majority or drop), where copies from other generators (PromptMix) are seen too.
+* The finished output is rewritten in canonical order (spec label order, then ``k``;
+  :func:`canonical_order`), so the file a run leaves does not depend on completion order either:
+  two runs, a cached rerun and a resume after SIGKILL leave the same rows in the same order.
 
 Shared with Self-Instruct, and kept elsewhere: :func:`synthkd.teacher_lists.parse_list_items` (robust
 numbered / bulleted / JSON-lines parsing of teacher lists), :class:`synthkd.teachers.jobs.JobFeed`
@@ -471,7 +482,8 @@ async def generate_label_examples(
     for spec in plan.spec.labels:
         for i, ex in enumerate(spec.examples):
             seed_pool.add(ex, f"seed:{spec.name}:{i}")
-    pool = NearDupPool(c.threshold)
+    # one pool per label: what another label kept must not decide this label's rows (see the docstring)
+    pools = {lab: NearDupPool(c.threshold) for lab in plan.labels}
     states = {lab: _LabelState(lab) for lab in plan.labels}
     for lab in plan.labels:
         st.per_label[lab] = 0
@@ -536,14 +548,14 @@ async def generate_label_examples(
                 reason = f"too_short: fewer than {c.min_words} words"
             else:
                 s.items_seen += 1
-                reason = duplicate_reason(text, seed_pool, pool, seed_by_text=True)
+                reason = duplicate_reason(text, seed_pool, pools[label], seed_by_text=True)
             if reason is not None:
                 st.drops[reason.split(":")[0]] += 1
                 cand["reject_reason"] = reason
                 rows.append(cand)
                 continue
             row_id = f"{label}-{s.kept}"
-            pool.add(text, row_id)
+            pools[label].add(text, row_id)
             s.kept += 1
             st.kept += 1
             st.per_label[label] = s.kept
@@ -574,7 +586,32 @@ async def generate_label_examples(
                 else f"{s.issued - s.next_r} request(s) not answered")
 
 
+def canonical_key(plan: LabelTaskPlan) -> Any:
+    """Sort key of an output row: the label's position in the spec, then ``k`` of ``<label>-<k>``
+    (rows of labels the spec does not have, or other ids, last, in file order)."""
+    order = {name: i for i, name in enumerate(plan.spec.label_names)}
+
+    def key(row: dict[str, Any]) -> tuple[int, int]:
+        lab, rid = row.get("label"), str(row.get("id", ""))
+        prefix = f"{lab}-"
+        if lab in order and rid.startswith(prefix) and rid[len(prefix):].isdigit():
+            return order[lab], int(rid[len(prefix):])
+        return len(order), 0
+
+    return key
+
+
+def canonical_order(plan: LabelTaskPlan, output: Path) -> None:
+    """Rewrite a finished (or stopped) output in canonical order: the file then depends on what was
+    kept, never on the order answers arrived in.  Atomic (temp file + rename), so a kill here leaves
+    either the old or the new file."""
+    from synthkd.methods.runner import sort_output
+
+    sort_output(Path(output), canonical_key(plan))
+
+
 __all__ = [
+    "canonical_order", "canonical_key",
     "TaskDescription", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "generate_label_examples", "load_task_spec",
     "plan_label_tasks",
 ]

@@ -36,12 +36,13 @@ class TasksStage:
         self._plan(ctx, o)  # spec, labels, settings and template, before any teacher call
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.methods.label_tasks import MethodStats, generate_label_examples
+        from synthkd.methods.label_tasks import MethodStats, canonical_order, generate_label_examples
         from synthkd.methods.runner import write_rows
 
         plan = self._plan(ctx, o)
         stats = MethodStats()
         counts = await write_rows(generate_label_examples(ctx.teacher(), plan, stats=stats), ctx.output)
+        canonical_order(plan, ctx.output)  # the file does not depend on completion order
         check_budget(ctx)
         for what, why in sorted(stats.short.items()):
             ctx.log(f"[{ctx.stage.name}] short: {what}: {why}")
