@@ -28,7 +28,7 @@ def _small(run_dir: Path) -> list[str]:
         f"run_dir={run_dir}",
         "stages.tasks.options.per_label=5",
         "stages.tasks.options.batch_size=6",
-        "stages.promptmix.options.per_class=2",
+        "stages.promptmix.options.per_label=2",
         "stages.promptmix.options.examples_per_call=2",
         "stages.train.options.epochs=1",
         "stages.train.options.tiny={hidden_size: 32, layers: 1, heads: 2, vocab_size: 300}",
@@ -88,7 +88,7 @@ def test_bad_task_spec_fails_validation_before_any_request(tmp_path):
     srv = TestServer(FaultConfig(), responder=Banking77Responder.from_dir()).start()
     try:
         r = _run(["run", str(PIPELINE), "--set", f"run_dir={tmp_path}/runs",
-                  "--set", f"stages.tasks.options.spec={spec}"], srv.base_url)
+                  "--set", f"stages.tasks.options.labels={spec}"], srv.base_url)
         assert r.returncode == 2, r.stderr  # bad input, reported before anything runs
         assert str(spec) in r.stderr and "descripton" in r.stderr, r.stderr
         assert _completions(srv) == 0

@@ -98,8 +98,8 @@ def test_missing_descriptions_fail_only_for_templates_that_use_them(tmp_path):
     tpl = _write(tmp_path, "t.j2", "{{ task_description }} {{ label }} {{ colour }}")
     with pytest.raises(TemplateError, match="colour"):
         plan_label_tasks(spec, LabelTaskConfig(per_label=3, template=str(tpl)))
-    with pytest.raises(InputError, match="--labels: unknown label"):
-        plan_label_tasks(spec, LabelTaskConfig(per_label=3, template="tasks/examples_names", labels=["zz"]))
+    with pytest.raises(InputError, match="--only: unknown label"):
+        plan_label_tasks(spec, LabelTaskConfig(per_label=3, template="tasks/examples_names", only=["zz"]))
 
 
 def test_cli_bad_spec_exits_2_before_any_request(tmp_path, make_server):

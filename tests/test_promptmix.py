@@ -79,7 +79,7 @@ def test_groups_partition_and_similarity():
 
 def test_plan_is_deterministic_and_follows_the_paper_prompt():
     s = _space()
-    cfg = PromptMixConfig(per_class=10, examples_per_call=4, group_size=4)
+    cfg = PromptMixConfig(per_label=10, examples_per_call=4, group_size=4)
     calls = plan_calls(s, cfg)
     assert calls == plan_calls(s, cfg)
     assert len(calls) == 8 * 3 and [c.m for c in calls[:3]] == [4, 4, 2]
@@ -91,7 +91,7 @@ def test_plan_is_deterministic_and_follows_the_paper_prompt():
             assert all(f'Example: "{e}"' in c.prompt for e in s.examples[lab])
     partners = Counter(c.b for c in calls if c.a == "card_arrival")
     assert len(partners) == 3  # the partner cycles through the group
-    other = plan_calls(s, PromptMixConfig(per_class=10, seed=5))
+    other = plan_calls(s, PromptMixConfig(per_label=10, seed=5))
     assert [c.alpha for c in other] != [c.alpha for c in calls]
 
 
@@ -123,7 +123,7 @@ def test_promptmix_method_through_server(make_server):
     responder = _responder()
     srv = make_server(FaultConfig(latency_ms=2), responder=responder)
     s = _space()
-    cfg = PromptMixConfig(per_class=8, examples_per_call=4, group_size=4, relabel_candidates=3)
+    cfg = PromptMixConfig(per_label=8, examples_per_call=4, group_size=4, relabel_candidates=3)
 
     async def go():
         t = OpenAICompatibleTeacher("test-model", base_url=srv.base_url, concurrency=8)

@@ -10,7 +10,7 @@ same prompts, gets every answer from the cache and writes no row twice):
 
 1. :func:`make_groups` partitions the classes into groups of ``group_size`` (similar classes together
    by default, by TF-IDF cosine; or a seeded random partition).
-2. :func:`plan_calls` gives each class A ``ceil(per_class / m)`` calls; each names a partner B from A's
+2. :func:`plan_calls` gives each class A ``ceil(per_label / m)`` calls; each names a partner B from A's
    group (cycling) and draws α = 0.5 + 0.5·Beta(a, b) (skewed toward 1), rounded to a whole percent.
 3. The generation calls are answered (one teacher stream); :func:`parse_items` strips numbering and
    "(80% A, 20% B)"-style annotations.  Items are then deduplicated in the plan's order (not in
@@ -54,7 +54,8 @@ class PromptMixConfig:
     labels: Optional[Path] = opt(None, help=LABEL_SPACE_HELP, flags=("-l",))
     output: Optional[Path] = opt(None, help="Output jsonl (appended; ids already there are skipped).",
                                  flags=("-o",), stage=False)
-    per_class: int = opt(help="Examples to generate per class (before drops).", flags=("-n",), ge=1)
+    per_label: int = opt(help="Examples to generate per label (before drops).", flags=("-n",), ge=1,
+                         aliases=("--per-class",), yaml_aliases=("per_class",))
     group_size: int = opt(4, help="Classes per group; each class mixes with the others of its group.", ge=2)
     examples_per_call: int = opt(4, help="Examples asked for in one generation call.", ge=1)
     grouping: str = opt("similar", help="similar (TF-IDF nearest classes) or random (seeded).", choices=GROUPINGS)
@@ -89,8 +90,8 @@ class PromptMixConfig:
 
     def problems(self, space: LabelSpace) -> list[str]:
         out = []
-        if self.per_class < 1:
-            out.append("--per-class must be at least 1")
+        if self.per_label < 1:
+            out.append("--per-label must be at least 1")
         if self.group_size < 2:
             out.append("--group-size must be at least 2 (a class needs a partner to mix with)")
         if len(space.labels) < 2:
@@ -199,11 +200,11 @@ def plan_calls(space: LabelSpace, cfg: PromptMixConfig) -> list[MixCall]:
         group = group_of[a]
         others = [x for x in group if x != a]
         offset = random.Random(f"promptmix-partner:{cfg.seed}:{a}").randrange(len(others))
-        n_calls = math.ceil(cfg.per_class / m)
+        n_calls = math.ceil(cfg.per_label / m)
         for c in range(n_calls):
             b = others[(offset + c) % len(others)]
             alpha = draw_alpha(cfg.seed, a, c, cfg.alpha_beta)
-            count = min(m, cfg.per_class - c * m)
+            count = min(m, cfg.per_label - c * m)
             shown = [a, b] + [x for x in group if x not in (a, b)]
             classes = [
                 {"name": lab, "description": space.description(lab), "examples": space.examples.get(lab, [])[: cfg.k_shot]}

@@ -22,15 +22,15 @@ from synthkd.stages.generate_common import resolved
 
 @register_stage("generate.tasks")
 class TasksStage:
-    Options = stage_model(LabelTaskConfig, name="TasksOptions", defaults={"spec": ...})
+    Options = stage_model(LabelTaskConfig, name="TasksOptions", defaults={"labels": ...})
     options_model = Options
 
     def _plan(self, ctx: StageContext, o: Any):
         from synthkd.methods.label_tasks import load_task_spec, plan_label_tasks
 
-        cfg = resolved(ctx, from_stage(LabelTaskConfig, o, output=ctx.output), files=("spec",),
+        cfg = resolved(ctx, from_stage(LabelTaskConfig, o, output=ctx.output), files=("labels",),
                        templates=("template",))
-        return plan_label_tasks(load_task_spec(cfg.spec), cfg)  # InputError naming file, line and field
+        return plan_label_tasks(load_task_spec(cfg.labels), cfg)  # InputError naming file, line and field
 
     def check(self, ctx: StageContext, o: Any) -> None:
         self._plan(ctx, o)  # spec, labels, settings and template, before any teacher call
@@ -56,7 +56,7 @@ class TasksStage:
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         plan = self._plan(ctx, o)
         # the method first issues ceil(N / (batch * 0.8)) requests a label and tops up only when short
-        per_label = min(plan.max_requests, math.ceil(o.per_label / (o.batch_size * 0.8)))
+        per_label = min(plan.max_requests, math.ceil(o.per_label / (plan.config.per_request * 0.8)))
         calls = per_label * len(plan.labels)
         prompt_chars = sum(len(plan.template.render(**plan.variables(lab, 0))) for lab in plan.labels) * per_label
-        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * o.batch_size))
+        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * plan.config.per_request))
