@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -57,6 +57,12 @@ def feature_config(cls: type, ctx: StageContext, o: BaseModel, **given: Any) -> 
     kw = {k: v for k, v in o.model_dump().items() if k in names and k != "tiny"}
     if kw.get("provenance") is not None:
         kw["provenance"] = ctx.resolve(str(kw["provenance"]))
+    labels = kw.get("labels")
+    if isinstance(labels, list) and len(labels) == 1 and Path(str(labels[0])).suffix.lower() in (".yaml", ".yml", ".json"):
+        kw["labels"] = [str(ctx.resolve(str(labels[0])))]  # eval's label file, as every path in a pipeline
+    elif isinstance(labels, str):
+        kw["labels"] = [str(ctx.resolve(labels))] if Path(labels).suffix.lower() in (".yaml", ".yml", ".json") \
+            else [x.strip() for x in labels.split(",") if x.strip()]
     kw.update(given)
     return cls(**kw)
 
@@ -192,7 +198,9 @@ class _EvalStageBase(_Opts):
 
 @register_stage("eval")
 class EvalStage:
-    Options = stage_model(EvalConfig, name="EvalStageOptions", base=_EvalStageBase)
+    # labels: the label file (a path, as in every feature) or a list of names
+    Options = stage_model(EvalConfig, name="EvalStageOptions", base=_EvalStageBase,
+                          types={"labels": Optional[Union[str, list[str]]]})
     options_model = Options
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
