@@ -43,6 +43,12 @@ class PromptMixJob(GenerateJob):
         self.by_class: Counter = Counter()
         self.alphas: list[float] = []
 
+    def finish_output(self) -> None:
+        from synthkd.methods.promptmix import canonical_key
+        from synthkd.methods.runner import sort_output
+
+        sort_output(self.output, canonical_key)  # the file does not depend on completion order
+
     async def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
         from synthkd.methods.promptmix import promptmix
 

@@ -414,3 +414,9 @@ async def promptmix(
             else:
                 out["reject_reason"] = f"relabel disagrees: intended {a}, teacher says {rel.label or rel.reason}"
         yield out
+
+
+def canonical_key(row: dict[str, Any]) -> str:
+    """Sort key of an output row: its id (``promptmix-<class>-<call>-<hash>-<item>``, zero-padded), so a
+    finished file is in one order whatever the order the answers arrived in."""
+    return str(row.get("id", ""))

@@ -35,11 +35,13 @@ class PromptMixStage:
         return space, cfg
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.methods.promptmix import PromptMixStats, promptmix
+        from synthkd.methods.promptmix import PromptMixStats, canonical_key, promptmix
+        from synthkd.methods.runner import sort_output
 
         space, cfg = self._cfg(ctx, o)
         stats = PromptMixStats()
         counts = await write_rows(promptmix(space, ctx.teacher(), cfg, stats), ctx.output)
+        sort_output(ctx.output, canonical_key)  # the file does not depend on completion order
         check_budget(ctx)
         return funnel_counts(stats.parsed, counts, {"generation_calls": stats.calls})
 
