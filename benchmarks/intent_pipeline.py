@@ -16,8 +16,10 @@ utterances of the pipeline's 8 intents (``/work/shared/data/banking77/train.csv`
 Variants (each a fresh run directory and cache; stages and options otherwise those of the ready file):
 
 * ``without``: the pipeline as it was before issue 18 — no ``relabel_tasks`` stage, no
-  ``label_conflicts`` op (dedup keeps the first copy of a text, whatever its label);
-* ``with``: the ready pipeline (task rows relabelled by the teacher, conflicts resolved by the teacher);
+  ``label_conflicts`` op (dedup keeps the first copy of a text, whatever its label), PromptMix pairs
+  by description;
+* ``with``: the ready pipeline (task rows relabelled by the teacher, conflicts resolved by the teacher,
+  PromptMix pairs the intents the teacher confused while relabelling);
 * ``oos``: ``with`` plus an ``out_of_scope`` class in the label file (generated with its own prompt; the
   scripted teacher answers it with utterances of 12 *other* Banking77 intents and TREC questions), and
   the eval set grows by ``--oos-test`` NLU++ **hotel** utterances (another domain: never a training
@@ -115,6 +117,8 @@ def pipeline_yaml(out: Path, name: str, *, variant: str, labels: Path, test: Pat
                 continue
             if st["name"] == "merge":
                 st["inputs"]["tasks"] = "tasks"
+            if st["name"] == "promptmix":
+                o.pop("confusion", None)  # no relabel data: PromptMix pairs by description, as before
             if st["name"] == "clean":
                 o["ops"] = [op for op in o["ops"] if op["op"] != "label_conflicts"]
         if data_only and st["name"] in ("train", "eval"):

@@ -27,7 +27,7 @@ class PromptMixJob(GenerateJob):
     name = "done"
 
     def inputs(self) -> dict[str, Path | None]:
-        return {"--labels": self.cfg.labels}
+        return {"--labels": self.cfg.labels, "--confusion": self.cfg.confusion}
 
     def prepare(self) -> None:
         from synthkd.labels import LabelSpace
