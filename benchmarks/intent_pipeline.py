@@ -18,6 +18,8 @@ Variants (each a fresh run directory and cache; stages and options otherwise tho
 * ``without``: the pipeline as it was before issue 18 — no ``relabel_tasks`` stage, no
   ``label_conflicts`` op (dedup keeps the first copy of a text, whatever its label), PromptMix pairs
   by description;
+* ``conflicts``: ``without`` plus the ``label_conflicts`` op (policy relabel: the teacher classifies only
+  the texts that carry two labels) — the cheap half;
 * ``with``: the ready pipeline (task rows relabelled by the teacher, conflicts resolved by the teacher,
   PromptMix pairs the intents the teacher confused while relabelling);
 * ``oos``: ``with`` plus an ``out_of_scope`` class in the label file (generated with its own prompt; the
@@ -48,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -112,14 +115,14 @@ def pipeline_yaml(out: Path, name: str, *, variant: str, labels: Path, test: Pat
             o["per_label"] = sizes["promptmix_per_label"]
         if st["name"] == "eval":
             st["input"] = str(test)
-        if variant == "without":
+        if variant in ("without", "conflicts"):
             if st["name"] == "relabel_tasks":
                 continue
             if st["name"] == "merge":
                 st["inputs"]["tasks"] = "tasks"
             if st["name"] == "promptmix":
                 o.pop("confusion", None)  # no relabel data: PromptMix pairs by description, as before
-            if st["name"] == "clean":
+            if st["name"] == "clean" and variant == "without":
                 o["ops"] = [op for op in o["ops"] if op["op"] != "label_conflicts"]
         if data_only and st["name"] in ("train", "eval"):
             continue
@@ -244,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     # ---------------------------------------------------------------- accuracy with / without, OOS
     results = {}
     intent_of = {t: lab for lab, texts in d["pools"].items() for t in texts}
-    for variant in ("without", "with", "oos"):
+    for variant in ("without", "conflicts", "with", "oos"):
         t = teacher(oos=variant == "oos")
         srv = TestServer(FaultConfig(), responder=t).start()
         try:
@@ -260,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         results[variant] = ev
         print(f"{variant}: {secs:.0f} s; training rows {len(rows)} ({wrong} whose label is not the text's real "
               f"Banking77 intent); teacher calls {dict(t.calls)}")
-        print(f"  stage rows in -> out: " + ", ".join(
+        print("  stage rows in -> out: " + ", ".join(
             f"{n} {c['counts'].get('rows_in')}->{c['counts'].get('rows_out')}" for n, c in m.items()
             if n not in ("train", "eval")))
         print(f"  eval: accuracy {ev['accuracy']:.3f} on {ev['rows']} rows, macro-F1 {ev.get('macro_f1', 0):.3f}")
@@ -268,7 +271,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  in-scope accuracy {ev['in_scope_accuracy']:.3f} ({ev['in_scope_rows']} rows), OOS recall "
                   f"{ev['oos_recall']:.3f} ({ev['oos_rows']} hotel rows), OOS precision {ev['oos_precision']}")
         funnel = json.loads((out / variant / "intent-from-prompts" / "clean.funnel.json").read_text())
-        print(f"  clean funnel: {json.dumps(funnel.get('stages', funnel))[:600]}")
+        for st in funnel.get("stages", []):
+            if st.get("dropped") or st.get("details", {}).get("conflicting_texts"):
+                extra = st.get("details", {})
+                note = (f" (conflicting texts {extra['conflicting_texts']}, outcomes {extra['outcomes']})"
+                        if "conflicting_texts" in extra else "")
+                print(f"  clean {st['name']}: {st['rows_in']} -> {st['rows_out']}, {st['reasons']}{note}")
+        pm = [json.loads(x) for x in (out / variant / "intent-from-prompts" / "promptmix.jsonl").read_text().splitlines()]
+        print(f"  PromptMix pair_by: {dict(Counter(r.get('pair_by') for r in pm))}")
     # abstain thresholds on the OOS student
     from synthkd.train.evaluate import EvalConfig, run_eval
 
@@ -279,8 +289,9 @@ def main(argv: list[str] | None = None) -> int:
         m = rep["metrics"]
         print(f"  oos + abstain_below {thr}: in-scope accuracy {m['in_scope_accuracy']:.3f}, OOS recall "
               f"{m['oos_recall']:.3f}, abstained {m['abstained_below_threshold']}")
-    delta = results["with"]["accuracy"] - results["without"]["accuracy"]
-    print(f"\nrelabel + conflict handling: {100 * delta:+.1f} points of student accuracy")
+    for v in ("conflicts", "with"):
+        delta = results[v]["accuracy"] - results["without"]["accuracy"]
+        print(f"{v} vs without: {100 * delta:+.1f} points of student accuracy")
     return 0
 
 

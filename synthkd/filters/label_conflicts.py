@@ -141,9 +141,9 @@ class LabelConflicts(Operator):
             why: dict[int, str] = {}
             if self.cfg.policy == "relabel" and conflicts:
                 answers = await self._relabel({h: first_text[h] for h in conflicts})
-                for h, (lab, reason) in answers.items():
-                    winner[h] = lab
-                    if lab is None:
+                for h, (answer, reason) in answers.items():
+                    winner[h] = answer
+                    if answer is None:
                         why[h] = f"teacher gave no class ({reason})"
             for h, c in conflicts.items():
                 if self.cfg.policy == "drop":
@@ -164,12 +164,12 @@ class LabelConflicts(Operator):
                 k = keys[pos]
                 assert k is not None
                 h, lab = k
-                c = conflicts.get(h)
-                if c is None:
+                group = conflicts.get(h)
+                if group is None:
                     yield row, None
                     continue
                 self.rows_in_conflict += 1
-                copies = ", ".join(f"{x}×{n}" for x, n in sorted(c.items()))
+                copies = ", ".join(f"{x}×{n}" for x, n in sorted(group.items()))
                 w = winner.get(h)
                 if w is None:
                     self.outcomes[f"dropped ({why.get(h, 'unresolved')})"] += 1
@@ -182,12 +182,12 @@ class LabelConflicts(Operator):
                     continue
                 kept_one.add(h)
                 row = dict(row)
-                row["label_conflict"] = {"labels": dict(sorted(c.items())), "policy": self.cfg.policy, "label": w,
+                row["label_conflict"] = {"labels": dict(sorted(group.items())), "policy": self.cfg.policy, "label": w,
                                          "was": row[self.cfg.label_field]}
                 row[self.cfg.label_field] = w
                 self.outcomes[f"resolved by {self.cfg.policy}"] += 1
                 if len(self.examples) < 5:
-                    self.examples.append({"text": self.text(row, self.cfg.text_field), "labels": dict(c), "label": w})
+                    self.examples.append({"text": self.text(row, self.cfg.text_field), "labels": dict(group), "label": w})
                 yield row, None
         finally:
             spill.close()

@@ -372,6 +372,8 @@ def generate(
         eos_token_id=eos_ids,
         bos_token_id=getattr(model.generation_config, "bos_token_id", None),
         stop_strings=stops or None,
+        output_scores=scores,
+        return_dict_in_generate=scores,
     )
     enc_all = tok(list(prompts), add_special_tokens=not chat)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(enc_all[i]))
@@ -387,8 +389,7 @@ def generate(
             if temperature > 0:
                 torch.manual_seed(seed + start)
             with torch.inference_mode():
-                gen = model.generate(**batch, generation_config=gen_cfg, tokenizer=tok if stops else None,
-                                     **({"output_scores": True, "return_dict_in_generate": True} if scores else {}))
+                gen = model.generate(**batch, generation_config=gen_cfg, tokenizer=tok if stops else None)
             token_lp = None
             if scores:
                 # log-softmax of the (processed) logits at each chosen token: the answer's probability
