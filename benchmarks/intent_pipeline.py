@@ -163,6 +163,20 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def abstain_table(student: Path, labels: Path, test: Path, what: str, thresholds=(0.5, 0.7, 0.9)) -> None:
+    """In-scope accuracy and OOS recall of ``student`` on ``test`` with ``abstain_below`` thresholds (the
+    out-of-scope class is ``out_of_scope``, in the label file or not)."""
+    from synthkd.train.evaluate import EvalConfig, run_eval
+
+    for thr in thresholds:
+        rep = run_eval(EvalConfig(student=str(student), input=test, kind="label", input_field="text",
+                                  gold_field="label", labels=[str(labels)], out_of_scope="out_of_scope",
+                                  abstain_below=thr, batch_size=64))
+        m = rep["metrics"]
+        print(f"  {what}, abstain_below {thr}: in-scope accuracy {m['in_scope_accuracy']:.3f}, OOS recall "
+              f"{m['oos_recall']:.3f}, abstained {m['abstained_below_threshold']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: $SYNTHKD_SHARED_DATA or ../shared/data)")
@@ -279,16 +293,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  clean {st['name']}: {st['rows_in']} -> {st['rows_out']}, {st['reasons']}{note}")
         pm = [json.loads(x) for x in (out / variant / "intent-from-prompts" / "promptmix.jsonl").read_text().splitlines()]
         print(f"  PromptMix pair_by: {dict(Counter(r.get('pair_by') for r in pm))}")
-    # abstain thresholds on the OOS student
-    from synthkd.train.evaluate import EvalConfig, run_eval
-
-    student = out / "oos" / "intent-from-prompts" / "train"
-    for thr in (0.5, 0.7, 0.9):
-        rep = run_eval(EvalConfig(student=str(student), input=test_oos, kind="label", input_field="text",
-                                  gold_field="label", labels=[str(labels_oos)], abstain_below=thr, batch_size=64))
-        m = rep["metrics"]
-        print(f"  oos + abstain_below {thr}: in-scope accuracy {m['in_scope_accuracy']:.3f}, OOS recall "
-              f"{m['oos_recall']:.3f}, abstained {m['abstained_below_threshold']}")
+    # abstention alone (the 'with' student, no out-of-scope class in training) vs the out-of-scope class
+    abstain_table(out / "with" / "intent-from-prompts" / "train", SPEC, test_oos, "with, abstention only")
+    abstain_table(out / "oos" / "intent-from-prompts" / "train", labels_oos, test_oos, "oos")
     for v in ("conflicts", "with"):
         delta = results[v]["accuracy"] - results["without"]["accuracy"]
         print(f"{v} vs without: {100 * delta:+.1f} points of student accuracy")
