@@ -61,7 +61,7 @@ def test_shared_texts_across_labels_same_rows_at_concurrency_1_and_32(make_serve
 
 
 def _args(tmp: Path, srv: TestServer, out: str, cache: str, *extra: str) -> list[str]:
-    return ["generate", "tasks", "--spec", str(SPEC), "-o", str(tmp / out), "-n", "10", "--batch-size", "5",
+    return ["generate", "tasks", "--labels", str(SPEC), "-o", str(tmp / out), "-n", "10", "--batch-size", "5",
             "-m", "test-model", "--base-url", srv.base_url, "--cache", str(tmp / cache), "--max-retries", "0",
             *extra]
 
