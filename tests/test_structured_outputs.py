@@ -339,7 +339,7 @@ def test_tasks_final_failure_rejects_with_raw_text_and_error():
         async def go():
             st = MethodStats()
             plan = plan_label_tasks(load_task_spec(FIX / "tasks" / "banking77_spec.yaml"),
-                                    LabelTaskConfig(per_label=2, batch_size=10, labels=["age_limit"],
+                                    LabelTaskConfig(per_label=2, batch_size=10, only=["age_limit"],
                                                     max_requests_per_label=1))
             try:
                 return [r async for r in generate_label_examples(t, plan, stats=st)], st
@@ -441,7 +441,7 @@ def run_promptmix(srv, model, tmp_path):
 
     t = _teacher(srv, model)
     space = LabelSpace.from_file(FIX / "promptmix" / "banking77_8.yaml")
-    cfg = PromptMixConfig(per_class=8, examples_per_call=4, group_size=4, relabel_candidates=3)
+    cfg = PromptMixConfig(per_label=8, examples_per_call=4, group_size=4, relabel_candidates=3)
 
     async def go():
         try:

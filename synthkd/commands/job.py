@@ -127,6 +127,9 @@ class GenerateJob:
         self.output = Path(cfg.output)
 
     # ------------------------------------------------------------------ hooks
+    def finish_output(self) -> None:
+        """Called once the rows are written (still under the output lock): e.g. put them in canonical order."""
+
     def inputs(self) -> dict[str, Path | None]:
         """The files the job reads, by flag (checked before anything is read)."""
         return {}
@@ -281,6 +284,7 @@ class GenerateJob:
                     counts = await write_rows(rows, self.output)
                 except TeacherFatalError as exc:  # the summary still says what was written
                     fatal = exc
+                self.finish_output()
         finally:
             for t in teachers:
                 await t.aclose()
