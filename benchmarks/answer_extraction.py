@@ -18,7 +18,8 @@ disagreement is put into a category, with counts and real examples (``--show-fai
 
 Usage::
 
-    python benchmarks/answer_extraction.py [--data-dir PATH] [--show-failures 2]
+    python benchmarks/answer_extraction.py [--data-dir PATH] [--show-failures 2] [--no-failures]
+        [--show-fallbacks 50 --seed 0]
 
 The data folder defaults to ``$SYNTHKD_SHARED_DATA`` or else ``../shared/data`` next to the repo.
 """
@@ -43,6 +44,7 @@ from synthkd.answers import (
     NLI_LABELS,
     NLI_SYNONYMS,
     ExtractedAnswer,
+    _proposition,  # the reader's rule asks whether a question is a yes/no question
     extract_answer,
     extract_choice,
     numbers_equal,
@@ -110,6 +112,8 @@ class Row:
     reference: object = None  # teacher_outputs: the source's own extraction, in the same value space
     has_reference: bool = False  # the source records its own extraction
     kind: str = ""
+    question: str = ""  # teacher_outputs: the question the output answers (the reader's rule reads it)
+    choices: list[str] = field(default_factory=list)  # teacher_outputs, kind choice: the option texts, normalised
 
 
 @dataclass
@@ -272,9 +276,10 @@ def run_cqa(data_dir: Path, split: str) -> Result:
     res = Result(f"CQA {split}")
     t0 = time.perf_counter()
     for text, g in zip(texts, gold):
-        a = extract_answer(text, "choice", choices=g["choices"])
+        a = extract_answer(text, "choice", choices=g["choices"], question=g["question"])
         agree = a.value is not None and g["choices"][a.value] == g["answer"]
-        res.rows.append(Row(text, a, g["answer"], agree, "" if a.value is None else g["choices"][a.value], g["answer"]))
+        res.rows.append(Row(text, a, g["answer"], agree, "" if a.value is None else g["choices"][a.value], g["answer"],
+                            kind="choice", question=g["question"], choices=[_n(c) for c in g["choices"]]))
     res.seconds = time.perf_counter() - t0
     choices_of = {id(r): g["choices"] for r, g in zip(res.rows, gold)}
     res.categorise = lambda r: cqa_category(r, choices_of[id(r)])
@@ -289,9 +294,10 @@ def run_svamp(data_dir: Path, split: str) -> Result:
     t0 = time.perf_counter()
     for text, g in zip(texts, gold):
         gv = safe_eval_arithmetic(g["label"])
-        a = extract_answer(text, "number")
+        a = extract_answer(text, "number", question=g["input"])
         agree = numbers_equal(a.value, gv)
-        res.rows.append(Row(text, a, gv, agree, repr(a.value), f"{gv:g} = {g['label']}"))
+        res.rows.append(Row(text, a, gv, agree, repr(a.value), f"{gv:g} = {g['label']}", kind="number",
+                            question=g["input"]))
     res.seconds = time.perf_counter() - t0
     res.categorise = svamp_category
     return res
@@ -306,7 +312,7 @@ def run_nli(data_dir: Path, ds: str, split: str, name: str) -> Result:
     for text, g in zip(texts, gold):
         gl = NLI_LABELS[int(g["label"])]
         a = extract_answer(text, "label", labels=NLI_LABELS, synonyms=NLI_SYNONYMS)
-        res.rows.append(Row(text, a, gl, a.value == gl, str(a.value), gl))
+        res.rows.append(Row(text, a, gl, a.value == gl, str(a.value), gl, kind="label"))
     res.seconds = time.perf_counter() - t0
     res.categorise = nli_category
     return res
@@ -340,10 +346,11 @@ def run_gsm8k(data_dir: Path) -> list[Result]:
         t0 = time.perf_counter()
         for r, g in zip(rows, gold):
             sol = r[model]["solution"]
-            a = extract_answer(sol, "number")
+            a = extract_answer(sol, "number", question=r["question"])
             agree = numbers_equal(a.value, g)
             res.rows.append(
-                Row(sol, a, g, agree, repr(a.value), f"{g:g}", recorded_correct=bool(r[model]["is_correct"]))
+                Row(sol, a, g, agree, repr(a.value), f"{g:g}", recorded_correct=bool(r[model]["is_correct"]),
+                    kind="number", question=r["question"])
             )
         res.seconds = time.perf_counter() - t0
         res.categorise = gsm8k_category
@@ -478,7 +485,8 @@ def run_teacher_outputs(data_dir: Path) -> list[Result]:
             continue
         res = groups.setdefault(name, Result(name, categorise=teacher_category))
         t0 = time.perf_counter()
-        a = extract_answer(r["output"], spec.kind, **spec.kwargs)  # type: ignore[arg-type]
+        # the question goes with the output, as a reader (and evaluation) has it
+        a = extract_answer(r["output"], spec.kind, question=r.get("question"), **spec.kwargs)  # type: ignore[arg-type]
         res.seconds += time.perf_counter() - t0
         row = Row(r["output"], a, spec.gold, _same(a.value, spec.gold, spec.kind), _show(a.value, spec),
                   _show(spec.gold, spec))
@@ -486,6 +494,9 @@ def run_teacher_outputs(data_dir: Path) -> list[Result]:
             row.reference = _reference(spec, r["source_pred"])
             row.has_reference = True
         row.kind = spec.kind
+        row.question = r.get("question") or ""
+        if spec.kind == "choice":
+            row.choices = [" ".join(re.sub(r"[^0-9a-z]+", " ", str(c).lower()).split()) for c in spec.kwargs["choices"]]
         res.rows.append(row)
     if free:
         NOTES.append(
@@ -508,14 +519,40 @@ _TRACE_CLOSE_RE = re.compile(r"<\|end_of_thought\|>|</think>")
 
 
 _DECLINES_RE = re.compile(
-    r"\b(?:(?:is|are)\s+not\s+(?:one\s+of|among|in|listed\s+in)\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
-    r"|none\s+of\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"\b(?:(?:is|are)\s+not\s+(?:one\s+of|among|in|listed\s+in|available\s+in)\s+the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)"
+    r"|none\s+of\s+(?:the\s+(?:given\s+|provided\s+|answer\s+)?(?:options|choices)|them\s+match)"
+    r"|(?:options|choices)\s+(?:provided\s+|given\s+)?do\s+not\s+(?:include|contain|match)"
     r"|not\s+(?:directly\s+)?provided\s+in\s+the\s+options"
     r"|cannot\s+(?:be\s+)?(?:determine[d]?|provide|answer|calculate[d]?|solve[d]?)"
     r"|let\s+me\s+know\s+if\s+you|please\s+provide|(?:need|without)\s+(?:more|additional)\s+information"
-    r"|insufficient\s+information|not\s+enough\s+information)",
+    r"|insufficient\s+information|not\s+enough\s+information|cannot\s+conclude|can\s*not\s+be\s+concluded)",
     re.IGNORECASE,
 )
+#: a chat template's turn marker in the output: a base model writing the next turn of the template
+_TURN_MARKER_RE = re.compile(r"<\|im_start\|>|<\|start_header_id\|>|<\|eot_id\|>|\[INST\]|<start_of_turn>")
+#: a last line that is a list item with nothing after its marker, or the heading of a step ("3. Time (t)")
+_EMPTY_ITEM_RE = re.compile(r"(?:^|\n)[ \t]*(?:\d{1,2}[.)]|[-*])[ \t]*(?:[A-Z][\w ]{0,30}(?:\([^()]{1,10}\))?)?[ \t:]*$")
+#: variables in a stated answer: a lone letter or a subscripted one ("3π:4r3", "2x + 2", "z_1", "3L^2");
+#: "e" and "i" are constants, SI units after a number are not variables
+_VARIABLE_RE = re.compile(r"(?<![A-Za-z\\])(?:[a-df-hj-zA-Z](?:_\{?\w+\}?|\d)?)(?![A-Za-z(])|[\u0391-\u03a0\u03a2-\u03a9\u03b1-\u03c0\u03c2-\u03c9]|\\(?:varepsilon|epsilon|alpha|beta|gamma|delta|theta|lambda|mu|sigma|omega|phi|Phi|rho|tau)\b")
+_BOUND_RE = re.compile(r"\b(?:(?:less|more|fewer|greater|smaller|larger|higher|lower)\s+than(?:\s+or\s+equal\s+to)?|at\s+(?:least|most)"
+                       r"|up\s+to|no\s+more\s+than)\s+\$?\d[^\s]*|[\u2264\u2265<>]=?\s*\$?[\de]")
+_TWO_RESULTS_RE = re.compile(r"\b(?:is|are|=)\s+\$?-?\d[^;]{0,80}?(?:,\s*|\s+)(?:and|so|while)\b[^;]{0,120}?\b(?:is|are|=)\s+\$?-?\d"
+                             r"|\b(?:is|are)\s+\$?-?\d[^;]{0,80}?,?\s+and\s+\$?-?\d")
+_HEDGED_CLAIM_RE = re.compile(r"\b(?:likely|probably|possibly|perhaps|may|might|could\s+be|marginally|if\s+and\s+only\s+if|"
+                              r"or\s+is|in\s+terms\s+of)\b", re.IGNORECASE)
+_UNCLEAR_RE = re.compile(r"/\s*[\w.]+\s*\(|(?<![\w\\])log\s*\(|\\log\b|(?<![A-Za-z\\])i\s*\\?pi|\\frac\{i|\bi\s*[*/]")
+_ASKS_TWO_RE = re.compile(r"\bhow\s+many\s+[a-z-]+\s+and\s+[a-z-]+|\bhow\s+many\b[^?.]*\band\b[^?.]*\?", re.IGNORECASE)
+_NOT_A_NUMBER_RE = re.compile(r"\b(?:does\s+not\s+exist|doesn't\s+exist|is\s+undefined|diverges|is\s+not\s+convergent|converges\.?$|"
+                              r"does\s+converge|"
+                              r"is\s+infinit[ey]|(?:is|be)\s+infinity|goes\s+to\s+infinity|to\s+infinity)\b", re.IGNORECASE)
+_VECTOR_RE = re.compile(r"(?:\bis|=|:)\s*\$?\s*[\[(]\s*-?[\d.]+(?:\s*,\s*-?[\d.]+)+\s*[\])]\$?\s*\.?\s*$")  # "... is [2, 0.26, 11]."
+_DECLINES_MORE_RE = re.compile(r"\bcannot\s+be\s+(?:expressed|found|computed|evaluated|simplified)|can\s+(?:only\s+)?be\s+"
+                               r"(?:evaluated|computed|approximated|found)\s+(?:numerically|using)|(?:use|using)\s+(?:a\s+)?"
+                               r"(?:numerical\s+(?:software|methods?|solver)|calculator|computer)", re.IGNORECASE)
+_ASKS_DIFFERENCE_RE = re.compile(r"\bhow\s+many\s+(?:more|fewer|less)\b.*\bthan\b", re.IGNORECASE)
+_NAMED_IN_EXPR_RE = re.compile(r"[A-Za-z]{2,}\s*[-+*/]\s*[\d(]|[\d)]\s*[-+*/]\s*[A-Za-z]{2,}")
+_UNIT_AFTER_NUMBER_RE = re.compile(r"\d\s*(?:[kmcµnM]?(?:m|s|g|N|J|W|V|A|K|Hz|Pa)(?:\s*[/^·*]\s*\w+)*)\b")
 
 
 def _norm_bool(span: str) -> bool | None:
@@ -523,22 +560,147 @@ def _norm_bool(span: str) -> bool | None:
     return {"true": True, "false": False, "yes": True, "no": False}.get(key)
 
 
+#: The reader's rule: why a careful reader finds no answer in an output either.  Each class is a property
+#: of the text that a reader can check, in this order; an output in none of them counts as one with an
+#: answer to find (if we do not parse it, it is a miss).  Never decided from our own extraction alone:
+#: where the extractor's reason is used ("hedge", "free variables") the span it names is checked too.
+NO_ANSWER_CLASSES = {
+    "empty": "the output is empty or whitespace",
+    "echo": "the output is the prompt again: a chat template's turn marker (a base model writing the next turn) "
+            "or a last sentence copied from the question",
+    "truncated": "cut off by the length limit: a reasoning trace opened and never closed, a last sentence "
+                 "without its end, a last list item or step heading with nothing after it",
+    "degenerate": "the output repeats itself (a sentence 3+ times, a unit 5+ times at its end) or echoes a question",
+    "declines": "the model gives no answer: no option fits, it cannot determine it or express it, it leaves the "
+                "computation to numerical software, it asks for more information",
+    "hedge": "the final answer names several different options or values ('A, C, and D', 'yes or no'), or hedges "
+             "its claim ('Object O is likely a circle-like polygon, but ...', 'if and only if', 'marginally stable')",
+    "free variables": "the stated answer is an expression with unknowns, unknown functions or named quantities "
+                      "('3π:4r3', '2x + 2', '(some - 8)', 'ε/3 volts', '1 - Φ(2/√3)'): no value",
+    "bound": "the answer (or, with no cue, the last sentence) states only a bound ('less than 90°', 'at least 3', "
+             "'greater than or equal to 1e-24', '|f(z)| ≤ e')",
+    "several values": "the final statement gives two or more results, each after its own verb ('the multiplicity is 1, "
+                      "and P'(2) + P''(2) is 192'), for a question with one gold",
+    "unclear": "the stated expression has no single reading: 'a/b(c)' precedence, a log of no stated base, a "
+               "complex value",
+    "other kind": "the answer is of another kind: True/False or a number for an item with the other gold (also a "
+                  "yes/no gold for a question that is no yes/no question), a matrix for a yes/no gold, a "
+                  "vector or list ('[2, 0.26, 11]'), 'does not exist' / 'infinite' / 'diverges' for a number, or two "
+                  "quantities stated apart ('29.3 skittles and 27.7 erasers') where the question asks one or two "
+                  "('How many apples and pears ...?')",
+    "no value": "an answer cue, but what it introduces states no number at all ('Dave added more apps than he "
+                "deleted', '(total price in millions)')",
+    "no option named": "no answer cue, and the last three paragraphs name no option (no letter, no option text): "
+                       "the output stops in its working",
+    "other question": "the question asks for a difference ('How many more X than Y?') and the final statement "
+                      "gives only the separate quantities ('9 storks and 4 birds'), no difference",
+}
+
+
 def no_answer_category(r: Row) -> str | None:
-    """Why a reader finds no answer either (None: a reader would find one, or we cannot tell)."""
+    """Why a reader finds no answer either (None: a reader would find one, or we cannot tell); see
+    :data:`NO_ANSWER_CLASSES`.  The label is ``"no answer to find: <class>"``."""
     body = strip_continuation(r.text).strip()
     if not body:
-        return "no answer to find: empty output"
+        return "no answer to find: empty"
+    if _TURN_MARKER_RE.search(body):
+        return "no answer to find: echo"
+    sents = [x.strip() for x in _SENT_SPLIT.split(body) if len(x.strip()) > 20]
+    if r.question and sents and r.ans.value is None and r.kind != "boolean" and _restates_question(sents[-1], r.question):
+        return "no answer to find: echo"  # (a yes/no answer may well restate the question: it is its claim)
     if _TRACE_OPEN_RE.search(body) and not _TRACE_CLOSE_RE.search(body):
-        return "no answer to find: reasoning trace cut off before its end (length limit)"
+        return "no answer to find: truncated"
     if _is_degenerate(body):
-        return "no answer to find: degenerate output (repeats itself / echoes the question)"
-    if not re.search(r"[.!?)\]}`*$]\s*$", body):
-        return "no answer to find: cut off mid-sentence (length limit)"
+        return "no answer to find: degenerate"
+    if r.ans.value is None and r.ans.reason == "truncated expression":
+        return "no answer to find: truncated"
+    if not re.search(r"[.!?)\]}`*$]\s*$", body) or _EMPTY_ITEM_RE.search(body):
+        return "no answer to find: truncated"
     if r.kind == "number" and r.ans.span and _norm_bool(r.ans.span) is not None:
-        return "no answer to find: the answer is of another kind (True/False for an item with a number gold)"
-    if _DECLINES_RE.search(body[-600:]):
-        return "no answer to find: the model gives none (no option fits, cannot determine, asks for more information)"
+        return "no answer to find: other kind"
+    if _DECLINES_RE.search(body[-600:]) or _DECLINES_MORE_RE.search(body[-300:]):
+        return "no answer to find: declines"
+    final = r.ans.span if r.ans.span else (sents[-1] if sents else "")
+    if r.ans.value is None and (
+            (r.kind == "number" and (_NOT_A_NUMBER_RE.search(final) or _VECTOR_RE.search(final)))
+            or (r.kind == "boolean" and re.fullmatch(r"\s*-?[\d.,/]+\s*", final or "x"))):
+        return "no answer to find: other kind"
+    if r.kind == "number" and r.ans.value is None and len(re.findall(r"\d+(?:\.\d+)?", final)) >= 2:
+        if _ASKS_TWO_RE.search(r.question[-300:]):
+            return "no answer to find: other kind"
+        if _ASKS_DIFFERENCE_RE.search(r.question[-300:]) and not re.search(r"\b(?:more|fewer|less)\b", final):
+            return "no answer to find: other question"
+    span = r.ans.span or ""
+    if r.ans.value is None and r.ans.reason in ("ambiguous", "no choice matched", "no label matched") and (
+            len(set(re.findall(r"\b([A-J])\b", span))) >= 2 and re.search(r",|\band\b|\bor\b", span)
+            and r.kind == "choice"):
+        return "no answer to find: hedge"
+    if r.ans.value is None and r.ans.reason == "no answer cue" and sents and _BOUND_RE.search(sents[-1]) and not re.search(
+            r"\b(?:is|are|=)\s*\$?\d", _BOUND_RE.sub(" ", sents[-1])):
+        return "no answer to find: bound"
+    if r.ans.value is None and r.ans.reason == "bad expression" and _NAMED_IN_EXPR_RE.search(span):
+        return "no answer to find: free variables"  # "(some - 8)", "(some bags + 4 bags)"
+    if r.ans.value is None and r.ans.reason in ("bad expression", "no choice matched", "cue found but no number") and (
+            r.kind != "choice" or re.search(r"[=+*/^:]", span)) and (
+            _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\[A-Za-z]+", " ", span)))
+            and (r.ans.reason != "cue found but no number" or len(span.split()) <= 3)):
+        return "no answer to find: free variables"
+    last = sents[-1] if sents else ""
+    if r.kind == "number" and r.ans.value is None and r.question and _proposition(r.question) is not None:
+        return "no answer to find: other kind"  # "Should they switch?" with a number gold: a yes/no question
+    if r.kind == "boolean" and r.ans.value is None:
+        if r.question and _proposition(r.question) is None:
+            return "no answer to find: other kind"  # "What is the maximum of S?" with a yes/no gold
+        if span and not re.search(r"[A-Za-z]{3}", span):
+            return "no answer to find: other kind"  # the answer is a matrix, "[[-1, 0], [0, -1]]"
+        if _HEDGED_CLAIM_RE.search(span or last):
+            return "no answer to find: hedge"
+    if r.ans.value is None and (_BOUND_RE.search(span) or (not span and _BOUND_RE.search(last))) and r.kind == "number":
+        return "no answer to find: bound"
+    if r.kind == "number" and r.ans.value is None and _TWO_RESULTS_RE.search(span or last):
+        return "no answer to find: several values"
+    if r.kind == "number" and r.ans.value is None and _UNCLEAR_RE.search(span or last):
+        return "no answer to find: unclear"
+    if r.kind == "number" and r.ans.value is None and not span and re.search(r"\b(?:is|=)\s*\$?([^.]*)$", last.rstrip(".")) and (
+            _VARIABLE_RE.search(_UNIT_AFTER_NUMBER_RE.sub(" ", re.sub(r"\\(?:frac|sqrt|mathrm|text|Omega|approx)\b", " ",
+                                                                       re.search(r"\b(?:is|=)\s*\$?([^.]*)$", last.rstrip(".")).group(1))))):
+        return "no answer to find: free variables"
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no choice matched" and not _names_an_option(span, r):
+        return "no answer to find: no option named"
+    if r.kind == "number" and r.ans.value is None and r.ans.reason == "cue found but no number" and not re.search(
+            r"\d", span) and not re.search(r"\b(?:one|two|three|four|five|six|seven|eight|nine|ten|hundred|thousand|half)\b",
+                                           span, re.IGNORECASE):
+        return "no answer to find: no value"
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no answer cue" and len(set(re.findall(
+            r"\((?:option\s+)?([A-J])\)", "\n\n".join(re.split(r"\n[ \t]*\n", body)[-3:]), re.IGNORECASE))) >= 3:
+        return "no answer to find: hedge"  # several options named as steps or candidates, none chosen
+    if r.kind == "number" and r.ans.value is None and re.search(
+            r"\d+(?:\.\d+)?\s+[a-z]+\s+and\s+\d+(?:\.\d+)?\s+[a-z]+", span or last):
+        return "no answer to find: other kind"  # "29.3 skittles and 27.7 erasers": two quantities, one asked
+    if r.kind == "choice" and r.ans.value is None and r.ans.reason == "no answer cue" and not _names_an_option(body, r):
+        return "no answer to find: no option named"
     return None
+
+
+def _restates_question(sentence: str, question: str) -> bool:
+    """The sentence only restates the question: it is in it verbatim (case and spacing aside), or all its
+    words and numbers are the question's."""
+    norm = " ".join(sentence.lower().rstrip(".").split())
+    q = " ".join(question.lower().split())
+    if norm in q:
+        return True
+    words = re.findall(r"[a-z]+|\d+(?:\.\d+)?", norm)
+    qwords = set(re.findall(r"[a-z]+|\d+(?:\.\d+)?", q))
+    return len(words) >= 5 and all(w in qwords for w in words)
+
+
+def _names_an_option(body: str, r: Row) -> bool:
+    """Whether the last three paragraphs name an option: a letter marker ("(C)", "C.", "option C") or an option's text."""
+    para = "\n\n".join(re.split(r"\n[ \t]*\n", body.rstrip())[-3:])
+    if re.search(r"\(([A-Ja-j])\)|(?:^|\n)\s*[A-J][.):]\s|\b(?:option|choice|answer)\s*:?\s*\(?[A-Ja-j]\b", para):
+        return True
+    low = " ".join(re.sub(r"[^0-9a-z]+", " ", para.lower()).split())
+    return any(c and f" {c} " in f" {low} " for c in r.choices)
 
 
 def teacher_category(r: Row) -> str:
@@ -579,9 +741,9 @@ def print_teacher_table(results: list[Result]) -> None:
     print(
         "| source | outputs | answered | of them fallback | no answer to find | parsed of the rest | agree w/ gold (all) "
         "| agree w/ gold (answered) | source's extraction answered | agree w/ source's (both answered) "
-        "| source answered, we not | unparsed by reason | µs/row |"
+        "| source answered, we not | unparsed by reason | no answer to find by class | µs/row |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---|---:|")
     for res in results:
         s = teacher_stats(res)
         n = s["rows"]
@@ -589,12 +751,40 @@ def print_teacher_table(results: list[Result]) -> None:
             (f"{s['ref_answered']:,}", _pct(s["ref_agree"]), f"{s['ref_only']:,}") if s["has_ref"] else ("-", "-", "-")
         )
         unparsed = "; ".join(f"{k} {v}" for k, v in s["unparsed"].most_common()) or "-"
+        none_by = "; ".join(f"{k.split(': ', 1)[1]} {v}" for k, v in s["no_answer_by"].most_common()) or "-"
         print(
             f"| {res.name} | {n:,} | {s['answered']:,} ({_pct(s['answered'] / n)}) | {s['fallback']:,} | {s['no_answer']:,} "
             f"| {_pct(s['readable_parsed'])} | {_pct(s['agree'] / n)} "
             f"| {_pct(s['agree'] / s['answered'] if s['answered'] else float('nan'))} | {ref[0]} | {ref[1]} | {ref[2]} "
-            f"| {unparsed} | {1e6 * res.seconds / max(1, n):.0f} |"
+            f"| {unparsed} | {none_by} | {1e6 * res.seconds / max(1, n):.0f} |"
         )
+
+
+def show_fallbacks(results: list[Result], n: int, seed: int) -> None:
+    """``n`` random cue-less fallback answers per source (seeded), with the gold, for reading by hand."""
+    import random
+
+    print(f"\n## Spot-check: {n} random fallbacks per source (seed {seed})\n")
+    for res in results:
+        fb = [r for r in res.rows if r.ans.value is not None and r.ans.cue == "fallback"]
+        if not fb:
+            continue
+        pick = random.Random(f"{seed}:{res.name}").sample(fb, min(n, len(fb)))
+        print(f"### {res.name}: {len(pick)} of {len(fb)} fallbacks, {sum(r.agree for r in pick)} agree with gold\n")
+        for i, r in enumerate(pick, 1):
+            print(f"{i}. read `{r.pred_show}` gold `{r.gold_show}` {'=' if r.agree else '≠'} from `{r.ans.span}`")
+            print(f"    tail: `{_short(r.text, 240)}`")
+        print()
+
+
+def target_line(results: list[Result]) -> str:
+    below = []
+    for res in results:
+        s = teacher_stats(res)
+        if float(s["readable_parsed"]) < TARGET:
+            below.append(f"{res.name} ({_pct(s['readable_parsed'])})")
+    return (f"Target (teacher_outputs): >= {TARGET:.0%} of the outputs with an answer to find parsed. Below target: "
+            + (", ".join(below) if below else "none") + ".")
 
 
 def run_all(data_dir: Path) -> list[Result]:
@@ -629,13 +819,16 @@ def _pct(x: float | int | None) -> str:
 
 def print_table(results: list[Result]) -> None:
     print(
-        "| dataset | rows | answered | well-formed (cue) | well-formed parsed | hedged | agree w/ gold (all rows) | agree w/ gold (answered) | judgement = recorded is_correct | recorded acc | µs/row |"
+        "| dataset | rows | answered | well-formed (cue) | well-formed parsed | no answer to find | parsed of the rest "
+        "| hedged | agree w/ gold (all rows) | agree w/ gold (answered) | judgement = recorded is_correct | recorded acc | µs/row |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for res in results:
         s = res.stats()
+        t = teacher_stats(res)
         print(
-            f"| {res.name} | {s['rows']:,} | {_pct(s['answered'])} | {_pct(s['well_formed'])} | {_pct(s['well_parsed'])} | {_pct(s['hedged'])} "
+            f"| {res.name} | {s['rows']:,} | {_pct(s['answered'])} | {_pct(s['well_formed'])} | {_pct(s['well_parsed'])} "
+            f"| {t['no_answer']:,} | {_pct(t['readable_parsed'])} | {_pct(s['hedged'])} "
             f"| {_pct(s['agree_all'])} | {_pct(s['agree_answered'])} | {_pct(s['judge_agree'])} | {_pct(s['recorded_acc'])} "
             f"| {1e6 * res.seconds / max(1, res.n):.0f} |"
         )
@@ -687,6 +880,9 @@ def main(argv: list[str] | None = None) -> int:
         "--show-failures", type=int, default=2, metavar="N", help="examples per failure category (0: counts only)"
     )
     ap.add_argument("--no-failures", action="store_true", help="print only the table")
+    ap.add_argument("--show-fallbacks", type=int, default=0, metavar="N",
+                    help="print N random cue-less fallback answers per source with the gold, for a spot-check by hand")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the --show-fallbacks sample")
     args = ap.parse_args(argv)
     data_dir = resolve_data_dir(args.data_dir)
     if not (data_dir / "distilling_step_by_step").is_dir() and not (data_dir / "teacher_outputs").is_dir():
@@ -702,21 +898,21 @@ def main(argv: list[str] | None = None) -> int:
         print("\n## Other teachers and prompt styles (teacher_outputs/)\n")
         print_teacher_table(teacher)
         print(
-            "\n'no answer to find': empty, cut off (a reasoning trace without its end, a last sentence without its end) "
-            "or degenerate outputs; 'parsed of the rest': answered / (outputs - no answer to find). "
+            "\n'no answer to find': the reader's rule, by class (checked on the text, in this order): "
+            + "; ".join(f"**{k}**: {v}" for k, v in NO_ANSWER_CLASSES.items())
+            + ". 'parsed of the rest': answered / (outputs - no answer to find). "
             "Numbers agree within 1e-6, or 1 % (TheoremQA golds are rounded)."
         )
+        print("\n" + target_line(teacher))
     n = sum(r.n for r in results + teacher)
     secs = sum(r.seconds for r in results + teacher)
     print(f"\n{n:,} outputs in {secs:.2f} s ({1e6 * secs / n:.0f} µs/output, extraction only).")
     for note in NOTES:
         print(f"\n{note}")
-    below = [(r.name, r.stats()["well_parsed"]) for r in results if float(r.stats()["well_parsed"] or 0) < TARGET]
-    print(
-        f"\nTarget: >= {TARGET:.0%} of well-formed outputs parsed. Below target: "
-        + (", ".join(f"{name} ({_pct(v)})" for name, v in below) if below else "none")
-        + ("; see 'unparsed: cue found, but ...' below for every such row." if below else ".")
-    )
+    if results:
+        print("\n" + target_line(results).replace("(teacher_outputs)", "(PaLM-540B / GPT-3)"))
+    if args.show_fallbacks:
+        show_fallbacks(teacher, args.show_fallbacks, args.seed)
     if not args.no_failures:
         failure_report(results + teacher, args.show_failures)
     return 0

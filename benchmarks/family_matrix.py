@@ -172,7 +172,7 @@ def cells() -> list[Cell]:
     out.append(Cell("rationales", lambda: SimulatedResponder(ARITH), rationales))
 
     def tasks(d: Path, model: str) -> list[str]:
-        return ["generate", "tasks", "--spec", str(REPO / "data/banking77/task_spec.yaml"), "-o", str(d / "out.jsonl"),
+        return ["generate", "tasks", "--labels", str(REPO / "data/banking77/task_spec.yaml"), "-o", str(d / "out.jsonl"),
                 "-n", "10", "--batch-size", "5"]
     out.append(Cell("tasks", b77, tasks))
 
@@ -183,7 +183,7 @@ def cells() -> list[Cell]:
 
     def pm(d: Path, model: str) -> list[str]:
         return ["generate", "promptmix", "--labels", str(REPO / "data/banking77/labels.yaml"), "-o", str(d / "out.jsonl"),
-                "--per-class", "2", "--group-size", "4", "--examples-per-call", "3"]
+                "--per-label", "2", "--group-size", "4", "--examples-per-call", "3"]
     out.append(Cell("promptmix", b77, pm))
     out.append(Cell(f"promptmix --relabel-max-tokens {WIDE}", b77,
                     lambda d, m: pm(d, m) + ["--relabel-max-tokens", WIDE]))
@@ -212,7 +212,7 @@ def cells() -> list[Cell]:
     def clean_relabel(budget: str | None) -> Callable[[Path, str], list[str]]:
         def argv(d: Path, model: str) -> list[str]:
             inp = _jsonl(d / "in.jsonl", _head(REPO / "data/banking77/test.jsonl", 12))
-            (d / "ops.yaml").write_text(f"- op: relabel\n  label_space: {REPO / 'data/banking77/labels.yaml'}\n"
+            (d / "ops.yaml").write_text(f"- op: relabel\n  labels: {REPO / 'data/banking77/labels.yaml'}\n"
                                         "  policy: drop\n" + (f"  max_tokens: {budget}\n" if budget else ""))
             return ["clean", "run", "--input", str(inp), "--config", str(d / "ops.yaml"), "--output",
                     str(d / "out.jsonl")]
@@ -263,9 +263,11 @@ def tiny_student(root: Path) -> Path:
 PIPELINES = [
     ("svamp_step_by_step", svamp_recorded, {"rationales": ("data/svamp/svamp_train.input.jsonl", 12), "clean": None}),
     ("intent_from_prompts", Banking77Responder.from_dir,
-     {"tasks": {"per_label": 2, "batch_size": 2}, "promptmix": {"per_class": 2}, "merge": None, "clean": None}),
+     {"tasks": {"per_label": 2, "batch_size": 2}, "relabel_tasks": None, "promptmix": {"per_label": 2}, "merge": None,
+      "clean": None}),
     ("intent_from_prompts", Banking77Responder.from_dir,
-     {"tasks": {"per_label": 2, "batch_size": 2}, "promptmix": {"per_class": 2, "relabel_max_tokens": int(WIDE)},
+     {"tasks": {"per_label": 2, "batch_size": 2}, "relabel_tasks": None,
+      "promptmix": {"per_label": 2, "relabel_max_tokens": int(WIDE)},
       "merge": None, "clean": None}),
     ("tailored_rounds", lambda: SimulatedResponder(ARITH), {"rationales": ("data/arithmetic/train_first200.jsonl", 12),
                                                             "clean": None}),

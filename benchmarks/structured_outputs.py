@@ -2,7 +2,8 @@
 """Structured outputs against the test server: per method, rows, answers asked as JSON, invalid replies
 injected, re-asks, rows lost, parse rejects, the share recovered and what the re-asks cost.
 
-Every method (task examples, Self-Instruct, PromptMix, similar exercises, judge, relabel) runs with
+Every method (task examples, Self-Instruct, PromptMix, similar exercises, judge, relabel, the judge of
+``generate preferences --mode judge``) runs with
 the scripted teachers of ``tests/test_structured_outputs.py`` (a JSON-schema teacher) at
 ``--invalid-json-rate`` (default 0.1), over ``--seeds`` server seeds, priced at $1/$2 per 1M tokens.
 

@@ -41,6 +41,7 @@ from synthkd.teachers.structured import answer_of
 from synthkd.templates import load_template
 
 __all__ = [
+    "DEFAULT_OOS",
     "LabelSpace",
     "LexicalIndex",
     "Relabel",
@@ -55,6 +56,11 @@ __all__ = [
 # --------------------------------------------------------------------------------------------------
 # label space
 # --------------------------------------------------------------------------------------------------
+
+
+#: The out-of-scope class's name when a label file's ``out_of_scope`` gives none.
+DEFAULT_OOS = "out_of_scope"
+OOS_DESCRIPTION = "The text belongs to none of the other labels."
 
 
 def _line_of(root: yaml.Node | None, path: Sequence[Any]) -> int | None:
@@ -89,6 +95,7 @@ class LabelSpace:
     descriptions: dict[str, str] = field(default_factory=dict)
     examples: dict[str, list[str]] = field(default_factory=dict)  # few-shot texts per label
     task: str = ""
+    out_of_scope: str | None = None  # the class of texts that fit no other label (one of ``labels``)
     _index: "LexicalIndex | None" = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -140,9 +147,28 @@ class LabelSpace:
 
         if not isinstance(data, dict):
             raise InputError([f"{path}:1: expected a mapping with a 'labels' field, got {type(data).__name__}"])
-        unknown = sorted(set(data) - {"labels", "descriptions", "examples", "task", "name", "source", "licence", "license"})
+        # one label file for every feature: the task-spec spellings are accepted too (label_descriptions,
+        # seed_examples; text_name and attributes are generate tasks' and ignored here)
+        unknown = sorted(set(data) - {"labels", "descriptions", "examples", "task", "name", "source", "licence",
+                                      "license", "text_name", "attributes", "label_descriptions", "seed_examples",
+                                      "out_of_scope"})
         for k in unknown:
-            bad([k], "unknown field (expected labels, descriptions, examples, task)")
+            bad([k], "unknown field (expected labels, descriptions, examples, task, out_of_scope, text_name, "
+                     "attributes, label_descriptions, seed_examples)")
+        for alias, canonical in (("label_descriptions", "descriptions"), ("seed_examples", "examples")):
+            if alias in data:
+                if canonical in data:
+                    bad([alias], f"give either '{alias}' or '{canonical}', not both")
+                seeds = data[alias]
+                if isinstance(seeds, list) and canonical == "examples":  # [{text, label}, ...]
+                    grouped: dict[Any, list[Any]] = {}
+                    for i, ex in enumerate(seeds):
+                        if not isinstance(ex, dict) or set(ex) != {"text", "label"}:
+                            bad([alias, i], "each seed example must be {text, label}")
+                        else:
+                            grouped.setdefault(ex["label"], []).append(ex["text"])
+                    seeds = grouped
+                data[canonical] = seeds
         raw = data.get("labels")
         labels: list[str] = []
         descriptions: dict[str, str] = {}
@@ -180,6 +206,19 @@ class LabelSpace:
                     bad(["labels", lab], "must be a description string or {description, examples}")
         else:
             bad(["labels"], "must be a list of class names or a mapping {name: description}")
+        out_of_scope = None
+        oos = data.get("out_of_scope")
+        if oos is not None:
+            if isinstance(oos, str):
+                oos = {"description": oos}
+            if not isinstance(oos, dict) or set(oos) - {"name", "description", "examples"}:
+                bad(["out_of_scope"], "must be a description string or {name, description, examples}")
+            else:
+                out_of_scope = str(oos.get("name") or DEFAULT_OOS).strip()
+                labels.append(out_of_scope)
+                descriptions[out_of_scope] = str(oos.get("description") or OOS_DESCRIPTION)
+                if oos.get("examples") is not None:
+                    examples[out_of_scope] = oos["examples"]
         if not labels and raw is not None:
             bad(["labels"], "no classes")
         dup = [lab for lab, n in Counter(labels).items() if n > 1]
@@ -223,7 +262,12 @@ class LabelSpace:
             task = ""
         if problems:
             raise InputError(problems)
-        return cls(labels=labels, descriptions=descriptions, examples=examples, task=task)
+        return cls(labels=labels, descriptions=descriptions, examples=examples, task=task, out_of_scope=out_of_scope)
+
+    @property
+    def in_scope(self) -> list[str]:
+        """The labels other than the out-of-scope class."""
+        return [lab for lab in self.labels if lab != self.out_of_scope]
 
     def description(self, label: str) -> str:
         return self.descriptions.get(label, "")

@@ -152,3 +152,18 @@ def test_decontaminate_eval_fields_id_field_and_near_dup_ngram(tmp_path):
     (tmp_path / "bad").mkdir()
     with pytest.raises(InputError, match=r"eval\.jsonl:1: .*input"):
         clean(tmp_path / "bad", rows, [{"op": "decontaminate", "eval_file": str(tmp_path / "eval.jsonl")}])
+
+
+@pytest.mark.parametrize("ops", [{"max_per_label": 2}, {"equalize": True, "selection": "random"}])
+def test_balance_reads_the_label_file(tmp_path, ops):
+    """With the label file every feature reads, balance drops rows whose label is not in it (counted with
+    their reason) and reports the file's labels that end with no row."""
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("task: t\nlabels: [a, b, c]\nout_of_scope: anything else\n")
+    rows = [{"id": i, "text": f"t{i}", "label": lab} for i, lab in enumerate(["a", "a", "a", "b", "b", "zz", "out_of_scope"])]
+    funnel, out, rej = clean(tmp_path, rows, [{"op": "balance", "labels": str(labels), **ops}])
+    assert "zz" not in {r["label"] for r in out}
+    assert [r["reject_reason"] for r in rej if r["label"] == "zz"] == ["label not in label file"]
+    rep = funnel.stages[1].extra
+    assert rep["labels_without_rows"] == ["c"] and rep["labels_not_in_file"] == {"zz": 1}
+    assert "Labels of the label file with no row: c" in (tmp_path / "f.md").read_text()

@@ -14,7 +14,7 @@ from synthkd.testing.banking77_responder import Banking77Responder
 from synthkd.testing.server import FaultConfig, TestServer
 
 PIPELINE = REPO / "pipelines" / "intent_from_prompts.yaml"
-STAGES = ["tasks", "promptmix", "merge", "clean", "train", "eval"]
+STAGES = ["tasks", "relabel_tasks", "promptmix", "merge", "clean", "train", "eval"]
 TEST_ROWS = REPO / "data" / "banking77" / "test.jsonl"
 
 
@@ -28,7 +28,7 @@ def _small(run_dir: Path) -> list[str]:
         f"run_dir={run_dir}",
         "stages.tasks.options.per_label=5",
         "stages.tasks.options.batch_size=6",
-        "stages.promptmix.options.per_class=2",
+        "stages.promptmix.options.per_label=2",
         "stages.promptmix.options.examples_per_call=2",
         "stages.train.options.epochs=1",
         "stages.train.options.tiny={hidden_size: 32, layers: 1, heads: 2, vocab_size: 300}",
@@ -65,7 +65,11 @@ def test_intent_pipeline_runs_offline_and_reruns_for_free(tmp_path):
         # the planted trouble was caught by the method: near-copies, seed copies, too-short items
         assert tasks["dropped"].get("near_duplicate", 0) > 0 and tasks["dropped"].get("too_short", 0) > 0
         assert tasks["rows_in"] - tasks["rows_out"] == sum(tasks["dropped"].values())
-        assert st["merge"]["counts"]["per_input"] == {"tasks": 40, "promptmix": st["promptmix"]["counts"]["rows_out"]}
+        # every generated task row was relabelled by the teacher (one classify call each) before the merge
+        assert st["relabel_tasks"]["counts"]["rows_in"] == 40
+        assert st["merge"]["counts"]["per_input"] == {"tasks": st["relabel_tasks"]["counts"]["rows_out"],
+                                                      "promptmix": st["promptmix"]["counts"]["rows_out"]}
+        assert "label_conflicts" in (run_dir / "clean.funnel.md").read_text()
         labels = {r["label"] for r in read_jsonl(run_dir / "clean.jsonl")}
         assert len(labels) == 8
         assert (run_dir / "clean.funnel.md").exists() and (run_dir / "report.md").exists()
@@ -88,7 +92,7 @@ def test_bad_task_spec_fails_validation_before_any_request(tmp_path):
     srv = TestServer(FaultConfig(), responder=Banking77Responder.from_dir()).start()
     try:
         r = _run(["run", str(PIPELINE), "--set", f"run_dir={tmp_path}/runs",
-                  "--set", f"stages.tasks.options.spec={spec}"], srv.base_url)
+                  "--set", f"stages.tasks.options.labels={spec}"], srv.base_url)
         assert r.returncode == 2, r.stderr  # bad input, reported before anything runs
         assert str(spec) in r.stderr and "descripton" in r.stderr, r.stderr
         assert _completions(srv) == 0

@@ -98,8 +98,8 @@ def test_missing_descriptions_fail_only_for_templates_that_use_them(tmp_path):
     tpl = _write(tmp_path, "t.j2", "{{ task_description }} {{ label }} {{ colour }}")
     with pytest.raises(TemplateError, match="colour"):
         plan_label_tasks(spec, LabelTaskConfig(per_label=3, template=str(tpl)))
-    with pytest.raises(InputError, match="--labels: unknown label"):
-        plan_label_tasks(spec, LabelTaskConfig(per_label=3, template="tasks/examples_names", labels=["zz"]))
+    with pytest.raises(InputError, match="--only: unknown label"):
+        plan_label_tasks(spec, LabelTaskConfig(per_label=3, template="tasks/examples_names", only=["zz"]))
 
 
 def test_cli_bad_spec_exits_2_before_any_request(tmp_path, make_server):
@@ -282,3 +282,51 @@ def test_cli_budget_stop_exits_3_and_a_larger_budget_finishes_the_same_run(tmp_p
     assert res.returncode == 0, res.stderr
     assert _pairs(tmp_path / "out.jsonl") == _pairs(tmp_path / "ref.jsonl")
     assert _chat(srv) <= _chat(ref_srv) + 2  # at most the 2 in flight at the stop were paid twice
+
+
+# ------------------------------------------------------------------------------------------ one label file
+
+def test_per_label_2_asks_for_2_per_request_and_batch_size_still_wins():
+    spec = load_task_spec(SPEC)
+    assert "Write 2 new" in plan_label_tasks(spec, LabelTaskConfig(per_label=2)).request("age_limit", 0).messages[0]["content"]
+    assert "Write 10 new" in plan_label_tasks(spec, LabelTaskConfig(per_label=40)).request("age_limit", 0).messages[0]["content"]
+    assert "Write 5 new" in plan_label_tasks(spec, LabelTaskConfig(per_label=2, batch_size=5)).request("age_limit", 0).messages[0]["content"]
+
+
+def test_out_of_scope_class_is_generated_with_its_own_prompt(tmp_path, make_server):
+    """The label file's out_of_scope class: its requests use prompts/tasks/out_of_scope.j2 (the in-scope
+    labels listed as what the texts must not be), its rows carry that template, and the label space read
+    from the same file offers the class to the classifier."""
+    from synthkd.labels import LabelSpace
+    from synthkd.testing.banking77_responder import Banking77Responder
+
+    banking = load_banking()
+    spec_file = tmp_path / "labels.yaml"
+    spec_file.write_text(SPEC.read_text() + "out_of_scope:\n  description: Anything else.\n"
+                         "  examples: [Book me a table for two tonight.]\n")
+    spec = load_task_spec(spec_file)
+    assert spec.out_of_scope == "out_of_scope" and spec.label_names[-1] == "out_of_scope"
+    space = LabelSpace.from_file(spec_file)
+    assert space.out_of_scope == "out_of_scope" and space.in_scope == LABELS
+    plan = plan_label_tasks(spec, LabelTaskConfig(per_label=6, batch_size=6))
+    oos_prompt = plan.request("out_of_scope", 0).messages[0]["content"]
+    assert "belong to NONE of the labels" in oos_prompt and all(f"- {lab}:" in oos_prompt for lab in LABELS)
+    assert "NONE" not in plan.request("age_limit", 0).messages[0]["content"]
+    other = [t for lab, texts in banking.items() for t in texts if lab == "card_arrival"]  # stand-ins
+    pools = {lab: texts for lab, texts in banking.items() if lab != "card_arrival"}
+    pools["out_of_scope"] = other
+    srv = make_server(responder=Banking77Responder(pools, plant=False))
+
+    async def go():
+        t = OpenAICompatibleTeacher("test-model", base_url=srv.base_url, concurrency=4)
+        try:
+            return [r async for r in generate_label_examples(t, plan_label_tasks(
+                spec, LabelTaskConfig(per_label=6, batch_size=6, only=["age_limit", "out_of_scope"])))]
+        finally:
+            await t.aclose()
+
+    rows = [r for r in asyncio.run(go()) if "reject_reason" not in r]
+    oos = [r for r in rows if r["label"] == "out_of_scope"]
+    assert len(oos) == 6 and all(r["template"] == "tasks/out_of_scope" for r in oos)
+    assert all(" ".join(r["text"].split()) in {" ".join(t.split()) for t in other} for r in oos), [r["text"] for r in oos]
+    assert {r["template"] for r in rows if r["label"] == "age_limit"} == {"tasks/examples"}

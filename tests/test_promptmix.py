@@ -18,6 +18,7 @@ from synthkd.methods.promptmix import (
     PromptMixConfig,
     clean_item,
     draw_alpha,
+    load_confusion,
     make_groups,
     parse_items,
     plan_calls,
@@ -79,7 +80,7 @@ def test_groups_partition_and_similarity():
 
 def test_plan_is_deterministic_and_follows_the_paper_prompt():
     s = _space()
-    cfg = PromptMixConfig(per_class=10, examples_per_call=4, group_size=4)
+    cfg = PromptMixConfig(per_label=10, examples_per_call=4, group_size=4)
     calls = plan_calls(s, cfg)
     assert calls == plan_calls(s, cfg)
     assert len(calls) == 8 * 3 and [c.m for c in calls[:3]] == [4, 4, 2]
@@ -91,8 +92,38 @@ def test_plan_is_deterministic_and_follows_the_paper_prompt():
             assert all(f'Example: "{e}"' in c.prompt for e in s.examples[lab])
     partners = Counter(c.b for c in calls if c.a == "card_arrival")
     assert len(partners) == 3  # the partner cycles through the group
-    other = plan_calls(s, PromptMixConfig(per_class=10, seed=5))
+    other = plan_calls(s, PromptMixConfig(per_label=10, seed=5))
     assert [c.alpha for c in other] != [c.alpha for c in calls]
+
+
+def test_pairs_by_the_teachers_confusion_when_relabel_rows_exist(tmp_path):
+    """Relabel rows (the relabel op's ``relabel: {intended, teacher}``, or PromptMix's own intended/relabeled
+    labels) say which classes the teacher confuses: those are grouped and paired first, whatever their
+    descriptions; the rows say why (pair_by)."""
+    s = _space()
+    by_desc = make_groups(s, 4, "similar")
+    assert not any({"exchange_rate", "card_arrival"} <= set(g) for g in by_desc)  # unlike by description
+    rel = tmp_path / "relabelled.jsonl"
+    rows = ([{"id": f"a{i}", "relabel": {"intended": "exchange_rate", "teacher": "card_arrival"}} for i in range(3)]
+            + [{"id": "b", "intended_label": "card_arrival", "relabeled_label": "exchange_rate"},
+               {"id": "c", "relabel": {"intended": "exchange_rate", "teacher": "exchange_rate"}},  # agreement: no signal
+               {"id": "d", "relabel": {"intended": "nope", "teacher": "exchange_rate"}},       # unknown class
+               {"id": "e", "intended_label": "card_linking", "relabeled_label": "activate_my_card"}])
+    rel.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    conf = load_confusion(rel, s)
+    assert conf == {("card_arrival", "exchange_rate"): 4, ("activate_my_card", "card_linking"): 1}
+    groups = make_groups(s, 4, "similar", confusion=conf)
+    assert any({"exchange_rate", "card_arrival"} <= set(g) for g in groups)
+    assert any({"card_linking", "activate_my_card"} <= set(g) for g in groups)
+    assert sorted(x for g in groups for x in g) == sorted(s.labels)
+    cfg = PromptMixConfig(per_label=10, examples_per_call=4, group_size=4)
+    calls = plan_calls(s, cfg, conf)
+    first = {c.a: c for c in calls if c.call_index == 0}
+    assert (first["exchange_rate"].b, first["exchange_rate"].pair_by) == ("card_arrival", "confusion")
+    assert (first["card_arrival"].b, first["card_arrival"].pair_by) == ("exchange_rate", "confusion")
+    assert {c.pair_by for c in calls if {c.a, c.b} == {"exchange_rate", "card_delivery_estimate"}} <= {"description"}
+    assert {c.pair_by for c in plan_calls(s, cfg)} == {"description"}  # no relabel data
+    assert {c.pair_by for c in plan_calls(s, PromptMixConfig(per_label=10, grouping="random"))} == {"random"}
 
 
 # ------------------------------------------------------------------ parsing
@@ -123,7 +154,7 @@ def test_promptmix_method_through_server(make_server):
     responder = _responder()
     srv = make_server(FaultConfig(latency_ms=2), responder=responder)
     s = _space()
-    cfg = PromptMixConfig(per_class=8, examples_per_call=4, group_size=4, relabel_candidates=3)
+    cfg = PromptMixConfig(per_label=8, examples_per_call=4, group_size=4, relabel_candidates=3)
 
     async def go():
         t = OpenAICompatibleTeacher("test-model", base_url=srv.base_url, concurrency=8)
@@ -137,6 +168,7 @@ def test_promptmix_method_through_server(make_server):
     rejected = [r for r in rows if "reject_reason" in r]
     seeds = s.seed_texts()
     assert len(rows) == 64  # 8 classes x 8 items, every item accounted for
+    assert {r["pair_by"] for r in rows if "text" in r} == {"description"}  # no relabel data: by description
     assert kept and all("%" not in r["text"] and not re.match(r"^\s*(\d|-|Example)", r["text"]) for r in kept)
     assert all(norm_text(r["text"]) not in seeds for r in kept)
     assert Counter(r["reject_reason"].split(":")[0] for r in rejected)["seed copy"] >= 1

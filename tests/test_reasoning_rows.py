@@ -308,7 +308,7 @@ def test_promptmix_rows_keep_the_generation_and_the_relabel_traces(make_server):
     pm = FX / "promptmix"
     srv = make_server(responder=from_pool_file(pm / "banking77_8_pool.jsonl", [pm / "banking77_8_test.jsonl"]))
     space = LabelSpace.from_file(pm / "banking77_8.yaml")
-    cfg = PromptMixConfig(per_class=2, examples_per_call=2, group_size=4, relabel_candidates=3)
+    cfg = PromptMixConfig(per_label=2, examples_per_call=2, group_size=4, relabel_candidates=3)
 
     async def fn(t):
         return [r async for r in promptmix(space, t, cfg)]

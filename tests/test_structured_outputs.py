@@ -339,7 +339,7 @@ def test_tasks_final_failure_rejects_with_raw_text_and_error():
         async def go():
             st = MethodStats()
             plan = plan_label_tasks(load_task_spec(FIX / "tasks" / "banking77_spec.yaml"),
-                                    LabelTaskConfig(per_label=2, batch_size=10, labels=["age_limit"],
+                                    LabelTaskConfig(per_label=2, batch_size=10, only=["age_limit"],
                                                     max_requests_per_label=1))
             try:
                 return [r async for r in generate_label_examples(t, plan, stats=st)], st
@@ -441,7 +441,7 @@ def run_promptmix(srv, model, tmp_path):
 
     t = _teacher(srv, model)
     space = LabelSpace.from_file(FIX / "promptmix" / "banking77_8.yaml")
-    cfg = PromptMixConfig(per_class=8, examples_per_call=4, group_size=4, relabel_candidates=3)
+    cfg = PromptMixConfig(per_label=8, examples_per_call=4, group_size=4, relabel_candidates=3)
 
     async def go():
         try:
@@ -490,6 +490,35 @@ def run_relabel(srv, model, tmp_path):
                      teachers), teachers
 
 
+def run_preferences(srv, model, tmp_path):
+    """``generate preferences`` in judge mode: 2 samples per prompt, each distinct text scored by the judge."""
+    from synthkd.methods.preferences import judge_ranked_pairs
+
+    judge, sampler = _teacher(srv, model), _teacher(srv, "sampler-model")
+    rows = [{"id": f"p{i}", "input": f"Write line {i} of a poem."} for i in range(60)]
+
+    async def go():
+        try:
+            return [r async for r in judge_ranked_pairs(rows, [sampler], judge, samples=2, temperature=1.0,
+                                                         min_margin=2)]
+        finally:
+            await judge.aclose()
+            await sampler.aclose()
+    return asyncio.run(go()), [judge]
+
+
+def preference_responder(endpoint, body):
+    """Sampler: a good answer (seed 0) or a bad one; judge: reasons in prose, then "Score: 9" / "Score: 2"."""
+    from synthkd.testing.sampling import sample_seed
+    from synthkd.testing.server import prompt_text_of
+
+    text = prompt_text_of(body)
+    if body["model"] == "sampler-model":
+        return ("A fine line" if sample_seed(body) == 0 else "bad line") + " for " + text[-30:]
+    good = "A fine line" in text
+    return f"The response is {'vivid and on topic' if good else 'weak'}; on a 1-10 scale.\nScore: {9 if good else 2}"
+
+
 def _responders():
     sys.path.insert(0, str(FIX / "promptmix"))
     from scripted_teacher import from_pool_file
@@ -509,6 +538,7 @@ def _responders():
         "similar_exercises": (run_similar, lambda: similar_responder),
         "judge": (run_judge, lambda: judge_responder),
         "relabel": (run_relabel, lambda: relabel_responder),
+        "preferences_judge": (run_preferences, lambda: preference_responder),
     }
 
 
@@ -516,7 +546,7 @@ import re  # noqa: E402
 
 #: what each method calls a row it could not read from the teacher's answer
 METHOD_PARSE_REJECTS = ("unparseable_response", "invalid_structured_response", "no_instances", "no exercise",
-                        "unparsed score", "teacher label unmapped", "relabel failed")
+                        "unparsed score", "teacher label unmapped", "relabel failed", "too few scored")
 
 
 def parse_rejects(rows: list[dict]) -> list[dict]:
@@ -524,7 +554,7 @@ def parse_rejects(rows: list[dict]) -> list[dict]:
             or str(r.get("relabel_reason") or "").startswith(("unmappable", "invalid_structured"))]
 
 
-METHODS = ["tasks", "self_instruct", "promptmix", "similar_exercises", "judge", "relabel"]
+METHODS = ["tasks", "self_instruct", "promptmix", "similar_exercises", "judge", "relabel", "preferences_judge"]
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -193,3 +193,38 @@ def test_boolean_kind_gold_and_student_answers_use_the_teacher_parser():
     # a student trained on JSON answers, scored on a plain-text teacher format and back, is read alike
     assert predicted_value('{"reasoning": "3 + 4 = 7", "answer": "7"}', "number")[0] == 7.0
     assert predicted_value("3 + 4 = 7. So Ana ends up with 7 apples.", "number")[0] == 7.0
+
+
+@pytest.mark.train
+def test_out_of_scope_class_from_the_label_file_in_scope_accuracy_oos_recall_and_abstain(memorised, tmp_path):
+    """The label file's out_of_scope class: gold outside the label list counts as out of scope (no error),
+    metrics are CLINC150's (in-scope accuracy, out-of-scope recall), and abstain_below turns answers the
+    student is unsure of into out-of-scope predictions."""
+    labels = tmp_path / "labels.yaml"
+    labels.write_text("task: sentiment of a sentence\nlabels:\n  positive: good things\n  negative: bad things\n"
+                      "out_of_scope:\n  name: neutral\n  description: neither good nor bad\n")
+    rows = [{"id": f"r{i}", "text": t, "gold": lab} for i, (t, lab) in enumerate(ROWS)]
+    rows.append({"id": "x", "text": ROWS[2][0], "gold": "weather_report"})  # outside the list: out of scope
+    inp = _write(tmp_path / "e.jsonl", rows)
+    rep = run_eval(EvalOptions(student=str(memorised), input=inp, kind="label", labels=[str(labels)],
+                               fields=_fields("text")))
+    m = rep["metrics"]
+    assert rep["labels"] == ["positive", "negative", "neutral"] and rep["out_of_scope"] == "neutral"
+    assert (m["in_scope_rows"], m["oos_rows"]) == (6, 3)  # 2 neutral rows + the weather_report row
+    assert m["in_scope_accuracy"] == 1.0 and m["oos_recall"] == 1.0 and m["oos_precision"] == 1.0
+    assert "| in-scope accuracy | 100.0% (6 rows) |" in rep["markdown"]
+    assert "| out-of-scope recall | 100.0% (3 rows) |" in rep["markdown"]
+    # a threshold no answer reaches: everything abstains -> in-scope accuracy 0, recall 1
+    rep = run_eval(EvalOptions(student=str(memorised), input=inp, kind="label", labels=[str(labels)],
+                               fields=_fields("text"), abstain_below=1.0))
+    assert rep["metrics"]["in_scope_accuracy"] == 0.0 and rep["metrics"]["oos_recall"] == 1.0
+    assert rep["metrics"]["abstained_below_threshold"] == 9
+    probs = [p["student_probability"] for p in rep["_predictions"]]
+    assert all(0 < p < 1 for p in probs)
+    # a threshold below every answer's probability: nothing abstains, same as without
+    rep = run_eval(EvalOptions(student=str(memorised), input=inp, kind="label", labels=[str(labels)],
+                               fields=_fields("text"), abstain_below=min(probs) / 2))
+    assert rep["metrics"]["in_scope_accuracy"] == 1.0 and rep["metrics"]["abstained_below_threshold"] == 0
+    # without an out-of-scope class a gold outside the labels is still an input error
+    with pytest.raises(InputError, match="weather_report"):
+        run_eval(EvalOptions(student=str(memorised), input=inp, kind="label", labels=LABELS, fields=_fields("text")))

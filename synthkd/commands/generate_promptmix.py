@@ -27,7 +27,7 @@ class PromptMixJob(GenerateJob):
     name = "done"
 
     def inputs(self) -> dict[str, Path | None]:
-        return {"--labels": self.cfg.labels}
+        return {"--labels": self.cfg.labels, "--confusion": self.cfg.confusion}
 
     def prepare(self) -> None:
         from synthkd.labels import LabelSpace
@@ -42,6 +42,12 @@ class PromptMixJob(GenerateJob):
         self.stats = PromptMixStats()
         # the method's metrics, declared once: the pipeline stage records the same ones in the manifest
         self.metrics = PromptMixMetrics(self.stats, calls_planned=self.n_calls, policy=self.cfg.policy)
+
+    def finish_output(self) -> None:
+        from synthkd.methods.promptmix import canonical_key
+        from synthkd.methods.runner import sort_output
+
+        sort_output(self.output, canonical_key)  # the file does not depend on completion order
 
     def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
         from synthkd.methods.metrics import observed

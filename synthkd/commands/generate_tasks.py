@@ -69,12 +69,17 @@ class TasksJob(TargetJob):
     name = "tasks"
 
     def inputs(self) -> dict[str, Path | None]:
-        return {"--spec": self.cfg.spec}
+        return {"--labels": self.cfg.labels}
 
     def prepare(self) -> None:
         from synthkd.methods.label_tasks import load_task_spec, plan_label_tasks
 
-        self.plan = plan_label_tasks(load_task_spec(self.cfg.spec), self.cfg)
+        self.plan = plan_label_tasks(load_task_spec(self.cfg.labels), self.cfg)
+
+    def finish_output(self) -> None:
+        from synthkd.methods.label_tasks import canonical_order
+
+        canonical_order(self.plan, self.output)  # the file does not depend on completion order
 
     def rows(self, teachers: list[Teacher], done: Any) -> AsyncIterator[dict[str, Any]]:
         from synthkd.methods.label_tasks import generate_label_examples
@@ -86,7 +91,7 @@ class TasksJob(TargetJob):
         return f"{sum(self.stats.per_label.values())}/{self.cfg.per_label * n} kept over {n} labels"
 
 
-@generate_command("tasks", LabelTaskConfig, required=("spec", "output"))
+@generate_command("tasks", LabelTaskConfig, required=("labels", "output"))
 def tasks(cfg: LabelTaskConfig, *, teacher: str, summary_json: Path | None = None, conn: dict | None = None, inp: dict | None = None) -> None:
     """N diverse labelled examples per label from a task description, near-duplicates removed.
 

@@ -130,6 +130,9 @@ class GenerateJob:
         self.output = Path(cfg.output)
 
     # ------------------------------------------------------------------ hooks
+    def finish_output(self) -> None:
+        """Called once the rows are written (still under the output lock): e.g. put them in canonical order."""
+
     def inputs(self) -> dict[str, Path | None]:
         """The files the job reads, by flag (checked before anything is read)."""
         return {}
@@ -294,6 +297,7 @@ class GenerateJob:
                     done = index_output(self.output)
                 counts.written += earlier
                 done = first_done
+                self.finish_output()
         finally:
             for t in teachers:
                 await t.aclose()

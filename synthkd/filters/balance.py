@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections import Counter
+from pathlib import Path
 from typing import Any, AsyncIterator, Literal
 
 import orjson
@@ -30,6 +31,8 @@ class BalanceConfig(OpConfig):
     equalize: bool = Field(False, description="Cut every label to the rarest label's count.")
     selection: Literal["first", "random"] = Field("first", description="Which rows of a label stay: the first ones, or a seeded random subset.")
     seed: int = Field(0, description="Seed of the random selection.")
+    labels: Path | None = Field(None, description="Label file (as generate tasks / promptmix / eval read it): rows "
+                                "whose label is not in it are dropped, and its labels with no row are reported.")
 
     @model_validator(mode="after")
     def _something(self) -> "BalanceConfig":
@@ -53,6 +56,20 @@ class Balance(Operator):
         self.before: Counter = Counter()
         self.after: Counter = Counter()
         self.caps: dict[str, int] = {}
+        self.known: list[str] | None = None  # the label file's labels
+        self.unknown: Counter = Counter()
+
+    async def setup(self) -> None:
+        if self.cfg.labels is not None:
+            from synthkd.labels import LabelSpace
+
+            self.known = LabelSpace.from_file(self.cfg.labels).labels  # InputError naming file, line, field
+
+    def _outside(self, lab: str) -> Reject | None:
+        if self.known is None or lab in self.known:
+            return None
+        self.unknown[lab] += 1
+        return Reject("label not in label file", f"label {lab!r} is not one of {self.cfg.labels}'s labels")
 
     def needs(self) -> list[tuple[str, ...]]:
         return [(self.cfg.label_field,)]
@@ -76,6 +93,10 @@ class Balance(Operator):
                 except FieldProblem as exc:
                     yield row, self.field_problem(row, exc)
                     continue
+                outside = self._outside(lab)
+                if outside is not None:
+                    yield row, outside
+                    continue
                 self.before[lab] += 1
                 self.caps[lab] = c.max_per_label  # type: ignore[assignment]
                 if self.after[lab] >= c.max_per_label:  # type: ignore[operator]
@@ -97,6 +118,12 @@ class Balance(Operator):
                     lab = self._label(row)
                 except FieldProblem as exc:
                     bad[pos] = self.field_problem(row, exc)
+                    label_of.append(-1)
+                    ranks.append(0)
+                    continue
+                outside = self._outside(lab)
+                if outside is not None:
+                    bad[pos] = outside
                     label_of.append(-1)
                     ranks.append(0)
                     continue
@@ -135,8 +162,12 @@ class Balance(Operator):
             spill.close()
 
     def report(self) -> dict[str, Any]:
-        return {"per_label": {lab: {"in": n, "out": self.after[lab], "cap": self.caps.get(lab)}
-                              for lab, n in sorted(self.before.items(), key=lambda kv: (-kv[1], kv[0]))}}
+        out: dict[str, Any] = {"per_label": {lab: {"in": n, "out": self.after[lab], "cap": self.caps.get(lab)}
+                                             for lab, n in sorted(self.before.items(), key=lambda kv: (-kv[1], kv[0]))}}
+        if self.known is not None:
+            out["labels_without_rows"] = [lab for lab in self.known if not self.after[lab]]
+            out["labels_not_in_file"] = dict(self.unknown)
+        return out
 
     def report_markdown(self) -> str:
         if not self.before:
@@ -144,4 +175,7 @@ class Balance(Operator):
         lines = ["| label | rows in | rows out |", "|---|---:|---:|"]
         for lab, n in sorted(self.before.items(), key=lambda kv: (-kv[1], kv[0])):
             lines.append(f"| {lab} | {n:,} | {self.after[lab]:,} |")
+        empty = [lab for lab in (self.known or []) if not self.after[lab]]
+        if empty:
+            lines.append(f"\nLabels of the label file with no row: {', '.join(empty)}")
         return "\n".join(lines)

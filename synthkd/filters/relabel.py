@@ -3,7 +3,7 @@ then keep, overwrite or drop per ``policy``, record both labels, and report the 
 intended and relabeled labels.
 
 The classifier is the project's shared one (:func:`synthkd.labels.classify` with a
-:class:`~synthkd.labels.LabelSpace` read from ``label_space``), so PromptMix and cleaning ask
+:class:`~synthkd.labels.LabelSpace` read from ``labels`` (the label file)), so PromptMix and cleaning ask
 the same question the same way.  Each row gets ``relabel: {intended, teacher, agree, action, votes,
 raw, template, template_sha}``.
 
@@ -19,7 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, AsyncIterator, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 
 from synthkd.filters.base import OpConfig, Operator, Outcome, Reject
 from synthkd.filters.teacher_ops import InOrder
@@ -31,7 +31,8 @@ if TYPE_CHECKING:
 
 class RelabelConfig(OpConfig):
     op: str = "relabel"
-    label_space: Path = Field(..., description="YAML/JSON label space: labels (with descriptions) and few-shot examples.")
+    labels: Path = Field(..., validation_alias=AliasChoices("labels", "label_space"),
+                         description="Label file (YAML/JSON): labels with descriptions and examples (old key: label_space).")
     text_field: str = Field("text", description="The text classified.")
     label_field: str = Field("label", description="The row's intended label (may be absent or null: nothing to disagree with).")
     policy: Literal["keep", "overwrite", "drop"] = Field("drop", description="When the teacher disagrees: keep the row, overwrite its label, or drop it.")
@@ -68,7 +69,7 @@ class Relabel(Operator):
         from synthkd.labels import LabelSpace
         from synthkd.templates import load_template
 
-        self.space = LabelSpace.from_file(self.cfg.label_space)
+        self.space = LabelSpace.from_file(self.cfg.labels)
         load_template(self.cfg.template).check({"classes", "text", "numbered", "task"}, where=f"operator {self.label!r}")
         if self.cfg.samples > 1 and not (self.cfg.temperature and self.cfg.temperature > 0):
             from synthkd.errors import ConfigError

@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from synthkd.answers import extract_answer, numbers_equal, parse_off_loop
+from synthkd.answers import numbers_equal, parse_off_loop, read_answer
 from synthkd.jsonl_io import InputError, iter_jsonl
 from synthkd.methods.runner import rejects_path_for, write_rows
 from synthkd.methods.similar_exercises import (
@@ -289,7 +289,9 @@ def correction_row(mistake: dict[str, Any], res: TeacherResult, r: int, tpl: Pro
     base = {"id": new_id, "source_id": mistake["id"], "round": r}
     if not res.ok:
         return {**base, "reject_reason": f"teacher error: {res.error}"}
-    ex = extract_answer(res.text, "number")
+    # the reading evaluation applies to the student's answers, with the question as evaluation has it
+    asked = next((mistake[k] for k in ("question", "input", "prompt", "text") if isinstance(mistake.get(k), str)), None)
+    ex = read_answer(res.text, "number", question=asked)
     gold = mistake.get("gold_answer")
     usage = {"prompt_tokens": res.usage.prompt_tokens, "completion_tokens": res.usage.completion_tokens}
     trace = reasoning_field(res)  # the teacher's reasoning trace beside ``text``, when it returned one

@@ -18,6 +18,17 @@ Why the processing is shaped like this (resume = rerun, nothing paid twice):
 * A request that fails for good (or is never sent because the budget ran out) *stalls* its label:
   later answers of that label wait for the next run, instead of taking ids that the failed
   request's texts would have had.  So the output is always a prefix of the failure-free run.
+* Near-duplicates are looked for **within a label** (and against every label's seed examples, which
+  are fixed before the first request), never against what *other* labels kept so far: labels are
+  processed concurrently, so a pool shared by all labels would make "which label keeps a text both
+  were given" depend on which answer arrived first (issue 18: two identical runs agreed on 496 of
+  600 rows).  So a row's fate is a function of the seed, the spec and its own label's answers.
+  A text the teacher wrote for two labels is kept under both: that is a *label conflict*, resolved
+  downstream by a stated policy (the ``label_conflicts`` cleaning op: relabel by the teacher,
+  majority or drop), where copies from other generators (PromptMix) are seen too.
+* The finished output is rewritten in canonical order (spec label order, then ``k``;
+  :func:`canonical_order`), so the file a run leaves does not depend on completion order either:
+  two runs, a cached rerun and a resume after SIGKILL leave the same rows in the same order.
 
 Shared with Self-Instruct, and kept elsewhere: :func:`synthkd.teacher_lists.parse_list_items` (robust
 numbered / bulleted / JSON-lines parsing of teacher lists), :class:`synthkd.teachers.jobs.JobFeed`
@@ -38,6 +49,7 @@ from typing import Any, AsyncIterator, Optional
 import yaml
 
 from synthkd.jsonl_io import InputError
+from synthkd.labels import DEFAULT_OOS, OOS_DESCRIPTION
 from synthkd.near_dup_pool import NearDupPool, duplicate_reason
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.reasoning import reasoning_field
@@ -51,7 +63,10 @@ from synthkd.templates import PromptTemplate, load_template
 # The task spec
 # ==================================================================================================
 
-_TOP_KEYS = {"task", "text_name", "labels", "label_descriptions", "seed_examples", "attributes"}
+#: One label file for every feature (tasks, PromptMix, relabel, balance, eval): the keys of a task spec,
+#: the label-space spellings ``descriptions`` / ``examples``, and provenance notes.
+_TOP_KEYS = {"task", "text_name", "labels", "label_descriptions", "seed_examples", "attributes", "descriptions",
+             "examples", "out_of_scope", "name", "source", "licence", "license"}
 
 
 class _Lines:
@@ -88,6 +103,7 @@ class LabelSpec:
     description: str = ""
     examples: list[str] = field(default_factory=list)
     where: str = ""  # "file:line" of its definition, for errors found later
+    out_of_scope: bool = False  # the class of texts that belong to none of the others
 
 
 @dataclass
@@ -103,6 +119,11 @@ class TaskDescription:
     @property
     def label_names(self) -> list[str]:
         return [lab.name for lab in self.labels]
+
+    @property
+    def out_of_scope(self) -> str | None:
+        """The out-of-scope class's name, when the file declares one."""
+        return next((lab.name for lab in self.labels if lab.out_of_scope), None)
 
     def label(self, name: str) -> LabelSpec:
         return next(lab for lab in self.labels if lab.name == name)
@@ -125,6 +146,13 @@ def load_task_spec(path: str | Path) -> TaskDescription:
         attributes:                                # optional: value lists combined per request
           style: [polite, angry, terse]
           length: [a few words, one sentence, two sentences]
+        out_of_scope:                              # optional: a class for texts that fit no label
+          name: out_of_scope                       # (default name), generated with its own prompt
+          description: Anything else a customer might write (other topics, small talk).
+          examples: ["Can you book me a table for two?"]
+
+    The label-space spellings ``descriptions`` and ``examples`` ({name: [texts]}) are accepted too, so
+    one file serves ``generate tasks``, ``generate promptmix``, ``relabel``, ``balance`` and ``eval``.
     """
     path = Path(path)
     if not path.exists():
@@ -206,6 +234,30 @@ def load_task_spec(path: str | Path) -> TaskDescription:
         err("must be a list of label names or a mapping label -> description", "labels")
     if labels and len(labels) < 2 and not problems:
         err("a classification task needs at least two labels", "labels")
+    lines_alias: dict[str, str] = {}
+
+    oos = data.get("out_of_scope")
+    if oos is not None:
+        if isinstance(oos, str):
+            oos = {"description": oos}
+        if not isinstance(oos, dict):
+            err("must be a description string or {name, description, examples}", "out_of_scope")
+        else:
+            extra = set(oos) - {"name", "description", "examples"}
+            if extra:
+                err(f"unknown field(s) {sorted(extra)} (known: name, description, examples)", "out_of_scope")
+            add_label(oos.get("name", DEFAULT_OOS), oos.get("description"), oos.get("examples"), ("out_of_scope",))
+            if labels and labels[-1].name == str(oos.get("name", DEFAULT_OOS)).strip():
+                labels[-1].out_of_scope = True
+                if not labels[-1].description:
+                    labels[-1].description = OOS_DESCRIPTION
+    for alias, canonical in (("descriptions", "label_descriptions"), ("examples", "seed_examples")):
+        if alias in data:
+            if canonical in data:
+                err(f"give either '{alias}' or '{canonical}', not both", alias)
+            else:
+                data[canonical] = data[alias]
+                lines_alias[canonical] = alias
     known = {lab.name: lab for lab in labels}
 
     descs = data.get("label_descriptions")
@@ -215,11 +267,11 @@ def load_task_spec(path: str | Path) -> TaskDescription:
         else:
             for name, d in descs.items():
                 if name not in known:
-                    err(f"unknown label {name!r} (labels: {', '.join(known)})", "label_descriptions", name)
+                    err(f"unknown label {name!r} (labels: {', '.join(known)})", lines_alias.get("label_descriptions", "label_descriptions"), name)
                 elif not isinstance(d, str):
-                    err("description must be a string", "label_descriptions", name)
+                    err("description must be a string", lines_alias.get("label_descriptions", "label_descriptions"), name)
                 elif known[name].description and known[name].description != d.strip():
-                    err("label described twice (in 'labels' and here) with different text", "label_descriptions", name)
+                    err("label described twice (in 'labels' and here) with different text", lines_alias.get("label_descriptions", "label_descriptions"), name)
                 else:
                     known[name].description = d.strip()
 
@@ -228,16 +280,16 @@ def load_task_spec(path: str | Path) -> TaskDescription:
         if isinstance(seeds, dict):
             for name, exs in seeds.items():
                 if name not in known:
-                    err(f"unknown label {name!r} (labels: {', '.join(known)})", "seed_examples", name)
+                    err(f"unknown label {name!r} (labels: {', '.join(known)})", lines_alias.get("seed_examples", "seed_examples"), name)
                     continue
-                known[name].examples.extend(_str_list(exs, err, ("seed_examples", name)))
+                known[name].examples.extend(_str_list(exs, err, (lines_alias.get("seed_examples", "seed_examples"), name)))
         elif isinstance(seeds, list):
             for i, ex in enumerate(seeds):
                 if not isinstance(ex, dict) or set(ex) != {"text", "label"}:
-                    err("each seed example must be {text, label}", "seed_examples", i)
+                    err("each seed example must be {text, label}", lines_alias.get("seed_examples", "seed_examples"), i)
                     continue
                 if ex["label"] not in known:
-                    err(f"unknown label {ex['label']!r} (labels: {', '.join(known)})", "seed_examples", i, "label")
+                    err(f"unknown label {ex['label']!r} (labels: {', '.join(known)})", lines_alias.get("seed_examples", "seed_examples"), i, "label")
                     continue
                 if not isinstance(ex["text"], str) or not ex["text"].strip():
                     err("must be a non-empty string", "seed_examples", i, "text")
@@ -304,17 +356,21 @@ class LabelTaskConfig:
     pipeline stage ``generate.tasks`` and the Python API (:func:`plan_label_tasks` takes it) are built
     from them.  :attr:`params`: the sampling parameters sent with every request."""
 
-    spec: Optional[Path] = opt(None, help="Task spec (YAML/JSON): task, labels (+ descriptions, seed examples), "
-                               "attributes.", flags=("-s",))
+    labels: Optional[Path] = opt(None, help="Label file (YAML/JSON): task, labels (+ descriptions, seed examples), "
+                                 "attributes, optional out_of_scope class.", flags=("-s",), aliases=("--spec",),
+                                 yaml_aliases=("spec",))
     output: Optional[Path] = opt(None, help="jsonl output; rerun to resume.", flags=("-o",), stage=False)
     per_label: int = opt(help="Examples to keep per label.", flags=("-n",), ge=1)
-    batch_size: int = opt(10, help="Examples asked for per request.", ge=1)
+    batch_size: Optional[int] = opt(None, help="Examples asked for per request (default: --per-label, at most 10).",
+                                    ge=1)
     max_requests_per_label: Optional[int] = opt(None, help="Cap on requests per label (default max(4, 4*N/batch)).",
                                                 ge=1)
     template: str = opt("tasks/examples", help="Template name or .j2 file (tasks/examples needs label descriptions; "
                         "tasks/examples_names does not).")
-    labels: Optional[list[str]] = opt(None, help="Only these labels (comma-separated).", cli_type=Optional[str],
-                                      cli_parse=comma_list)
+    only: Optional[list[str]] = opt(None, help="Generate for these labels of the file only (comma-separated).",
+                                    cli_type=Optional[str], cli_parse=comma_list)
+    oos_template: str = opt("tasks/out_of_scope", help="Template of the label file's out_of_scope class (texts that "
+                            "fit none of the labels).")
     seeds_per_prompt: int = opt(3, help="Seed examples of the label shown per prompt.", ge=0)
     min_words: int = opt(3, help="Drop items with fewer whitespace-separated words.", ge=0)
     temperature: Optional[float] = opt(1.0, help="Sampling temperature.", ge=0)
@@ -329,6 +385,11 @@ class LabelTaskConfig:
     def params(self) -> dict[str, Any]:
         return {**sampling_params(temperature=self.temperature, max_tokens=self.max_tokens), **self.extra_params}
 
+    @property
+    def per_request(self) -> int:
+        """Examples asked for in one request: ``batch_size``, else ``per_label`` up to 10."""
+        return self.batch_size or min(10, self.per_label)
+
 
 register_feature("generate.tasks", LabelTaskConfig, command=("generate", "tasks"), stage="generate.tasks")
 
@@ -341,6 +402,12 @@ class LabelTaskPlan:
     labels: list[str]
     max_requests: int
     combos: dict[str, list[tuple[int, ...]]]
+    oos_template: PromptTemplate | None = None  # the out_of_scope class's own prompt
+
+    def template_for(self, label: str) -> PromptTemplate:
+        if self.oos_template is not None and label == self.spec.out_of_scope:
+            return self.oos_template
+        return self.template
 
     def attributes_for(self, label: str, r: int) -> dict[str, str]:
         names = list(self.spec.attributes)
@@ -367,14 +434,15 @@ class LabelTaskPlan:
             "labels": self.spec.label_names,
             "label_descriptions": {x.name: x.description for x in self.spec.labels},
             "other_labels": [n for n in self.spec.label_names if n != label],
-            "n": self.config.batch_size,
+            "in_scope_labels": [x.name for x in self.spec.labels if not x.out_of_scope],
+            "n": self.config.per_request,
             "attributes": self.attributes_for(label, r),
             "examples": shown,
             "request_index": r,
         }
 
     def request(self, label: str, r: int) -> TeacherRequest:
-        content = self.template.render(**self.variables(label, r))
+        content = self.template_for(label).render(**self.variables(label, r))
         return TeacherRequest(
             key=f"{label}/{r}",
             messages=[{"role": "user", "content": content}],
@@ -395,7 +463,7 @@ def plan_label_tasks(spec: TaskDescription, config: LabelTaskConfig) -> LabelTas
     problems = []
     if c.per_label < 1:
         problems.append("--per-label must be at least 1")
-    if c.batch_size < 1:
+    if c.batch_size is not None and c.batch_size < 1:
         problems.append("--batch-size must be at least 1")
     if c.max_requests_per_label is not None and c.max_requests_per_label < 1:
         problems.append("--max-requests-per-label must be at least 1")
@@ -404,17 +472,22 @@ def plan_label_tasks(spec: TaskDescription, config: LabelTaskConfig) -> LabelTas
     if c.min_words < 0:
         problems.append("--min-words must be >= 0")
     labels = spec.label_names
-    if c.labels:
-        unknown = [x for x in c.labels if x not in labels]
+    if c.only:
+        unknown = [x for x in c.only if x not in labels]
         if unknown:
-            problems.append(f"--labels: unknown label(s) {', '.join(unknown)} (spec {spec.path} has: {', '.join(labels)})")
-        labels = [x for x in labels if x in c.labels]
+            problems.append(f"--only: unknown label(s) {', '.join(unknown)} (label file {spec.path} has: "
+                            f"{', '.join(labels)})")
+        labels = [x for x in labels if x in c.only]
     if problems:
         raise InputError(problems)
     template = load_template(c.template)
     provided = {"task_description", "text_name", "label", "label_description", "labels", "label_descriptions",
-                "other_labels", "n", "attributes", "examples", "request_index"}
+                "other_labels", "in_scope_labels", "n", "attributes", "examples", "request_index"}
     template.check(provided, where=str(spec.path or "spec"))
+    oos_template = None
+    if spec.out_of_scope is not None and spec.out_of_scope in labels:
+        oos_template = load_template(c.oos_template)
+        oos_template.check(provided, where=str(spec.path or "spec"))
     if {"label_description", "label_descriptions"} & template.variables:
         # label_descriptions shows every label's description; label_description only the requested one's
         scope = spec.label_names if "label_descriptions" in template.variables else labels
@@ -433,8 +506,8 @@ def plan_label_tasks(spec: TaskDescription, config: LabelTaskConfig) -> LabelTas
             order = list(product)
             stable_rng(c.seed, "combos", lab).shuffle(order)
             combos[lab] = order
-    max_req = c.max_requests_per_label or max(4, math.ceil(4 * c.per_label / c.batch_size))
-    plan = LabelTaskPlan(spec, c, template, labels, max_req, combos)
+    max_req = c.max_requests_per_label or max(4, math.ceil(4 * c.per_label / c.per_request))
+    plan = LabelTaskPlan(spec, c, template, labels, max_req, combos, oos_template)
     for lab in labels:  # render once per label now: a template error costs nothing
         plan.request(lab, 0)
     return plan
@@ -467,17 +540,17 @@ async def generate_label_examples(
     """
     st = stats if stats is not None else MethodStats()
     c = plan.config
-    N, m = c.per_label, c.batch_size
+    N, m = c.per_label, c.per_request
     seed_pool = NearDupPool(c.threshold)
     for spec in plan.spec.labels:
         for i, ex in enumerate(spec.examples):
             seed_pool.add(ex, f"seed:{spec.name}:{i}")
-    pool = NearDupPool(c.threshold)
+    # one pool per label: what another label kept must not decide this label's rows (see the docstring)
+    pools = {lab: NearDupPool(c.threshold) for lab in plan.labels}
     states = {lab: _LabelState(lab) for lab in plan.labels}
     for lab in plan.labels:
         st.per_label[lab] = 0
     feed: JobFeed[tuple[str, int]] = JobFeed()
-    prov = plan.template.provenance()
 
     def issue(s: _LabelState, count: int) -> None:
         count = min(count, plan.max_requests - s.issued)
@@ -498,8 +571,11 @@ async def generate_label_examples(
         yield_rate = 0.8 if s.items_seen == 0 else max(0.1, s.kept / s.items_seen)
         issue(s, math.ceil(deficit / (m * yield_rate)))
 
+    provs = {lab: plan.template_for(lab).provenance() for lab in plan.labels}
+
     def base(label: str, r: int, attrs: dict[str, str]) -> dict[str, Any]:
-        return {"label": label, "attributes": attrs, **prov, "teacher": teacher.model, "request_id": f"{label}/{r}"}
+        return {"label": label, "attributes": attrs, **provs[label], "teacher": teacher.model,
+                "request_id": f"{label}/{r}"}
 
     def process(s: _LabelState, job: Job[tuple[str, int]]) -> list[dict[str, Any]]:
         label, r = job.item
@@ -537,14 +613,14 @@ async def generate_label_examples(
                 reason = f"too_short: fewer than {c.min_words} words"
             else:
                 s.items_seen += 1
-                reason = duplicate_reason(text, seed_pool, pool, seed_by_text=True)
+                reason = duplicate_reason(text, seed_pool, pools[label], seed_by_text=True)
             if reason is not None:
                 st.drops[reason.split(":")[0]] += 1
                 cand["reject_reason"] = reason
                 rows.append(cand)
                 continue
             row_id = f"{label}-{s.kept}"
-            pool.add(text, row_id)
+            pools[label].add(text, row_id)
             s.kept += 1
             st.kept += 1
             st.per_label[label] = s.kept
@@ -577,7 +653,32 @@ async def generate_label_examples(
                 else f"{s.issued - s.next_r} request(s) not answered")
 
 
+def canonical_key(plan: LabelTaskPlan) -> Any:
+    """Sort key of an output row: the label's position in the spec, then ``k`` of ``<label>-<k>``
+    (rows of labels the spec does not have, or other ids, last, in file order)."""
+    order = {name: i for i, name in enumerate(plan.spec.label_names)}
+
+    def key(row: dict[str, Any]) -> tuple[int, int]:
+        lab, rid = row.get("label"), str(row.get("id", ""))
+        prefix = f"{lab}-"
+        if lab in order and rid.startswith(prefix) and rid[len(prefix):].isdigit():
+            return order[lab], int(rid[len(prefix):])
+        return len(order), 0
+
+    return key
+
+
+def canonical_order(plan: LabelTaskPlan, output: Path) -> None:
+    """Rewrite a finished (or stopped) output in canonical order: the file then depends on what was
+    kept, never on the order answers arrived in.  Atomic (temp file + rename), so a kill here leaves
+    either the old or the new file."""
+    from synthkd.methods.runner import sort_output
+
+    sort_output(Path(output), canonical_key(plan))
+
+
 __all__ = [
+    "canonical_order", "canonical_key",
     "TaskDescription", "LabelSpec", "LabelTaskConfig", "LabelTaskPlan", "generate_label_examples", "load_task_spec",
     "plan_label_tasks",
 ]

@@ -12,7 +12,9 @@ Two ways to decide which completion is better, because they need different input
 * **judge-ranked** (:func:`judge_ranked_pairs`) -- unlabelled prompts.  k samples per prompt from one
   or two samplers (temperature > 0, seed = sample index), each distinct text scored 1-10 by a judge
   with ``prompts/judge/score.j2``; the best vs the worst is kept when ``best - worst >= min_margin``
-  (all scores are recorded).  Ties: the earliest candidate wins for best, the latest for worst.
+  (all scores are recorded).  The judge is asked for :class:`synthkd.scores.JudgeScore` (reason, then
+  score) as a strict JSON schema where it supports one (``--structured``), re-asked on invalid JSON
+  like the ``judge`` filter, and read from free text (:func:`synthkd.scores.parse_score`) otherwise.  Ties: the earliest candidate wins for best, the latest for worst.
 
 Both are async generators over :class:`~synthkd.teachers.base.Teacher` objects; each teacher gets one
 stream (so its concurrency, rate limits, cache and budget cover all its calls) and rows come out as
@@ -39,9 +41,10 @@ from synthkd.methods.rationales import RationalePlan, plan_rationales
 from synthkd.methods.task_kinds import KINDS, FieldNames, TaskKind
 from synthkd.options import comma_list, opt, register_feature
 from synthkd.reasoning import reasoning_field, trace_of
-from synthkd.scores import parse_score
+from synthkd.scores import JudgeScore, parse_score
 from synthkd.teachers.base import Teacher, TeacherRequest, TeacherResult
 from synthkd.teachers.jobs import Job, stream_jobs
+from synthkd.teachers.structured import answer_of
 from synthkd.templates import PromptTemplate, load_template
 
 __all__ = [
@@ -314,7 +317,7 @@ class JudgePlan:
         for j, text in enumerate(texts):
             prompt = self.template.render(input=self.prompt_of(row), output=text, rubric=self.rubric, row=row)
             reqs.append(TeacherRequest(key=f"judge:{row['id']}#{j}", messages=[{"role": "user", "content": prompt}],
-                                       params=params, meta={"stage": "judge"}))
+                                       params=params, meta={"stage": "judge"}, schema=JudgeScore))
         return Job(("judge", row, texts), reqs)
 
     def _rank(self, row: dict[str, Any], cands: list[dict[str, Any]], texts: list[str],
@@ -324,7 +327,11 @@ class JudgePlan:
         for text, res in zip(texts, judged):
             if not res.ok:
                 return {"id": pid, "source_id": row["id"], "reject_reason": f"judge error: {res.error}"}
-            score, why = parse_score(res.text)
+            # the same reading as the judge filter: the schema's score when asked as JSON (an answer still
+            # invalid after the re-asks is unscored, its reason "invalid_structured_response: ..."), else
+            # the last "Score: N" of the free text
+            got, invalid = answer_of(res, lambda p: (float(p.score), None), parse_score)
+            score, why = got if invalid is None else (None, invalid)
             scores[text] = (score, why, res.text)
         for c in cands:
             c["score"], c["score_reason"], _ = scores[c["text"]]
@@ -351,7 +358,10 @@ class JudgePlan:
             if c.get("reasoning") is not None:
                 out[f"{side}_reasoning"] = c["reasoning"]
         out.update(self.template.provenance())
-        out.update(_usage([*sampled, *judged]))
+        out.update(_usage([*sampled, *judged, *(bad for r in judged for bad in r.reasks)]))
+        reasks = sum(len(r.reasks) for r in judged)
+        if reasks:
+            out["judge_reasks"] = reasks
         out["source"] = row
         return out
 

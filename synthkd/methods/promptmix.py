@@ -10,7 +10,7 @@ same prompts, gets every answer from the cache and writes no row twice):
 
 1. :func:`make_groups` partitions the classes into groups of ``group_size`` (similar classes together
    by default, by TF-IDF cosine; or a seeded random partition).
-2. :func:`plan_calls` gives each class A ``ceil(per_class / m)`` calls; each names a partner B from A's
+2. :func:`plan_calls` gives each class A ``ceil(per_label / m)`` calls; each names a partner B from A's
    group (cycling) and draws α = 0.5 + 0.5·Beta(a, b) (skewed toward 1), rounded to a whole percent.
 3. The generation calls are answered (one teacher stream); :func:`parse_items` strips numbering and
    "(80% A, 20% B)"-style annotations.  Items are then deduplicated in the plan's order (not in
@@ -54,7 +54,8 @@ class PromptMixConfig:
     labels: Optional[Path] = opt(None, help=LABEL_SPACE_HELP, flags=("-l",))
     output: Optional[Path] = opt(None, help="Output jsonl (appended; ids already there are skipped).",
                                  flags=("-o",), stage=False)
-    per_class: int = opt(help="Examples to generate per class (before drops).", flags=("-n",), ge=1)
+    per_label: int = opt(help="Examples to generate per label (before drops).", flags=("-n",), ge=1,
+                         aliases=("--per-class",), yaml_aliases=("per_class",))
     group_size: int = opt(4, help="Classes per group; each class mixes with the others of its group.", ge=2)
     examples_per_call: int = opt(4, help="Examples asked for in one generation call.", ge=1)
     grouping: str = opt("similar", help="similar (TF-IDF nearest classes) or random (seeded).", choices=GROUPINGS)
@@ -77,6 +78,10 @@ class PromptMixConfig:
                                   ge=1)
     classes: Optional[list[str]] = opt(None, help="Comma-separated classes to generate for (default all).",
                                        cli_type=Optional[str], cli_parse=comma_list)
+    confusion: Optional[Path] = opt(None, help="Relabelled rows (jsonl with relabel.intended/relabel.teacher, or "
+                                    "intended_label/relabeled_label; in a pipeline: an earlier relabel stage's name): "
+                                    "group and pair the classes the teacher confuses; without it (or for classes "
+                                    "it never confused), by description similarity.")
 
     def __post_init__(self) -> None:
         if self.relabel_candidates == 0:  # 0 = offer every class
@@ -89,8 +94,8 @@ class PromptMixConfig:
 
     def problems(self, space: LabelSpace) -> list[str]:
         out = []
-        if self.per_class < 1:
-            out.append("--per-class must be at least 1")
+        if self.per_label < 1:
+            out.append("--per-label must be at least 1")
         if self.group_size < 2:
             out.append("--group-size must be at least 2 (a class needs a partner to mix with)")
         if len(space.labels) < 2:
@@ -128,6 +133,7 @@ class MixCall:
     class_index: int
     call_index: int
     prompt: str
+    pair_by: str = "description"  # why b is a's partner: confusion (the teacher's), description, or random
 
     @property
     def prompt_sha(self) -> str:
@@ -139,40 +145,102 @@ class MixCall:
 # --------------------------------------------------------------------------------------------------
 
 
-def make_groups(space: LabelSpace, group_size: int, grouping: str = "similar", seed: int = 0) -> list[list[str]]:
+Confusion = dict[tuple[str, str], int]
+
+
+def load_confusion(path: Path, space: LabelSpace) -> Confusion:
+    """How often the teacher, relabelling, moved a row between two classes (both directions summed, keyed
+    by the sorted pair): from rows with ``relabel: {intended, teacher}`` (the ``relabel`` cleaning op) or
+    ``intended_label`` / ``relabeled_label`` (``generate relabel``, PromptMix).  Classes outside the label
+    space are ignored.  Why: PromptMix's borderline examples help most between the classes the teacher
+    itself mixes up — ``min_payment`` vs ``bill_balance``, whose names and descriptions are not alike."""
+    from synthkd.jsonl_io import iter_jsonl
+
+    known = set(space.labels)
+    out: Confusion = {}
+    for _lineno, row in iter_jsonl(path):
+        if not isinstance(row, dict):
+            continue
+        info = row.get("relabel")
+        a, b = (info.get("intended"), info.get("teacher")) if isinstance(info, dict) else \
+            (row.get("intended_label"), row.get("relabeled_label"))
+        if a in known and b in known and a != b:
+            key = (min(a, b), max(a, b))
+            out[key] = out.get(key, 0) + 1
+    return out
+
+
+def _conf(confusion: Confusion | None, a: str, b: str) -> int:
+    return (confusion or {}).get((min(a, b), max(a, b)), 0)
+
+
+def make_groups(space: LabelSpace, group_size: int, grouping: str = "similar", seed: int = 0,
+                confusion: Confusion | None = None) -> list[list[str]]:
     """Partition the classes into groups of ``group_size`` (a leftover singleton joins another group).
 
     ``similar``: walk the classes in label-space order; each unassigned class takes its
-    ``group_size - 1`` most similar unassigned classes (TF-IDF cosine of name+description+examples).
+    ``group_size - 1`` most similar unassigned classes: those the teacher confused it with most
+    (``confusion``), then by TF-IDF cosine of name+description+examples.
     ``random``: a seeded shuffle cut into chunks.
     """
     labels = list(space.labels)
+    if grouping == "similar" and confusion:
+        desc = space.index().class_similarity()
+        top = max(confusion.values())
+        conf = np.array([[_conf(confusion, a, b) / top for b in labels] for a in labels])
+        return _groups_merged(labels, conf + 0.01 * desc, group_size)  # description similarity breaks ties
     if grouping == "random":
         order = labels[:]
         random.Random(f"promptmix-groups:{seed}").shuffle(order)
         groups = [order[i : i + group_size] for i in range(0, len(order), group_size)]
     elif grouping == "similar":
-        sim = space.index().class_similarity()
-        pos = {lab: i for i, lab in enumerate(labels)}
-        left = labels[:]
-        groups = []
-        while left:
-            head = left.pop(0)
-            h = pos[head]
-            near = sorted(left, key=lambda lab: (-sim[h, pos[lab]], pos[lab]))[: group_size - 1]
-            for lab in near:
-                left.remove(lab)
-            groups.append([head, *near])
+        return _groups_by(labels, space.index().class_similarity(), group_size)
     else:
         raise ValueError(f"grouping must be one of {GROUPINGS}, got {grouping!r}")
     if len(groups) > 1 and len(groups[-1]) == 1:
+        groups[-2].append(groups.pop()[0])
+    return groups
+
+
+def _groups_merged(labels: list[str], score: Any, group_size: int) -> list[list[str]]:
+    """Groups by merging: class pairs in descending ``score`` (ties: label-space order) join their groups
+    while the union fits in ``group_size`` — so every confused pair that can be together is, which a
+    greedy walk in label order does not ensure.  A leftover singleton joins a group as in :func:`_groups_by`."""
+    n = len(labels)
+    group = list(range(n))
+    members: dict[int, list[int]] = {i: [i] for i in range(n)}
+    pairs = sorted(((i, j) for i in range(n) for j in range(i + 1, n)), key=lambda p: (-score[p[0], p[1]], p))
+    for i, j in pairs:
+        gi, gj = group[i], group[j]
+        if gi != gj and len(members[gi]) + len(members[gj]) <= group_size:
+            lo, hi = min(gi, gj), max(gi, gj)
+            members[lo] += members.pop(hi)
+            for k in members[lo]:
+                group[k] = lo
+    groups = [[labels[k] for k in sorted(ms)] for _, ms in sorted(members.items())]
+    if len(groups) > 1 and len(groups[-1]) == 1:
+        lone, pos = groups.pop()[0], {lab: i for i, lab in enumerate(labels)}
+        best = max(range(len(groups)), key=lambda g: (float(np.mean([score[pos[lone], pos[x]] for x in groups[g]])), -g))
+        groups[best].append(lone)
+    return groups
+
+
+def _groups_by(labels: list[str], sim: Any, group_size: int) -> list[list[str]]:
+    """Greedy groups by a class-by-class similarity matrix (label-space order; a leftover singleton joins
+    the group it is most similar to on average)."""
+    pos = {lab: i for i, lab in enumerate(labels)}
+    left = labels[:]
+    groups = []
+    while left:
+        head = left.pop(0)
+        h = pos[head]
+        near = sorted(left, key=lambda lab: (-sim[h, pos[lab]], pos[lab]))[: group_size - 1]
+        for lab in near:
+            left.remove(lab)
+        groups.append([head, *near])
+    if len(groups) > 1 and len(groups[-1]) == 1:
         lone = groups.pop()[0]
-        if grouping == "similar":
-            sim = space.index().class_similarity()
-            pos = {lab: i for i, lab in enumerate(labels)}
-            best = max(range(len(groups)), key=lambda g: (float(np.mean([sim[pos[lone], pos[x]] for x in groups[g]])), -g))
-        else:
-            best = len(groups) - 1
+        best = max(range(len(groups)), key=lambda g: (float(np.mean([sim[pos[lone], pos[x]] for x in groups[g]])), -g))
         groups[best].append(lone)
     return groups
 
@@ -184,11 +252,14 @@ def draw_alpha(seed: int, a_label: str, call_index: int, beta: tuple[float, floa
     return min(0.99, max(0.5, round(x, 2)))
 
 
-def plan_calls(space: LabelSpace, cfg: PromptMixConfig) -> list[MixCall]:
-    """Every generation call, in a fixed order (class order, then call index)."""
+def plan_calls(space: LabelSpace, cfg: PromptMixConfig, confusion: Confusion | None = None) -> list[MixCall]:
+    """Every generation call, in a fixed order (class order, then call index).
+
+    With ``confusion`` (see :func:`load_confusion`), a class's partners are taken most-confused first;
+    each call records why its partner was chosen (``pair_by``)."""
     tpl = load_template(cfg.template)
     tpl.check({"classes", "a", "b", "pct_a", "pct_b", "m", "task"}, where="promptmix")
-    groups = make_groups(space, cfg.group_size, cfg.grouping, cfg.seed)
+    groups = make_groups(space, cfg.group_size, cfg.grouping, cfg.seed, confusion)
     group_of = {lab: g for g in groups for lab in g}
     wanted = cfg.classes or space.labels
     m = cfg.examples_per_call
@@ -199,11 +270,14 @@ def plan_calls(space: LabelSpace, cfg: PromptMixConfig) -> list[MixCall]:
         group = group_of[a]
         others = [x for x in group if x != a]
         offset = random.Random(f"promptmix-partner:{cfg.seed}:{a}").randrange(len(others))
-        n_calls = math.ceil(cfg.per_class / m)
+        if confusion and any(_conf(confusion, a, x) for x in others):
+            others = sorted(others, key=lambda x: -_conf(confusion, a, x))  # most confused first (stable)
+            offset = 0
+        n_calls = math.ceil(cfg.per_label / m)
         for c in range(n_calls):
             b = others[(offset + c) % len(others)]
             alpha = draw_alpha(cfg.seed, a, c, cfg.alpha_beta)
-            count = min(m, cfg.per_class - c * m)
+            count = min(m, cfg.per_label - c * m)
             shown = [a, b] + [x for x in group if x not in (a, b)]
             classes = [
                 {"name": lab, "description": space.description(lab), "examples": space.examples.get(lab, [])[: cfg.k_shot]}
@@ -211,8 +285,9 @@ def plan_calls(space: LabelSpace, cfg: PromptMixConfig) -> list[MixCall]:
             ]
             pct_a = int(round(alpha * 100))
             prompt = tpl.render(classes=classes, a=a, b=b, pct_a=pct_a, pct_b=100 - pct_a, m=count, task=space.task)
+            pair_by = "confusion" if _conf(confusion, a, b) else ("random" if cfg.grouping == "random" else "description")
             calls.append(MixCall(key=f"promptmix:{a}:{c}", a=a, b=b, alpha=alpha, m=count, group=tuple(group),
-                                 class_index=ci, call_index=c, prompt=prompt))
+                                 class_index=ci, call_index=c, prompt=prompt, pair_by=pair_by))
     return calls
 
 
@@ -299,6 +374,7 @@ class PromptMixStats:
     kept: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
     invalid_structured: int = 0  # answers still invalid JSON for the schema after the re-asks
+    confusion_pairs: int = 0  # class pairs the teacher confused in the relabel data (0: paired by description)
 
 
 def _gen_params(cfg: PromptMixConfig, call: MixCall) -> dict[str, Any]:
@@ -320,7 +396,9 @@ async def promptmix(
     if problems:
         raise ValueError("; ".join(problems))
     stats = stats if stats is not None else PromptMixStats()
-    calls = plan_calls(space, cfg)
+    confusion = load_confusion(cfg.confusion, space) if cfg.confusion is not None else None
+    stats.confusion_pairs = len(confusion or {})
+    calls = plan_calls(space, cfg, confusion)
     gen_prov = load_template(cfg.template).provenance()
     model = teacher.model
 
@@ -343,7 +421,8 @@ async def promptmix(
             continue
         base_id = f"promptmix-{call.a}-{call.call_index:03d}-{call.prompt_sha}"
         common = {
-            "method": "promptmix", "intended_label": call.a, "pair": [call.a, call.b], "alpha": call.alpha,
+            "method": "promptmix", "intended_label": call.a, "pair": [call.a, call.b], "pair_by": call.pair_by,
+            "alpha": call.alpha,
             "group": list(call.group), "template": gen_prov, "teacher": res.model or model,
         }
         if not res.ok:
@@ -413,3 +492,9 @@ async def promptmix(
             else:
                 out["reject_reason"] = f"relabel disagrees: intended {a}, teacher says {rel.label or rel.reason}"
         yield out
+
+
+def canonical_key(row: dict[str, Any]) -> str:
+    """Sort key of an output row: its id (``promptmix-<class>-<call>-<hash>-<item>``, zero-padded), so a
+    finished file is in one order whatever the order the answers arrived in."""
+    return str(row.get("id", ""))

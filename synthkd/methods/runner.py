@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterable
+from typing import Any, AsyncIterable, Callable
 
 from synthkd.jsonl_io import AppendWriter, RejectsWriter, index_output
 
@@ -66,3 +66,38 @@ async def write_rows(rows: AsyncIterable[dict[str, Any]], output: Path, rejects:
         out.close()
         rej.close()
     return counts
+
+
+def sort_output(output: Path, key: Callable[[dict[str, Any]], Any]) -> bool:
+    """Rewrite ``output`` with its rows stably sorted by ``key`` (temp file + atomic rename); a torn
+    last line (a killed writer's) is dropped, as :func:`index_output` ignores it.  Returns whether the
+    file changed.  Methods whose rows stream out in completion order call it when they finish, so the
+    file a run leaves is the same whatever the order answers arrived in."""
+    import os
+
+    import orjson
+
+    output = Path(output)
+    if not output.exists():
+        return False
+    raw = output.read_bytes()
+    lines = raw.split(b"\n")
+    rows = []
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            rows.append((orjson.loads(line), line))
+        except orjson.JSONDecodeError:
+            continue  # a torn last line
+    ordered = sorted(rows, key=lambda r: key(r[0]))
+    new = b"".join(line + b"\n" for _, line in ordered)
+    if new == raw:
+        return False
+    tmp = output.with_name(output.name + ".sorting.tmp")
+    with open(tmp, "wb") as f:
+        f.write(new)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, output)
+    return True

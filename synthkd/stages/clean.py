@@ -80,5 +80,7 @@ class CleanStage:
         teacher_ops = [c for c in configs if getattr(c, "op", "") in {"relabel", "judge"}]
         if not teacher_ops:
             return None
+        if not ctx.input.exists():  # made by an earlier stage: known only after it runs
+            raise FileNotFoundError(str(ctx.input))
         n = sum(1 for _ in iter_jsonl(ctx.input))
         return Estimate(n * len(teacher_ops), n * len(teacher_ops) * 400, n * len(teacher_ops) * 32)

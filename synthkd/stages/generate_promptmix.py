@@ -5,7 +5,8 @@ as ``synthkd generate promptmix``); rows are written with :func:`synthkd.methods
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Optional
 
 from synthkd.jsonl_io import InputError
 from synthkd.methods.promptmix import PromptMixConfig
@@ -17,7 +18,9 @@ from synthkd.stages.generate_common import resolved
 
 @register_stage("generate.promptmix")
 class PromptMixStage:
-    Options = stage_model(PromptMixConfig, name="PromptMixOptions", defaults={"labels": ...})
+    # confusion: a file, or an earlier stage's name (its rows: e.g. a clean stage with a relabel op)
+    Options = stage_model(PromptMixConfig, name="PromptMixOptions", defaults={"labels": ...},
+                          types={"confusion": Optional[str]})
     options_model = Options
 
     def check(self, ctx: StageContext, o: Any) -> None:
@@ -28,6 +31,10 @@ class PromptMixStage:
 
         cfg = resolved(ctx, from_stage(PromptMixConfig, o, output=ctx.output), files=("labels",),
                        templates=("template", "relabel_template"))
+        if o.confusion is not None:
+            stages = {st.name for st in ctx.pipeline.stages}
+            cfg = dataclasses.replace(cfg, confusion=ctx.run_dir / f"{o.confusion}.jsonl" if o.confusion in stages
+                                      else ctx.resolve(o.confusion))
         space = LabelSpace.from_file(cfg.labels)
         problems = cfg.problems(space)
         if problems:
@@ -36,16 +43,20 @@ class PromptMixStage:
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
         from synthkd.methods.metrics import PromptMixMetrics, observed
-        from synthkd.methods.promptmix import PromptMixStats, plan_calls, promptmix
+        from synthkd.methods.promptmix import PromptMixStats, canonical_key, plan_calls, promptmix
+        from synthkd.methods.runner import sort_output
 
         space, cfg = self._cfg(ctx, o)
         stats = PromptMixStats()
         # the same metrics as `synthkd generate promptmix` (relabel agreement, alpha spread...)
         metrics = PromptMixMetrics(stats, calls_planned=len(plan_calls(space, cfg)), policy=cfg.policy)
         counts = await write_rows(observed(promptmix(space, ctx.teacher(), cfg, stats), metrics), ctx.output)
+        sort_output(ctx.output, canonical_key)  # the file does not depend on completion order
         check_budget(ctx)
         return funnel_counts(stats.parsed, counts, {"generation_calls": stats.calls,
-                                                    "method_metrics": metrics.as_dict()})
+                                                    "method_metrics": metrics.as_dict(),
+                                                    "pair_by": "confusion" if stats.confusion_pairs else "description",
+                                                    "confusion_pairs": stats.confusion_pairs})
 
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:
         from synthkd.methods.promptmix import plan_calls

@@ -21,27 +21,28 @@ from synthkd.stages.generate_common import resolved
 
 @register_stage("generate.tasks")
 class TasksStage:
-    Options = stage_model(LabelTaskConfig, name="TasksOptions", defaults={"spec": ...})
+    Options = stage_model(LabelTaskConfig, name="TasksOptions", defaults={"labels": ...})
     options_model = Options
 
     def _plan(self, ctx: StageContext, o: Any):
         from synthkd.methods.label_tasks import load_task_spec, plan_label_tasks
 
-        cfg = resolved(ctx, from_stage(LabelTaskConfig, o, output=ctx.output), files=("spec",),
+        cfg = resolved(ctx, from_stage(LabelTaskConfig, o, output=ctx.output), files=("labels",),
                        templates=("template",))
-        return plan_label_tasks(load_task_spec(cfg.spec), cfg)  # InputError naming file, line and field
+        return plan_label_tasks(load_task_spec(cfg.labels), cfg)  # InputError naming file, line and field
 
     def check(self, ctx: StageContext, o: Any) -> None:
         self._plan(ctx, o)  # spec, labels, settings and template, before any teacher call
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:
-        from synthkd.methods.label_tasks import MethodStats, generate_label_examples
+        from synthkd.methods.label_tasks import MethodStats, canonical_order, generate_label_examples
         from synthkd.methods.metrics import TasksMetrics
         from synthkd.methods.runner import write_rows
 
         plan = self._plan(ctx, o)
         stats = MethodStats()
         counts = await write_rows(generate_label_examples(ctx.teacher(), plan, stats=stats), ctx.output)
+        canonical_order(plan, ctx.output)  # the file does not depend on completion order
         check_budget(ctx)
         for what, why in sorted(stats.short.items()):
             ctx.log(f"[{ctx.stage.name}] short: {what}: {why}")
@@ -64,15 +65,15 @@ class TasksStage:
 
         plan = self._plan(ctx, o)
         rate, items, source = keep_rate_of(ctx)
-        per_request = (items or o.batch_size) * rate  # kept rows a request yields, on average
-        per_label = expected_task_requests(o.per_label, o.batch_size, plan.max_requests, per_request)
+        per_request = (items or plan.config.per_request) * rate  # kept rows a request yields, on average
+        per_label = expected_task_requests(o.per_label, plan.config.per_request, plan.max_requests, per_request)
         calls = per_label * len(plan.labels)
         prompt_chars = sum(len(plan.template.render(**plan.variables(lab, 0))) for lab in plan.labels) * per_label
         cap = plan.max_requests * len(plan.labels)
         note = (f"{calls} requests expected: {o.per_label} rows x {len(plan.labels)} labels at "
-                f"{items or o.batch_size:g} items a request with keep rate {rate:.2f} after dedup ({source}); "
+                f"{items or plan.config.per_request:g} items a request with keep rate {rate:.2f} after dedup ({source}); "
                 f"at most {cap} (max_requests_per_label {plan.max_requests})")
-        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * o.batch_size), note)
+        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * plan.config.per_request), note)
 
 
 def keep_rate_of(ctx: StageContext) -> tuple[float, float | None, str]:

@@ -25,7 +25,7 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -61,6 +61,12 @@ def feature_config(cls: type, ctx: StageContext, o: BaseModel, **given: Any) -> 
     tok = kw.get("tokenizer")
     if isinstance(tok, str) and tok and not Path(tok).is_absolute() and ctx.resolve(tok).exists():
         kw["tokenizer"] = str(ctx.resolve(tok))  # a tokenizer directory next to the pipeline; a hub id stays
+    labels = kw.get("labels")
+    if isinstance(labels, list) and len(labels) == 1 and Path(str(labels[0])).suffix.lower() in (".yaml", ".yml", ".json"):
+        kw["labels"] = [str(ctx.resolve(str(labels[0])))]  # eval's label file, as every path in a pipeline
+    elif isinstance(labels, str):
+        kw["labels"] = [str(ctx.resolve(labels))] if Path(labels).suffix.lower() in (".yaml", ".yml", ".json") \
+            else [x.strip() for x in labels.split(",") if x.strip()]
     kw.update(given)
     return cls(**kw)
 
@@ -196,7 +202,9 @@ class _EvalStageBase(_Opts):
 
 @register_stage("eval")
 class EvalStage:
-    Options = stage_model(EvalConfig, name="EvalStageOptions", base=_EvalStageBase)
+    # labels: the label file (a path, as in every feature) or a list of names
+    Options = stage_model(EvalConfig, name="EvalStageOptions", base=_EvalStageBase,
+                          types={"labels": Optional[Union[str, list[str]]]})
     options_model = Options
 
     async def run(self, ctx: StageContext, o: Any) -> dict[str, Any]:

@@ -10,7 +10,11 @@ Three prompt kinds are recognised (anything else gets a polite refusal):
 
 * **task generation** (``prompts/tasks/examples*.j2``: ``Label: L`` + ``Write N new``): a numbered list
   of N real train texts of L, with a near-copy of another item, a seed example copied back, an empty
-  and a too-short item, a preamble/closing line and a numbering style that changes per request.
+  and a too-short item, a preamble/closing line and a numbering style that changes per request; with
+  ``task_wrong_rate`` that share of the items is another label's text, from a small subset per label
+  (``shared_per_label``), so the same mislabelled texts recur under several labels.  The out-of-scope
+  prompt (``tasks/out_of_scope``, ``Label: out_of_scope``) is answered from ``pools["out_of_scope"]``
+  when the pools have one (which also makes it that texts' gold class when classifying).
 * **PromptMix generation** (``... belong 80% to the class "A" and 20% to the class "B"``): m texts
   drawn from A's pool with probability α and B's otherwise, with annotations, quotes, seed copies and
   repeats.
@@ -83,10 +87,17 @@ class Banking77Responder:
 
     def __init__(self, pools: dict[str, list[str]], seeds: dict[str, list[str]] | None = None, *,
                  wrong_rate: float = 0.0, unmappable_rate: float = 0.0, plant: bool = True,
-                 seed_copy_every: int = 3) -> None:
+                 seed_copy_every: int = 3, task_wrong_rate: float = 0.0, shared_per_label: int = 10) -> None:
         if not 0 <= wrong_rate + unmappable_rate <= 1:
             raise ValueError("wrong_rate + unmappable_rate must be within [0, 1]")
+        if not 0 <= task_wrong_rate <= 1:
+            raise ValueError("task_wrong_rate must be within [0, 1]")
         self.pools = pools
+        # task generation mislabels: a task_wrong_rate share of the items written "for L" are real texts of
+        # another label, drawn from a small per-label subset, so one text recurs under several labels (and
+        # PromptMix, drawing from the whole pools, writes some of them under their true label)
+        self.task_wrong_rate = task_wrong_rate
+        self.shared = {lab: texts[:shared_per_label] for lab, texts in pools.items()}
         self.wrong_rate = wrong_rate
         self.unmappable_rate = unmappable_rate
         self.plant = plant
@@ -143,6 +154,11 @@ class Banking77Responder:
         shown = re.findall(r"^- (.+)$", prompt.split("Existing examples", 1)[1], re.M) if "Existing examples" in prompt else []
         rng = _rng(prompt, body)
         items = rng.sample(pool, min(n, len(pool)))
+        if self.task_wrong_rate:
+            others = [lab for lab in self.shared if lab != label and self.shared[lab]]
+            for i in range(len(items)):
+                if others and rng.random() < self.task_wrong_rate:
+                    items[i] = rng.choice(self.shared[rng.choice(others)])
         if self.plant and len(items) >= 3:
             items[1] = _near_copy(items[0], rng)  # near-duplicate inside the answer
             if shown:

@@ -4,8 +4,9 @@ Why this shape:
 * generation is the same batched, left-padded, greedy-by-default code the local teacher uses, and the
   prompt is built exactly as in training (chat template or plain format, plus the student's inference
   prefix, ``predict: `` for a multitask student), read from the student's ``synthkd_train.json``;
-* answers are extracted with ``synthkd.answers.extract_answer``, the same parser the generation methods
-  use on teacher text, so student and teacher are scored by one rule;
+* answers are read with ``synthkd.answers.read_answer`` (``extract_answer`` after a ``</think>`` block), the
+  same parser the generation methods use on teacher text and the tailored rounds use on the teacher's
+  corrections, so student and teacher are scored by one rule whatever answer format each writes;
 * every mistake is written as a row (the original row plus the student's output), which is the input
   of the tailored loop; a student whose outputs never match the label set is *reported*, not a crash.
 
@@ -23,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
-from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, extract_answer, numbers_equal, safe_eval_arithmetic
+from synthkd.answers import NLI_LABELS, NLI_SYNONYMS, AnswerKind, numbers_equal, read_answer, safe_eval_arithmetic
 from synthkd.jsonl_io import MAX_REPORTED_ERRORS, InputError
 from synthkd.options import opt, register_feature
 from synthkd.row_source import as_path
 from synthkd.train.common import InputField
-from synthkd.train.export import Fields, after_think, read_rows
+from synthkd.train.export import Fields, read_rows
 
 KINDS = ("number", "choice", "label", "boolean")
 LETTERS = "abcdefghij"
@@ -44,6 +45,8 @@ class EvalOptions:
     teacher_field: str | None = None
     choices_field: str = "choices"
     labels: list[str] | None = None
+    out_of_scope: str | None = None  # the out-of-scope class: gold outside ``labels`` counts as it
+    abstain_below: float | None = None  # predict out_of_scope when the answer's probability is lower
     synonyms: dict[str, list[str]] | None = None
     batch_size: int = 32
     max_new_tokens: int | None = None
@@ -59,8 +62,31 @@ class EvalOptions:
     record_in_card: bool = False
 
 
-def _label_list(text: str) -> list[str]:
+def _label_list(text: str | list[str]) -> list[str]:
+    """``--labels``: the label file (kept as one item, read by :func:`resolve_labels`), or a comma list."""
+    if isinstance(text, list):
+        return text
+    if _is_label_file(text):
+        return [text]
     return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _is_label_file(value: str) -> bool:
+    return Path(value).suffix.lower() in (".yaml", ".yml", ".json") or Path(value).is_file()
+
+
+def resolve_labels(opts: "EvalOptions") -> None:
+    """Read ``--labels FILE`` (the label file every feature uses): its labels, and its out_of_scope class
+    unless ``--out-of-scope`` names one."""
+    from synthkd.labels import LabelSpace
+
+    if opts.labels and len(opts.labels) == 1 and _is_label_file(opts.labels[0]):
+        space = LabelSpace.from_file(opts.labels[0])  # InputError naming file, line and field
+        opts.labels = list(space.labels)
+        if opts.out_of_scope is None:
+            opts.out_of_scope = space.out_of_scope
+    if opts.out_of_scope and opts.labels and opts.out_of_scope not in opts.labels:
+        opts.labels = [*opts.labels, opts.out_of_scope]
 
 
 @dataclass(kw_only=True)
@@ -73,8 +99,14 @@ class EvalConfig(InputField):
     input: Path = opt(help="Held-out rows jsonl: {id, input|question, gold, [teacher answer], [choices]}.",
                       flags=("-i",), stage=False)  # a stage's input is its ``input:``
     kind: str = opt("number", help="number, choice, label or boolean (yes/no, true/false).", flags=("-k",), choices=KINDS)
-    labels: list[str] | None = opt(None, help="label kind: comma-separated label set, or 'nli'.",
+    labels: list[str] | None = opt(None, help="label kind: the label file (YAML/JSON, as generate tasks and "
+                                   "promptmix read it), or a comma-separated label set, or 'nli'.",
                                    cli_type=Optional[str], cli_parse=_label_list)
+    out_of_scope: str | None = opt(None, help="label kind: the out-of-scope class (default: the label file's "
+                                   "out_of_scope). Gold labels outside --labels count as out-of-scope, and the "
+                                   "metrics add in-scope accuracy and out-of-scope recall (CLINC150-style).")
+    abstain_below: float | None = opt(None, help="label kind, with an out-of-scope class: predict out-of-scope when "
+                                      "the student's probability of its answer is below this (0-1).", ge=0, le=1)
     gold_field: str = opt("gold", help="Gold answer field.")
     teacher_field: str | None = opt(None, help="Field with the teacher's answer on the same rows (adds the "
                                                "comparison line).")
@@ -103,6 +135,7 @@ class EvalConfig(InputField):
                            fields=Fields(id=self.id_field, input=self.input_field), gold_field=self.gold_field,
                            teacher_field=self.teacher_field, choices_field=self.choices_field,
                            labels=list(self.labels) if self.labels else None, synonyms=self.synonyms,
+                           out_of_scope=self.out_of_scope, abstain_below=self.abstain_below,
                            batch_size=self.batch_size, max_new_tokens=self.max_new_tokens,
                            temperature=self.temperature, seed=self.seed, limit=self.limit, out_dir=self.output,
                            prefix=self.prefix, system=self.system, tokenizer=self.tokenizer,
@@ -176,17 +209,19 @@ def gold_value(v: Any, kind: str, *, choices: Sequence[str] | None = None,
 
 
 def predicted_value(text: str | Any, kind: str, *, choices: Sequence[str] | None = None,
-                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None
-                    ) -> tuple[Any, str | None]:
-    """(value, reason) from model text (via extract_answer) or from an already-structured answer."""
+                    labels: Sequence[str] | None = None, synonyms: Mapping[str, Sequence[str]] | None = None,
+                    question: str | None = None) -> tuple[Any, str | None]:
+    """(value, reason) from model text (via :func:`synthkd.answers.read_answer`, the reading the tailored
+    rounds use too) or from an already-structured answer.  ``question`` (the row's input) lets the reading
+    pick the quantity a question asks for among several stated, and read a claim answering a yes/no question."""
     if not isinstance(text, str):
         if text is None:
             return None, "no answer"
         g, why = gold_value(text, kind, choices=choices, labels=labels)
         return g, why and "unusable answer"
-    text = after_think(text)  # a think-mode student's answer follows its reasoning
-    ans = extract_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
-                         labels=list(labels) if labels else None, synonyms=synonyms)
+    # a think-mode student's answer follows its reasoning: read_answer reads the text after </think>
+    ans = read_answer(text, typing.cast(AnswerKind, kind), choices=list(choices) if choices else None,
+                      labels=list(labels) if labels else None, synonyms=synonyms, question=question)
     return ans.value, ans.reason
 
 
@@ -253,6 +288,24 @@ def score(golds: Sequence[Any], preds: Sequence[Any], kind: str, *, reasons: Seq
     return m
 
 
+def oos_metrics(golds: Sequence[Any], preds: Sequence[Any], oos: str) -> dict[str, Any]:
+    """Intent-benchmark metrics with an out-of-scope class (Larson et al. 2019, CLINC150): accuracy on the
+    in-scope rows (an in-scope row predicted out-of-scope is wrong), out-of-scope recall (the share of
+    out-of-scope rows predicted out-of-scope) and precision, and the rows of each."""
+    ins = [(g, p) for g, p in zip(golds, preds) if g != oos]
+    outs = [p for g, p in zip(golds, preds) if g == oos]
+    predicted_oos = sum(p == oos for p in preds)
+    hit = sum(p == oos for p in outs)
+    return {
+        "in_scope_rows": len(ins),
+        "in_scope_accuracy": (sum(g == p for g, p in ins) / len(ins)) if ins else None,
+        "oos_rows": len(outs),
+        "oos_recall": (hit / len(outs)) if outs else None,
+        "oos_precision": (hit / predicted_oos) if predicted_oos else None,
+        "predicted_oos": predicted_oos,
+    }
+
+
 def pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -271,6 +324,13 @@ def markdown(report: dict[str, Any]) -> str:
              f"| accuracy | {pct(m['accuracy'])} ({m['correct']}/{m['rows']}) |"]
     if "macro_f1" in m:
         lines.append(f"| macro-F1 | {m['macro_f1']:.3f} |")
+    if "oos_rows" in m:
+        if m["in_scope_accuracy"] is not None:
+            lines.append(f"| in-scope accuracy | {pct(m['in_scope_accuracy'])} ({m['in_scope_rows']} rows) |")
+        if m["oos_recall"] is not None:
+            lines.append(f"| out-of-scope recall | {pct(m['oos_recall'])} ({m['oos_rows']} rows) |")
+        if m["oos_precision"] is not None:
+            lines.append(f"| out-of-scope precision | {pct(m['oos_precision'])} ({m['predicted_oos']} predicted) |")
     lines.append(f"| answered (an answer could be extracted) | {m['answered']} ({pct(m['answer_rate'])}) |")
     t = report.get("teacher")
     if t:
@@ -330,6 +390,8 @@ def read_eval_rows(opts: EvalOptions) -> list[EvalRow]:
             gold = None
         else:
             gold, why = gold_value(row[opts.gold_field], opts.kind, choices=choices, labels=opts.labels)
+            if why and opts.kind == "label" and opts.out_of_scope and isinstance(row[opts.gold_field], str):
+                gold, why = opts.out_of_scope, None  # a gold outside the label list is out of scope
             if why and (opts.kind != "choice" or choices is not None):
                 problems.append(f"{where}: field '{opts.gold_field}': {why}")
         rid = row.get(opts.fields.id)
@@ -355,7 +417,12 @@ def check_options(opts: EvalOptions) -> None:
     if opts.kind not in KINDS:
         problems.append(f"--kind: must be one of {', '.join(KINDS)}, got {opts.kind!r}")
     if opts.kind == "label" and not opts.labels:
-        problems.append("--kind label needs --labels a,b,c (or --labels nli)")
+        problems.append("--kind label needs --labels (the label file, or a,b,c, or nli)")
+    if (opts.out_of_scope or opts.abstain_below is not None) and opts.kind != "label":
+        problems.append("--out-of-scope and --abstain-below need --kind label")
+    if opts.abstain_below is not None and not opts.out_of_scope:
+        problems.append("--abstain-below needs an out-of-scope class (--out-of-scope NAME, or out_of_scope in the "
+                        "label file)")
     if opts.batch_size < 1:
         problems.append(f"--batch-size must be >= 1, got {opts.batch_size}")
     if problems:
@@ -375,6 +442,7 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
         opts = opts.to_options()
     if opts.labels and [x.lower() for x in opts.labels] == ["nli"]:
         opts.labels, opts.synonyms = list(NLI_LABELS), opts.synonyms or NLI_SYNONYMS
+    resolve_labels(opts)
     check_options(opts)
     rows = read_eval_rows(opts)
     t0 = time.time()
@@ -384,21 +452,36 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
     prefix = student.inference_prefix if opts.prefix is None else opts.prefix
     max_new = opts.max_new_tokens or default_max_new_tokens(student.record)
     prompts = [student.user_prompt(r.text, system=opts.system, prefix=prefix) for r in rows]
+    want_scores = opts.abstain_below is not None
     gens = student.generate(prompts, batch_size=opts.batch_size, max_new_tokens=max_new,
-                            temperature=opts.temperature, seed=opts.seed)
+                            temperature=opts.temperature, seed=opts.seed, **({"scores": True} if want_scores else {}))
     gen_s = time.time() - t0
     preds, reasons = [], []
+    abstained = 0
     for r, g in zip(rows, gens):
-        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms)
+        v, why = predicted_value(g.text, opts.kind, choices=r.choices, labels=opts.labels, synonyms=opts.synonyms,
+                                 question=r.text)
+        if opts.out_of_scope:
+            if v is None:  # an answer that names no class is an abstention: out of scope
+                v, why = opts.out_of_scope, None
+            elif want_scores and g.logprob is not None and math.exp(g.logprob) < opts.abstain_below:  # type: ignore[operator]
+                v, why = opts.out_of_scope, None
+                abstained += 1
         preds.append(v)
         reasons.append(why)
     golds = [r.gold for r in rows]
     metrics = score(golds, preds, opts.kind, reasons=reasons, labels=opts.labels)
+    if opts.out_of_scope:
+        metrics.update(oos_metrics(golds, preds, opts.out_of_scope))
+        if want_scores:
+            metrics["abstained_below_threshold"] = abstained
     report: dict[str, Any] = {
         "student": str(student.source),
         "input": str(opts.input),
         "kind": opts.kind,
         "labels": opts.labels,
+        "out_of_scope": opts.out_of_scope,
+        "abstain_below": opts.abstain_below,
         "prompt": {"prefix": prefix, "format": "chat template" if student.chat else "plain",
                    "max_new_tokens": max_new, "temperature": opts.temperature, "seed": opts.seed,
                    "decoding": "greedy" if opts.temperature <= 0 else "sampling"},
@@ -421,7 +504,7 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
         for r in rows:
             v = r.row.get(opts.teacher_field)
             t_preds.append(predicted_value(v, opts.kind, choices=r.choices, labels=opts.labels,
-                                           synonyms=opts.synonyms)[0])
+                                           synonyms=opts.synonyms, question=r.text)[0])
         report["teacher"] = score(golds, t_preds, opts.kind, labels=opts.labels)
         report["teacher"]["field"] = opts.teacher_field
         report["comparison"] = comparison_line(metrics["accuracy"], report["teacher"]["accuracy"], len(rows))
@@ -432,6 +515,8 @@ def run_eval(opts: EvalOptions | EvalConfig, student: Any = None) -> dict[str, A
         ok = same(v, r.gold, opts.kind)
         rec = {**r.row, "student_output": g.text, "student_answer": v, "gold_answer": r.gold,
                "correct": ok, "finish_reason": g.finish_reason}
+        if want_scores:
+            rec["student_probability"] = None if g.logprob is None else round(math.exp(g.logprob), 6)
         if v is None:
             rec["extraction_reason"] = why
         predictions.append(rec)

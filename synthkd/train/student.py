@@ -323,6 +323,9 @@ class Generation:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str  # "stop" (eos or a stop string) or "length"
+    #: log-probability of the generated tokens (up to and with eos), when asked for (``scores=True``):
+    #: the student's confidence in its answer, e.g. for abstaining at eval
+    logprob: float | None = None
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> tuple[str, bool]:
@@ -342,6 +345,7 @@ def generate(
     top_p: float = 1.0,
     stop: Sequence[str] | str | None = None,
     seed: int = 0,
+    scores: bool = False,
 ) -> list[Generation]:
     """Generate for already-rendered prompt strings, in length-sorted batches with left padding.
 
@@ -368,6 +372,8 @@ def generate(
         eos_token_id=eos_ids,
         bos_token_id=getattr(model.generation_config, "bos_token_id", None),
         stop_strings=stops or None,
+        output_scores=scores,
+        return_dict_in_generate=scores,
     )
     enc_all = tok(list(prompts), add_special_tokens=not chat)["input_ids"]
     order = sorted(range(len(prompts)), key=lambda i: len(enc_all[i]))
@@ -384,8 +390,13 @@ def generate(
                 torch.manual_seed(seed + start)
             with torch.inference_mode():
                 gen = model.generate(**batch, generation_config=gen_cfg, tokenizer=tok if stops else None)
+            token_lp = None
+            if scores:
+                # log-softmax of the (processed) logits at each chosen token: the answer's probability
+                token_lp = model.compute_transition_scores(gen.sequences, gen.scores, normalize_logits=True).tolist()
+                gen = gen.sequences
             new = gen[:, batch["input_ids"].shape[1]:].tolist()
-            for row, i in zip(new, idx):
+            for k, (row, i) in enumerate(zip(new, idx)):
                 n_tok, hit_eos = len(row), False
                 for j, t in enumerate(row):
                     if t in eos_ids:
@@ -393,8 +404,9 @@ def generate(
                         break
                 text = tok.decode(row[:n_tok], skip_special_tokens=True)
                 text, hit_stop = _cut_at_stop(text, stops)
+                lp = None if token_lp is None else float(sum(token_lp[k][:n_tok]))
                 out[i] = Generation(text=text, prompt_tokens=len(enc_all[i]), completion_tokens=n_tok,
-                                    finish_reason="stop" if (hit_eos or hit_stop) else "length")
+                                    finish_reason="stop" if (hit_eos or hit_stop) else "length", logprob=lp)
     finally:
         model.train(was_training)
     return out  # type: ignore[return-value]
