@@ -1,6 +1,7 @@
 """The ready pipelines in batch mode (``teacher: {batch: true}``) against the Batch API emulator: their
 data stages write the same rows as online for the same deterministic teacher, multi-step methods
-(PromptMix generate -> relabel, the rounds of generate.tasks) advancing one batch per step.
+(PromptMix generate -> relabel, the rounds of generate.tasks, the relabel and label-conflict clean
+operators) advancing one batch per step.
 
 The pipelines are run as shipped up to their last data stage (training a student changes nothing
 about batch mode and is covered by tests/test_ready_pipelines.py and tests/test_intent_pipeline.py).
@@ -83,10 +84,10 @@ def test_svamp_step_by_step_in_batch_mode_equals_online(tmp_path):
 
 
 def test_intent_pipeline_in_batch_mode_equals_online_step_by_step(tmp_path):
-    stages = ["tasks", "promptmix", "merge", "clean"]
+    stages = ["tasks", "relabel_tasks", "promptmix", "merge", "clean"]
     pipe = _trimmed("intent_from_prompts.yaml", tmp_path, stages)
     small = ["--set", "stages.tasks.options.per_label=5", "--set", "stages.tasks.options.batch_size=6",
-             "--set", "stages.promptmix.options.per_class=2", "--set", "stages.promptmix.options.examples_per_call=2"]
+             "--set", "stages.promptmix.options.per_label=2", "--set", "stages.promptmix.options.examples_per_call=2"]
     with TestServer(FaultConfig(), responder=Banking77Responder.from_dir()) as online_srv:
         res = _run(pipe, tmp_path / "online", tmp_path / "online.sqlite", online_srv.base_url, *small)
         assert res.returncode == 0, res.stderr[-3000:]
@@ -97,7 +98,7 @@ def test_intent_pipeline_in_batch_mode_equals_online_step_by_step(tmp_path):
         b = srv.stats()["batch"]
         direct = srv.stats()["by_endpoint"].get("/v1/chat/completions", 0)
     sizes = _compare(tmp_path / "online" / "intent-from-prompts", tmp_path / "batch" / "intent-from-prompts", stages)
-    assert sizes["tasks"] == 40 and sizes["clean"] > 0
+    assert sizes["tasks"] > 0 and sizes["relabel_tasks"] > 0 and sizes["clean"] > 0
     assert direct == 0 and b["requests_submitted"] == online_sent and not b["resubmitted_ids"]
     # PromptMix generates, then relabels what it generated: at least two batches for that stage alone
     assert b["batches_created"] >= 3
