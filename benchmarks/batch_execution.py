@@ -21,45 +21,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
+
+from teacher_throughput import Server, env, write_prompts  # the same server process and prompts (benchmarks/)
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "gpt-4o-mini"
-
-
-def env(**extra: str) -> dict[str, str]:
-    e = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
-    e["OPENAI_API_KEY"] = "sk-bench"
-    e.update(extra)
-    return e
-
-
-class Server:
-    def __init__(self, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "synthkd.testing.server", "--port", "0", "--api-key", "sk-bench", *args],
-            stdout=subprocess.PIPE, env=env(), text=True)
-        line = (self.proc.stdout.readline() if self.proc.stdout else "").strip()
-        if not line.startswith("READY "):
-            raise RuntimeError(f"test server did not start: {line!r}")
-        self.base_url = line.split()[1]
-
-    def stats(self) -> dict:
-        with urllib.request.urlopen(self.base_url.rsplit("/v1", 1)[0] + "/_stats") as r:
-            return json.loads(r.read())
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
-def write_prompts(path: Path, n: int) -> None:
-    with open(path, "w") as f:
-        for i in range(n):
-            f.write(json.dumps({"id": i, "prompt": f"Problem {i}: a farmer has {i} cows and buys {i % 13} more. "
-                                                   "How many cows?"}) + "\n")
 
 
 def run(tmp: Path, n: int, batch_seconds: float, max_requests: int | None, online: bool = False) -> dict:

@@ -22,10 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 
 
-def env() -> dict[str, str]:
+def env(**extra: str) -> dict[str, str]:
+    """The environment of the server and client processes: no OPENAI_* of the user, the bench key."""
     e = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
     e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
     e["OPENAI_API_KEY"] = "sk-bench"
+    e.update(extra)
     return e
 
 

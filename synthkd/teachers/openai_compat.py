@@ -490,13 +490,7 @@ through the provider's Batch API (:mod:`synthkd.teachers.batch`).
             except OSError as exc:  # disk full: the answer is still kept and yielded; the run stops
                 if self._cache_error is None:
                     self._cache_error = exc
-        st = self.stats
-        st.prompt_tokens += usage.prompt_tokens
-        st.completion_tokens += usage.completion_tokens
-        st.cached_tokens += usage.cached_tokens
-        st.reasoning_tokens += usage.reasoning_tokens
-        if cost:
-            st.cost_usd += cost
+        self.stats.add_billed(usage, cost)
         return cost
 
     async def _complete_uncached(self, reqs: list[TeacherRequest], keys: list[str]) -> list[TeacherResult]:

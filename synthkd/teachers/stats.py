@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from synthkd.teachers.base import Usage
 
 
 @dataclass
@@ -46,6 +50,15 @@ class TeacherStats:
     batched: int = 0  # batch mode: requests submitted in provider batches (part of attempts)
     model: str = ""
     price_known: bool = True
+
+    def add_billed(self, usage: "Usage", cost: float | None) -> None:
+        """Count one billed answer's tokens and cost (online or collected from a batch)."""
+        self.prompt_tokens += usage.prompt_tokens
+        self.completion_tokens += usage.completion_tokens
+        self.cached_tokens += usage.cached_tokens
+        self.reasoning_tokens += usage.reasoning_tokens
+        if cost:
+            self.cost_usd += cost
 
     def cost_line(self) -> str:
         """``cost this run $X``, or why there is no figure (no price for the model)."""

@@ -413,13 +413,7 @@ class BatchExecutor:
         if t.journal is not None:
             t.journal.sent(key)
             t.journal.answered(key, usage, cost)
-        st = t.stats
-        st.prompt_tokens += usage.prompt_tokens
-        st.completion_tokens += usage.completion_tokens
-        st.cached_tokens += usage.cached_tokens
-        st.reasoning_tokens += usage.reasoning_tokens
-        if cost:
-            st.cost_usd += cost
+        t.stats.add_billed(usage, cost)
         entry: dict[str, Any] = {"text": choice.text if choice else None,
                                  "finish_reason": choice.finish_reason if choice else None,
                                  "usage": usage.as_dict(), "cost_usd": cost, "model": reply.model, "batch": True}
