@@ -564,13 +564,18 @@ def estimate_all(planned: list[PlannedStage]) -> Estimate:
     from synthkd.stages.base import Estimate
 
     total = Estimate()
+    expected: dict[Path, int] = {}  # rows an earlier stage is expected to write, by its output path
     for p in planned:
+        p.ctx.expected_rows = {name: expected[path] for name, path in p.ctx.inputs.items()
+                               if path in expected and not path.exists()}
         try:
             p.estimate = p.impl.estimate(p.ctx, p.options)
         except FileNotFoundError:
-            p.estimate = None  # input made by an earlier stage: known only after it runs
+            p.estimate = None  # input made by an earlier stage that gives no row count: known after it runs
         if p.estimate:
             total = total + p.estimate
+            if p.estimate.rows_out is not None:
+                expected[p.ctx.output] = p.estimate.rows_out
     return total
 
 

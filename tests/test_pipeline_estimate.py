@@ -70,3 +70,38 @@ stages:
     est = _calls(after.stdout)
     assert est == labels * expected_task_requests(n, batch, cap, m["items_per_request"] * m["keep_rate"])
     assert abs(est - actual) < abs(old_rule - actual)  # closer than the rule that ignored dedup
+
+
+def test_a_relabel_stage_reading_generated_rows_is_estimated_from_their_expected_count(tmp_path, make_server):
+    """A clean stage with a teacher op (relabel) on rows an earlier stage makes: validate counts one call a
+    row from the rows that stage is expected to write (N x labels), not "-" (it used to leave the relabel
+    calls of the ready intent pipeline out of the total), and a merge passes the count on."""
+    srv = make_server(responder=Banking77Responder.from_dir())
+    shutil.copy(REPO / "data" / "banking77" / "task_spec.yaml", tmp_path / "task_spec.yaml")
+    n, labels = 6, 8
+    (tmp_path / "p.yaml").write_text(f"""name: est2
+teacher: {{model: test-model, base_url: "{srv.base_url}"}}
+stages:
+  - name: tasks
+    kind: generate.tasks
+    options: {{labels: task_spec.yaml, per_label: {n}, batch_size: 5, seed: 0}}
+  - name: merged
+    kind: merge
+    inputs: {{a: tasks}}
+  - name: relabel
+    kind: clean
+    input: merged
+    options:
+      ops:
+        - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
+""")
+    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    m = re.search(r"\| relabel \| clean \| (\d+) \|", res.stdout)
+    assert m and int(m.group(1)) == n * labels, res.stdout
+    assert re.search(r"\| merged \| merge \| - \|", res.stdout), res.stdout  # no teacher call: no cost column
+    assert f"relabel: {n * labels} input rows expected" in res.stdout
+    total = re.search(r"\| \*\*total\*\* \| \| (\d+) \|", res.stdout)
+    assert total and int(total.group(1)) == _calls(res.stdout) + n * labels
+    assert srv.stats()["requests_total"] == 0

@@ -40,7 +40,7 @@ def estimate_table(cfg, planned, *, at_run_prices: bool = False) -> tuple[str, f
     grand_batch: float | None = 0.0
     grand_run: float | None = 0.0  # at the prices the run pays
     for p in planned:
-        e = p.estimate
+        e = p.estimate if p.estimate is not None and p.estimate.calls else None  # no teacher call: "-"
         tc = p.ctx.teacher_config
         cost = batch = None
         if e and tc:

@@ -10,7 +10,7 @@ stage's teacher ledger (``open_ledger``), so the run-directory rules stay in the
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -33,6 +33,9 @@ class Estimate:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     note: str = ""
+    #: rows the stage is expected to write, for a later stage reading them to estimate its own calls
+    #: before they exist (``None``: not known)
+    rows_out: int | None = None
 
     def __add__(self, other: "Estimate") -> "Estimate":
         return Estimate(self.calls + other.calls, self.prompt_tokens + other.prompt_tokens,
@@ -55,6 +58,9 @@ class StageContext:
     log: Callable[[str], None] = logger.info  # run_pipeline(log=...) replaces it
     #: opens the stage's teacher ledger (the teacher's journal); set by the runner
     open_ledger: Callable[[], Any] | None = None
+    #: validate: rows expected in each input an earlier stage makes (from that stage's estimate), by
+    #: input name; an input that exists is counted, not expected
+    expected_rows: dict[str, int] = field(default_factory=dict)
 
     @property
     def input(self) -> Path:

@@ -78,9 +78,14 @@ class CleanStage:
     def estimate(self, ctx: StageContext, o: Options) -> Estimate | None:
         configs = self._configs(ctx, o)
         teacher_ops = [c for c in configs if getattr(c, "op", "") in {"relabel", "judge"}]
+        if ctx.input.exists():
+            n, note = sum(1 for _ in iter_jsonl(ctx.input)), ""
+        elif "input" in ctx.expected_rows:  # made by an earlier stage: the rows its estimate expects
+            n = ctx.expected_rows["input"]
+            note = f"{n} input rows expected from the stage that makes them (an upper bound: filters drop rows)"
+        else:
+            raise FileNotFoundError(str(ctx.input))  # known only after the stage before it runs
         if not teacher_ops:
-            return None
-        if not ctx.input.exists():  # made by an earlier stage: known only after it runs
-            raise FileNotFoundError(str(ctx.input))
-        n = sum(1 for _ in iter_jsonl(ctx.input))
-        return Estimate(n * len(teacher_ops), n * len(teacher_ops) * 400, n * len(teacher_ops) * 32)
+            return Estimate(rows_out=n)
+        k = len(teacher_ops)
+        return Estimate(n * k, n * k * 400, n * k * 32, note, rows_out=n)

@@ -68,4 +68,4 @@ class PromptMixStage:
         return Estimate(len(calls) + n_items, gen_prompt + n_items * 300,
                         len(calls) * (o.max_tokens or 60 * o.examples_per_call) + n_items * o.relabel_max_tokens,
                         f"{len(calls)} generation calls + one relabel call per item asked ({n_items}): an upper "
-                        "bound, items dropped by dedup are not relabelled")
+                        "bound, items dropped by dedup are not relabelled", rows_out=n_items)

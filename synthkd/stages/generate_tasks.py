@@ -73,7 +73,8 @@ class TasksStage:
         note = (f"{calls} requests expected: {o.per_label} rows x {len(plan.labels)} labels at "
                 f"{items or plan.config.per_request:g} items a request with keep rate {rate:.2f} after dedup ({source}); "
                 f"at most {cap} (max_requests_per_label {plan.max_requests})")
-        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * plan.config.per_request), note)
+        return Estimate(calls, prompt_chars // 4, calls * (o.max_tokens or 30 * plan.config.per_request), note,
+                        rows_out=o.per_label * len(plan.labels))
 
 
 def keep_rate_of(ctx: StageContext) -> tuple[float, float | None, str]:

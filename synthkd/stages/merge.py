@@ -22,7 +22,7 @@ from typing import Any, Optional
 from pydantic import BaseModel, ConfigDict
 
 from synthkd.jsonl_io import InputError, id_hash, iter_jsonl
-from synthkd.stages.base import StageContext, register_stage
+from synthkd.stages.base import Estimate, StageContext, register_stage
 
 
 @register_stage("merge")
@@ -81,5 +81,15 @@ class MergeStage:
         return {"rows_in": rows_in, "rows_out": rows_out, "rejected": 0, "dropped": dict(dropped),
                 "per_input": per_input}
 
-    def estimate(self, ctx: StageContext, o: Options) -> None:
-        return None
+    def estimate(self, ctx: StageContext, o: Options) -> Estimate | None:
+        """No teacher call; the rows it will write (the sum of its inputs, known or expected) for the
+        stages after it."""
+        n = 0
+        for name, path in ctx.inputs.items():
+            if name in ctx.expected_rows:
+                n += ctx.expected_rows[name]
+            elif path.exists():
+                n += sum(1 for _ in iter_jsonl(path))
+            else:
+                return None
+        return Estimate(rows_out=n)
