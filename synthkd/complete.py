@@ -226,9 +226,9 @@ async def run_completions(o: CompleteConfig, teacher: Teacher, n_rows: int, done
             "rows_written": written, "rows_rejected": rejected, "rows_from_cache": cached_rows,
             "rows_already_done": len(done),
             "rows_not_started": todo_rows - written - rejected if stopped or teacher.budget_exhausted else 0,
-            "requests_sent": st.attempts, "retries": st.retries, "rate_limited": st.rate_limited,
+            "requests_sent": st.attempts, "requests_batched": st.batched, "retries": st.retries, "rate_limited": st.rate_limited,
             "timeouts": st.timeouts, "prompt_tokens": st.prompt_tokens, "completion_tokens": st.completion_tokens,
-            "cost_usd": st.cost_usd if teacher.price_known else None, "elapsed_s": round(time.monotonic() - t0, 4),
+            "cost_usd": st.cost_usd if teacher.price_known else None, "elapsed_s": round(time.monotonic() - min(t0, st.started_at), 4),  # batch mode: every pass
             "first_request_to_last_result_s": round(span, 4),
         }
 

@@ -75,7 +75,9 @@ def test_batch_rows_equal_online_rows_at_half_the_cost(tmp_path, flavor, model):
     online_cost = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "online.jsonl"))
     batch_cost = sum(r["cost_usd"] for r in read_jsonl(tmp_path / "batch.jsonl"))
     assert online_cost > 0 and batch_cost == pytest.approx(online_cost / 2)
-    assert json.loads((tmp_path / "s.json").read_text())["cost_usd"] == pytest.approx(online_cost / 2)
+    summary = json.loads((tmp_path / "s.json").read_text())
+    assert summary["cost_usd"] == pytest.approx(online_cost / 2)
+    assert summary["requests_batched"] == 30 and summary["rows_written"] == 30
     assert "30 in batches at batch prices" in res.stderr and "ETA" in res.stderr
 
 

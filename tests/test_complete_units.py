@@ -172,10 +172,10 @@ def test_done_writes_every_row_then_a_rerun_skips_them(tmp_path, make_server, sa
     assert "error" not in s
     # the whole documented key set of --summary-json (a renamed key breaks whoever reads it)
     assert set(s) == {"exit_code", "stopped", "rows_written", "rows_rejected", "rows_from_cache",
-                      "rows_already_done", "rows_not_started", "requests_sent", "retries", "rate_limited",
+                      "rows_already_done", "rows_not_started", "requests_sent", "requests_batched", "retries", "rate_limited",
                       "timeouts", "prompt_tokens", "completion_tokens", "cost_usd", "elapsed_s",
                       "first_request_to_last_result_s"}
-    assert (s["retries"], s["rate_limited"], s["timeouts"]) == (0, 0, 0)
+    assert (s["retries"], s["rate_limited"], s["timeouts"], s["requests_batched"]) == (0, 0, 0, 0)
     assert not (tmp_path / "out.rejects.jsonl").exists() or read_jsonl(tmp_path / "out.rejects.jsonl") == []
     # two more prompts: the rerun sends only those, and says how many were already there
     write_prompts(tmp_path / "in.jsonl", 7)
