@@ -539,3 +539,55 @@ def test_mistake_without_a_usable_gold_answer_is_an_input_error():
     assert mistake_variables({**row, "gold_answer": 4.0})["answer"] == "4"
     with pytest.raises(InputError, match="no usable gold_answer"):
         mistake_variables({**row, "gold_answer": None})
+
+
+@pytest.mark.train
+def test_a_round_in_batch_mode_equals_the_online_round_step_by_step(setup, tmp_path):
+    """Batch mode (issue 15): each teacher step of a round (corrections, new exercises, their solutions)
+    goes out as provider batches, one step after the other; --no-wait stops with BatchSubmitted (exit 5)
+    and the rerun resumes the round at that step.  The round's rows equal the online round's, no
+    request is submitted twice, and the answers cost half."""
+    from synthkd.errors import BatchSubmitted
+    from synthkd.teachers.batch.engine import BatchExecutor
+    from synthkd.testing.server import TestServer
+
+    base, student, pool, heldout = setup
+    initial = _write(tmp_path / "initial.jsonl", [
+        {"id": p.id, "input": p.question, "rationale": p.rationale()[0], "answer": str(p.answer)} for p in POOL[:16]])
+
+    def run(sub: str, srv, *, batch: bool, wait: bool = True) -> dict:
+        opts = _opts(tmp_path / sub, student, pool, heldout, initial, similar=2)
+        opts.rounds = 1
+
+        async def loop() -> dict:
+            t = _teacher(srv, tmp_path / sub)
+            if batch:
+                t.batch = BatchExecutor(t, wait=wait, poll_s=0.05)
+            try:
+                return await run_tailored(opts, t, say=lambda m: None)
+            finally:
+                await t.aclose()
+
+        return asyncio.run(loop())
+
+    def rows(sub: str, name: str) -> list[dict]:
+        keep = ("id", "input", "question", "answer", "rationale", "text", "reject_reason", "source_id")
+        out = read_jsonl(tmp_path / sub / "run" / "round_1" / name)
+        return sorted(({k: r[k] for k in keep if k in r} for r in out), key=lambda r: str(r["id"]))
+
+    with TestServer(FaultConfig(), responder=_sloppy_responder()) as online_srv:
+        online = run("online", online_srv, batch=False)
+    with TestServer(FaultConfig(batch_seconds=0.2), responder=_sloppy_responder()) as srv:
+        with pytest.raises(BatchSubmitted):  # --no-wait: the corrections are submitted, the command stops
+            run("batch", srv, batch=True, wait=False)
+        assert srv.stats()["batch"]["batches_created"] == 1
+        result = run("batch", srv, batch=True)  # the rerun waits, collects, and goes on step by step
+        b = srv.stats()["batch"]
+    assert online["rounds"][1]["corrections"] > 0 and online["rounds"][1]["similar_rows"] > 0
+    for name in ("new_rows.jsonl", "exercises.jsonl", "similar_rows.jsonl", "new_rows.rejects.jsonl",
+                 "similar_rows.rejects.jsonl"):
+        assert rows("batch", name) == rows("online", name), name
+    assert result["rounds"][1]["accuracy"] == online["rounds"][1]["accuracy"]
+    assert b["batches_created"] == 3 and not b["resubmitted_ids"]  # corrections, exercises, solutions
+    assert srv.stats()["by_endpoint"].get("/v1/chat/completions", 0) == 0  # nothing was sent online
+    assert b["requests_submitted"] == online_srv.stats()["by_endpoint"]["/v1/chat/completions"]

@@ -51,10 +51,10 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from synthkd.answers import numbers_equal, parse_off_loop, read_answer
 from synthkd.jsonl_io import InputError, iter_jsonl
@@ -462,6 +462,25 @@ def _known_questions(opts: TailorOptions) -> dict[str, str]:
     return known
 
 
+T = TypeVar("T")
+
+
+async def _answered(teacher: Teacher, what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """Run one teacher step of a round until every answer it needs is there.  Online that is one run.  In
+    batch mode (``--batch``) a run answers from the cache and defers the rest into provider batches; then
+    the batches are waited for and collected (``--wait``) or the command exits 5 (``--no-wait``: a rerun
+    resumes this round at this step), and the step runs again, answered from the cache.  A step whose
+    output depends on every reply (the new exercises' repeat check) returns its result only from the
+    run in which nothing was deferred; steps that append a row per answer skip the rows written before."""
+    from synthkd.teachers.batch.passes import batch_waiting, wait_or_stop
+
+    while True:
+        result = await step()
+        if not batch_waiting([teacher]):
+            return result
+        await wait_or_stop([teacher], what)
+
+
 async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[str, Any]], teacher: Teacher,
                    tpl: PromptTemplate, tally: Counter, say: Callable[[str], None]) -> tuple[list, list]:
     """LLM2LLM step: new exercises per mistake -> checked -> solved independently -> kept when they agree."""
@@ -469,14 +488,32 @@ async def _similar(opts: TailorOptions, r: int, rdir: Path, mistakes: list[dict[
     params = _params(opts)
     reqs = [(str(mk["id"]), similar_request(str(mk["id"]), mistake_variables(mk), r, tpl, opts.similar,
                                             params=params, chat=opts.chat)) for mk in mistakes]
-    rows = await generate_exercises(reqs, teacher, r, opts.similar, _known_questions(opts), tally)
+    known = _known_questions(opts)
+
+    async def ask() -> tuple[list[dict[str, Any]], Counter]:
+        pass_tally: Counter = Counter()  # only the run that got every reply is counted
+        return await generate_exercises(reqs, teacher, r, opts.similar, known, pass_tally), pass_tally
+
+    rows, ask_tally = await _answered(teacher, f"round {r}: new exercises", ask)
+    tally.update(ask_tally)
     _check_budget(teacher, r, "new exercises")  # before writing: the repeat check needs every reply
     await write_rows(aiter_any(rows), ex_file)
     exercises = _read_jsonl(ex_file)
     done = {str(x["id"]): x for x in _read_jsonl(solved_file)}  # solved before an interruption
     say(f"round {r}: {len(exercises)} new exercises pass the checks ({sum(x['id'] not in done for x in exercises)} to solve)")
-    await write_rows(solve_exercises(exercises, teacher, skip_ids=done, max_tokens=opts.max_tokens, chat=opts.chat,
-                                     tally=tally), solved_file)
+
+    solve_tally: Counter = Counter()
+
+    async def solve() -> None:  # a later run (batch mode) skips what the one before wrote, counted from disk
+        solve_tally.clear()
+        await write_rows(solve_exercises(exercises, teacher, skip_ids=done, max_tokens=opts.max_tokens, chat=opts.chat,
+                                         tally=solve_tally), solved_file)
+        for path in (solved_file, rejects_path_for(solved_file)):
+            for x in _read_jsonl(path):
+                done.setdefault(str(x["id"]), x)
+
+    await _answered(teacher, f"round {r}: solutions of the new exercises", solve)
+    tally.update(solve_tally)
     _check_budget(teacher, r, "solutions of the new exercises")
     rejects = _read_jsonl(rejects_path_for(ex_file)) + _read_jsonl(rejects_path_for(solved_file))
     return _read_jsonl(solved_file), rejects
@@ -523,7 +560,18 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
         count_row(tally, row, from_disk=True)
     todo = sum(1 for x in mistakes if f"{x['id']}#r{r}" not in have)
     say(f"round {r}: {len(mistakes)} mistakes on the pool ({todo} to correct)")
-    counts = await write_rows(correction_rows(mistakes, teacher, r, tpls.correct, opts, have, tally), new_file)
+
+    seen = set(have)  # answered: a later run of the step (batch mode) asks only for what is still missing
+    written = 0
+
+    async def correct() -> None:
+        nonlocal written
+        counts = await write_rows(correction_rows(mistakes, teacher, r, tpls.correct, opts, seen, tally), new_file)
+        written += counts.written
+        for path in (new_file, rejects_path_for(new_file)):
+            seen.update(str(x["id"]) for x in _read_jsonl(path))
+
+    await _answered(teacher, f"round {r}: corrections", correct)
     _check_budget(teacher, r, "corrections")
     corrections = _read_jsonl(new_file)
     rejects = _read_jsonl(rejects_path_for(new_file))
@@ -558,7 +606,7 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
          "pairs": len(pairs), "train_rows": len(train_rows), "teacher_requests": tally["requests"],
          "teacher_requests_cached": tally["cached"], "prompt_tokens": tally["prompt_tokens"],
          "completion_tokens": tally["completion_tokens"], "cost_usd": tally["cost_micro_usd"] / 1e6,
-         "written_this_run": counts.written, "model": str(model), "wall_s": round(time.time() - t0, 2)}
+         "written_this_run": written, "model": str(model), "wall_s": round(time.time() - t0, 2)}
     _write_json(rdir / FINISHED, m)
     return m
 
@@ -674,11 +722,6 @@ async def run_tailored(opts: TailorOptions, teacher: Teacher, *, say: Callable[[
 
     ``{rounds: [per-round metrics], stopped, budget_exhausted, best_round, best_accuracy, reflection}``.
     """
-    if teacher.batch is not None:
-        from synthkd.teachers.base import TeacherConfigError
-
-        raise TeacherConfigError("tailor trains a student between its teacher calls and does not run in batch mode: "
-                                 "drop --batch (teacher.batch) for it")
     tpls = check_options(opts)
     opts.settings.check()
     out = Path(opts.out)
