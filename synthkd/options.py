@@ -241,7 +241,7 @@ def from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterable[str]
             if v is None:
                 continue
             if values.get(f.name) not in (None, default_of(f)):
-                problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both")
+                problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both ({flag_of(f.name)}: {m.help})")
             values[f.name] = v
         if m.aliases and (default_of(f) is MISSING or f.name in must) and values.get(f.name) is None:
             problems.append(f"missing option {flag_of(f.name)}")
@@ -274,7 +274,7 @@ def group_from_cli(cls: type, values: dict[str, Any], *, exclude: typing.Iterabl
             v = values.pop(_alias_param(f.name, alias), None)
             if v is not None:
                 if values.get(f.name) not in (None, default_of(f)):
-                    problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both")
+                    problems.append(f"give {flag_of(f.name)} or its old spelling {alias}, not both ({flag_of(f.name)}: {m.help})")
                 values[f.name] = v
         if m.cli_parse is not None and values.get(f.name) is not None:
             values[f.name] = m.cli_parse(values[f.name])

@@ -56,8 +56,8 @@ def test_generate_tasks_cli_then_the_tasks_stage_pays_once(tmp_path, make_server
     srv = make_server(responder=teacher)
     spec = tmp_path / "task_spec.yaml"
     shutil.copy(REPO / "data" / "banking77" / "task_spec.yaml", spec)
-    res = _run(["generate", "tasks", "--teacher", "test-model", "--base-url", srv.base_url, "--spec", str(spec),
-                "--output", "cli.jsonl", "--per-label", "3", "--batch-size", "5", "--labels", "card_arrival,age_limit"],
+    res = _run(["generate", "tasks", "--teacher", "test-model", "--base-url", srv.base_url, "--labels", str(spec),
+                "--output", "cli.jsonl", "--per-label", "3", "--batch-size", "5", "--only", "card_arrival,age_limit"],
                tmp_path)
     assert res.returncode in (0, 1), res.stderr
     paid = _completions(srv)
@@ -67,7 +67,7 @@ teacher: {{model: test-model, base_url: "{srv.base_url}"}}
 stages:
   - name: tasks
     kind: generate.tasks
-    options: {{spec: task_spec.yaml, per_label: 3, batch_size: 5, labels: [card_arrival, age_limit]}}
+    options: {{labels: task_spec.yaml, per_label: 3, batch_size: 5, only: [card_arrival, age_limit]}}
 """)
     res = _run(["run", "p.yaml"], tmp_path)
     assert res.returncode == 0, res.stderr

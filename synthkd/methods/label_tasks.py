@@ -357,7 +357,7 @@ class LabelTaskConfig:
     from them.  :attr:`params`: the sampling parameters sent with every request."""
 
     labels: Optional[Path] = opt(None, help="Label file (YAML/JSON): task, labels (+ descriptions, seed examples), "
-                                 "attributes, optional out_of_scope class.", flags=("-s",), aliases=("--spec",),
+                                 "attributes, optional out_of_scope class (a subset of its labels: --only).", flags=("-s",), aliases=("--spec",),
                                  yaml_aliases=("spec",))
     output: Optional[Path] = opt(None, help="jsonl output; rerun to resume.", flags=("-o",), stage=False)
     per_label: int = opt(help="Examples to keep per label.", flags=("-n",), ge=1)
