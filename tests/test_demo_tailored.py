@@ -54,9 +54,9 @@ def test_tailored_demo_compares_at_equal_teacher_calls(tmp_path, monkeypatch):
 def _run_signature(base, **kw):
     """What a shrunk tailored demo produced: its table, every student's weights, every eval's and
     round's rows (ids and contents, sorted where the file is written in completion order)."""
-    out = run_tailored_demo(n_pool=60, n_initial=16, n_dev=10, n_test=10, rounds=2, max_mistakes=6, similar=2,
+    out = run_tailored_demo(n_pool=80, n_initial=16, n_dev=12, n_test=12, rounds=2, max_mistakes=8, similar=2,
                             epochs=2, lr=5e-3, batch_size=8, latency_ms=5,
-                            tiny={"hidden_size": 32, "layers": 1, "heads": 2, "vocab_size": 300},
+                            tiny={"hidden_size": 64, "layers": 1, "heads": 2, "vocab_size": 400},
                             base_dir=base, **kw)
     run = base / "runs" / "demo_tailored"
     weights = {str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
