@@ -8,8 +8,10 @@ pool, filtered for consistency with the gold answer, one tiny student).  Then
   of its mistakes go to the teacher for a corrected rationale plus ``similar`` new exercises aimed at
   the same weakness (solved and filtered), and the student trains further; after the last round, DPO
   on the self-reflection pairs (the student's wrong answers vs the teacher's corrections);
-* **one-shot at equal teacher calls**: the same number of teacher calls the initial rationales and the
-  tailored rounds used, spent up front on rationales for more pool problems, one training run.
+* **one-shot at equal teacher calls and optimiser steps**: the same number of teacher calls the
+  initial rationales and the tailored rounds used, spent up front on rationales for more pool
+  problems, one training run of as many optimiser steps as the tailored rounds' SFT runs took
+  together (:func:`tailored_steps`), so the comparison is about the data, not the training length.
 
 Everything runs through the pipeline runner (``runs/demo_tailored/pipeline.yaml`` holds the final
 pipeline), against the simulated arithmetic teacher behind a loopback OpenAI-compatible server with

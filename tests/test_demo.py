@@ -58,3 +58,15 @@ def test_seeds_table_gives_mean_and_standard_error_of_accuracies_and_effects():
     assert lines[4] == "| mean ± SE | 60.0 ± 10.0% | 25.0 ± 0.0% | +35.0 ± 10.0 |"
     # a missing accuracy is a "-", never averaged as if it were there
     assert seeds_table(results, (("B", "b"),), ()).splitlines()[-1] == "| mean ± SE | - |"
+
+
+def test_seeds_option_takes_distinct_integers():
+    import typer
+
+    from synthkd.commands.demo_cmd import _parse_seeds
+
+    assert _parse_seeds("0,1,2", 7) == [0, 1, 2]
+    assert _parse_seeds(None, 7) == [7]  # no --seeds: --seed alone
+    for bad in ("0,x", "1,1", ","):
+        with pytest.raises(typer.BadParameter):
+            _parse_seeds(bad, 0)
