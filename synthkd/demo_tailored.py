@@ -8,8 +8,10 @@ pool, filtered for consistency with the gold answer, one tiny student).  Then
   of its mistakes go to the teacher for a corrected rationale plus ``similar`` new exercises aimed at
   the same weakness (solved and filtered), and the student trains further; after the last round, DPO
   on the self-reflection pairs (the student's wrong answers vs the teacher's corrections);
-* **one-shot at equal teacher calls**: the same number of teacher calls the initial rationales and the
-  tailored rounds used, spent up front on rationales for more pool problems, one training run.
+* **one-shot at equal teacher calls and optimiser steps**: the same number of teacher calls the
+  initial rationales and the tailored rounds used, spent up front on rationales for more pool
+  problems, one training run of as many optimiser steps as the tailored rounds' SFT runs took
+  together (:func:`tailored_steps`), so the comparison is about the data, not the training length.
 
 Everything runs through the pipeline runner (``runs/demo_tailored/pipeline.yaml`` holds the final
 pipeline), against the simulated arithmetic teacher behind a loopback OpenAI-compatible server with
@@ -23,7 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from synthkd.demo import run_spec, stage_accuracy
+from synthkd.demo import (
+    accuracy_of,
+    cpu_seconds,
+    deterministic_torch,
+    run_spec,
+    seeds_table,
+    stage_accuracy,
+    teacher_model_name,
+)
 from synthkd.testing.simulated import SimulatedResponder, make_problems
 from synthkd.train.export import write_jsonl
 
@@ -60,15 +70,18 @@ def tailored_stages(data: Path, *, rounds: int, max_mistakes: int, similar: int,
     ]
 
 
-def equal_budget_stages(data: Path, *, epochs: float, lr: float, batch_size: int, seed: int,
+def equal_budget_stages(data: Path, *, max_steps: int, lr: float, batch_size: int, seed: int,
                         tiny: dict[str, int]) -> list[dict[str, Any]]:
+    """The one-shot arm: rationales for as many pool problems as the tailored arm made teacher calls,
+    filtered alike, one student trained for as many optimiser steps as the tailored arm's rounds took."""
+    train = {**_train_options(1.0, lr, batch_size, seed), "max_steps": max_steps}
     return [
         {"name": "rationales_equal", "kind": "generate.rationales", "input": str(data / "equal.jsonl"),
          "options": {"kind": "math", "n_demos": 0, "max_tokens": 128}},
         {"name": "clean_equal", "kind": "clean", "input": "rationales_equal",
          "options": {"ops": [{"op": "consistency", "mode": "gold", "kind": "number"}]}},
         {"name": "sft_equal", "kind": "train.sft", "input": "clean_equal",
-         "options": {"student": "tiny", "tiny": tiny, "mode": "rationale", **_train_options(epochs, lr, batch_size, seed)}},
+         "options": {"student": "tiny", "tiny": tiny, "mode": "rationale", **train}},
         {"name": "eval_equal", "kind": "eval", "input": str(data / "test.jsonl"),
          "options": {**EVAL, "student": "sft_equal"}},
     ]
@@ -78,29 +91,32 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
                       rounds: int = 3, max_mistakes: int = 100, similar: int = 2, samples: int = 1,
                       error_rate: float = 0.1, noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3,
                       batch_size: int = 16, seed: int = 0, latency_ms: int = 150, tiny: dict[str, int] | None = None,
+                      concurrency: int = 16, server_error_rate: float = 0.05, run_name: str = "demo_tailored",
                       base_dir: Path | None = None) -> dict[str, Any]:
     from synthkd.testing.server import FaultConfig, TestServer
 
     base = base_dir or Path.cwd()
-    tiny = tiny or TINY
-    run_dir = base / "runs" / "demo_tailored"
+    tiny = {**(tiny or TINY), "seed": seed}
+    run_dir = base / "runs" / run_name
     data = run_dir / "data"
     from synthkd.pipeline import claim_run_dir
 
-    claim_run_dir(run_dir, "demo_tailored")  # marked as synthkd's before the demo writes its inputs into it
+    claim_run_dir(run_dir, run_name)  # marked as synthkd's before the demo writes its inputs into it
     problems = make_problems(n_pool + n_dev + n_test, seed=seed)
     pool, dev, test = problems[:n_pool], problems[n_pool:n_pool + n_dev], problems[n_pool + n_dev:]
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool], data / "pool.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_initial]], data / "initial.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in dev], data / "dev.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
-    teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt="careful")
-    t0 = time.monotonic()
-    with TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=latency_ms * 2 // 3, error_rate=0.05,
-                                seed=seed), responder=teacher) as srv:
+    # the seed is in the salt: another seed is another teacher's slips, not only other problems
+    teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt=f"careful{seed}")
+    t0, c0 = time.monotonic(), cpu_seconds()
+    with TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=latency_ms * 2 // 3,
+                                error_rate=server_error_rate, seed=seed), responder=teacher) as srv, \
+            deterministic_torch():
         spec: dict[str, Any] = {
             "name": "demo_tailored", "description": "synthkd offline demo: tailored rounds vs one-shot", "run_dir": "runs",
-            "seed": seed, "teacher": {"model": "simulated-careful", "base_url": srv.base_url, "concurrency": 16},
+            "seed": seed, "teacher": {"model": teacher_model_name("careful", teacher), "base_url": srv.base_url, "concurrency": concurrency},
             "stages": tailored_stages(data, rounds=rounds, max_mistakes=max_mistakes, similar=similar, samples=samples,
                                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)}
         manifest = run_spec(spec, run_dir, base)
@@ -109,14 +125,53 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
         tailored_calls = sum(_round_calls(h) for h in (st["tailor"].get("counts") or {}).get("rounds", []))
         n_equal = min(n_pool, initial_calls + tailored_calls)
         write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_equal]], data / "equal.jsonl")
-        spec["stages"] += equal_budget_stages(data, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)
+        steps = tailored_steps(run_dir / "tailor", st["tailor"])
+        spec["stages"] += equal_budget_stages(data, max_steps=steps, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)
         manifest = run_spec(spec, run_dir, base)
-    wall = time.monotonic() - t0
-    table = tailored_table(manifest["stages"], rounds=rounds, initial_calls=initial_calls, n_pool=n_pool,
-                           equal_rows=n_equal)
-    (run_dir / "demo_table.md").write_text(table + f"\n\nwall time {wall:.0f} s\n")
-    return {"table": table, "wall_s": wall, "run_dir": str(run_dir),
-            "plot": str(run_dir / "tailor" / "accuracy.png")}
+    wall, cpu = time.monotonic() - t0, cpu_seconds() - c0
+    st = manifest["stages"]
+    table = tailored_table(st, rounds=rounds, initial_calls=initial_calls, n_pool=n_pool, equal_rows=n_equal,
+                           tailored_steps=steps)
+    (run_dir / "demo_table.md").write_text(table + f"\n\nwall time {wall:.0f} s, CPU time {cpu:.0f} s\n")
+    hist = {h["round"]: h for h in (st["tailor"].get("counts") or {}).get("rounds", [])}
+    acc: dict[str, float | None] = {f"round_{r}": accuracy_of(st, f"eval_round_{r}") for r in hist}
+    best = (st["tailor"].get("counts") or {}).get("best_round")
+    acc.update({"best": None if best is None else acc.get(f"round_{best}"), "dpo": accuracy_of(st, "eval_dpo"),
+                "equal": accuracy_of(st, "eval_equal")})
+    return {"table": table, "wall_s": wall, "cpu_s": cpu, "run_dir": str(run_dir), "seed": seed, "accuracy": acc,
+            "best_round": best, "plot": str(run_dir / "tailor" / "accuracy.png")}
+
+
+def tailored_steps(tailor_dir: Path, stage: dict[str, Any]) -> int:
+    """Optimiser steps the tailored arm took: every round's SFT run (round 0 included; a round that
+    trained nothing adds none), from the training record each round's model carries.  The DPO
+    self-reflection step is not counted: it is reported on its own row, not as a tailored round."""
+    import json
+
+    total = 0
+    for h in (stage.get("counts") or {}).get("rounds", []):
+        if h.get("status") != "trained":
+            continue
+        record = tailor_dir / f"round_{h['round']}" / "model" / "synthkd_train.json"
+        total += int(json.loads(record.read_text())["metrics"]["global_steps"])
+    return total
+
+
+TAILORED_COLUMNS = (("round 0", "round_0"), ("best tailored round (by dev)", "best"), ("+ DPO", "dpo"),
+                    ("one-shot, equal calls and steps", "equal"))
+TAILORED_EFFECTS = (("best tailored − one-shot", "best", "equal"),)
+
+
+def run_tailored_demo_seeds(seeds: list[int], base_dir: Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """The tailored demo once per seed (``runs/demo_tailored`` for one seed, ``runs/demo_tailored_seed<s>``
+    for several), then the per-seed table with mean ± standard error."""
+    results = []
+    for s in seeds:
+        name = "demo_tailored" if len(seeds) == 1 else f"demo_tailored_seed{s}"
+        results.append(run_tailored_demo(seed=s, run_name=name, base_dir=base_dir, **kwargs))
+    summary = seeds_table(results, TAILORED_COLUMNS, TAILORED_EFFECTS)
+    return {"results": results, "summary": summary, "wall_s": sum(r["wall_s"] for r in results),
+            "cpu_s": sum(r["cpu_s"] for r in results)}
 
 
 def _round_calls(h: dict[str, Any]) -> int:
@@ -124,7 +179,8 @@ def _round_calls(h: dict[str, Any]) -> int:
     return int(h.get("teacher_requests", 0))
 
 
-def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n_pool: int, equal_rows: int) -> str:
+def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n_pool: int, equal_rows: int,
+                   tailored_steps: int | None = None) -> str:
     def acc(name: str) -> str:
         return stage_accuracy(stages, name)
 
@@ -149,6 +205,7 @@ def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n
         lines.append(f"| + DPO self-reflection (from round {ref.get('from_round')}, {ref.get('pairs')} pairs) | {calls} "
                      f"| {ref.get('pairs')} pairs | {dev} | {acc('eval_dpo')} |")
     eq_rows = (stages.get("sft_equal", {}).get("counts") or {}).get("rows_in", "-")
-    lines.append(f"| one-shot at equal teacher calls (rationales for {equal_rows} of {n_pool} pool problems) "
+    steps = "" if tailored_steps is None else f", {tailored_steps} optimiser steps like the tailored rounds"
+    lines.append(f"| one-shot at equal teacher calls (rationales for {equal_rows} of {n_pool} pool problems{steps}) "
                  f"| {equal_rows} | {eq_rows} | - | {acc('eval_equal')} |")
     return "\n".join(lines)

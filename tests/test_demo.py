@@ -8,7 +8,8 @@ import pytest
 
 from conftest import eval_accuracy
 from synthkd.answers import numbers_equal
-from synthkd.demo import run_demo
+from synthkd.demo import STUDENTS, mean_se, run_demo, seeds_table, teacher_model_name
+from synthkd.testing.simulated import SimulatedResponder
 
 pytestmark = pytest.mark.train  # the demo trains five tiny students
 
@@ -28,6 +29,44 @@ def test_demo_runs_the_whole_loop_offline(tmp_path):
         assert m["rows"] == 12 and m["accuracy"] == eval_accuracy(run / f"eval_{name}", numbers_equal)
     assert st["sft_label"]["counts"]["rows_in"] == st["sft_multitask"]["counts"]["rows_in"]  # equal data
     table = out["table"]
-    assert table.count("\n| ") == 5 and "multitask, noisy teacher, consistency filter" in table
+    assert table.count("\n| ") == 5 and "rationale, noisy teacher, consistency filter" in table
+    assert st["sft_noisy_filtered"]["counts"]["mode"] == st["sft_noisy_unfiltered"]["counts"]["mode"] == "rationale"
+    assert set(out["accuracy"]) == set(STUDENTS)
+    assert out["accuracy"]["label"] == st["eval_label"]["counts"]["metrics"]["accuracy"]
     assert (run / "report.md").exists() and (run / "plots" / "loss.png").exists()
     assert (run / "pipeline.yaml").exists()  # the pipeline it ran, readable and rerunnable
+
+
+def test_teacher_model_names_carry_every_answer_changing_knob():
+    """The request cache is keyed by model name: a rerun of the demo with another --error-rate (or seed)
+    in the same run directory must not be served the previous setting's answers."""
+    names = {teacher_model_name("careful", SimulatedResponder([], error_rate=e, noise_rate=n, salt=s))
+             for e, n, s in ((0.1, 0.1, "careful0"), (0.2, 0.1, "careful0"), (0.1, 0.3, "careful0"),
+                             (0.1, 0.1, "careful1"))}
+    assert len(names) == 4
+
+
+def test_seeds_table_gives_mean_and_standard_error_of_accuracies_and_effects():
+    assert mean_se([1.0, 2.0, 3.0]) == pytest.approx((2.0, (1.0 / 3) ** 0.5))
+    assert mean_se([5.0]) == (5.0, 0.0)
+    results = [{"seed": s, "accuracy": {"a": a, "b": b}} for s, a, b in ((0, 0.5, 0.25), (1, 0.7, 0.25), (2, 0.6, None))]
+    table = seeds_table(results[:2], (("A", "a"), ("B", "b")), (("A − B", "a", "b"),))
+    lines = table.splitlines()
+    assert lines[0] == "| seed | A | B | A − B |"
+    assert lines[2] == "| 0 | 50.0% | 25.0% | +25.0 |"
+    assert lines[3] == "| 1 | 70.0% | 25.0% | +45.0 |"
+    assert lines[4] == "| mean ± SE | 60.0 ± 10.0% | 25.0 ± 0.0% | +35.0 ± 10.0 |"
+    # a missing accuracy is a "-", never averaged as if it were there
+    assert seeds_table(results, (("B", "b"),), ()).splitlines()[-1] == "| mean ± SE | - |"
+
+
+def test_seeds_option_takes_distinct_integers():
+    import typer
+
+    from synthkd.commands.demo_cmd import _parse_seeds
+
+    assert _parse_seeds("0,1,2", 7) == [0, 1, 2]
+    assert _parse_seeds(None, 7) == [7]  # no --seeds: --seed alone
+    for bad in ("0,x", "1,1", ","):
+        with pytest.raises(typer.BadParameter):
+            _parse_seeds(bad, 0)

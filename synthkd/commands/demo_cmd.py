@@ -1,22 +1,40 @@
 """``synthkd demo``: the offline end-to-end demo (simulated teachers on 127.0.0.1 -> rationales ->
-filter -> tiny students -> table; or, with ``--tailored``, tailored rounds vs one-shot distillation)."""
+filter -> tiny students -> table; or, with ``--tailored``, tailored rounds vs one-shot distillation).
+``--seeds 0,1,2`` runs it once per seed and adds the per-seed table with mean ± standard error."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 
+def _parse_seeds(text: str | None, seed: int) -> list[int]:
+    if not text:
+        return [seed]
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--seeds takes comma-separated integers (e.g. 0,1,2), got {text!r}") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise typer.BadParameter(f"--seeds needs distinct integers (e.g. 0,1,2), got {text!r}")
+    return seeds
+
+
 def demo_command(
-    n_train: int = typer.Option(600, "--train", help="Training problems."),
+    n_train: Optional[int] = typer.Option(None, "--train", help="Training problems (with --tailored: the "
+                                          "pool); default 1500."),
     n_test: int = typer.Option(200, "--test", help="Held-out problems."),
     error_rate: float = typer.Option(0.1, "--error-rate", help="Share of the careful teacher's answers with a slip."),
     noisy_error_rate: float = typer.Option(0.4, "--noisy-error-rate", help="Same, for the noisy teacher."),
     noise_rate: float = typer.Option(0.1, "--noise-rate", help="Share of answers with formatting noise."),
     epochs: Optional[float] = typer.Option(None, "--epochs", help="Training epochs of each tiny student "
-                                           "(default 4; 10 with --tailored)."),
+                                           "(default 10)."),
     seed: int = typer.Option(0, "--seed"),
+    seeds: Optional[str] = typer.Option(None, "--seeds", help="Run once per seed (comma-separated, e.g. 0,1,2) and "
+                                        "print the per-seed table with mean ± standard error."),
+    concurrency: int = typer.Option(16, "--concurrency", help="Teacher requests in flight (changes no result).",
+                                    min=1),
     tailored: bool = typer.Option(False, "--tailored", help="Tailored rounds + DPO self-reflection vs one-shot "
                                   "distillation at equal teacher calls (instead of the formats/filter comparison)."),
     rounds: int = typer.Option(3, "--rounds", help="--tailored: tailored rounds after round 0."),
@@ -25,18 +43,29 @@ def demo_command(
     import contextlib
     import sys
 
+    seed_list = _parse_seeds(seeds, seed)
     with contextlib.redirect_stdout(sys.stderr):  # trainer logs to stderr: stdout gets the table only
         if tailored:
-            from synthkd.demo_tailored import run_tailored_demo
+            from synthkd.demo_tailored import run_tailored_demo_seeds
 
-            out = run_tailored_demo(rounds=rounds, error_rate=error_rate, noise_rate=noise_rate, seed=seed,
-                                    epochs=epochs or 10.0)
-            where = f"; accuracy per round: {out['plot']}"
+            kw: dict[str, Any] = {} if n_train is None else {"n_pool": n_train}
+            out = run_tailored_demo_seeds(seed_list, rounds=rounds, error_rate=error_rate, noise_rate=noise_rate,
+                                          epochs=epochs or 10.0, concurrency=concurrency, n_test=n_test, **kw)
+            where = "; accuracy per round: tailor/accuracy.png inside"
         else:
-            from synthkd.demo import run_demo
+            from synthkd.demo import run_demo_seeds
 
-            out = run_demo(n_train=n_train, n_test=n_test, error_rate=error_rate, noisy_error_rate=noisy_error_rate,
-                           noise_rate=noise_rate, epochs=epochs or 4.0, seed=seed)
+            kw = {} if n_train is None else {"n_train": n_train}
+            if epochs is not None:
+                kw["epochs"] = epochs
+            out = run_demo_seeds(seed_list, n_test=n_test, error_rate=error_rate, noisy_error_rate=noisy_error_rate,
+                                 noise_rate=noise_rate, concurrency=concurrency, **kw)
             where = " (report.md inside)"
-    print(out["table"])
-    print(f"\nwall time {out['wall_s']:.0f} s; run directory {out['run_dir']}{where}")
+    for r in out["results"]:
+        if len(seed_list) > 1:
+            print(f"\nseed {r['seed']}:")
+        print(r["table"])
+    if len(seed_list) > 1:
+        print(f"\n{out['summary']}")
+    dirs = ", ".join(r["run_dir"] for r in out["results"])
+    print(f"\nwall time {out['wall_s']:.0f} s, CPU time {out['cpu_s']:.0f} s; run directory {dirs}{where}")
