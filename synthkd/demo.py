@@ -23,7 +23,7 @@ import asyncio
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -258,16 +258,19 @@ DEMO_COLUMNS = (("label-only", "label"), ("rationale", "rationale"), ("multitask
                 ("noisy, no filter", "noisy_unfiltered"), ("noisy, filtered", "noisy_filtered"))
 
 
+def run_seeds(run: Callable[..., dict[str, Any]], name: str, seeds: list[int], columns: Any, effects: Any,
+              base_dir: Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """``run`` once per seed (``runs/<name>`` for one seed, ``runs/<name>_seed<s>`` for several), then the
+    per-seed table with the mean ± standard error of each accuracy and effect (both demos)."""
+    results = [run(seed=s, run_name=name if len(seeds) == 1 else f"{name}_seed{s}", base_dir=base_dir, **kwargs)
+               for s in seeds]
+    return {"results": results, "summary": seeds_table(results, columns, effects),
+            "wall_s": sum(r["wall_s"] for r in results), "cpu_s": sum(r["cpu_s"] for r in results)}
+
+
 def run_demo_seeds(seeds: list[int], base_dir: Path | None = None, **kwargs: Any) -> dict[str, Any]:
-    """The demo once per seed (``runs/demo`` for one seed, ``runs/demo_seed<s>`` for several), then the
-    per-seed table with the mean ± standard error of each accuracy and effect."""
-    results = []
-    for s in seeds:
-        name = "demo" if len(seeds) == 1 else f"demo_seed{s}"
-        results.append(run_demo(seed=s, run_name=name, base_dir=base_dir, **kwargs))
-    summary = seeds_table(results, DEMO_COLUMNS, EFFECTS)
-    return {"results": results, "summary": summary, "wall_s": sum(r["wall_s"] for r in results),
-            "cpu_s": sum(r["cpu_s"] for r in results)}
+    """The demo once per seed (``runs/demo`` for one seed, ``runs/demo_seed<s>`` for several)."""
+    return run_seeds(run_demo, "demo", seeds, DEMO_COLUMNS, EFFECTS, base_dir, **kwargs)
 
 
 

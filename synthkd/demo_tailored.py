@@ -29,8 +29,8 @@ from synthkd.demo import (
     accuracy_of,
     cpu_seconds,
     deterministic_torch,
+    run_seeds,
     run_spec,
-    seeds_table,
     stage_accuracy,
     teacher_model_name,
 )
@@ -165,13 +165,8 @@ TAILORED_EFFECTS = (("best tailored − one-shot", "best", "equal"),)
 def run_tailored_demo_seeds(seeds: list[int], base_dir: Path | None = None, **kwargs: Any) -> dict[str, Any]:
     """The tailored demo once per seed (``runs/demo_tailored`` for one seed, ``runs/demo_tailored_seed<s>``
     for several), then the per-seed table with mean ± standard error."""
-    results = []
-    for s in seeds:
-        name = "demo_tailored" if len(seeds) == 1 else f"demo_tailored_seed{s}"
-        results.append(run_tailored_demo(seed=s, run_name=name, base_dir=base_dir, **kwargs))
-    summary = seeds_table(results, TAILORED_COLUMNS, TAILORED_EFFECTS)
-    return {"results": results, "summary": summary, "wall_s": sum(r["wall_s"] for r in results),
-            "cpu_s": sum(r["cpu_s"] for r in results)}
+    return run_seeds(run_tailored_demo, "demo_tailored", seeds, TAILORED_COLUMNS, TAILORED_EFFECTS, base_dir,
+                     **kwargs)
 
 
 def _round_calls(h: dict[str, Any]) -> int:

@@ -91,6 +91,26 @@ class Journal(Protocol):
     def answered(self, key: str, usage: Usage, cost_usd: float | None) -> None: ...
 
 
+
+def cache_entry(choice: Any, usage: Usage, cost: float | None, model: str | None, *, structured: bool,
+                batch: bool = False) -> dict[str, Any]:
+    """What the request cache keeps of one answer (online, or collected from a provider batch): the
+    text, why it ended, usage, cost, the model that answered, the reasoning trace and any error."""
+    entry: dict[str, Any] = {"text": choice.text if choice else None,
+                             "finish_reason": choice.finish_reason if choice else None,
+                             "usage": usage.as_dict(), "cost_usd": cost, "model": model}
+    if batch:
+        entry["batch"] = True
+    if choice is not None and choice.reasoning is not None:
+        entry["reasoning"] = choice.reasoning
+    if choice is None:
+        entry["error"] = "MalformedResponse: the reply has no choices"
+    elif choice.error is not None:
+        entry["error"] = choice.error
+    if structured:
+        entry["structured"] = True
+    return entry
+
 class OpenAICompatibleTeacher(Teacher):
     """Streams requests to ``{base_url}/chat/completions`` (or ``/completions`` for plain prompts).
 
@@ -591,14 +611,7 @@ through the provider's Batch API (:mod:`synthkd.teachers.batch`).
             cost = self._cost(usage) if cost_total is not None else None
             if self.cache is not None:
                 # Stored before anyone sees it: if the process dies now, a rerun gets it for free.
-                entry = {"text": choice.text, "finish_reason": choice.finish_reason, "usage": usage.as_dict(),
-                         "cost_usd": cost, "model": reply.model}
-                if choice.reasoning is not None:
-                    entry["reasoning"] = choice.reasoning
-                if choice.error is not None:
-                    entry["error"] = choice.error
-                if structured:
-                    entry["structured"] = True
+                entry = cache_entry(choice, usage, cost, reply.model, structured=structured)
                 try:
                     self.cache.put(k, self.model, entry)
                 except (sqlite3.Error, OSError) as exc:

@@ -414,17 +414,9 @@ class BatchExecutor:
             t.journal.sent(key)
             t.journal.answered(key, usage, cost)
         t.stats.add_billed(usage, cost)
-        entry: dict[str, Any] = {"text": choice.text if choice else None,
-                                 "finish_reason": choice.finish_reason if choice else None,
-                                 "usage": usage.as_dict(), "cost_usd": cost, "model": reply.model, "batch": True}
-        if choice is not None and choice.reasoning is not None:
-            entry["reasoning"] = choice.reasoning
-        if choice is None:
-            entry["error"] = "MalformedResponse: the reply has no choices"
-        elif choice.error is not None:
-            entry["error"] = choice.error
-        if structured:
-            entry["structured"] = True
+        from synthkd.teachers.openai_compat import cache_entry
+
+        entry = cache_entry(choice, usage, cost, reply.model, structured=structured, batch=True)
         try:
             t.cache.put(key, t.model, entry)
         except (sqlite3.Error, OSError) as exc:
