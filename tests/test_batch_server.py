@@ -625,17 +625,15 @@ def test_a_big_batch_on_a_zero_clock_does_not_stall_the_server() -> None:
     lines = [_line(f"z{i}", f"p {i}") for i in range(12000)]
     with TestServer(FaultConfig(batch_seconds=0)) as srv, _openai(srv) as client:
         batch = _submit(client, lines)
-        started = time.monotonic()
-        worst = 0.0
-        while True:  # every poll is answered promptly while the batch is processed
-            t0 = time.monotonic()
-            status = client.get(f"/v1/batches/{batch['id']}").json()["status"]
-            worst = max(worst, time.monotonic() - t0)
-            if status == "completed":
+        partial = 0  # polls answered while the batch was part done
+        while True:  # every poll is answered while the batch is processed, not only once it is over
+            got = client.get(f"/v1/batches/{batch['id']}").json()
+            if got["status"] == "completed":
                 break
-        # Processing 12,000 items without yielding blocks the loop for all of it (about a second on an
-        # idle machine, so one poll waits nearly the whole time); relative, so a loaded machine passes too.
-        assert worst < 0.5 * (time.monotonic() - started), worst
+            partial += 0 < got["request_counts"]["completed"] < len(lines)
+        # Processing 12,000 items without yielding blocks the loop for all of it: no poll can be answered
+        # in between, so none sees a part-done batch.  A count, not a time: a loaded machine passes too.
+        assert partial >= 1, partial
         assert srv.stats()["batch"]["batches_by_status"] == {"completed": 1}
         bad = client.post("/v1/files", content=b"--x\r\nnot a form",
                           headers={"Content-Type": "multipart/form-data; boundary=x"})
