@@ -167,3 +167,38 @@ def test_balance_reads_the_label_file(tmp_path, ops):
     rep = funnel.stages[1].extra
     assert rep["labels_without_rows"] == ["c"] and rep["labels_not_in_file"] == {"zz": 1}
     assert "Labels of the label file with no row: c" in (tmp_path / "f.md").read_text()
+
+
+def test_sample_keeps_n_rows_by_id_whatever_the_file_order(tmp_path):
+    rows = esnli_rows()
+    ops = [{"op": "sample", "n": 150, "seed": 3}]
+    funnel, out, rej = clean(tmp_path, rows, ops)
+    assert len(out) == 150 and len(rej) == len(rows) - 150
+    assert all(r["reject_reason"] == "over sample size" for r in rej)
+    ids = [r["id"] for r in out]
+    assert ids == sorted(ids)  # input order kept
+    d = tmp_path / "rev"
+    d.mkdir()
+    _, out_rev, _ = clean(d, list(reversed(rows)), ops)  # generated rows come in arrival order
+    assert sorted(r["id"] for r in out_rev) == ids
+    # a subset sampled with the same seed keeps the same ids where it can: the filtered set's sample is
+    # the full sample less what the filter dropped, topped up with the next-ranked rows
+    sub = [r for r in rows if r["label"] != "neutral"]
+    d2 = tmp_path / "sub"
+    d2.mkdir()
+    _, out_sub, _ = clean(d2, sub, ops)
+    assert len(out_sub) == 150
+    assert {i for i in ids if rows[i]["label"] != "neutral"} <= {r["id"] for r in out_sub}
+    d3 = tmp_path / "seed"
+    d3.mkdir()
+    _, out_other, _ = clean(d3, rows, [{"op": "sample", "n": 150, "seed": 4}])
+    assert [r["id"] for r in out_other] != ids
+
+
+def test_sample_of_more_rows_than_there_are_keeps_all_and_says_so(tmp_path):
+    rows = esnli_rows()[:40]
+    funnel, out, rej = clean(tmp_path, rows, [{"op": "sample", "n": 50}])
+    assert len(out) == 40 and not rej
+    assert "40 rows came in: all kept, 10 short" in (tmp_path / "f.md").read_text()
+    with pytest.raises(ConfigError, match=r"\[0\] sample: option 'n'"):
+        parse_ops([{"op": "sample", "n": 0}], "c.yaml")

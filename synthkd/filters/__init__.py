@@ -5,7 +5,7 @@
 * :mod:`.chain` — runs a chain of operators over a jsonl file: output, rejects, funnel report;
 * :mod:`.funnel` — the report (JSON + Markdown);
 * one module per operator: exact_dedup, near_dup, consistency, relabel, judge, format, refusal,
-  language, decontaminate, balance;
+  language, decontaminate, balance, sample;
 * helpers: :mod:`.text` (normalisation), :mod:`.minhash` (batch MinHash + banding index),
   :mod:`.spill` (two-pass operators), :mod:`.teacher_ops` (in-order outcomes).
 
