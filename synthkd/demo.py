@@ -5,16 +5,18 @@ problems with known answers; the teacher writes step-by-step rationales, slips o
 formatting noise) — one careful, one noisy — then runs an ordinary pipeline (written to
 ``runs/demo/pipeline.yaml`` so it can be read and rerun) that generates rationales, filters the noisy
 ones for consistency, trains tiny students from scratch on CPU and evaluates them on held-out problems.
-It prints two comparisons: at equal data, label-only distillation vs rationale vs multitask
-step-by-step; and with the noisy teacher, no filter vs the consistency filter (both in rationale
-mode, the mode in which these students learn the most, so the filter's effect is not lost in noise).
+It prints two comparisons, both at equal data (every student trains on the same number of rows, a
+seeded sample by id): label-only distillation vs rationale vs multitask step-by-step on the careful
+teacher's rows; and with the noisy teacher, its rows unfiltered vs those its consistency filter keeps
+(both in rationale mode; the noisy teacher answers more problems, so that its filtered rows fill the
+sample too).
 
 Sized so the effects show (issue 16): each answer takes two arithmetic steps, which a 0.8M-parameter
-student trained from scratch rarely computes in one go (label-only: 7.5% on seed 0) but learns step
-by step from 1,500 problems and 10 epochs (rationale: 62.5%).  ``--seeds 0,1,2`` runs it per seed and adds mean ± standard error.  Reproducible:
-the simulated teachers answer from (seed, question) alone, rows are trained on in id order, and
-torch runs with fixed threads (:func:`deterministic_torch`), so concurrency, server errors and
-machine load change nothing.
+student trained from scratch rarely computes in one go (label-only: 3-10%) but learns step by step
+from 1,250 rows and 10 epochs (rationale: 28-69% over seeds 0-2).  ``--seeds 0,1,2`` runs it per seed
+and adds mean ± standard error.  Reproducible: the simulated teachers answer from (seed, question)
+alone, rows are trained on in id order, and torch runs on a fixed number of threads
+(:func:`fixed_torch_threads`), so concurrency, server errors and machine load change nothing.
 """
 
 from __future__ import annotations
@@ -62,32 +64,38 @@ def teacher_model_name(role: str, responder: SimulatedResponder) -> str:
     """``simulated-<role>`` plus every knob that changes an answer: the request cache is keyed by model
     name, so a rerun with another ``--error-rate`` never gets the previous setting's cached answers."""
     return (f"simulated-{role}?error_rate={responder.error_rate:g}&noise_rate={responder.noise_rate:g}"
-            f"&salt={responder.salt}")
+            f"&salt={responder.salt}" + ("" if responder.similar_kind == "template" else
+                                         f"&similar={responder.similar_kind}"))
 
 
-def build_pipeline(data: Path, careful: tuple[str, str], noisy: tuple[str, str], *, epochs: float, lr: float,
-                   batch_size: int, seed: int, tiny: dict[str, int] | None = None, concurrency: int = 16,
+def build_pipeline(data: Path, careful: tuple[str, str], noisy: tuple[str, str], *, rows: int, epochs: float,
+                   lr: float, batch_size: int, seed: int, tiny: dict[str, int] | None = None, concurrency: int = 16,
                    noisy_mode: str = "rationale") -> dict[str, Any]:
-    """The demo's pipeline.  ``careful`` / ``noisy``: (model name, base URL) of the two teachers."""
+    """The demo's pipeline.  ``careful`` / ``noisy``: (model name, base URL) of the two teachers; ``rows``:
+    the training rows of every student (a seeded sample by id, the same ids wherever the sets share them)."""
     train = {"student": "tiny", "epochs": epochs, "learning_rate": lr, "batch_size": batch_size,
              "max_length": 192, "seed": seed, "logging_steps": 20, "tiny": {**(tiny or TINY), "seed": seed}}
     ev = {"kind": "number", "gold_field": "gold", "input_field": "question", "batch_size": 64, "max_new_tokens": 64}
     teacher = lambda t: {"model": t[0], "base_url": t[1], "concurrency": concurrency}  # noqa: E731
+    consistency = {"op": "consistency", "mode": "gold", "kind": "number"}
+    sample = {"op": "sample", "n": rows, "seed": seed}
     stages: list[dict[str, Any]] = [
         {"name": "rationales", "kind": "generate.rationales", "input": str(data / "train.jsonl"),
          "teacher": teacher(careful), "options": {"kind": "math", "n_demos": 0, "max_tokens": 128}},
-        {"name": "noisy_rationales", "kind": "generate.rationales", "input": str(data / "train.jsonl"),
+        # the careful teacher's rows go through the filter too: every mode then trains on the same right rows
+        {"name": "filtered", "kind": "clean", "input": "rationales", "options": {"ops": [consistency, sample]}},
+        # the noisy teacher answers more problems, so that what its filter keeps still fills the sample
+        {"name": "noisy_rationales", "kind": "generate.rationales", "input": str(data / "noisy_train.jsonl"),
          "teacher": teacher(noisy), "options": {"kind": "math", "n_demos": 0, "max_tokens": 128}},
+        # no filter: as many of the noisy teacher's rows, right or wrong
+        {"name": "noisy_unfiltered", "kind": "clean", "input": "noisy_rationales", "options": {"ops": [sample]}},
         {"name": "noisy_filtered", "kind": "clean", "input": "noisy_rationales",
-         "options": {"ops": [{"op": "consistency", "mode": "gold", "kind": "number"}]}},
-        # the careful teacher's rows also go through the filter: every mode then trains on the same rows
-        {"name": "filtered", "kind": "clean", "input": "rationales",
-         "options": {"ops": [{"op": "consistency", "mode": "gold", "kind": "number"}]}},
+         "options": {"ops": [consistency, sample]}},
     ]
     for mode in ("label", "rationale", "multitask"):
         stages.append({"name": f"sft_{mode}", "kind": "train.sft", "input": "filtered", "options": {**train, "mode": mode}})
-    # no filter: every row the noisy teacher answered (rows with no parsable answer cannot be trained on)
-    stages.append({"name": "sft_noisy_unfiltered", "kind": "train.sft", "input": "noisy_rationales",
+    # rows with no parsable answer cannot be trained on (the consistency filter drops them; here they are skipped)
+    stages.append({"name": "sft_noisy_unfiltered", "kind": "train.sft", "input": "noisy_unfiltered",
                    "options": {**train, "mode": noisy_mode, "skip_invalid": True}})
     stages.append({"name": "sft_noisy_filtered", "kind": "train.sft", "input": "noisy_filtered",
                    "options": {**train, "mode": noisy_mode}})
@@ -97,15 +105,31 @@ def build_pipeline(data: Path, careful: tuple[str, str], noisy: tuple[str, str],
     return {"name": "demo", "description": "synthkd offline demo", "run_dir": "runs", "seed": seed, "stages": stages}
 
 
+def noisy_problems_needed(rows: int, noisy_error_rate: float, noise_rate: float) -> int:
+    """Problems the noisy teacher answers so that, after its filter, ``rows`` right ones are left with
+    room to spare: its expected keep rate (no slip, and no formatting noise that loses the answer,
+    counted in full) less a margin of 4 binomial standard deviations."""
+    import math
+
+    keep = max(0.05, (1 - noisy_error_rate) * (1 - noise_rate / 2))
+    n = rows / keep
+    for _ in range(5):  # n * keep - 4 * sqrt(n * keep * (1 - keep)) >= rows
+        n = (rows + 4 * math.sqrt(n * keep * (1 - keep))) / keep
+    return math.ceil(n)
+
+
 STUDENTS = ("label", "rationale", "multitask", "noisy_unfiltered", "noisy_filtered")
 
 
-def run_demo(*, n_train: int = 1500, n_test: int = 200, error_rate: float = 0.1, noisy_error_rate: float = 0.4,
-             noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3, batch_size: int = 16,
-             seed: int = 0, tiny: dict[str, int] | None = None, noisy_mode: str = "rationale",
+def run_demo(*, n_train: int = 1500, rows: int | None = None, n_test: int = 200, error_rate: float = 0.1,
+             noisy_error_rate: float = 0.4, noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3,
+             batch_size: int = 16, seed: int = 0, tiny: dict[str, int] | None = None, noisy_mode: str = "rationale",
              concurrency: int = 16, latency_ms: int = 150, server_error_rate: float = 0.05,
              run_name: str = "demo", base_dir: Path | None = None) -> dict[str, Any]:
-    """One demo run (one seed) in ``runs/<run_name>``; returns the table, the accuracies and the times."""
+    """One demo run (one seed) in ``runs/<run_name>``; returns the table, the accuracies and the times.
+
+    ``n_train``: problems the careful teacher answers; ``rows``: training rows of every student (default 5/6 of ``n_train``:
+    at the default 10% slips the careful teacher's filter keeps about 9/10, so the sample is full); the noisy teacher answers as many problems as its filter needs to fill ``rows``."""
     from synthkd.testing.server import FaultConfig, TestServer
 
     base = base_dir or Path.cwd()
@@ -114,9 +138,14 @@ def run_demo(*, n_train: int = 1500, n_test: int = 200, error_rate: float = 0.1,
     from synthkd.pipeline import claim_run_dir
 
     claim_run_dir(run_dir, run_name)  # marked as synthkd's before the demo writes its inputs into it
-    problems = make_problems(n_train + n_test, seed=seed)
-    train, test = problems[:n_train], problems[n_train:]
+    if rows is None:
+        rows = max(1, round(n_train * 5 / 6))
+    n_noisy = max(n_train, noisy_problems_needed(rows, noisy_error_rate, noise_rate))
+    problems = make_problems(n_noisy + n_test, seed=seed)
+    train, noisy_train, test = problems[:n_train], problems[:n_noisy], problems[n_noisy:]
     write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in train], data / "train.jsonl")
+    write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in noisy_train],
+                data / "noisy_train.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
     # the seed is in the salt: another seed is another teacher's slips, not only other problems
     careful = SimulatedResponder(problems, error_rate=error_rate, noise_rate=noise_rate, salt=f"careful{seed}")
@@ -130,10 +159,10 @@ def run_demo(*, n_train: int = 1500, n_test: int = 200, error_rate: float = 0.1,
             TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=jitter, error_rate=server_error_rate,
                                    seed=seed + 1), responder=noisy) as s2:
         spec = build_pipeline(data, (teacher_model_name("careful", careful), s1.base_url),
-                              (teacher_model_name("noisy", noisy), s2.base_url), epochs=epochs, lr=lr,
+                              (teacher_model_name("noisy", noisy), s2.base_url), rows=rows, epochs=epochs, lr=lr,
                               batch_size=batch_size, seed=seed, tiny=tiny, concurrency=concurrency,
                               noisy_mode=noisy_mode)
-        with deterministic_torch():
+        with fixed_torch_threads():
             stages = run_spec(spec, run_dir, base)["stages"]
     wall, cpu = time.monotonic() - t0, cpu_seconds() - c0
     table = demo_table(stages, error_rate, noisy_error_rate, noisy_mode)
@@ -152,19 +181,22 @@ DEMO_THREADS = 1
 
 
 @contextmanager
-def deterministic_torch(threads: int = DEMO_THREADS) -> Iterator[None]:
-    """Fixed torch threads and deterministic algorithms for the demo's duration (restored after)."""
+def fixed_torch_threads(threads: int = DEMO_THREADS) -> Iterator[None]:
+    """Fixed torch threads for the demo's duration (restored after).
+
+    Why not also ``torch.use_deterministic_algorithms``: on CPU with a fixed thread count the kernels the
+    demo uses already give the same bits on every run (the reproducibility test compares weights byte
+    for byte), and the deterministic variants made TRL's chunked log-prob loss 2.3x slower (0.212 vs
+    0.092 s a step for the demo's student, one thread) — the difference between a 15- and a 10-minute
+    demo."""
     import torch
 
-    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
-              torch.is_deterministic_algorithms_warn_only_enabled())
+    before = torch.get_num_threads()
     torch.set_num_threads(threads)
-    torch.use_deterministic_algorithms(True, warn_only=True)  # warn_only: an op without one still runs
     try:
         yield
     finally:
-        torch.set_num_threads(before[0])
-        torch.use_deterministic_algorithms(before[1], warn_only=before[2])
+        torch.set_num_threads(before)
 
 
 def cpu_seconds() -> float:
@@ -189,17 +221,22 @@ def demo_table(stages: dict[str, Any], error_rate: float, noisy_error_rate: floa
 
     teacher_acc = ((stages.get("rationales", {}).get("counts") or {}).get("teacher_scores") or {}).get("accuracy")
     noisy_acc = ((stages.get("noisy_rationales", {}).get("counts") or {}).get("teacher_scores") or {}).get("accuracy")
+    def answered(stage: str) -> Any:
+        return (stages.get(stage, {}).get("counts") or {}).get("rows_in", "-")
+
     lines = [
         "| comparison | training data | rows | student accuracy (held-out) |",
         "|---|---|---|---|",
         f"| label-only distillation (input → answer) | careful teacher ({error_rate:.0%} slips), filtered | {rows('sft_label')} | {acc('label')} |",
         f"| rationale (input → rationale + answer; reasons at inference) | same rows | {rows('sft_rationale')} | {acc('rationale')} |",
         f"| multitask step-by-step (predict: answer + explain: rationale; answer only at inference) | same rows | {rows('sft_multitask')} | {acc('multitask')} |",
-        f"| {noisy_mode}, noisy teacher, no filter | noisy teacher ({noisy_error_rate:.0%} slips) | {rows('sft_noisy_unfiltered')} | {acc('noisy_unfiltered')} |",
-        f"| {noisy_mode}, noisy teacher, consistency filter | same, wrong answers dropped | {rows('sft_noisy_filtered')} | {acc('noisy_filtered')} |",
+        f"| {noisy_mode}, noisy teacher, no filter | noisy teacher ({noisy_error_rate:.0%} slips), right or wrong | {rows('sft_noisy_unfiltered')} | {acc('noisy_unfiltered')} |",
+        f"| {noisy_mode}, noisy teacher, consistency filter | same teacher, wrong answers dropped | {rows('sft_noisy_filtered')} | {acc('noisy_filtered')} |",
     ]
+    lines.append(f"\nevery student: a seeded sample (by id) of its rows; the careful teacher answered "
+                 f"{answered('filtered')} problems, the noisy one {answered('noisy_filtered')}")
     if teacher_acc is not None and noisy_acc is not None:
-        lines.append(f"\nteacher accuracy on the training problems: careful {100 * teacher_acc:.1f}%, "
+        lines.append(f"teacher accuracy on the training problems: careful {100 * teacher_acc:.1f}%, "
                      f"noisy {100 * noisy_acc:.1f}%")
     return "\n".join(lines)
 

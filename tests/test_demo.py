@@ -23,13 +23,20 @@ def test_demo_runs_the_whole_loop_offline(tmp_path):
     careful = st["rationales"]["counts"]["teacher_scores"]["accuracy"]
     noisy = st["noisy_rationales"]["counts"]["teacher_scores"]["accuracy"]
     assert noisy < careful  # two different teachers (not one answered from the other's cache)
-    assert st["noisy_filtered"]["counts"]["rows_out"] < st["noisy_filtered"]["counts"]["rows_in"] == 48
+    # equal data: every student trains on the same number of rows (40 = 5/6 of 48), the noisy teacher
+    # answered more problems so that its filtered set fills the sample too
+    assert st["noisy_filtered"]["counts"]["rows_in"] == st["noisy_unfiltered"]["counts"]["rows_in"] > 48
+    n_rows = {st[f"sft_{name}"]["counts"]["rows_in"] for name in STUDENTS}
+    assert n_rows == {40}, n_rows
+    unfiltered = [json.loads(x) for x in (run / "noisy_unfiltered.jsonl").read_text().splitlines()]
+    filtered = [json.loads(x) for x in (run / "noisy_filtered.jsonl").read_text().splitlines()]
+    assert not any(r["correct"] is False for r in filtered) and any(r["correct"] is False for r in unfiltered)
     for name in ("label", "rationale", "multitask", "noisy_unfiltered", "noisy_filtered"):
         m = st[f"eval_{name}"]["counts"]["metrics"]
         assert m["rows"] == 12 and m["accuracy"] == eval_accuracy(run / f"eval_{name}", numbers_equal)
     assert st["sft_label"]["counts"]["rows_in"] == st["sft_multitask"]["counts"]["rows_in"]  # equal data
     table = out["table"]
-    assert table.count("\n| ") == 5 and "rationale, noisy teacher, consistency filter" in table
+    assert table.count("\n| ") == 5 and "the noisy one" in table and "rationale, noisy teacher, consistency filter" in table
     assert st["sft_noisy_filtered"]["counts"]["mode"] == st["sft_noisy_unfiltered"]["counts"]["mode"] == "rationale"
     assert set(out["accuracy"]) == set(STUDENTS)
     assert out["accuracy"]["label"] == st["eval_label"]["counts"]["metrics"]["accuracy"]

@@ -24,6 +24,8 @@ def _parse_seeds(text: str | None, seed: int) -> list[int]:
 def demo_command(
     n_train: Optional[int] = typer.Option(None, "--train", help="Training problems (with --tailored: the "
                                           "pool); default 1500."),
+    rows: Optional[int] = typer.Option(None, "--rows", help="Training rows of every student (a seeded sample of "
+                                       "its teacher's rows); default 5/6 of --train.", min=1),
     n_test: int = typer.Option(200, "--test", help="Held-out problems."),
     error_rate: float = typer.Option(0.1, "--error-rate", help="Share of the careful teacher's answers with a slip."),
     noisy_error_rate: float = typer.Option(0.4, "--noisy-error-rate", help="Same, for the noisy teacher."),
@@ -44,6 +46,9 @@ def demo_command(
     import sys
 
     seed_list = _parse_seeds(seeds, seed)
+    if tailored and rows is not None:
+        raise typer.BadParameter("--rows is the main demo's (every student's training rows); the tailored demo's "
+                                 "training rows follow from its teacher calls", param_hint="--rows")
     with contextlib.redirect_stdout(sys.stderr):  # trainer logs to stderr: stdout gets the table only
         if tailored:
             from synthkd.demo_tailored import run_tailored_demo_seeds
@@ -56,6 +61,8 @@ def demo_command(
             from synthkd.demo import run_demo_seeds
 
             kw = {} if n_train is None else {"n_train": n_train}
+            if rows is not None:
+                kw["rows"] = rows
             if epochs is not None:
                 kw["epochs"] = epochs
             out = run_demo_seeds(seed_list, n_test=n_test, error_rate=error_rate, noisy_error_rate=noisy_error_rate,
