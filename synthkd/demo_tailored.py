@@ -5,13 +5,20 @@ calls go".  Both arms start from the same round 0 (rationales for the first ``n_
 pool, filtered for consistency with the gold answer, one tiny student).  Then
 
 * **tailored** (the ``tailor`` stage): each round the student answers the pool, up to ``max_mistakes``
-  of its mistakes go to the teacher for a corrected rationale plus ``similar`` new exercises aimed at
-  the same weakness (solved and filtered), and the student trains further; after the last round, DPO
-  on the self-reflection pairs (the student's wrong answers vs the teacher's corrections);
+  of its mistakes go to the teacher for a corrected rationale (the teacher sees the student's wrong
+  solution and the gold answer), and a student is retrained from the base student on every row so far
+  (``from_base``, as LLM2LLM does); after the last round, DPO on the self-reflection pairs (the
+  student's wrong answers vs the teacher's corrections).  ``similar`` > 0 adds LLM2LLM's new exercises
+  per mistake (variations of the missed problem, solved again and filtered);
 * **one-shot at equal teacher calls and optimiser steps**: the same number of teacher calls the
   initial rationales and the tailored rounds used, spent up front on rationales for more pool
-  problems, one training run of as many optimiser steps as the tailored rounds' SFT runs took
-  together (:func:`tailored_steps`), so the comparison is about the data, not the training length.
+  problems, one training run from the base student of as many optimiser steps as the best tailored
+  round's run (:func:`tailored_steps`), so the comparison is about the data, not the training length.
+
+Defaults (3 rounds of up to 380 corrections, no new exercises): 1,440 teacher calls, as many as the
+earlier version of this demo spent (3 rounds of 100 mistakes with 2 new exercises each), now all on
+corrections — each call buys one row that reaches the gold answer, where a new exercise costs two calls
+(asked, then solved) and its row is a near-copy of a missed problem.
 
 Everything runs through the pipeline runner (``runs/demo_tailored/pipeline.yaml`` holds the final
 pipeline), against the simulated arithmetic teacher behind a loopback OpenAI-compatible server with
@@ -28,7 +35,7 @@ from typing import Any
 from synthkd.demo import (
     accuracy_of,
     cpu_seconds,
-    deterministic_torch,
+    fixed_torch_threads,
     run_seeds,
     run_spec,
     stage_accuracy,
@@ -47,7 +54,7 @@ TINY = {"hidden_size": 128, "layers": 2, "heads": 4, "vocab_size": 600}
 EVAL = {"kind": "number", "gold_field": "gold", "input_field": "question", "batch_size": 64, "max_new_tokens": 64}
 
 
-def tailored_stages(data: Path, *, rounds: int, max_mistakes: int, similar: int, samples: int,
+def tailored_stages(data: Path, *, rounds: int, max_mistakes: int, similar: int, samples: int, from_base: bool,
                     epochs: float, lr: float, batch_size: int, seed: int, tiny: dict[str, int]) -> list[dict[str, Any]]:
     """Round 0 + the tailored rounds + the DPO self-reflection step."""
     train = _train_options(epochs, lr, batch_size, seed)
@@ -58,7 +65,7 @@ def tailored_stages(data: Path, *, rounds: int, max_mistakes: int, similar: int,
          "options": {"ops": [{"op": "consistency", "mode": "gold", "kind": "number"}]}},
         {"name": "tailor", "kind": "tailor", "input": str(data / "pool.jsonl"),
          "options": {"initial": "clean", "heldout": str(data / "dev.jsonl"), "student": "tiny", "tiny": tiny,
-                     "rounds": rounds, "patience": rounds, "mode": "rationale", "accumulate": True,
+                     "rounds": rounds, "patience": rounds, "mode": "rationale", "accumulate": True, "from_base": from_base,
                      "max_mistakes": max_mistakes, "similar": similar, "samples": samples, "dpo": "final",
                      "dpo_beta": 0.5, "dpo_loss_type": ["sigmoid", "sft"], "max_tokens": 128,
                      "max_new_tokens": 64, "eval_batch_size": 64, **train}},
@@ -88,9 +95,10 @@ def equal_budget_stages(data: Path, *, max_steps: int, lr: float, batch_size: in
 
 
 def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 100, n_test: int = 200,
-                      rounds: int = 3, max_mistakes: int = 100, similar: int = 2, samples: int = 1,
+                      rounds: int = 3, max_mistakes: int = 380, similar: int = 0, samples: int = 1,
                       error_rate: float = 0.1, noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3,
                       batch_size: int = 16, seed: int = 0, latency_ms: int = 150, tiny: dict[str, int] | None = None,
+                      similar_kind: str = "variation", from_base: bool = True,
                       concurrency: int = 16, server_error_rate: float = 0.05, run_name: str = "demo_tailored",
                       base_dir: Path | None = None) -> dict[str, Any]:
     from synthkd.testing.server import FaultConfig, TestServer
@@ -109,15 +117,17 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in dev], data / "dev.jsonl")
     write_jsonl([{"id": p.id, "question": p.question, "gold": p.answer} for p in test], data / "test.jsonl")
     # the seed is in the salt: another seed is another teacher's slips, not only other problems
-    teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt=f"careful{seed}")
+    teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt=f"careful{seed}",
+                                 similar_kind=similar_kind)
     t0, c0 = time.monotonic(), cpu_seconds()
     with TestServer(FaultConfig(latency_ms=latency_ms, latency_jitter_ms=latency_ms * 2 // 3,
                                 error_rate=server_error_rate, seed=seed), responder=teacher) as srv, \
-            deterministic_torch():
+            fixed_torch_threads():
         spec: dict[str, Any] = {
             "name": "demo_tailored", "description": "synthkd offline demo: tailored rounds vs one-shot", "run_dir": "runs",
             "seed": seed, "teacher": {"model": teacher_model_name("careful", teacher), "base_url": srv.base_url, "concurrency": concurrency},
             "stages": tailored_stages(data, rounds=rounds, max_mistakes=max_mistakes, similar=similar, samples=samples,
+                                      from_base=from_base,
                                       epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)}
         manifest = run_spec(spec, run_dir, base)
         st = manifest["stages"]
@@ -125,7 +135,7 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
         tailored_calls = sum(_round_calls(h) for h in (st["tailor"].get("counts") or {}).get("rounds", []))
         n_equal = min(n_pool, initial_calls + tailored_calls)
         write_jsonl([{"id": p.id, "question": p.question, "answer": p.answer} for p in pool[:n_equal]], data / "equal.jsonl")
-        steps = tailored_steps(run_dir / "tailor", st["tailor"])
+        steps = tailored_steps(run_dir / "tailor", st["tailor"], from_base=from_base)
         spec["stages"] += equal_budget_stages(data, max_steps=steps, lr=lr, batch_size=batch_size, seed=seed, tiny=tiny)
         manifest = run_spec(spec, run_dir, base)
     wall, cpu = time.monotonic() - t0, cpu_seconds() - c0
@@ -142,19 +152,25 @@ def run_tailored_demo(*, n_pool: int = 1500, n_initial: int = 300, n_dev: int = 
             "best_round": best, "plot": str(run_dir / "tailor" / "accuracy.png")}
 
 
-def tailored_steps(tailor_dir: Path, stage: dict[str, Any]) -> int:
-    """Optimiser steps the tailored arm took: every round's SFT run (round 0 included; a round that
-    trained nothing adds none), from the training record each round's model carries.  The DPO
-    self-reflection step is not counted: it is reported on its own row, not as a tailored round."""
+def tailored_steps(tailor_dir: Path, stage: dict[str, Any], *, from_base: bool) -> int:
+    """Optimiser steps behind the best tailored round's model, read from the training record each round's
+    model carries: that round's own SFT run when every round trains from the base student
+    (``from_base``), else every SFT run up to it (round 0 included; a round that trained nothing adds
+    none).  The DPO self-reflection step is not counted: it is reported on its own row."""
     import json
 
-    total = 0
-    for h in (stage.get("counts") or {}).get("rounds", []):
-        if h.get("status") != "trained":
-            continue
-        record = tailor_dir / f"round_{h['round']}" / "model" / "synthkd_train.json"
-        total += int(json.loads(record.read_text())["metrics"]["global_steps"])
-    return total
+    counts = stage.get("counts") or {}
+    best = counts.get("best_round")
+    steps: dict[int, int] = {}
+    for h in counts.get("rounds", []):
+        if h.get("status") == "trained":
+            record = tailor_dir / f"round_{h['round']}" / "model" / "synthkd_train.json"
+            steps[h["round"]] = int(json.loads(record.read_text())["metrics"]["global_steps"])
+    if best is None:
+        best = max(steps, default=0)
+    if from_base:
+        return steps.get(best, 0)
+    return sum(n for r, n in steps.items() if r <= best)
 
 
 TAILORED_COLUMNS = (("round 0", "round_0"), ("best tailored round (by dev)", "best"), ("+ DPO", "dpo"),
@@ -191,7 +207,7 @@ def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n
         calls += _round_calls(h)
         what = ("round 0: one-shot distillation" if r == 0 else
                 f"tailored round {r} ({h.get('mistakes')} mistakes → {h.get('corrections')} corrections"
-                f" + {h.get('similar_rows')} new exercises)")
+                + (f" + {h['similar_rows']} new exercises)" if h.get("similar_rows") else ")"))
         dev = "-" if h.get("accuracy") is None else f"{100 * h['accuracy']:.1f}%"
         lines.append(f"| {what} | {calls} | {h.get('train_rows')} | {dev} | {acc(f'eval_round_{r}')} |")
     ref = tc.get("reflection") or {}
@@ -200,7 +216,7 @@ def tailored_table(stages: dict[str, Any], *, rounds: int, initial_calls: int, n
         lines.append(f"| + DPO self-reflection (from round {ref.get('from_round')}, {ref.get('pairs')} pairs) | {calls} "
                      f"| {ref.get('pairs')} pairs | {dev} | {acc('eval_dpo')} |")
     eq_rows = (stages.get("sft_equal", {}).get("counts") or {}).get("rows_in", "-")
-    steps = "" if tailored_steps is None else f", {tailored_steps} optimiser steps like the tailored rounds"
+    steps = "" if tailored_steps is None else f", {tailored_steps} optimiser steps like the best tailored round"
     lines.append(f"| one-shot at equal teacher calls (rationales for {equal_rows} of {n_pool} pool problems{steps}) "
                  f"| {equal_rows} | {eq_rows} | - | {acc('eval_equal')} |")
     return "\n".join(lines)

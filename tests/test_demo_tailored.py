@@ -40,8 +40,14 @@ def test_tailored_demo_compares_at_equal_teacher_calls(tmp_path, monkeypatch):
     round_steps = [json.loads((run / "tailor" / f"round_{h['round']}" / "model" / "synthkd_train.json").read_text())
                    ["metrics"]["global_steps"] for h in rounds]
     assert all(n > 0 for n in round_steps)
-    assert st["sft_equal"]["counts"]["train_metrics"]["global_steps"] == sum(round_steps)
-    assert f"{sum(round_steps)} optimiser steps" in out["table"]
+    # every round trained from the base student (from_base): the best round's model owes its training to
+    # its own run alone, and that run's steps are the one-shot arm's
+    students = {json.loads((run / "tailor" / f"round_{h['round']}" / "model" / "synthkd_train.json").read_text())
+                ["student"] for h in rounds}
+    assert len(students) == 1 and students.pop().endswith("base-student")
+    best = st["tailor"]["counts"]["best_round"]
+    assert st["sft_equal"]["counts"]["train_metrics"]["global_steps"] == round_steps[best]
+    assert f"{round_steps[best]} optimiser steps" in out["table"]
     for name in ("eval_round_0", "eval_round_1", "eval_round_2", "eval_dpo", "eval_equal"):
         assert st[name]["counts"]["metrics"]["rows"] == 12
     table = out["table"]
@@ -89,3 +95,19 @@ def test_tailored_demo_gives_one_result_whatever_the_concurrency_and_server_erro
     assert a[2].keys() == b[2].keys()
     for name in a[2]:
         assert a[2][name] == b[2][name], name
+
+
+def test_tailored_steps_count_what_is_behind_the_best_rounds_model(tmp_path):
+    """The one-shot arm's optimiser steps: the best round's own run when rounds train from the base
+    student, every run up to the best round when each round trains further (later rounds not counted)."""
+    from synthkd.demo_tailored import tailored_steps
+
+    for r, n in enumerate((100, 200, 300, 400)):
+        d = tmp_path / f"round_{r}" / "model"
+        d.mkdir(parents=True)
+        (d / "synthkd_train.json").write_text(json.dumps({"metrics": {"global_steps": n}}))
+    stage = {"counts": {"best_round": 2, "rounds": [{"round": r, "status": "trained"} for r in range(4)]}}
+    assert tailored_steps(tmp_path, stage, from_base=True) == 300
+    assert tailored_steps(tmp_path, stage, from_base=False) == 100 + 200 + 300
+    stage["counts"]["rounds"][1]["status"] = "no_new_rows"  # a round that trained nothing adds nothing
+    assert tailored_steps(tmp_path, stage, from_base=False) == 100 + 300

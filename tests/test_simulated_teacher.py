@@ -186,6 +186,26 @@ def test_clean_similar_exercises_have_exact_answers():
         assert q is not None and answer == f"Answer: {q.answer}" and q.question != p.question
 
 
+def test_variation_exercises_keep_the_first_step_of_the_missed_problem():
+    """similar_kind="variation": exercises aimed at the missed arithmetic (the first step's operands kept),
+    everything else drawn anew; parseable, so the teacher can solve them later."""
+    sim = SimulatedResponder([], error_rate=0.0, copy_rate=0.0, similar_kind="variation")
+    template_kind = SimulatedResponder([], error_rate=0.0, copy_rate=0.0)
+    kept_first = 0
+    for p in make_problems(60, seed=5):
+        exercises = sim.similar_exercises(p, 4, seed=0)
+        questions = [q.question for q, _ in exercises]
+        assert len(set(questions)) == 4 and p.question not in questions
+        for q, proposed in exercises:
+            parsed = parse_problem(q.question)
+            assert parsed is not None and parsed.template == p.template and parsed.answer == proposed == q.answer
+            assert q.steps[0][:3] == p.steps[0][:3]  # same operation on the same operands
+        kept_first += all(q.steps[0][:3] == p.steps[0][:3] for q, _ in template_kind.similar_exercises(p, 4, seed=0))
+    assert kept_first < 10  # the template kind draws new numbers: it rarely keeps the first step
+    with pytest.raises(ValueError, match="similar_kind"):
+        SimulatedResponder([], similar_kind="other")
+
+
 def _final_number(text: str) -> int:
     """The last number of the solution proper (formatting noise and run-on exemplars aside)."""
     return int(re.findall(r"-?\d+", strip_continuation(text))[-1])

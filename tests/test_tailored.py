@@ -591,3 +591,16 @@ def test_a_round_in_batch_mode_equals_the_online_round_step_by_step(setup, tmp_p
     assert b["batches_created"] == 3 and not b["resubmitted_ids"]  # corrections, exercises, solutions
     assert srv.stats()["by_endpoint"].get("/v1/chat/completions", 0) == 0  # nothing was sent online
     assert b["requests_submitted"] == online_srv.stats()["by_endpoint"]["/v1/chat/completions"]
+
+
+def test_from_base_needs_the_accumulated_rows(tmp_path):
+    """--from-base retrains every round from the base student, so a round trained on its new rows alone
+    (--replace) would forget every earlier round: refused before any training or teacher call."""
+    from synthkd.loops.tailored import check_options
+
+    pool = _write(tmp_path / "pool.jsonl", [{"id": "p", "question": "q", "answer": "1"}])
+    initial = _write(tmp_path / "initial.jsonl", [{"id": "a", "input": "q", "rationale": "r", "answer": "1"}])
+    opts = _opts(tmp_path, tmp_path / "student", pool, pool, initial, from_base=True, accumulate=False)
+    with pytest.raises(InputError, match="--from-base retrains each round from the base student"):
+        check_options(opts)
+    check_options(_opts(tmp_path, tmp_path / "student", pool, pool, initial, from_base=True))

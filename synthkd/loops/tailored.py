@@ -96,6 +96,7 @@ class TailorOptions:
     patience: int = 1               # stop after this many rounds without a held-out improvement
     mode: str = "rationale"         # SFT mode (label / rationale / multitask)
     accumulate: bool = True         # train each round on all rows so far (else only this round's new rows)
+    from_base: bool = False         # each round trains from the base student (LLM2LLM), not further
     pool_gold_field: str = "answer"
     heldout_gold_field: str = "gold"
     template: str | Path = "tailored/correct"
@@ -150,6 +151,9 @@ class TailorConfig(TrainSettings):
     mode: str = opt("rationale", help="SFT mode: label, rationale, multitask.", choices=TRACE_FREE_MODES)
     accumulate: bool = opt(True, help="Train each round on all rows so far (--no-accumulate or --replace: on its "
                                       "new rows only).", flags=(" /--replace",))
+    from_base: bool = opt(False, help="Train each round from the base student on all rows so far (LLM2LLM; a "
+                                      "round's model then owes nothing to the earlier rounds' training) instead "
+                                      "of further from the previous round's model.")
     pool_gold_field: str = opt("answer", help="Pool field with the gold answer (or the teacher's, for a pool "
                                               "without gold) that mistakes are judged against.")
     heldout_gold_field: str = opt("gold", help="Held-out field with the gold answer.")
@@ -180,6 +184,7 @@ class TailorConfig(TrainSettings):
             student=self.student, pool=Path(self.pool), initial=Path(self.initial),
             heldout=Path(self.heldout) if self.heldout is not None else None, out=Path(self.output),
             rounds=self.rounds, patience=self.patience, mode=self.mode, accumulate=self.accumulate,
+            from_base=self.from_base,
             pool_gold_field=self.pool_gold_field, heldout_gold_field=self.heldout_gold_field,
             template=self.template, max_tokens=self.max_tokens, temperature=self.temperature, chat=self.chat,
             eval_batch_size=self.eval_batch_size, max_new_tokens=self.max_new_tokens,
@@ -231,6 +236,9 @@ def check_options(opts: TailorOptions) -> Templates:
         problems.append("--samples > 1 draws distinct answers: --sample-temperature must be above 0")
     if opts.similar < 0:
         problems.append(f"--similar must be >= 0, got {opts.similar}")
+    if opts.from_base and not opts.accumulate:
+        problems.append("--from-base retrains each round from the base student, so it needs every row so far: "
+                        "drop --replace (or --from-base)")
     if opts.max_mistakes is not None and opts.max_mistakes < 1:
         problems.append(f"--max-mistakes must be >= 1, got {opts.max_mistakes}")
     if opts.dpo not in DPO_MODES:
@@ -584,7 +592,8 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
     # 4. self-reflection pairs
     pairs = pairs_from_rows(corrections)
     write_jsonl(pairs, rdir / "pairs.jsonl")
-    # 5. train further on the new rows (accumulated with every earlier round's rows, or alone)
+    # 5. train further on the new rows (accumulated with every earlier round's rows, or alone); from_base:
+    # a fresh start from the base student on every row so far
     train_rows = list(new_rows)
     if opts.accumulate:
         earlier = [_round_rows(opts, q) for q in range(1, r)]
@@ -594,7 +603,7 @@ async def _round(opts: TailorOptions, r: int, teacher: Teacher, tpls: Templates,
     model = prev  # nothing usable came back: the student is unchanged
     if new_rows:
         sft_dir = rdir / ("model_sft" if opts.dpo == "each" and pairs else "model")
-        _train(opts, str(prev), train_file, sft_dir)
+        _train(opts, str(opts.student) if opts.from_base else str(prev), train_file, sft_dir)
         model = sft_dir
         if opts.dpo == "each" and pairs:
             _train_dpo(opts, sft_dir, rdir / "pairs.jsonl", rdir / "model")

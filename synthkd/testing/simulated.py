@@ -88,6 +88,28 @@ def random_problem(rng: random.Random, template: str | None = None) -> Problem:
     return build_problem(TEMPLATES[kind], name, thing, holder, a, b, c)
 
 
+#: What the simulated teacher's "new exercises like this one" are: ``template`` -- random problems of
+#: the same template; ``variation`` -- the same problem with its first step kept and the rest
+#: changed (:func:`variation_of`), the way a teacher asked for exercises on a student's mistake writes
+#: variations of that exercise.
+SIMILAR_KINDS = ("template", "variation")
+
+
+def variation_of(rng: random.Random, p: Problem) -> Problem:
+    """A variation of ``p``: the same template and the same first step (the operands of its first
+    operation: the multiplication or sum a student who got ``p`` wrong may have missed), with a new
+    name, thing, holder and other number (drawn as :func:`random_problem` draws it)."""
+    name, thing, holder = rng.choice(NAMES), rng.choice(THINGS), rng.choice(HOLDERS)
+    _, x, y, first = p.steps[0]
+    if p.template == "boxes-give":  # a * b - c: keep a, b
+        a, b, c = x, y, rng.randint(1, first)
+    elif p.template == "buy-holders":  # a + b * c: keep b, c
+        a, b, c = rng.randint(1, 20), x, y
+    else:  # a + b - c: keep a, b
+        a, b, c = x, y, rng.randint(1, first)
+    return build_problem(p.template, name, thing, holder, a, b, c)
+
+
 def build_problem(template: str, name: str, thing: str, holder: str, a: int, b: int, c: int,
                   id: str | None = None) -> Problem:
     """The problem of ``template`` with these slots (question text, steps, answer)."""
@@ -248,7 +270,11 @@ class SimulatedResponder:
     """
 
     def __init__(self, problems: list[Problem], *, error_rate: float = 0.1, noise_rate: float = 0.1,
-                 salt: str = "sim", copy_rate: float = 0.1, think: bool = False) -> None:
+                 salt: str = "sim", copy_rate: float = 0.1, think: bool = False,
+                 similar_kind: str = "template") -> None:
+        if similar_kind not in SIMILAR_KINDS:
+            raise ValueError(f"similar_kind {similar_kind!r}: one of {', '.join(SIMILAR_KINDS)}")
+        self.similar_kind = similar_kind
         self.think = think  # R1-style: the working inside <think>...</think>, the final sentence after it
         self.by_question = {p.question: p for p in problems}
         self.error_rate = error_rate
@@ -298,7 +324,8 @@ class SimulatedResponder:
         return text + ending
 
     def similar_exercises(self, problem: Problem, m: int, seed: Any = None) -> list[tuple[Problem, int]]:
-        """``m`` new ``(problem, proposed answer)`` pairs of ``problem``'s template.
+        """``m`` new ``(problem, proposed answer)`` pairs of ``problem``'s template
+        (``similar_kind="variation"``: variations of ``problem`` itself, see :func:`variation_of`).
 
         Fresh names, things and numbers, reproducible from (question, seed, salt): the same prompt gets
         the same exercises, and a smaller ``m`` gets a prefix of a larger one's.  Like a real generator
@@ -313,9 +340,9 @@ class SimulatedResponder:
             if rng.random() < self.copy_rate:
                 new = problem
             else:
-                new = random_problem(rng, problem.template)
+                new = self._new_exercise(rng, problem)
                 while new.question in seen:
-                    new = random_problem(rng, problem.template)
+                    new = self._new_exercise(rng, problem)
                 seen.add(new.question)
             proposed = new.answer
             if rng.random() < self.error_rate:
@@ -323,6 +350,11 @@ class SimulatedResponder:
                 proposed = proposed + slip if proposed + slip >= 0 else proposed + abs(slip)
             out.append((new, proposed))
         return out
+
+    def _new_exercise(self, rng: random.Random, problem: Problem) -> Problem:
+        if self.similar_kind == "variation":
+            return variation_of(rng, problem)
+        return random_problem(rng, problem.template)
 
     def similar_reply(self, problem: Problem, m: int, seed: Any = None) -> str:
         """The reply text: ``Exercise k: <question>`` / ``Answer: <n>`` blocks separated by blank lines."""
