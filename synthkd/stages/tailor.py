@@ -177,16 +177,17 @@ class TailorStage:
         if (where / "config.json").exists():
             return str(where)  # resumed: the same student round 0 started from
         from synthkd.train.export import DEFAULT_ANSWER_TEMPLATE
-        from synthkd.train.tiny import build_tiny_student
+        from synthkd.train.sft import TinyStudentShape, build_tiny_student_from
 
-        texts = [DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789")]
-        for path, keys in ((self._initial_path(ctx, o), None), (ctx.input, ("question", "input"))):
-            for _, row in iter_jsonl(path):  # the shared reader (a BOM accepted, bad lines named)
-                texts.extend(str(v) for k, v in row.items() if isinstance(v, (str, int, float))
-                             and (keys is None or k in keys))
+        # the initial rows' content fields (not their provenance: see build_tiny_student_from) and the
+        # pool's questions, which the student answers every round
+        pool = [str(v) for _, row in iter_jsonl(ctx.input) for k in ("question", "input")
+                if isinstance(v := row.get(k), str)]
         t = o.tiny
-        return str(build_tiny_student(texts, where, vocab_size=t.vocab_size, hidden_size=t.hidden_size,
-                                      layers=t.layers, heads=t.heads, seed=t.seed))
+        shape = TinyStudentShape(vocab_size=t.vocab_size, hidden_size=t.hidden_size, layers=t.layers, heads=t.heads,
+                                 seed=t.seed)
+        return str(build_tiny_student_from([self._initial_path(ctx, o)], where, shape,
+                                           extra_texts=(DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789"), *pool)))
 
     # ------------------------------------------------------------------ estimate
     def estimate(self, ctx: StageContext, o: Any) -> Estimate:

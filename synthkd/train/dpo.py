@@ -145,7 +145,8 @@ class DPOConfig(TrainSettings, PreferenceRowFields):
         if student == "tiny":
             paths = [as_path(self.input)] + ([Path(self.sft_input)] if self.sft_input is not None else [])
             student = str(build_tiny_student_from(paths, tiny_student_dir(self.output), self.tiny,
-                                                  extra_texts=(DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789"),)))
+                                                  extra_texts=(DEFAULT_ANSWER_TEMPLATE.format(answer="0123456789"),),
+                                                  fields=self.preference_fields()))
         s = self.train_settings()
         sft_s = None
         if self.sft_input is not None:

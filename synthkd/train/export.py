@@ -72,6 +72,14 @@ class Fields:
     def prompt_names(self) -> tuple[str, ...]:
         return (self.prompt,) if self.prompt else ("prompt", *self.input_fallbacks)
 
+    def text_names(self) -> tuple[str, ...]:
+        """Every field whose text a student may be trained on (SFT and preference rows): what a tiny
+        student's tokenizer is trained on -- never a row's provenance (``cached``, latency, cost), which
+        differs between a first run and a rerun from the cache."""
+        names = (*self.input_names(), self.rationale, self.answer, self.reasoning, *self.prompt_names(),
+                 self.chosen, self.rejected)
+        return tuple(dict.fromkeys(names))
+
 
 @dataclass
 class SFTExample:

@@ -45,7 +45,9 @@ from synthkd.train.common import (
 )
 from synthkd.train.export import (
     DEFAULT_ANSWER_TEMPLATE,
+    EXPLAIN_PREFIX,
     MODES,
+    PREDICT_PREFIX,
     Fields,
     build_sft_examples,
     in_id_order,
@@ -99,15 +101,22 @@ def tiny_student_dir(output: Path) -> Path:
 
 
 def build_tiny_student_from(paths: list[Path], where: Path, shape: TinyStudentShape | None = None,
-                            extra_texts: tuple[str, ...] = ()) -> Path:
-    """A tiny random-init Llama whose tokenizer is trained on the rows' texts (every string or number
-    value of every row of ``paths``), built offline into ``where``."""
+                            extra_texts: tuple[str, ...] = (), fields: Fields | None = None) -> Path:
+    """A tiny random-init Llama whose tokenizer is trained on the texts of the rows' content fields
+    (``fields.text_names()``: input, rationale, answer, prompt, chosen, ...; string or number values),
+    built offline into ``where``.
+
+    Why only those fields: a row also carries its provenance (``cached``, the teacher, token counts),
+    and ``cached`` is true on a rerun from the request cache where it was false on the first run -- a
+    tokenizer trained on it was another tokenizer on the rerun, and so another student."""
     from synthkd.train.tiny import build_tiny_student
 
+    names = (fields or Fields()).text_names()
     texts = list(extra_texts)
     for path in paths:
         for _, row in iter_jsonl(path):  # the shared reader (a BOM accepted, bad lines named)
-            texts.extend(str(v) for v in row.values() if isinstance(v, (str, int, float)))
+            texts.extend(str(v) for k in names if isinstance(v := row.get(k), (str, int, float))
+                         and not isinstance(v, bool))
     t = shape or TinyStudentShape()
     return build_tiny_student(texts, where, vocab_size=t.vocab_size, hidden_size=t.hidden_size, layers=t.layers,
                               heads=t.heads, seed=t.seed)
@@ -162,7 +171,10 @@ class SFTConfig(TrainSettings, SFTTargets, SFTRowFields):
         :func:`tiny_student_dir` of the output, from the input's texts)."""
         student = self.student
         if student == "tiny":
-            student = str(build_tiny_student_from([as_path(self.input)], tiny_student_dir(self.output), self.tiny))
+            template = self.answer_template.format(answer="0123456789")
+            student = str(build_tiny_student_from([as_path(self.input)], tiny_student_dir(self.output), self.tiny,
+                                                  extra_texts=(template, PREDICT_PREFIX, EXPLAIN_PREFIX),
+                                                  fields=self.row_fields()))
         return SFTOptions(student=student, input=as_path(self.input), output=Path(self.output), mode=self.mode,
                           fields=self.row_fields(), rationale_weight=self.rationale_weight,
                           answer_template=self.answer_template, eval_input=self.eval_input,
