@@ -77,3 +77,24 @@ def test_seeds_option_takes_distinct_integers():
     for bad in ("0,x", "1,1", ","):
         with pytest.raises(typer.BadParameter):
             _parse_seeds(bad, 0)
+
+
+def test_a_rerun_from_the_request_cache_gives_the_same_table_and_students(tmp_path, monkeypatch):
+    """The same seed twice on one request cache: the second run gets every answer from the cache (rows
+    flagged cached), and still trains the same students bit for bit (the tiny students' tokenizers once
+    counted the 'cached' flag among their texts)."""
+    import hashlib
+
+    monkeypatch.setenv("SYNTHKD_CACHE", str(tmp_path / "cache.sqlite"))
+    kw = dict(n_train=48, n_test=12, epochs=1, error_rate=0.1, noisy_error_rate=0.5, latency_ms=0)
+    first = run_demo(base_dir=tmp_path / "a", **kw)
+    again = run_demo(base_dir=tmp_path / "b", **kw)
+    rows = [json.loads(x) for x in (tmp_path / "b" / "runs" / "demo" / "rationales.jsonl").read_text().splitlines()]
+    assert rows and all(r["cached"] for r in rows)  # the rerun paid for nothing
+    assert first["accuracy"] == again["accuracy"]
+
+    def weights(base):
+        return {p.parent.name: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted((base / "runs" / "demo").glob("sft_*/model.safetensors")) if "tiny" not in p.parent.name}
+
+    assert len(weights(tmp_path / "a")) == 5 and weights(tmp_path / "a") == weights(tmp_path / "b")
