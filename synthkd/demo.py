@@ -128,8 +128,9 @@ def run_demo(*, n_train: int = 1500, rows: int | None = None, n_test: int = 200,
              run_name: str = "demo", base_dir: Path | None = None) -> dict[str, Any]:
     """One demo run (one seed) in ``runs/<run_name>``; returns the table, the accuracies and the times.
 
-    ``n_train``: problems the careful teacher answers; ``rows``: training rows of every student (default 5/6 of ``n_train``:
-    at the default 10% slips the careful teacher's filter keeps about 9/10, so the sample is full); the noisy teacher answers as many problems as its filter needs to fill ``rows``."""
+    ``n_train``: problems the careful teacher answers; ``rows``: training rows of every student (default
+    5/6 of ``n_train``: at the default 10% slips the careful teacher's filter keeps about 9/10, so the
+    sample is full); the noisy teacher answers as many problems as its filter needs to fill ``rows``."""
     from synthkd.testing.server import FaultConfig, TestServer
 
     base = base_dir or Path.cwd()
