@@ -23,7 +23,7 @@ def _parse_seeds(text: str | None, seed: int) -> list[int]:
 
 def demo_command(
     n_train: Optional[int] = typer.Option(None, "--train", help="Training problems (with --tailored: the "
-                                          "pool); default 1500."),
+                                          "pool); default 1500 (--tailored: 6000)."),
     rows: Optional[int] = typer.Option(None, "--rows", help="Training rows of every student (a seeded sample of "
                                        "its teacher's rows); default 5/6 of --train.", min=1),
     n_test: int = typer.Option(200, "--test", help="Held-out problems."),
