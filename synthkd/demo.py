@@ -12,8 +12,8 @@ teacher's rows; and with the noisy teacher, its rows unfiltered vs those its con
 sample too).
 
 Sized so the effects show (issue 16): each answer takes two arithmetic steps, which a 0.8M-parameter
-student trained from scratch rarely computes in one go (label-only: 3-10%) but learns step by step
-from 1,250 rows and 10 epochs (rationale: 28-69% over seeds 0-2).  ``--seeds 0,1,2`` runs it per seed
+student trained from scratch rarely computes in one go (label-only: 4-8%) but learns step by step
+from 1,250 rows and 10 epochs (rationale: 48-65% over seeds 0-2).  ``--seeds 0,1,2`` runs it per seed
 and adds mean ± standard error.  Reproducible: the simulated teachers answer from (seed, question)
 alone, rows are trained on in id order, and torch runs on a fixed number of threads
 (:func:`fixed_torch_threads`), so concurrency, server errors and machine load change nothing.
