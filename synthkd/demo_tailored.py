@@ -12,8 +12,9 @@ pool, filtered for consistency with the gold answer, one tiny student).  Then
   per mistake (variations of the missed problem, solved again and filtered);
 * **one-shot at equal teacher calls and optimiser steps**: the same number of teacher calls the
   initial rationales and the tailored rounds used, spent up front on rationales for more pool
-  problems, one training run from the base student of as many optimiser steps as the best tailored
-  round's run (:func:`tailored_steps`), so the comparison is about the data, not the training length.
+  problems, one training run of a tiny student of the same shape and seed, from scratch, of as many
+  optimiser steps as the best tailored round's run (:func:`tailored_steps`), so the comparison is about
+  the data, not the training length.
 
 The pool (6,000 problems) is four times the teacher-call budget: with a pool the budget nearly
 covers, both arms end up asking about the same problems and "which problems" is no question at all
