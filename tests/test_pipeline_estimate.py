@@ -105,3 +105,45 @@ stages:
     total = re.search(r"\| \*\*total\*\* \| \| (\d+) \|", res.stdout)
     assert total and int(total.group(1)) == _calls(res.stdout) + n * labels
     assert srv.stats()["requests_total"] == 0
+
+
+def test_a_sample_caps_the_teacher_calls_after_it_and_the_rows_passed_on(tmp_path, make_server):
+    """clean: [sample n=5, relabel] over 30 generated rows costs 5 relabel calls, not 30, and a stage after
+    it expects 5 rows; a sample after the teacher op leaves its calls alone."""
+    srv = make_server(responder=Banking77Responder.from_dir())
+    shutil.copy(REPO / "data" / "banking77" / "task_spec.yaml", tmp_path / "task_spec.yaml")
+    n, labels = 6, 8  # 48 rows expected from the tasks stage
+    (tmp_path / "p.yaml").write_text(f"""name: est3
+teacher: {{model: test-model, base_url: "{srv.base_url}"}}
+stages:
+  - name: tasks
+    kind: generate.tasks
+    options: {{labels: task_spec.yaml, per_label: {n}, batch_size: 5, seed: 0}}
+  - name: first
+    kind: clean
+    input: tasks
+    options:
+      ops:
+        - {{op: sample, n: 5}}
+        - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
+  - name: second
+    kind: clean
+    input: tasks
+    options:
+      ops:
+        - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
+        - {{op: sample, n: 7}}
+  - name: again
+    kind: clean
+    input: second
+    options:
+      ops:
+        - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
+""")
+    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    calls = {name: int(m.group(1)) for name in ("first", "second", "again")
+             if (m := re.search(rf"\| {name} \| clean \| (\d+) \|", res.stdout))}
+    assert calls == {"first": 5, "second": n * labels, "again": 7}, res.stdout
+    assert srv.stats()["requests_total"] == 0

@@ -85,7 +85,14 @@ class CleanStage:
             note = f"{n} input rows expected from the stage that makes them (an upper bound: filters drop rows)"
         else:
             raise FileNotFoundError(str(ctx.input))  # known only after the stage before it runs
+        # a `sample` caps the rows every later op sees (and the stage writes); other ops are counted as
+        # keeping every row, so this stays an upper bound
+        rows, calls = n, 0
+        for c in configs:
+            if getattr(c, "op", "") == "sample":
+                rows = min(rows, c.n)  # type: ignore[attr-defined]
+            elif c in teacher_ops:
+                calls += rows
         if not teacher_ops:
-            return Estimate(rows_out=n)
-        k = len(teacher_ops)
-        return Estimate(n * k, n * k * 400, n * k * 32, note, rows_out=n)
+            return Estimate(rows_out=rows)
+        return Estimate(calls, calls * 400, calls * 32, note, rows_out=rows)
