@@ -34,6 +34,14 @@ def _calls(stdout: str) -> int:
     return int(m.group(1))
 
 
+def _validate(where):
+    """``synthkd validate p.yaml`` in ``where``, which must succeed."""
+    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=where, env=cli_env(), capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr + res.stdout
+    return res
+
+
 def test_validate_estimates_dedup_losses_then_uses_the_measured_keep_rate(tmp_path, make_server):
     srv = make_server(responder=Banking77Responder.from_dir())
     shutil.copy(REPO / "data" / "banking77" / "task_spec.yaml", tmp_path / "task_spec.yaml")
@@ -95,9 +103,7 @@ stages:
       ops:
         - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
 """)
-    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr + res.stdout
+    res = _validate(tmp_path)
     m = re.search(r"\| relabel \| clean \| (\d+) \|", res.stdout)
     assert m and int(m.group(1)) == n * labels, res.stdout
     assert re.search(r"\| merged \| merge \| - \|", res.stdout), res.stdout  # no teacher call: no cost column
@@ -140,9 +146,7 @@ stages:
       ops:
         - {{op: relabel, labels: task_spec.yaml, policy: overwrite}}
 """)
-    res = subprocess.run(synthkd_cmd("validate", "p.yaml"), cwd=tmp_path, env=cli_env(), capture_output=True,
-                         text=True, timeout=120)
-    assert res.returncode == 0, res.stderr + res.stdout
+    res = _validate(tmp_path)
     calls = {name: int(m.group(1)) for name in ("first", "second", "again")
              if (m := re.search(rf"\| {name} \| clean \| (\d+) \|", res.stdout))}
     assert calls == {"first": 5, "second": n * labels, "again": 7}, res.stdout
