@@ -16,14 +16,18 @@ pool, filtered for consistency with the gold answer, one tiny student).  Then
   optimiser steps as the best tailored round's run (:func:`tailored_steps`), so the comparison is about
   the data, not the training length.
 
-The pool (6,000 problems) is four times the teacher-call budget: with a pool the budget nearly
+The pool (6,000 problems) is about three times the teacher-call budget: with a pool the budget nearly
 covers, both arms end up asking about the same problems and "which problems" is no question at all
 (the first version of this demo had a 1,500-problem pool and spent 1,443 calls).
 
-Defaults (3 rounds of up to 380 corrections, no new exercises): 1,440 teacher calls, as many as the
-earlier version of this demo spent (3 rounds of 100 mistakes with 2 new exercises each), now all on
-corrections — each call buys one row that reaches the gold answer, where a new exercise costs two calls
-(asked, then solved) and its row is a near-copy of a missed problem.
+Defaults (round 0 on 1,000 problems, then 3 rounds of up to 300 corrections, no new exercises): 1,900
+teacher calls.  Round 0 is large on purpose: a student's mistakes only say something about it once it
+gets a good share of the pool right.  Below about 40% (a round 0 of 300 problems) nearly every pool
+problem is a mistake, a sample of mistakes is a sample of the pool, and the tailored arm's "choice" is
+the one-shot arm's random draw; the tiny students are then also on the steep part of their learning
+curve, where two equivalent runs land 10-25 points apart.  Each call buys one row that reaches the
+gold answer (the teacher sees it), where a new exercise costs two calls (asked, then solved) and its
+row is a near-copy of a missed problem.
 
 Everything runs through the pipeline runner (``runs/demo_tailored/pipeline.yaml`` holds the final
 pipeline), against the simulated arithmetic teacher behind a loopback OpenAI-compatible server with
@@ -99,8 +103,8 @@ def equal_budget_stages(data: Path, *, max_steps: int, lr: float, batch_size: in
     ]
 
 
-def run_tailored_demo(*, n_pool: int = 6000, n_initial: int = 300, n_dev: int = 100, n_test: int = 200,
-                      rounds: int = 3, max_mistakes: int = 380, similar: int = 0, samples: int = 1,
+def run_tailored_demo(*, n_pool: int = 6000, n_initial: int = 1000, n_dev: int = 100, n_test: int = 200,
+                      rounds: int = 3, max_mistakes: int = 300, similar: int = 0, samples: int = 1,
                       error_rate: float = 0.1, noise_rate: float = 0.1, epochs: float = 10.0, lr: float = 2e-3,
                       batch_size: int = 16, seed: int = 0, latency_ms: int = 150, tiny: dict[str, int] | None = None,
                       similar_kind: str = "variation", from_base: bool = True,

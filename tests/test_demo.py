@@ -79,6 +79,20 @@ def test_seeds_option_takes_distinct_integers():
             _parse_seeds(bad, 0)
 
 
+def test_each_demo_refuses_the_other_demos_options_before_running(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from synthkd.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    for args, named in ((["demo", "--initial", "50"], "--initial"), (["demo", "--max-mistakes", "5"], "--max-mistakes"),
+                        (["demo", "--tailored", "--rows", "10"], "--rows")):
+        res = CliRunner().invoke(app, args)
+        assert res.exit_code == 2, (args, res.output)
+        assert named in res.stderr and "tailored" in res.stderr  # says which demo the option belongs to
+        assert not (tmp_path / "runs").exists()  # refused before anything ran
+
+
 def test_a_rerun_from_the_request_cache_gives_the_same_table_and_students(tmp_path, monkeypatch):
     """The same seed twice on one request cache: the second run gets every answer from the cache (rows
     flagged cached), and still trains the same students bit for bit (the tiny students' tokenizers once

@@ -40,12 +40,19 @@ def demo_command(
     tailored: bool = typer.Option(False, "--tailored", help="Tailored rounds + DPO self-reflection vs one-shot "
                                   "distillation at equal teacher calls (instead of the formats/filter comparison)."),
     rounds: int = typer.Option(3, "--rounds", help="--tailored: tailored rounds after round 0."),
+    initial: Optional[int] = typer.Option(None, "--initial", help="--tailored: pool problems with teacher "
+                                          "rationales in round 0; default 1000.", min=1),
+    max_mistakes: Optional[int] = typer.Option(None, "--max-mistakes", help="--tailored: student mistakes sent to "
+                                               "the teacher for a correction each round; default 300.", min=1),
 ) -> None:
     """Offline end-to-end demo: simulated teachers on 127.0.0.1 -> rationales -> filter -> tiny students -> table."""
     import contextlib
     import sys
 
     seed_list = _parse_seeds(seeds, seed)
+    if not tailored and (initial is not None or max_mistakes is not None):
+        raise typer.BadParameter("--initial and --max-mistakes are the tailored demo's (add --tailored)",
+                                 param_hint="--initial" if initial is not None else "--max-mistakes")
     if tailored and rows is not None:
         raise typer.BadParameter("--rows is the main demo's (every student's training rows); the tailored demo's "
                                  "training rows follow from its teacher calls", param_hint="--rows")
@@ -54,6 +61,7 @@ def demo_command(
             from synthkd.demo_tailored import run_tailored_demo_seeds
 
             kw: dict[str, Any] = {} if n_train is None else {"n_pool": n_train}
+            kw.update({k: v for k, v in (("n_initial", initial), ("max_mistakes", max_mistakes)) if v is not None})
             out = run_tailored_demo_seeds(seed_list, rounds=rounds, error_rate=error_rate, noise_rate=noise_rate,
                                           epochs=epochs or 10.0, concurrency=concurrency, n_test=n_test, **kw)
             where = "; accuracy per round: tailor/accuracy.png inside"
