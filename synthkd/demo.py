@@ -40,9 +40,11 @@ def run_spec(spec: dict[str, Any], run_dir: Path, base: Path) -> dict[str, Any]:
     from synthkd.pipeline import run_pipeline
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    # paths in a pipeline file are relative to the file (runs/<name>/), so the run directory's parent is
-    # written out: `synthkd run runs/<name>/pipeline.yaml` reruns into this same run directory
-    spec = {**spec, "run_dir": str((Path(base) / spec.get("run_dir", "runs")).resolve())}
+    # the runner writes into <run_dir>/<name>: both come from ``run_dir`` itself, so each seed of
+    # `--seeds` runs in its own runs/<demo>_seed<s> (with the demo's fixed name, every seed ran in
+    # runs/<demo> over the previous one).  The parent is written out absolute: paths in a pipeline file
+    # are relative to the file, and `synthkd run runs/<name>/pipeline.yaml` must rerun into this directory.
+    spec = {**spec, "name": run_dir.name, "run_dir": str(Path(base, run_dir).resolve().parent)}
     (run_dir / "pipeline.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
     cfg = PipelineConfig.model_validate(spec)
     cfg._source = run_dir / "pipeline.yaml"

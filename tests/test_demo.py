@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import eval_accuracy
 from synthkd.answers import numbers_equal
-from synthkd.demo import STUDENTS, mean_se, run_demo, seeds_table, teacher_model_name
+from synthkd.demo import STUDENTS, mean_se, run_demo, run_demo_seeds, seeds_table, teacher_model_name
 from synthkd.testing.simulated import SimulatedResponder
 
 pytestmark = pytest.mark.train  # the demo trains five tiny students
@@ -65,6 +67,22 @@ def test_seeds_table_gives_mean_and_standard_error_of_accuracies_and_effects():
     assert lines[4] == "| mean ± SE | 60.0 ± 10.0% | 25.0 ± 0.0% | +35.0 ± 10.0 |"
     # a missing accuracy is a "-", never averaged as if it were there
     assert seeds_table(results, (("B", "b"),), ()).splitlines()[-1] == "| mean ± SE | - |"
+
+
+def test_each_seed_runs_in_its_own_run_directory(tmp_path):
+    # --seeds: runs/demo_seed<s> holds that seed's whole run (stages, students, rerunnable pipeline.yaml);
+    # nothing goes to runs/demo, where every seed used to run over the previous one
+    out = run_demo_seeds([0, 1], n_train=48, n_test=12, epochs=1, latency_ms=0, base_dir=tmp_path)
+    assert not (tmp_path / "runs" / "demo").exists()
+    for seed in (0, 1):
+        run = tmp_path / "runs" / f"demo_seed{seed}"
+        man = json.loads((run / "manifest.json").read_text())
+        assert man["name"] == f"demo_seed{seed}"
+        assert man["stages"] and all(st["status"] == "done" for st in man["stages"].values())
+        assert (run / "sft_rationale" / "model.safetensors").exists() and (run / "eval_rationale").is_dir()
+        spec = yaml.safe_load((run / "pipeline.yaml").read_text())
+        assert Path(spec["run_dir"], spec["name"]) == run.resolve()  # `synthkd run` on it reruns into it
+    assert [r["run_dir"] for r in out["results"]] == [str(tmp_path / "runs" / f"demo_seed{s}") for s in (0, 1)]
 
 
 def test_seeds_option_takes_distinct_integers():
