@@ -33,17 +33,21 @@ from typing import Any
 import yaml
 
 from synthkd.demo import accuracy_of, fixed_torch_threads, run_spec, seeds_table, teacher_model_name
-from synthkd.demo_tailored import EVAL, TINY, _train_options, tailored_steps
 from synthkd.pipeline import claim_run_dir
 from synthkd.testing.server import FaultConfig, TestServer
 from synthkd.testing.simulated import SimulatedResponder
 from synthkd.train.export import write_jsonl
 
-LR, BATCH = 2e-3, 16  # run_tailored_demo's defaults (the demo command does not change them)
-
 
 def equal_rows_arm(run_dir: Path, *, error_rate: float, noise_rate: float, oversample: float) -> dict[str, Any]:
+    """The equal-rows arm next to one finished demo run.  Every option is the run's own one-shot arm's
+    (its stages in ``pipeline.yaml``: the same teacher options, filter, student, ``max_steps`` and
+    evaluation); only the problems asked and the final sample differ."""
     spec_in = yaml.safe_load((run_dir / "pipeline.yaml").read_text())
+    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
+    one_shot = {st["name"]: st for st in spec_in["stages"]}
+    if "eval_equal" not in stages or "sft_equal" not in one_shot:
+        sys.exit(f"{run_dir}: no one-shot arm (eval_equal) in manifest.json: not a finished `synthkd demo --tailored` run")
     seed = int(spec_in["seed"])
     teacher = SimulatedResponder([], error_rate=error_rate, noise_rate=noise_rate, salt=f"careful{seed}",
                                  similar_kind="variation")
@@ -51,40 +55,30 @@ def equal_rows_arm(run_dir: Path, *, error_rate: float, noise_rate: float, overs
     if model != spec_in["teacher"]["model"]:
         sys.exit(f"{run_dir}/pipeline.yaml: teacher.model is {spec_in['teacher']['model']!r}, not {model!r}: "
                  "pass the demo's --error-rate / --noise-rate")
-    stages = json.loads((run_dir / "manifest.json").read_text())["stages"]
-    if "eval_equal" not in stages:
-        sys.exit(f"{run_dir}: no eval_equal stage in manifest.json: not a finished `synthkd demo --tailored` run")
-    tailor = stages["tailor"]
-    best = tailor["counts"]["best_round"]
+    best = stages["tailor"]["counts"]["best_round"]
     rows = int(json.loads((run_dir / "tailor" / f"round_{best}" / "metrics.json").read_text())["train_rows"])
-    steps = tailored_steps(run_dir / "tailor", tailor, from_base=True)
     pool = [json.loads(line) for line in (run_dir / "data" / "pool.jsonl").read_text().splitlines()]
     n_problems = min(len(pool), round(rows * oversample))
 
     out = run_dir.parent / f"{run_dir.name}_equal_rows"
     claim_run_dir(out, out.name)
-    data = out / "data"
-    write_jsonl(pool[:n_problems], data / "problems.jsonl")
-    tiny = {**TINY, "seed": seed}
-    train = {**_train_options(1.0, LR, BATCH, seed), "max_steps": steps}
+    write_jsonl(pool[:n_problems], out / "data" / "problems.jsonl")
+    clean_ops = one_shot["clean_equal"]["options"]["ops"] + [{"op": "sample", "n": rows, "seed": seed}]
     with TestServer(FaultConfig(), responder=teacher) as srv, fixed_torch_threads():
         spec = {"name": out.name, "run_dir": str(out.parent), "seed": seed,
-                "teacher": {"model": model, "base_url": srv.base_url, "concurrency": 16},
+                "teacher": {**spec_in["teacher"], "base_url": srv.base_url},
                 "stages": [
-                    {"name": "rationales", "kind": "generate.rationales", "input": str(data / "problems.jsonl"),
-                     "options": {"kind": "math", "n_demos": 0, "max_tokens": 128}},
-                    {"name": "clean", "kind": "clean", "input": "rationales",
-                     "options": {"ops": [{"op": "consistency", "mode": "gold", "kind": "number"},
-                                         {"op": "sample", "n": rows, "seed": seed}]}},
-                    {"name": "sft", "kind": "train.sft", "input": "clean",
-                     "options": {"student": "tiny", "tiny": tiny, "mode": "rationale", **train}},
-                    {"name": "eval", "kind": "eval", "input": str(run_dir / "data" / "test.jsonl"),
-                     "options": {**EVAL, "student": "sft"}}]}
+                    {"name": "rationales", "kind": "generate.rationales", "input": str(out / "data" / "problems.jsonl"),
+                     "options": one_shot["rationales_equal"]["options"]},
+                    {"name": "clean", "kind": "clean", "input": "rationales", "options": {"ops": clean_ops}},
+                    {"name": "sft", "kind": "train.sft", "input": "clean", "options": one_shot["sft_equal"]["options"]},
+                    {"name": "eval", "kind": "eval", "input": one_shot["eval_equal"]["input"],
+                     "options": {**one_shot["eval_equal"]["options"], "student": "sft"}}]}
         manifest = run_spec(spec, out, out.parent)
     trained = (manifest["stages"]["sft"].get("counts") or {}).get("rows_in")
-    print(f"{run_dir}: best round {best} ({rows} rows, {steps} steps); equal-rows arm: {n_problems} problems "
-          f"asked, {trained} rows trained, test {100 * (accuracy_of(manifest['stages'], 'eval') or 0):.1f}%",
-          file=sys.stderr)
+    print(f"{run_dir}: best round {best} ({rows} rows, {one_shot['sft_equal']['options'].get('max_steps')} steps); "
+          f"equal-rows arm: {n_problems} problems asked, {trained} rows trained, "
+          f"test {100 * (accuracy_of(manifest['stages'], 'eval') or 0):.1f}%", file=sys.stderr)
     return {"seed": seed, "accuracy": {"best": accuracy_of(stages, f"eval_round_{best}"),
                                        "equal": accuracy_of(stages, "eval_equal"),
                                        "rows": accuracy_of(manifest["stages"], "eval")}}
